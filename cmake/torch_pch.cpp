@@ -1,0 +1,1 @@
+// Anchors the shared LibTorch precompiled header (and keeps static libraries non-empty).
