@@ -15,10 +15,6 @@ if(NOT HL_SPEC_ONLY)
   if(TARGET torch_cuda OR TORCH_CUDA_LIBRARIES)
     set(HL_TORCH_HAS_CUDA ON)
   endif()
-  find_package(PkgConfig)
-  if(PkgConfig_FOUND)
-    pkg_check_modules(SENTENCEPIECE IMPORTED_TARGET sentencepiece)
-  endif()
 endif()
 
 # CUDA: the kernels compile wherever nvcc is found (CI has nvcc but no GPU);

@@ -9,5 +9,5 @@ cd "$root/.deps/debs"
 apt-get download \
   libtomlplusplus-dev nlohmann-json3-dev libsqlite3-dev libsqlite3-0 \
   libgtest-dev libgmock-dev libbenchmark-dev libbenchmark1debian \
-  libsentencepiece-dev libsentencepiece0 fortunes-min fortunes
+  fortunes-min fortunes
 ls -1 "$root/.deps/debs"

@@ -29,8 +29,6 @@ if [ ! -f "$prefix/.unpacked" ]; then
 fi
 libdir="$prefix/usr/lib/x86_64-linux-gnu"
 export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# sentencepiece is found through its .pc file, whose paths are relative to the prefix.
-export PKG_CONFIG_PATH="$libdir/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$prefix"
 export HL_FORTUNES_DIR="$prefix/usr/share/games/fortunes"
 export CUDACXX="${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
 torch_cmake="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')"

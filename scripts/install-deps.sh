@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   qt6-base-dev libqcustomplot-dev libqcustomplot2.1-qt6 libgl-dev
   libtorch-dev libsqlite3-dev sqlite3 libgtest-dev libgmock-dev libbenchmark-dev
-  libtomlplusplus-dev nlohmann-json3-dev libsentencepiece-dev
+  libtomlplusplus-dev nlohmann-json3-dev sentencepiece
   xvfb xauth fortunes fortunes-min
 )
 
