@@ -172,6 +172,24 @@ TEST(RunWriter, ResumedRunReplacesReloggedSteps) {
   EXPECT_FALSE(RunWriter::resume(path, 12345).ok());
 }
 
+TEST(RunWriter, RepeatedStepInOneBatchKeepsTheLastValue) {
+  TempDir dir;
+  const std::string path = dir.file("runs.sqlite");
+  Result<RunWriter> writer = RunWriter::create(path, RunSpec{.name = "repeat"}, count_only(1000));
+  ASSERT_TRUE(writer.ok());
+  // 300 rows over 100 steps in one batch: later rows replace earlier ones.
+  for (int pass = 0; pass < 3; ++pass)
+    for (int step = 0; step < 100; ++step)
+      ASSERT_TRUE(writer->log_scalar("loss", step, pass * 1000.0 + step).ok());
+  ASSERT_TRUE(writer->close().ok());
+  Result<RunReader> reader = RunReader::open(path);
+  ASSERT_TRUE(reader.ok());
+  auto loss = *reader->scalars_after(writer->run_id(), "loss", -1);
+  ASSERT_EQ(loss.size(), 100u);
+  for (const ScalarPoint& point : loss)
+    EXPECT_EQ(point.value, 2000.0 + point.step);
+}
+
 TEST(RunWriter, StatusChangesCommitAtOnceWithTimes) {
   TempDir dir;
   const std::string path = dir.file("runs.sqlite");
