@@ -59,10 +59,10 @@ void AdaptedLinearImpl::merge_lora() {
   lora = nullptr;
 }
 
-SwiGLUImpl::SwiGLUImpl(int64_t hidden, int64_t intermediate) {
-  gate_proj = register_module("gate_proj", AdaptedLinear(hidden, intermediate, false));
-  up_proj = register_module("up_proj", AdaptedLinear(hidden, intermediate, false));
-  down_proj = register_module("down_proj", AdaptedLinear(intermediate, hidden, false));
+SwiGLUImpl::SwiGLUImpl(int64_t hidden, int64_t intermediate, bool bias) {
+  gate_proj = register_module("gate_proj", AdaptedLinear(hidden, intermediate, bias));
+  up_proj = register_module("up_proj", AdaptedLinear(hidden, intermediate, bias));
+  down_proj = register_module("down_proj", AdaptedLinear(intermediate, hidden, bias));
 }
 
 torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {

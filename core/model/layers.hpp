@@ -53,7 +53,7 @@ TORCH_MODULE(AdaptedLinear);
 /// down(silu(gate(x)) * up(x)).
 class SwiGLUImpl : public torch::nn::Module {
  public:
-  SwiGLUImpl(int64_t hidden, int64_t intermediate);
+  SwiGLUImpl(int64_t hidden, int64_t intermediate, bool bias);
   torch::Tensor forward(const torch::Tensor& x);
 
   AdaptedLinear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};

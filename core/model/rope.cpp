@@ -5,7 +5,7 @@
 namespace hl::model {
 
 torch::Tensor rope_inverse_frequencies(int64_t head_dim, double theta,
-                                       const std::optional<RopeScaling>& scaling) {
+                                       const std::optional<io::RopeScalingConfig>& scaling) {
   TORCH_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim must be even, got ", head_dim);
   auto exponents = torch::arange(0, head_dim, 2, torch::kInt64).to(torch::kFloat32) /
                    static_cast<double>(head_dim);

@@ -5,22 +5,14 @@
 #include <torch/torch.h>
 
 #include <optional>
-#include <string>
+
+#include "core/io/hf_config.hpp"
 
 namespace hl::model {
 
-/// Rope scaling of config.json's `rope_scaling`: "llama3" or "linear".
-struct RopeScaling {
-  std::string type;  // "llama3" | "linear"
-  double factor = 1.0;
-  double low_freq_factor = 1.0;
-  double high_freq_factor = 4.0;
-  int64_t original_max_position_embeddings = 8192;
-};
-
 /// Inverse frequencies [head_dim / 2] in float32, after scaling.
 torch::Tensor rope_inverse_frequencies(int64_t head_dim, double theta,
-                                       const std::optional<RopeScaling>& scaling);
+                                       const std::optional<io::RopeScalingConfig>& scaling);
 
 /// cos and sin [N, head_dim] for positions [N] (int64), in float32.
 std::pair<torch::Tensor, torch::Tensor> rope_cos_sin(const torch::Tensor& inverse_frequencies,

@@ -1,0 +1,267 @@
+#include "core/model/decoder.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/model/rope.hpp"
+
+namespace hl::model {
+
+namespace {
+
+using kernels::AttentionMode;
+
+bool needs_features(AttentionMode mode) {
+  return mode == AttentionMode::hybrid || mode == AttentionMode::linear_only;
+}
+
+// Branch usage of one layer, averaged over the batch and over positions i >= w, where the
+// window is full and the linear branch has keys (DESIGN §2).
+std::optional<LayerUsage> summarise_usage(int64_t layer, const kernels::AttentionOutput& out,
+                                          int64_t window) {
+  if (!out.linear_mass.defined()) return std::nullopt;
+  const int64_t n = out.linear_mass.size(2);
+  const int64_t start = std::min(window, n - 1);
+  auto mean = [&](const torch::Tensor& t) {
+    return t.narrow(2, start, n - start).to(torch::kFloat32).mean(std::vector<int64_t>{0, 2}).cpu();
+  };
+  return LayerUsage{layer, mean(out.linear_mass), mean(out.linear_output_share)};
+}
+
+}  // namespace
+
+AttentionImpl::AttentionImpl(const io::ModelConfig& config, int64_t layer_index)
+    : layer_index_(layer_index),
+      heads_(config.num_attention_heads),
+      kv_heads_(config.num_key_value_heads),
+      head_dim_(config.head_dim),
+      sliding_window_(config.sliding_window) {
+  const int64_t hidden = config.hidden_size;
+  q_proj = register_module("q_proj", AdaptedLinear(hidden, heads_ * head_dim_, config.qkv_bias));
+  k_proj = register_module("k_proj", AdaptedLinear(hidden, kv_heads_ * head_dim_, config.qkv_bias));
+  v_proj = register_module("v_proj", AdaptedLinear(hidden, kv_heads_ * head_dim_, config.qkv_bias));
+  o_proj = register_module("o_proj", AdaptedLinear(heads_ * head_dim_, hidden, config.o_proj_bias));
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> AttentionImpl::project(
+    const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t batch = x.size(0), length = x.size(1);
+  auto heads_first = [&](const torch::Tensor& t, int64_t heads) {
+    return t.view({batch, length, heads, head_dim_}).transpose(1, 2);
+  };
+  torch::Tensor q = heads_first(q_proj->forward(x), heads_);
+  torch::Tensor k = heads_first(k_proj->forward(x), kv_heads_);
+  torch::Tensor v = heads_first(v_proj->forward(x), kv_heads_);
+  return {apply_rope(q, cos, sin), apply_rope(k, cos, sin), v};
+}
+
+kernels::AttentionInputs AttentionImpl::converted_inputs(const torch::Tensor& q,
+                                                         const torch::Tensor& k,
+                                                         const torch::Tensor& v) {
+  kernels::AttentionInputs inputs{q, k, v};
+  inputs.window_factor_logits = window_factors;
+  // Feature maps act after GQA repetition, with one weight per query head (DESIGN §1).
+  torch::Tensor k_per_query_head =
+      heads_ == kv_heads_ ? k : k.repeat_interleave(heads_ / kv_heads_, 1);
+  auto dtype = feature_map_q->weight.scalar_type();
+  inputs.phi_q = feature_map_q->forward(q.to(dtype)).to(q.scalar_type());
+  inputs.phi_k = feature_map_k->forward(k_per_query_head.to(dtype)).to(q.scalar_type());
+  return inputs;
+}
+
+kernels::AttentionOptions AttentionImpl::base_options(int64_t sequence_length) const {
+  kernels::AttentionOptions options;
+  if (sliding_window_ && *sliding_window_ < sequence_length) {
+    options.mode = AttentionMode::window_only;
+    options.window = *sliding_window_;
+  } else {
+    options.mode = AttentionMode::softmax;
+  }
+  return options;
+}
+
+kernels::AttentionOptions AttentionImpl::converted_options(AttentionMode mode) const {
+  kernels::AttentionOptions options;
+  options.mode = mode;
+  options.window = conversion_.window;
+  options.overlap = conversion_.overlap;
+  options.affine_factors = conversion_.affine_factors;
+  options.sinks = conversion_.sinks;
+  return options;
+}
+
+torch::Tensor AttentionImpl::output(const torch::Tensor& heads) {
+  const int64_t batch = heads.size(0), length = heads.size(2);
+  return o_proj->forward(heads.transpose(1, 2).reshape({batch, length, -1}));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                     const torch::Tensor& sin, const ForwardOptions& options) {
+  auto [q, k, v] = project(x, cos, sin);
+  const int64_t length = x.size(1);
+  if (!converted_) {
+    kernels::AttentionOptions base = base_options(length);
+    base.backend = options.backend;
+    return output(kernels::attention({q, k, v}, base).y);
+  }
+
+  torch::Tensor drop;
+  if (static_cast<size_t>(layer_index_) < options.window_drop.size())
+    drop = options.window_drop[layer_index_];
+
+  if (options.transfer) {
+    TransferPair pair;
+    pair.layer = layer_index_;
+    kernels::AttentionOutput teacher;
+    {
+      torch::NoGradGuard no_grad;
+      kernels::AttentionOptions base = base_options(length);
+      base.backend = options.backend;
+      base.want_weights = options.transfer_weights;
+      teacher = kernels::attention({q, k, v}, base);
+    }
+    kernels::AttentionInputs inputs = converted_inputs(q.detach(), k.detach(), v.detach());
+    kernels::AttentionOptions student_options = converted_options(options.transfer_student_mode);
+    student_options.backend = options.backend;
+    student_options.want_weights = options.transfer_weights;
+    student_options.want_stats = options.want_usage;
+    if (options.transfer_student_mode == AttentionMode::hybrid) inputs.window_drop = drop;
+    kernels::AttentionOutput student = kernels::attention(inputs, student_options);
+    pair.student = student.y;
+    pair.teacher = teacher.y;
+    pair.student_weights = student.weights;
+    pair.teacher_weights = teacher.weights;
+    options.transfer->push_back(std::move(pair));
+    if (options.want_usage && options.usage)
+      if (auto usage = summarise_usage(layer_index_, student, conversion_.window))
+        options.usage->push_back(std::move(*usage));
+    return output(teacher.y);
+  }
+
+  AttentionMode mode = options.mode.value_or(conversion_.kind);
+  if (options.ablate_layer == layer_index_ && mode == AttentionMode::hybrid)
+    mode = AttentionMode::window_only;
+  kernels::AttentionOptions attention_options = converted_options(mode);
+  attention_options.backend = options.backend;
+  attention_options.want_stats = options.want_usage && needs_features(mode);
+  kernels::AttentionInputs inputs{q, k, v};
+  if (needs_features(mode)) inputs = converted_inputs(q, k, v);
+  if (mode == AttentionMode::hybrid) inputs.window_drop = drop;
+  kernels::AttentionOutput out = kernels::attention(inputs, attention_options);
+  if (attention_options.want_stats && options.usage)
+    if (auto usage = summarise_usage(layer_index_, out, conversion_.window))
+      options.usage->push_back(std::move(*usage));
+  return output(out.y);
+}
+
+void AttentionImpl::convert(const ConversionOptions& options) {
+  TORCH_CHECK(!converted_, "layer ", layer_index_, " is already converted");
+  TORCH_CHECK(options.kind == AttentionMode::hybrid || options.kind == AttentionMode::linear_only,
+              "a converted layer is hybrid or linear_only, got ", kernels::to_string(options.kind));
+  TORCH_CHECK(options.window_factor_init > 0.0 && options.window_factor_init < 1.0,
+              "window_factor_init must be in (0, 1), got ", options.window_factor_init);
+  conversion_ = options;
+  kernels::FeatureMapOptions map;
+  map.kind = options.feature_map;
+  map.heads = heads_;
+  map.head_dim = head_dim_;
+  map.feature_dim = options.feature_dim;
+  map.init = options.feature_init;
+  const auto device = q_proj->weight.device();
+  feature_map_q = register_module("feature_map_q", kernels::FeatureMap(map));
+  feature_map_k = register_module("feature_map_k", kernels::FeatureMap(map));
+  feature_map_q->to(device);
+  feature_map_k->to(device);
+  const double logit = std::log(options.window_factor_init / (1.0 - options.window_factor_init));
+  window_factors = register_parameter(
+      "window_factors",
+      torch::full({heads_}, logit, torch::TensorOptions().dtype(torch::kFloat32).device(device)));
+  converted_ = true;
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const io::ModelConfig& config, int64_t layer_index) {
+  self_attn = register_module("self_attn", Attention(config, layer_index));
+  mlp = register_module("mlp",
+                        SwiGLU(config.hidden_size, config.intermediate_size, config.mlp_bias));
+  input_layernorm =
+      register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps));
+  post_attention_layernorm = register_module("post_attention_layernorm",
+                                             RMSNorm(config.hidden_size, config.rms_norm_eps));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                        const torch::Tensor& sin, const ForwardOptions& options) {
+  torch::Tensor h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, options);
+  return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
+DecoderStackImpl::DecoderStackImpl(const io::ModelConfig& config) {
+  embed_tokens = register_module(
+      "embed_tokens", torch::nn::Embedding(config.vocab_size, config.hidden_size));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers->push_back(DecoderLayer(config, i));
+  norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps));
+}
+
+CausalLMImpl::CausalLMImpl(const io::ModelConfig& config) : config_(config) {
+  TORCH_CHECK(config.num_attention_heads > 0 && config.num_key_value_heads > 0 &&
+                  config.num_attention_heads % config.num_key_value_heads == 0,
+              "num_attention_heads (", config.num_attention_heads,
+              ") must be a multiple of num_key_value_heads (", config.num_key_value_heads, ")");
+  model = register_module("model", DecoderStack(config));
+  if (!config.tie_word_embeddings)
+    lm_head = register_module("lm_head",
+                              AdaptedLinear(config.hidden_size, config.vocab_size, false));
+  inverse_frequencies_ =
+      rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling);
+}
+
+std::pair<torch::Tensor, torch::Tensor> CausalLMImpl::rotary(int64_t offset, int64_t length,
+                                                             torch::Device device) const {
+  torch::Tensor positions =
+      torch::arange(offset, offset + length, torch::TensorOptions().dtype(torch::kInt64));
+  torch::Tensor inv = inverse_frequencies_;
+  if (config_.rope_scaling && config_.rope_scaling->type == "linear")
+    inv = inv / config_.rope_scaling->factor;
+  auto [cos, sin] = rope_cos_sin(inv, positions);
+  return {cos.to(device), sin.to(device)};
+}
+
+torch::Tensor CausalLMImpl::hidden_states(const torch::Tensor& ids, const ForwardOptions& options,
+                                          int64_t position_offset) {
+  TORCH_CHECK(ids.dim() == 2, "token ids must be [batch, length], got ", ids.sizes());
+  torch::Tensor h = model->embed_tokens->forward(ids);
+  auto [cos, sin] = rotary(position_offset, ids.size(1), h.device());
+  const int64_t last = options.stop_after_layer.value_or(num_layers() - 1);
+  for (int64_t i = 0; i <= last; ++i) h = model->layer(i)->forward(h, cos, sin, options);
+  return model->norm->forward(h);
+}
+
+torch::Tensor CausalLMImpl::logits(const torch::Tensor& hidden) {
+  if (lm_head) return lm_head->forward(hidden);
+  return torch::matmul(hidden, model->embed_tokens->weight.t());
+}
+
+torch::Tensor CausalLMImpl::forward(const torch::Tensor& ids, const ForwardOptions& options,
+                                    int64_t position_offset) {
+  return logits(hidden_states(ids, options, position_offset));
+}
+
+void CausalLMImpl::convert(const ConversionOptions& options) {
+  for (int64_t layer : options.softmax_layers)
+    TORCH_CHECK(layer >= 0 && layer < num_layers(), "softmax_layers names layer ", layer,
+                " but the model has ", num_layers(), " layers");
+  for (int64_t i = 0; i < num_layers(); ++i) {
+    const auto& keep = options.softmax_layers;
+    if (std::find(keep.begin(), keep.end(), i) == keep.end()) attention(i)->convert(options);
+  }
+}
+
+std::vector<int64_t> CausalLMImpl::converted_layers() const {
+  std::vector<int64_t> layers;
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i)
+    if (model->layers->ptr<DecoderLayerImpl>(i)->self_attn->converted()) layers.push_back(i);
+  return layers;
+}
+
+}  // namespace hl::model
