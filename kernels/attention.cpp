@@ -1,0 +1,140 @@
+// Names of the enums and the backend dispatch of attention().
+#include "kernels/attention.hpp"
+
+#include <array>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "kernels/cpu/attention_internal.hpp"
+
+#ifdef HL_WITH_CUDA_KERNELS
+// ---- CUDA backend hook -----------------------------------------------------------------
+// The tensor-facing glue in kernels/cuda/*.cpp defines these two functions over the
+// raw-pointer kernels. `supports` says whether the fused kernels cover this problem (mode,
+// dtype, head sizes); when it says no, automatic dispatch falls back to the CPU-style paths,
+// which run on the GPU through LibTorch ops.
+namespace hl::kernels::cuda {
+bool supports(const detail::Problem& problem);
+AttentionOutput attention(const detail::Problem& problem);
+}  // namespace hl::kernels::cuda
+#endif
+
+namespace hl::kernels {
+namespace {
+
+constexpr std::array<std::pair<AttentionMode, std::string_view>, 6> kModeNames{{
+    {AttentionMode::softmax, "softmax"},
+    {AttentionMode::hybrid, "hybrid"},
+    {AttentionMode::linear_only, "linear_only"},
+    {AttentionMode::window_only, "window_only"},
+    {AttentionMode::sinks_only, "sinks_only"},
+    {AttentionMode::none, "none"},
+}};
+
+constexpr std::array<std::pair<Backend, std::string_view>, 4> kBackendNames{{
+    {Backend::automatic, "automatic"},
+    {Backend::reference, "reference"},
+    {Backend::chunked, "chunked"},
+    {Backend::cuda, "cuda"},
+}};
+
+// Up to this length the quadratic form is as cheap as the chunked one (bench/RESULTS.md),
+// and it needs no padding to whole chunks.
+constexpr int64_t kReferenceMaxLength = 128;
+
+std::string prefix(const AttentionOptions& options) {
+  return "attention (" + std::string(to_string(options.mode)) + "): ";
+}
+
+Backend choose_backend(const detail::Problem& problem, const AttentionOptions& options) {
+  const bool on_gpu = problem.q.is_cuda();
+  switch (options.backend) {
+    case Backend::cuda:
+#ifdef HL_WITH_CUDA_KERNELS
+      if (!on_gpu) throw std::invalid_argument(prefix(options) + "backend cuda needs CUDA tensors");
+      if (!cuda::supports(problem)) {
+        throw std::invalid_argument(prefix(options) +
+                                    "the CUDA kernels do not cover this mode/dtype/shape");
+      }
+      return Backend::cuda;
+#else
+      throw std::invalid_argument(prefix(options) +
+                                  "backend cuda requested but this build has no CUDA kernels "
+                                  "(HL_WITH_CUDA_KERNELS is not defined)");
+#endif
+    case Backend::reference:
+      return Backend::reference;
+    case Backend::chunked:
+      if (options.want_weights) {
+        throw std::invalid_argument(prefix(options) +
+                                    "want_weights needs the reference backend (the weights "
+                                    "are N x N); use Backend::automatic or reference");
+      }
+      return Backend::chunked;
+    case Backend::automatic:
+      break;
+  }
+#ifdef HL_WITH_CUDA_KERNELS
+  if (on_gpu && !options.want_weights && cuda::supports(problem)) return Backend::cuda;
+#endif
+  (void)on_gpu;
+  if (options.want_weights || problem.length <= kReferenceMaxLength) return Backend::reference;
+  return Backend::chunked;
+}
+
+}  // namespace
+
+std::string_view to_string(AttentionMode mode) {
+  for (const auto& [value, name] : kModeNames) {
+    if (value == mode) return name;
+  }
+  return "unknown";
+}
+
+std::optional<AttentionMode> parse_attention_mode(std::string_view name) {
+  for (const auto& [value, known] : kModeNames) {
+    if (known == name) return value;
+  }
+  return std::nullopt;
+}
+
+std::string_view to_string(Backend backend) {
+  for (const auto& [value, name] : kBackendNames) {
+    if (value == backend) return name;
+  }
+  return "unknown";
+}
+
+std::optional<Backend> parse_backend(std::string_view name) {
+  for (const auto& [value, known] : kBackendNames) {
+    if (known == name) return value;
+  }
+  return std::nullopt;
+}
+
+AttentionOutput attention(const AttentionInputs& inputs, const AttentionOptions& options) {
+  detail::validate(inputs, options, "attention");
+  const detail::Problem problem = detail::prepare(inputs, options);
+  const Backend backend = choose_backend(problem, options);
+  AttentionOutput out;
+  switch (backend) {
+    case Backend::reference:
+      out = detail::reference_attention(problem);
+      break;
+    case Backend::chunked:
+      out = detail::chunked_attention(problem);
+      break;
+    case Backend::cuda:
+#ifdef HL_WITH_CUDA_KERNELS
+      out = cuda::attention(problem);
+      break;
+#endif
+    case Backend::automatic:
+      throw std::logic_error("attention: dispatch left no backend");
+  }
+  out.backend = backend;
+  return out;
+}
+
+}  // namespace hl::kernels

@@ -1,0 +1,149 @@
+#include "kernels/feature_map.hpp"
+
+#include <array>
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace hl::kernels {
+namespace {
+
+constexpr std::array<std::pair<FeatureMapKind, std::string_view>, 7> kKindNames{{
+    {FeatureMapKind::hedgehog, "hedgehog"},
+    {FeatureMapKind::hedgehog_full, "hedgehog_full"},
+    {FeatureMapKind::t2r, "t2r"},
+    {FeatureMapKind::elu, "elu"},
+    {FeatureMapKind::relu, "relu"},
+    {FeatureMapKind::exp, "exp"},
+    {FeatureMapKind::identity, "identity"},
+}};
+
+constexpr std::array<std::pair<FeatureMapInit, std::string_view>, 2> kInitNames{{
+    {FeatureMapInit::identity, "identity"},
+    {FeatureMapInit::kaiming_uniform, "kaiming_uniform"},
+}};
+
+// Kinds whose activation doubles the projection: [f(r), f(-r)].
+bool doubles_features(FeatureMapKind kind) {
+  return kind == FeatureMapKind::hedgehog || kind == FeatureMapKind::hedgehog_full ||
+         kind == FeatureMapKind::exp;
+}
+
+bool known_kind(FeatureMapKind kind) {
+  for (const auto& [value, name] : kKindNames) {
+    if (value == kind) return true;
+  }
+  return false;
+}
+
+std::string shape_of(const torch::Tensor& t) {
+  std::ostringstream out;
+  out << '[';
+  for (int64_t i = 0; i < t.dim(); ++i)
+    out << (i ? ", " : "") << t.size(i);
+  out << ']';
+  return out.str();
+}
+
+void require(bool condition, const std::string& message) {
+  if (!condition) throw std::invalid_argument("feature map: " + message);
+}
+
+}  // namespace
+
+std::string_view to_string(FeatureMapKind kind) {
+  for (const auto& [value, name] : kKindNames) {
+    if (value == kind) return name;
+  }
+  return "unknown";
+}
+
+std::optional<FeatureMapKind> parse_feature_map_kind(std::string_view name) {
+  for (const auto& [value, known] : kKindNames) {
+    if (known == name) return value;
+  }
+  return std::nullopt;
+}
+
+std::string_view to_string(FeatureMapInit init) {
+  for (const auto& [value, name] : kInitNames) {
+    if (value == init) return name;
+  }
+  return "unknown";
+}
+
+std::optional<FeatureMapInit> parse_feature_map_init(std::string_view name) {
+  for (const auto& [value, known] : kInitNames) {
+    if (known == name) return value;
+  }
+  return std::nullopt;
+}
+
+FeatureMapImpl::FeatureMapImpl(const FeatureMapOptions& options) : options_(options) {
+  require(known_kind(options.kind),
+          "unknown kind (value " + std::to_string(static_cast<int>(options.kind)) + ")");
+  require(options.heads >= 1, "heads must be >= 1, got " + std::to_string(options.heads));
+  require(options.head_dim >= 1, "head_dim must be >= 1, got " + std::to_string(options.head_dim));
+  projection_dim_ =
+      options.kind == FeatureMapKind::hedgehog_full ? options.head_dim : options.feature_dim;
+  require(projection_dim_ >= 1,
+          "feature_dim must be >= 1, got " + std::to_string(options.feature_dim));
+  weight = register_parameter("weight",
+                              torch::empty({options.heads, options.head_dim, projection_dim_}));
+  if (options.bias || options.kind == FeatureMapKind::t2r) {
+    bias = register_parameter("bias", torch::empty({options.heads, projection_dim_}));
+  }
+  reset_parameters(options.init);
+}
+
+void FeatureMapImpl::reset_parameters(FeatureMapInit init) {
+  torch::NoGradGuard no_grad;
+  const int64_t d = options_.head_dim;
+  if (init == FeatureMapInit::identity) {
+    weight.copy_(torch::eye(d, projection_dim_, weight.options()).expand_as(weight));
+    if (bias.defined()) bias.zero_();
+    return;
+  }
+  // nn.Linear's default: Kaiming-uniform with a = sqrt(5) gives bound 1 / sqrt(fan_in).
+  const double bound = 1.0 / std::sqrt(static_cast<double>(d));
+  weight.uniform_(-bound, bound);
+  if (bias.defined()) bias.uniform_(-bound, bound);
+}
+
+int64_t FeatureMapImpl::feature_count() const {
+  return doubles_features(options_.kind) ? 2 * projection_dim_ : projection_dim_;
+}
+
+torch::Tensor FeatureMapImpl::forward(const torch::Tensor& x) {
+  require(
+      x.defined() && x.dim() == 4 && x.size(1) == options_.heads && x.size(3) == options_.head_dim,
+      "input must be [B, H, N, d] with H = " + std::to_string(options_.heads) +
+          " and d = " + std::to_string(options_.head_dim) + ", got " +
+          (x.defined() ? shape_of(x) : std::string("an undefined tensor")));
+  require(x.scalar_type() == weight.scalar_type(),
+          std::string("input dtype ") + c10::toString(x.scalar_type()) +
+              " differs from the weight's " + c10::toString(weight.scalar_type()));
+  auto r = torch::matmul(x, weight);  // [B, H, N, d] x [H, d, p] -> [B, H, N, p]
+  if (bias.defined()) r = r + bias.view({1, options_.heads, 1, projection_dim_});
+  switch (options_.kind) {
+    case FeatureMapKind::hedgehog:
+    case FeatureMapKind::hedgehog_full:
+      return torch::cat({torch::softmax(r, -1), torch::softmax(-r, -1)}, -1)
+          .clamp_min(kFeatureClampMin);
+    case FeatureMapKind::exp:
+      return torch::cat({torch::exp(r - r.amax(-1, true)), torch::exp(r.amin(-1, true) - r)}, -1)
+          .clamp_min(kFeatureClampMin);
+    case FeatureMapKind::t2r:
+    case FeatureMapKind::relu:
+      return torch::relu(r).clamp_min(kFeatureClampMin);
+    case FeatureMapKind::elu:
+      return (1 + torch::elu(r)).clamp_min(kFeatureClampMin);
+    case FeatureMapKind::identity:
+      return r;
+  }
+  return r;
+}
+
+}  // namespace hl::kernels
