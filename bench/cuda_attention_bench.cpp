@@ -1,0 +1,280 @@
+// GPU benchmark of the fused hybrid-attention kernels next to the LibTorch path of the
+// dispatch (Backend::chunked on CUDA tensors). Shapes of issue 5: B1 H32 d128 W64 F128 bf16 at
+// N = 4K, 16K, 64K and B8 N4K. Each case: warm-up, then the median of CUDA-event timings of
+// single calls; counters are microseconds, achieved GB/s (bytes model below) and TFLOP/s.
+// Results go in bench/RESULTS.md ("Attention (CUDA)"); FlexAttention/SDPA come from
+// bench/flex_baseline.py in the same device call (scripts/gpu-kernels.sh).
+#include <ATen/cuda/CUDAContext.h>
+#include <benchmark/benchmark.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <vector>
+
+#include "kernels/attention.hpp"
+#include "kernels/cuda/cuda_attention.hpp"
+
+namespace {
+
+namespace hk = hl::kernels;
+namespace hc = hl::kernels::cuda;
+using torch::Tensor;
+
+constexpr int64_t kHeads = 32, kDim = 128, kWindow = 64, kFeatures = 128;
+
+struct Inputs {
+  hc::RawInputs raw;
+  Tensor omega;
+  int64_t B, N;
+};
+
+Inputs make_inputs(int64_t B, int64_t N) {
+  const auto o = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  Inputs in;
+  in.B = B;
+  in.N = N;
+  in.raw.q = torch::randn({B, kHeads, N, kDim}, o);
+  in.raw.k = torch::randn({B, kHeads, N, kDim}, o);
+  in.raw.v = torch::randn({B, kHeads, N, kDim}, o);
+  in.raw.phi_q = torch::softmax(torch::randn({B, kHeads, N, kFeatures}, o.dtype(torch::kFloat)), -1)
+                     .to(torch::kBFloat16);
+  in.raw.phi_k = torch::softmax(torch::randn({B, kHeads, N, kFeatures}, o.dtype(torch::kFloat)), -1)
+                     .to(torch::kBFloat16);
+  in.omega = torch::full({kHeads}, hk::kDefaultWindowFactorLogit, o.dtype(torch::kFloat));
+  in.raw.coef_window = torch::sigmoid(in.omega).view({1, kHeads}).expand({B, kHeads}).contiguous();
+  in.raw.coef_linear = torch::ones({B, kHeads}, o.dtype(torch::kFloat));
+  return in;
+}
+
+// Median of `reps` event-timed calls after `warmup` calls, in microseconds.
+double median_us(const std::function<void()>& fn, int warmup, int reps) {
+  for (int i = 0; i < warmup; ++i)
+    fn();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  std::vector<double> times;
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(start, stream);
+    fn();
+    cudaEventRecord(stop, stream);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    times.push_back(ms * 1e3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// Bytes that must move once: q, k, v, phi_q, phi_k in, y out (bf16), 12 B of row statistics.
+double forward_bytes(int64_t B, int64_t N) {
+  const double token_heads = static_cast<double>(B) * kHeads * N;
+  return token_heads * (2.0 * (4 * kDim + 2 * kFeatures) + 12.0);
+}
+// Backward reads the forward's inputs, y and dy and writes five gradients.
+double backward_bytes(int64_t B, int64_t N) {
+  const double token_heads = static_cast<double>(B) * kHeads * N;
+  return token_heads * (2.0 * (5 * kDim + 2 * kFeatures) + 2.0 * (3 * kDim + 2 * kFeatures) + 24.0);
+}
+// Useful FLOPs of the forward: window QK^T and AV (4 w d), state query and update (4 F d).
+double forward_flops(int64_t B, int64_t N) {
+  return static_cast<double>(B) * kHeads * N * (4.0 * kWindow * kDim + 4.0 * kFeatures * kDim);
+}
+
+void report(benchmark::State& state, double us, double bytes, double flops) {
+  state.SetIterationTime(us * 1e-6);
+  state.counters["us"] = us;
+  state.counters["GB/s"] = bytes / (us * 1e-6) / 1e9;
+  state.counters["TFLOP/s"] = flops / (us * 1e-6) / 1e12;
+}
+
+hc::RawOptions kernel_options() {
+  hc::RawOptions o;
+  o.window = kWindow;
+  return o;
+}
+
+void BM_FusedForward(benchmark::State& state) {
+  if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
+  const Inputs in = make_inputs(state.range(0), state.range(1));
+  const hc::RawOptions o = kernel_options();
+  for (auto _ : state) {
+    const double us = median_us([&] { hc::forward_raw(in.raw, o); }, 3, 20);
+    report(state, us, forward_bytes(in.B, in.N), forward_flops(in.B, in.N));
+  }
+}
+
+void BM_FusedForwardBackward(benchmark::State& state) {
+  if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
+  const Inputs in = make_inputs(state.range(0), state.range(1));
+  const hc::RawOptions o = kernel_options();
+  const Tensor dy = torch::randn_like(in.raw.q);
+  for (auto _ : state) {
+    const double us = median_us(
+        [&] {
+          const hc::RawForward f = hc::forward_raw(in.raw, o);
+          hc::backward_raw(in.raw, o, f, dy);
+        },
+        2, 10);
+    report(state, us, forward_bytes(in.B, in.N) + backward_bytes(in.B, in.N),
+           3.0 * forward_flops(in.B, in.N));
+  }
+}
+
+// The dispatch's LibTorch path on the GPU (chunked backend, autograd), for comparison.
+void BM_LibTorchForward(benchmark::State& state) {
+  if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
+  const Inputs in = make_inputs(state.range(0), state.range(1));
+  hk::AttentionOptions o;
+  o.window = kWindow;
+  o.backend = hk::Backend::chunked;
+  const hk::AttentionInputs ai{in.raw.q,     in.raw.k,     in.raw.v,
+                               in.raw.phi_q, in.raw.phi_k, in.omega.to(torch::kBFloat16),
+                               Tensor()};
+  torch::NoGradGuard no_grad;
+  for (auto _ : state) {
+    const double us = median_us([&] { hk::attention(ai, o); }, 1, 5);
+    report(state, us, forward_bytes(in.B, in.N), forward_flops(in.B, in.N));
+  }
+}
+
+void BM_LibTorchForwardBackward(benchmark::State& state) {
+  if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
+  const Inputs in = make_inputs(state.range(0), state.range(1));
+  hk::AttentionOptions o;
+  o.window = kWindow;
+  o.backend = hk::Backend::chunked;
+  auto leaf = [](const Tensor& t) { return t.detach().requires_grad_(true); };
+  const hk::AttentionInputs ai{leaf(in.raw.q),
+                               leaf(in.raw.k),
+                               leaf(in.raw.v),
+                               leaf(in.raw.phi_q),
+                               leaf(in.raw.phi_k),
+                               leaf(in.omega.to(torch::kBFloat16)),
+                               Tensor()};
+  const Tensor dy = torch::randn_like(in.raw.q);
+  for (auto _ : state) {
+    const double us = median_us([&] { hk::attention(ai, o).y.backward(dy); }, 1, 3);
+    report(state, us, forward_bytes(in.B, in.N) + backward_bytes(in.B, in.N),
+           3.0 * forward_flops(in.B, in.N));
+  }
+}
+
+// One decode step per layer at position 4096 (past the window), replayed from a CUDA graph
+// of 32 steps so that launch gaps do not count.
+void BM_FusedDecode(benchmark::State& state) {
+  if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
+  const int64_t B = state.range(0);
+  const auto o = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  const auto f32 = o.dtype(torch::kFloat);
+  hl::kernels::cuda::ProblemShape s;
+  s.batch = static_cast<int>(B);
+  s.q_heads = s.kv_heads = kHeads;
+  s.seq_len = 1;
+  s.head_dim = kDim;
+  s.features = kFeatures;
+  s.window = kWindow;
+  s.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(kDim)));
+  s.dtype = hl::kernels::cuda::KernelDType::kBFloat16;
+  const Tensor q = torch::randn({B, kHeads, kDim}, o), k = torch::randn_like(q),
+               v = torch::randn_like(q);
+  const Tensor pq = torch::rand({B, kHeads, kFeatures}, o), pk = torch::rand_like(pq);
+  const Tensor cw = torch::full({B, kHeads}, 0.1, f32), cl = torch::ones({B, kHeads}, f32);
+  const Tensor S = torch::rand({B, kHeads, kFeatures, kDim}, f32),
+               z = torch::rand({B, kHeads, kFeatures}, f32);
+  const Tensor kr = torch::randn({B, kHeads, kWindow, kDim}, o), vr = torch::randn_like(kr);
+  const Tensor pkr = torch::rand({B, kHeads, kWindow, kFeatures}, o);
+  const Tensor y = torch::empty_like(q);
+  const Tensor ws = torch::empty({static_cast<int64_t>(hc::decode_workspace_floats(s))}, f32);
+  hc::DecodeArgs a;
+  a.q = q.data_ptr();
+  a.k = k.data_ptr();
+  a.v = v.data_ptr();
+  a.phi_q = pq.data_ptr();
+  a.phi_k = pk.data_ptr();
+  a.coef_window = cw.data_ptr<float>();
+  a.coef_linear = cl.data_ptr<float>();
+  a.y = y.data_ptr();
+  a.workspace = ws.data_ptr<float>();
+  a.position = 4096;
+  hc::DecodeState st;
+  st.S = S.data_ptr<float>();
+  st.z = z.data_ptr<float>();
+  st.k_ring = kr.data_ptr();
+  st.v_ring = vr.data_ptr();
+  st.phik_ring = pkr.data_ptr();
+  cudaStream_t stream;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  constexpr int kSteps = 32;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
+  for (int i = 0; i < kSteps; ++i)
+    hc::launch_decode(s, a, st, stream);
+  cudaStreamEndCapture(stream, &graph);
+  cudaGraphInstantiate(&exec, graph, 0);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (auto _ : state) {
+    for (int i = 0; i < 3; ++i)
+      cudaGraphLaunch(exec, stream);
+    std::vector<double> times;
+    for (int r = 0; r < 20; ++r) {
+      cudaEventRecord(start, stream);
+      cudaGraphLaunch(exec, stream);
+      cudaEventRecord(stop, stream);
+      cudaEventSynchronize(stop);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, start, stop);
+      times.push_back(ms * 1e3 / kSteps);
+    }
+    std::sort(times.begin(), times.end());
+    const double us = times[times.size() / 2];
+    const double heads = static_cast<double>(B) * kHeads;
+    const double bytes = heads * (2.0 * kFeatures * kDim * 4 + 2.0 * kFeatures * 4 +
+                                  kWindow * (2.0 * kDim + kFeatures) * 2);
+    const double flops = heads * (4.0 * kFeatures * kDim + 4.0 * kWindow * kDim);
+    report(state, us, bytes, flops);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+void shapes(benchmark::internal::Benchmark* b) {
+  b->Args({1, 4096})->Args({1, 16384})->Args({1, 65536})->Args({8, 4096});
+  b->ArgNames({"B", "N"})->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
+}
+
+}  // namespace
+
+BENCHMARK(BM_FusedForward)->Apply(shapes);
+BENCHMARK(BM_FusedForwardBackward)->Apply(shapes);
+BENCHMARK(BM_LibTorchForward)->Apply(shapes);
+BENCHMARK(BM_LibTorchForwardBackward)
+    ->Args({1, 4096})
+    ->Args({1, 16384})
+    ->ArgNames({"B", "N"})
+    ->UseManualTime()
+    ->Iterations(1)
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_FusedDecode)
+    ->Arg(1)
+    ->Arg(8)
+    ->ArgName("B")
+    ->UseManualTime()
+    ->Iterations(1)
+    ->Unit(benchmark::kMicrosecond);
+
+BENCHMARK_MAIN();

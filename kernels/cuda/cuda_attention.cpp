@@ -1,0 +1,548 @@
+// LibTorch glue of the fused CUDA kernels: argument checks, buffers, streams and the autograd
+// function whose backward runs the fused backward kernels.
+#include "kernels/cuda/cuda_attention.hpp"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace hl::kernels::cuda {
+namespace {
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+void check_launch(int code, const char* what) {
+  if (code != 0) {
+    throw std::runtime_error(std::string("CUDA hybrid attention: ") + what +
+                             " failed: " + error_string(code));
+  }
+}
+
+void* stream_of(const Tensor& t) {
+  return static_cast<void*>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
+}
+
+int sm_count() {
+  return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+}
+
+KernelDType dtype_of(const Tensor& t) {
+  return t.scalar_type() == torch::kBFloat16 ? KernelDType::kBFloat16 : KernelDType::kFloat32;
+}
+
+// Kernels index rows with plain pointer arithmetic: dense and 16-byte aligned.
+Tensor dense(const Tensor& t) {
+  if (!t.defined()) return t;
+  Tensor c = t.contiguous();
+  if (reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 != 0) c = c.clone();
+  return c;
+}
+
+const void* ptr(const Tensor& t) {
+  return t.defined() ? t.data_ptr() : nullptr;
+}
+
+ProblemShape shape_of(const RawInputs& in, const RawOptions& o) {
+  ProblemShape s;
+  s.batch = static_cast<int>(in.q.size(0));
+  s.q_heads = static_cast<int>(in.q.size(1));
+  s.kv_heads = static_cast<int>(in.k.size(1));
+  s.seq_len = static_cast<int>(in.q.size(2));
+  s.head_dim = static_cast<int>(in.q.size(3));
+  s.features = in.phi_q.defined() ? static_cast<int>(in.phi_q.size(3)) : 32;
+  s.window = static_cast<int>(o.window);
+  s.mode = o.mode;
+  s.overlap = o.overlap;
+  s.scale =
+      static_cast<float>(o.scale > 0 ? o.scale : 1.0 / std::sqrt(static_cast<double>(s.head_dim)));
+  s.eps = static_cast<float>(kLinearOnlyEps);
+  s.dtype = dtype_of(in.q);
+  return s;
+}
+
+SegmentPlan pick_plan(int requested, int units, int seq_len) {
+  if (requested > 0) return make_segment_plan(seq_len, requested);
+  return plan_segments(units, seq_len, sm_count());
+}
+
+RawInputs densify(const RawInputs& in) {
+  RawInputs d;
+  d.q = dense(in.q);
+  d.k = dense(in.k);
+  d.v = dense(in.v);
+  d.phi_q = dense(in.phi_q);
+  d.phi_k = dense(in.phi_k);
+  d.coef_window = dense(in.coef_window.to(torch::kFloat));
+  d.coef_linear = dense(in.coef_linear.to(torch::kFloat));
+  if (in.window_drop.defined()) d.window_drop = dense(in.window_drop.to(torch::kUInt8));
+  return d;
+}
+
+// ---- autograd ------------------------------------------------------------------------------
+
+RawOptions options_from(AutogradContext* ctx) {
+  RawOptions o;
+  o.mode = static_cast<KernelMode>(ctx->saved_data["mode"].toInt());
+  o.window = ctx->saved_data["window"].toInt();
+  o.overlap = ctx->saved_data["overlap"].toBool();
+  o.scale = ctx->saved_data["scale"].toDouble();
+  return o;
+}
+
+class HybridAttentionFunction : public torch::autograd::Function<HybridAttentionFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, Tensor q, Tensor k, Tensor v, Tensor phi_q,
+                               Tensor phi_k, Tensor coef_window, Tensor coef_linear,
+                               Tensor window_drop, int64_t mode, int64_t window, bool overlap,
+                               double scale, bool want_stats) {
+    RawOptions o;
+    o.mode = static_cast<KernelMode>(mode);
+    o.window = window;
+    o.overlap = overlap;
+    o.scale = scale;
+    o.want_stats = want_stats;
+    // Absent tensors travel as empty ones: autograd::Function rejects undefined inputs.
+    auto present = [](const Tensor& t) { return t.numel() > 0 ? t : Tensor(); };
+    const RawInputs in = densify(
+        {q, k, v, present(phi_q), present(phi_k), coef_window, coef_linear, present(window_drop)});
+    RawForward f = forward_raw(in, o);
+    ctx->saved_data["mode"] = mode;
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["overlap"] = overlap;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["row_max"] = f.row_max;
+    ctx->saved_data["row_denom"] = f.row_denom;
+    ctx->saved_data["row_argmax"] = f.row_argmax;
+    ctx->saved_data["states"] = f.states;
+    ctx->saved_data["segments"] = static_cast<int64_t>(f.plan.segments);
+    ctx->saved_data["segment_len"] = static_cast<int64_t>(f.plan.length);
+    ctx->saved_data["window_drop"] = in.window_drop.defined() ? in.window_drop : window_drop;
+    ctx->save_for_backward({in.q, in.k, in.v, phi_q, phi_k, in.coef_window, in.coef_linear, f.y});
+    Tensor stats =
+        f.stats.defined() ? f.stats : torch::empty({0}, q.options().dtype(torch::kFloat));
+    ctx->mark_non_differentiable({stats});
+    return {f.y, stats};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    auto present = [](const Tensor& t) { return t.defined() && t.numel() > 0 ? t : Tensor(); };
+    RawInputs in{
+        saved[0],          saved[1], saved[2], present(saved[3]),
+        present(saved[4]), saved[5], saved[6], present(ctx->saved_data["window_drop"].toTensor())};
+    RawForward f;
+    f.y = saved[7];
+    f.row_max = ctx->saved_data["row_max"].toTensor();
+    f.row_denom = ctx->saved_data["row_denom"].toTensor();
+    f.row_argmax = ctx->saved_data["row_argmax"].toTensor();
+    f.states = ctx->saved_data["states"].toTensor();
+    f.plan.segments = static_cast<int>(ctx->saved_data["segments"].toInt());
+    f.plan.length = static_cast<int>(ctx->saved_data["segment_len"].toInt());
+    Tensor dy = grad_outputs[0];
+    if (!dy.defined()) dy = torch::zeros_like(f.y);
+    const RawGrads g = backward_raw(in, options_from(ctx), f, dense(dy.to(f.y.scalar_type())));
+    return {g.dq,     g.dk,     g.dv,     g.dphi_q, g.dphi_k, g.dcoef_window, g.dcoef_linear,
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+KernelMode kernel_mode(AttentionMode mode) {
+  switch (mode) {
+    case AttentionMode::linear_only:
+      return KernelMode::kLinearOnly;
+    case AttentionMode::window_only:
+      return KernelMode::kWindowOnly;
+    default:
+      return KernelMode::kHybrid;
+  }
+}
+
+// Shared checks of both supports() overloads.
+const char* unsupported(AttentionMode mode, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& phi_q, int64_t window, bool want_weights) {
+  if (mode != AttentionMode::hybrid && mode != AttentionMode::linear_only &&
+      mode != AttentionMode::window_only) {
+    return "the CUDA kernels implement hybrid, linear_only and window_only only";
+  }
+  if (want_weights) return "want_weights needs the reference backend";
+  if (!q.is_cuda()) return "tensors are not on a CUDA device";
+  if (q.scalar_type() != torch::kFloat && q.scalar_type() != torch::kBFloat16) {
+    return "the CUDA kernels take float32 or bfloat16";
+  }
+  if (v.size(3) != q.size(3)) return "the CUDA kernels need value dim == head dim";
+  ProblemShape s;
+  s.batch = static_cast<int>(q.size(0));
+  s.q_heads = static_cast<int>(q.size(1));
+  s.kv_heads = static_cast<int>(k.size(1));
+  s.seq_len = static_cast<int>(q.size(2));
+  s.head_dim = static_cast<int>(q.size(3));
+  s.features = phi_q.defined() ? static_cast<int>(phi_q.size(3)) : 32;
+  s.window = static_cast<int>(std::min<int64_t>(window, 1 << 20));
+  return unsupported_reason(s);
+}
+
+AttentionOutput run(const RawInputs& raw, const RawOptions& o, int64_t batch, int64_t heads,
+                    int64_t length) {
+  const c10::cuda::CUDAGuard guard(raw.q.device());
+  auto or_empty = [&](const Tensor& t) {
+    return t.defined() ? t : torch::empty({0}, raw.q.options());
+  };
+  auto outs = HybridAttentionFunction::apply(
+      raw.q, raw.k, raw.v, or_empty(raw.phi_q), or_empty(raw.phi_k), raw.coef_window,
+      raw.coef_linear, or_empty(raw.window_drop), static_cast<int64_t>(o.mode), o.window, o.overlap,
+      o.scale, o.want_stats);
+  AttentionOutput out;
+  out.y = outs[0];
+  if (o.want_stats) {
+    const Tensor stats = outs[1].detach().view({batch, heads, length, 2});
+    out.linear_mass = stats.select(3, 0).to(raw.q.scalar_type());
+    out.linear_output_share = stats.select(3, 1).to(raw.q.scalar_type());
+  }
+  out.backend = Backend::cuda;
+  return out;
+}
+
+Tensor coefficient_matrix(const Tensor& coef, int64_t batch, int64_t heads) {
+  return coef.reshape({batch, heads}).to(torch::kFloat);
+}
+
+}  // namespace
+
+// ---- raw entry points ----------------------------------------------------------------------
+
+RawForward forward_raw(const RawInputs& raw, const RawOptions& o, Tensor y_out) {
+  const RawInputs in = densify(raw);
+  const c10::cuda::CUDAGuard guard(in.q.device());
+  const ProblemShape s = shape_of(in, o);
+  if (const char* why = unsupported_reason(s))
+    throw std::invalid_argument(std::string("cuda attention: ") + why);
+  const auto f32 = in.q.options().dtype(torch::kFloat);
+  const int64_t rows = static_cast<int64_t>(s.batch) * s.q_heads * s.seq_len;
+  RawForward f;
+  f.y = y_out.defined() ? y_out : torch::empty_like(in.q);
+  TORCH_CHECK(
+      f.y.is_contiguous() && f.y.sizes() == in.q.sizes() && f.y.scalar_type() == in.q.scalar_type(),
+      "forward_raw: y_out must be a contiguous tensor like q");
+  f.row_max = torch::empty({rows}, f32);
+  f.row_denom = torch::empty({rows}, f32);
+  f.row_argmax = torch::empty({rows}, f32.dtype(torch::kInt));
+  if (o.want_stats) f.stats = torch::empty({rows * 2}, f32);
+  f.plan = pick_plan(o.forward_segments, s.batch * s.q_heads, s.seq_len);
+  const size_t ws = state_workspace_floats(s, s.batch * s.q_heads, f.plan);
+  f.states = torch::empty({static_cast<int64_t>(std::max<size_t>(ws, 1))}, f32);
+  ForwardArgs a;
+  a.q = ptr(in.q);
+  a.k = ptr(in.k);
+  a.v = ptr(in.v);
+  a.phi_q = ptr(in.phi_q);
+  a.phi_k = ptr(in.phi_k);
+  a.coef_window = in.coef_window.data_ptr<float>();
+  a.coef_linear = in.coef_linear.data_ptr<float>();
+  a.window_drop = in.window_drop.defined() ? in.window_drop.data_ptr<uint8_t>() : nullptr;
+  a.y = f.y.data_ptr();
+  a.row_max = f.row_max.data_ptr<float>();
+  a.row_denom = f.row_denom.data_ptr<float>();
+  a.row_argmax = f.row_argmax.data_ptr<int32_t>();
+  a.branch_stats = f.stats.defined() ? f.stats.data_ptr<float>() : nullptr;
+  a.segment_states = ws > 0 ? f.states.data_ptr<float>() : nullptr;
+  a.plan = f.plan;
+  check_launch(launch_forward(s, a, stream_of(in.q)), "forward");
+  return f;
+}
+
+RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForward& f,
+                      const Tensor& dy_in, const RawGrads* out) {
+  const RawInputs in = densify(raw);
+  const c10::cuda::CUDAGuard guard(in.q.device());
+  const ProblemShape s = shape_of(in, o);
+  if (const char* why = unsupported_reason(s))
+    throw std::invalid_argument(std::string("cuda attention: ") + why);
+  const Tensor dy = dense(dy_in);
+  const auto f32 = in.q.options().dtype(torch::kFloat);
+  const int64_t rows = static_cast<int64_t>(s.batch) * s.q_heads * s.seq_len;
+  auto pick = [](const Tensor* given, const Tensor& like) {
+    return given != nullptr && given->defined() ? *given : torch::empty_like(like);
+  };
+  RawGrads g;
+  g.dq = pick(out ? &out->dq : nullptr, in.q);
+  g.dk = pick(out ? &out->dk : nullptr, in.k);
+  g.dv = pick(out ? &out->dv : nullptr, in.v);
+  if (in.phi_q.defined()) {
+    g.dphi_q = pick(out ? &out->dphi_q : nullptr, in.phi_q);
+    g.dphi_k = pick(out ? &out->dphi_k : nullptr, in.phi_k);
+  }
+  const Tensor row_grad_window = torch::empty({rows}, f32);
+  const Tensor row_grad_linear = torch::empty({rows}, f32);
+  const Tensor row_delta = torch::empty({rows}, f32);
+  const Tensor row_gate = torch::empty({rows}, f32);
+  const SegmentPlan key_plan = pick_plan(o.key_segments, s.batch * s.kv_heads, s.seq_len);
+  const size_t rws = state_workspace_floats(s, s.batch * s.q_heads, key_plan);
+  const Tensor reverse = torch::empty({static_cast<int64_t>(std::max<size_t>(rws, 1))}, f32);
+  Tensor accum;
+  if (s.q_heads != s.kv_heads)
+    accum = torch::empty({2, s.batch, s.kv_heads, s.seq_len, s.head_dim}, f32);
+  BackwardArgs a;
+  a.q = ptr(in.q);
+  a.k = ptr(in.k);
+  a.v = ptr(in.v);
+  a.phi_q = ptr(in.phi_q);
+  a.phi_k = ptr(in.phi_k);
+  a.coef_window = in.coef_window.data_ptr<float>();
+  a.coef_linear = in.coef_linear.data_ptr<float>();
+  a.window_drop = in.window_drop.defined() ? in.window_drop.data_ptr<uint8_t>() : nullptr;
+  a.y = f.y.data_ptr();
+  a.dy = dy.data_ptr();
+  a.row_max = f.row_max.data_ptr<float>();
+  a.row_denom = f.row_denom.data_ptr<float>();
+  a.row_argmax = f.row_argmax.data_ptr<int32_t>();
+  a.forward_states = f.plan.segments > 1 ? f.states.data_ptr<float>() : nullptr;
+  a.forward_plan = f.plan;
+  a.dq = g.dq.data_ptr();
+  a.dk = g.dk.data_ptr();
+  a.dv = g.dv.data_ptr();
+  a.dphi_q = g.dphi_q.defined() ? g.dphi_q.data_ptr() : nullptr;
+  a.dphi_k = g.dphi_k.defined() ? g.dphi_k.data_ptr() : nullptr;
+  a.row_grad_window = row_grad_window.data_ptr<float>();
+  a.row_grad_linear = row_grad_linear.data_ptr<float>();
+  a.row_delta = row_delta.data_ptr<float>();
+  a.row_gate_grad = row_gate.data_ptr<float>();
+  a.reverse_states = rws > 0 ? reverse.data_ptr<float>() : nullptr;
+  a.dkv_accum = accum.defined() ? accum.data_ptr<float>() : nullptr;
+  a.key_plan = key_plan;
+  check_launch(launch_backward(s, a, stream_of(in.q)), "backward");
+  g.dcoef_window = row_grad_window.view({s.batch, s.q_heads, s.seq_len}).sum(-1);
+  g.dcoef_linear = row_grad_linear.view({s.batch, s.q_heads, s.seq_len}).sum(-1);
+  return g;
+}
+
+// ---- dispatch hooks --------------------------------------------------------------------------
+
+bool supports(const detail::Problem& p) {
+  return unsupported(p.mode, p.q, p.k, p.v, p.phi_q, p.window, p.want_weights) == nullptr;
+}
+
+AttentionOutput attention(const detail::Problem& p) {
+  if (const char* why = unsupported(p.mode, p.q, p.k, p.v, p.phi_q, p.window, p.want_weights)) {
+    throw std::invalid_argument(std::string("cuda attention: ") + why);
+  }
+  RawInputs raw;
+  raw.q = p.q;
+  raw.k = p.k;  // already repeated to the query heads by prepare()
+  raw.v = p.v;
+  raw.phi_q = p.phi_q;
+  raw.phi_k = p.phi_k;
+  raw.coef_window = coefficient_matrix(p.coef.window, p.batch, p.heads);
+  raw.coef_linear = coefficient_matrix(p.coef.linear, p.batch, p.heads);
+  if (p.mode != AttentionMode::linear_only) {
+    // Rows with eps are the dropped (linear-only) ones.
+    raw.window_drop = (p.coef.eps.reshape({p.batch, p.heads}) > 0).to(torch::kUInt8);
+  }
+  RawOptions o;
+  o.mode = kernel_mode(p.mode);
+  o.window = p.window;
+  o.overlap = p.mode == AttentionMode::hybrid && p.all_window_keys_linear;
+  o.scale = p.scale;
+  o.want_stats = p.want_stats;
+  return run(raw, o, p.batch, p.heads, p.length);
+}
+
+bool supports(const AttentionInputs& in, const AttentionOptions& options, std::string* why) {
+  const char* reason =
+      unsupported(options.mode, in.q, in.k, in.v, in.phi_q, options.window, options.want_weights);
+  if (reason != nullptr && why != nullptr) *why = reason;
+  return reason == nullptr;
+}
+
+AttentionOutput attention(const AttentionInputs& in, const AttentionOptions& options) {
+  detail::validate(in, options, "attention");
+  std::string why;
+  if (!supports(in, options, &why)) throw std::invalid_argument("cuda attention: " + why);
+  const int64_t B = in.q.size(0), H = in.q.size(1), N = in.q.size(2);
+  // In fp32, so that bf16 inputs do not round g_h.
+  const auto coef = detail::branch_coefficients(
+      options.mode, options,
+      in.window_factor_logits.defined() ? in.window_factor_logits.to(torch::kFloat) : Tensor(),
+      in.window_drop, B, H, in.q.options().dtype(torch::kFloat));
+  RawInputs raw;
+  raw.q = in.q;
+  raw.k = in.k;
+  raw.v = in.v;
+  const bool linear = options.mode != AttentionMode::window_only || in.window_drop.defined();
+  if (linear) {
+    raw.phi_q = in.phi_q;
+    raw.phi_k = in.phi_k;
+  }
+  raw.coef_window = coefficient_matrix(coef.window, B, H);
+  raw.coef_linear = coefficient_matrix(coef.linear, B, H);
+  if (in.window_drop.defined()) raw.window_drop = in.window_drop.to(torch::kUInt8);
+  RawOptions o;
+  o.mode = kernel_mode(options.mode);
+  o.window = options.window;
+  o.overlap = options.overlap;
+  o.scale = options.scale.value_or(1.0 / std::sqrt(static_cast<double>(in.q.size(3))));
+  o.want_stats = options.want_stats;
+  return run(raw, o, B, H, N);
+}
+
+// ---- recurrent form ----------------------------------------------------------------------
+
+namespace {
+
+ProblemShape step_shape(const AttentionInputs& in, const AttentionOptions& options,
+                        int64_t length) {
+  ProblemShape s;
+  s.batch = static_cast<int>(in.q.size(0));
+  s.q_heads = static_cast<int>(in.q.size(1));
+  s.kv_heads = static_cast<int>(in.k.size(1));
+  s.seq_len = static_cast<int>(length);
+  s.head_dim = static_cast<int>(in.q.size(3));
+  s.features = in.phi_k.defined() ? static_cast<int>(in.phi_k.size(3)) : 32;
+  s.window = static_cast<int>(options.window);
+  s.mode = kernel_mode(options.mode);
+  s.overlap = options.overlap;
+  s.scale = static_cast<float>(
+      options.scale.value_or(1.0 / std::sqrt(static_cast<double>(in.q.size(3)))));
+  s.eps = static_cast<float>(kLinearOnlyEps);
+  s.dtype = dtype_of(in.q);
+  return s;
+}
+
+DecodeState device_state(RecurrentState& st) {
+  DecodeState d;
+  if (st.has_linear()) {
+    d.S = st.S.data_ptr<float>();
+    d.z = st.z.data_ptr<float>();
+    d.phik_ring = st.phi_key_ring.data_ptr();
+  }
+  d.k_ring = st.key_ring.data_ptr();
+  d.v_ring = st.value_ring.data_ptr();
+  return d;
+}
+
+RecurrentState empty_state(const AttentionInputs& in, const AttentionOptions& options) {
+  const int64_t B = in.k.size(0), Hkv = in.k.size(1), D = in.k.size(3);
+  const auto o = in.k.options();
+  RecurrentState st;
+  st.window = options.window;
+  st.sinks = options.sinks;
+  st.key_ring = torch::zeros({B, Hkv, options.window, D}, o);
+  st.value_ring = torch::zeros({B, Hkv, options.window, D}, o);
+  st.sink_keys = torch::zeros({B, Hkv, options.sinks, D}, o);
+  st.sink_values = torch::zeros({B, Hkv, options.sinks, D}, o);
+  if (in.phi_k.defined()) {
+    const int64_t Hq = in.q.size(1), F = in.phi_k.size(3);
+    st.S = torch::zeros({B, Hq, F, D}, o.dtype(torch::kFloat));
+    st.z = torch::zeros({B, Hq, F}, o.dtype(torch::kFloat));
+    st.phi_key_ring = torch::zeros({B, Hq, options.window, F}, o);
+  }
+  return st;
+}
+
+}  // namespace
+
+PrefillResult prefill(const AttentionInputs& in, const AttentionOptions& options) {
+  PrefillResult result;
+  result.output = cuda::attention(in, options);
+  torch::NoGradGuard no_grad;
+  const c10::cuda::CUDAGuard guard(in.q.device());
+  RecurrentState& st = result.state;
+  st = empty_state(in, options);
+  const int64_t N = in.q.size(2), w = options.window;
+  const int64_t ring_start = std::max<int64_t>(0, N - w);
+  const auto slots = torch::arange(ring_start, N, in.k.options().dtype(torch::kLong)).remainder(w);
+  st.key_ring.index_copy_(2, slots, in.k.detach().narrow(2, ring_start, N - ring_start));
+  st.value_ring.index_copy_(2, slots, in.v.detach().narrow(2, ring_start, N - ring_start));
+  const int64_t sinks = std::min(N, options.sinks);
+  st.sink_keys.narrow(2, 0, sinks).copy_(in.k.detach().narrow(2, 0, sinks));
+  st.sink_values.narrow(2, 0, sinks).copy_(in.v.detach().narrow(2, 0, sinks));
+  if (st.has_linear()) {
+    const Tensor phi_k = dense(in.phi_k.detach());
+    const Tensor v = dense(in.v.detach());
+    st.phi_key_ring.index_copy_(2, slots, phi_k.narrow(2, ring_start, N - ring_start));
+    const ProblemShape s = step_shape(in, options, N);
+    const SegmentPlan plan = plan_segments(s.batch * s.q_heads, s.seq_len, sm_count());
+    const size_t ws =
+        std::max<size_t>(state_workspace_floats(s, s.batch * s.q_heads, plan),
+                         static_cast<size_t>(s.batch) * s.q_heads *
+                             (static_cast<size_t>(s.features) * s.head_dim + s.features));
+    const Tensor workspace =
+        torch::empty({static_cast<int64_t>(ws)}, in.q.options().dtype(torch::kFloat));
+    check_launch(launch_prefill_state(s, phi_k.data_ptr(), v.data_ptr(), device_state(st),
+                                      workspace.data_ptr<float>(), plan, stream_of(in.q)),
+                 "prefill state");
+  }
+  st.position = N;
+  return result;
+}
+
+Tensor decode_step(const AttentionInputs& step, RecurrentState& st,
+                   const AttentionOptions& options) {
+  detail::validate(step, options, "decode_step", /*single_token=*/true);
+  std::string why;
+  if (!supports(step, options, &why)) throw std::invalid_argument("cuda decode_step: " + why);
+  torch::NoGradGuard no_grad;
+  const c10::cuda::CUDAGuard guard(step.q.device());
+  if (!st.key_ring.defined()) st = empty_state(step, options);
+  if (st.window != options.window) {
+    throw std::invalid_argument("cuda decode_step: the state was built for window " +
+                                std::to_string(st.window) + " but options.window is " +
+                                std::to_string(options.window));
+  }
+  const bool linear = options.mode != AttentionMode::window_only || step.window_drop.defined();
+  if (linear && !st.has_linear()) {
+    throw std::invalid_argument("cuda decode_step: this mode needs the linear state (phi_k)");
+  }
+  if (st.has_linear() && (!step.phi_q.defined() || !step.phi_k.defined())) {
+    throw std::invalid_argument(
+        "cuda decode_step: the state tracks the linear part, so phi_q and phi_k are needed");
+  }
+  if (st.has_linear() && st.S.scalar_type() != torch::kFloat) {
+    throw std::invalid_argument(
+        "cuda decode_step: the state's S must be float32 (made by cuda::prefill)");
+  }
+  const int64_t B = step.q.size(0), H = step.q.size(1), t = st.position;
+  const ProblemShape s = step_shape(step, options, 1);
+  const auto coef = detail::branch_coefficients(
+      options.mode, options,
+      step.window_factor_logits.defined() ? step.window_factor_logits.detach().to(torch::kFloat)
+                                          : step.window_factor_logits,
+      step.window_drop, B, H, step.q.options().dtype(torch::kFloat));
+  const Tensor cw = dense(coefficient_matrix(coef.window, B, H));
+  const Tensor cl = dense(coefficient_matrix(coef.linear, B, H));
+  Tensor drop;
+  if (step.window_drop.defined()) drop = dense(step.window_drop.to(torch::kUInt8));
+  const Tensor q = dense(step.q.detach()), k = dense(step.k.detach()), v = dense(step.v.detach());
+  const Tensor pq = st.has_linear() ? dense(step.phi_q.detach()) : Tensor();
+  const Tensor pk = st.has_linear() ? dense(step.phi_k.detach()) : Tensor();
+  Tensor y = torch::empty_like(q);
+  const Tensor workspace = torch::empty({static_cast<int64_t>(decode_workspace_floats(s))},
+                                        q.options().dtype(torch::kFloat));
+  DecodeArgs a;
+  a.q = q.data_ptr();
+  a.k = k.data_ptr();
+  a.v = v.data_ptr();
+  a.phi_q = ptr(pq);
+  a.phi_k = ptr(pk);
+  a.coef_window = cw.data_ptr<float>();
+  a.coef_linear = cl.data_ptr<float>();
+  a.window_drop = drop.defined() ? drop.data_ptr<uint8_t>() : nullptr;
+  a.y = y.data_ptr();
+  a.workspace = workspace.data_ptr<float>();
+  a.position = static_cast<int>(t);
+  check_launch(launch_decode(s, a, device_state(st), stream_of(q)), "decode");
+  if (t < st.sinks) {
+    st.sink_keys.select(2, t).copy_(k.select(2, 0));
+    st.sink_values.select(2, t).copy_(v.select(2, 0));
+  }
+  st.position = t + 1;
+  return y;
+}
+
+}  // namespace hl::kernels::cuda

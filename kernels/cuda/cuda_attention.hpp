@@ -1,0 +1,71 @@
+// LibTorch face of the fused CUDA hybrid-attention kernels (built only when LibTorch has CUDA,
+// where HL_WITH_CUDA_KERNELS is defined). The dispatch in kernels/attention.cpp calls
+// supports()/attention() on a prepared problem; the overloads on AttentionInputs read GQA k/v
+// in place (no repetition) and are the ones to prefer where the caller still has the inputs.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "kernels/attention.hpp"
+#include "kernels/cpu/attention_internal.hpp"
+#include "kernels/cuda/hybrid_attention_launch.hpp"
+
+namespace hl::kernels::cuda {
+
+/// Whether the kernels cover this prepared problem (mode, dtype, sizes, device).
+bool supports(const detail::Problem& problem);
+/// Fused forward with autograd through the fused backward; k/v arrive repeated to Hq heads.
+AttentionOutput attention(const detail::Problem& problem);
+
+/// Whether the kernels cover this call; `why` (optional) receives the reason when not.
+bool supports(const AttentionInputs& inputs, const AttentionOptions& options,
+              std::string* why = nullptr);
+/// Fused forward with autograd from un-repeated inputs (GQA k/v read in place). Throws
+/// std::invalid_argument naming what is wrong when supports() says no.
+AttentionOutput attention(const AttentionInputs& inputs, const AttentionOptions& options);
+
+/// Parallel output of the prompt plus the decode state that continues it. S and z of the
+/// returned state are fp32 (only decode_step below reads them).
+PrefillResult prefill(const AttentionInputs& inputs, const AttentionOptions& options);
+/// One token for the whole batch ([B, H, 1, .] inputs); advances `state` in place and returns
+/// y_t [B, Hq, 1, D]. No autograd.
+torch::Tensor decode_step(const AttentionInputs& step, RecurrentState& state,
+                          const AttentionOptions& options);
+
+/// Raw access for tests and benchmarks: per-unit coefficients instead of omega.
+struct RawInputs {
+  torch::Tensor q, k, v;       ///< [B, Hq, N, D], [B, Hkv, N, D] x 2
+  torch::Tensor phi_q, phi_k;  ///< [B, Hq, N, F] or undefined (window_only, no drop)
+  torch::Tensor coef_window;   ///< c_w [B, Hq] fp32
+  torch::Tensor coef_linear;   ///< c_l [B, Hq] fp32
+  torch::Tensor window_drop;   ///< [B, Hq] uint8 or undefined
+};
+
+struct RawOptions {
+  KernelMode mode = KernelMode::kHybrid;
+  int64_t window = 64;
+  bool overlap = false;
+  double scale = 0;  ///< 0: 1 / sqrt(D)
+  bool want_stats = false;
+  int forward_segments = 0;  ///< 0: fill the chip
+  int key_segments = 0;      ///< 0: fill the chip
+};
+
+/// What forward leaves for backward.
+struct RawForward {
+  torch::Tensor y, row_max, row_denom, row_argmax, stats, states;
+  SegmentPlan plan;
+};
+
+struct RawGrads {
+  torch::Tensor dq, dk, dv, dphi_q, dphi_k, dcoef_window, dcoef_linear;
+};
+
+/// Forward; writes into `y_out` when it is defined (tests poison it first).
+RawForward forward_raw(const RawInputs& in, const RawOptions& options,
+                       torch::Tensor y_out = torch::Tensor());
+/// Backward; writes into the defined tensors of `out` when given.
+RawGrads backward_raw(const RawInputs& in, const RawOptions& options, const RawForward& fwd,
+                      const torch::Tensor& dy, const RawGrads* out = nullptr);
+
+}  // namespace hl::kernels::cuda

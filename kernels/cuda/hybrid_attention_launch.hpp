@@ -1,0 +1,156 @@
+// Raw-pointer launchers of the fused hybrid-attention CUDA kernels (DESIGN §1).
+//
+// No CUDA or torch headers here: the glue in cuda_attention.cpp and the benchmark include it,
+// and the kernels compile with nvcc alone. Every tensor is a contiguous row-major array:
+//   q, y, dq            [B, Hq, N, D]     k, v, dk, dv        [B, Hkv, N, D]
+//   phi_q, phi_k, d...  [B, Hq, N, F]     window_drop [B, Hq] uint8 or null
+//   coef_window, coef_linear [B, Hq] fp32: c_w, c_l of y = (c_w sum_W e v + c_l sum_L p v) /
+//       (c_w sum_W e + c_l sum_L p + eps) with e = exp(s - m), p = phi_q . phi_k; the caller
+//       derives them from omega (g_h, l_h) so that autograd reaches omega through them.
+//   row statistics      [B, Hq, N] fp32 (argmax int32)
+// q/k/v/phi/y/gradients share one dtype (fp32 or bf16); all accumulation is fp32.
+// Launchers return 0 or a cudaError_t value; error_string() turns it into text.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace hl::kernels::cuda {
+
+/// Which branches are present (DESIGN §1 inference modes that the kernels implement).
+enum class KernelMode : int { kHybrid = 0, kLinearOnly = 1, kWindowOnly = 2 };
+
+/// Element type of the activations and gradients.
+enum class KernelDType : int { kFloat32 = 0, kBFloat16 = 1 };
+
+/// Problem sizes and options shared by every launcher.
+struct ProblemShape {
+  int batch = 1;
+  int q_heads = 1;
+  int kv_heads = 1;  ///< divides q_heads (GQA); k/v are never repeated in memory
+  int seq_len = 1;
+  int head_dim = 64;  ///< 64 or 128
+  int features = 64;  ///< F, a multiple of 32 in [32, 256]
+  int window = 64;    ///< w in [1, 128] (decode ring capacity too)
+  KernelMode mode = KernelMode::kHybrid;
+  bool overlap = false;  ///< linear set j <= i instead of j <= i - w
+  float scale = 0.125f;  ///< 1 / sqrt(D)
+  float eps = 1e-12f;    ///< linear-only denominator guard
+  KernelDType dtype = KernelDType::kFloat32;
+};
+
+/// Why the kernels cannot take a shape, or nullptr when they can.
+const char* unsupported_reason(const ProblemShape& shape);
+
+/// Sequence split that fills the chip: `segments` blocks per (batch, head), each `length` rows
+/// (a multiple of 32). Segments > 1 need a chunk-state workspace (see state_workspace_floats).
+struct SegmentPlan {
+  int segments = 1;
+  int length = 0;
+};
+
+/// Segments for `units` = B * heads independent sequences on a GPU with `sm_count` SMs.
+SegmentPlan plan_segments(int units, int seq_len, int sm_count);
+
+/// At most `segments` segments of equal length (a multiple of 32) covering seq_len rows.
+SegmentPlan make_segment_plan(int seq_len, int segments);
+
+/// Floats of one chunk-state workspace: units * segments * (F * D + F).
+size_t state_workspace_floats(const ProblemShape& shape, int units, const SegmentPlan& plan);
+
+/// Forward pass (training and prefill). Writes y and the row statistics that backward needs.
+struct ForwardArgs {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* phi_q = nullptr;
+  const void* phi_k = nullptr;
+  const float* coef_window = nullptr;    ///< c_w [B, Hq]
+  const float* coef_linear = nullptr;    ///< c_l [B, Hq]
+  const uint8_t* window_drop = nullptr;  ///< nonzero: that (batch, head) is linear-only
+  void* y = nullptr;
+  float* row_max = nullptr;         ///< window max m_i (0 where there is no window)
+  float* row_denom = nullptr;       ///< D_i = sum a + sum b (+ eps when linear-only)
+  int32_t* row_argmax = nullptr;    ///< key index of m_i (-1 where there is no window)
+  float* branch_stats = nullptr;    ///< optional [B, Hq, N, 2]: linear mass, linear output share
+  float* segment_states = nullptr;  ///< workspace, kept for backward; null when segments == 1
+  SegmentPlan plan;
+};
+int launch_forward(const ProblemShape& shape, const ForwardArgs& args, void* stream);
+
+/// Backward pass: dq, dk, dv, dphi_q, dphi_k and per-row terms of dc_w, dc_l.
+struct BackwardArgs {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* phi_q = nullptr;
+  const void* phi_k = nullptr;
+  const float* coef_window = nullptr;
+  const float* coef_linear = nullptr;
+  const uint8_t* window_drop = nullptr;
+  const void* y = nullptr;
+  const void* dy = nullptr;
+  const float* row_max = nullptr;
+  const float* row_denom = nullptr;
+  const int32_t* row_argmax = nullptr;
+  const float* forward_states = nullptr;  ///< ForwardArgs::segment_states of the same call
+  SegmentPlan forward_plan;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  void* dphi_q = nullptr;
+  void* dphi_k = nullptr;
+  float* row_grad_window = nullptr;  ///< [B, Hq, N]: sum_j e_ij du_ij; dc_w = its sum over N
+  float* row_grad_linear = nullptr;  ///< [B, Hq, N]: sum_j p_ij du_ij; dc_l = its sum over N
+  float* row_delta = nullptr;        ///< workspace [B, Hq, N]
+  float* row_gate_grad = nullptr;    ///< workspace [B, Hq, N]
+  float* reverse_states = nullptr;   ///< workspace for key_plan (null when segments == 1)
+  float* dkv_accum = nullptr;        ///< workspace [2, B, Hkv, N, D] fp32 when Hq > Hkv
+  SegmentPlan key_plan;              ///< split of the key pass, units = B * Hkv
+};
+int launch_backward(const ProblemShape& shape, const BackwardArgs& args, void* stream);
+
+/// Recurrent state for decode, as kernels/attention.hpp's RecurrentState but with S and z in
+/// fp32: per (batch, q head) S [F, D] and z [F] over the keys j <= t - w that left the window
+/// (in every mode; overlap and linear-only add the ring keys' linear terms at each step); ring
+/// buffers of the last w keys/values (per kv head) and phi_k (per q head), key j in slot j % w.
+struct DecodeState {
+  float* S = nullptr;         ///< [B, Hq, F, D]; null: the state has no linear part
+  float* z = nullptr;         ///< [B, Hq, F]
+  void* k_ring = nullptr;     ///< [B, Hkv, w, D]
+  void* v_ring = nullptr;     ///< [B, Hkv, w, D]
+  void* phik_ring = nullptr;  ///< [B, Hq, w, F]
+};
+
+/// Fills S and z of `state` from a prompt of shape.seq_len tokens (keys j < N - w); the ring
+/// buffers are filled by the caller. `workspace` holds state_workspace_floats(shape, B * Hq,
+/// plan) floats (at least one segment's worth when plan.segments == 1).
+int launch_prefill_state(const ProblemShape& shape, const void* phi_k, const void* v,
+                         const DecodeState& state, float* workspace, const SegmentPlan& plan,
+                         void* stream);
+
+/// One decode step at position `position` (tokens already seen, the same for the batch):
+/// inputs q [B, Hq, D], k/v [B, Hkv, D], phi_q/phi_k [B, Hq, F] of the new token; writes
+/// y [B, Hq, D], folds key position - w into S, z and stores the new token in ring slot
+/// position % w. `workspace` holds decode_workspace_floats(shape) floats.
+struct DecodeArgs {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* phi_q = nullptr;
+  const void* phi_k = nullptr;
+  const float* coef_window = nullptr;
+  const float* coef_linear = nullptr;
+  const uint8_t* window_drop = nullptr;
+  void* y = nullptr;
+  float* workspace = nullptr;
+  int position = 0;
+};
+size_t decode_workspace_floats(const ProblemShape& shape);
+int launch_decode(const ProblemShape& shape, const DecodeArgs& args, const DecodeState& state,
+                  void* stream);
+
+/// Text of a code returned by a launcher.
+const char* error_string(int code);
+
+}  // namespace hl::kernels::cuda

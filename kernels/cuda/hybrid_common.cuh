@@ -1,0 +1,243 @@
+// Device helpers shared by the hybrid-attention kernels (nvcc only, no torch headers).
+//
+// Work layout used by every tiled kernel: a block of 256 threads owns 32 rows (queries or
+// keys); 8 consecutive lanes of a warp own one row. A lane owns a "blocked" slice of each
+// row vector: for chunk c and u in [0, 4) the element (c * 8 + lane_in_row) * 4 + u, so the
+// 8 lanes of a row read 128 contiguous bytes per chunk and whole rows are reduced with three
+// shuffles.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/hybrid_attention_launch.hpp"
+
+namespace hl::kernels::cuda::detail {
+
+constexpr int kThreads = 256;
+constexpr int kTileRows = 32;
+constexpr int kLanesPerRow = 8;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+/// Everything a kernel needs about the problem, by value.
+struct Shape {
+  int batch, q_heads, kv_heads, seq_len, head_dim, features, window;
+  int mode;  // KernelMode
+  bool overlap;
+  float scale, eps;
+};
+
+inline Shape make_shape(const ProblemShape& p) {
+  return Shape{p.batch,    p.q_heads,  p.kv_heads, p.seq_len,
+               p.head_dim, p.features, p.window,   static_cast<int>(p.mode),
+               p.overlap,  p.scale,    p.eps};
+}
+
+/// How one (batch, head) unit attends, after the SSD drop mask is applied.
+struct UnitMode {
+  bool use_window;   // softmax branch present
+  bool use_linear;   // linear branch present
+  int lin_lag;       // delta: key j is linear for query i when j <= i - delta
+  int state_lag;     // the running state before row tile t0 holds keys j < t0 - state_lag
+  bool linear_only;  // eps in the denominator
+};
+
+__device__ inline UnitMode unit_mode(const Shape& s, const uint8_t* window_drop, int unit) {
+  const bool dropped = window_drop != nullptr && window_drop[unit] != 0;
+  UnitMode m;
+  m.linear_only = dropped || s.mode == static_cast<int>(KernelMode::kLinearOnly);
+  m.use_window = !m.linear_only;
+  m.use_linear = m.linear_only || s.mode != static_cast<int>(KernelMode::kWindowOnly);
+  m.lin_lag = (m.linear_only || s.overlap) ? 0 : s.window;
+  m.state_lag = m.lin_lag > 0 ? m.lin_lag - 1 : 0;
+  return m;
+}
+
+__device__ inline float4 load4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+
+__device__ inline float4 load4(const __nv_bfloat16* p) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+
+__device__ inline void store4(float* p, float4 v) {
+  *reinterpret_cast<float4*>(p) = v;
+}
+
+__device__ inline void store4(__nv_bfloat16* p, float4 v) {
+  __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y);
+  __nv_bfloat162 b = __floats2bfloat162_rn(v.z, v.w);
+  uint2 raw;
+  raw.x = *reinterpret_cast<uint32_t*>(&a);
+  raw.y = *reinterpret_cast<uint32_t*>(&b);
+  *reinterpret_cast<uint2*>(p) = raw;
+}
+
+__device__ inline float to_float(float x) {
+  return x;
+}
+__device__ inline float to_float(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+
+/// Sum over the 8 lanes that own one row.
+__device__ inline float row_sum(float x) {
+  x += __shfl_xor_sync(kFullMask, x, 1);
+  x += __shfl_xor_sync(kFullMask, x, 2);
+  x += __shfl_xor_sync(kFullMask, x, 4);
+  return x;
+}
+
+/// Index of element u of chunk c in a lane's blocked slice.
+__device__ inline int slice_index(int c, int lane_in_row) {
+  return (c * kLanesPerRow + lane_in_row) * 4;
+}
+
+/// Loads the lane's blocked slice of a global row (C chunks of 4, the first `chunks` valid).
+template <int C, typename T>
+__device__ inline void load_slice(float (&dst)[C * 4], const T* row, int chunks, int lane_in_row,
+                                  float scale = 1.f) {
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (c < chunks && row != nullptr) v = load4(row + slice_index(c, lane_in_row));
+    dst[c * 4 + 0] = v.x * scale;
+    dst[c * 4 + 1] = v.y * scale;
+    dst[c * 4 + 2] = v.z * scale;
+    dst[c * 4 + 3] = v.w * scale;
+  }
+}
+
+template <int C, typename T>
+__device__ inline void store_slice(T* row, const float (&src)[C * 4], int chunks, int lane_in_row,
+                                   float scale = 1.f) {
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    if (c < chunks) {
+      store4(row + slice_index(c, lane_in_row),
+             make_float4(src[c * 4] * scale, src[c * 4 + 1] * scale, src[c * 4 + 2] * scale,
+                         src[c * 4 + 3] * scale));
+    }
+  }
+}
+
+/// Partial dot product of the lane's slice with a shared-memory row (full row sum needs row_sum).
+template <int C>
+__device__ inline float slice_dot(const float (&a)[C * 4], const float* row, int chunks,
+                                  int lane_in_row) {
+  float acc = 0.f;
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    if (c < chunks) {
+      const float4 b = load4(row + slice_index(c, lane_in_row));
+      acc = fmaf(a[c * 4 + 0], b.x, acc);
+      acc = fmaf(a[c * 4 + 1], b.y, acc);
+      acc = fmaf(a[c * 4 + 2], b.z, acc);
+      acc = fmaf(a[c * 4 + 3], b.w, acc);
+    }
+  }
+  return acc;
+}
+
+/// acc += w * (lane's slice of a shared-memory row).
+template <int C>
+__device__ inline void slice_axpy(float (&acc)[C * 4], float w, const float* row, int chunks,
+                                  int lane_in_row) {
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    if (c < chunks) {
+      const float4 b = load4(row + slice_index(c, lane_in_row));
+      acc[c * 4 + 0] = fmaf(w, b.x, acc[c * 4 + 0]);
+      acc[c * 4 + 1] = fmaf(w, b.y, acc[c * 4 + 1]);
+      acc[c * 4 + 2] = fmaf(w, b.z, acc[c * 4 + 2]);
+      acc[c * 4 + 3] = fmaf(w, b.w, acc[c * 4 + 3]);
+    }
+  }
+}
+
+/// Copies rows [row0, row0 + 32) of a row-major [*, width] matrix into shared memory as fp32
+/// with row stride `dst_stride`; rows outside [0, row_limit) become zeros. With `divisor`,
+/// row r is divided by divisor[r] (used for dy / D).
+template <typename T>
+__device__ inline void load_tile(float* dst, int dst_stride, const T* src, int width, int row0,
+                                 int row_limit, const float* divisor = nullptr) {
+  const int groups = width / 4;
+  for (int idx = threadIdx.x; idx < kTileRows * groups; idx += kThreads) {
+    const int rr = idx / groups;
+    const int c = idx - rr * groups;
+    const int row = row0 + rr;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (row >= 0 && row < row_limit) {
+      v = load4(src + static_cast<size_t>(row) * width + c * 4);
+      if (divisor != nullptr) {
+        const float s = 1.f / divisor[row];
+        v.x *= s;
+        v.y *= s;
+        v.z *= s;
+        v.w *= s;
+      }
+    }
+    store4(dst + rr * dst_stride + c * 4, v);
+  }
+}
+
+/// S[f][e] (row stride D) += sum_r A[r][f] * Bm[r][e];  z[f] += sum_r A[r][f] * cz[r].
+/// A has row stride a_stride, Bm row stride b_stride; cz == nullptr means 1.
+__device__ inline void fold_fd(float* S, float* z, int F, int D, const float* A, int a_stride,
+                               const float* Bm, int b_stride, const float* cz) {
+  const int d4s = D / 4;
+  const int d4 = threadIdx.x % d4s;
+  const int f_step = kThreads / d4s;
+  for (int f = threadIdx.x / d4s; f < F; f += f_step) {
+    float4 acc = load4(S + f * D + d4 * 4);
+    float zacc = 0.f;
+#pragma unroll 8
+    for (int r = 0; r < kTileRows; ++r) {
+      const float a = A[r * a_stride + f];
+      const float4 b = load4(Bm + r * b_stride + d4 * 4);
+      acc.x = fmaf(a, b.x, acc.x);
+      acc.y = fmaf(a, b.y, acc.y);
+      acc.z = fmaf(a, b.z, acc.z);
+      acc.w = fmaf(a, b.w, acc.w);
+      zacc = fmaf(a, cz != nullptr ? cz[r] : 1.f, zacc);
+    }
+    store4(S + f * D + d4 * 4, acc);
+    if (d4 == 0) z[f] += zacc;
+  }
+}
+
+/// St[e][f] (row stride st_stride) += sum_r Bm[r][e] * A[r][f];  z[f] += sum_r A[r][f] * cz[r].
+__device__ inline void fold_df(float* St, int st_stride, float* z, int F, int D, const float* A,
+                               int a_stride, const float* Bm, int b_stride, const float* cz) {
+  const int f4s = F / 4;
+  // A linear walk, because F / 4 need not divide the block size (F = 96, 160, ...).
+  for (int idx = threadIdx.x; idx < D * f4s; idx += kThreads) {
+    const int e = idx / f4s;
+    const int f4 = idx - e * f4s;
+    float4 acc = load4(St + e * st_stride + f4 * 4);
+#pragma unroll 8
+    for (int r = 0; r < kTileRows; ++r) {
+      const float b = Bm[r * b_stride + e];
+      const float4 a = load4(A + r * a_stride + f4 * 4);
+      acc.x = fmaf(b, a.x, acc.x);
+      acc.y = fmaf(b, a.y, acc.y);
+      acc.z = fmaf(b, a.z, acc.z);
+      acc.w = fmaf(b, a.w, acc.w);
+    }
+    store4(St + e * st_stride + f4 * 4, acc);
+  }
+  for (int f = threadIdx.x; f < F; f += kThreads) {
+    float zacc = 0.f;
+    for (int r = 0; r < kTileRows; ++r)
+      zacc = fmaf(A[r * a_stride + f], cz != nullptr ? cz[r] : 1.f, zacc);
+    z[f] += zacc;
+  }
+}
+
+}  // namespace hl::kernels::cuda::detail

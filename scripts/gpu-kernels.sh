@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One device call for the fused CUDA attention kernels: build, GPU tests, compute-sanitizer
+# (memcheck, racecheck) on small shapes, the C++ benchmark and the FlexAttention/SDPA
+# baselines on the same card. Full logs go to $OUT (or ./out); a short summary is printed last.
+#
+#   scripts/gpu-kernels.sh [--no-sanitize] [--no-bench] [--no-flex] [--bench-filter REGEX]
+# Needs .deps (carried) for scripts/gpu-build.sh.
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+out="${OUT:-$root/out}"
+mkdir -p "$out"
+sanitize=1 bench=1 flex=1 filter="."
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-sanitize) sanitize=0 ;;
+    --no-bench) bench=0 ;;
+    --no-flex) flex=0 ;;
+    --bench-filter) filter="$2"; shift ;;
+    *) echo "gpu-kernels: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+summary="$out/summary.txt"
+: >"$summary"
+note() { echo "$*" | tee -a "$summary"; }
+t0=$(date +%s)
+stamp() { echo "[$(($(date +%s) - t0)) s]"; }
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+  nvcc --version | tail -n 2
+  python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
+} >"$out/env.txt" 2>&1
+note "device: $(head -n 2 "$out/env.txt" | tail -n 1)"
+
+if ! scripts/gpu-build.sh --target hl_test_cuda --target hl_bench_cuda_attention >"$out/build.log" 2>&1; then
+  note "$(stamp) BUILD FAILED"
+  grep -E "error|Error" "$out/build.log" | head -n 40
+  tail -n 20 "$out/build.log"
+  exit 1
+fi
+note "$(stamp) build ok"
+build="${HL_BUILD_DIR:-$root/build-gpu}"
+
+timeout 600 "$build/tests/hl_test_cuda" --gtest_brief=1 >"$out/tests.log" 2>&1
+rc=$?
+note "$(stamp) tests rc=$rc: $(grep -E '^\[  (PASSED|FAILED)|tests? ran' "$out/tests.log" | tr '\n' ' ')"
+grep -E "Failure|Expected|Which is|rel_err|error|trace|FAILED" "$out/tests.log" | head -n 40
+
+if [ "$sanitize" = 1 ]; then
+  export PYTORCH_NO_CUDA_MEMORY_CACHING=1  # so that memcheck sees each buffer's real bounds
+  for tool in memcheck racecheck; do
+    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      "$build/tests/hl_test_cuda" --gtest_filter='*Sanitizer*' >"$out/sanitize-$tool.log" 2>&1
+    rc=$?
+    note "$(stamp) $tool rc=$rc: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|hazard' "$out/sanitize-$tool.log" | head -n 3 | tr '\n' ' ')"
+  done
+  unset PYTORCH_NO_CUDA_MEMORY_CACHING
+fi
+
+if [ "$bench" = 1 ]; then
+  timeout 420 "$build/bench/hl_bench_cuda_attention" --benchmark_filter="$filter" \
+    --benchmark_out="$out/bench.json" --benchmark_out_format=json >"$out/bench.txt" 2>&1
+  note "$(stamp) bench rc=$?"
+  grep -E "^BM_" "$out/bench.txt" | awk '{ printf "%-44s", $1; for (i = 2; i <= NF; ++i) if ($i ~ /(us|GB\/s|TFLOP\/s)=/) printf " %s", $i; print "" }' | tee -a "$summary"
+fi
+
+if [ "$flex" = 1 ]; then
+  PYTHONUNBUFFERED=1 timeout 480 python3 bench/flex_baseline.py --json "$out/flex.json" >"$out/flex.txt" 2>&1
+  note "$(stamp) flex rc=$?"
+  grep -E "^(flex|sdpa)" "$out/flex.txt" | tee -a "$summary"
+  tail -n 3 "$out/flex.txt" | grep -iE "error|Traceback" && tail -n 15 "$out/flex.txt"
+fi
+note "$(stamp) done"

@@ -1,0 +1,538 @@
+// Fused CUDA hybrid attention against a float64 reference written from DESIGN §1 (plain torch
+// ops on the GPU, autograd for the gradients). Every test skips without a GPU; without the
+// CUDA kernels in the build there is only the skip.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#ifdef HL_WITH_CUDA_KERNELS
+#include "kernels/attention.hpp"
+#include "kernels/cuda/cuda_attention.hpp"
+#endif
+
+namespace {
+
+#define HL_REQUIRE_GPU()                                                \
+  do {                                                                  \
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
+
+#ifndef HL_WITH_CUDA_KERNELS
+
+TEST(CudaAttention, NeedsCudaKernels) {
+  HL_REQUIRE_GPU();
+  GTEST_SKIP() << "built without the CUDA kernels (LibTorch has no CUDA)";
+}
+
+#else
+
+namespace hk = hl::kernels;
+namespace hc = hl::kernels::cuda;
+using torch::Tensor;
+
+// Relative error ||a - b|| / ||b|| in float64.
+double rel_err(const Tensor& a, const Tensor& b) {
+  const Tensor ad = a.to(torch::kDouble), bd = b.to(torch::kDouble);
+  return ((ad - bd).norm() / bd.norm()).item<double>();
+}
+
+double max_abs(const Tensor& t) {
+  return t.abs().max().to(torch::kDouble).item<double>();
+}
+
+bool all_finite(const Tensor& t) {
+  return torch::isfinite(t.to(torch::kDouble)).all().item<bool>();
+}
+
+// Hands the caching allocator NaN-filled blocks, so that outputs the kernels forget to write
+// show up as non-finite.
+void poison_allocator() {
+  auto junk = torch::full({1 << 24}, std::numeric_limits<float>::quiet_NaN(),
+                          torch::TensorOptions().device(torch::kCUDA));
+  torch::cuda::synchronize();
+}
+
+struct Case {
+  int64_t B = 2, Hq = 4, Hkv = 2, N = 301, D = 64, F = 64, w = 32;
+  hk::AttentionMode mode = hk::AttentionMode::hybrid;
+  bool overlap = false, affine = false, drop = false;
+  torch::ScalarType dtype = torch::kFloat;
+  double tol() const { return dtype == torch::kFloat ? 1e-5 : 1e-2; }
+  std::string name() const {
+    return std::string(hk::to_string(mode)) + (overlap ? "/overlap" : "") +
+           (affine ? "/affine" : "") + (drop ? "/drop" : "") + " B" + std::to_string(B) + " Hq" +
+           std::to_string(Hq) + " Hkv" + std::to_string(Hkv) + " N" + std::to_string(N) + " D" +
+           std::to_string(D) + " F" + std::to_string(F) + " w" + std::to_string(w) +
+           (dtype == torch::kFloat ? " fp32" : " bf16");
+  }
+};
+
+struct Data {
+  Tensor q, k, v, phi_q, phi_k, omega, drop;
+};
+
+// Fresh random inputs; phi is positive as every feature map but identity makes it.
+Data make_data(const Case& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  const auto o = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
+  Data d;
+  d.q = torch::randn({c.B, c.Hq, c.N, c.D}, o).to(c.dtype);
+  d.k = torch::randn({c.B, c.Hkv, c.N, c.D}, o).to(c.dtype);
+  d.v = torch::randn({c.B, c.Hkv, c.N, c.D}, o).to(c.dtype);
+  d.phi_q = torch::softmax(torch::randn({c.B, c.Hq, c.N, c.F}, o), -1).to(c.dtype);
+  d.phi_k = torch::softmax(torch::randn({c.B, c.Hq, c.N, c.F}, o), -1).to(c.dtype);
+  d.omega = (torch::randn({c.Hq}, o) - 1.0).to(c.dtype);
+  if (c.drop) {
+    d.drop = torch::rand({c.B, c.Hq}, o) < 0.5;
+    d.drop.index_put_({0, 0}, true);
+    d.drop.index_put_({0, 1}, false);
+  }
+  return d;
+}
+
+struct RefOut {
+  Tensor y, linear_mass, linear_share;
+};
+
+// DESIGN §1 in float64 with explicit masks. Linear-only rows (mode linear_only, or dropped)
+// use b = phi_q . phi_k over j <= i with eps; window_only rows use the window alone.
+RefOut reference(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v,
+                 const Tensor& phi_q, const Tensor& phi_k, const Tensor& omega,
+                 const Tensor& drop) {
+  const int64_t groups = c.Hq / c.Hkv;
+  auto rep = [&](const Tensor& x) { return x.repeat_interleave(groups, 1); };
+  const Tensor kk = rep(k), vv = rep(v);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+  const auto io = torch::TensorOptions().device(q.device()).dtype(torch::kLong);
+  const Tensor i = torch::arange(c.N, io).unsqueeze(1), j = torch::arange(c.N, io).unsqueeze(0);
+  const Tensor win = (j <= i) & (j > i - c.w);
+  const Tensor causal = j <= i;
+  const Tensor lin = c.overlap ? causal : (j <= i - c.w);
+  const Tensor s = torch::matmul(q, kk.transpose(-1, -2)) * scale;
+  const Tensor neg_inf = torch::full({}, -std::numeric_limits<double>::infinity(), s.options());
+  const Tensor m = torch::where(win, s, neg_inf).amax(-1, true);
+  const Tensor e = torch::exp(torch::where(win, s - m, neg_inf));
+  const Tensor p = phi_q.defined() ? torch::matmul(phi_q, phi_k.transpose(-1, -2)) : Tensor();
+  RefOut out;
+  Tensor y_window_rows, y_linear_rows, y_hybrid;
+  Tensor mass_h, share_h;
+  if (c.mode == hk::AttentionMode::hybrid) {
+    const Tensor g = torch::sigmoid(omega).view({1, c.Hq, 1, 1});
+    const Tensor l = c.affine ? 1 - g : torch::ones_like(g);
+    const Tensor a = g * e;
+    const Tensor b = l * p * lin;
+    const Tensor wa = torch::matmul(a, vv), lb = torch::matmul(b, vv);
+    const Tensor sa = a.sum(-1), sb = b.sum(-1);
+    y_hybrid = (wa + lb) / (sa + sb).unsqueeze(-1);
+    mass_h = sb / (sa + sb);
+    const Tensor nl = lb.norm(2, -1), nw = wa.norm(2, -1);
+    share_h = nl / (nl + nw);
+  }
+  if (c.mode == hk::AttentionMode::window_only) {
+    y_window_rows = torch::matmul(e, vv) / e.sum(-1, true);
+  }
+  if (p.defined()) {
+    const Tensor b = p * causal;
+    y_linear_rows = torch::matmul(b, vv) / (b.sum(-1, true) + hk::kLinearOnlyEps);
+  }
+  Tensor base = c.mode == hk::AttentionMode::hybrid        ? y_hybrid
+                : c.mode == hk::AttentionMode::window_only ? y_window_rows
+                                                           : y_linear_rows;
+  if (drop.defined() && c.mode != hk::AttentionMode::linear_only) {
+    base = torch::where(drop.view({c.B, c.Hq, 1, 1}), y_linear_rows, base);
+  }
+  out.y = base;
+  if (mass_h.defined()) {
+    out.linear_mass = mass_h;
+    out.linear_share = share_h;
+    if (drop.defined()) {
+      out.linear_mass = torch::where(drop.view({c.B, c.Hq, 1}), torch::ones_like(mass_h), mass_h);
+      out.linear_share =
+          torch::where(drop.view({c.B, c.Hq, 1}), torch::ones_like(share_h), share_h);
+    }
+  }
+  return out;
+}
+
+hk::AttentionOptions options_of(const Case& c) {
+  hk::AttentionOptions o;
+  o.mode = c.mode;
+  o.window = c.w;
+  o.overlap = c.overlap;
+  o.affine_factors = c.affine;
+  return o;
+}
+
+bool needs_phi(const Case& c) {
+  return c.mode != hk::AttentionMode::window_only || c.drop;
+}
+
+// Forward and backward of the fused path (through `entry`) against the reference.
+template <class Entry>
+void check_forward_backward(const Case& c, uint64_t seed, Entry entry) {
+  SCOPED_TRACE(c.name());
+  const Data d = make_data(c, seed);
+  auto leaf = [](const Tensor& t) { return t.detach().clone().requires_grad_(true); };
+  const bool phi = needs_phi(c);
+  const bool gate = c.mode == hk::AttentionMode::hybrid;
+  Tensor q = leaf(d.q), k = leaf(d.k), v = leaf(d.v);
+  Tensor pq = phi ? leaf(d.phi_q) : Tensor(), pk = phi ? leaf(d.phi_k) : Tensor();
+  Tensor om = gate ? leaf(d.omega) : Tensor();
+  hk::AttentionInputs in{q, k, v, pq, pk, om, d.drop};
+  poison_allocator();
+  const hk::AttentionOutput out = entry(in, options_of(c));
+  ASSERT_TRUE(all_finite(out.y)) << "unwritten or non-finite output";
+  const Tensor dy = torch::randn_like(out.y.to(torch::kFloat)).to(c.dtype);
+  poison_allocator();
+  out.y.backward(dy);
+
+  auto leaf64 = [](const Tensor& t) { return t.detach().to(torch::kDouble).requires_grad_(true); };
+  Tensor q64 = leaf64(d.q), k64 = leaf64(d.k), v64 = leaf64(d.v);
+  Tensor pq64 = phi ? leaf64(d.phi_q) : Tensor(), pk64 = phi ? leaf64(d.phi_k) : Tensor();
+  Tensor om64 = gate ? leaf64(d.omega) : Tensor();
+  const RefOut ref = reference(c, q64, k64, v64, pq64, pk64, om64, d.drop);
+  ref.y.backward(dy.to(torch::kDouble));
+
+  EXPECT_LT(rel_err(out.y, ref.y), c.tol()) << "y";
+  const std::vector<std::tuple<std::string, Tensor, Tensor>> grads = {
+      {"dq", q, q64},       {"dk", k, k64},       {"dv", v, v64},
+      {"dphi_q", pq, pq64}, {"dphi_k", pk, pk64}, {"domega", om, om64}};
+  for (const auto& [name, mine, theirs] : grads) {
+    if (!theirs.defined()) continue;
+    ASSERT_TRUE(mine.grad().defined()) << name << " has no gradient";
+    ASSERT_TRUE(all_finite(mine.grad())) << name << " not fully written";
+    const Tensor want = theirs.grad().defined() ? theirs.grad() : torch::zeros_like(theirs);
+    if (max_abs(want) < 1e-12) {
+      // The output does not depend on this input here (e.g. q in linear_only, phi when N < w):
+      // a relative error is undefined, so the gradient must be zero to the tolerance, with
+      // inputs and dy of order one.
+      EXPECT_LT(max_abs(mine.grad()), c.tol()) << name << " should be zero";
+    } else {
+      EXPECT_LT(rel_err(mine.grad(), want), c.tol()) << name;
+    }
+  }
+}
+
+hk::AttentionOutput via_inputs(const hk::AttentionInputs& in, const hk::AttentionOptions& o) {
+  return hc::attention(in, o);
+}
+
+// The public dispatch with Backend::cuda (kernels/attention.cpp calls the Problem hook).
+hk::AttentionOutput via_dispatch(const hk::AttentionInputs& in, hk::AttentionOptions o) {
+  o.backend = hk::Backend::cuda;
+  return hk::attention(in, o);
+}
+
+TEST(CudaAttention, HybridFp32Gqa) {
+  HL_REQUIRE_GPU();
+  Case c;
+  check_forward_backward(c, 1, via_inputs);
+}
+
+TEST(CudaAttention, HybridOverlapAffineDropFp32) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.D = 128;
+  c.F = 128;
+  c.w = 64;
+  c.N = 257;
+  c.Hkv = 4;
+  c.overlap = true;
+  c.affine = true;
+  c.drop = true;
+  check_forward_backward(c, 2, via_inputs);
+}
+
+TEST(CudaAttention, HybridAffineDropNonOverlapFp32) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.affine = true;
+  c.drop = true;
+  c.w = 16;
+  c.F = 96;
+  c.N = 190;
+  check_forward_backward(c, 3, via_inputs);
+}
+
+TEST(CudaAttention, LinearOnlyFp32) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.mode = hk::AttentionMode::linear_only;
+  c.N = 97;
+  c.F = 160;
+  check_forward_backward(c, 4, via_inputs);
+}
+
+TEST(CudaAttention, WindowOnlyFp32) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.mode = hk::AttentionMode::window_only;
+  c.w = 128;
+  c.N = 333;
+  check_forward_backward(c, 5, via_inputs);
+  c.drop = true;
+  c.w = 7;
+  check_forward_backward(c, 6, via_inputs);
+}
+
+TEST(CudaAttention, ShorterThanWindowFp32) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.N = 20;
+  c.w = 64;
+  check_forward_backward(c, 7, via_inputs);
+  c.N = 1;
+  check_forward_backward(c, 8, via_inputs);
+}
+
+TEST(CudaAttention, ThroughDispatchFp32) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.Hkv = 1;
+  c.drop = true;
+  c.affine = true;
+  check_forward_backward(c, 9, via_dispatch);
+}
+
+TEST(CudaAttention, HybridBf16) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.dtype = torch::kBFloat16;
+  c.D = 128;
+  c.F = 128;
+  c.w = 64;
+  c.N = 300;
+  c.Hkv = 1;
+  check_forward_backward(c, 10, via_inputs);
+  c.F = 256;
+  c.w = 128;
+  c.overlap = true;
+  c.drop = true;
+  check_forward_backward(c, 11, via_inputs);
+}
+
+TEST(CudaAttention, LinearAndWindowOnlyBf16) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.dtype = torch::kBFloat16;
+  c.mode = hk::AttentionMode::linear_only;
+  check_forward_backward(c, 12, via_inputs);
+  c.mode = hk::AttentionMode::window_only;
+  check_forward_backward(c, 13, via_inputs);
+}
+
+// Forced segment splits must give the same function (the chunk-state passes and scans).
+TEST(CudaAttention, SegmentSplitsRawPoisoned) {
+  HL_REQUIRE_GPU();
+  for (const int segments : {1, 3, 7}) {
+    Case c;
+    c.N = 333;
+    c.w = 40;
+    c.affine = true;
+    c.drop = true;
+    SCOPED_TRACE("segments " + std::to_string(segments));
+    const Data d = make_data(c, 20 + segments);
+    const Tensor g = torch::sigmoid(d.omega.to(torch::kFloat)).view({1, c.Hq}).expand({c.B, c.Hq});
+    const Tensor dropped = d.drop.to(torch::kFloat);
+    hc::RawInputs in;
+    in.q = d.q;
+    in.k = d.k;
+    in.v = d.v;
+    in.phi_q = d.phi_q;
+    in.phi_k = d.phi_k;
+    in.coef_window = (g * (1 - dropped)).contiguous();
+    in.coef_linear = ((1 - g) * (1 - dropped) + dropped).contiguous();
+    in.window_drop = d.drop.to(torch::kUInt8);
+    hc::RawOptions o;
+    o.window = c.w;
+    o.forward_segments = segments;
+    o.key_segments = segments + 1;
+    o.want_stats = true;
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const Tensor y = torch::full_like(d.q, nan);
+    const hc::RawForward f = hc::forward_raw(in, o, y);
+    EXPECT_EQ(f.plan.segments, hc::make_segment_plan(static_cast<int>(c.N), segments).segments);
+    if (segments > 1) {
+      EXPECT_GT(f.plan.segments, 1);
+    }
+    ASSERT_TRUE(all_finite(y));
+    ASSERT_TRUE(all_finite(f.stats));
+    const Tensor dy = torch::randn_like(d.q);
+    hc::RawGrads out;
+    out.dq = torch::full_like(d.q, nan);
+    out.dk = torch::full_like(d.k, nan);
+    out.dv = torch::full_like(d.v, nan);
+    out.dphi_q = torch::full_like(d.phi_q, nan);
+    out.dphi_k = torch::full_like(d.phi_k, nan);
+    const hc::RawGrads grads = hc::backward_raw(in, o, f, dy, &out);
+    for (const auto& t : {out.dq, out.dk, out.dv, out.dphi_q, out.dphi_k})
+      ASSERT_TRUE(all_finite(t));
+
+    auto leaf64 = [](const Tensor& t) {
+      return t.detach().to(torch::kDouble).requires_grad_(true);
+    };
+    Tensor q64 = leaf64(d.q), k64 = leaf64(d.k), v64 = leaf64(d.v), pq64 = leaf64(d.phi_q),
+           pk64 = leaf64(d.phi_k), om64 = leaf64(d.omega);
+    const RefOut ref = reference(c, q64, k64, v64, pq64, pk64, om64, d.drop);
+    ref.y.backward(dy.to(torch::kDouble));
+    EXPECT_LT(rel_err(y, ref.y), 1e-5);
+    EXPECT_LT(rel_err(out.dq, q64.grad()), 1e-5);
+    EXPECT_LT(rel_err(out.dk, k64.grad()), 1e-5);
+    EXPECT_LT(rel_err(out.dv, v64.grad()), 1e-5);
+    EXPECT_LT(rel_err(out.dphi_q, pq64.grad()), 1e-5);
+    EXPECT_LT(rel_err(out.dphi_k, pk64.grad()), 1e-5);
+    const Tensor stats = f.stats.view({c.B, c.Hq, c.N, 2});
+    EXPECT_LT(rel_err(stats.select(3, 0), ref.linear_mass), 1e-5) << "linear mass";
+    EXPECT_LT(rel_err(stats.select(3, 1), ref.linear_share), 1e-5) << "linear output share";
+    // d omega through the coefficients: dc_w dg/domega (1 - drop) - dc_l dg/domega (1 - drop).
+    const Tensor gg = torch::sigmoid(d.omega.to(torch::kDouble));
+    const Tensor kept = 1 - d.drop.to(torch::kDouble);
+    const Tensor domega =
+        ((grads.dcoef_window.to(torch::kDouble) - grads.dcoef_linear.to(torch::kDouble)) * kept *
+         gg * (1 - gg))
+            .sum(0);
+    EXPECT_LT(rel_err(domega, om64.grad()), 1e-5) << "domega";
+  }
+}
+
+TEST(CudaAttention, UnsupportedShapesSayWhy) {
+  HL_REQUIRE_GPU();
+  const auto o = torch::TensorOptions().device(torch::kCUDA);
+  hk::AttentionInputs in;
+  in.q = torch::randn({1, 2, 8, 96}, o);
+  in.k = torch::randn({1, 2, 8, 96}, o);
+  in.v = torch::randn({1, 2, 8, 96}, o);
+  in.phi_q = torch::rand({1, 2, 8, 64}, o);
+  in.phi_k = torch::rand({1, 2, 8, 64}, o);
+  in.window_factor_logits = torch::zeros({2}, o);
+  std::string why;
+  EXPECT_FALSE(hc::supports(in, hk::AttentionOptions{}, &why));
+  EXPECT_NE(why.find("head_dim"), std::string::npos) << why;
+  EXPECT_THROW(hc::attention(in, hk::AttentionOptions{}), std::invalid_argument);
+  in.q = torch::randn({1, 2, 8, 64}, o);
+  in.k = torch::randn({1, 2, 8, 64}, o);
+  in.v = torch::randn({1, 2, 8, 64}, o);
+  in.phi_q = torch::rand({1, 2, 8, 40}, o);
+  in.phi_k = torch::rand({1, 2, 8, 40}, o);
+  EXPECT_FALSE(hc::supports(in, hk::AttentionOptions{}, &why));
+  EXPECT_NE(why.find("features"), std::string::npos) << why;
+}
+
+// Prefill N0 tokens, then decode the rest one by one; every step must match the parallel
+// reference at its position, and the state must not grow.
+void check_decode(const Case& c, int64_t prompt, uint64_t seed) {
+  SCOPED_TRACE(c.name() + " prompt " + std::to_string(prompt));
+  const Data d = make_data(c, seed);
+  const bool phi = needs_phi(c);
+  const Tensor omega = c.mode == hk::AttentionMode::hybrid ? d.omega : Tensor();
+  const RefOut ref = reference(c, d.q.to(torch::kDouble), d.k.to(torch::kDouble),
+                               d.v.to(torch::kDouble), phi ? d.phi_q.to(torch::kDouble) : Tensor(),
+                               phi ? d.phi_k.to(torch::kDouble) : Tensor(),
+                               omega.defined() ? omega.to(torch::kDouble) : Tensor(), Tensor());
+  auto part = [&](const Tensor& t, int64_t start, int64_t len) {
+    return t.defined() ? t.narrow(2, start, len) : t;
+  };
+  hk::AttentionInputs prompt_in{part(d.q, 0, prompt),
+                                part(d.k, 0, prompt),
+                                part(d.v, 0, prompt),
+                                phi ? part(d.phi_q, 0, prompt) : Tensor(),
+                                phi ? part(d.phi_k, 0, prompt) : Tensor(),
+                                omega,
+                                Tensor()};
+  hk::PrefillResult pre = hc::prefill(prompt_in, options_of(c));
+  EXPECT_LT(rel_err(pre.output.y, ref.y.narrow(2, 0, prompt)), c.tol()) << "prefill output";
+  const int64_t bytes = pre.state.bytes();
+  double worst = 0;
+  for (int64_t t = prompt; t < c.N; ++t) {
+    hk::AttentionInputs step{part(d.q, t, 1),
+                             part(d.k, t, 1),
+                             part(d.v, t, 1),
+                             phi ? part(d.phi_q, t, 1) : Tensor(),
+                             phi ? part(d.phi_k, t, 1) : Tensor(),
+                             omega,
+                             Tensor()};
+    const Tensor y = hc::decode_step(step, pre.state, options_of(c));
+    ASSERT_TRUE(all_finite(y)) << "step " << t;
+    worst = std::max(worst, rel_err(y, ref.y.narrow(2, t, 1)));
+  }
+  EXPECT_LT(worst, c.tol()) << "worst decode step";
+  EXPECT_EQ(pre.state.bytes(), bytes);
+  EXPECT_EQ(pre.state.position, c.N);
+}
+
+TEST(CudaAttention, DecodeMatchesParallelFp32) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.N = 200;
+  c.w = 64;
+  check_decode(c, 150, 30);
+  check_decode(c, 40, 31);  // prompt shorter than the window
+  c.overlap = true;
+  c.affine = true;
+  c.D = 128;
+  c.F = 128;
+  check_decode(c, 100, 32);
+  c.mode = hk::AttentionMode::linear_only;
+  check_decode(c, 70, 33);
+  c.mode = hk::AttentionMode::window_only;
+  c.w = 16;
+  check_decode(c, 90, 34);
+}
+
+TEST(CudaAttention, DecodeMatchesParallelBf16) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.dtype = torch::kBFloat16;
+  c.N = 160;
+  c.w = 64;
+  c.D = 128;
+  c.F = 128;
+  c.Hq = 8;
+  c.Hkv = 2;
+  check_decode(c, 100, 40);
+}
+
+// Small shapes for compute-sanitizer (scripts/gpu-kernels.sh runs memcheck and racecheck on
+// tests named Sanitizer*): every kernel, segment splits, GQA, bf16, a few decode steps.
+TEST(CudaAttention, SanitizerSmall) {
+  HL_REQUIRE_GPU();
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    Case c;
+    c.B = 1;
+    c.Hq = 2;
+    c.Hkv = 1;
+    c.N = 70;
+    c.w = 16;
+    c.drop = true;
+    c.dtype = dtype;
+    const Data d = make_data(c, 50);
+    hc::RawInputs in;
+    in.q = d.q;
+    in.k = d.k;
+    in.v = d.v;
+    in.phi_q = d.phi_q;
+    in.phi_k = d.phi_k;
+    in.coef_window = torch::full({c.B, c.Hq}, 0.3, d.q.options().dtype(torch::kFloat));
+    in.coef_linear = torch::full({c.B, c.Hq}, 0.7, d.q.options().dtype(torch::kFloat));
+    in.window_drop = d.drop.to(torch::kUInt8);
+    hc::RawOptions o;
+    o.window = c.w;
+    o.forward_segments = 2;
+    o.key_segments = 2;
+    o.want_stats = true;
+    const hc::RawForward f = hc::forward_raw(in, o);
+    const hc::RawGrads g = hc::backward_raw(in, o, f, torch::randn_like(d.q));
+    EXPECT_TRUE(all_finite(f.y));
+    EXPECT_TRUE(all_finite(g.dk));
+    c.drop = false;
+    check_decode(c, 20, 51);
+  }
+}
+
+#endif  // HL_WITH_CUDA_KERNELS
+
+}  // namespace
