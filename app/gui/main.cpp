@@ -1,6 +1,92 @@
+// hybridlab: the Qt workbench. Reads runs from the store and starts them through hybridlab-cli.
 #include <QApplication>
+#include <QCommandLineParser>
+#include <QTimer>
+
+#include "ui/main_window.hpp"
+#include "ui/run_store.hpp"
+#include "ui/run_table_view.hpp"
 
 int main(int argc, char** argv) {
   QApplication app(argc, argv);
-  return 0;
+  QApplication::setApplicationName(QStringLiteral("HybridLab"));
+  QApplication::setOrganizationName(QStringLiteral("HybridLab"));
+  QApplication::setOrganizationDomain(QStringLiteral("hybridlab.io"));
+  QApplication::setApplicationVersion(QStringLiteral("0.1.0"));
+  QApplication::setDesktopFileName(QStringLiteral("io.hybridlab.HybridLab"));
+
+  QCommandLineParser parser;
+  parser.setApplicationDescription(
+      QStringLiteral("Workbench for converting transformers to hybrid attention."));
+  parser.addHelpOption();
+  parser.addVersionOption();
+  QCommandLineOption db({QStringLiteral("db")}, QStringLiteral("Runs database to open."),
+                        QStringLiteral("DB"));
+  QCommandLineOption demo({QStringLiteral("demo")},
+                          QStringLiteral("Open the default database and queue the demo runs."));
+  QCommandLineOption tab({QStringLiteral("tab")},
+                         QStringLiteral("View to show first: curves, usage, eval, compare, "
+                                        "experiment or launch."),
+                         QStringLiteral("VIEW"));
+  QCommandLineOption select({QStringLiteral("select")},
+                            QStringLiteral("Comma-separated run ids to select."),
+                            QStringLiteral("IDS"));
+  QCommandLineOption screenshot({QStringLiteral("screenshot")},
+                                QStringLiteral("Render the window to a PNG file after the data "
+                                               "has loaded, then quit (for docs)."),
+                                QStringLiteral("PNG"));
+  QCommandLineOption size({QStringLiteral("size")},
+                          QStringLiteral("Window size WxH (default 1400x860)."),
+                          QStringLiteral("WxH"));
+  QCommandLineOption no_state({QStringLiteral("no-restore")},
+                              QStringLiteral("Ignore the saved window layout."));
+  parser.addOptions({db, demo, tab, select, screenshot, size, no_state});
+  parser.process(app);
+
+  hl::ui::MainWindow::Options options;
+  options.db_path = parser.isSet(demo) ? QString() : parser.value(db);
+  options.restore_state = !parser.isSet(no_state);
+  hl::ui::MainWindow window(options);
+  if (parser.isSet(tab)) {
+    const QStringList views{"curves", "usage", "eval", "compare", "experiment", "launch"};
+    const qsizetype index = views.indexOf(parser.value(tab));
+    if (index >= 0) window.tabs()->setCurrentIndex(static_cast<int>(index));
+  }
+  if (parser.isSet(size)) {
+    const QStringList parts = parser.value(size).split('x');
+    if (parts.size() == 2) window.resize(parts[0].toInt(), parts[1].toInt());
+  } else if (parser.isSet(screenshot)) {
+    window.resize(1400, 860);
+  }
+  window.show();
+  if (parser.isSet(select) || parser.isSet(screenshot)) {
+    QList<qint64> ids;
+    for (const QString& id : parser.value(select).split(',', Qt::SkipEmptyParts))
+      ids << id.toLongLong();
+    // The runs arrive from the store's first poll; without ids the newest two are shown.
+    QObject::connect(window.store(), &hl::ui::RunStore::runsChanged, &window, [&window, ids] {
+      if (!window.run_table()->selected_runs().isEmpty()) return;
+      QList<qint64> chosen = ids;
+      const auto& runs = window.store()->runs();
+      if (chosen.isEmpty())
+        for (size_t i = runs.size(); i > 0 && chosen.size() < 2; --i)
+          chosen.prepend(runs[i - 1].id());
+      window.run_table()->select_runs(chosen);
+    });
+  }
+  if (parser.isSet(screenshot)) {
+    // Views load asynchronously; a few seconds covers the first poll and their reads.
+    const QString path = parser.value(screenshot);
+    QTimer::singleShot(3000, &window, [&window, path] {
+      const bool saved = window.grab().save(path);
+      if (!saved) qWarning("could not write %s", qPrintable(path));
+      QApplication::exit(saved ? 0 : 1);
+    });
+    return app.exec();
+  }
+  if (parser.isSet(demo))
+    QTimer::singleShot(0, &window, [&window] { window.start_demo(); });
+  else
+    QTimer::singleShot(0, &window, [&window] { window.offer_demo_on_first_start(); });
+  return app.exec();
 }

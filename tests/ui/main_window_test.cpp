@@ -1,0 +1,81 @@
+// The main window wired to a real store: selecting runs drives every view; hiding a run
+// removes it from the curves only.
+#include "ui/main_window.hpp"
+
+#include <qcustomplot.h>
+
+#include <QTableView>
+#include <QTableWidget>
+
+#include "test_paths.hpp"
+#include "ui/compare_view.hpp"
+#include "ui/eval_view.hpp"
+#include "ui/metric_plot.hpp"
+#include "ui/run_store.hpp"
+#include "ui/run_table_view.hpp"
+#include "ui/runs_model.hpp"
+#include "ui/usage_heatmap.hpp"
+#include "ui_test_util.hpp"
+
+namespace hl::ui {
+namespace {
+
+using test::TempStore;
+using test::wait_until;
+
+TEST(MainWindowTest, SelectionDrivesTheViews) {
+  TempStore temp;
+  std::vector<int64_t> ids;
+  for (const char* name : {"lolcats", "lolcats+ssd"}) {
+    store::RunWriter writer = temp.create(name);
+    HL_ASSERT_OK(writer.set_params(
+        {{"attention.window", "16"},
+         {"ssd", std::string(name).find("ssd") != std::string::npos ? "on" : "off"}}));
+    for (int step = 0; step < 30; ++step)
+      HL_ASSERT_OK(writer.log_scalar("loss", step, 5.0 / (step + 1)));
+    HL_ASSERT_OK(writer.log_eval("ppl", "hybrid", "ppl", 12.5, 100));
+    HL_ASSERT_OK(writer.log_eval("passkey", "hybrid", "acc", 0.75, 40));
+    HL_ASSERT_OK(writer.log_eval("passkey", "hybrid", "acc@16", 1.0, 10));
+    HL_ASSERT_OK(writer.log_eval("passkey", "hybrid", "acc@64", 0.5, 10));
+    HL_ASSERT_OK(writer.log_eval("passkey", "window_only", "acc", 0.25, 40));
+    HL_ASSERT_OK(writer.set_status(store::RunStatus::completed));
+    ids.push_back(writer.run_id());
+    HL_ASSERT_OK(writer.close());
+  }
+  MainWindow::Options options;
+  options.db_path = temp.qpath();
+  options.restore_state = false;
+  options.experiments_dir = QDir(QString::fromUtf8(hl::test::kSourceDir)).filePath("experiments");
+  MainWindow window(options);
+  window.show();
+  ASSERT_TRUE(wait_until([&] { return window.runs_model()->rowCount() == 2; }));
+
+  window.run_table()->select_runs({ids[0], ids[1]});
+  EXPECT_EQ(window.curves()->plot()->runs(), (QList<qint64>{ids[0], ids[1]}));
+  ASSERT_TRUE(wait_until([&] { return window.curves()->plot()->drawn_points(ids[1]) == 30; }));
+
+  window.runs_model()->set_visible(ids[0], false);
+  EXPECT_EQ(window.curves()->plot()->runs(), (QList<qint64>{ids[1]}));
+  EXPECT_EQ(window.run_table()->selected_runs().size(), 2);
+
+  // Table 1: rows run x mode, columns tasks.
+  ASSERT_TRUE(wait_until([&] { return window.evals()->table()->rowCount() == 4; }));
+  QTableWidget* table = window.evals()->table();
+  EXPECT_EQ(table->horizontalHeaderItem(2)->text(), "ppl");
+  EXPECT_EQ(table->horizontalHeaderItem(3)->text(), "passkey");
+  EXPECT_EQ(table->item(0, 1)->text(), "hybrid");
+  EXPECT_EQ(table->item(0, 2)->text(), "12.5");
+  EXPECT_EQ(table->item(1, 1)->text(), "window_only");
+  EXPECT_EQ(table->item(1, 3)->text(), "0.25");
+  // Accuracy by distance: passkey, hybrid, one graph per run.
+  EXPECT_EQ(window.evals()->distance_plot()->graphCount(), 2);
+
+  // Compare: only the differing parameter is listed.
+  ASSERT_TRUE(wait_until([&] { return window.compare()->table()->rowCount() == 1; }));
+  EXPECT_EQ(window.compare()->table()->item(0, 0)->text(), "ssd");
+  window.compare()->set_differences_only(false);
+  EXPECT_EQ(window.compare()->table()->rowCount(), 2);
+}
+
+}  // namespace
+}  // namespace hl::ui

@@ -1,0 +1,400 @@
+#include "ui/metric_plot.hpp"
+
+#include <qcustomplot.h>
+
+#include <QCheckBox>
+#include <QComboBox>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QSlider>
+#include <QTimer>
+#include <QVBoxLayout>
+#include <cmath>
+
+#include "ui/theme.hpp"
+
+namespace hl::ui {
+
+double EmaSmoother::push(double value) {
+  if (std::isnan(value)) return value;
+  if (weight_ <= 0.0) return value;
+  average_ = weight_ * average_ + (1.0 - weight_) * value;
+  correction_ *= weight_;
+  return average_ / (1.0 - correction_);
+}
+
+struct MetricPlot::Curve {
+  qint64 run = 0;
+  SeriesKey key;
+  QCPGraph* raw = nullptr;
+  QCPGraph* smooth = nullptr;
+  size_t shown = 0;
+  EmaSmoother ema;
+  int64_t wall0 = 0;
+  double tokens_per_step = 0.0;
+  bool dirty = false;
+  bool rebuild = true;
+};
+
+MetricPlot::MetricPlot(RunStore* store, QWidget* parent)
+    : QWidget(parent),
+      store_(store),
+      plot_(new QCustomPlot(this)),
+      redraw_timer_(new QTimer(this)) {
+  plot_->setObjectName("metricPlot");
+  plot_->setAccessibleName(tr("Metric curves"));
+  plot_->setInteractions(QCP::iRangeDrag | QCP::iRangeZoom);
+  plot_->setNoAntialiasingOnDrag(true);
+  plot_->legend->setVisible(true);
+  plot_->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignTop | Qt::AlignRight);
+  plot_->xAxis->setLabel(tr("step"));
+  plot_->setMouseTracking(true);
+
+  crosshair_ = new QCPItemStraightLine(plot_);
+  crosshair_->setPen(QPen(QColor(128, 128, 128, 160), 1, Qt::DashLine));
+  crosshair_->setVisible(false);
+  crosshair_->setSelectable(false);
+  readout_ = new QCPItemText(plot_);
+  readout_->position->setType(QCPItemPosition::ptAxisRectRatio);
+  readout_->position->setCoords(0.01, 0.01);
+  readout_->setPositionAlignment(Qt::AlignTop | Qt::AlignLeft);
+  readout_->setTextAlignment(Qt::AlignLeft);
+  readout_->setPadding(QMargins(4, 2, 4, 2));
+  readout_->setVisible(false);
+  readout_->setClipToAxisRect(true);
+
+  redraw_timer_->setSingleShot(true);
+  redraw_timer_->setInterval(100);
+  connect(redraw_timer_, &QTimer::timeout, this, &MetricPlot::flush);
+  connect(store_, &RunStore::seriesAppended, this, &MetricPlot::mark_dirty);
+  connect(store_, &RunStore::runsChanged, this, [this] {
+    // Names and token counts may arrive after the first points.
+    bool changed = false;
+    for (auto& curve : curves_) {
+      const RunRow* run = store_->run(curve->run);
+      if (!run) continue;
+      const QString name = QString::fromStdString(run->entry.info.name);
+      if (curve->smooth->name() != name) {
+        curve->smooth->setName(name);
+        changed = true;
+      }
+      if (curve->tokens_per_step != run->tokens_per_step()) {
+        curve->tokens_per_step = run->tokens_per_step();
+        if (x_axis_ == XAxis::tokens) curve->rebuild = curve->dirty = true;
+      }
+    }
+    if (changed || std::any_of(curves_.begin(), curves_.end(), [](auto& c) { return c->dirty; }))
+      if (!redraw_timer_->isActive()) redraw_timer_->start();
+  });
+  connect(plot_, &QCustomPlot::mouseMove, this, &MetricPlot::update_crosshair);
+  connect(plot_, &QCustomPlot::mouseWheel, this, [this] { follow_ = false; });
+  connect(plot_, &QCustomPlot::mousePress, this, [this] { follow_ = false; });
+  connect(plot_, &QCustomPlot::mouseDoubleClick, this, [this] { rescale(); });
+
+  auto* layout = new QVBoxLayout(this);
+  layout->setContentsMargins(0, 0, 0, 0);
+  layout->addWidget(plot_);
+  style_plot(plot_, palette());
+}
+
+MetricPlot::~MetricPlot() {
+  for (auto& curve : curves_)
+    store_->unwatch(curve->key);
+}
+
+void MetricPlot::set_runs(const QList<qint64>& run_ids) {
+  if (run_ids == run_ids_) return;
+  run_ids_ = run_ids;
+  rebuild_curves();
+}
+
+void MetricPlot::set_metric(const QString& key) {
+  if (key == metric_) return;
+  metric_ = key;
+  follow_ = true;
+  rebuild_curves();
+}
+
+void MetricPlot::set_x_axis(XAxis axis) {
+  if (axis == x_axis_) return;
+  x_axis_ = axis;
+  follow_ = true;
+  update_axis_labels();
+  for (auto& curve : curves_)
+    curve->rebuild = curve->dirty = true;
+  flush();
+}
+
+void MetricPlot::set_smoothing(double weight) {
+  smoothing_ = std::clamp(weight, 0.0, 0.999);
+  for (auto& curve : curves_)
+    curve->rebuild = curve->dirty = true;
+  flush();
+}
+
+void MetricPlot::set_log_y(bool log) {
+  log_y_ = log;
+  if (log) {
+    plot_->yAxis->setScaleType(QCPAxis::stLogarithmic);
+    plot_->yAxis->setTicker(QSharedPointer<QCPAxisTickerLog>(new QCPAxisTickerLog));
+  } else {
+    plot_->yAxis->setScaleType(QCPAxis::stLinear);
+    plot_->yAxis->setTicker(QSharedPointer<QCPAxisTicker>(new QCPAxisTicker));
+  }
+  follow_ = true;
+  for (auto& curve : curves_)
+    curve->dirty = true;
+  flush();
+}
+
+void MetricPlot::set_show_raw(bool show) {
+  show_raw_ = show;
+  for (auto& curve : curves_)
+    curve->raw->setVisible(show && smoothing_ > 0.0);
+  plot_->replot();
+}
+
+void MetricPlot::set_redraw_interval(int milliseconds) {
+  redraw_timer_->setInterval(milliseconds);
+}
+
+int MetricPlot::drawn_points(qint64 run_id) const {
+  for (const auto& curve : curves_)
+    if (curve->run == run_id) return curve->raw->data()->size();
+  return -1;
+}
+
+void MetricPlot::update_axis_labels() {
+  switch (x_axis_) {
+    case XAxis::step:
+      plot_->xAxis->setLabel(tr("step"));
+      break;
+    case XAxis::tokens:
+      plot_->xAxis->setLabel(tr("tokens"));
+      break;
+    case XAxis::wall_time:
+      plot_->xAxis->setLabel(tr("wall time (s)"));
+      break;
+  }
+  plot_->yAxis->setLabel(metric_);
+}
+
+void MetricPlot::rebuild_curves() {
+  for (auto& curve : curves_)
+    store_->unwatch(curve->key);
+  curves_.clear();
+  plot_->clearGraphs();
+  update_axis_labels();
+  for (qint64 run_id : run_ids_) {
+    auto curve = std::make_unique<Curve>();
+    curve->run = run_id;
+    curve->key = SeriesKey{run_id, metric_};
+    const QColor colour = run_colour(run_id);
+    curve->raw = plot_->addGraph();
+    curve->raw->setPen(QPen(faded(colour, 0.25), 1));
+    curve->raw->removeFromLegend();
+    curve->raw->setVisible(show_raw_ && smoothing_ > 0.0);
+    curve->smooth = plot_->addGraph();
+    curve->smooth->setPen(QPen(colour, 2));
+    const RunRow* run = store_->run(run_id);
+    curve->smooth->setName(run ? QString::fromStdString(run->entry.info.name)
+                               : tr("run %1").arg(run_id));
+    curve->tokens_per_step = run ? run->tokens_per_step() : 0.0;
+    curve->dirty = curve->rebuild = true;
+    curves_.push_back(std::move(curve));
+    store_->watch(curves_.back()->key);
+  }
+  follow_ = true;
+  flush();
+}
+
+void MetricPlot::mark_dirty(const SeriesKey& key, int first_new) {
+  if (key.key != metric_) return;
+  for (auto& curve : curves_) {
+    if (curve->key != key) continue;
+    curve->dirty = true;
+    if (first_new == 0) curve->rebuild = true;
+    if (!redraw_timer_->isActive()) redraw_timer_->start();
+  }
+}
+
+double MetricPlot::x_value(const Curve& curve, const store::ScalarPoint& point) const {
+  switch (x_axis_) {
+    case XAxis::step:
+      return static_cast<double>(point.step);
+    case XAxis::tokens:
+      return static_cast<double>(point.step) *
+             (curve.tokens_per_step > 0 ? curve.tokens_per_step : 1.0);
+    case XAxis::wall_time:
+      return static_cast<double>(point.wall_ms - curve.wall0) / 1000.0;
+  }
+  return 0.0;
+}
+
+void MetricPlot::append_points(Curve& curve, bool rebuild) {
+  const std::vector<store::ScalarPoint>& points = store_->series(curve.key).points;
+  if (rebuild) {
+    curve.raw->data()->clear();
+    curve.smooth->data()->clear();
+    curve.shown = 0;
+    curve.ema = EmaSmoother(smoothing_);
+    curve.wall0 = points.empty() ? 0 : points.front().wall_ms;
+    curve.raw->setVisible(show_raw_ && smoothing_ > 0.0);
+  }
+  if (curve.shown >= points.size()) return;
+  const size_t count = points.size() - curve.shown;
+  QVector<double> keys(static_cast<qsizetype>(count)), raw(keys.size()), smooth(keys.size());
+  for (size_t i = 0; i < count; ++i) {
+    const store::ScalarPoint& point = points[curve.shown + i];
+    keys[static_cast<qsizetype>(i)] = x_value(curve, point);
+    raw[static_cast<qsizetype>(i)] = point.value;
+    smooth[static_cast<qsizetype>(i)] = curve.ema.push(point.value);
+  }
+  curve.raw->addData(keys, raw, true);
+  curve.smooth->addData(keys, smooth, true);
+  curve.shown = points.size();
+}
+
+void MetricPlot::flush() {
+  redraw_timer_->stop();
+  for (auto& curve : curves_) {
+    if (!curve->dirty) continue;
+    append_points(*curve, curve->rebuild);
+    curve->dirty = curve->rebuild = false;
+  }
+  if (follow_) {
+    plot_->rescaleAxes(true);
+    // A flat curve gets a little room, else QCustomPlot shows a zero-height range.
+    QCPRange y = plot_->yAxis->range();
+    if (y.size() <= 0) plot_->yAxis->setRange(y.lower - 0.5, y.upper + 0.5);
+  }
+  plot_->replot();
+  ++redraws_;
+  emit redrawn();
+}
+
+void MetricPlot::rescale() {
+  follow_ = true;
+  flush();
+}
+
+void MetricPlot::update_crosshair(QMouseEvent* event) {
+  if (curves_.empty() || !plot_->axisRect()->rect().contains(event->pos())) {
+    if (crosshair_->visible()) {
+      crosshair_->setVisible(false);
+      readout_->setVisible(false);
+      plot_->replot(QCustomPlot::rpQueuedReplot);
+    }
+    return;
+  }
+  const double x = plot_->xAxis->pixelToCoord(event->pos().x());
+  crosshair_->point1->setCoords(x, 0);
+  crosshair_->point2->setCoords(x, 1);
+  crosshair_->setVisible(true);
+  QStringList lines;
+  double nearest_x = x;
+  for (const auto& curve : curves_) {
+    QSharedPointer<QCPGraphDataContainer> data = curve->smooth->data();
+    if (data->isEmpty()) continue;
+    auto it = data->findBegin(x, false);
+    if (it == data->constEnd()) --it;
+    if (it != data->constBegin()) {
+      auto before = it - 1;
+      if (std::abs(before->key - x) < std::abs(it->key - x)) it = before;
+    }
+    nearest_x = it->key;
+    lines << QStringLiteral("%1: %2").arg(curve->smooth->name()).arg(it->value, 0, 'g', 5);
+  }
+  lines.prepend(QStringLiteral("%1 = %2").arg(plot_->xAxis->label()).arg(nearest_x, 0, 'g', 7));
+  readout_->setText(lines.join('\n'));
+  readout_->setColor(palette().color(QPalette::Text));
+  readout_->setBrush(QBrush(faded(palette().color(QPalette::Base), 0.85)));
+  readout_->setVisible(true);
+  plot_->replot(QCustomPlot::rpQueuedReplot);
+}
+
+void MetricPlot::changeEvent(QEvent* event) {
+  if (event->type() == QEvent::PaletteChange) {
+    style_plot(plot_, palette());
+    plot_->replot(QCustomPlot::rpQueuedReplot);
+  }
+  QWidget::changeEvent(event);
+}
+
+QStringList MetricPlotPanel::default_metrics() {
+  return {"loss",  "loss/mse",     "loss/xent", "val/loss",     "lr",
+          "ssd/p", "ssd/realised", "window",    "tokens_per_s", "memory_mb"};
+}
+
+MetricPlotPanel::MetricPlotPanel(RunStore* store, QWidget* parent)
+    : QWidget(parent), plot_(new MetricPlot(store, this)) {
+  metric_ = new QComboBox(this);
+  metric_->setEditable(true);
+  metric_->setAccessibleName(tr("Metric"));
+  metric_->addItems(default_metrics());
+  metric_->setMinimumContentsLength(14);
+  connect(metric_, &QComboBox::currentTextChanged, plot_, [this](const QString& text) {
+    if (!text.isEmpty()) plot_->set_metric(text);
+  });
+
+  x_axis_ = new QComboBox(this);
+  x_axis_->setAccessibleName(tr("X axis"));
+  x_axis_->addItem(tr("Step"), static_cast<int>(XAxis::step));
+  x_axis_->addItem(tr("Tokens"), static_cast<int>(XAxis::tokens));
+  x_axis_->addItem(tr("Wall time"), static_cast<int>(XAxis::wall_time));
+  connect(x_axis_, &QComboBox::currentIndexChanged, plot_,
+          [this](int) { plot_->set_x_axis(static_cast<XAxis>(x_axis_->currentData().toInt())); });
+
+  smoothing_ = new QSlider(Qt::Horizontal, this);
+  smoothing_->setAccessibleName(tr("Smoothing"));
+  smoothing_->setRange(0, 99);
+  smoothing_->setValue(60);
+  smoothing_->setMaximumWidth(140);
+  smoothing_->setToolTip(tr("EMA smoothing weight"));
+  auto* smoothing_value = new QLabel(QStringLiteral("0.60"), this);
+  connect(smoothing_, &QSlider::valueChanged, plot_, [this, smoothing_value](int value) {
+    smoothing_value->setText(QString::number(value / 100.0, 'f', 2));
+    plot_->set_smoothing(value / 100.0);
+  });
+
+  log_y_ = new QCheckBox(tr("Log y"), this);
+  connect(log_y_, &QCheckBox::toggled, plot_, &MetricPlot::set_log_y);
+  raw_ = new QCheckBox(tr("Raw"), this);
+  raw_->setChecked(true);
+  raw_->setToolTip(tr("Draw the unsmoothed curve faintly behind the smoothed one"));
+  connect(raw_, &QCheckBox::toggled, plot_, &MetricPlot::set_show_raw);
+  auto* fit = new QToolButton(this);
+  fit->setText(tr("Fit"));
+  fit->setToolTip(tr("Fit the axes to the data and follow new points (double-click the plot)"));
+  fit->setAccessibleName(tr("Fit axes"));
+  connect(fit, &QToolButton::clicked, plot_, &MetricPlot::rescale);
+
+  auto* controls = new QHBoxLayout;
+  controls->addWidget(new QLabel(tr("Metric"), this));
+  controls->addWidget(metric_, 1);
+  controls->addWidget(new QLabel(tr("X"), this));
+  controls->addWidget(x_axis_);
+  controls->addWidget(new QLabel(tr("Smoothing"), this));
+  controls->addWidget(smoothing_);
+  controls->addWidget(smoothing_value);
+  controls->addWidget(raw_);
+  controls->addWidget(log_y_);
+  controls->addWidget(fit);
+  auto* layout = new QVBoxLayout(this);
+  layout->setContentsMargins(4, 4, 4, 4);
+  layout->addLayout(controls);
+  layout->addWidget(plot_, 1);
+}
+
+void MetricPlotPanel::set_metric_keys(const QStringList& keys) {
+  const QString current = metric_->currentText();
+  QStringList all = default_metrics();
+  for (const QString& key : keys)
+    if (!all.contains(key)) all << key;
+  QSignalBlocker blocker(metric_);
+  metric_->clear();
+  metric_->addItems(all);
+  metric_->setCurrentText(current);
+}
+
+}  // namespace hl::ui

@@ -1,0 +1,326 @@
+#include "ui/run_store.hpp"
+
+#include <QThread>
+#include <QTimer>
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <set>
+
+#include "core/store/run_reader.hpp"
+
+namespace hl::ui {
+
+std::string RunRow::param(const std::string& key) const {
+  auto found = params.find(key);
+  return found == params.end() ? std::string() : found->second;
+}
+
+double RunRow::tokens_per_step() const {
+  auto number = [&](const std::string& key) {
+    try {
+      std::string text = param(key);
+      return text.empty() ? 0.0 : std::stod(text);
+    } catch (const std::exception&) {
+      return 0.0;
+    }
+  };
+  double tokens = number("data.batch_size") * number("data.seq_len");
+  // grad_accum is per stage; the first stage's value is the best single guess.
+  double accum = number("stage.0.grad_accum");
+  if (accum <= 0) accum = number("stage[0].grad_accum");
+  return tokens * (accum > 0 ? accum : 1.0);
+}
+
+namespace {
+// A series longer than this is downsampled (min/max buckets) on its first fetch;
+// later points are appended as they come.
+constexpr size_t kInitialMaxPoints = 20000;
+}  // namespace
+
+// Owns the SQLite connection on the worker thread. Every member runs on that thread;
+// results travel to the RunStore as queued calls tagged with the open generation, so
+// results of a database that was since replaced are dropped.
+class StoreWorker : public QObject {
+ public:
+  StoreWorker(RunStore* store) : store_(store) {}
+
+  void start(int interval_ms) {
+    timer_ = new QTimer(this);
+    timer_->setInterval(interval_ms);
+    QObject::connect(timer_, &QTimer::timeout, this, [this] { poll(false); });
+    timer_->start();
+  }
+
+  void set_interval(int interval_ms) {
+    if (timer_) timer_->setInterval(interval_ms);
+  }
+
+  void open(uint64_t generation, const std::string& path) {
+    generation_ = generation;
+    reader_.reset();
+    last_version_.reset();
+    last_steps_.clear();
+    for (auto it = fetched_through_.begin(); it != fetched_through_.end(); ++it)
+      it.value().reset();
+    params_cache_.clear();
+    Result<store::RunReader> reader = store::RunReader::open(path, store::Access::read_only);
+    if (!reader.ok()) {
+      post_open(false, QString::fromStdString(reader.error().to_string()));
+      return;
+    }
+    reader_.emplace(std::move(reader).value());
+    post_open(true, {});
+    poll(true);
+  }
+
+  void watch(const SeriesKey& series) {
+    fetched_through_.insert(series, std::nullopt);
+    if (reader_) fetch_series({series});
+  }
+
+  void unwatch(const SeriesKey& series) { fetched_through_.remove(series); }
+
+  void poll(bool force) {
+    if (!reader_) return;
+    Result<int64_t> version = reader_->data_version();
+    if (version.ok() && !force && last_version_ == *version) {
+      post_poll_done();
+      return;
+    }
+    if (version.ok()) last_version_ = *version;
+    fetch_runs();
+    std::vector<SeriesKey> all;
+    all.reserve(fetched_through_.size());
+    for (auto it = fetched_through_.cbegin(); it != fetched_through_.cend(); ++it)
+      all.push_back(it.key());
+    fetch_series(all);
+    post_poll_done();
+  }
+
+ private:
+  void fetch_runs() {
+    Result<std::vector<store::RunListEntry>> listed = reader_->list_runs();
+    if (!listed.ok()) return;
+    std::vector<RunRow> rows;
+    rows.reserve(listed->size());
+    for (store::RunListEntry& entry : *listed) {
+      RunRow row;
+      const int64_t id = entry.info.id;
+      // Finished runs do not change their parameters, so they are read once.
+      auto cached = params_cache_.find(id);
+      if (cached != params_cache_.end() && cached->second.first) {
+        row.params = cached->second.second;
+      } else {
+        Result<std::map<std::string, std::string>> params = reader_->params(id);
+        if (params.ok()) row.params = *params;
+        params_cache_[id] = {store::is_terminal(entry.info.status), row.params};
+      }
+      last_steps_[id] = entry.info.last_step.value_or(-1);
+      row.entry = std::move(entry);
+      rows.push_back(std::move(row));
+    }
+    QMetaObject::invokeMethod(
+        store_,
+        [store = store_, generation = generation_, rows = std::move(rows)]() mutable {
+          store->apply_runs(generation, std::move(rows));
+        },
+        Qt::QueuedConnection);
+  }
+
+  void fetch_series(const std::vector<SeriesKey>& keys) {
+    std::vector<std::pair<SeriesKey, std::vector<store::ScalarPoint>>> fresh, initial;
+    bool any_downsampled = false;
+    for (const SeriesKey& series : keys) {
+      auto state = fetched_through_.find(series);
+      if (state == fetched_through_.end()) continue;
+      const std::string key = series.key.toStdString();
+      if (!state.value()) {
+        // First fetch: everything up to the run's last step, downsampled if long.
+        auto last = last_steps_.find(series.run);
+        const int64_t through = last == last_steps_.end() || last->second < 0
+                                    ? std::numeric_limits<int64_t>::max() / 2
+                                    : last->second;
+        Result<std::vector<store::ScalarPoint>> points =
+            reader_->downsampled(series.run, key, 0, through, kInitialMaxPoints);
+        if (!points.ok()) continue;
+        const bool reduced = points->size() >= kInitialMaxPoints - 1;
+        any_downsampled = any_downsampled || reduced;
+        int64_t fetched =
+            points->empty() ? std::numeric_limits<int64_t>::min() : points->back().step;
+        if (reduced) fetched = std::max(fetched, through);
+        state.value() = fetched;
+        initial.emplace_back(series, std::move(points).value());
+        continue;
+      }
+      Result<std::vector<store::ScalarPoint>> points =
+          reader_->scalars_after(series.run, key, *state.value());
+      if (!points.ok() || points->empty()) continue;
+      state.value() = points->back().step;
+      fresh.emplace_back(series, std::move(points).value());
+    }
+    post_points(std::move(initial), any_downsampled);
+    post_points(std::move(fresh), false);
+  }
+
+  void post_points(std::vector<std::pair<SeriesKey, std::vector<store::ScalarPoint>>> batches,
+                   bool downsampled) {
+    if (batches.empty()) return;
+    QMetaObject::invokeMethod(
+        store_,
+        [store = store_, generation = generation_, batches = std::move(batches),
+         downsampled]() mutable {
+          store->apply_points(generation, std::move(batches), downsampled);
+        },
+        Qt::QueuedConnection);
+  }
+
+  void post_open(bool ok, const QString& message) {
+    QMetaObject::invokeMethod(
+        store_,
+        [store = store_, generation = generation_, ok, message] {
+          store->apply_open(generation, ok, message);
+        },
+        Qt::QueuedConnection);
+  }
+
+  void post_poll_done() {
+    QMetaObject::invokeMethod(
+        store_, [store = store_, generation = generation_] { store->apply_poll_done(generation); },
+        Qt::QueuedConnection);
+  }
+
+  RunStore* store_;
+  QTimer* timer_ = nullptr;
+  uint64_t generation_ = 0;
+  std::optional<store::RunReader> reader_;
+  std::optional<int64_t> last_version_;
+  QHash<SeriesKey, std::optional<int64_t>> fetched_through_;
+  std::map<int64_t, int64_t> last_steps_;
+  std::map<int64_t, std::pair<bool, std::map<std::string, std::string>>> params_cache_;
+};
+
+RunStore::RunStore(QObject* parent) : QObject(parent) {
+  thread_ = new QThread(this);
+  thread_->setObjectName("hl-run-store");
+  worker_ = new StoreWorker(this);
+  worker_->moveToThread(thread_);
+  connect(thread_, &QThread::finished, worker_, &QObject::deleteLater);
+  thread_->start();
+  QMetaObject::invokeMethod(
+      worker_, [worker = worker_] { worker->start(200); }, Qt::QueuedConnection);
+}
+
+RunStore::~RunStore() {
+  thread_->quit();
+  thread_->wait();
+}
+
+void RunStore::open(const QString& path) {
+  path_ = path;
+  open_ = false;
+  ++generation_;
+  runs_.clear();
+  series_.clear();
+  emit runsChanged();
+  const std::string file = path.toStdString();
+  QMetaObject::invokeMethod(
+      worker_,
+      [worker = worker_, generation = generation_, file] { worker->open(generation, file); },
+      Qt::QueuedConnection);
+  // The watches survive a switch of database: the worker fetches the same (run, key) anew.
+  for (auto it = watch_counts_.cbegin(); it != watch_counts_.cend(); ++it)
+    series_.insert(it.key(), SeriesData{});
+}
+
+const RunRow* RunStore::run(int64_t run_id) const {
+  auto found = std::lower_bound(runs_.begin(), runs_.end(), run_id,
+                                [](const RunRow& row, int64_t id) { return row.id() < id; });
+  if (found != runs_.end() && found->id() == run_id) return &*found;
+  for (const RunRow& row : runs_)  // ids are ascending in practice; this is the fallback
+    if (row.id() == run_id) return &row;
+  return nullptr;
+}
+
+void RunStore::watch(const SeriesKey& series) {
+  if (watch_counts_[series]++ > 0) return;
+  series_.insert(series, SeriesData{});
+  QMetaObject::invokeMethod(
+      worker_, [worker = worker_, series] { worker->watch(series); }, Qt::QueuedConnection);
+}
+
+void RunStore::unwatch(const SeriesKey& series) {
+  auto found = watch_counts_.find(series);
+  if (found == watch_counts_.end()) return;
+  if (--found.value() > 0) return;
+  watch_counts_.erase(found);
+  series_.remove(series);
+  QMetaObject::invokeMethod(
+      worker_, [worker = worker_, series] { worker->unwatch(series); }, Qt::QueuedConnection);
+}
+
+const SeriesData& RunStore::series(const SeriesKey& series) const {
+  static const SeriesData kEmpty;
+  auto found = series_.constFind(series);
+  return found == series_.cend() ? kEmpty : found.value();
+}
+
+void RunStore::set_poll_interval(int milliseconds) {
+  QMetaObject::invokeMethod(
+      worker_, [worker = worker_, milliseconds] { worker->set_interval(milliseconds); },
+      Qt::QueuedConnection);
+}
+
+void RunStore::poll_now() {
+  QMetaObject::invokeMethod(
+      worker_, [worker = worker_] { worker->poll(false); }, Qt::QueuedConnection);
+}
+
+void RunStore::apply_open(uint64_t generation, bool ok, const QString& message) {
+  if (generation != generation_) return;
+  open_ = ok;
+  if (ok)
+    emit opened(path_);
+  else
+    emit failed(message);
+}
+
+void RunStore::apply_runs(uint64_t generation, std::vector<RunRow> runs) {
+  if (generation != generation_) return;
+  runs_ = std::move(runs);
+  emit runsChanged();
+}
+
+void RunStore::apply_points(
+    uint64_t generation, std::vector<std::pair<SeriesKey, std::vector<store::ScalarPoint>>> batches,
+    bool downsampled) {
+  if (generation != generation_) return;
+  for (auto& [key, points] : batches) {
+    auto found = series_.find(key);
+    if (found == series_.end()) continue;  // unwatched meanwhile
+    SeriesData& data = found.value();
+    const int first_new = static_cast<int>(data.points.size());
+    // A point at or before the last one replaces history (a resumed run re-logs steps).
+    if (!data.points.empty() && !points.empty() && points.front().step <= data.points.back().step) {
+      const int64_t from = points.front().step;
+      auto keep =
+          std::lower_bound(data.points.begin(), data.points.end(), from,
+                           [](const store::ScalarPoint& p, int64_t s) { return p.step < s; });
+      data.points.erase(keep, data.points.end());
+      data.points.insert(data.points.end(), points.begin(), points.end());
+      emit seriesAppended(key, 0);
+      continue;
+    }
+    data.points.insert(data.points.end(), points.begin(), points.end());
+    data.downsampled = data.downsampled || downsampled;
+    emit seriesAppended(key, first_new);
+  }
+}
+
+void RunStore::apply_poll_done(uint64_t generation) {
+  if (generation != generation_) return;
+  ++poll_count_;
+  emit polled();
+}
+
+}  // namespace hl::ui
