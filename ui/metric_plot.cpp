@@ -64,7 +64,6 @@ MetricPlot::MetricPlot(RunStore* store, QWidget* parent)
   readout_->setClipToAxisRect(true);
 
   redraw_timer_->setSingleShot(true);
-  redraw_timer_->setInterval(100);
   connect(redraw_timer_, &QTimer::timeout, this, &MetricPlot::flush);
   connect(store_, &RunStore::seriesAppended, this, &MetricPlot::mark_dirty);
   connect(store_, &RunStore::runsChanged, this, [this] {
@@ -84,7 +83,7 @@ MetricPlot::MetricPlot(RunStore* store, QWidget* parent)
       }
     }
     if (changed || std::any_of(curves_.begin(), curves_.end(), [](auto& c) { return c->dirty; }))
-      if (!redraw_timer_->isActive()) redraw_timer_->start();
+      schedule_redraw();
   });
   connect(plot_, &QCustomPlot::mouseMove, this, &MetricPlot::update_crosshair);
   connect(plot_, &QCustomPlot::mouseWheel, this, [this] { follow_ = false; });
@@ -155,7 +154,7 @@ void MetricPlot::set_show_raw(bool show) {
 }
 
 void MetricPlot::set_redraw_interval(int milliseconds) {
-  redraw_timer_->setInterval(milliseconds);
+  redraw_interval_ = milliseconds;
 }
 
 int MetricPlot::drawn_points(qint64 run_id) const {
@@ -214,7 +213,7 @@ void MetricPlot::mark_dirty(const SeriesKey& key, int first_new) {
     if (curve->key != key) continue;
     curve->dirty = true;
     if (first_new == 0) curve->rebuild = true;
-    if (!redraw_timer_->isActive()) redraw_timer_->start();
+    schedule_redraw();
   }
 }
 
@@ -255,13 +254,26 @@ void MetricPlot::append_points(Curve& curve, bool rebuild) {
   curve.shown = points.size();
 }
 
+void MetricPlot::schedule_redraw() {
+  if (redraw_timer_->isActive()) return;
+  // A throttle, not a debounce: the first change after a quiet period draws at once, later
+  // ones wait until `redraw_interval_` has passed since the last redraw.
+  const qint64 since = since_redraw_.isValid() ? since_redraw_.elapsed() : redraw_interval_;
+  redraw_timer_->start(static_cast<int>(std::max<qint64>(0, redraw_interval_ - since)));
+}
+
 void MetricPlot::flush() {
   redraw_timer_->stop();
+  size_t drawn_before = 0, drawn_after = 0;
   for (auto& curve : curves_) {
-    if (!curve->dirty) continue;
-    append_points(*curve, curve->rebuild);
+    drawn_before += curve->shown;
+    if (curve->dirty) append_points(*curve, curve->rebuild);
     curve->dirty = curve->rebuild = false;
+    drawn_after += curve->shown;
   }
+  // Only redraws that showed new points count for the throttle, so that the first points
+  // after an empty redraw (a new plot) appear at once.
+  if (drawn_after != drawn_before) since_redraw_.start();
   if (follow_) {
     plot_->rescaleAxes(true);
     // A flat curve gets a little room, else QCustomPlot shows a zero-height range.

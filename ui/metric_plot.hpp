@@ -3,6 +3,7 @@
 // New points arrive from the RunStore; redraws are coalesced on a timer.
 #pragma once
 
+#include <QElapsedTimer>
 #include <QList>
 #include <QPointer>
 #include <QWidget>
@@ -57,7 +58,8 @@ class MetricPlot : public QWidget {
   void set_smoothing(double weight);
   void set_log_y(bool log);
   void set_show_raw(bool show);
-  /// How long new points wait before one coalesced redraw (default 100 ms).
+  /// Redraws happen at most once per this interval (default 100 ms); changes in between
+  /// are coalesced into the next one.
   void set_redraw_interval(int milliseconds);
 
   const QString& metric() const { return metric_; }
@@ -82,6 +84,7 @@ class MetricPlot : public QWidget {
   struct Curve;
   void rebuild_curves();
   void mark_dirty(const SeriesKey& key, int first_new);
+  void schedule_redraw();
   void append_points(Curve& curve, bool rebuild);
   double x_value(const Curve& curve, const store::ScalarPoint& point) const;
   void update_crosshair(QMouseEvent* event);
@@ -92,6 +95,8 @@ class MetricPlot : public QWidget {
   QCPItemStraightLine* crosshair_ = nullptr;
   QCPItemText* readout_ = nullptr;
   QTimer* redraw_timer_;
+  QElapsedTimer since_redraw_;
+  int redraw_interval_ = 100;
   QList<qint64> run_ids_;
   QString metric_ = QStringLiteral("loss");
   XAxis x_axis_ = XAxis::step;

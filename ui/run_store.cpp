@@ -74,9 +74,10 @@ class StoreWorker : public QObject {
     poll(true);
   }
 
-  void watch(const SeriesKey& series) {
-    fetched_through_.insert(series, std::nullopt);
-    if (reader_) fetch_series({series});
+  void watch(const std::vector<SeriesKey>& series) {
+    for (const SeriesKey& key : series)
+      fetched_through_.insert(key, std::nullopt);
+    if (reader_) fetch_series(series);
   }
 
   void unwatch(const SeriesKey& series) { fetched_through_.remove(series); }
@@ -245,8 +246,18 @@ const RunRow* RunStore::run(int64_t run_id) const {
 void RunStore::watch(const SeriesKey& series) {
   if (watch_counts_[series]++ > 0) return;
   series_.insert(series, SeriesData{});
-  QMetaObject::invokeMethod(
-      worker_, [worker = worker_, series] { worker->watch(series); }, Qt::QueuedConnection);
+  // Watches made in one go (a plot of 20 runs) reach the worker as one request, so their
+  // first points arrive together and are drawn in one redraw.
+  if (pending_watches_.empty())
+    QTimer::singleShot(0, this, [this] {
+      std::vector<SeriesKey> batch;
+      batch.swap(pending_watches_);
+      if (batch.empty()) return;
+      QMetaObject::invokeMethod(
+          worker_, [worker = worker_, batch = std::move(batch)] { worker->watch(batch); },
+          Qt::QueuedConnection);
+    });
+  pending_watches_.push_back(series);
 }
 
 void RunStore::unwatch(const SeriesKey& series) {
@@ -255,6 +266,7 @@ void RunStore::unwatch(const SeriesKey& series) {
   if (--found.value() > 0) return;
   watch_counts_.erase(found);
   series_.remove(series);
+  std::erase(pending_watches_, series);
   QMetaObject::invokeMethod(
       worker_, [worker = worker_, series] { worker->unwatch(series); }, Qt::QueuedConnection);
 }

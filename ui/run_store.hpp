@@ -104,6 +104,7 @@ class RunStore : public QObject {
   uint64_t poll_count_ = 0;
   std::vector<RunRow> runs_;
   QHash<SeriesKey, int> watch_counts_;
+  std::vector<SeriesKey> pending_watches_;
   QHash<SeriesKey, SeriesData> series_;
 };
 

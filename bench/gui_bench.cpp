@@ -1,0 +1,261 @@
+// Workbench benchmarks against a large real store (200 runs x 20 metrics x 20k steps):
+// window open until the runs are listed, 20 runs plotted, and event-loop latency while a
+// run writes. The store is built once (RunWriter) and reused:
+//   HL_GUI_BENCH_DB     path of the store (default: gui_bench.sqlite in the working dir)
+//   HL_GUI_BENCH_STEPS  steps per metric (default 20000); a store of other size is rebuilt
+#include <benchmark/benchmark.h>
+
+#include <QApplication>
+#include <QElapsedTimer>
+#include <QEventLoop>
+#include <QFileInfo>
+#include <QStandardPaths>
+#include <QTimer>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <thread>
+
+#include "core/store/run_reader.hpp"
+#include "core/store/run_writer.hpp"
+#include "ui/main_window.hpp"
+#include "ui/metric_plot.hpp"
+#include "ui/run_store.hpp"
+#include "ui/run_table_view.hpp"
+#include "ui/runs_model.hpp"
+
+namespace {
+
+// Runs the event loop (sleeping while idle) until `done` or the timeout; true if done.
+template <class Done>
+bool wait_for(Done done, int timeout_ms) {
+  if (done()) return true;
+  QEventLoop loop;
+  QTimer check;
+  check.setInterval(1);
+  QObject::connect(&check, &QTimer::timeout, &loop, [&] {
+    if (done()) loop.quit();
+  });
+  QTimer::singleShot(timeout_ms, &loop, &QEventLoop::quit);
+  check.start();
+  loop.exec();
+  return done();
+}
+
+// Runs the event loop for `ms` milliseconds.
+void spin(int ms) {
+  QEventLoop loop;
+  QTimer::singleShot(ms, &loop, &QEventLoop::quit);
+  loop.exec();
+}
+
+constexpr int kRuns = 200;
+constexpr int kMetrics = 20;
+
+int steps_per_metric() {
+  const QByteArray text = qgetenv("HL_GUI_BENCH_STEPS");
+  return text.isEmpty() ? 20000 : text.toInt();
+}
+
+std::string bench_db() {
+  const QByteArray text = qgetenv("HL_GUI_BENCH_DB");
+  return text.isEmpty() ? std::string("gui_bench.sqlite") : text.toStdString();
+}
+
+const char* const kMetricNames[kMetrics] = {
+    "loss",         "loss/mse",     "loss/xent",    "lr",           "ssd/p",
+    "ssd/realised", "window",       "tokens_per_s", "memory_mb",    "val/loss",
+    "loss/layer/0", "loss/layer/1", "loss/layer/2", "loss/layer/3", "loss/layer/4",
+    "loss/layer/5", "loss/layer/6", "loss/layer/7", "grad_norm",    "eval/ppl"};
+
+// True if the store at `path` already has the expected shape.
+bool store_ready(const std::string& path, int steps) {
+  if (!QFileInfo::exists(QString::fromStdString(path))) return false;
+  auto reader = hl::store::RunReader::open(path);
+  if (!reader.ok()) return false;
+  auto runs = reader->list_runs();
+  return runs.ok() && runs->size() == kRuns && runs->back().info.last_step == steps - 1;
+}
+
+void build_store(const std::string& path, int steps) {
+  std::remove(path.c_str());
+  std::remove((path + "-wal").c_str());
+  std::remove((path + "-shm").c_str());
+  std::fprintf(stderr, "building %s: %d runs x %d metrics x %d steps...\n", path.c_str(), kRuns,
+               kMetrics, steps);
+  for (int run = 0; run < kRuns; ++run) {
+    hl::store::RunSpec spec;
+    spec.name = "bench-" + std::to_string(run);
+    spec.method = run % 2 ? "lolcats+ssd" : "lolcats";
+    auto writer = hl::store::RunWriter::create(path, spec, {.batch_rows = 200000});
+    if (!writer.ok()) {
+      std::fprintf(stderr, "%s\n", writer.error().to_string().c_str());
+      std::exit(1);
+    }
+    (void)writer->set_params({{"attention.window", "64"},
+                              {"attention.feature_map", "hedgehog"},
+                              {"data.batch_size", "8"},
+                              {"data.seq_len", "256"}});
+    for (int m = 0; m < kMetrics; ++m)
+      for (int step = 0; step < steps; ++step)
+        (void)writer->log_scalar(kMetricNames[m], step,
+                                 std::exp(-step / 4000.0) * (1 + m) + 0.01 * std::sin(step + run));
+    (void)writer->set_summary("final_loss", 1.0 + run * 0.001);
+    (void)writer->set_status(hl::store::RunStatus::completed);
+    if (auto status = writer->close(); !status.ok()) {
+      std::fprintf(stderr, "%s\n", status.error().to_string().c_str());
+      std::exit(1);
+    }
+  }
+}
+
+const std::string& prepared_store() {
+  static const std::string path = [] {
+    const std::string db = bench_db();
+    const int steps = steps_per_metric();
+    if (!store_ready(db, steps)) build_store(db, steps);
+    return db;
+  }();
+  return path;
+}
+
+// From construction of the main window to the 200 runs in its table (model rows).
+void BM_WindowOpenAndRunsListed(benchmark::State& state) {
+  const QString db = QString::fromStdString(prepared_store());
+  for (auto _ : state) {
+    QElapsedTimer timer;
+    timer.start();
+    hl::ui::MainWindow::Options options;
+    options.db_path = db;
+    options.restore_state = false;
+    auto* window = new hl::ui::MainWindow(options);
+    window->show();
+    const bool listed = wait_for([&] { return window->runs_model()->rowCount() == kRuns; }, 10000);
+    state.SetIterationTime(timer.nsecsElapsed() / 1e9);
+    if (!listed) state.SkipWithError("runs were not listed within 10 s");
+    delete window;
+    QCoreApplication::processEvents();
+  }
+}
+BENCHMARK(BM_WindowOpenAndRunsListed)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(5);
+
+// From set_runs of 20 runs to all their points drawn (loss, 20k points each).
+void BM_Plot20Runs(benchmark::State& state) {
+  const QString db = QString::fromStdString(prepared_store());
+  const int steps = steps_per_metric();
+  hl::ui::RunStore store;
+  store.open(db);
+  wait_for([&] { return store.runs().size() == kRuns; }, 10000);
+  int round = 0;
+  for (auto _ : state) {
+    // Another metric each round, so no round reuses the previous one's fetched series.
+    const QString metric = QString::fromLatin1(kMetricNames[round++ % kMetrics]);
+    auto* plot = new hl::ui::MetricPlot(&store);
+    plot->resize(1000, 600);
+    plot->show();
+    plot->set_metric(metric);
+    QList<qint64> runs;
+    for (int i = 0; i < 20; ++i)
+      runs << store.runs()[static_cast<size_t>(i * 10)].id();
+    QElapsedTimer timer;
+    timer.start();
+    plot->set_runs(runs);
+    const bool drawn = wait_for(
+        [&] {
+          return std::all_of(runs.begin(), runs.end(),
+                             [&](qint64 id) { return plot->drawn_points(id) == steps; });
+        },
+        20000);
+    state.SetIterationTime(timer.nsecsElapsed() / 1e9);
+    if (!drawn) state.SkipWithError("points did not arrive within 20 s");
+    delete plot;
+  }
+}
+BENCHMARK(BM_Plot20Runs)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
+
+// Worst delay of a 10 ms UI timer while another thread writes a run (20 metrics per step,
+// ~1000 steps/s) that the main window shows live next to 4 long runs.
+void BM_EventLoopLatencyWhileWriting(benchmark::State& state) {
+  const std::string path = prepared_store();
+  for (auto _ : state) {
+    hl::ui::MainWindow::Options options;
+    options.db_path = QString::fromStdString(path);
+    options.restore_state = false;
+    hl::ui::MainWindow window(options);
+    window.show();
+    wait_for([&] { return window.runs_model()->rowCount() >= kRuns; }, 10000);
+
+    std::atomic<bool> stop{false};
+    std::atomic<int64_t> live_run{0};
+    std::thread writer_thread([&] {
+      hl::store::RunSpec spec;
+      spec.name = "live";
+      auto writer = hl::store::RunWriter::create(path, spec);
+      if (!writer.ok()) return;
+      live_run = writer->run_id();
+      (void)writer->set_status(hl::store::RunStatus::running);
+      for (int64_t step = 0; !stop; ++step) {
+        for (int m = 0; m < kMetrics; ++m)
+          (void)writer->log_scalar(kMetricNames[m], step, 1.0 / (1 + step) + m);
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      (void)writer->set_status(hl::store::RunStatus::cancelled, "benchmark");
+      (void)writer->close();
+    });
+    wait_for([&] { return window.runs_model()->row_of(live_run) >= 0; }, 10000);
+    QList<qint64> shown{live_run};
+    for (int i = 0; i < 4; ++i)
+      shown << window.store()->runs()[static_cast<size_t>(i)].id();
+    // Select through the table, as a user would: every view follows the selection.
+    window.run_table()->select_runs(shown);
+
+    std::vector<double> delays;
+    QElapsedTimer clock;
+    clock.start();
+    qint64 last = clock.nsecsElapsed();
+    QTimer tick;
+    tick.setTimerType(Qt::PreciseTimer);
+    tick.setInterval(10);
+    QObject::connect(&tick, &QTimer::timeout, [&] {
+      const qint64 now = clock.nsecsElapsed();
+      delays.push_back(std::max(0.0, (now - last) / 1e6 - 10.0));
+      last = now;
+    });
+    tick.start();
+    spin(3000);
+    tick.stop();
+    stop = true;
+    writer_thread.join();
+    std::sort(delays.begin(), delays.end());
+    const double worst = delays.empty() ? 0 : delays.back();
+    const double p99 = delays.empty() ? 0 : delays[static_cast<size_t>(0.99 * (delays.size() - 1))];
+    state.SetIterationTime(worst / 1000.0);
+    state.counters["max_delay_ms"] = worst;
+    state.counters["p99_delay_ms"] = p99;
+    state.counters["ticks"] = static_cast<double>(delays.size());
+    state.counters["live_points"] = window.curves()->plot()->drawn_points(live_run);
+  }
+}
+BENCHMARK(BM_EventLoopLatencyWhileWriting)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(2);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (qEnvironmentVariableIsEmpty("QT_QPA_PLATFORM")) qputenv("QT_QPA_PLATFORM", "offscreen");
+  QStandardPaths::setTestModeEnabled(true);
+  QApplication app(argc, argv);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  prepared_store();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
