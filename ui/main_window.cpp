@@ -144,6 +144,8 @@ MainWindow::MainWindow(const Options& options, QWidget* parent)
     tabs_->setCurrentIndex(settings.value("window/tab", 0).toInt());
   }
   if (geometry().width() < 400) resize(1400, 860);
+  if (!options.restore_state || settings.value("window/state").isNull())
+    resizeDocks({runs_dock_}, {480}, Qt::Horizontal);
   QString db = options.db_path;
   if (db.isEmpty()) db = settings.value("store/path").toString();
   if (db.isEmpty()) db = QString::fromStdString(store::default_db_path());

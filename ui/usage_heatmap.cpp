@@ -330,7 +330,7 @@ void UsageHeatmap::update_bars() {
       shown_step = side.matrix->steps[nearest_step_index(side.matrix->steps, step_)];
   }
   heads_rect_->axis(QCPAxis::atBottom)->setRange(-0.5, std::max(1.0, heads_count) - 0.5);
-  heads_rect_->axis(QCPAxis::atLeft)->setRange(0, std::max(heads_max * 1.1, 1e-6));
+  heads_rect_->axis(QCPAxis::atLeft)->setRange(0, heads_max > 0 ? heads_max * 1.1 : 1.0);
   factors_rect_->axis(QCPAxis::atBottom)->setRange(layers_min - 0.5, layers_max + 0.5);
   factors_rect_->axis(QCPAxis::atLeft)->setRange(0, 1);
   selection_label_->setText(

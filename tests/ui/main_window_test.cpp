@@ -77,5 +77,31 @@ TEST(MainWindowTest, SelectionDrivesTheViews) {
   EXPECT_EQ(window.compare()->table()->rowCount(), 2);
 }
 
+TEST(MainWindowTest, ImportsRunsFromAnotherDatabase) {
+  TempStore local, server;
+  {
+    store::RunWriter writer = local.create("local run");
+    HL_ASSERT_OK(writer.close());
+  }
+  std::string imported_uuid;
+  {
+    store::RunWriter writer = server.create("from the GPU server");
+    HL_ASSERT_OK(writer.log_scalar("loss", 0, 1.0));
+    imported_uuid = writer.uuid();
+    HL_ASSERT_OK(writer.close());
+  }
+  MainWindow::Options options;
+  options.db_path = local.qpath();
+  options.restore_state = false;
+  MainWindow window(options);
+  ASSERT_TRUE(wait_until([&] { return window.runs_model()->rowCount() == 1; }));
+  window.import_database(server.qpath());
+  ASSERT_TRUE(wait_until([&] { return window.runs_model()->rowCount() == 2; }));
+  const RunRow& row = window.runs_model()->row_data(1);
+  EXPECT_EQ(row.entry.info.name, "from the GPU server");
+  EXPECT_EQ(row.entry.info.uuid, imported_uuid);
+  EXPECT_EQ(row.entry.info.last_step, 0);
+}
+
 }  // namespace
 }  // namespace hl::ui
