@@ -161,6 +161,8 @@ void EvalView::show(const Loaded& data) {
   for (int i = 0; i < runs_.size(); ++i)
     run_order[runs_[i]] = i;
   for (const store::EvalRow& row : evals_) {
+    // Per-layer ablation rows have their own plot (from layer_scalars), not a Table 1 column.
+    if (row.task == "ablation") continue;
     tasks.insert({task_rank(row.task), row.task});
     rows.insert({run_order[row.run], {mode_rank(row.mode), row.mode}});
   }

@@ -38,6 +38,11 @@ TEST(MainWindowTest, SelectionDrivesTheViews) {
     HL_ASSERT_OK(writer.log_eval("passkey", "hybrid", "acc@16", 1.0, 10));
     HL_ASSERT_OK(writer.log_eval("passkey", "hybrid", "acc@64", 0.5, 10));
     HL_ASSERT_OK(writer.log_eval("passkey", "window_only", "acc", 0.25, 40));
+    for (int layer = 0; layer < 3; ++layer) {
+      HL_ASSERT_OK(writer.log_eval("ablation", "layer" + std::to_string(layer), "loss_delta",
+                                   0.1 * (layer + 1), 1));
+      HL_ASSERT_OK(writer.log_layer_scalar("ablation/loss_delta", 0, layer, -1, 0.1 * (layer + 1)));
+    }
     HL_ASSERT_OK(writer.set_status(store::RunStatus::completed));
     ids.push_back(writer.run_id());
     HL_ASSERT_OK(writer.close());
@@ -69,6 +74,13 @@ TEST(MainWindowTest, SelectionDrivesTheViews) {
   EXPECT_EQ(table->item(1, 3)->text(), "0.25");
   // Accuracy by distance: passkey, hybrid, one graph per run.
   EXPECT_EQ(window.evals()->distance_plot()->graphCount(), 2);
+  // Ablation rows are bars per layer, not a Table 1 column.
+  EXPECT_EQ(table->columnCount(), 5);  // run, mode, ppl, passkey, % of base
+  ASSERT_EQ(window.evals()->ablation_plot()->plottableCount(), 2);
+  auto* bars = qobject_cast<QCPBars*>(window.evals()->ablation_plot()->plottable(0));
+  ASSERT_NE(bars, nullptr);
+  ASSERT_EQ(bars->data()->size(), 3);
+  EXPECT_DOUBLE_EQ(bars->data()->at(2)->value, 0.3);
 
   // Compare: only the differing parameter is listed.
   ASSERT_TRUE(wait_until([&] { return window.compare()->table()->rowCount() == 1; }));
