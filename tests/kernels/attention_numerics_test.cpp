@@ -47,7 +47,9 @@ TEST(AttentionNumerics, LargeScoresStayFiniteAndMatchTheReference) {
     const auto single = run_with_grads(problem, torch::kFloat, options);
     EXPECT_TRUE(torch::isfinite(single.output.y).all().item<bool>());
     for (const auto& g : single.grads) {
-      if (g.defined()) EXPECT_TRUE(torch::isfinite(g).all().item<bool>());
+      if (g.defined()) {
+        EXPECT_TRUE(torch::isfinite(g).all().item<bool>());
+      }
     }
     EXPECT_LT(relative_error(single.output.y, reference.output.y), 1e-3);
   }

@@ -75,7 +75,9 @@ TEST_P(RecurrentVsParallel, EveryPositionMatchesForEveryPromptLength) {
       } else {
         EXPECT_LT(relative_error(y_t, expected), 1e-12) << "position " << t;
       }
-      if (bytes_after_prompt >= 0) EXPECT_EQ(state.bytes(), bytes_after_prompt);
+      if (bytes_after_prompt >= 0) {
+        EXPECT_EQ(state.bytes(), bytes_after_prompt);
+      }
     }
     EXPECT_EQ(state.position, shape.length);
   }
