@@ -31,7 +31,7 @@ if(NOT HL_SPEC_ONLY AND NOT HL_CUDA STREQUAL "OFF")
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
       set(CMAKE_CUDA_ARCHITECTURES 90a)
     endif()
-    set(CMAKE_CUDA_STANDARD 20)
+    set(CMAKE_CUDA_STANDARD 17)  # CMake 3.25 knows no CUDA20 flags for nvcc
     enable_language(CUDA)
     set(HL_CUDA_ENABLED ON)
   elseif(HL_CUDA STREQUAL "ON")

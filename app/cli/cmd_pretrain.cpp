@@ -1,5 +1,11 @@
+#include <cstdio>
+#include <iostream>
+
 #include "app/cli/arg_parser.hpp"
-#include "app/cli/pending.hpp"
+#include "app/cli/commands.hpp"
+#include "core/run/cancellation.hpp"
+#include "core/run/progress.hpp"
+#include "core/train/pretrain.hpp"
 
 namespace hl::cli {
 
@@ -7,16 +13,52 @@ int cmd_pretrain(const Args& args) {
   ArgParser parser("pretrain",
                    "Train a softmax base model from scratch and write it as a Hugging Face "
                    "directory with its tokenizer.");
-  parser.option("--preset", "tiny|small", "model size preset (tiny: CPU, small: GPU)")
+  parser.option("--preset", "tiny|small", "model size preset (tiny: CPU, small: GPU)", "tiny")
       .option("--out", "DIR", "output directory")
       .option("--corpus", "PATH", "training text (default: the fortunes corpus)", std::nullopt,
               true)
       .option("--steps", "N", "training steps (default: the preset's)")
-      .option("--device", "cpu|cuda", "device", "cpu")
+      .option("--seed", "S", "random seed", "0")
+      .option("--device", "cpu|cuda|auto", "device", "cpu")
       .option("--progress", "json|bar|none", "progress output on stdout", "bar");
   Status status = parser.parse(args);
   if (!status.ok() || parser.help_requested()) return finish_parse(parser, status);
-  return not_available_yet("pretrain", "decoder and checkpoints, issue 4");
+  auto fail = [](const std::string& message) {
+    std::cerr << "error: pretrain: " << message << "\n";
+    return kExitBadInput;
+  };
+  if (!parser.has("--out")) return fail("--out DIR is required");
+  auto preset = train::pretrain_preset(parser.get("--preset"));
+  if (!preset.ok()) return fail("--preset: " + preset.error().message);
+  if (parser.has("--steps")) {
+    auto steps = parse_int_arg("--steps", parser.get("--steps"), 1);
+    if (!steps.ok()) return fail(steps.error().message);
+    preset->steps = *steps;
+  }
+  auto seed = parse_int_arg("--seed", parser.get("--seed"), 0);
+  if (!seed.ok()) return fail(seed.error().message);
+  auto mode = parse_progress_mode(parser.get("--progress"));
+  if (!mode.ok()) return fail(mode.error().message);
+
+  train::PretrainRequest request;
+  request.preset = *preset;
+  request.out_dir = parser.get("--out");
+  if (parser.has("--corpus")) request.corpus = parser.get_all("--corpus");
+  request.device = parser.get("--device");
+  request.seed = static_cast<uint64_t>(*seed);
+  install_cancel_handlers();
+  ProgressReporter progress(*mode, std::cout);
+  auto report = train::pretrain(request, progress, &cancel_requested());
+  if (!report.ok()) return fail(report.error().to_string());
+  std::printf("\nsaved %s (%lld parameters, %lld steps, %.0f s)\n",
+              request.out_dir.string().c_str(), (long long)report->parameters,
+              (long long)report->steps, report->seconds);
+  std::printf("held-out loss %.3f nats/token (unigram baseline %.3f)\n", report->val_loss,
+              report->unigram_loss);
+  for (auto [distance, accuracy] : report->passkey_accuracy)
+    std::printf("passkey at distance %4lld: %5.1f%% exact\n", (long long)distance,
+                100.0 * accuracy);
+  return cancel_requested() ? kExitCancelled : kExitOk;
 }
 
 }  // namespace hl::cli

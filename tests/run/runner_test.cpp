@@ -1,0 +1,288 @@
+// End-to-end runs of tiny experiments: a real base model on disk, real training steps, a
+// real SQLite store, read back through the store's reader.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/io/tokenizer.hpp"
+#include "core/model/model_io.hpp"
+#include "core/run/runner.hpp"
+#include "core/store/run_reader.hpp"
+
+namespace hl {
+namespace {
+
+namespace fs = std::filesystem;
+
+class RunnerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("hl_runner_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    // A tiny random base model with the byte tokenizer.
+    io::ModelConfig config;
+    config.model_type = "llama";
+    config.architectures = {"LlamaForCausalLM"};
+    config.vocab_size = io::make_byte_tokenizer()->vocab_size();
+    config.hidden_size = 32;
+    config.intermediate_size = 64;
+    config.num_hidden_layers = 2;
+    config.num_attention_heads = 4;
+    config.num_key_value_heads = 2;
+    config.head_dim = 8;
+    config.tie_word_embeddings = true;
+    torch::manual_seed(3);
+    model::CausalLM base(config);
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : base->parameters()) p.normal_(0.0, 0.1);
+    }
+    ASSERT_TRUE(model::save_model(base, dir_ / "base").ok());
+    ASSERT_TRUE(io::save_tokenizer(dir_ / "base", io::byte_tokenizer_json()).ok());
+    std::ofstream corpus(dir_ / "corpus.txt"), val(dir_ / "val.txt");
+    for (int i = 0; i < 400; ++i)
+      (i % 5 ? corpus : val) << "Line " << i << ": the quick brown fox jumps over the lazy dog "
+                             << i * 7 << " times.\n\n";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string experiment(const std::string& stages, const std::string& extra = "") {
+    std::string text = "name = \"t\"\nseed = 1\n[model]\nbase = \"" + (dir_ / "base").string() +
+                       "\"\n[data]\ntrain = [\"" + (dir_ / "corpus.txt").string() +
+                       "\"]\nval = [\"" + (dir_ / "val.txt").string() +
+                       "\"]\nseq_len = 32\nbatch_size = 2\n"
+                       "[attention]\nwindow = 8\nfeature_dim = 8\n" +
+                       extra + stages +
+                       "[eval]\ntasks = [\"ppl\"]\nmodes = [\"hybrid\", \"window_only\"]\n"
+                       "max_batches = 1\n";
+    const fs::path path = dir_ / ("exp" + std::to_string(counter_++) + ".toml");
+    std::ofstream(path) << text;
+    return path.string();
+  }
+
+  RunOutcome run(const std::string& exp, const std::string& resume = "", int64_t max_steps = 0) {
+    RunRequest request;
+    request.experiment_path = exp;
+    request.db_path = (dir_ / "runs.sqlite").string();
+    request.resume = resume;
+    request.max_steps = max_steps;
+    ProgressReporter progress(ProgressMode::none, std::cout);
+    std::atomic<bool> cancel{false};
+    return run_experiment(request, progress, cancel);
+  }
+
+  store::RunReader reader() {
+    auto opened = store::RunReader::open((dir_ / "runs.sqlite").string());
+    EXPECT_TRUE(opened.ok());
+    return std::move(*opened);
+  }
+
+  std::vector<double> losses(int64_t run_id) {
+    auto reading = reader();
+    auto points = reading.scalars_after(run_id, "loss", -1);
+    EXPECT_TRUE(points.ok());
+    std::vector<double> values;
+    for (const auto& p : *points) values.push_back(p.value);
+    return values;
+  }
+
+  fs::path dir_;
+  int counter_ = 0;
+};
+
+constexpr const char* kTwoStages = R"(
+[[stage]]
+kind = "attention_transfer"
+steps = 6
+log_every = 1
+usage_every = 2
+eval_every = 3
+eval_batches = 1
+checkpoint_every = 3
+ssd = { swa_dropout = [0.9, 0.5], granularity = "head" }
+
+[[stage]]
+kind = "lora_finetune"
+steps = 4
+log_every = 1
+usage_every = 2
+eval_every = 2
+eval_batches = 1
+)";
+
+TEST_F(RunnerTest, TwoStagesWithSsdLeaveCurvesUsageAndEvals) {
+  RunOutcome outcome = run(experiment(kTwoStages));
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.message;
+  auto reading = reader();
+  auto info = reading.run(outcome.run_id);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->status, store::RunStatus::completed);
+  EXPECT_EQ(info->method, "lolcats+ssd");
+  EXPECT_EQ(losses(outcome.run_id).size(), 10u);  // 6 + 4 steps, logged every step
+  auto matrix = reading.layer_matrix(outcome.run_id, "usage/linear_mass");
+  ASSERT_TRUE(matrix.ok());
+  EXPECT_EQ(matrix->layers, (std::vector<int>{0, 1}));
+  EXPECT_GE(matrix->steps.size(), 4u);
+  for (double v : matrix->values)
+    if (!std::isnan(v)) {
+      EXPECT_GE(v, 0.0);
+      EXPECT_LE(v, 1.0);
+    }
+  auto realised = reading.scalars_after(outcome.run_id, "ssd/realised", -1);
+  ASSERT_TRUE(realised.ok());
+  EXPECT_FALSE(realised->empty());
+  auto evals = reading.evals({outcome.run_id});
+  ASSERT_TRUE(evals.ok());
+  EXPECT_EQ(evals->size(), 2u);  // ppl in two modes
+  EXPECT_TRUE(fs::exists(checkpoint_dir_for((dir_ / "runs.sqlite").string(), info->uuid) +
+                         "/model/config.json"));
+}
+
+TEST_F(RunnerTest, LinearOutputTransferLogsLinearMassOne) {
+  RunOutcome outcome = run(experiment(R"(
+[[stage]]
+kind = "attention_transfer"
+objective = "linear_output"
+steps = 3
+usage_every = 1
+eval_every = 3
+eval_batches = 1
+)"));
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.message;
+  auto matrix = reader().layer_matrix(outcome.run_id, "usage/linear_mass");
+  ASSERT_TRUE(matrix.ok());
+  ASSERT_FALSE(matrix->values.empty());
+  for (double v : matrix->values) EXPECT_NEAR(v, 1.0, 1e-6);
+}
+
+TEST_F(RunnerTest, TinyLinearBranchGivesLinearMassNearZero) {
+  // A converted base with window factors ~1 (logit 20) and a key feature map with zero
+  // weights, whose relu features sit at the 1e-12 clamp: every linear term is ~1e-12
+  // against window terms of order 1, so the logged linear mass must be ~0.
+  auto base = model::load_model(dir_ / "base");
+  ASSERT_TRUE(base.ok());
+  model::ConversionOptions conversion;
+  conversion.window = 8;
+  conversion.feature_map = kernels::FeatureMapKind::relu;
+  conversion.feature_dim = 8;
+  (*base)->convert(conversion);
+  {
+    torch::NoGradGuard no_grad;
+    for (int64_t layer : (*base)->converted_layers()) {
+      auto attention = (*base)->attention(layer);
+      attention->feature_map_k->weight.zero_();
+      attention->window_factors.fill_(20.0);
+    }
+  }
+  ASSERT_TRUE(model::save_model(*base, dir_ / "converted").ok());
+  ASSERT_TRUE(io::save_tokenizer(dir_ / "converted", io::byte_tokenizer_json()).ok());
+  std::string exp = experiment(R"(
+[[stage]]
+kind = "attention_transfer"
+steps = 1
+lr = 1e-12
+usage_every = 1
+eval_every = 1
+eval_batches = 1
+)");
+  std::string text;
+  {
+    std::ifstream in(exp);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string from = (dir_ / "base").string();
+  text.replace(text.find(from), from.size(), (dir_ / "converted").string());
+  std::ofstream(exp) << text;
+  RunOutcome outcome = run(exp);
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.message;
+  auto matrix = reader().layer_matrix(outcome.run_id, "usage/linear_mass");
+  ASSERT_TRUE(matrix.ok());
+  ASSERT_FALSE(matrix->values.empty());
+  for (double v : matrix->values) EXPECT_LT(v, 1e-6);
+  auto factors = reader().layer_matrix(outcome.run_id, "usage/window_factor");
+  ASSERT_TRUE(factors.ok());
+  for (double v : factors->values) EXPECT_GT(v, 0.999);
+}
+
+TEST_F(RunnerTest, ResumedRunReproducesTheUninterruptedLosses) {
+  const std::string exp = experiment(kTwoStages);
+  RunOutcome whole = run(exp);
+  ASSERT_EQ(whole.exit_code, 0) << whole.message;
+  RunOutcome first = run(exp, "", 4);  // stops after 4 of 10 steps, as a cancel would
+  ASSERT_EQ(first.exit_code, 130) << first.message;
+  EXPECT_EQ(reader().run(first.run_id)->status, store::RunStatus::cancelled);
+  RunOutcome second = run("", std::to_string(first.run_id));
+  ASSERT_EQ(second.exit_code, 0) << second.message;
+  EXPECT_EQ(second.run_id, first.run_id);
+  std::vector<double> expected = losses(whole.run_id), got = losses(first.run_id);
+  ASSERT_EQ(got.size(), expected.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], expected[i]) << "step " << i;
+}
+
+TEST_F(RunnerTest, BadInputsFailBeforeAnyRunIsRecorded) {
+  std::string exp = experiment(kTwoStages);
+  std::string text;
+  {
+    std::ifstream in(exp);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  auto variant = [&](const std::string& from, const std::string& to) {
+    std::string changed = text;
+    changed.replace(changed.find(from), from.size(), to);
+    const fs::path path = dir_ / ("bad" + std::to_string(counter_++) + ".toml");
+    std::ofstream(path) << changed;
+    return path.string();
+  };
+  RunOutcome missing_base = run(variant((dir_ / "base").string(), (dir_ / "nope").string()));
+  EXPECT_EQ(missing_base.exit_code, 2);
+  EXPECT_NE(missing_base.message.find("model.base"), std::string::npos) << missing_base.message;
+  RunOutcome missing_data = run(variant((dir_ / "corpus.txt").string(), (dir_ / "none.txt").string()));
+  EXPECT_EQ(missing_data.exit_code, 2);
+  RunOutcome too_long = run(variant("seq_len = 32", "seq_len = 100000"));
+  EXPECT_EQ(too_long.exit_code, 2) << too_long.message;
+  RunOutcome unknown_resume = run("", "no-such-run");
+  EXPECT_EQ(unknown_resume.exit_code, 2);
+  RunRequest cuda;
+  cuda.experiment_path = exp;
+  cuda.db_path = (dir_ / "runs.sqlite").string();
+  cuda.device_override = "cuda";
+  if (!torch::cuda::is_available()) {
+    ProgressReporter progress(ProgressMode::none, std::cout);
+    std::atomic<bool> cancel{false};
+    EXPECT_EQ(run_experiment(cuda, progress, cancel).exit_code, 2);
+  }
+  if (fs::exists(dir_ / "runs.sqlite")) {
+    auto runs = reader().list_runs();
+    ASSERT_TRUE(runs.ok());
+    EXPECT_TRUE(runs->empty());
+  }
+}
+
+TEST_F(RunnerTest, FrozenBaseWeightsAreBitForBitUnchanged) {
+  RunOutcome outcome = run(experiment(kTwoStages));
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.message;
+  auto info = reader().run(outcome.run_id);
+  auto trained = model::load_model(
+      checkpoint_dir_for((dir_ / "runs.sqlite").string(), info->uuid) + "/model");
+  ASSERT_TRUE(trained.ok()) << trained.error().to_string();
+  auto base = model::load_model(dir_ / "base");
+  ASSERT_TRUE(base.ok());
+  auto trained_params = (*trained)->named_parameters();
+  int compared = 0;
+  for (const auto& item : (*base)->named_parameters()) {
+    ASSERT_TRUE(trained_params.contains(item.key())) << item.key();
+    EXPECT_TRUE(torch::equal(item.value(), trained_params[item.key()])) << item.key();
+    ++compared;
+  }
+  EXPECT_GT(compared, 10);
+  // And the conversion did train: window factors moved away from their start.
+  auto omega = trained_params["model.layers.0.self_attn.window_factors"];
+  EXPECT_FALSE(torch::allclose(omega, torch::full_like(omega, std::log(0.1 / 0.9))));
+}
+
+}  // namespace
+}  // namespace hl
