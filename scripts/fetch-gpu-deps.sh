@@ -7,7 +7,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$root/.deps/debs"
 cd "$root/.deps/debs"
 apt-get download \
-  libtomlplusplus-dev nlohmann-json3-dev libsqlite3-dev libsqlite3-0 \
+  libtomlplusplus-dev libtomlplusplus3 nlohmann-json3-dev libsqlite3-dev libsqlite3-0 \
   libgtest-dev libgmock-dev libbenchmark-dev libbenchmark1debian \
   fortunes-min fortunes
 ls -1 "$root/.deps/debs"

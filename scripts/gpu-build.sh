@@ -22,11 +22,8 @@ while [ $# -gt 0 ]; do
 done
 
 ls .deps/debs/*.deb >/dev/null 2>&1 || { echo "gpu-build: no .deps/debs (run scripts/fetch-gpu-deps.sh first and carry .deps)" >&2; exit 2; }
-if [ ! -f "$prefix/.unpacked" ]; then
-  mkdir -p "$prefix"
-  for deb in .deps/debs/*.deb; do dpkg -x "$deb" "$prefix"; done
-  touch "$prefix/.unpacked"
-fi
+mkdir -p "$prefix"
+for deb in .deps/debs/*.deb; do dpkg -x "$deb" "$prefix"; done
 libdir="$prefix/usr/lib/x86_64-linux-gnu"
 export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export HL_FORTUNES_DIR="$prefix/usr/share/games/fortunes"

@@ -9,4 +9,4 @@ out="${HL_PARITY_DIR:-/tmp/hl-parity}"
 mkdir -p "$out"
 python3 scripts/hf_parity.py "$out"
 export LD_LIBRARY_PATH="${HL_DEPS_PREFIX:-/tmp/hl-deps}/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-HL_PARITY_DIR="$out" "${HL_BUILD_DIR:-build-gpu}/tests/hl_test_model" --gtest_filter='HfParity*'
+HL_PARITY_DIR="$out" "${HL_BUILD_DIR:-build-gpu}/tests/hl_test_model" --gtest_filter='*HfParity*'
