@@ -110,7 +110,9 @@ TEST_P(SentencePieceParity, MatchesSpmEncode) {
   const std::string ascii = "The quick brown fox jumps over the lazy dog.";
   const auto ascii_ids = (*tok)->encode(ascii, true);
   const bool has_unknown = std::find(ascii_ids.begin(), ascii_ids.end(), 0) != ascii_ids.end();
-  if (!has_unknown) EXPECT_EQ((*tok)->decode(ascii_ids), ascii);
+  if (!has_unknown) {
+    EXPECT_EQ((*tok)->decode(ascii_ids), ascii);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
