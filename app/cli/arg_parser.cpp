@@ -22,8 +22,7 @@ ArgParser& ArgParser::flag(std::string name, std::string help) {
   return *this;
 }
 
-ArgParser& ArgParser::positional(std::string name, std::string help, bool required,
-                                 bool rest) {
+ArgParser& ArgParser::positional(std::string name, std::string help, bool required, bool rest) {
   positionals_.push_back({std::move(name), std::move(help), required, rest});
   return *this;
 }
@@ -66,8 +65,8 @@ Status ArgParser::parse(const std::vector<std::string>& args) {
       }
       if (!inline_value) {
         if (i + 1 >= args.size() || args[i + 1].rfind("--", 0) == 0)
-          return make_error(where("option '" + word + "' needs a value (" + spec->value_name +
-                                  ")"));
+          return make_error(
+              where("option '" + word + "' needs a value (" + spec->value_name + ")"));
         value = args[++i];
       }
       if (!spec->repeated && values_.count(word))
@@ -122,7 +121,9 @@ std::string ArgParser::help() const {
   return out;
 }
 
-bool ArgParser::has(const std::string& name) const { return values_.count(name) > 0; }
+bool ArgParser::has(const std::string& name) const {
+  return values_.count(name) > 0;
+}
 
 std::string ArgParser::get(const std::string& name) const {
   auto it = values_.find(name);
@@ -134,7 +135,9 @@ std::vector<std::string> ArgParser::get_all(const std::string& name) const {
   return it == values_.end() ? std::vector<std::string>{} : it->second;
 }
 
-bool ArgParser::flag_set(const std::string& name) const { return has(name); }
+bool ArgParser::flag_set(const std::string& name) const {
+  return has(name);
+}
 
 Result<long long> parse_int_arg(const std::string& option, const std::string& text,
                                 long long min_value) {
@@ -148,6 +151,11 @@ Result<long long> parse_int_arg(const std::string& option, const std::string& te
   } catch (const std::exception&) {
     return make_error(option + " expects an integer, got '" + text + "'");
   }
+}
+
+int report_bad_input(const std::string& command, const std::string& message) {
+  std::cerr << "error: " << command << ": " << message << "\n";
+  return kExitBadInput;
 }
 
 int finish_parse(const ArgParser& parser, const Status& status) {

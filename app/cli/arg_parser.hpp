@@ -19,8 +19,7 @@ class ArgParser {
   /// An option that takes a value (`--db PATH`); `repeated` collects every occurrence and
   /// also the words that follow it up to the next option (`--seq 512 2048`).
   ArgParser& option(std::string name, std::string value_name, std::string help,
-                    std::optional<std::string> default_value = std::nullopt,
-                    bool repeated = false);
+                    std::optional<std::string> default_value = std::nullopt, bool repeated = false);
   /// A switch without a value (`--csv`).
   ArgParser& flag(std::string name, std::string help);
   /// A positional argument; `rest` takes every remaining positional word.
@@ -64,6 +63,9 @@ class ArgParser {
 /// Parses a non-negative integer option value; the error names the option.
 Result<long long> parse_int_arg(const std::string& option, const std::string& text,
                                 long long min_value = 0);
+
+/// Prints "error: COMMAND: MESSAGE" to stderr; returns kExitBadInput (2).
+int report_bad_input(const std::string& command, const std::string& message);
 
 /// Prints the parser's help (for --help) or the error with a hint; returns the exit code.
 int finish_parse(const ArgParser& parser, const Status& status);

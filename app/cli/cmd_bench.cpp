@@ -40,36 +40,28 @@ int cmd_bench(const Args& args) {
   Status status = parser.parse(args);
   if (!status.ok() || parser.help_requested()) return finish_parse(parser, status);
   if (parser.get("WHAT") != "attention") {
-    std::cerr << "error: bench: unknown benchmark '" << parser.get("WHAT")
-              << "' (available: attention)\n";
-    return kExitBadInput;
+    return report_bad_input(
+        "bench", "unknown benchmark '" + parser.get("WHAT") + "' (available: attention)");
   }
   const std::string device_name = parser.get("--device");
   if (device_name != "cpu" && device_name != "cuda") {
-    std::cerr << "error: bench: --device must be cpu or cuda, got '" << device_name << "'\n";
-    return kExitBadInput;
+    return report_bad_input("bench", "--device must be cpu or cuda, got '" + device_name + "'");
   }
   if (device_name == "cuda" && !torch::cuda::is_available()) {
-    std::cerr << "error: bench: --device cuda asked for, but no CUDA GPU is available\n";
-    return kExitBadInput;
+    return report_bad_input("bench", "--device cuda asked for, but no CUDA GPU is available");
   }
   auto repeats = parse_int_arg("--repeats", parser.get("--repeats"), 1);
-  if (!repeats.ok()) {
-    std::cerr << "error: bench: " << repeats.error().to_string() << "\n";
-    return kExitBadInput;
-  }
+  if (!repeats.ok()) return report_bad_input("bench", repeats.error().to_string());
   std::vector<int64_t> lengths;
   for (const auto& word : parser.get_all("--seq")) {
     auto n = parse_int_arg("--seq", word, 1);
-    if (!n.ok()) {
-      std::cerr << "error: bench: " << n.error().to_string() << "\n";
-      return kExitBadInput;
-    }
+    if (!n.ok()) return report_bad_input("bench", n.error().to_string());
     lengths.push_back(*n);
   }
   const torch::Device device(device_name == "cuda" ? torch::kCUDA : torch::kCPU);
   const bool gpu = device.is_cuda();
-  if (lengths.empty()) lengths = gpu ? std::vector<int64_t>{4096, 16384} : std::vector<int64_t>{512, 2048};
+  if (lengths.empty())
+    lengths = gpu ? std::vector<int64_t>{4096, 16384} : std::vector<int64_t>{512, 2048};
   const Shape shape = gpu ? Shape{1, 32, 128, 64, 128} : Shape{1, 4, 64, 64, 128};
   const auto dtype = gpu ? torch::kBFloat16 : torch::kFloat32;
   std::vector<kernels::Backend> backends = {kernels::Backend::reference, kernels::Backend::chunked};
@@ -87,8 +79,10 @@ int cmd_bench(const Args& args) {
     };
     kernels::AttentionInputs inputs{make(shape.head_dim), make(shape.head_dim),
                                     make(shape.head_dim)};
-    inputs.phi_q = torch::rand({shape.batch, shape.heads, n, shape.features}, opts).requires_grad_(true);
-    inputs.phi_k = torch::rand({shape.batch, shape.heads, n, shape.features}, opts).requires_grad_(true);
+    inputs.phi_q =
+        torch::rand({shape.batch, shape.heads, n, shape.features}, opts).requires_grad_(true);
+    inputs.phi_k =
+        torch::rand({shape.batch, shape.heads, n, shape.features}, opts).requires_grad_(true);
     inputs.window_factor_logits =
         torch::full({shape.heads}, kernels::kDefaultWindowFactorLogit, opts.dtype(torch::kFloat32))
             .requires_grad_(true);

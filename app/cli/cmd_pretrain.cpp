@@ -23,10 +23,7 @@ int cmd_pretrain(const Args& args) {
       .option("--progress", "json|bar|none", "progress output on stdout", "bar");
   Status status = parser.parse(args);
   if (!status.ok() || parser.help_requested()) return finish_parse(parser, status);
-  auto fail = [](const std::string& message) {
-    std::cerr << "error: pretrain: " << message << "\n";
-    return kExitBadInput;
-  };
+  auto fail = [](const std::string& message) { return report_bad_input("pretrain", message); };
   if (!parser.has("--out")) return fail("--out DIR is required");
   auto preset = train::pretrain_preset(parser.get("--preset"));
   if (!preset.ok()) return fail("--preset: " + preset.error().message);

@@ -17,10 +17,7 @@ int cmd_run(const Args& args) {
       .option("--max-steps", "N", "stop (as if cancelled) after N optimiser steps", "0");
   Status status = parser.parse(args);
   if (!status.ok() || parser.help_requested()) return finish_parse(parser, status);
-  auto fail = [](const std::string& message) {
-    std::cerr << "error: run: " << message << "\n";
-    return kExitBadInput;
-  };
+  auto fail = [](const std::string& message) { return report_bad_input("run", message); };
   if (!parser.has("EXP.toml") && !parser.has("--resume"))
     return fail("give an experiment file, or --resume RUN");
   auto mode = parse_progress_mode(parser.get("--progress"));
