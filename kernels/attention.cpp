@@ -10,13 +10,15 @@
 
 #ifdef HL_WITH_CUDA_KERNELS
 // ---- CUDA backend hook -----------------------------------------------------------------
-// The tensor-facing glue in kernels/cuda/*.cpp defines these two functions over the
-// raw-pointer kernels. `supports` says whether the fused kernels cover this problem (mode,
-// dtype, head sizes); when it says no, automatic dispatch falls back to the CPU-style paths,
-// which run on the GPU through LibTorch ops.
+// The tensor-facing glue in kernels/cuda/*.cpp defines these functions over the raw-pointer
+// kernels. `supports` says whether the fused kernels cover a call (mode, dtype, head sizes);
+// when it says no, automatic dispatch falls back to the CPU-style paths, which run on the GPU
+// through LibTorch ops. The overloads on AttentionInputs read GQA k/v in place.
 namespace hl::kernels::cuda {
 bool supports(const detail::Problem& problem);
 AttentionOutput attention(const detail::Problem& problem);
+bool supports(const AttentionInputs& inputs, const AttentionOptions& options, std::string* why);
+AttentionOutput attention(const AttentionInputs& inputs, const AttentionOptions& options);
 }  // namespace hl::kernels::cuda
 #endif
 
@@ -115,6 +117,16 @@ std::optional<Backend> parse_backend(std::string_view name) {
 
 AttentionOutput attention(const AttentionInputs& inputs, const AttentionOptions& options) {
   detail::validate(inputs, options, "attention");
+#ifdef HL_WITH_CUDA_KERNELS
+  // Before prepare(): the fused kernels read GQA k/v in place, so the k/v repeated to the
+  // query heads are never materialised on this path.
+  if ((options.backend == Backend::automatic || options.backend == Backend::cuda) &&
+      inputs.q.is_cuda() && !options.want_weights && cuda::supports(inputs, options, nullptr)) {
+    AttentionOutput out = cuda::attention(inputs, options);
+    out.backend = Backend::cuda;
+    return out;
+  }
+#endif
   const detail::Problem problem = detail::prepare(inputs, options);
   const Backend backend = choose_backend(problem, options);
   AttentionOutput out;

@@ -15,6 +15,7 @@
 
 #include "kernels/cuda/hybrid_attention_launch.hpp"
 #include "kernels/cuda/hybrid_common.cuh"
+#include "kernels/cuda/hybrid_forward_tc.cuh"
 #include "kernels/cuda/hybrid_internal.cuh"
 
 namespace hl::kernels::cuda {
@@ -412,15 +413,29 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
   const int units = s.batch * s.q_heads;
   SegmentPlan plan = a.plan;
   if (plan.segments < 1 || plan.length < 1) plan = SegmentPlan{1, s.seq_len};
+  // bf16 without branch statistics runs on the tensor cores; fp32 (the 1e-5 path), the
+  // statistics and shapes whose tiles do not fit in shared memory stay on the CUDA cores.
+  const bool tensor_cores =
+      shape.dtype == KernelDType::kBFloat16 && a.branch_stats == nullptr && forward_tc_fits(s);
   if (plan.segments > 1) {
     if (a.segment_states == nullptr) return static_cast<int>(cudaErrorInvalidValue);
     cudaError_t err =
-        run_state_pass(s, shape.dtype, a.phi_k, a.v, true, nullptr, nullptr, a.window_drop,
-                       a.segment_states, plan, -1, -1, s.seq_len, false, stream);
+        tensor_cores
+            ? run_state_pass_tc(s, a.phi_k, a.v, a.window_drop, a.segment_states, plan, -1, -1,
+                                s.seq_len, false, /*skip_last=*/true, stream)
+            : run_state_pass(s, shape.dtype, a.phi_k, a.v, true, nullptr, nullptr, a.window_drop,
+                             a.segment_states, plan, -1, -1, s.seq_len, false, stream);
     if (err != cudaSuccess) return static_cast<int>(err);
     err = run_scan(s, a.window_drop, a.segment_states, units, plan.segments, 0, nullptr, nullptr,
                    false, stream);
     if (err != cudaSuccess) return static_cast<int>(err);
+  }
+  if (tensor_cores) {
+    const TcForwardArgs ta{
+        a.q,           a.k, a.v,       a.phi_q,     a.phi_k,      a.coef_window,    a.coef_linear,
+        a.window_drop, a.y, a.row_max, a.row_denom, a.row_argmax, a.segment_states, plan.segments,
+        plan.length};
+    return static_cast<int>(run_forward_tc(s, ta, stream));
   }
   ForwardParams fp{s,
                    a.q,
@@ -474,8 +489,12 @@ int launch_prefill_state(const ProblemShape& shape, const void* phi_k, const voi
   SegmentPlan plan = plan_in;
   if (plan.segments < 1 || plan.length < 1) plan = SegmentPlan{1, s.seq_len};
   const int range_end = max(0, s.seq_len - s.window);
-  cudaError_t err = run_state_pass(s, shape.dtype, phi_k, v, true, nullptr, nullptr, nullptr,
-                                   workspace, plan, 0, -1, range_end, true, stream);
+  cudaError_t err =
+      shape.dtype == KernelDType::kBFloat16
+          ? run_state_pass_tc(s, phi_k, v, nullptr, workspace, plan, 0, -1, range_end, true,
+                              /*skip_last=*/false, stream)
+          : run_state_pass(s, shape.dtype, phi_k, v, true, nullptr, nullptr, nullptr, workspace,
+                           plan, 0, -1, range_end, true, stream);
   if (err != cudaSuccess) return static_cast<int>(err);
   err = run_scan(s, nullptr, workspace, s.batch * s.q_heads, plan.segments, 2, state.S, state.z,
                  true, stream);

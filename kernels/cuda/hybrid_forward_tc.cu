@@ -1,0 +1,721 @@
+// Tensor-core forward of hybrid attention for bf16 (DESIGN §1), mma.sync m16n8k16 with fp32
+// accumulation, and the tensor-core chunk-state pass it starts from.
+//
+// A block of 4 warps owns one segment of one (batch, head) unit and walks it in 64-row tiles;
+// each warp owns 16 query rows. Per tile the keys [t0 - pre, t0 + 64) (pre covers the window
+// and the keys that are linear but not yet in the state) sit in shared memory next to the
+// tile's q and phi_q. A warp first queries the state (phi_q S, phi_q . z), then finds the window
+// max of its rows (q k^T over the window keys only), then walks its key chunks of 16 once more:
+// s = q k^T and p = phi_q phi_k^T go through masks into one weight c_w e^(s - m) + c_l p, whose
+// C fragment is the A fragment of the weight x v product. After the tile the 64 keys that leave
+// the unfolded range are folded into S with phi_k^T v on the tensor cores. S lives in shared
+// memory as a bf16 pair (hi + lo, about 16 significant bits) so that both the fold (fp32
+// accumulate, re-split) and the query (two products) read it with ldmatrix.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "kernels/cuda/hybrid_attention_launch.hpp"
+#include "kernels/cuda/hybrid_common.cuh"
+#include "kernels/cuda/hybrid_forward_tc.cuh"
+
+namespace hl::kernels::cuda::detail {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kTcWarps = 4;
+constexpr int kTcThreads = kTcWarps * 32;
+constexpr int kTcRows = 64;  // query rows per tile; keys folded per tile
+
+__device__ inline uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ inline void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ inline void ldsm_x4_t(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ inline uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ inline float2 unpack_bf16(uint32_t u) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u));
+}
+
+// 16 bytes global -> shared; nothing is read (zeros land) when !valid.
+__device__ inline void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+
+__device__ inline void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N>
+__device__ inline void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Rows [row0, row0 + rows) of a row-major [*, width] bf16 matrix into shared memory (row stride
+// `stride` elements); rows outside [lo, hi) become zeros.
+__device__ inline void load_rows_async(bf16* dst, int stride, const bf16* src, int width, int row0,
+                                       int rows, int lo, int hi, int tid, int nthreads) {
+  const int chunks = width / 8;
+  for (int idx = tid; idx < rows * chunks; idx += nthreads) {
+    const int r = idx / chunks;
+    const int c = idx - r * chunks;
+    const int row = row0 + r;
+    const bool ok = row >= lo && row < hi;
+    const bf16* g = ok ? src + static_cast<size_t>(row) * width + c * 8 : src;
+    cp_async16(dst + r * stride + c * 8, g, ok);
+  }
+}
+
+__device__ inline int round16(int x) {
+  return (x + 15) & ~15;
+}
+
+struct TcForwardParams {
+  Shape s;
+  const bf16* q;
+  const bf16* k;
+  const bf16* v;
+  const bf16* phi_q;
+  const bf16* phi_k;
+  const float* coef_window;
+  const float* coef_linear;
+  const uint8_t* window_drop;
+  bf16* y;
+  float* row_max;
+  float* row_denom;
+  int32_t* row_argmax;
+  const float* states;
+  int segments, segment_len;
+  int key_rows;  // capacity of the key buffers: 64 + round16(w - 1)
+};
+
+template <int D>
+__global__ void __launch_bounds__(kTcThreads) forward_tc_kernel(TcForwardParams p) {
+  extern __shared__ float4 smem4[];
+  const Shape& s = p.s;
+  const int F = s.features;
+  const int N = s.seq_len;
+  const int w = s.window;
+  constexpr int SD = D + 8;  // padded strides: ldmatrix rows fall in distinct banks
+  const int SF = F + 8;
+  const int KR = p.key_rows;
+
+  bf16* Shi = reinterpret_cast<bf16*>(smem4);
+  bf16* Slo = Shi + F * SD;
+  bf16* Qs = Slo + F * SD;
+  bf16* PQs = Qs + kTcRows * SD;
+  bf16* Ks = PQs + kTcRows * SF;
+  bf16* Vs = Ks + KR * SD;
+  bf16* PKs = Vs + KR * SD;
+  float* zs = reinterpret_cast<float*>(PKs + KR * SF);
+
+  const int unit = blockIdx.x / p.segments;
+  const int seg = blockIdx.x - unit * p.segments;
+  const int h = unit % s.q_heads;
+  const int b = unit / s.q_heads;
+  const int kv_unit = b * s.kv_heads + h / (s.q_heads / s.kv_heads);
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int g8 = lane / 4;  // fragment row
+  const int t4 = lane % 4;  // fragment column pair
+
+  const UnitMode um = unit_mode(s, p.window_drop, unit);
+  const float cw = p.coef_window[unit];
+  const float cl = p.coef_linear[unit];
+  const int pre = round16(max(um.use_window ? w - 1 : 0, um.use_linear ? um.state_lag : 0));
+  const float scale_log2 = s.scale * 1.4426950408889634f;
+
+  const bf16* qb = p.q + static_cast<size_t>(unit) * N * D;
+  const bf16* kb = p.k + static_cast<size_t>(kv_unit) * N * D;
+  const bf16* vb = p.v + static_cast<size_t>(kv_unit) * N * D;
+  const bf16* pqb = um.use_linear ? p.phi_q + static_cast<size_t>(unit) * N * F : nullptr;
+  const bf16* pkb = um.use_linear ? p.phi_k + static_cast<size_t>(unit) * N * F : nullptr;
+  bf16* yb = p.y + static_cast<size_t>(unit) * N * D;
+
+  const int r_begin = seg * p.segment_len;
+  const int r_end = min(N, r_begin + p.segment_len);
+
+  if (um.use_linear) {
+    const float* init =
+        p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (F * D + F) : nullptr;
+    for (int idx = tid; idx < F * D; idx += kTcThreads) {
+      const int f = idx / D;
+      const int d = idx - f * D;
+      const float x = init != nullptr ? init[idx] : 0.f;
+      const bf16 hi = __float2bfloat16_rn(x);
+      Shi[f * SD + d] = hi;
+      Slo[f * SD + d] = __float2bfloat16_rn(x - __bfloat162float(hi));
+    }
+    for (int f = tid; f < F; f += kTcThreads)
+      zs[f] = init != nullptr ? init[F * D + f] : 0.f;
+  }
+
+  for (int t0 = r_begin; t0 < r_end; t0 += kTcRows) {
+    const int kbase = t0 - pre;
+    const int krows = pre + kTcRows;
+    __syncthreads();  // the previous tile's fold and output staging are done
+    if (um.use_window) {
+      load_rows_async(Qs, SD, qb, D, t0, kTcRows, 0, N, tid, kTcThreads);
+      load_rows_async(Ks, SD, kb, D, kbase, krows, 0, N, tid, kTcThreads);
+    }
+    load_rows_async(Vs, SD, vb, D, kbase, krows, 0, N, tid, kTcThreads);
+    if (um.use_linear) {
+      load_rows_async(PQs, SF, pqb, F, t0, kTcRows, 0, N, tid, kTcThreads);
+      load_rows_async(PKs, SF, pkb, F, kbase, krows, 0, N, tid, kTcThreads);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
+    const int r0 = t0 + warp * 16;  // this warp's first row
+    if (r0 < r_end) {
+      const int ia = r0 + g8, ib = ia + 8;
+      float o[D / 8][4];
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+      float lsum_a = 0.f, lsum_b = 0.f, wsum_a = 0.f, wsum_b = 0.f;
+      const bf16* pq_rows = PQs + (warp * 16 + (lane % 16)) * SF + (lane / 16) * 8;
+
+      // Keys already folded into the state: c_l (phi_q S), phi_q . z.
+      if (um.use_linear) {
+        for (int kf = 0; kf < F / 16; ++kf) {
+          uint32_t a[4];
+          ldsm_x4(a, pq_rows + kf * 16);
+          const float2 a0 = unpack_bf16(a[0]), a1 = unpack_bf16(a[1]);
+          const float2 a2 = unpack_bf16(a[2]), a3 = unpack_bf16(a[3]);
+          const int f0 = kf * 16 + 2 * t4;
+          const float z0 = zs[f0], z1 = zs[f0 + 1], z8 = zs[f0 + 8], z9 = zs[f0 + 9];
+          lsum_a += a0.x * z0 + a0.y * z1 + a2.x * z8 + a2.y * z9;
+          lsum_b += a1.x * z0 + a1.y * z1 + a3.x * z8 + a3.y * z9;
+          const int srow = kf * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+          const bf16* hi_rows = Shi + srow * SD + (lane / 16) * 8;
+          const bf16* lo_rows = Slo + srow * SD + (lane / 16) * 8;
+#pragma unroll
+          for (int np = 0; np < D / 16; ++np) {
+            uint32_t bh[4], bl[4];
+            ldsm_x4_t(bh, hi_rows + np * 16);
+            ldsm_x4_t(bl, lo_rows + np * 16);
+            mma_bf16(o[2 * np], a, bh[0], bh[1]);
+            mma_bf16(o[2 * np + 1], a, bh[2], bh[3]);
+            mma_bf16(o[2 * np], a, bl[0], bl[1]);
+            mma_bf16(o[2 * np + 1], a, bl[2], bl[3]);
+          }
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          o[n][0] *= cl;
+          o[n][1] *= cl;
+          o[n][2] *= cl;
+          o[n][3] *= cl;
+        }
+      }
+
+      // q fragments of this warp's rows, kept for both key walks.
+      uint32_t qf[D / 16][4];
+      float m_a = 0.f, m_b = 0.f;  // in log2 units of the scaled score
+      int am_a = -1, am_b = -1;
+      const int win_lo = max(r0 - w + 1, 0);
+      const int win_hi = min(r0 + 15, N - 1);
+      if (um.use_window) {
+        const bf16* q_rows = Qs + (warp * 16 + (lane % 16)) * SD + (lane / 16) * 8;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks)
+          ldsm_x4(qf[ks], q_rows + ks * 16);
+        // Window max (and the first key that attains it) of rows ia, ib.
+        float mx_a = -INFINITY, mx_b = -INFINITY;
+        for (int c = (win_lo - kbase) >> 4; c <= (win_hi - kbase) >> 4; ++c) {
+          float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+          const bf16* k_rows =
+              Ks + (c * 16 + (lane % 8) + (lane / 16) * 8) * SD + ((lane / 8) % 2) * 8;
+#pragma unroll
+          for (int ks = 0; ks < D / 16; ++ks) {
+            uint32_t kf4[4];
+            ldsm_x4(kf4, k_rows + ks * 16);
+            mma_bf16(sc[0], qf[ks], kf4[0], kf4[1]);
+            mma_bf16(sc[1], qf[ks], kf4[2], kf4[3]);
+          }
+          const int j0 = kbase + c * 16;
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int row = e < 2 ? ia : ib;
+              const int j = j0 + nt * 8 + 2 * t4 + (e & 1);
+              const float v = sc[nt][e] * scale_log2;
+              const bool in = j <= row && j > row - w && j >= 0;
+              if (e < 2) {
+                if (in && v > mx_a) {
+                  mx_a = v;
+                  am_a = j;
+                }
+              } else if (in && v > mx_b) {
+                mx_b = v;
+                am_b = j;
+              }
+            }
+          }
+        }
+#pragma unroll
+        for (int off = 1; off <= 2; off <<= 1) {
+          const float oa = __shfl_xor_sync(kFullMask, mx_a, off);
+          const int ja = __shfl_xor_sync(kFullMask, am_a, off);
+          if (oa > mx_a || (oa == mx_a && ja >= 0 && (am_a < 0 || ja < am_a))) {
+            mx_a = oa;
+            am_a = ja;
+          }
+          const float ob = __shfl_xor_sync(kFullMask, mx_b, off);
+          const int jb = __shfl_xor_sync(kFullMask, am_b, off);
+          if (ob > mx_b || (ob == mx_b && jb >= 0 && (am_b < 0 || jb < am_b))) {
+            mx_b = ob;
+            am_b = jb;
+          }
+        }
+        // Rows past the sequence have no window keys; keep their weights finite.
+        m_a = mx_a == -INFINITY ? 0.f : mx_a;
+        m_b = mx_b == -INFINITY ? 0.f : mx_b;
+      }
+
+      // Every key this warp's rows see outside the state: window and unfolded linear keys.
+      const int k_state = t0 - um.state_lag;  // first key not in the state
+      int lo = N, hi = -1;
+      if (um.use_window) {
+        lo = win_lo;
+        hi = win_hi;
+      }
+      if (um.use_linear) {
+        lo = min(lo, max(k_state, 0));
+        hi = max(hi, min(r0 + 15 - um.lin_lag, N - 1));
+      }
+      if (lo <= hi) {
+        for (int c = (lo - kbase) >> 4; c <= (hi - kbase) >> 4; ++c) {
+          const int j0 = kbase + c * 16;
+          const bool need_w = um.use_window && j0 + 15 >= r0 - w + 1 && j0 <= r0 + 15;
+          const bool need_l = um.use_linear && j0 + 15 >= k_state && j0 <= r0 + 15 - um.lin_lag;
+          float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+          float pl[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+          if (need_w) {
+            const bf16* k_rows =
+                Ks + (c * 16 + (lane % 8) + (lane / 16) * 8) * SD + ((lane / 8) % 2) * 8;
+#pragma unroll
+            for (int ks = 0; ks < D / 16; ++ks) {
+              uint32_t kf4[4];
+              ldsm_x4(kf4, k_rows + ks * 16);
+              mma_bf16(sc[0], qf[ks], kf4[0], kf4[1]);
+              mma_bf16(sc[1], qf[ks], kf4[2], kf4[3]);
+            }
+          }
+          if (need_l) {
+            const bf16* pk_rows =
+                PKs + (c * 16 + (lane % 8) + (lane / 16) * 8) * SF + ((lane / 8) % 2) * 8;
+            for (int kf = 0; kf < F / 16; ++kf) {
+              uint32_t a[4], pk4[4];
+              ldsm_x4(a, pq_rows + kf * 16);
+              ldsm_x4(pk4, pk_rows + kf * 16);
+              mma_bf16(pl[0], a, pk4[0], pk4[1]);
+              mma_bf16(pl[1], a, pk4[2], pk4[3]);
+            }
+          }
+          float wt[2][4];
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int row = e < 2 ? ia : ib;
+              const int j = j0 + nt * 8 + 2 * t4 + (e & 1);
+              float x = 0.f;
+              if (need_w && j <= row && j > row - w && j >= 0) {
+                const float ex = exp2f(sc[nt][e] * scale_log2 - (e < 2 ? m_a : m_b));
+                if (e < 2)
+                  wsum_a += ex;
+                else
+                  wsum_b += ex;
+                x = cw * ex;
+              }
+              if (need_l && j >= k_state && j <= row - um.lin_lag && j >= 0) {
+                const float pv = pl[nt][e];
+                if (e < 2)
+                  lsum_a += pv;
+                else
+                  lsum_b += pv;
+                x += cl * pv;
+              }
+              wt[nt][e] = x;
+            }
+          }
+          uint32_t a[4];
+          a[0] = pack_bf16(wt[0][0], wt[0][1]);
+          a[1] = pack_bf16(wt[0][2], wt[0][3]);
+          a[2] = pack_bf16(wt[1][0], wt[1][1]);
+          a[3] = pack_bf16(wt[1][2], wt[1][3]);
+          const bf16* v_rows =
+              Vs + (c * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * SD + (lane / 16) * 8;
+#pragma unroll
+          for (int np = 0; np < D / 16; ++np) {
+            uint32_t vf[4];
+            ldsm_x4_t(vf, v_rows + np * 16);
+            mma_bf16(o[2 * np], a, vf[0], vf[1]);
+            mma_bf16(o[2 * np + 1], a, vf[2], vf[3]);
+          }
+        }
+      }
+
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        wsum_a += __shfl_xor_sync(kFullMask, wsum_a, off);
+        wsum_b += __shfl_xor_sync(kFullMask, wsum_b, off);
+        lsum_a += __shfl_xor_sync(kFullMask, lsum_a, off);
+        lsum_b += __shfl_xor_sync(kFullMask, lsum_b, off);
+      }
+      float den_a, den_b;
+      if (!um.use_window) {
+        den_a = cl * lsum_a + s.eps;
+        den_b = cl * lsum_b + s.eps;
+      } else if (!um.use_linear) {
+        den_a = cw * wsum_a;
+        den_b = cw * wsum_b;
+      } else {
+        den_a = cw * wsum_a + cl * lsum_a;
+        den_b = cw * wsum_b + cl * lsum_b;
+      }
+      const float inv_a = 1.f / den_a, inv_b = 1.f / den_b;
+
+      // Stage the 16 output rows in this warp's own q rows, then write 16-byte pieces.
+      __syncwarp();
+      bf16* stage = Qs + warp * 16 * SD;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const int col = n * 8 + 2 * t4;
+        *reinterpret_cast<uint32_t*>(stage + g8 * SD + col) =
+            pack_bf16(o[n][0] * inv_a, o[n][1] * inv_a);
+        *reinterpret_cast<uint32_t*>(stage + (g8 + 8) * SD + col) =
+            pack_bf16(o[n][2] * inv_b, o[n][3] * inv_b);
+      }
+      __syncwarp();
+      for (int idx = lane; idx < 16 * (D / 8); idx += 32) {
+        const int rr = idx / (D / 8);
+        const int cc = idx - rr * (D / 8);
+        if (r0 + rr < r_end) {
+          *reinterpret_cast<uint4*>(yb + static_cast<size_t>(r0 + rr) * D + cc * 8) =
+              *reinterpret_cast<const uint4*>(stage + rr * SD + cc * 8);
+        }
+      }
+      if (t4 == 0) {
+        const float ln2 = 0.6931471805599453f;
+        if (ia < r_end) {
+          const size_t ri = static_cast<size_t>(unit) * N + ia;
+          p.row_max[ri] = um.use_window ? m_a * ln2 : 0.f;
+          p.row_denom[ri] = den_a;
+          p.row_argmax[ri] = um.use_window ? am_a : -1;
+        }
+        if (ib < r_end) {
+          const size_t ri = static_cast<size_t>(unit) * N + ib;
+          p.row_max[ri] = um.use_window ? m_b * ln2 : 0.f;
+          p.row_denom[ri] = den_b;
+          p.row_argmax[ri] = um.use_window ? am_b : -1;
+        }
+      }
+    }
+
+    // Fold the 64 keys [t0 - state_lag, t0 - state_lag + 64) into S and z.
+    if (um.use_linear && t0 + kTcRows < r_end) {
+      __syncthreads();                    // every warp has finished querying S
+      const int fo = pre - um.state_lag;  // their first row in the key buffers
+      for (int f = tid; f < F; f += kTcThreads) {
+        float acc = 0.f;
+        for (int r = 0; r < kTcRows; ++r)
+          acc += __bfloat162float(PKs[(fo + r) * SF + f]);
+        zs[f] += acc;
+      }
+      for (int mt = warp; mt < F / 16; mt += kTcWarps) {
+        uint32_t af[4][4];
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+          ldsm_x4_t(af[ks], PKs + (fo + ks * 16 + (lane % 8) + (lane / 16) * 8) * SF + mt * 16 +
+                                ((lane / 8) % 2) * 8);
+        }
+        const int fa = mt * 16 + g8;
+#pragma unroll 2
+        for (int np = 0; np < D / 16; ++np) {
+          float acc[2][4];
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            const int col = np * 16 + nt * 8 + 2 * t4;
+            const float2 ha = unpack_bf16(*reinterpret_cast<const uint32_t*>(Shi + fa * SD + col));
+            const float2 la = unpack_bf16(*reinterpret_cast<const uint32_t*>(Slo + fa * SD + col));
+            const float2 hb =
+                unpack_bf16(*reinterpret_cast<const uint32_t*>(Shi + (fa + 8) * SD + col));
+            const float2 lb =
+                unpack_bf16(*reinterpret_cast<const uint32_t*>(Slo + (fa + 8) * SD + col));
+            acc[nt][0] = ha.x + la.x;
+            acc[nt][1] = ha.y + la.y;
+            acc[nt][2] = hb.x + lb.x;
+            acc[nt][3] = hb.y + lb.y;
+          }
+#pragma unroll
+          for (int ks = 0; ks < 4; ++ks) {
+            uint32_t vf[4];
+            ldsm_x4_t(vf, Vs + (fo + ks * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * SD + np * 16 +
+                              (lane / 16) * 8);
+            mma_bf16(acc[0], af[ks], vf[0], vf[1]);
+            mma_bf16(acc[1], af[ks], vf[2], vf[3]);
+          }
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            const int col = np * 16 + nt * 8 + 2 * t4;
+            const uint32_t ha = pack_bf16(acc[nt][0], acc[nt][1]);
+            const uint32_t hb = pack_bf16(acc[nt][2], acc[nt][3]);
+            const float2 fa2 = unpack_bf16(ha), fb2 = unpack_bf16(hb);
+            *reinterpret_cast<uint32_t*>(Shi + fa * SD + col) = ha;
+            *reinterpret_cast<uint32_t*>(Slo + fa * SD + col) =
+                pack_bf16(acc[nt][0] - fa2.x, acc[nt][1] - fa2.y);
+            *reinterpret_cast<uint32_t*>(Shi + (fa + 8) * SD + col) = hb;
+            *reinterpret_cast<uint32_t*>(Slo + (fa + 8) * SD + col) =
+                pack_bf16(acc[nt][2] - fb2.x, acc[nt][3] - fb2.y);
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- chunk-state pass on the tensor cores ------------------------------------------------
+
+constexpr int kSpWarps = 8;
+constexpr int kSpThreads = kSpWarps * 32;
+constexpr int kSpRows = 64;  // rows per pipeline stage
+constexpr int kSpCols = 64;  // value columns per block (blockIdx.y picks the slice)
+
+struct TcStateParams {
+  Shape s;
+  const bf16* a;  // [units, N, F] (phi_k)
+  const bf16* b;  // [kv units, N, D] (v)
+  const uint8_t* window_drop;
+  float* out;  // [units, segments, F * D + F]
+  int segments, segment_len;
+  int fixed_lag, lag_sign, range_end;
+  bool all_units, skip_last;
+};
+
+// S = sum_r a_r b_r^T (F x 64 columns of D) and z = sum_r a_r over one segment's rows; each
+// warp owns the F-row tiles mt = warp, warp + 8 and keeps them in registers.
+__global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams p) {
+  extern __shared__ float4 smem4[];
+  const Shape& s = p.s;
+  const int F = s.features;
+  const int D = s.head_dim;
+  const int N = s.seq_len;
+  const int SF = F + 8;
+  constexpr int SB = kSpCols + 8;
+  bf16* As = reinterpret_cast<bf16*>(smem4);  // [2][kSpRows][SF]
+  bf16* Bs = As + 2 * kSpRows * SF;           // [2][kSpRows][SB]
+
+  const int unit = blockIdx.x / p.segments;
+  const int seg = blockIdx.x - unit * p.segments;
+  if (p.skip_last && seg == p.segments - 1) return;
+  const int h = unit % s.q_heads;
+  const int bt = unit / s.q_heads;
+  const int kv_unit = bt * s.kv_heads + h / (s.q_heads / s.kv_heads);
+  const UnitMode um = unit_mode(s, p.window_drop, unit);
+  if (!p.all_units && !um.use_linear) return;
+  const int lag = p.fixed_lag >= 0 ? p.fixed_lag : um.state_lag;
+  const int shift = p.lag_sign * lag;
+  const int begin = max(0, seg * p.segment_len + shift);
+  const int end =
+      seg == p.segments - 1 ? p.range_end : min(p.range_end, (seg + 1) * p.segment_len + shift);
+  const int col0 = blockIdx.y * kSpCols;
+  const bf16* ab = p.a + static_cast<size_t>(unit) * N * F;
+  const bf16* bb = p.b + static_cast<size_t>(kv_unit) * N * D + col0;
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int g8 = lane / 4;
+  const int t4 = lane % 4;
+
+  float acc[2][kSpCols / 8][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int n = 0; n < kSpCols / 8; ++n)
+      acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.f;
+  float zacc = 0.f;  // thread tid < F sums column tid of a (slice 0 only)
+
+  auto load_stage = [&](int stage, int r0) {
+    load_rows_async(As + stage * kSpRows * SF, SF, ab, F, r0, kSpRows, begin, end, tid, kSpThreads);
+    // Value rows: only the 64-column slice of this block.
+    constexpr int chunks = kSpCols / 8;
+    bf16* dst = Bs + stage * kSpRows * SB;
+    for (int idx = tid; idx < kSpRows * chunks; idx += kSpThreads) {
+      const int r = idx / chunks;
+      const int c = idx - r * chunks;
+      const int row = r0 + r;
+      const bool ok = row >= begin && row < end;
+      cp_async16(dst + r * SB + c * 8, ok ? bb + static_cast<size_t>(row) * D + c * 8 : bb, ok);
+    }
+    cp_async_commit();
+  };
+
+  const int chunks = end > begin ? (end - begin + kSpRows - 1) / kSpRows : 0;
+  if (chunks > 0) load_stage(0, begin);
+  for (int c = 0; c < chunks; ++c) {
+    if (c + 1 < chunks) {
+      load_stage((c + 1) & 1, begin + (c + 1) * kSpRows);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const bf16* A = As + (c & 1) * kSpRows * SF;
+    const bf16* B = Bs + (c & 1) * kSpRows * SB;
+    if (blockIdx.y == 0 && tid < F) {
+      for (int r = 0; r < kSpRows; ++r)
+        zacc += __bfloat162float(A[r * SF + tid]);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int mt = warp + i * kSpWarps;
+      if (mt < F / 16) {
+#pragma unroll
+        for (int ks = 0; ks < kSpRows / 16; ++ks) {
+          uint32_t af[4];
+          ldsm_x4_t(af, A + (ks * 16 + (lane % 8) + (lane / 16) * 8) * SF + mt * 16 +
+                            ((lane / 8) % 2) * 8);
+#pragma unroll
+          for (int np = 0; np < kSpCols / 16; ++np) {
+            uint32_t bf[4];
+            ldsm_x4_t(bf, B + (ks * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * SB + np * 16 +
+                              (lane / 16) * 8);
+            mma_bf16(acc[i][2 * np], af, bf[0], bf[1]);
+            mma_bf16(acc[i][2 * np + 1], af, bf[2], bf[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the stage is read before it is loaded again
+  }
+
+  float* out = p.out + static_cast<size_t>(blockIdx.x) * (F * D + F);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int mt = warp + i * kSpWarps;
+    if (mt < F / 16) {
+      const int fa = mt * 16 + g8;
+#pragma unroll
+      for (int n = 0; n < kSpCols / 8; ++n) {
+        const int col = col0 + n * 8 + 2 * t4;
+        *reinterpret_cast<float2*>(out + fa * D + col) = make_float2(acc[i][n][0], acc[i][n][1]);
+        *reinterpret_cast<float2*>(out + (fa + 8) * D + col) =
+            make_float2(acc[i][n][2], acc[i][n][3]);
+      }
+    }
+  }
+  if (blockIdx.y == 0 && tid < F) out[F * D + tid] = zacc;
+}
+
+size_t forward_tc_smem(int D, int F, int window) {
+  const size_t SD = D + 8, SF = F + 8;
+  const size_t key_rows = kTcRows + ((window - 1 + 15) & ~15);
+  return sizeof(bf16) * (2 * F * SD + kTcRows * SD + kTcRows * SF + key_rows * (2 * SD + SF)) +
+         sizeof(float) * F;
+}
+
+int max_dynamic_smem() {
+  int device = 0, bytes = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+      cudaSuccess) {
+    return 0;
+  }
+  return bytes;
+}
+
+}  // namespace
+
+bool forward_tc_fits(const Shape& s) {
+  return forward_tc_smem(s.head_dim, s.features, s.window) <=
+         static_cast<size_t>(max_dynamic_smem());
+}
+
+cudaError_t run_forward_tc(const Shape& s, const TcForwardArgs& a, cudaStream_t stream) {
+  const size_t smem = forward_tc_smem(s.head_dim, s.features, s.window);
+  TcForwardParams fp{s,
+                     static_cast<const bf16*>(a.q),
+                     static_cast<const bf16*>(a.k),
+                     static_cast<const bf16*>(a.v),
+                     static_cast<const bf16*>(a.phi_q),
+                     static_cast<const bf16*>(a.phi_k),
+                     a.coef_window,
+                     a.coef_linear,
+                     a.window_drop,
+                     static_cast<bf16*>(a.y),
+                     a.row_max,
+                     a.row_denom,
+                     a.row_argmax,
+                     a.states,
+                     a.segments,
+                     a.segment_len,
+                     kTcRows + ((s.window - 1 + 15) & ~15)};
+  auto kernel = s.head_dim == 64 ? forward_tc_kernel<64> : forward_tc_kernel<128>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  const int units = s.batch * s.q_heads;
+  kernel<<<units * a.segments, kTcThreads, smem, stream>>>(fp);
+  return cudaGetLastError();
+}
+
+cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm,
+                              const uint8_t* window_drop, float* out, const SegmentPlan& plan,
+                              int fixed_lag, int lag_sign, int range_end, bool all_units,
+                              bool skip_last, cudaStream_t stream) {
+  TcStateParams sp{s,
+                   static_cast<const bf16*>(a),
+                   static_cast<const bf16*>(bm),
+                   window_drop,
+                   out,
+                   plan.segments,
+                   plan.length,
+                   fixed_lag,
+                   lag_sign,
+                   range_end,
+                   all_units,
+                   skip_last};
+  const int SF = s.features + 8;
+  const size_t smem = sizeof(bf16) * 2 * kSpRows * (SF + kSpCols + 8);
+  cudaError_t err = cudaFuncSetAttribute(
+      state_pass_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  const int units = s.batch * s.q_heads;
+  state_pass_tc_kernel<<<dim3(units * plan.segments, s.head_dim / kSpCols), kSpThreads, smem,
+                         stream>>>(sp);
+  return cudaGetLastError();
+}
+
+}  // namespace hl::kernels::cuda::detail

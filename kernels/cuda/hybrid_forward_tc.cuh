@@ -1,0 +1,44 @@
+// Tensor-core (mma.sync) forward and chunk-state pass for bf16 (nvcc only).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/hybrid_attention_launch.hpp"
+#include "kernels/cuda/hybrid_common.cuh"
+
+namespace hl::kernels::cuda::detail {
+
+/// Pointers of one tensor-core forward launch (bf16 activations, fp32 statistics).
+struct TcForwardArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* phi_q;
+  const void* phi_k;
+  const float* coef_window;
+  const float* coef_linear;
+  const uint8_t* window_drop;
+  void* y;
+  float* row_max;
+  float* row_denom;
+  int32_t* row_argmax;
+  const float* states;  ///< start state of each segment (segments > 1)
+  int segments, segment_len;
+};
+
+/// Whether the tensor-core forward's shared memory fits this shape on the current device.
+bool forward_tc_fits(const Shape& s);
+
+/// The tensor-core forward (bf16, no branch statistics).
+cudaError_t run_forward_tc(const Shape& s, const TcForwardArgs& a, cudaStream_t stream);
+
+/// run_state_pass for bf16 without row_denom / row_delta, on the tensor cores; `skip_last`
+/// leaves the last segment's sum unwritten (an exclusive prefix scan never reads it).
+cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm,
+                              const uint8_t* window_drop, float* out, const SegmentPlan& plan,
+                              int fixed_lag, int lag_sign, int range_end, bool all_units,
+                              bool skip_last, cudaStream_t stream);
+
+}  // namespace hl::kernels::cuda::detail
