@@ -8,6 +8,7 @@ packages=(
   qt6-base-dev libqcustomplot-dev libqcustomplot2.1-qt6 libgl-dev
   libtorch-dev libsqlite3-dev sqlite3 libgtest-dev libgmock-dev libbenchmark-dev
   libtomlplusplus-dev nlohmann-json3-dev sentencepiece
+  libopenblas0-openmp  # libtorch-dev otherwise runs on the netlib reference BLAS (~10x slower)
   xvfb xauth fortunes fortunes-min
 )
 

@@ -6,31 +6,50 @@
 #include "core/run/cancellation.hpp"
 #include "core/run/progress.hpp"
 #include "core/train/pretrain.hpp"
+#include "core/util/paths.hpp"
 
 namespace hl::cli {
+namespace fs = std::filesystem;
 
 int cmd_pretrain(const Args& args) {
   ArgParser parser("pretrain",
                    "Train a softmax base model from scratch and write it as a Hugging Face "
                    "directory with its tokenizer.");
   parser.option("--preset", "tiny|small", "model size preset (tiny: CPU, small: GPU)", "tiny")
-      .option("--out", "DIR", "output directory")
+      .option("--out", "DIR",
+              "output directory (default: $XDG_DATA_HOME/hybridlab/models/<preset>-base, where "
+              "experiment files find models/<preset>-base)")
       .option("--corpus", "PATH", "training text (default: the fortunes corpus)", std::nullopt,
               true)
       .option("--steps", "N", "training steps (default: the preset's)")
+      .option("--lr", "LR", "peak learning rate (default: the preset's)")
+      .option("--answer-weight", "W",
+              "extra loss weight on the answer tokens of the generated tasks (default: the "
+              "preset's)")
       .option("--seed", "S", "random seed", "0")
       .option("--device", "cpu|cuda|auto", "device", "cpu")
       .option("--progress", "json|bar|none", "progress output on stdout", "bar");
   Status status = parser.parse(args);
   if (!status.ok() || parser.help_requested()) return finish_parse(parser, status);
   auto fail = [](const std::string& message) { return report_bad_input("pretrain", message); };
-  if (!parser.has("--out")) return fail("--out DIR is required");
   auto preset = train::pretrain_preset(parser.get("--preset"));
   if (!preset.ok()) return fail("--preset: " + preset.error().message);
   if (parser.has("--steps")) {
     auto steps = parse_int_arg("--steps", parser.get("--steps"), 1);
     if (!steps.ok()) return fail(steps.error().message);
     preset->steps = *steps;
+  }
+  for (auto [option, field] : {std::pair{"--lr", &preset->lr},
+                               std::pair{"--answer-weight", &preset->answer_loss_weight}}) {
+    if (!parser.has(option)) continue;
+    try {
+      size_t used = 0;
+      *field = std::stod(parser.get(option), &used);
+      if (used != parser.get(option).size() || !(*field >= 0)) throw std::invalid_argument("");
+    } catch (const std::exception&) {
+      return fail(std::string(option) + ": expected a non-negative number, got '" +
+                  parser.get(option) + "'");
+    }
   }
   auto seed = parse_int_arg("--seed", parser.get("--seed"), 0);
   if (!seed.ok()) return fail(seed.error().message);
@@ -39,7 +58,8 @@ int cmd_pretrain(const Args& args) {
 
   train::PretrainRequest request;
   request.preset = *preset;
-  request.out_dir = parser.get("--out");
+  request.out_dir =
+      parser.has("--out") ? fs::path(parser.get("--out")) : default_pretrain_dir(preset->name);
   if (parser.has("--corpus")) request.corpus = parser.get_all("--corpus");
   request.device = parser.get("--device");
   request.seed = static_cast<uint64_t>(*seed);

@@ -138,8 +138,7 @@ class LongRangeStream final : public ChunkStream {
 
   Result<TokenChunk> passkey(int64_t distance) {
     const std::string key = digits(options_.passkey_digits);
-    std::vector<int32_t> body =
-        encode(" The pass key is " + key + ". Remember it. " + key + " is the pass key.");
+    std::vector<int32_t> body = encode(" The pass key is " + key + ".");
     const int64_t fact_end = static_cast<int64_t>(body.size());
     const auto question = encode(" What is the pass key? The pass key is");
     const int64_t gap = std::max<int64_t>(0, distance - static_cast<int64_t>(question.size()));

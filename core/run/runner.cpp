@@ -1,13 +1,14 @@
 #include "core/run/runner.hpp"
 
+#include <toml++/toml.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <toml++/toml.h>
-#include <unistd.h>
 
 #include "core/config/experiment_file.hpp"
 #include "core/data/packing.hpp"
@@ -21,6 +22,7 @@
 #include "core/train/lr_schedule.hpp"
 #include "core/train/objectives.hpp"
 #include "core/train/ssd.hpp"
+#include "core/util/paths.hpp"
 
 namespace hl {
 
@@ -38,8 +40,8 @@ void flatten(const toml::node& node, const std::string& prefix,
              std::map<std::string, std::string>& out) {
   if (const auto* table = node.as_table()) {
     for (const auto& [key, value] : *table)
-      flatten(value, prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str()),
-              out);
+      flatten(value,
+              prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str()), out);
   } else if (const auto* array = node.as_array()) {
     if (array->is_array_of_tables()) {
       for (size_t i = 0; i < array->size(); ++i)
@@ -74,9 +76,12 @@ std::string method_name(const ExperimentSpec& spec) {
   for (const auto& stage : spec.stages) {
     if (stage.ssd) ssd = true;
     if (stage.kind != kAttentionTransfer) continue;
-    if (stage.transfer.objective == "hybrid_output") method = "lolcats";
-    else if (stage.transfer.objective == "linear_output") method = "linear_then_hybrid";
-    else method = "hedgecats";
+    if (stage.transfer.objective == "hybrid_output")
+      method = "lolcats";
+    else if (stage.transfer.objective == "linear_output")
+      method = "linear_then_hybrid";
+    else
+      method = "hedgecats";
   }
   return ssd ? method + "+ssd" : method;
 }
@@ -116,9 +121,8 @@ Result<std::unique_ptr<data::ChunkStream>> packed_stream(const ExperimentSpec& s
     parts.push_back({data::make_token_packer(std::move(text), tokenizer, packing), 1.0});
   }
   if (side == data::SplitSide::kTrain) {
-    for (auto [task, weight] :
-         {std::pair{data::LongRangeTask::kPasskey, spec.data.passkey_weight},
-          std::pair{data::LongRangeTask::kMqar, spec.data.mqar_weight}}) {
+    for (auto [task, weight] : {std::pair{data::LongRangeTask::kPasskey, spec.data.passkey_weight},
+                                std::pair{data::LongRangeTask::kMqar, spec.data.mqar_weight}}) {
       if (weight <= 0) continue;
       data::LongRangeOptions options;
       options.task = task;
@@ -152,7 +156,8 @@ Result<Data> open_data(const ExperimentSpec& spec, const fs::path& base) {
                            data::SplitSide::kValidation, split, *out.tokenizer);
   if (!val.ok()) return val.error();
   int64_t wanted = spec.eval.max_batches;
-  for (const auto& stage : spec.stages) wanted = std::max(wanted, stage.eval_batches);
+  for (const auto& stage : spec.stages)
+    wanted = std::max(wanted, stage.eval_batches);
   for (int64_t i = 0; i < wanted; ++i) {
     auto batch = data::next_batch(**val, spec.data.batch_size);
     if (!batch.ok()) return batch.error();
@@ -160,12 +165,12 @@ Result<Data> open_data(const ExperimentSpec& spec, const fs::path& base) {
     out.val.push_back(std::move(**batch));
   }
   if (out.val.empty())
-    return make_error("the validation text holds less than one batch of " +
-                          std::to_string(spec.data.batch_size) + " x " +
-                          std::to_string(spec.data.seq_len + 1) +
-                          " tokens (a plain-text file is one document, so val_fraction cannot split it: give "
-                          "data.val files, or lower data.seq_len or data.batch_size)",
-                      {"", 0, "data"});
+    return make_error(
+        "the validation text holds less than one batch of " + std::to_string(spec.data.batch_size) +
+            " x " + std::to_string(spec.data.seq_len + 1) +
+            " tokens (a plain-text file is one document, so val_fraction cannot split it: give "
+            "data.val files, or lower data.seq_len or data.batch_size)",
+        {"", 0, "data"});
   return out;
 }
 
@@ -200,7 +205,8 @@ model::ConversionOptions conversion_options(const AttentionSpec& a) {
 // Attaches the stage's adapters (LoRA stages) and returns the parameters it trains, in a
 // fixed order (the optimiser's state is saved and loaded in that order).
 std::vector<torch::Tensor> prepare_stage(model::CausalLM& model, const StageSpec& stage) {
-  for (auto& p : model->parameters()) p.set_requires_grad(false);
+  for (auto& p : model->parameters())
+    p.set_requires_grad(false);
   std::vector<torch::Tensor> trainable;
   const bool lora = stage.kind == kLoraFinetune;
   if (lora) {
@@ -231,7 +237,8 @@ double resident_memory_mb() {
 }
 
 void set_window(model::CausalLM& model, int64_t window) {
-  for (int64_t layer : model->converted_layers()) model->attention(layer)->set_window(window);
+  for (int64_t layer : model->converted_layers())
+    model->attention(layer)->set_window(window);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -383,11 +390,12 @@ int Runner::train(train::TrainingState state, bool resuming) {
     const StageSpec& stage = spec_.stages[s];
     std::vector<torch::Tensor> trainable = prepare_stage(model_, stage);
     if (trainable.empty()) {
-      (void)writer_.set_status(store::RunStatus::failed, "stage " + stage.name + " has nothing to train");
+      (void)writer_.set_status(store::RunStatus::failed,
+                               "stage " + stage.name + " has nothing to train");
       return kExitBadInput;
     }
-    torch::optim::AdamW optimizer(trainable,
-                                  torch::optim::AdamWOptions(stage.lr).weight_decay(stage.weight_decay));
+    torch::optim::AdamW optimizer(
+        trainable, torch::optim::AdamWOptions(stage.lr).weight_decay(stage.weight_decay));
     train::LrScheduleKind kind = train::LrScheduleKind::constant;
     train::parse_lr_schedule(stage.lr_schedule, &kind);
     train::LrSchedule schedule(kind, stage.lr, stage.steps, stage.warmup_steps,
@@ -406,8 +414,9 @@ int Runner::train(train::TrainingState state, bool resuming) {
       if (!state.torch_rng.empty()) (void)train::restore_torch_rng(state.torch_rng);
       for (int64_t i = data_.consumed; i < state.batches_consumed; ++i)
         if (auto skipped = next_train_batch(data_, spec_.data.batch_size); !skipped.ok()) break;
-      (void)writer_.log_event("info", "resume",
-                        "resumed stage " + stage.name + " at step " + std::to_string(state.step));
+      (void)writer_.log_event(
+          "info", "resume",
+          "resumed stage " + stage.name + " at step " + std::to_string(state.step));
       progress_.event("info", "resume",
                       "stage " + stage.name + " from step " + std::to_string(state.step));
     } else {
@@ -419,7 +428,8 @@ int Runner::train(train::TrainingState state, bool resuming) {
     resuming = false;
     model_->train();
     progress_.begin_phase(stage.name, int(s), stages, stage.steps);
-    (void)writer_.log_event("info", "stage", "stage " + std::to_string(s) + " (" + stage.kind + ") started");
+    (void)writer_.log_event("info", "stage",
+                            "stage " + std::to_string(s) + " (" + stage.kind + ") started");
 
     auto snapshot = [&]() {
       state.stage = s;
@@ -442,10 +452,12 @@ int Runner::train(train::TrainingState state, bool resuming) {
     for (; state.step < stage.steps; ++state.step) {
       if (cancel_.load() || (max_steps_ > 0 && steps_this_process >= max_steps_)) {
         auto saved = snapshot();
-        (void)writer_.log_event("warning", "cancel", "cancelled at step " + std::to_string(state.step));
+        (void)writer_.log_event("warning", "cancel",
+                                "cancelled at step " + std::to_string(state.step));
         (void)writer_.set_status(store::RunStatus::cancelled,
-                           saved.ok() ? "cancelled; resume with --resume "
-                                      : "cancelled; checkpoint failed: " + saved.error().message);
+                                 saved.ok()
+                                     ? "cancelled; resume with --resume "
+                                     : "cancelled; checkpoint failed: " + saved.error().message);
         progress_.finished("cancelled", "checkpoint written");
         return kExitCancelled;
       }
@@ -456,7 +468,8 @@ int Runner::train(train::TrainingState state, bool resuming) {
       if (stage.ssd) {
         p = schedule_value(stage.ssd->swa_dropout, step, stage.steps);
         if (stage.ssd->window)
-          set_window(model_, int64_t(std::lround(schedule_value(*stage.ssd->window, step, stage.steps))));
+          set_window(model_,
+                     int64_t(std::lround(schedule_value(*stage.ssd->window, step, stage.steps))));
       }
       const double lr = schedule.lr_at(step);
       for (auto& group : optimizer.param_groups())
@@ -477,7 +490,8 @@ int Runner::train(train::TrainingState state, bool resuming) {
                                          model_->config().num_attention_heads);
           state.ssd_dropped += draw.dropped_units;
           state.ssd_units += draw.units;
-          for (auto& mask : draw.masks) drop.push_back(mask.to(device_));
+          for (auto& mask : draw.masks)
+            drop.push_back(mask.to(device_));
         }
         auto micro_result = run_step(stage, batch->tokens, want_usage && micro == 0, drop, true);
         if (!micro_result.ok()) {
@@ -485,12 +499,15 @@ int Runner::train(train::TrainingState state, bool resuming) {
           progress_.finished("failed", micro_result.error().to_string());
           return kExitInternal;
         }
-        if (micro == 0) result = std::move(*micro_result);
-        else result.loss += micro_result->loss;
+        if (micro == 0)
+          result = std::move(*micro_result);
+        else
+          result.loss += micro_result->loss;
         tokens_since += batch->tokens.size(0) * (batch->tokens.size(1) - 1);
       }
       result.loss /= double(stage.grad_accum);
-      if (stage.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(trainable, stage.max_grad_norm);
+      if (stage.max_grad_norm > 0)
+        torch::nn::utils::clip_grad_norm_(trainable, stage.max_grad_norm);
       optimizer.step();
       ++steps_this_process;
       ++state.global_step;
@@ -515,7 +532,8 @@ int Runner::train(train::TrainingState state, bool resuming) {
           result.scalars["ssd/realised"] =
               state.ssd_units ? double(state.ssd_dropped) / double(state.ssd_units) : 0.0;
         }
-        for (const auto& [key, value] : result.scalars) (void)writer_.log_scalar(key, logged_step, value);
+        for (const auto& [key, value] : result.scalars)
+          (void)writer_.log_scalar(key, logged_step, value);
         auto layers = model_->converted_layers();
         for (size_t i = 0; i < result.per_layer.size() && i < layers.size(); ++i)
           (void)writer_.log_scalar("loss/layer/" + std::to_string(layers[i]), logged_step,
@@ -531,15 +549,17 @@ int Runner::train(train::TrainingState state, bool resuming) {
         }
         (void)writer_.log_scalar("val/loss", logged_step, *val);
         if (schedule.report_validation(*val))
-          (void)writer_.log_event("info", "lr", "learning rate reduced to " + std::to_string(schedule.lr_at(step + 1)));
+          (void)writer_.log_event(
+              "info", "lr", "learning rate reduced to " + std::to_string(schedule.lr_at(step + 1)));
         if (*val < state.best_val) {
           state.best_val = *val;
           state.evals_without_improvement = 0;
           (void)checkpoints_.save_best(model_, s);
         } else if (stage.early_stop_patience > 0 &&
                    ++state.evals_without_improvement >= stage.early_stop_patience) {
-          (void)writer_.log_event("info", "early_stop",
-                            "stage " + stage.name + " stopped early at step " + std::to_string(step + 1));
+          (void)writer_.log_event(
+              "info", "early_stop",
+              "stage " + stage.name + " stopped early at step " + std::to_string(step + 1));
           progress_.event("info", "early_stop", "at step " + std::to_string(step + 1));
           stopped_early = true;
         }
@@ -554,8 +574,9 @@ int Runner::train(train::TrainingState state, bool resuming) {
     }
     // Keep the best weights of the stage (best on validation, as LoLCATs does).
     if (auto restored = checkpoints_.restore_best(model_, s); restored.ok() && *restored)
-      (void)writer_.log_event("info", "best", "stage " + stage.name + " keeps its best weights (val " +
-                                            std::to_string(state.best_val) + ")");
+      (void)writer_.log_event("info", "best",
+                              "stage " + stage.name + " keeps its best weights (val " +
+                                  std::to_string(state.best_val) + ")");
     if (stage.ssd) set_window(model_, spec_.attention.window);
     state.stage = s + 1;
     state.step = 0;
@@ -598,8 +619,8 @@ Status Runner::evaluate() {
         for (int64_t distance : eval.distances) {
           if (distance + 32 > spec_.data.seq_len) continue;
           data::LongRangeOptions options_task;
-          options_task.task = task == "passkey" ? data::LongRangeTask::kPasskey
-                                                : data::LongRangeTask::kMqar;
+          options_task.task =
+              task == "passkey" ? data::LongRangeTask::kPasskey : data::LongRangeTask::kMqar;
           options_task.seq_len = spec_.data.seq_len;
           options_task.distances = {distance};
           options_task.seed = static_cast<uint64_t>(spec_.seed) + 5000 + uint64_t(distance);
@@ -615,13 +636,15 @@ Status Runner::evaluate() {
                                  score.exact_accuracy(), score.answers);
         }
         (void)writer_.log_eval(task, mode_name, "acc", total.exact_accuracy(), total.answers);
-        progress_.event("info", "eval",
-                        task + " " + mode_name + " acc = " + std::to_string(total.exact_accuracy()));
+        progress_.event(
+            "info", "eval",
+            task + " " + mode_name + " acc = " + std::to_string(total.exact_accuracy()));
         if (*mode == AttentionMode::hybrid) hybrid_scores[task + "_acc"] = total.exact_accuracy();
       }
     }
   }
-  for (const auto& [key, value] : hybrid_scores) (void)writer_.set_summary(key, value);
+  for (const auto& [key, value] : hybrid_scores)
+    (void)writer_.set_summary(key, value);
 
   if (eval.layer_ablation && !data_.val.empty()) {
     const auto& batch = data_.val.front();
@@ -645,19 +668,59 @@ Status Runner::save_final_model() {
   model_->to(device_);
   if (!saved.ok()) return saved;
   // The converted model keeps its base model's tokenizer.
-  for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                           "special_tokens_map.json"}) {
+  for (const char* name :
+       {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}) {
     std::error_code ec;
     const fs::path from = fs::path(spec_.model.base) / name;
-    if (fs::exists(from, ec)) fs::copy_file(from, out / name, fs::copy_options::overwrite_existing, ec);
-    if (ec) return make_error("cannot copy " + std::string(name) + ": " + ec.message(), {out.string()});
+    if (fs::exists(from, ec))
+      fs::copy_file(from, out / name, fs::copy_options::overwrite_existing, ec);
+    if (ec)
+      return make_error("cannot copy " + std::string(name) + ": " + ec.message(), {out.string()});
   }
   return writer_.add_artifact("model", out.string(), R"({"format":"hf","lora":"separate"})");
 }
 
 // ---------------------------------------------------------------------------------------
 
-RunOutcome bad_input(const std::string& message) { return {kExitBadInput, 0, message}; }
+RunOutcome bad_input(const std::string& message) {
+  return {kExitBadInput, 0, message};
+}
+
+std::string looked_in(const fs::path& experiment_dir) {
+  return "looked in the working directory, " +
+         (experiment_dir.empty() ? std::string(".") : experiment_dir.string()) + " and " +
+         default_data_dir().string();
+}
+
+// Relative model and data paths are looked up where a user would expect them (see
+// find_experiment_path); the spec then holds absolute paths.
+Status resolve_experiment_paths(ExperimentSpec& spec, const std::string& experiment_path) {
+  const fs::path experiment_dir = fs::path(experiment_path).parent_path();
+  auto base = find_experiment_path(spec.model.base, experiment_dir);
+  std::error_code ec;
+  if (!base || !fs::is_directory(*base, ec)) {
+    std::string hint;
+    if (fs::path(spec.model.base).filename() == "tiny-base")
+      hint = " (make the demo model with `hybridlab-cli pretrain --preset tiny`; it goes to " +
+             default_pretrain_dir("tiny").string() + ")";
+    return make_error(
+        "'" + spec.model.base + "' is not a model directory; " + looked_in(experiment_dir) + hint,
+        {experiment_path, 0, "model.base"});
+  }
+  spec.model.base = base->string();
+  for (auto* files : {&spec.data.train, &spec.data.val}) {
+    for (std::string& file : *files) {
+      if (file.rfind("builtin:", 0) == 0) continue;
+      auto found = find_experiment_path(file, experiment_dir);
+      if (!found)
+        return make_error(
+            "data file '" + file + "' not found; " + looked_in(experiment_dir),
+            {experiment_path, 0, files == &spec.data.train ? "data.train" : "data.val"});
+      file = found->string();
+    }
+  }
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -669,7 +732,8 @@ std::string checkpoint_dir_for(const std::string& db_path, const std::string& ru
 RunOutcome run_experiment(const RunRequest& request, ProgressReporter& progress,
                           const std::atomic<bool>& cancel) {
   try {
-    const std::string db_path = request.db_path.empty() ? store::default_db_path() : request.db_path;
+    const std::string db_path =
+        request.db_path.empty() ? store::default_db_path() : request.db_path;
     ExperimentSpec spec;
     std::optional<int64_t> resume_id;
     std::optional<train::TrainingState> resume_state;
@@ -698,6 +762,9 @@ RunOutcome run_experiment(const RunRequest& request, ProgressReporter& progress,
       ExperimentParse parsed = load_experiment_file(request.experiment_path);
       if (!parsed.ok()) return bad_input(parsed.errors.front().to_string());
       spec = *parsed.spec;
+      // Stored absolute, so that a resume finds the same files from any directory.
+      if (auto resolved = resolve_experiment_paths(spec, request.experiment_path); !resolved.ok())
+        return bad_input(resolved.error().to_string());
     }
 
     // Everything that can be wrong with the inputs is checked before the run is recorded.
@@ -707,9 +774,6 @@ RunOutcome run_experiment(const RunRequest& request, ProgressReporter& progress,
     auto dtype = model::parse_dtype_name(spec.model.dtype);
     if (!dtype.ok()) return bad_input(dtype.error().message);
     const fs::path base = spec.model.base;
-    std::error_code ec;
-    if (!fs::is_directory(base, ec))
-      return bad_input("model.base: '" + spec.model.base + "' is not a directory (run `hybridlab-cli pretrain --preset tiny --out " + spec.model.base + "` for the demo model)");
     torch::manual_seed(static_cast<uint64_t>(spec.seed));
     auto model = model::load_model(base, {*dtype, *device});
     if (!model.ok()) return bad_input("model.base: " + model.error().to_string());
@@ -718,7 +782,8 @@ RunOutcome run_experiment(const RunRequest& request, ProgressReporter& progress,
     if (spec.attention.kind != "softmax" && !already_converted)
       (*model)->convert(conversion_options(spec.attention));
     if ((*model)->converted_layers().empty())
-      return bad_input("attention: no layer is converted (kind is softmax or every layer is in softmax_layers)");
+      return bad_input(
+          "attention: no layer is converted (kind is softmax or every layer is in softmax_layers)");
     auto data = open_data(spec, base);
     if (!data.ok()) return bad_input(data.error().to_string());
 

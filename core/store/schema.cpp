@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <vector>
 
+#include "core/util/paths.hpp"
+
 namespace hl::store {
 namespace {
 
@@ -165,15 +167,7 @@ std::string_view schema_v1_sql() {
 }
 
 std::string default_db_path() {
-  const char* xdg = std::getenv("XDG_DATA_HOME");
-  std::string base;
-  if (xdg && *xdg) {
-    base = xdg;
-  } else {
-    const char* home = std::getenv("HOME");
-    base = std::string(home && *home ? home : ".") + "/.local/share";
-  }
-  return base + "/hybridlab/runs.sqlite";
+  return (default_data_dir() / "runs.sqlite").string();
 }
 
 Result<int> schema_version(Database& db) {

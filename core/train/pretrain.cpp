@@ -42,8 +42,8 @@ void initialise(model::CausalLM& model) {
   for (auto& item : model->named_parameters()) {
     const std::string& name = item.key();
     if (name.find("norm") != std::string::npos) continue;
-    const bool residual = name.find("o_proj") != std::string::npos ||
-                          name.find("down_proj") != std::string::npos;
+    const bool residual =
+        name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos;
     item.value().normal_(0.0, residual ? residual_std : 0.02);
   }
 }
@@ -90,6 +90,7 @@ Result<PretrainPreset> pretrain_preset(const std::string& name) {
     preset.steps = 700;
     preset.lr = 3e-3;
     preset.distances = {24, 48, 80, 112, 144};
+    preset.mqar_distances = {24, 48, 80, 112};
     return preset;
   }
   if (name == "small") {
@@ -100,6 +101,7 @@ Result<PretrainPreset> pretrain_preset(const std::string& name) {
     preset.lr = 1e-3;
     preset.warmup_steps = 200;
     preset.distances = {64, 128, 256, 512, 896};
+    preset.mqar_distances = {64, 128, 256, 512, 896};
     return preset;
   }
   return make_error("unknown preset '" + name + "' (known: tiny, small)");
@@ -128,7 +130,8 @@ Result<PretrainReport> pretrain(const PretrainRequest& request, ProgressReporter
     data::LongRangeOptions options;
     options.task = task;
     options.seq_len = preset.seq_len;
-    options.distances = preset.distances;
+    options.distances =
+        task == data::LongRangeTask::kPasskey ? preset.distances : preset.mqar_distances;
     options.seed = request.seed + 17 + static_cast<uint64_t>(task);
     auto stream = data::make_long_range_stream(*tokenizer, options);
     if (!stream.ok()) return stream.error();
@@ -142,15 +145,17 @@ Result<PretrainReport> pretrain(const PretrainRequest& request, ProgressReporter
   initialise(model);
   model->to(*device);
   PretrainReport report;
-  for (const auto& p : model->parameters()) report.parameters += p.numel();
+  for (const auto& p : model->parameters())
+    report.parameters += p.numel();
 
-  torch::optim::AdamW optimizer(model->parameters(),
-                                torch::optim::AdamWOptions(preset.lr).weight_decay(0.1).betas(
-                                    {0.9, 0.95}));
+  torch::optim::AdamW optimizer(
+      model->parameters(),
+      torch::optim::AdamWOptions(preset.lr).weight_decay(0.1).betas({0.9, 0.95}));
   LrSchedule schedule(LrScheduleKind::cosine, preset.lr, preset.steps, preset.warmup_steps, 0.1, 1);
   progress.begin_phase("pretrain " + preset.name, 0, 1, preset.steps);
   const auto start = std::chrono::steady_clock::now();
   auto last_report = start;
+  int64_t tokens_since_report = 0;
   int64_t step = 0;
   for (; step < preset.steps; ++step) {
     if (cancel && cancel->load()) break;
@@ -159,21 +164,39 @@ Result<PretrainReport> pretrain(const PretrainRequest& request, ProgressReporter
     if (!batch->has_value()) return make_error("the training corpus ran out of text");
     torch::Tensor tokens = (*batch)->tokens.to(*device);
     const int64_t n = tokens.size(1) - 1;
-    torch::Tensor logits = model->forward(tokens.narrow(1, 0, n));
-    torch::Tensor loss = torch::nn::functional::cross_entropy(
-        logits.reshape({-1, logits.size(-1)}), tokens.narrow(1, 1, n).reshape({-1}));
+    torch::Tensor logits = model->forward(tokens.narrow(1, 0, n)).reshape({-1, config.vocab_size});
+    torch::Tensor targets = tokens.narrow(1, 1, n).reshape({-1});
+    torch::Tensor token_losses = torch::nn::functional::cross_entropy(
+        logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    torch::Tensor answers =
+        (*batch)->answer_mask.narrow(1, 1, n).reshape({-1}).to(*device, token_losses.dtype());
+    const torch::Tensor answer_count = answers.sum().clamp_min(1.0);
+    torch::Tensor loss = token_losses.mean();
+    if (preset.answer_loss_weight > 0)
+      loss = loss + preset.answer_loss_weight * (token_losses * answers).sum() / answer_count;
     optimizer.zero_grad();
     loss.backward();
     torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
     for (auto& group : optimizer.param_groups())
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(schedule.lr_at(step));
     optimizer.step();
-    auto now = std::chrono::steady_clock::now();
+    tokens_since_report += preset.batch_size * n;
     if (step % 10 == 0 || step + 1 == preset.steps) {
-      double seconds = std::chrono::duration<double>(now - last_report).count();
-      double rate = double(preset.batch_size * n * (step % 10 == 0 ? 1 : 10)) / std::max(seconds, 1e-9);
+      const auto now = std::chrono::steady_clock::now();
+      const double seconds = std::chrono::duration<double>(now - last_report).count();
+      const double rate = double(tokens_since_report) / std::max(seconds, 1e-9);
       last_report = now;
-      progress.step(step + 1, {{"loss", loss.item<double>()}, {"lr", schedule.lr_at(step)}}, rate);
+      tokens_since_report = 0;
+      // Share of answer tokens of the generated tasks predicted right in this batch: shows
+      // when retrieval forms.
+      const double answer_accuracy =
+          (logits.argmax(-1).eq(targets).to(answers.dtype()) * answers).sum().item<double>() /
+          answer_count.item<double>();
+      progress.step(step + 1,
+                    {{"loss", loss.item<double>()},
+                     {"answer_acc", answer_accuracy},
+                     {"lr", schedule.lr_at(step)}},
+                    rate);
     }
   }
   report.steps = step;
@@ -201,8 +224,8 @@ Result<PretrainReport> pretrain(const PretrainRequest& request, ProgressReporter
   for (const auto& b : *val_batches) {
     val_sum += eval::mean_token_loss(model, b.tokens);
     unigram_sum += -log_prob.index_select(0, b.tokens.narrow(1, 1, b.tokens.size(1) - 1).flatten())
-                       .mean()
-                       .item<double>();
+                        .mean()
+                        .item<double>();
   }
   report.val_loss = val_sum / double(val_batches->size());
   report.unigram_loss = unigram_sum / double(val_batches->size());
@@ -217,22 +240,20 @@ Result<PretrainReport> pretrain(const PretrainRequest& request, ProgressReporter
     auto batches = take_batches(**stream, 32, 2);
     if (!batches.ok()) return batches.error();
     eval::AnswerScore score;
-    for (const auto& b : *batches) score.add(eval::score_answers(model, b.tokens, b.answer_mask));
+    for (const auto& b : *batches)
+      score.add(eval::score_answers(model, b.tokens, b.answer_mask));
     report.passkey_accuracy.emplace_back(distance, score.exact_accuracy());
   }
-  report.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   model->to(torch::kCPU);
   if (auto saved = model::save_model(model, request.out_dir); !saved.ok()) return saved.error();
   if (auto saved = io::save_tokenizer(request.out_dir, io::byte_tokenizer_json()); !saved.ok())
     return saved.error();
-  nlohmann::json json_report{{"preset", preset.name},
-                             {"steps", report.steps},
-                             {"parameters", report.parameters},
-                             {"seconds", report.seconds},
-                             {"val_loss", report.val_loss},
-                             {"unigram_loss", report.unigram_loss}};
+  nlohmann::json json_report{
+      {"preset", preset.name},           {"steps", report.steps},
+      {"parameters", report.parameters}, {"seconds", report.seconds},
+      {"val_loss", report.val_loss},     {"unigram_loss", report.unigram_loss}};
   for (auto [distance, accuracy] : report.passkey_accuracy)
     json_report["passkey_accuracy"][std::to_string(distance)] = accuracy;
   std::ofstream(request.out_dir / "pretrain_report.json") << json_report.dump(2) << "\n";

@@ -26,7 +26,11 @@ struct PretrainPreset {
   int64_t warmup_steps = 30;
   double passkey_weight = 0.35;
   double mqar_weight = 0.15;
-  std::vector<int64_t> distances;  ///< passkey / recall distances trained on
+  /// Extra weight of the loss on answer tokens of the generated tasks: they are a few tokens
+  /// in a long sample, and without it retrieval forms too late for a CPU-sized budget.
+  double answer_loss_weight = 1.0;
+  std::vector<int64_t> distances;       ///< passkey distances trained on and evaluated
+  std::vector<int64_t> mqar_distances;  ///< recall distances (its samples are longer)
 };
 
 /// "tiny" (CPU, a few minutes on 2 cores) or "small" (GPU, tens of millions of parameters).
