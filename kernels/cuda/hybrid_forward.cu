@@ -336,13 +336,26 @@ __global__ void scan_kernel(ScanParams p) {
     }
     return;
   }
+  // Eight segments' loads are issued before their stores: one memory round trip per group.
+  constexpr int kGroup = 8;
   float acc = 0.f;
-  for (int step = 0; step < p.segments; ++step) {
-    const int sg = p.direction == 0 ? step : p.segments - 1 - step;
-    float* cell = base + static_cast<size_t>(sg) * p.size;
-    const float mine = *cell;
-    *cell = acc;
-    acc += mine;
+  for (int step0 = 0; step0 < p.segments; step0 += kGroup) {
+    float mine[kGroup];
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u) {
+      const int step = step0 + u;
+      const int sg = p.direction == 0 ? step : p.segments - 1 - step;
+      mine[u] = step < p.segments ? base[static_cast<size_t>(sg) * p.size] : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u) {
+      const int step = step0 + u;
+      if (step < p.segments) {
+        const int sg = p.direction == 0 ? step : p.segments - 1 - step;
+        base[static_cast<size_t>(sg) * p.size] = acc;
+        acc += mine[u];
+      }
+    }
   }
 }
 

@@ -1,16 +1,16 @@
 // Tensor-core forward of hybrid attention for bf16 (DESIGN §1), mma.sync m16n8k16 with fp32
 // accumulation, and the tensor-core chunk-state pass it starts from.
 //
-// A block of 4 warps owns one segment of one (batch, head) unit and walks it in 64-row tiles;
-// each warp owns 16 query rows. Per tile the keys [t0 - pre, t0 + 64) (pre covers the window
-// and the keys that are linear but not yet in the state) sit in shared memory next to the
-// tile's q and phi_q. A warp first queries the state (phi_q S, phi_q . z), then finds the window
-// max of its rows (q k^T over the window keys only), then walks its key chunks of 16 once more:
-// s = q k^T and p = phi_q phi_k^T go through masks into one weight c_w e^(s - m) + c_l p, whose
-// C fragment is the A fragment of the weight x v product. After the tile the 64 keys that leave
-// the unfolded range are folded into S with phi_k^T v on the tensor cores. S lives in shared
-// memory as a bf16 pair (hi + lo, about 16 significant bits) so that both the fold (fp32
-// accumulate, re-split) and the query (two products) read it with ldmatrix.
+// A block of 8 warps owns one segment of one (batch, head) unit and walks it in 128-row tiles;
+// each warp owns 16 query rows and keeps their q and phi_q fragments in registers. Per tile the
+// keys [t0 - pre, t0 + 128) (pre covers the window and the keys that are linear but not yet in
+// the state) sit in shared memory. A warp first queries the state (phi_q S, phi_q . z), then finds
+// the window max of its rows (q k^T over the window keys only), then walks its key chunks of 16
+// once more: s = q k^T and p = phi_q phi_k^T go through masks into one weight c_w e^(s - m) + c_l
+// p, whose C fragment is the A fragment of the weight x v product. After the tile the 128 keys that
+// leave the unfolded range are folded into S with phi_k^T v on the tensor cores. S lives in shared
+// memory as a bf16 pair (hi + lo, about 16 significant bits): the fold accumulates hi + lo in
+// fp32 and splits the sum again, the query multiplies by hi alone (ldmatrix operands).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -25,9 +25,9 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kTcWarps = 4;
+constexpr int kTcWarps = 8;
 constexpr int kTcThreads = kTcWarps * 32;
-constexpr int kTcRows = 64;  // query rows per tile; keys folded per tile
+constexpr int kTcRows = kTcWarps * 16;  // query rows per tile (16 a warp); keys folded per tile
 
 __device__ inline uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -96,6 +96,29 @@ __device__ inline int round16(int x) {
   return (x + 15) & ~15;
 }
 
+// Per-thread partial column sums of rows [0, rows) of a shared [rows][F] bf16 tile (row
+// stride `stride`): the thread owns the 8 columns of one 16-byte piece and every `groups`-th
+// row. Returns false for threads without a piece.
+template <int THREADS>
+__device__ inline bool column_partials(float (&acc)[8], int& col, const bf16* A, int stride,
+                                       int rows, int F, int tid) {
+  const int pieces = F / 8;
+  const int groups = THREADS / pieces;
+  if (tid >= groups * pieces) return false;
+  col = (tid % pieces) * 8;
+  for (int r = tid / pieces; r < rows; r += groups) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(A + r * stride + col);
+    const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = unpack_bf16(u[i]);
+      acc[2 * i] += f.x;
+      acc[2 * i + 1] += f.y;
+    }
+  }
+  return true;
+}
+
 struct TcForwardParams {
   Shape s;
   const bf16* q;
@@ -115,22 +138,55 @@ struct TcForwardParams {
   int key_rows;  // capacity of the key buffers: 64 + round16(w - 1)
 };
 
-template <int D>
-__global__ void __launch_bounds__(kTcThreads) forward_tc_kernel(TcForwardParams p) {
+__device__ inline float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// A fragment (m16k16) of rows r0.., columns k0.. of a row-major [*, W] global matrix; rows at
+// or past `rows` read as zeros.
+template <int W>
+__device__ inline void load_a_global(uint32_t (&a)[4], const bf16* src, int r0, int rows, int k0,
+                                     int g8, int t4) {
+  const int ra = r0 + g8, rb = ra + 8;
+  const bf16* pa = src + static_cast<size_t>(ra) * W + k0 + 2 * t4;
+  const bf16* pb = src + static_cast<size_t>(rb) * W + k0 + 2 * t4;
+  a[0] = ra < rows ? __ldg(reinterpret_cast<const unsigned int*>(pa)) : 0u;
+  a[1] = rb < rows ? __ldg(reinterpret_cast<const unsigned int*>(pb)) : 0u;
+  a[2] = ra < rows ? __ldg(reinterpret_cast<const unsigned int*>(pa + 8)) : 0u;
+  a[3] = rb < rows ? __ldg(reinterpret_cast<const unsigned int*>(pb + 8)) : 0u;
+}
+
+// Rows [row0, row0 + rows) of a row-major [*, W] bf16 matrix into shared memory (row stride
+// W + 8); rows outside [0, limit) become zeros.
+template <int W, int THREADS>
+__device__ inline void load_rows(bf16* dst, const bf16* src, int row0, int rows, int limit,
+                                 int tid) {
+  constexpr int kChunks = W / 8;
+  for (int idx = tid; idx < rows * kChunks; idx += THREADS) {
+    const int r = idx / kChunks;
+    const int c = idx - r * kChunks;
+    const int row = row0 + r;
+    const bool ok = row >= 0 && row < limit;
+    cp_async16(dst + r * (W + 8) + c * 8, ok ? src + static_cast<size_t>(row) * W + c * 8 : src,
+               ok);
+  }
+}
+
+template <int D, int F>
+__global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardParams p) {
   extern __shared__ float4 smem4[];
   const Shape& s = p.s;
-  const int F = s.features;
   const int N = s.seq_len;
   const int w = s.window;
   constexpr int SD = D + 8;  // padded strides: ldmatrix rows fall in distinct banks
-  const int SF = F + 8;
+  constexpr int SF = F + 8;
   const int KR = p.key_rows;
 
   bf16* Shi = reinterpret_cast<bf16*>(smem4);
   bf16* Slo = Shi + F * SD;
-  bf16* Qs = Slo + F * SD;
-  bf16* PQs = Qs + kTcRows * SD;
-  bf16* Ks = PQs + kTcRows * SF;
+  bf16* Ks = Slo + F * SD;
   bf16* Vs = Ks + KR * SD;
   bf16* PKs = Vs + KR * SD;
   float* zs = reinterpret_cast<float*>(PKs + KR * SF);
@@ -180,53 +236,61 @@ __global__ void __launch_bounds__(kTcThreads) forward_tc_kernel(TcForwardParams 
   for (int t0 = r_begin; t0 < r_end; t0 += kTcRows) {
     const int kbase = t0 - pre;
     const int krows = pre + kTcRows;
-    __syncthreads();  // the previous tile's fold and output staging are done
-    if (um.use_window) {
-      load_rows_async(Qs, SD, qb, D, t0, kTcRows, 0, N, tid, kTcThreads);
-      load_rows_async(Ks, SD, kb, D, kbase, krows, 0, N, tid, kTcThreads);
-    }
-    load_rows_async(Vs, SD, vb, D, kbase, krows, 0, N, tid, kTcThreads);
-    if (um.use_linear) {
-      load_rows_async(PQs, SF, pqb, F, t0, kTcRows, 0, N, tid, kTcThreads);
-      load_rows_async(PKs, SF, pkb, F, kbase, krows, 0, N, tid, kTcThreads);
-    }
+    __syncthreads();  // the previous tile's fold is done with the key buffers and S
+    if (um.use_window) load_rows<D, kTcThreads>(Ks, kb, kbase, krows, N, tid);
+    load_rows<D, kTcThreads>(Vs, vb, kbase, krows, N, tid);
+    if (um.use_linear) load_rows<F, kTcThreads>(PKs, pkb, kbase, krows, N, tid);
     cp_async_commit();
+
+    const int r0 = t0 + warp * 16;  // this warp's first row
+    const bool active = r0 < r_end;
+    // q and phi_q fragments of this warp's rows, straight from global memory while the key
+    // tiles are in flight.
+    uint32_t qf[D / 16][4];
+    uint32_t pf[F / 16][4];
+    if (active) {
+      if (um.use_window) {
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks)
+          load_a_global<D>(qf[ks], qb, r0, N, ks * 16, g8, t4);
+      }
+      if (um.use_linear) {
+#pragma unroll
+        for (int kf = 0; kf < F / 16; ++kf)
+          load_a_global<F>(pf[kf], pqb, r0, N, kf * 16, g8, t4);
+      }
+    }
     cp_async_wait<0>();
     __syncthreads();
 
-    const int r0 = t0 + warp * 16;  // this warp's first row
-    if (r0 < r_end) {
+    if (active) {
       const int ia = r0 + g8, ib = ia + 8;
       float o[D / 8][4];
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
       float lsum_a = 0.f, lsum_b = 0.f, wsum_a = 0.f, wsum_b = 0.f;
-      const bf16* pq_rows = PQs + (warp * 16 + (lane % 16)) * SF + (lane / 16) * 8;
 
       // Keys already folded into the state: c_l (phi_q S), phi_q . z.
       if (um.use_linear) {
+#pragma unroll
         for (int kf = 0; kf < F / 16; ++kf) {
-          uint32_t a[4];
-          ldsm_x4(a, pq_rows + kf * 16);
-          const float2 a0 = unpack_bf16(a[0]), a1 = unpack_bf16(a[1]);
-          const float2 a2 = unpack_bf16(a[2]), a3 = unpack_bf16(a[3]);
+          const float2 a0 = unpack_bf16(pf[kf][0]), a1 = unpack_bf16(pf[kf][1]);
+          const float2 a2 = unpack_bf16(pf[kf][2]), a3 = unpack_bf16(pf[kf][3]);
           const int f0 = kf * 16 + 2 * t4;
           const float z0 = zs[f0], z1 = zs[f0 + 1], z8 = zs[f0 + 8], z9 = zs[f0 + 9];
           lsum_a += a0.x * z0 + a0.y * z1 + a2.x * z8 + a2.y * z9;
           lsum_b += a1.x * z0 + a1.y * z1 + a3.x * z8 + a3.y * z9;
           const int srow = kf * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+          // The query reads S rounded to bf16 (the hi half): its relative error 2^-9 is that of
+          // the bf16 operands themselves, and the lo half stays in the running sum.
           const bf16* hi_rows = Shi + srow * SD + (lane / 16) * 8;
-          const bf16* lo_rows = Slo + srow * SD + (lane / 16) * 8;
 #pragma unroll
           for (int np = 0; np < D / 16; ++np) {
-            uint32_t bh[4], bl[4];
+            uint32_t bh[4];
             ldsm_x4_t(bh, hi_rows + np * 16);
-            ldsm_x4_t(bl, lo_rows + np * 16);
-            mma_bf16(o[2 * np], a, bh[0], bh[1]);
-            mma_bf16(o[2 * np + 1], a, bh[2], bh[3]);
-            mma_bf16(o[2 * np], a, bl[0], bl[1]);
-            mma_bf16(o[2 * np + 1], a, bl[2], bl[3]);
+            mma_bf16(o[2 * np], pf[kf], bh[0], bh[1]);
+            mma_bf16(o[2 * np + 1], pf[kf], bh[2], bh[3]);
           }
         }
 #pragma unroll
@@ -238,17 +302,11 @@ __global__ void __launch_bounds__(kTcThreads) forward_tc_kernel(TcForwardParams 
         }
       }
 
-      // q fragments of this warp's rows, kept for both key walks.
-      uint32_t qf[D / 16][4];
-      float m_a = 0.f, m_b = 0.f;  // in log2 units of the scaled score
+      float m_a = 0.f, m_b = 0.f;  // window max in log2 units of the scaled score
       int am_a = -1, am_b = -1;
       const int win_lo = max(r0 - w + 1, 0);
       const int win_hi = min(r0 + 15, N - 1);
       if (um.use_window) {
-        const bf16* q_rows = Qs + (warp * 16 + (lane % 16)) * SD + (lane / 16) * 8;
-#pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks)
-          ldsm_x4(qf[ks], q_rows + ks * 16);
         // Window max (and the first key that attains it) of rows ia, ib.
         float mx_a = -INFINITY, mx_b = -INFINITY;
         for (int c = (win_lo - kbase) >> 4; c <= (win_hi - kbase) >> 4; ++c) {
@@ -263,6 +321,7 @@ __global__ void __launch_bounds__(kTcThreads) forward_tc_kernel(TcForwardParams 
             mma_bf16(sc[1], qf[ks], kf4[2], kf4[3]);
           }
           const int j0 = kbase + c * 16;
+          const bool full = j0 >= 0 && j0 >= r0 + 15 - w + 1 && j0 + 15 <= r0;
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
@@ -270,7 +329,7 @@ __global__ void __launch_bounds__(kTcThreads) forward_tc_kernel(TcForwardParams 
               const int row = e < 2 ? ia : ib;
               const int j = j0 + nt * 8 + 2 * t4 + (e & 1);
               const float v = sc[nt][e] * scale_log2;
-              const bool in = j <= row && j > row - w && j >= 0;
+              const bool in = full || (j <= row && j > row - w && j >= 0);
               if (e < 2) {
                 if (in && v > mx_a) {
                   mx_a = v;
@@ -318,10 +377,12 @@ __global__ void __launch_bounds__(kTcThreads) forward_tc_kernel(TcForwardParams 
         for (int c = (lo - kbase) >> 4; c <= (hi - kbase) >> 4; ++c) {
           const int j0 = kbase + c * 16;
           const bool need_w = um.use_window && j0 + 15 >= r0 - w + 1 && j0 <= r0 + 15;
+          const bool full_w = need_w && j0 >= 0 && j0 >= r0 + 15 - w + 1 && j0 + 15 <= r0;
           const bool need_l = um.use_linear && j0 + 15 >= k_state && j0 <= r0 + 15 - um.lin_lag;
-          float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-          float pl[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+          const bool full_l = need_l && j0 >= 0 && j0 >= k_state && j0 + 15 <= r0 - um.lin_lag;
+          float wt[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
           if (need_w) {
+            float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
             const bf16* k_rows =
                 Ks + (c * 16 + (lane % 8) + (lane / 16) * 8) * SD + ((lane / 8) % 2) * 8;
 #pragma unroll
@@ -331,43 +392,65 @@ __global__ void __launch_bounds__(kTcThreads) forward_tc_kernel(TcForwardParams 
               mma_bf16(sc[0], qf[ks], kf4[0], kf4[1]);
               mma_bf16(sc[1], qf[ks], kf4[2], kf4[3]);
             }
-          }
-          if (need_l) {
-            const bf16* pk_rows =
-                PKs + (c * 16 + (lane % 8) + (lane / 16) * 8) * SF + ((lane / 8) % 2) * 8;
-            for (int kf = 0; kf < F / 16; ++kf) {
-              uint32_t a[4], pk4[4];
-              ldsm_x4(a, pq_rows + kf * 16);
-              ldsm_x4(pk4, pk_rows + kf * 16);
-              mma_bf16(pl[0], a, pk4[0], pk4[1]);
-              mma_bf16(pl[1], a, pk4[2], pk4[3]);
+            if (full_w) {
+#pragma unroll
+              for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const float ex = fast_exp2(sc[nt][e] * scale_log2 - (e < 2 ? m_a : m_b));
+                  if (e < 2)
+                    wsum_a += ex;
+                  else
+                    wsum_b += ex;
+                  wt[nt][e] = cw * ex;
+                }
+              }
+            } else {
+#pragma unroll
+              for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int row = e < 2 ? ia : ib;
+                  const int j = j0 + nt * 8 + 2 * t4 + (e & 1);
+                  const bool in = j <= row && j > row - w && j >= 0;
+                  const float ex =
+                      in ? fast_exp2(sc[nt][e] * scale_log2 - (e < 2 ? m_a : m_b)) : 0.f;
+                  if (e < 2)
+                    wsum_a += ex;
+                  else
+                    wsum_b += ex;
+                  wt[nt][e] = cw * ex;
+                }
+              }
             }
           }
-          float wt[2][4];
+          if (need_l) {
+            float pl[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            const bf16* pk_rows =
+                PKs + (c * 16 + (lane % 8) + (lane / 16) * 8) * SF + ((lane / 8) % 2) * 8;
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
+            for (int kf = 0; kf < F / 16; ++kf) {
+              uint32_t pk4[4];
+              ldsm_x4(pk4, pk_rows + kf * 16);
+              mma_bf16(pl[0], pf[kf], pk4[0], pk4[1]);
+              mma_bf16(pl[1], pf[kf], pk4[2], pk4[3]);
+            }
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int row = e < 2 ? ia : ib;
-              const int j = j0 + nt * 8 + 2 * t4 + (e & 1);
-              float x = 0.f;
-              if (need_w && j <= row && j > row - w && j >= 0) {
-                const float ex = exp2f(sc[nt][e] * scale_log2 - (e < 2 ? m_a : m_b));
-                if (e < 2)
-                  wsum_a += ex;
-                else
-                  wsum_b += ex;
-                x = cw * ex;
-              }
-              if (need_l && j >= k_state && j <= row - um.lin_lag && j >= 0) {
-                const float pv = pl[nt][e];
+            for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                float pv = pl[nt][e];
+                if (!full_l) {
+                  const int row = e < 2 ? ia : ib;
+                  const int j = j0 + nt * 8 + 2 * t4 + (e & 1);
+                  if (!(j >= k_state && j <= row - um.lin_lag && j >= 0)) pv = 0.f;
+                }
                 if (e < 2)
                   lsum_a += pv;
                 else
                   lsum_b += pv;
-                x += cl * pv;
+                wt[nt][e] = fmaf(cl, pv, wt[nt][e]);
               }
-              wt[nt][e] = x;
             }
           }
           uint32_t a[4];
@@ -406,26 +489,14 @@ __global__ void __launch_bounds__(kTcThreads) forward_tc_kernel(TcForwardParams 
         den_b = cw * wsum_b + cl * lsum_b;
       }
       const float inv_a = 1.f / den_a, inv_b = 1.f / den_b;
-
-      // Stage the 16 output rows in this warp's own q rows, then write 16-byte pieces.
-      __syncwarp();
-      bf16* stage = Qs + warp * 16 * SD;
+      bf16* ya = yb + static_cast<size_t>(ia) * D + 2 * t4;
+      bf16* yb8 = yb + static_cast<size_t>(ib) * D + 2 * t4;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
-        const int col = n * 8 + 2 * t4;
-        *reinterpret_cast<uint32_t*>(stage + g8 * SD + col) =
-            pack_bf16(o[n][0] * inv_a, o[n][1] * inv_a);
-        *reinterpret_cast<uint32_t*>(stage + (g8 + 8) * SD + col) =
-            pack_bf16(o[n][2] * inv_b, o[n][3] * inv_b);
-      }
-      __syncwarp();
-      for (int idx = lane; idx < 16 * (D / 8); idx += 32) {
-        const int rr = idx / (D / 8);
-        const int cc = idx - rr * (D / 8);
-        if (r0 + rr < r_end) {
-          *reinterpret_cast<uint4*>(yb + static_cast<size_t>(r0 + rr) * D + cc * 8) =
-              *reinterpret_cast<const uint4*>(stage + rr * SD + cc * 8);
-        }
+        if (ia < r_end)
+          *reinterpret_cast<uint32_t*>(ya + n * 8) = pack_bf16(o[n][0] * inv_a, o[n][1] * inv_a);
+        if (ib < r_end)
+          *reinterpret_cast<uint32_t*>(yb8 + n * 8) = pack_bf16(o[n][2] * inv_b, o[n][3] * inv_b);
       }
       if (t4 == 0) {
         const float ln2 = 0.6931471805599453f;
@@ -444,20 +515,23 @@ __global__ void __launch_bounds__(kTcThreads) forward_tc_kernel(TcForwardParams 
       }
     }
 
-    // Fold the 64 keys [t0 - state_lag, t0 - state_lag + 64) into S and z.
+    // Fold the keys [t0 - state_lag, t0 - state_lag + kTcRows) into S and z.
     if (um.use_linear && t0 + kTcRows < r_end) {
       __syncthreads();                    // every warp has finished querying S
       const int fo = pre - um.state_lag;  // their first row in the key buffers
-      for (int f = tid; f < F; f += kTcThreads) {
-        float acc = 0.f;
-        for (int r = 0; r < kTcRows; ++r)
-          acc += __bfloat162float(PKs[(fo + r) * SF + f]);
-        zs[f] += acc;
+      {
+        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        int col = 0;
+        if (column_partials<kTcThreads>(acc, col, PKs + fo * SF, SF, kTcRows, F, tid)) {
+#pragma unroll
+          for (int i = 0; i < 8; ++i)
+            atomicAdd(zs + col + i, acc[i]);
+        }
       }
       for (int mt = warp; mt < F / 16; mt += kTcWarps) {
-        uint32_t af[4][4];
+        uint32_t af[kTcRows / 16][4];
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks) {
+        for (int ks = 0; ks < kTcRows / 16; ++ks) {
           ldsm_x4_t(af[ks], PKs + (fo + ks * 16 + (lane % 8) + (lane / 16) * 8) * SF + mt * 16 +
                                 ((lane / 8) % 2) * 8);
         }
@@ -480,7 +554,7 @@ __global__ void __launch_bounds__(kTcThreads) forward_tc_kernel(TcForwardParams 
             acc[nt][3] = hb.y + lb.y;
           }
 #pragma unroll
-          for (int ks = 0; ks < 4; ++ks) {
+          for (int ks = 0; ks < kTcRows / 16; ++ks) {
             uint32_t vf[4];
             ldsm_x4_t(vf, Vs + (fo + ks * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * SD + np * 16 +
                               (lane / 16) * 8);
@@ -565,7 +639,12 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
 #pragma unroll
     for (int n = 0; n < kSpCols / 8; ++n)
       acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.f;
-  float zacc = 0.f;  // thread tid < F sums column tid of a (slice 0 only)
+  float zacc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // column sums of a (slice 0)
+  int zcol = 0;
+  bool zowner = false;
+  float* zs = reinterpret_cast<float*>(Bs + 2 * kSpRows * SB);
+  for (int f = tid; f < F; f += kSpThreads)
+    zs[f] = 0.f;
 
   auto load_stage = [&](int stage, int r0) {
     load_rows_async(As + stage * kSpRows * SF, SF, ab, F, r0, kSpRows, begin, end, tid, kSpThreads);
@@ -594,10 +673,7 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
     __syncthreads();
     const bf16* A = As + (c & 1) * kSpRows * SF;
     const bf16* B = Bs + (c & 1) * kSpRows * SB;
-    if (blockIdx.y == 0 && tid < F) {
-      for (int r = 0; r < kSpRows; ++r)
-        zacc += __bfloat162float(A[r * SF + tid]);
-    }
+    if (blockIdx.y == 0) zowner = column_partials<kSpThreads>(zacc, zcol, A, SF, kSpRows, F, tid);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int mt = warp + i * kSpWarps;
@@ -636,14 +712,44 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
       }
     }
   }
-  if (blockIdx.y == 0 && tid < F) out[F * D + tid] = zacc;
+  if (blockIdx.y == 0) {
+    if (zowner) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        atomicAdd(zs + zcol + i, zacc[i]);
+    }
+    __syncthreads();
+    for (int f = tid; f < F; f += kSpThreads)
+      out[F * D + f] = zs[f];
+  }
 }
 
 size_t forward_tc_smem(int D, int F, int window) {
   const size_t SD = D + 8, SF = F + 8;
   const size_t key_rows = kTcRows + ((window - 1 + 15) & ~15);
-  return sizeof(bf16) * (2 * F * SD + kTcRows * SD + kTcRows * SF + key_rows * (2 * SD + SF)) +
-         sizeof(float) * F;
+  return sizeof(bf16) * (2 * F * SD + key_rows * (2 * SD + SF)) + sizeof(float) * F;
+}
+
+template <int D>
+void (*pick_forward_kernel(int F))(TcForwardParams) {
+  switch (F) {
+    case 32:
+      return forward_tc_kernel<D, 32>;
+    case 64:
+      return forward_tc_kernel<D, 64>;
+    case 96:
+      return forward_tc_kernel<D, 96>;
+    case 128:
+      return forward_tc_kernel<D, 128>;
+    case 160:
+      return forward_tc_kernel<D, 160>;
+    case 192:
+      return forward_tc_kernel<D, 192>;
+    case 224:
+      return forward_tc_kernel<D, 224>;
+    default:
+      return forward_tc_kernel<D, 256>;
+  }
 }
 
 int max_dynamic_smem() {
@@ -682,7 +788,8 @@ cudaError_t run_forward_tc(const Shape& s, const TcForwardArgs& a, cudaStream_t 
                      a.segments,
                      a.segment_len,
                      kTcRows + ((s.window - 1 + 15) & ~15)};
-  auto kernel = s.head_dim == 64 ? forward_tc_kernel<64> : forward_tc_kernel<128>;
+  auto kernel =
+      s.head_dim == 64 ? pick_forward_kernel<64>(s.features) : pick_forward_kernel<128>(s.features);
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
@@ -708,7 +815,7 @@ cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm,
                    all_units,
                    skip_last};
   const int SF = s.features + 8;
-  const size_t smem = sizeof(bf16) * 2 * kSpRows * (SF + kSpCols + 8);
+  const size_t smem = sizeof(bf16) * 2 * kSpRows * (SF + kSpCols + 8) + sizeof(float) * 256;
   cudaError_t err = cudaFuncSetAttribute(
       state_pass_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
