@@ -174,10 +174,49 @@ void BM_Plot20Runs(benchmark::State& state) {
         20000);
     state.SetIterationTime(timer.nsecsElapsed() / 1e9);
     if (!drawn) state.SkipWithError("points did not arrive within 20 s");
+    state.counters["plotted_points"] = plot->plotted_points();
     delete plot;
   }
 }
 BENCHMARK(BM_Plot20Runs)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
+
+// The same 20 runs plotted again (another selection in between): the series come from the
+// store's cache and only rows written since are read.
+void BM_Plot20RunsAgain(benchmark::State& state) {
+  const QString db = QString::fromStdString(prepared_store());
+  const int steps = steps_per_metric();
+  hl::ui::RunStore store;
+  store.open(db);
+  wait_for([&] { return store.runs().size() >= kRuns; }, 10000);
+  QList<qint64> runs;
+  for (int i = 0; i < 20; ++i)
+    runs << store.runs()[static_cast<size_t>(i * 10 + 1)].id();
+  auto drawn_all = [&](hl::ui::MetricPlot* plot) {
+    return std::all_of(runs.begin(), runs.end(),
+                       [&](qint64 id) { return plot->drawn_points(id) == steps; });
+  };
+  {
+    hl::ui::MetricPlot first(&store);
+    first.set_metric("loss");
+    first.set_runs(runs);
+    if (!wait_for([&] { return drawn_all(&first); }, 20000))
+      state.SkipWithError("points did not arrive within 20 s");
+  }
+  for (auto _ : state) {
+    auto* plot = new hl::ui::MetricPlot(&store);
+    plot->resize(1000, 600);
+    plot->show();
+    plot->set_metric("loss");
+    QElapsedTimer timer;
+    timer.start();
+    plot->set_runs(runs);
+    const bool drawn = wait_for([&] { return drawn_all(plot); }, 20000);
+    state.SetIterationTime(timer.nsecsElapsed() / 1e9);
+    if (!drawn) state.SkipWithError("points did not arrive within 20 s");
+    delete plot;
+  }
+}
+BENCHMARK(BM_Plot20RunsAgain)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
 
 // Worst delay of a 10 ms UI timer while another thread writes a run (20 metrics per step,
 // ~1000 steps/s) that the main window shows live next to 4 long runs.

@@ -8,6 +8,7 @@
 #include <QPushButton>
 #include <QSplitter>
 #include <QVBoxLayout>
+#include <algorithm>
 #include <cmath>
 
 #include "ui/launcher.hpp"
@@ -53,25 +54,37 @@ LaunchPanel::LaunchPanel(Launcher* launcher, QWidget* parent)
 
   connect(launcher_, &Launcher::jobQueued, this, [this] { refresh_queue(); });
   connect(launcher_, &Launcher::jobStarted, this, [this](int id) {
-    progress_->setRange(0, 0);  // busy until the first progress line
     const Launcher::Job* job = launcher_->job(id);
-    status_->setText(tr("Starting %1…").arg(job ? job->label : QString()));
+    if (launcher_->running_jobs().size() <= 1) {
+      progress_->setRange(0, 0);  // busy until the first progress line
+      status_->setText(tr("Starting %1…").arg(job ? job->label : QString()));
+    } else {
+      show_running();
+    }
     refresh_queue();
   });
   connect(launcher_, &Launcher::runAnnounced, this, [this] { refresh_queue(); });
-  connect(launcher_, &Launcher::progress, this, &LaunchPanel::show_progress);
-  connect(launcher_, &Launcher::logLine, this,
-          [this](int id, const QString& line) { log_->appendPlainText(line); });
+  connect(launcher_, &Launcher::progress, this, [this] { show_running(); });
+  connect(launcher_, &Launcher::logLine, this, [this](int id, const QString& line) {
+    // Two jobs side by side interleave their lines; the job id tells them apart.
+    log_->appendPlainText(
+        launcher_->running_jobs().size() > 1 ? QStringLiteral("#%1 %2").arg(id).arg(line) : line);
+  });
   connect(launcher_, &Launcher::jobFinished, this,
           [this](int id, Launcher::JobState state, int exit_code) {
-            progress_->setRange(0, 1);
-            progress_->setValue(state == Launcher::JobState::finished ? 1 : 0);
             const Launcher::Job* job = launcher_->job(id);
-            status_->setText(tr("%1: %2%3")
-                                 .arg(job ? job->label : QString(), to_string(state),
-                                      job && !job->status_message.isEmpty()
-                                          ? QStringLiteral(" — ") + job->status_message
-                                          : QString()));
+            const QString line = tr("%1: %2%3")
+                                     .arg(job ? job->label : QString(), to_string(state),
+                                          job && !job->status_message.isEmpty()
+                                              ? QStringLiteral(" — ") + job->status_message
+                                              : QString());
+            if (launcher_->running_jobs().isEmpty()) {
+              progress_->setRange(0, 1);
+              progress_->setValue(state == Launcher::JobState::finished ? 1 : 0);
+              status_->setText(line);
+            } else {
+              show_running();
+            }
             refresh_queue();
           });
 
@@ -112,20 +125,18 @@ void LaunchPanel::refresh_queue() {
     if (job.id == selected) queue_->setCurrentItem(item);
   }
   const Launcher::Job* job = launcher_->job(selected);
-  cancel_->setEnabled(launcher_->running_job() >= 0 ||
+  cancel_->setEnabled(!launcher_->running_jobs().isEmpty() ||
                       (job && job->state == Launcher::JobState::queued));
   resume_->setEnabled(
       job && job->run_id > 0 && !job->experiment.isEmpty() &&
       (job->state == Launcher::JobState::cancelled || job->state == Launcher::JobState::failed));
 }
 
-void LaunchPanel::show_progress(int job_id, const ProgressMessage& message) {
-  if (message.total > 0) {
-    progress_->setRange(0, static_cast<int>(std::min<qint64>(message.total, 1 << 30)));
-    progress_->setValue(static_cast<int>(std::min(message.step, message.total)));
-  }
-  QString text = tr("%1 %2/%3 — step %4/%5 — ETA %6")
-                     .arg(message.phase)
+QString LaunchPanel::describe(const Launcher::Job& job) {
+  const ProgressMessage& message = job.last_progress;
+  if (message.total <= 0) return tr("%1: starting…").arg(job.label);
+  QString text = tr("%1: %2 %3/%4 — step %5/%6 — ETA %7")
+                     .arg(job.label, message.phase)
                      .arg(message.phase_index + 1)
                      .arg(message.phases)
                      .arg(message.step)
@@ -134,17 +145,50 @@ void LaunchPanel::show_progress(int job_id, const ProgressMessage& message) {
   if (message.tokens_per_s > 0) text += tr(" — %1 tok/s").arg(message.tokens_per_s, 0, 'f', 0);
   auto loss = message.metrics.find(QStringLiteral("loss"));
   if (loss != message.metrics.end()) text += tr(" — loss %1").arg(loss->second, 0, 'g', 4);
-  status_->setText(text);
+  return text;
+}
+
+void LaunchPanel::show_running() {
+  const QList<int> running = launcher_->running_jobs();
+  if (running.isEmpty()) return;
+  QStringList lines;
+  double fraction = 0;
+  bool any_total = false;
+  for (int id : running) {
+    const Launcher::Job* job = launcher_->job(id);
+    if (!job) continue;
+    lines << describe(*job);
+    const ProgressMessage& message = job->last_progress;
+    if (message.total > 0) {
+      any_total = true;
+      fraction += std::clamp(double(message.step) / double(message.total), 0.0, 1.0);
+    }
+  }
+  status_->setText(lines.join('\n'));
+  if (!any_total) {
+    progress_->setRange(0, 0);
+    return;
+  }
+  if (running.size() == 1) {
+    const ProgressMessage& message = launcher_->job(running.front())->last_progress;
+    progress_->setRange(0, static_cast<int>(std::min<qint64>(message.total, 1 << 30)));
+    progress_->setValue(static_cast<int>(std::min(message.step, message.total)));
+    return;
+  }
+  // Several jobs: the bar shows their mean progress.
+  progress_->setRange(0, 1000);
+  progress_->setValue(static_cast<int>(1000 * fraction / running.size()));
 }
 
 void LaunchPanel::cancel_selected() {
-  const int running = launcher_->running_job();
   const int selected = selected_job();
   const Launcher::Job* job = launcher_->job(selected);
-  if (job && job->state == Launcher::JobState::queued)
+  if (job &&
+      (job->state == Launcher::JobState::queued || job->state == Launcher::JobState::running))
     launcher_->cancel(selected);
-  else if (running >= 0)
-    launcher_->cancel(running);
+  else
+    for (int running : launcher_->running_jobs())
+      launcher_->cancel(running);
   refresh_queue();
 }
 

@@ -3,6 +3,8 @@
 
 #include <QWidget>
 
+#include "ui/launcher.hpp"
+
 class QListWidget;
 class QPlainTextEdit;
 class QProgressBar;
@@ -11,10 +13,8 @@ class QPushButton;
 
 namespace hl::ui {
 
-class Launcher;
-struct ProgressMessage;
-
-/// Shows what a Launcher does; never blocks (all updates come from its signals).
+/// Shows what a Launcher does; never blocks (all updates come from its signals). Jobs that
+/// run side by side get a status line each and share the progress bar.
 class LaunchPanel : public QWidget {
   Q_OBJECT
  public:
@@ -28,14 +28,16 @@ class LaunchPanel : public QWidget {
   static QString format_eta(double seconds);
 
  public slots:
-  /// Cancels the running job, else the selected queued one.
+  /// Cancels the selected queued or running job, else every running one.
   void cancel_selected();
   /// Resumes the selected cancelled or failed run.
   void resume_selected();
 
  private:
   void refresh_queue();
-  void show_progress(int job_id, const ProgressMessage& message);
+  // The status line of each running job, and their progress on the bar.
+  void show_running();
+  static QString describe(const Launcher::Job& job);
   int selected_job() const;
 
   Launcher* launcher_;

@@ -5,6 +5,8 @@
 #include <QFileInfo>
 #include <QJsonArray>
 #include <QJsonDocument>
+#include <QPointer>
+#include <QProcessEnvironment>
 #include <QStandardPaths>
 #include <QTimer>
 #include <csignal>
@@ -138,23 +140,26 @@ QString to_string(Launcher::JobState state) {
 Launcher::Launcher(QObject* parent) : QObject(parent), program_(find_cli()) {}
 
 Launcher::~Launcher() {
-  if (running_) {
-    // The workbench is closing: let the run checkpoint, but do not hang the exit on it.
-    running_->disconnect(this);
-    ::kill(static_cast<pid_t>(running_->processId()), SIGINT);
-    if (!running_->waitForFinished(5000)) running_->kill();
-    running_->waitForFinished(1000);
+  // The workbench is closing: let the runs checkpoint, but do not hang the exit on them.
+  for (auto& [id, running] : running_) {
+    running.process->disconnect(this);
+    ::kill(static_cast<pid_t>(running.process->processId()), SIGINT);
+  }
+  for (auto& [id, running] : running_) {
+    if (!running.process->waitForFinished(5000)) running.process->kill();
+    running.process->waitForFinished(1000);
   }
 }
 
-int Launcher::enqueue_run(const QString& experiment_file, const QString& db) {
+int Launcher::enqueue_run(const QString& experiment_file, const QString& db,
+                          const Schedule& schedule) {
   Job job;
   job.label = QFileInfo(experiment_file).fileName();
   job.experiment = experiment_file;
   job.db = db;
   job.arguments = {QStringLiteral("run"),        experiment_file,       QStringLiteral("--db"), db,
                    QStringLiteral("--progress"), QStringLiteral("json")};
-  return add(std::move(job));
+  return add(std::move(job), schedule);
 }
 
 int Launcher::enqueue_resume(const QString& experiment_file, const QString& db, qint64 run_id) {
@@ -167,18 +172,22 @@ int Launcher::enqueue_resume(const QString& experiment_file, const QString& db, 
                    QStringLiteral("--db"),       db,
                    QStringLiteral("--progress"), QStringLiteral("json"),
                    QStringLiteral("--resume"),   QString::number(run_id)};
-  return add(std::move(job));
+  return add(std::move(job), {});
 }
 
-int Launcher::enqueue_command(const QStringList& arguments, const QString& label) {
+int Launcher::enqueue_command(const QStringList& arguments, const QString& label,
+                              const Schedule& schedule) {
   Job job;
   job.label = label;
   job.arguments = arguments;
-  return add(std::move(job));
+  return add(std::move(job), schedule);
 }
 
-int Launcher::add(Job job) {
+int Launcher::add(Job job, const Schedule& schedule) {
   job.id = next_id_++;
+  job.parallel = schedule.parallel;
+  job.threads = schedule.threads;
+  job.after = schedule.after;
   const int id = job.id;
   jobs_.push_back(std::move(job));
   emit jobQueued(id);
@@ -192,6 +201,13 @@ bool Launcher::has_queued() const {
                      [](const Job& job) { return job.state == JobState::queued; });
 }
 
+QList<int> Launcher::running_jobs() const {
+  QList<int> ids;
+  for (const auto& [id, running] : running_)
+    ids << id;
+  return ids;
+}
+
 Launcher::Job* Launcher::find(int job_id) {
   for (Job& job : jobs_)
     if (job.id == job_id) return &job;
@@ -202,132 +218,180 @@ const Launcher::Job* Launcher::job(int job_id) const {
   return const_cast<Launcher*>(this)->find(job_id);
 }
 
+Launcher::Job* Launcher::next_startable() {
+  // In queue order: a job that cannot start yet holds back the ones behind it.
+  for (Job& job : jobs_) {
+    if (job.state != JobState::queued) continue;
+    if (job.after > 0) {
+      const Job* before = find(job.after);
+      if (before && (before->state == JobState::queued || before->state == JobState::running))
+        return nullptr;
+    }
+    if (running_.empty()) return &job;
+    const bool all_parallel = std::all_of(running_.begin(), running_.end(), [&](const auto& r) {
+      const Job* other = find(r.first);
+      return other && other->parallel;
+    });
+    const bool room = static_cast<int>(running_.size()) < max_parallel_;
+    return job.parallel && all_parallel && room ? &job : nullptr;
+  }
+  return nullptr;
+}
+
 void Launcher::start_next() {
-  if (running_) return;
-  auto next = std::find_if(jobs_.begin(), jobs_.end(),
-                           [](const Job& job) { return job.state == JobState::queued; });
-  if (next == jobs_.end()) {
-    emit queueEmpty();
-    return;
-  }
-  Job& job = *next;
+  // Looked up afresh each time: starting a job emits signals whose slots may queue more.
+  while (Job* job = next_startable())
+    start(*job);
+  if (running_.empty() && !has_queued()) emit queueEmpty();
+}
+
+void Launcher::start(Job& job) {
+  const int id = job.id;
   job.state = JobState::running;
-  running_id_ = job.id;
-  cancel_requested_ = false;
-  final_status_.clear();
-  stdout_buffer_.clear();
-  stderr_buffer_.clear();
-  running_ = new QProcess(this);
-  if (!working_directory_.isEmpty()) running_->setWorkingDirectory(working_directory_);
-  connect(running_, &QProcess::readyReadStandardOutput, this, &Launcher::read_stdout);
-  connect(running_, &QProcess::readyReadStandardError, this, &Launcher::read_stderr);
-  connect(running_, &QProcess::finished, this, &Launcher::on_finished);
-  connect(running_, &QProcess::errorOccurred, this, &Launcher::on_error);
-  emit jobStarted(job.id);
-  emit logLine(job.id, QStringLiteral("$ %1 %2").arg(program_, job.arguments.join(' ')));
+  Process& running = running_[id];
+  running.process = new QProcess(this);
+  QProcess* process = running.process;
+  if (!working_directory_.isEmpty()) process->setWorkingDirectory(working_directory_);
+  if (job.threads > 0) {
+    // LibTorch's CPU kernels take their thread count from these at start-up.
+    QProcessEnvironment environment = QProcessEnvironment::systemEnvironment();
+    environment.insert(QStringLiteral("OMP_NUM_THREADS"), QString::number(job.threads));
+    environment.insert(QStringLiteral("MKL_NUM_THREADS"), QString::number(job.threads));
+    process->setProcessEnvironment(environment);
+  }
+  connect(process, &QProcess::readyReadStandardOutput, this, [this, id] { read_stdout(id); });
+  connect(process, &QProcess::readyReadStandardError, this, [this, id] { read_stderr(id); });
+  connect(process, &QProcess::finished, this,
+          [this, id](int code, QProcess::ExitStatus status) { on_finished(id, code, status); });
+  connect(process, &QProcess::errorOccurred, this,
+          [this, id](QProcess::ProcessError error) { on_error(id, error); });
+  emit jobStarted(id);
+  emit logLine(id, QStringLiteral("$ %1 %2").arg(program_, job.arguments.join(' ')));
   if (program_.isEmpty()) {
-    emit logLine(job.id, tr("hybridlab-cli was found neither next to hybridlab nor on PATH"));
-    on_error(QProcess::FailedToStart);
+    emit logLine(id, tr("hybridlab-cli was found neither next to hybridlab nor on PATH"));
+    on_error(id, QProcess::FailedToStart);
     return;
   }
-  running_->start(program_, job.arguments);
+  process->start(program_, job.arguments);
 }
 
-void Launcher::read_stdout() {
-  stdout_buffer_ += running_->readAllStandardOutput();
+void Launcher::read_stdout(int job_id) {
+  auto found = running_.find(job_id);
+  if (found == running_.end()) return;
+  Process& running = found->second;
+  running.stdout_buffer += running.process->readAllStandardOutput();
   qsizetype newline;
-  while ((newline = stdout_buffer_.indexOf('\n')) >= 0) {
-    const QByteArray line = stdout_buffer_.left(newline).trimmed();
-    stdout_buffer_.remove(0, newline + 1);
-    if (!line.isEmpty()) handle_line(line);
+  while ((newline = running.stdout_buffer.indexOf('\n')) >= 0) {
+    const QByteArray line = running.stdout_buffer.left(newline).trimmed();
+    running.stdout_buffer.remove(0, newline + 1);
+    if (!line.isEmpty()) handle_line(job_id, line);
   }
 }
 
-void Launcher::read_stderr() {
-  stderr_buffer_ += running_->readAllStandardError();
+void Launcher::read_stderr(int job_id) {
+  auto found = running_.find(job_id);
+  if (found == running_.end()) return;
+  Process& running = found->second;
+  running.stderr_buffer += running.process->readAllStandardError();
   qsizetype newline;
-  while ((newline = stderr_buffer_.indexOf('\n')) >= 0) {
-    const QString line = QString::fromUtf8(stderr_buffer_.left(newline)).trimmed();
-    stderr_buffer_.remove(0, newline + 1);
-    if (!line.isEmpty()) emit logLine(running_id_, line);
+  while ((newline = running.stderr_buffer.indexOf('\n')) >= 0) {
+    const QString line = QString::fromUtf8(running.stderr_buffer.left(newline)).trimmed();
+    running.stderr_buffer.remove(0, newline + 1);
+    if (!line.isEmpty()) emit logLine(job_id, line);
   }
 }
 
-void Launcher::handle_line(const QByteArray& line) {
-  Job* job = find(running_id_);
+void Launcher::handle_line(int job_id, const QByteArray& line) {
+  Job* job = find(job_id);
   QString error;
   std::optional<ProgressMessage> message = parse_progress_line(line, &error);
   if (!message) {
     // Not protocol: plain output (or a protocol error) goes to the log as it is.
-    emit logLine(running_id_, QString::fromUtf8(line));
+    emit logLine(job_id, QString::fromUtf8(line));
     return;
   }
   switch (message->type) {
     case ProgressMessage::Type::run:
       if (job) job->run_id = message->run_id;
-      emit logLine(running_id_,
+      emit logLine(job_id,
                    tr("run %1 (%2) in %3").arg(message->run_id).arg(message->uuid, message->db));
-      emit runAnnounced(running_id_, message->run_id, message->uuid);
+      emit runAnnounced(job_id, message->run_id, message->uuid);
       break;
     case ProgressMessage::Type::progress:
       if (job) job->last_progress = *message;
-      emit progress(running_id_, *message);
+      emit progress(job_id, *message);
       break;
     case ProgressMessage::Type::event:
       emit logLine(
-          running_id_,
+          job_id,
           QStringLiteral("[%1] %2: %3").arg(message->level, message->kind, message->message));
-      emit event(running_id_, message->level, message->kind, message->message);
+      emit event(job_id, message->level, message->kind, message->message);
       break;
-    case ProgressMessage::Type::status:
-      final_status_ = message->status;
+    case ProgressMessage::Type::status: {
+      auto running = running_.find(job_id);
+      if (running != running_.end()) running->second.final_status = message->status;
       if (job) job->status_message = message->message;
-      emit logLine(running_id_, message->message.isEmpty()
-                                    ? message->status
-                                    : message->status + QStringLiteral(": ") + message->message);
+      emit logLine(job_id, message->message.isEmpty()
+                               ? message->status
+                               : message->status + QStringLiteral(": ") + message->message);
       break;
+    }
   }
 }
 
-void Launcher::on_finished(int exit_code, QProcess::ExitStatus exit_status) {
-  if (!running_) return;
-  read_stdout();
-  if (!stdout_buffer_.trimmed().isEmpty()) handle_line(stdout_buffer_.trimmed());
-  read_stderr();
-  Job* job = find(running_id_);
-  const int id = running_id_;
+void Launcher::on_finished(int job_id, int exit_code, QProcess::ExitStatus exit_status) {
+  auto found = running_.find(job_id);
+  if (found == running_.end()) return;
+  read_stdout(job_id);
+  const QByteArray rest = found->second.stdout_buffer.trimmed();
+  if (!rest.isEmpty()) handle_line(job_id, rest);
+  read_stderr(job_id);
+  Job* job = find(job_id);
   JobState state = JobState::failed;
   // Exit 130 (or a SIGINT death after our request) is the CLI's "cancelled, checkpointed".
   if (exit_status == QProcess::NormalExit && exit_code == 0)
     state = JobState::finished;
-  else if (exit_code == 130 || final_status_ == QLatin1String("cancelled") || cancel_requested_)
+  else if (exit_code == 130 || found->second.final_status == QLatin1String("cancelled") ||
+           found->second.cancel_requested)
     state = JobState::cancelled;
   if (job) {
     job->state = state;
     job->exit_code = exit_status == QProcess::NormalExit ? exit_code : -1;
   }
-  emit logLine(id, tr("exit %1 (%2)").arg(exit_code).arg(to_string(state)));
-  running_->deleteLater();
-  running_ = nullptr;
-  running_id_ = -1;
-  emit jobFinished(id, state, job ? job->exit_code : exit_code);
+  emit logLine(job_id, tr("exit %1 (%2)").arg(exit_code).arg(to_string(state)));
+  found->second.process->deleteLater();
+  running_.erase(found);
+  emit jobFinished(job_id, state, job ? job->exit_code : exit_code);
+  if (state != JobState::finished) drop_dependents(job_id);
   start_next();
 }
 
-void Launcher::on_error(QProcess::ProcessError error) {
-  if (error != QProcess::FailedToStart || !running_) return;
-  Job* job = find(running_id_);
-  const int id = running_id_;
+void Launcher::on_error(int job_id, QProcess::ProcessError error) {
+  auto found = running_.find(job_id);
+  if (error != QProcess::FailedToStart || found == running_.end()) return;
+  Job* job = find(job_id);
   if (job) {
     job->state = JobState::failed;
-    job->status_message = tr("could not start %1: %2").arg(program_, running_->errorString());
-    emit logLine(id, job->status_message);
+    job->status_message =
+        tr("could not start %1: %2").arg(program_, found->second.process->errorString());
+    emit logLine(job_id, job->status_message);
   }
-  running_->deleteLater();
-  running_ = nullptr;
-  running_id_ = -1;
-  emit jobFinished(id, JobState::failed, -1);
+  found->second.process->deleteLater();
+  running_.erase(found);
+  emit jobFinished(job_id, JobState::failed, -1);
+  drop_dependents(job_id);
   QTimer::singleShot(0, this, &Launcher::start_next);
+}
+
+void Launcher::drop_dependents(int job_id) {
+  for (Job& job : jobs_) {
+    if (job.after != job_id || job.state != JobState::queued) continue;
+    job.state = JobState::cancelled;
+    job.status_message = tr("job %1 did not finish").arg(job_id);
+    emit logLine(job.id, tr("%1: not started, job %2 did not finish").arg(job.label).arg(job_id));
+    emit jobFinished(job.id, JobState::cancelled, -1);
+    drop_dependents(job.id);
+  }
 }
 
 void Launcher::cancel(int job_id, int kill_after_ms) {
@@ -336,13 +400,16 @@ void Launcher::cancel(int job_id, int kill_after_ms) {
   if (job->state == JobState::queued) {
     job->state = JobState::cancelled;
     emit jobFinished(job_id, JobState::cancelled, -1);
+    drop_dependents(job_id);
+    QTimer::singleShot(0, this, &Launcher::start_next);
     return;
   }
-  if (job->state != JobState::running || job_id != running_id_ || !running_) return;
-  cancel_requested_ = true;
+  auto found = running_.find(job_id);
+  if (job->state != JobState::running || found == running_.end()) return;
+  found->second.cancel_requested = true;
   emit logLine(job_id, tr("cancelling: the run writes a checkpoint and stops"));
-  ::kill(static_cast<pid_t>(running_->processId()), SIGINT);
-  QPointer<QProcess> process = running_;
+  ::kill(static_cast<pid_t>(found->second.process->processId()), SIGINT);
+  QPointer<QProcess> process = found->second.process;
   QTimer::singleShot(kill_after_ms, this, [process] {
     if (process && process->state() != QProcess::NotRunning) process->kill();
   });

@@ -17,6 +17,7 @@
 #include <QSettings>
 #include <QStatusBar>
 #include <QTabWidget>
+#include <QThread>
 #include <QThreadPool>
 #include <QTimer>
 
@@ -122,18 +123,25 @@ MainWindow::MainWindow(const Options& options, QWidget* parent)
     launcher_->enqueue_run(file, store_->path());
     tabs_->setCurrentWidget(launch_panel_);
   });
-  connect(launcher_, &Launcher::runAnnounced, this, [this](int, qint64 run_id, const QString&) {
-    // Show the new run as soon as the store lists it.
-    store_->poll_now();
-    QList<qint64> runs = selected_;
-    if (!runs.contains(run_id)) runs << run_id;
-    auto connection = std::make_shared<QMetaObject::Connection>();
-    *connection = connect(store_, &RunStore::runsChanged, this, [this, runs, connection] {
-      if (runs_model_->row_of(runs.back()) < 0) return;
-      run_table_->select_runs(runs);
-      disconnect(*connection);
-    });
-  });
+  connect(launcher_, &Launcher::runAnnounced, this,
+          [this](int job_id, qint64 run_id, const QString&) {
+            // Show the new run as soon as the store lists it.
+            store_->poll_now();
+            const qsizetype demo_index = demo_jobs_.indexOf(job_id);
+            if (demo_index >= 0) {
+              demo_runs_[demo_index] = run_id;
+              show_demo_when_listed();
+              return;
+            }
+            QList<qint64> runs = selected_;
+            if (!runs.contains(run_id)) runs << run_id;
+            auto connection = std::make_shared<QMetaObject::Connection>();
+            *connection = connect(store_, &RunStore::runsChanged, this, [this, runs, connection] {
+              if (runs_model_->row_of(runs.back()) < 0) return;
+              run_table_->select_runs(runs);
+              disconnect(*connection);
+            });
+          });
 
   build_menus();
 
@@ -184,8 +192,9 @@ void MainWindow::build_menus() {
   run->addAction(tr("&New experiment"), QKeySequence::New, this,
                  [this] { tabs_->setCurrentWidget(editor_); });
   run->addAction(tr("&Demo (LoLCATs vs LoLCATs+SSD)"), this, [this] { start_demo(); });
-  run->addAction(tr("&Cancel running job"), QKeySequence(Qt::CTRL | Qt::Key_Period), this, [this] {
-    if (launcher_->running_job() >= 0) launcher_->cancel(launcher_->running_job());
+  run->addAction(tr("&Cancel running jobs"), QKeySequence(Qt::CTRL | Qt::Key_Period), this, [this] {
+    for (int job : launcher_->running_jobs())
+      launcher_->cancel(job);
   });
 
   QMenu* view = menuBar()->addMenu(tr("&View"));
@@ -277,17 +286,53 @@ int MainWindow::start_demo() {
   ExperimentParse parsed = load_experiment_file(demo.toStdString());
   const QString base = parsed.ok() ? QString::fromStdString(parsed.spec->model.base)
                                    : QStringLiteral("models/tiny-base");
+  Launcher::Schedule schedule;
   if (!QFileInfo::exists(QDir(base).filePath(QStringLiteral("config.json")))) {
-    launcher_->enqueue_command({QStringLiteral("pretrain"), QStringLiteral("--preset"),
-                                QStringLiteral("tiny"), QStringLiteral("--out"), base},
-                               tr("pretrain tiny base model"));
+    schedule.after = launcher_->enqueue_command(
+        {QStringLiteral("pretrain"), QStringLiteral("--preset"), QStringLiteral("tiny"),
+         QStringLiteral("--out"), base, QStringLiteral("--progress"), QStringLiteral("json")},
+        tr("pretrain tiny base model"));
     ++queued;
   }
-  launcher_->enqueue_run(demo, store_->path());
-  launcher_->enqueue_run(demo_ssd, store_->path());
+  // The two conversions run side by side so that their curves and heatmaps grow together;
+  // they share the cores instead of each starting one thread per core.
+  schedule.parallel = true;
+  schedule.threads = std::max(1, QThread::idealThreadCount() / 2);
+  demo_jobs_ = {launcher_->enqueue_run(demo, store_->path(), schedule),
+                launcher_->enqueue_run(demo_ssd, store_->path(), schedule)};
+  demo_runs_ = {0, 0};
+  demo_shown_ = false;
   queued += 2;
   tabs_->setCurrentWidget(launch_panel_);
   return queued;
+}
+
+void MainWindow::show_demo_when_listed() {
+  if (demo_shown_ || demo_runs_.contains(0)) return;
+  auto listed = [this] {
+    return std::all_of(demo_runs_.begin(), demo_runs_.end(),
+                       [this](qint64 id) { return runs_model_->row_of(id) >= 0; });
+  };
+  auto show = [this] {
+    demo_shown_ = true;
+    run_table_->select_runs(demo_runs_);
+    // Both runs' per-layer branch usage side by side: the view the demo is about.
+    tabs_->setCurrentWidget(usage_);
+  };
+  if (listed()) {
+    show();
+    return;
+  }
+  auto connection = std::make_shared<QMetaObject::Connection>();
+  *connection = connect(store_, &RunStore::runsChanged, this, [this, listed, show, connection] {
+    if (demo_shown_) {
+      disconnect(*connection);
+      return;
+    }
+    if (!listed()) return;
+    disconnect(*connection);
+    show();
+  });
 }
 
 void MainWindow::offer_demo_on_first_start() {

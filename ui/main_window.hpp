@@ -42,8 +42,9 @@ class MainWindow : public QMainWindow {
   void open_database(const QString& path);
   /// Copies the runs of another database into the open one, in the background.
   void import_database(const QString& path);
-  /// Queues the demo: the tiny base model if missing, then demo.toml and demo-ssd.toml.
-  /// Returns the number of jobs queued (0 and a message box if the presets are missing).
+  /// Queues the demo: the tiny base model if missing, then demo.toml and demo-ssd.toml side
+  /// by side; once both runs are listed the branch-usage view shows them. Returns the
+  /// number of jobs queued (0 and a message box if the presets are missing).
   int start_demo();
   /// Asks once, on the first start, whether to run the demo.
   void offer_demo_on_first_start();
@@ -73,6 +74,7 @@ class MainWindow : public QMainWindow {
   void export_csv();
   void export_plot();
   void refresh_metric_keys(const QList<qint64>& run_ids);
+  void show_demo_when_listed();
 
   Options options_;
   RunStore* store_;
@@ -90,6 +92,9 @@ class MainWindow : public QMainWindow {
   QTimer* reload_timer_;
   QLabel* db_label_;
   QList<qint64> selected_;
+  QList<int> demo_jobs_;     // the demo's two run jobs
+  QList<qint64> demo_runs_;  // their run ids, 0 until announced
+  bool demo_shown_ = false;
 };
 
 }  // namespace hl::ui

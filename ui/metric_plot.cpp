@@ -9,7 +9,10 @@
 #include <QSlider>
 #include <QTimer>
 #include <QVBoxLayout>
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <limits>
 
 #include "ui/theme.hpp"
 
@@ -23,17 +26,80 @@ double EmaSmoother::push(double value) {
   return average_ / (1.0 - correction_);
 }
 
+void decimate_for_screen(std::span<const double> xs, std::span<const double> ys, double lo,
+                         double hi, int columns, QVector<QCPGraphData>* out) {
+  out->clear();
+  const size_t n = std::min(xs.size(), ys.size());
+  if (n == 0) return;
+  // The nearest point beyond each end is kept so that lines leave the visible range.
+  size_t begin = static_cast<size_t>(std::lower_bound(xs.begin(), xs.begin() + n, lo) - xs.begin());
+  size_t end = static_cast<size_t>(std::upper_bound(xs.begin(), xs.begin() + n, hi) - xs.begin());
+  if (begin > 0) --begin;
+  if (end < n) ++end;
+  columns = std::max(columns, 1);
+  if (end - begin <= 2 * static_cast<size_t>(columns) || !(hi > lo)) {
+    out->reserve(static_cast<qsizetype>(end - begin));
+    for (size_t i = begin; i < end; ++i)
+      out->append(QCPGraphData(xs[i], ys[i]));
+    return;
+  }
+  out->reserve(3 * columns + 2);
+  const double scale = columns / (hi - lo);
+  auto emit_bucket = [&](size_t low, size_t high, size_t gap) {
+    std::array<size_t, 3> picks{low, high, gap};
+    std::sort(picks.begin(), picks.end());
+    size_t last = SIZE_MAX;
+    for (size_t i : picks)
+      if (i != SIZE_MAX && i != last) {
+        out->append(QCPGraphData(xs[i], ys[i]));
+        last = i;
+      }
+  };
+  int64_t bucket = INT64_MIN;
+  size_t low = SIZE_MAX, high = SIZE_MAX, gap = SIZE_MAX;
+  for (size_t i = begin; i < end; ++i) {
+    // The two outside points fall into buckets of their own (-1 and `columns`).
+    const int64_t b =
+        xs[i] < lo   ? -1
+        : xs[i] > hi ? columns
+                     : std::min<int64_t>(static_cast<int64_t>((xs[i] - lo) * scale), columns - 1);
+    if (b != bucket) {
+      if (bucket != INT64_MIN) emit_bucket(low, high, gap);
+      bucket = b;
+      low = high = gap = SIZE_MAX;
+    }
+    const double y = ys[i];
+    if (std::isnan(y)) {
+      if (gap == SIZE_MAX) gap = i;
+      continue;
+    }
+    if (low == SIZE_MAX || y < ys[low]) low = i;
+    if (high == SIZE_MAX || y > ys[high]) high = i;
+  }
+  emit_bucket(low, high, gap);
+  // The first and last points always stay, so that a curve spans its full x range.
+  if (out->front().key != xs[begin]) out->prepend(QCPGraphData(xs[begin], ys[begin]));
+  if (out->back().key != xs[end - 1]) out->append(QCPGraphData(xs[end - 1], ys[end - 1]));
+}
+
 struct MetricPlot::Curve {
   qint64 run = 0;
   SeriesKey key;
   QCPGraph* raw = nullptr;
   QCPGraph* smooth = nullptr;
-  size_t shown = 0;
+  size_t shown = 0;  // points of the store's series taken so far
   EmaSmoother ema;
   int64_t wall0 = 0;
   double tokens_per_step = 0.0;
   bool dirty = false;
   bool rebuild = true;
+  // The full series as plotted (x per the axis mode); the graphs get a decimated copy.
+  std::vector<double> xs, values, smoothed;
+  // What the graphs hold: [lo, hi] decimated into `columns` buckets; screen_valid false
+  // after the series changed.
+  bool screen_valid = false;
+  double lo = 0, hi = 0;
+  int columns = 0;
 };
 
 MetricPlot::MetricPlot(RunStore* store, QWidget* parent)
@@ -85,6 +151,9 @@ MetricPlot::MetricPlot(RunStore* store, QWidget* parent)
     if (changed || std::any_of(curves_.begin(), curves_.end(), [](auto& c) { return c->dirty; }))
       schedule_redraw();
   });
+  // Every replot (zoom, pan, resize, new points) first checks that the decimated points
+  // still match the visible range and the plot's width.
+  connect(plot_, &QCustomPlot::beforeReplot, this, [this] { refresh_screen_data(false); });
   connect(plot_, &QCustomPlot::mouseMove, this, &MetricPlot::update_crosshair);
   connect(plot_, &QCustomPlot::mouseWheel, this, [this] { follow_ = false; });
   connect(plot_, &QCustomPlot::mousePress, this, [this] { follow_ = false; });
@@ -159,8 +228,15 @@ void MetricPlot::set_redraw_interval(int milliseconds) {
 
 int MetricPlot::drawn_points(qint64 run_id) const {
   for (const auto& curve : curves_)
-    if (curve->run == run_id) return curve->raw->data()->size();
+    if (curve->run == run_id) return static_cast<int>(curve->xs.size());
   return -1;
+}
+
+int MetricPlot::plotted_points() const {
+  int total = 0;
+  for (const auto& curve : curves_)
+    total += curve->raw->data()->size() + curve->smooth->data()->size();
+  return total;
 }
 
 void MetricPlot::update_axis_labels() {
@@ -234,32 +310,73 @@ double MetricPlot::x_value(const Curve& curve, const store::ScalarPoint& point) 
 void MetricPlot::append_points(Curve& curve, bool rebuild) {
   const std::vector<store::ScalarPoint>& points = store_->series(curve.key).points;
   if (rebuild) {
-    curve.raw->data()->clear();
-    curve.smooth->data()->clear();
+    curve.xs.clear();
+    curve.values.clear();
+    curve.smoothed.clear();
     curve.shown = 0;
     curve.ema = EmaSmoother(smoothing_);
     curve.wall0 = points.empty() ? 0 : points.front().wall_ms;
     curve.raw->setVisible(show_raw_ && smoothing_ > 0.0);
+    curve.screen_valid = false;
   }
   if (curve.shown >= points.size()) return;
   const size_t count = points.size() - curve.shown;
-  // Filled as QCPGraphData directly: QCPGraph::addData(keys, values) would build the same
-  // vector again, and that copy was the largest cost of drawing 20 long runs.
-  QVector<QCPGraphData> raw(static_cast<qsizetype>(count)), smooth(raw.size());
-  for (size_t i = 0; i < count; ++i) {
-    const store::ScalarPoint& point = points[curve.shown + i];
-    const double key = x_value(curve, point);
-    raw[static_cast<qsizetype>(i)] = QCPGraphData(key, point.value);
-    smooth[static_cast<qsizetype>(i)] = QCPGraphData(key, curve.ema.push(point.value));
+  curve.xs.reserve(points.size());
+  curve.values.reserve(points.size());
+  curve.smoothed.reserve(points.size());
+  for (size_t i = curve.shown; i < points.size(); ++i) {
+    curve.xs.push_back(x_value(curve, points[i]));
+    curve.values.push_back(points[i].value);
+    curve.smoothed.push_back(curve.ema.push(points[i].value));
   }
-  if (curve.shown == 0) {
-    curve.raw->data()->set(raw, true);
-    curve.smooth->data()->set(smooth, true);
-  } else {
-    curve.raw->data()->add(raw, true);
-    curve.smooth->data()->add(smooth, true);
+  curve.shown += count;
+  curve.screen_valid = false;
+}
+
+void MetricPlot::decimate(Curve& curve, double lo, double hi, int columns) {
+  QVector<QCPGraphData> data;
+  decimate_for_screen(curve.xs, curve.values, lo, hi, columns, &data);
+  curve.raw->data()->set(data, true);
+  decimate_for_screen(curve.xs, curve.smoothed, lo, hi, columns, &data);
+  curve.smooth->data()->set(data, true);
+  curve.lo = lo;
+  curve.hi = hi;
+  curve.columns = columns;
+  curve.screen_valid = true;
+}
+
+void MetricPlot::refresh_screen_data(bool force) {
+  const QCPRange range = plot_->xAxis->range();
+  // One bucket per pixel column; a plot not laid out yet gets a sensible width.
+  const int pixels = std::max(plot_->axisRect()->width(), 400);
+  const double span = range.size();
+  for (auto& curve : curves_) {
+    if (curve->xs.empty()) {
+      if (!curve->raw->data()->isEmpty()) curve->raw->data()->clear();
+      if (!curve->smooth->data()->isEmpty()) curve->smooth->data()->clear();
+      continue;
+    }
+    // Decimated over the visible range and half a range beyond each side, so that panning a
+    // little or zooming out a little needs no new decimation; the buckets must stay within a
+    // factor 1.5 of a pixel column wherever the curve is in view.
+    const double bucket = curve->columns > 0 ? (curve->hi - curve->lo) / curve->columns : 0.0;
+    const double wanted = span / pixels;
+    const double need_lo = std::max(range.lower, curve->xs.front());
+    const double need_hi = std::min(range.upper, curve->xs.back());
+    const bool whole = curve->raw->data()->size() == static_cast<int>(curve->xs.size());
+    const bool fits = curve->screen_valid && (whole || need_hi < need_lo ||
+                                              (curve->lo <= need_lo && curve->hi >= need_hi &&
+                                               bucket <= 1.5 * wanted && bucket >= wanted / 1.5));
+    if (fits && !force) continue;
+    // Whole series in view (the usual case while following a run): decimate just that.
+    const double lo = std::max(range.lower - span / 2, curve->xs.front());
+    const double hi = std::min(range.upper + span / 2, curve->xs.back());
+    if (!(span > 0) || hi <= lo) {
+      decimate(*curve, curve->xs.front(), curve->xs.back(), pixels);
+      continue;
+    }
+    decimate(*curve, lo, hi, std::max(1, static_cast<int>(std::lround((hi - lo) / wanted))));
   }
-  curve.shown = points.size();
 }
 
 void MetricPlot::schedule_redraw() {
@@ -283,7 +400,19 @@ void MetricPlot::flush() {
   // after an empty redraw (a new plot) appear at once.
   if (drawn_after != drawn_before) since_redraw_.start();
   if (follow_) {
-    plot_->rescaleAxes(true);
+    // The x range comes from the full series; decimating over it keeps each curve's first,
+    // last, lowest and highest points, so the y rescale below sees the true extremes.
+    double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+    for (const auto& curve : curves_)
+      if (!curve->xs.empty()) {
+        lo = std::min(lo, curve->xs.front());
+        hi = std::max(hi, curve->xs.back());
+      }
+    if (lo <= hi) {
+      plot_->xAxis->setRange(lo, hi > lo ? hi : lo + 1.0);
+      refresh_screen_data(false);
+      plot_->rescaleAxes(true);
+    }
     // A flat curve gets a little room, else QCustomPlot shows a zero-height range.
     QCPRange y = plot_->yAxis->range();
     if (y.size() <= 0) plot_->yAxis->setRange(y.lower - 0.5, y.upper + 0.5);
@@ -314,16 +443,17 @@ void MetricPlot::update_crosshair(QMouseEvent* event) {
   QStringList lines;
   double nearest_x = x;
   for (const auto& curve : curves_) {
-    QSharedPointer<QCPGraphDataContainer> data = curve->smooth->data();
-    if (data->isEmpty()) continue;
-    auto it = data->findBegin(x, false);
-    if (it == data->constEnd()) --it;
-    if (it != data->constBegin()) {
-      auto before = it - 1;
-      if (std::abs(before->key - x) < std::abs(it->key - x)) it = before;
-    }
-    nearest_x = it->key;
-    lines << QStringLiteral("%1: %2").arg(curve->smooth->name()).arg(it->value, 0, 'g', 5);
+    // Read from the full series: the graphs may hold only a decimated copy.
+    const std::vector<double>& xs = curve->xs;
+    if (xs.empty()) continue;
+    auto it = std::lower_bound(xs.begin(), xs.end(), x);
+    if (it == xs.end()) --it;
+    if (it != xs.begin() && std::abs(*(it - 1) - x) < std::abs(*it - x)) --it;
+    const size_t index = static_cast<size_t>(it - xs.begin());
+    nearest_x = *it;
+    lines << QStringLiteral("%1: %2")
+                 .arg(curve->smooth->name())
+                 .arg(curve->smoothed[index], 0, 'g', 5);
   }
   lines.prepend(QStringLiteral("%1 = %2").arg(plot_->xAxis->label()).arg(nearest_x, 0, 'g', 7));
   readout_->setText(lines.join('\n'));

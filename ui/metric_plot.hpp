@@ -1,6 +1,7 @@
 // Live metric curves: several runs of one metric overlaid, EMA smoothing with the raw curve
 // faint behind, log axes, x as step / tokens / wall time, crosshair readout, zoom and pan.
-// New points arrive from the RunStore; redraws are coalesced on a timer.
+// New points arrive from the RunStore; redraws are coalesced on a timer. Curves keep their
+// full series and hand QCustomPlot only what the screen can show (min/max per pixel column).
 #pragma once
 
 #include <QElapsedTimer>
@@ -9,12 +10,14 @@
 #include <QWidget>
 #include <cstdint>
 #include <map>
+#include <span>
 #include <vector>
 
 #include "ui/run_store.hpp"
 
 class QCustomPlot;
 class QCPGraph;
+class QCPGraphData;
 class QCPItemStraightLine;
 class QCPItemText;
 class QComboBox;
@@ -43,6 +46,14 @@ class EmaSmoother {
   double correction_ = 1.0;  // weight^n, for the bias correction
 };
 
+/// The points of a curve (xs ascending) that a plot `columns` pixels wide needs to draw
+/// [lo, hi] as the full series would look: the lowest and highest point of each of `columns`
+/// equal parts of [lo, hi] (in x order, plus the first NaN, which breaks the line), the first
+/// and last point, and the nearest point beyond each end so that the line runs to the edges. A
+/// range holding no more than 2 x `columns` points comes back whole. Replaces `out`.
+void decimate_for_screen(std::span<const double> xs, std::span<const double> ys, double lo,
+                         double hi, int columns, QVector<QCPGraphData>* out);
+
 /// A plot of one metric for several runs.
 class MetricPlot : public QWidget {
   Q_OBJECT
@@ -65,8 +76,11 @@ class MetricPlot : public QWidget {
   const QString& metric() const { return metric_; }
   const QList<qint64>& runs() const { return run_ids_; }
   QCustomPlot* plot() const { return plot_; }
-  /// Points currently drawn for a run (raw curve); -1 if the run is not drawn.
+  /// Points of the run's series the curve shows (the screen may get fewer, see
+  /// decimate_for_screen); -1 if the run is not drawn.
   int drawn_points(qint64 run_id) const;
+  /// Points handed to QCustomPlot over all curves (raw + smoothed), after decimation.
+  int plotted_points() const;
   /// Applies pending points and replots at once.
   void flush();
   /// Number of coalesced redraws so far.
@@ -86,6 +100,9 @@ class MetricPlot : public QWidget {
   void mark_dirty(const SeriesKey& key, int first_new);
   void schedule_redraw();
   void append_points(Curve& curve, bool rebuild);
+  // Refills the graphs of curves whose decimation no longer fits the axis range or size.
+  void refresh_screen_data(bool force);
+  void decimate(Curve& curve, double lo, double hi, int columns);
   double x_value(const Curve& curve, const store::ScalarPoint& point) const;
   void update_crosshair(QMouseEvent* event);
   void update_axis_labels();

@@ -74,10 +74,15 @@ class StoreWorker : public QObject {
     poll(true);
   }
 
-  void watch(const std::vector<SeriesKey>& series) {
-    for (const SeriesKey& key : series)
-      fetched_through_.insert(key, std::nullopt);
-    if (reader_) fetch_series(series);
+  // Each series with the step it was read through before, if the RunStore had it cached.
+  void watch(const std::vector<std::pair<SeriesKey, std::optional<int64_t>>>& series) {
+    std::vector<SeriesKey> keys;
+    keys.reserve(series.size());
+    for (const auto& [key, through] : series) {
+      fetched_through_.insert(key, through);
+      keys.push_back(key);
+    }
+    if (reader_) fetch_series(keys);
   }
 
   void unwatch(const SeriesKey& series) { fetched_through_.remove(series); }
@@ -130,8 +135,7 @@ class StoreWorker : public QObject {
   }
 
   void fetch_series(const std::vector<SeriesKey>& keys) {
-    std::vector<std::pair<SeriesKey, std::vector<store::ScalarPoint>>> fresh, initial;
-    bool any_downsampled = false;
+    std::vector<RunStore::Fetched> fresh, initial;
     for (const SeriesKey& series : keys) {
       auto state = fetched_through_.find(series);
       if (state == fetched_through_.end()) continue;
@@ -146,32 +150,30 @@ class StoreWorker : public QObject {
             reader_->downsampled(series.run, key, 0, through, kInitialMaxPoints);
         if (!points.ok()) continue;
         const bool reduced = points->size() >= kInitialMaxPoints - 1;
-        any_downsampled = any_downsampled || reduced;
         int64_t fetched =
             points->empty() ? std::numeric_limits<int64_t>::min() : points->back().step;
         if (reduced) fetched = std::max(fetched, through);
         state.value() = fetched;
-        initial.emplace_back(series, std::move(points).value());
+        initial.push_back({series, std::move(points).value(), fetched, reduced});
         continue;
       }
       Result<std::vector<store::ScalarPoint>> points =
           reader_->scalars_after(series.run, key, *state.value());
       if (!points.ok() || points->empty()) continue;
-      state.value() = points->back().step;
-      fresh.emplace_back(series, std::move(points).value());
+      const int64_t through = points->back().step;
+      state.value() = through;
+      fresh.push_back({series, std::move(points).value(), through, false});
     }
-    post_points(std::move(initial), any_downsampled);
-    post_points(std::move(fresh), false);
+    post_points(std::move(initial));
+    post_points(std::move(fresh));
   }
 
-  void post_points(std::vector<std::pair<SeriesKey, std::vector<store::ScalarPoint>>> batches,
-                   bool downsampled) {
+  void post_points(std::vector<RunStore::Fetched> batches) {
     if (batches.empty()) return;
     QMetaObject::invokeMethod(
         store_,
-        [store = store_, generation = generation_, batches = std::move(batches),
-         downsampled]() mutable {
-          store->apply_points(generation, std::move(batches), downsampled);
+        [store = store_, generation = generation_, batches = std::move(batches)]() mutable {
+          store->apply_points(generation, std::move(batches));
         },
         Qt::QueuedConnection);
   }
@@ -223,6 +225,8 @@ void RunStore::open(const QString& path) {
   ++generation_;
   runs_.clear();
   series_.clear();
+  cache_.clear();
+  cache_points_ = 0;
   emit runsChanged();
   const std::string file = path.toStdString();
   QMetaObject::invokeMethod(
@@ -245,19 +249,29 @@ const RunRow* RunStore::run(int64_t run_id) const {
 
 void RunStore::watch(const SeriesKey& series) {
   if (watch_counts_[series]++ > 0) return;
-  series_.insert(series, SeriesData{});
+  std::optional<int64_t> through;
+  auto cached = std::find_if(cache_.begin(), cache_.end(),
+                             [&](const auto& entry) { return entry.first == series; });
+  if (cached != cache_.end()) {
+    cache_points_ -= cached->second.points.size();
+    through = cached->second.fetched_through;
+    series_.insert(series, std::move(cached->second));
+    cache_.erase(cached);
+  } else {
+    series_.insert(series, SeriesData{});
+  }
   // Watches made in one go (a plot of 20 runs) reach the worker as one request, so their
   // first points arrive together and are drawn in one redraw.
   if (pending_watches_.empty())
     QTimer::singleShot(0, this, [this] {
-      std::vector<SeriesKey> batch;
+      std::vector<std::pair<SeriesKey, std::optional<int64_t>>> batch;
       batch.swap(pending_watches_);
       if (batch.empty()) return;
       QMetaObject::invokeMethod(
           worker_, [worker = worker_, batch = std::move(batch)] { worker->watch(batch); },
           Qt::QueuedConnection);
     });
-  pending_watches_.push_back(series);
+  pending_watches_.emplace_back(series, through);
 }
 
 void RunStore::unwatch(const SeriesKey& series) {
@@ -265,10 +279,31 @@ void RunStore::unwatch(const SeriesKey& series) {
   if (found == watch_counts_.end()) return;
   if (--found.value() > 0) return;
   watch_counts_.erase(found);
-  series_.remove(series);
-  std::erase(pending_watches_, series);
+  auto data = series_.find(series);
+  if (data != series_.end()) {
+    // Only a series the worker has read can continue from where it stopped.
+    if (data->fetched_through && !data->points.empty()) {
+      cache_points_ += data->points.size();
+      cache_.emplace_front(series, std::move(data.value()));
+    }
+    series_.erase(data);
+    trim_cache();
+  }
+  std::erase_if(pending_watches_, [&](const auto& entry) { return entry.first == series; });
   QMetaObject::invokeMethod(
       worker_, [worker = worker_, series] { worker->unwatch(series); }, Qt::QueuedConnection);
+}
+
+void RunStore::set_cache_capacity(size_t points) {
+  cache_capacity_ = points;
+  trim_cache();
+}
+
+void RunStore::trim_cache() {
+  while (cache_points_ > cache_capacity_ && !cache_.empty()) {
+    cache_points_ -= cache_.back().second.points.size();
+    cache_.pop_back();
+  }
 }
 
 const SeriesData& RunStore::series(const SeriesKey& series) const {
@@ -303,14 +338,15 @@ void RunStore::apply_runs(uint64_t generation, std::vector<RunRow> runs) {
   emit runsChanged();
 }
 
-void RunStore::apply_points(
-    uint64_t generation, std::vector<std::pair<SeriesKey, std::vector<store::ScalarPoint>>> batches,
-    bool downsampled) {
+void RunStore::apply_points(uint64_t generation, std::vector<Fetched> batches) {
   if (generation != generation_) return;
-  for (auto& [key, points] : batches) {
-    auto found = series_.find(key);
+  for (Fetched& fetched : batches) {
+    auto found = series_.find(fetched.key);
     if (found == series_.end()) continue;  // unwatched meanwhile
     SeriesData& data = found.value();
+    std::vector<store::ScalarPoint>& points = fetched.points;
+    data.fetched_through =
+        std::max(data.fetched_through.value_or(fetched.through), fetched.through);
     const int first_new = static_cast<int>(data.points.size());
     // A point at or before the last one replaces history (a resumed run re-logs steps).
     if (!data.points.empty() && !points.empty() && points.front().step <= data.points.back().step) {
@@ -320,12 +356,15 @@ void RunStore::apply_points(
                            [](const store::ScalarPoint& p, int64_t s) { return p.step < s; });
       data.points.erase(keep, data.points.end());
       data.points.insert(data.points.end(), points.begin(), points.end());
-      emit seriesAppended(key, 0);
+      emit seriesAppended(fetched.key, 0);
       continue;
     }
-    data.points.insert(data.points.end(), points.begin(), points.end());
-    data.downsampled = data.downsampled || downsampled;
-    emit seriesAppended(key, first_new);
+    if (data.points.empty())
+      data.points = std::move(points);  // the first fetch of a long series: no copy
+    else
+      data.points.insert(data.points.end(), points.begin(), points.end());
+    data.downsampled = data.downsampled || fetched.downsampled;
+    emit seriesAppended(fetched.key, first_new);
   }
 }
 

@@ -7,8 +7,10 @@
 #include <QObject>
 #include <QString>
 #include <cstdint>
+#include <list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,6 +46,9 @@ struct RunRow {
 struct SeriesData {
   std::vector<store::ScalarPoint> points;
   bool downsampled = false;
+  /// The step through which the store has been read (a downsampled fetch reads past its
+  /// last kept point); none before the first fetch.
+  std::optional<int64_t> fetched_through;
 };
 
 class StoreWorker;
@@ -66,8 +71,16 @@ class RunStore : public QObject {
   const RunRow* run(int64_t run_id) const;
 
   /// Starts fetching a series (reference counted); its points arrive via seriesAppended.
+  /// A series watched before and still in the cache is available at once, and only its
+  /// rows written since are fetched.
   void watch(const SeriesKey& series);
+  /// Stops fetching a series; its points stay in a bounded cache (least recently used
+  /// series go first) for the next watch.
   void unwatch(const SeriesKey& series);
+  /// Points kept for unwatched series (default 4M, about 100 MB).
+  void set_cache_capacity(size_t points);
+  /// Unwatched series in the cache.
+  size_t cached_series() const { return cache_.size(); }
   /// Points fetched so far; empty for an unwatched series.
   const SeriesData& series(const SeriesKey& series) const;
 
@@ -90,9 +103,14 @@ class RunStore : public QObject {
  private:
   friend class StoreWorker;
   void apply_runs(uint64_t generation, std::vector<RunRow> runs);
-  void apply_points(uint64_t generation,
-                    std::vector<std::pair<SeriesKey, std::vector<store::ScalarPoint>>> batches,
-                    bool downsampled);
+  struct Fetched {
+    SeriesKey key;
+    std::vector<store::ScalarPoint> points;
+    int64_t through = 0;  // the step read through
+    bool downsampled = false;
+  };
+  void apply_points(uint64_t generation, std::vector<Fetched> batches);
+  void trim_cache();
   void apply_poll_done(uint64_t generation);
   void apply_open(uint64_t generation, bool ok, const QString& message);
 
@@ -104,8 +122,12 @@ class RunStore : public QObject {
   uint64_t poll_count_ = 0;
   std::vector<RunRow> runs_;
   QHash<SeriesKey, int> watch_counts_;
-  std::vector<SeriesKey> pending_watches_;
+  std::vector<std::pair<SeriesKey, std::optional<int64_t>>> pending_watches_;
   QHash<SeriesKey, SeriesData> series_;
+  // Unwatched series, most recently used first, and their total points.
+  std::list<std::pair<SeriesKey, SeriesData>> cache_;
+  size_t cache_points_ = 0;
+  size_t cache_capacity_ = 4'000'000;
 };
 
 }  // namespace hl::ui

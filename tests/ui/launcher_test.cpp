@@ -1,14 +1,16 @@
 // The launcher against the JSON-lines protocol. A small shell script stands in for
-// hybridlab-cli at the process boundary only (FakeCli below); the real CLI is exercised
-// by RealCliTest once `hybridlab-cli run` exists.
+// hybridlab-cli at the process boundary only (write_fake_cli below); the real CLI is
+// exercised by RealCliTest.
 #include "ui/launcher.hpp"
 
 #include <QDir>
 #include <QFile>
 #include <QLabel>
+#include <QMap>
 #include <QProcess>
 #include <QProgressBar>
 
+#include "core/config/experiment_file.hpp"
 #include "test_paths.hpp"
 #include "ui/launch_panel.hpp"
 #include "ui/metric_plot.hpp"
@@ -175,41 +177,144 @@ TEST(LaunchPanelTest, FormatsEta) {
   EXPECT_EQ(LaunchPanel::format_eta(-1), QString::fromUtf8("–"));
 }
 
-// The acceptance test with the real engine: a tiny run launched through the real CLI, its
-// points arriving in the plot. It skips while `hybridlab-cli run` is not implemented.
-TEST(RealCliTest, LaunchedTinyRunArrivesInThePlot) {
-  const QString cli = QDir(QString::fromUtf8(hl::test::kBinaryDir)).filePath("app/hybridlab-cli");
-  if (!QFileInfo(cli).isExecutable()) GTEST_SKIP() << "hybridlab-cli is not built";
-  const QString experiment =
-      QDir(QString::fromUtf8(hl::test::kSourceDir)).filePath("experiments/demo.toml");
-  TempStore temp;
-  QProcess check;
-  check.start(cli, {"run", experiment, "--db", temp.qpath(), "--progress", "none"});
-  check.waitForFinished(2000);
-  if (check.state() == QProcess::NotRunning &&
-      check.readAllStandardError().contains("not available yet"))
-    GTEST_SKIP() << "hybridlab-cli run is not available yet";
-  check.kill();
-  check.waitForFinished();
-  const QString model = QDir(QString::fromUtf8(hl::test::kSourceDir)).filePath("models/tiny-base");
-  if (!QFileInfo::exists(model + "/config.json")) GTEST_SKIP() << "models/tiny-base is missing";
+// Runs `program arguments` to completion; the exit code, or -1 if it did not finish in time.
+int run_to_end(const QString& program, const QStringList& arguments, int timeout_ms,
+               QByteArray* errors) {
+  QProcess process;
+  process.start(program, arguments);
+  if (!process.waitForFinished(timeout_ms)) {
+    process.kill();
+    process.waitForFinished();
+    return -1;
+  }
+  *errors = process.readAllStandardError();
+  return process.exitStatus() == QProcess::NormalExit ? process.exitCode() : -1;
+}
 
-  TempStore store;
+// The acceptance test with the real engine: a tiny run launched through the real CLI (found
+// as the workbench finds it: beside the program, in the build tree, or on PATH), its points
+// arriving in the plot. It builds its own base model with a few pretraining steps.
+TEST(RealCliTest, LaunchedTinyRunArrivesInThePlot) {
+  const QString cli = find_cli();
+  if (cli.isEmpty()) GTEST_SKIP() << "hybridlab-cli is neither built nor on PATH";
+  TempStore temp;
+  const QString model = temp.file("tiny-base");
+  QByteArray errors;
+  const int pretrained = run_to_end(
+      cli, {"pretrain", "--preset", "tiny", "--steps", "3", "--out", model, "--progress", "none"},
+      120000, &errors);
+  if (errors.contains("not available yet")) GTEST_SKIP() << "hybridlab-cli pretrain is not there";
+  ASSERT_EQ(pretrained, 0) << errors.toStdString();
+  ASSERT_TRUE(QFileInfo::exists(model + "/config.json"));
+
+  // The demo experiment, cut down to a few steps on that model.
+  ExperimentParse demo = load_experiment_file(QDir(QString::fromUtf8(hl::test::kSourceDir))
+                                                  .filePath("experiments/demo.toml")
+                                                  .toStdString());
+  ASSERT_TRUE(demo.ok());
+  ExperimentSpec spec = *demo.spec;
+  spec.name = "real-cli-test";
+  spec.model.base = model.toStdString();
+  for (StageSpec& stage : spec.stages) {
+    stage.steps = 4;
+    stage.log_every = 1;
+    stage.usage_every = 2;
+    stage.eval_every = 4;
+    stage.eval_batches = 1;
+    stage.checkpoint_every = 4;
+  }
+  spec.eval.tasks = {"ppl"};
+  spec.eval.modes = {"hybrid"};
+  spec.eval.max_batches = 1;
+  const QString experiment = temp.file("tiny.toml");
+  {
+    QFile file(experiment);
+    ASSERT_TRUE(file.open(QIODevice::WriteOnly));
+    file.write(QByteArray::fromStdString(to_toml(spec)));
+  }
+
   Launcher launcher;
-  launcher.set_program(cli);
-  launcher.set_working_directory(QString::fromUtf8(hl::test::kSourceDir));
+  ASSERT_EQ(launcher.program(), cli);
   qint64 run_id = 0;
+  QList<Launcher::JobState> states;
   QObject::connect(&launcher, &Launcher::runAnnounced,
                    [&](int, qint64 run, const QString&) { run_id = run; });
-  launcher.enqueue_run(experiment, store.qpath());
-  ASSERT_TRUE(wait_until([&] { return run_id > 0; }, 60000));
+  QObject::connect(&launcher, &Launcher::jobFinished,
+                   [&](int, Launcher::JobState state, int) { states << state; });
+  QStringList log;
+  QObject::connect(&launcher, &Launcher::logLine, [&](int, const QString& line) { log << line; });
+  const int job = launcher.enqueue_run(experiment, temp.qpath(), {.threads = 1});
+  ASSERT_TRUE(wait_until([&] { return run_id > 0 || !states.isEmpty(); }, 60000))
+      << log.join('\n').toStdString();
+  ASSERT_GT(run_id, 0) << log.join('\n').toStdString();
   RunStore runs;
-  runs.open(store.qpath());
+  runs.set_poll_interval(50);
+  runs.open(temp.qpath());
   MetricPlot plot(&runs);
+  plot.set_redraw_interval(10);
   plot.set_runs({run_id});
-  ASSERT_TRUE(wait_until([&] { return plot.drawn_points(run_id) >= 2; }, 300000));
-  launcher.cancel(launcher.running_job());
-  ASSERT_TRUE(wait_until([&] { return launcher.running_job() < 0; }, 60000));
+  ASSERT_TRUE(wait_until([&] { return plot.drawn_points(run_id) >= 2; }, 120000))
+      << log.join('\n').toStdString();
+  ASSERT_TRUE(wait_until([&] { return !states.isEmpty(); }, 120000));
+  EXPECT_EQ(states.front(), Launcher::JobState::finished) << log.join('\n').toStdString();
+  EXPECT_EQ(launcher.job(job)->exit_code, 0);
+  // Both stages logged their loss every step: 4 + 4 points, all of them in the plot.
+  ASSERT_TRUE(wait_until([&] { return plot.drawn_points(run_id) == 8; }, 5000))
+      << plot.drawn_points(run_id);
+}
+
+TEST(LauncherTest, ParallelJobsRunSideBySideAfterTheirPredecessor) {
+  TempStore temp;
+  Launcher launcher;
+  // Each job records its start, its thread setting, waits a little and records its end.
+  launcher.set_program(write_fake_cli(temp, R"sh(
+dir="$(dirname "$0")"
+echo "start $1 ${OMP_NUM_THREADS:-unset}" >> "$dir/order.txt"
+sleep 0.3
+echo "end $1" >> "$dir/order.txt"
+exit 0
+)sh"));
+  QList<int> finished;
+  QObject::connect(&launcher, &Launcher::jobFinished,
+                   [&](int id, Launcher::JobState, int) { finished << id; });
+  const int base = launcher.enqueue_command({"pretrain"}, "base");
+  const int a =
+      launcher.enqueue_run("a.toml", temp.qpath(), {.parallel = true, .threads = 1, .after = base});
+  const int b =
+      launcher.enqueue_run("b.toml", temp.qpath(), {.parallel = true, .threads = 1, .after = base});
+  const int last = launcher.enqueue_command({"runs"}, "alone");
+  ASSERT_TRUE(wait_until([&] { return launcher.running_jobs().size() == 2; }, 10000));
+  EXPECT_EQ(launcher.running_jobs(), (QList<int>{a, b}));
+  ASSERT_TRUE(wait_until([&] { return finished.size() == 4; }, 10000));
+  EXPECT_EQ(finished.front(), base);
+  EXPECT_EQ(finished.back(), last);
+  QFile order(temp.file("order.txt"));
+  ASSERT_TRUE(order.open(QIODevice::ReadOnly));
+  const QStringList lines = QString::fromUtf8(order.readAll()).trimmed().split('\n');
+  ASSERT_EQ(lines.size(), 8);
+  EXPECT_TRUE(lines[0].startsWith("start pretrain"));
+  EXPECT_EQ(lines[1], "end pretrain");
+  // a and b both start before either ends, with one thread each; "runs" waits for both.
+  EXPECT_EQ(lines[2], "start run 1");
+  EXPECT_EQ(lines[3], "start run 1");
+  EXPECT_TRUE(lines[4].startsWith("end run") && lines[5].startsWith("end run"));
+  EXPECT_TRUE(lines[6].startsWith("start runs"));
+  EXPECT_EQ(lines[7], "end runs");
+}
+
+TEST(LauncherTest, AFailedPredecessorDropsItsDependents) {
+  TempStore temp;
+  Launcher launcher;
+  launcher.set_program(write_fake_cli(temp, "exit 1\n"));
+  QMap<int, Launcher::JobState> states;
+  QObject::connect(&launcher, &Launcher::jobFinished,
+                   [&](int id, Launcher::JobState state, int) { states[id] = state; });
+  const int base = launcher.enqueue_command({"pretrain"}, "base");
+  const int a = launcher.enqueue_run("a.toml", temp.qpath(), {.parallel = true, .after = base});
+  ASSERT_TRUE(wait_until([&] { return states.size() == 2; }));
+  EXPECT_EQ(states[base], Launcher::JobState::failed);
+  EXPECT_EQ(states[a], Launcher::JobState::cancelled);
+  EXPECT_TRUE(launcher.job(a)->status_message.contains("did not finish"));
 }
 
 }  // namespace

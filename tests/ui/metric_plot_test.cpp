@@ -4,7 +4,9 @@
 
 #include <qcustomplot.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "ui/run_store.hpp"
@@ -40,6 +42,79 @@ TEST(EmaSmootherTest, MatchesTheBiasCorrectedRecurrence) {
   EXPECT_DOUBLE_EQ(smoother.push(4.0), 4.0);
   EXPECT_TRUE(std::isnan(smoother.push(std::nan(""))));
   EXPECT_DOUBLE_EQ(smoother.push(4.0), 4.0);
+}
+
+TEST(DecimateForScreenTest, KeepsEveryColumnsExtremesAndTheEdges) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> gap(0.01, 2.0), value(-5.0, 5.0), unit(0.0, 1.0);
+  for (int round = 0; round < 20; ++round) {
+    const size_t n = 5000 + 997 * static_cast<size_t>(round);
+    std::vector<double> xs(n), ys(n);
+    double x = -100.0 * unit(rng);
+    for (size_t i = 0; i < n; ++i) {
+      x += gap(rng);
+      xs[i] = x;
+      ys[i] = unit(rng) < 0.01 ? std::numeric_limits<double>::quiet_NaN() : value(rng);
+    }
+    const double lo = xs[n / 7] + 0.5 * unit(rng), hi = xs[n - n / 5] - 0.5 * unit(rng);
+    const int columns = 50 + 37 * round;
+    QVector<QCPGraphData> out;
+    decimate_for_screen(xs, ys, lo, hi, columns, &out);
+    ASSERT_LE(out.size(), 3 * columns + 2);
+    // Every output point is an input point, in x order.
+    for (qsizetype i = 0; i < out.size(); ++i) {
+      if (i > 0) {
+        ASSERT_LT(out[i - 1].key, out[i].key);
+      }
+      const auto at = std::lower_bound(xs.begin(), xs.end(), out[i].key);
+      ASSERT_TRUE(at != xs.end() && *at == out[i].key);
+      const double y = ys[static_cast<size_t>(at - xs.begin())];
+      ASSERT_TRUE(y == out[i].value || (std::isnan(y) && std::isnan(out[i].value)));
+    }
+    // The nearest point beyond each end is there, so the line reaches the edges.
+    const size_t first_in = std::lower_bound(xs.begin(), xs.end(), lo) - xs.begin();
+    const size_t last_in = std::upper_bound(xs.begin(), xs.end(), hi) - xs.begin() - 1;
+    EXPECT_EQ(out.front().key, xs[first_in - 1]);
+    EXPECT_EQ(out.back().key, xs[last_in + 1]);
+    // Per column, brute force over the input: the lowest and highest values and whether a
+    // NaN (a gap in the line) occurs must match the output's.
+    struct Column {
+      double low = INFINITY, high = -INFINITY;
+      bool gap = false;
+    };
+    auto columns_of = [&](auto&& points) {
+      std::vector<Column> result(static_cast<size_t>(columns));
+      for (auto [px, py] : points) {
+        if (px < lo || px > hi) continue;
+        const auto c = std::min<size_t>(static_cast<size_t>((px - lo) / (hi - lo) * columns),
+                                        static_cast<size_t>(columns - 1));
+        if (std::isnan(py)) {
+          result[c].gap = true;
+          continue;
+        }
+        result[c].low = std::min(result[c].low, py);
+        result[c].high = std::max(result[c].high, py);
+      }
+      return result;
+    };
+    std::vector<std::pair<double, double>> input, output;
+    for (size_t i = 0; i < n; ++i)
+      input.emplace_back(xs[i], ys[i]);
+    for (const QCPGraphData& point : out)
+      output.emplace_back(point.key, point.value);
+    const std::vector<Column> expected = columns_of(input), got = columns_of(output);
+    for (int c = 0; c < columns; ++c) {
+      EXPECT_EQ(got[size_t(c)].low, expected[size_t(c)].low) << "column " << c;
+      EXPECT_EQ(got[size_t(c)].high, expected[size_t(c)].high) << "column " << c;
+      EXPECT_EQ(got[size_t(c)].gap, expected[size_t(c)].gap) << "column " << c;
+    }
+  }
+  // Few points: all of them, unchanged.
+  const std::vector<double> xs{0, 1, 2, 3}, ys{4, 3, 2, 1};
+  QVector<QCPGraphData> out;
+  decimate_for_screen(xs, ys, 0.5, 2.5, 100, &out);
+  ASSERT_EQ(out.size(), 4);
+  EXPECT_EQ(out[3].value, 1.0);
 }
 
 class MetricPlotTest : public ::testing::Test {
@@ -134,6 +209,64 @@ TEST_F(MetricPlotTest, LongSeriesAreDownsampledOnFirstFetch) {
   }
   EXPECT_NEAR(high, 1.0, 1e-6);
   EXPECT_NEAR(low, -1.0, 1e-6);
+}
+
+TEST_F(MetricPlotTest, LongCurvesReachTheScreenDecimatedAndZoomRefinesThem) {
+  store::RunWriter writer = temp.create("long", "lolcats", {.batch_rows = 100000});
+  for (int step = 0; step < 20000; ++step)
+    HL_ASSERT_OK(writer.log_scalar("loss", step, std::sin(step * 0.01) + (step % 7) * 0.01));
+  HL_ASSERT_OK(writer.close());
+  runs.open(temp.qpath());
+  ASSERT_TRUE(wait_until([&] { return !runs.runs().empty(); }));
+  MetricPlot plot(&runs);
+  plot.resize(800, 500);
+  plot.show();
+  plot.set_runs({writer.run_id()});
+  ASSERT_TRUE(wait_until([&] { return plot.drawn_points(writer.run_id()) == 20000; }, 20000));
+  // Two graphs of at most ~3 points per pixel column, not 2 x 20000 points.
+  const int width = plot.plot()->axisRect()->width();
+  EXPECT_LE(plot.plotted_points(), 2 * (3 * std::max(width, 400) + 2));
+  EXPECT_DOUBLE_EQ(plot.plot()->xAxis->range().upper, 19999.0);
+  EXPECT_NEAR(plot.plot()->yAxis->range().upper, 1.0 + 0.06, 1e-3);  // the true maximum
+  // Zoomed to 200 steps, every point in view is drawn.
+  plot.plot()->xAxis->setRange(1000, 1200);
+  plot.plot()->replot();
+  QSharedPointer<QCPGraphDataContainer> raw = plot.plot()->graph(0)->data();
+  int in_view = 0;
+  for (auto it = raw->constBegin(); it != raw->constEnd(); ++it)
+    if (it->key >= 1000 && it->key <= 1200) ++in_view;
+  EXPECT_EQ(in_view, 201);
+}
+
+TEST_F(MetricPlotTest, APlotAgainComesFromTheCacheAndFetchesOnlyNewRows) {
+  store::RunWriter writer = temp.create("live");
+  for (int step = 0; step < 100; ++step)
+    HL_ASSERT_OK(writer.log_scalar("loss", step, 1.0 / (1 + step)));
+  HL_ASSERT_OK(writer.flush());
+  runs.open(temp.qpath());
+  ASSERT_TRUE(wait_until([&] { return !runs.runs().empty(); }));
+  {
+    MetricPlot first(&runs);
+    first.set_runs({writer.run_id()});
+    ASSERT_TRUE(wait_until([&] { return first.drawn_points(writer.run_id()) == 100; }));
+  }
+  EXPECT_EQ(runs.cached_series(), 1u);
+  for (int step = 100; step < 150; ++step)
+    HL_ASSERT_OK(writer.log_scalar("loss", step, 1.0 / (1 + step)));
+  HL_ASSERT_OK(writer.flush());
+  MetricPlot again(&runs);
+  again.set_redraw_interval(5);
+  again.set_runs({writer.run_id()});
+  EXPECT_EQ(again.drawn_points(writer.run_id()), 100);  // at once, before any fetch
+  EXPECT_EQ(runs.cached_series(), 0u);
+  ASSERT_TRUE(wait_until([&] { return again.drawn_points(writer.run_id()) == 150; }));
+  const SeriesData& series = runs.series({writer.run_id(), "loss"});
+  ASSERT_EQ(series.points.size(), 150u);
+  for (size_t i = 0; i < series.points.size(); ++i)
+    EXPECT_EQ(series.points[i].step, int64_t(i));
+  // A full cache drops the least recently used series.
+  runs.set_cache_capacity(0);
+  HL_ASSERT_OK(writer.close());
 }
 
 }  // namespace
