@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/model/rope.hpp"
 
@@ -28,7 +29,76 @@ std::optional<LayerUsage> summarise_usage(int64_t layer, const kernels::Attentio
   return LayerUsage{layer, mean(out.linear_mass), mean(out.linear_output_share)};
 }
 
+// Appends k, v [B, Hkv, n, .] to a layer's key/value cache, doubling its capacity when full.
+void append_kv(LayerCache& cache, const torch::Tensor& k, const torch::Tensor& v) {
+  const int64_t n = k.size(2);
+  const int64_t capacity = cache.keys.defined() ? cache.keys.size(2) : 0;
+  if (cache.length + n > capacity) {
+    const int64_t grown = std::max({2 * capacity, cache.length + n, int64_t{16}});
+    auto grow = [&](const torch::Tensor& old, const torch::Tensor& like) {
+      torch::Tensor fresh =
+          torch::empty({like.size(0), like.size(1), grown, like.size(3)}, like.options());
+      if (cache.length > 0) fresh.narrow(2, 0, cache.length).copy_(old.narrow(2, 0, cache.length));
+      return fresh;
+    };
+    cache.keys = grow(cache.keys, k);
+    cache.values = grow(cache.values, v);
+  }
+  cache.keys.narrow(2, cache.length, n).copy_(k);
+  cache.values.narrow(2, cache.length, n).copy_(v);
+  cache.length += n;
+}
+
+// Causal softmax of q [B, Hq, n, d] (the last n positions) over the whole cache, limited to
+// the last `sliding_window` keys when the base model has one (Mistral).
+torch::Tensor cached_softmax(const torch::Tensor& q, const LayerCache& cache,
+                             std::optional<int64_t> sliding_window) {
+  const int64_t n = q.size(2), total = cache.length, groups = q.size(1) / cache.keys.size(1);
+  torch::Tensor keys = cache.keys.narrow(2, 0, total), values = cache.values.narrow(2, 0, total);
+  if (groups > 1) {
+    keys = keys.repeat_interleave(groups, 1);
+    values = values.repeat_interleave(groups, 1);
+  }
+  torch::Tensor scores =
+      torch::matmul(q, keys.transpose(-1, -2)) / std::sqrt(static_cast<double>(q.size(3)));
+  if (n > 1 || (sliding_window && *sliding_window < total)) {
+    const auto index = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
+    torch::Tensor query_pos = torch::arange(total - n, total, index).unsqueeze(1);
+    torch::Tensor key_pos = torch::arange(0, total, index).unsqueeze(0);
+    torch::Tensor hidden = key_pos.gt(query_pos);
+    if (sliding_window) hidden = hidden.logical_or(key_pos.le(query_pos - *sliding_window));
+    scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
+  }
+  return torch::matmul(torch::softmax(scores, -1), values);
+}
+
 }  // namespace
+
+int64_t LayerCache::bytes() const {
+  if (recurrent.key_ring.defined()) return recurrent.bytes();
+  int64_t total = 0;
+  for (const auto* t : {&keys, &values})
+    if (t->defined()) total += t->numel() * static_cast<int64_t>(t->element_size());
+  return total;
+}
+
+int64_t DecodeCache::bytes() const {
+  return recurrent_bytes() + kv_bytes();
+}
+
+int64_t DecodeCache::recurrent_bytes() const {
+  int64_t total = 0;
+  for (const auto& layer : layers)
+    if (layer.recurrent.key_ring.defined()) total += layer.bytes();
+  return total;
+}
+
+int64_t DecodeCache::kv_bytes() const {
+  int64_t total = 0;
+  for (const auto& layer : layers)
+    if (!layer.recurrent.key_ring.defined()) total += layer.bytes();
+  return total;
+}
 
 AttentionImpl::AttentionImpl(const io::ModelConfig& config, int64_t layer_index)
     : layer_index_(layer_index),
@@ -154,6 +224,49 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   return output(out.y);
 }
 
+torch::Tensor AttentionImpl::decode(const torch::Tensor& x, const torch::Tensor& cos,
+                                    const torch::Tensor& sin, const ForwardOptions& options,
+                                    LayerCache& cache) {
+  torch::NoGradGuard no_grad;
+  auto [q, k, v] = project(x, cos, sin);
+  const int64_t n = x.size(1);
+  if (!converted_) {
+    const bool fresh = cache.length == 0;
+    append_kv(cache, k, v);
+    if (fresh) {  // the prompt: the parallel kernels are faster than the masked product
+      kernels::AttentionOptions base = base_options(n);
+      base.backend = options.backend;
+      return output(kernels::attention({q, k, v}, base).y);
+    }
+    return output(cached_softmax(q, cache, sliding_window_));
+  }
+
+  AttentionMode mode = options.mode.value_or(conversion_.kind);
+  if (options.ablate_layer == layer_index_ && mode == AttentionMode::hybrid)
+    mode = AttentionMode::window_only;
+  kernels::AttentionOptions attention_options = converted_options(mode);
+  attention_options.backend = options.backend;
+  kernels::AttentionInputs inputs{q, k, v};
+  if (needs_features(mode)) inputs = converted_inputs(q, k, v);
+  if (!cache.recurrent.key_ring.defined()) {
+    kernels::PrefillResult prefilled = kernels::prefill(inputs, attention_options);
+    cache.recurrent = std::move(prefilled.state);
+    return output(prefilled.output.y);
+  }
+  std::vector<torch::Tensor> steps;
+  steps.reserve(n);
+  auto token = [](const torch::Tensor& t, int64_t i) {
+    return t.defined() ? t.narrow(2, i, 1) : t;
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    kernels::AttentionInputs step{token(inputs.q, i),     token(inputs.k, i),
+                                  token(inputs.v, i),     token(inputs.phi_q, i),
+                                  token(inputs.phi_k, i), inputs.window_factor_logits};
+    steps.push_back(kernels::decode_step(step, cache.recurrent, attention_options));
+  }
+  return output(n == 1 ? steps.front() : torch::cat(steps, 2));
+}
+
 void AttentionImpl::convert(const ConversionOptions& options) {
   TORCH_CHECK(!converted_, "layer ", layer_index_, " is already converted");
   TORCH_CHECK(options.kind == AttentionMode::hybrid || options.kind == AttentionMode::linear_only,
@@ -181,12 +294,12 @@ void AttentionImpl::convert(const ConversionOptions& options) {
 
 DecoderLayerImpl::DecoderLayerImpl(const io::ModelConfig& config, int64_t layer_index) {
   self_attn = register_module("self_attn", Attention(config, layer_index));
-  mlp = register_module("mlp",
-                        SwiGLU(config.hidden_size, config.intermediate_size, config.mlp_bias));
+  mlp =
+      register_module("mlp", SwiGLU(config.hidden_size, config.intermediate_size, config.mlp_bias));
   input_layernorm =
       register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps));
-  post_attention_layernorm = register_module("post_attention_layernorm",
-                                             RMSNorm(config.hidden_size, config.rms_norm_eps));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps));
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
@@ -195,11 +308,19 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
+torch::Tensor DecoderLayerImpl::decode(const torch::Tensor& x, const torch::Tensor& cos,
+                                       const torch::Tensor& sin, const ForwardOptions& options,
+                                       LayerCache& cache) {
+  torch::Tensor h = x + self_attn->decode(input_layernorm->forward(x), cos, sin, options, cache);
+  return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
 DecoderStackImpl::DecoderStackImpl(const io::ModelConfig& config) {
-  embed_tokens = register_module(
-      "embed_tokens", torch::nn::Embedding(config.vocab_size, config.hidden_size));
+  embed_tokens =
+      register_module("embed_tokens", torch::nn::Embedding(config.vocab_size, config.hidden_size));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers->push_back(DecoderLayer(config, i));
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i)
+    layers->push_back(DecoderLayer(config, i));
   norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps));
 }
 
@@ -210,8 +331,8 @@ CausalLMImpl::CausalLMImpl(const io::ModelConfig& config) : config_(config) {
               ") must be a multiple of num_key_value_heads (", config.num_key_value_heads, ")");
   model = register_module("model", DecoderStack(config));
   if (!config.tie_word_embeddings)
-    lm_head = register_module("lm_head",
-                              AdaptedLinear(config.hidden_size, config.vocab_size, false));
+    lm_head =
+        register_module("lm_head", AdaptedLinear(config.hidden_size, config.vocab_size, false));
   inverse_frequencies_ =
       rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling);
 }
@@ -233,7 +354,8 @@ torch::Tensor CausalLMImpl::hidden_states(const torch::Tensor& ids, const Forwar
   torch::Tensor h = model->embed_tokens->forward(ids);
   auto [cos, sin] = rotary(position_offset, ids.size(1), h.device());
   const int64_t last = options.stop_after_layer.value_or(num_layers() - 1);
-  for (int64_t i = 0; i <= last; ++i) h = model->layer(i)->forward(h, cos, sin, options);
+  for (int64_t i = 0; i <= last; ++i)
+    h = model->layer(i)->forward(h, cos, sin, options);
   return model->norm->forward(h);
 }
 
@@ -245,6 +367,22 @@ torch::Tensor CausalLMImpl::logits(const torch::Tensor& hidden) {
 torch::Tensor CausalLMImpl::forward(const torch::Tensor& ids, const ForwardOptions& options,
                                     int64_t position_offset) {
   return logits(hidden_states(ids, options, position_offset));
+}
+
+torch::Tensor CausalLMImpl::decode(const torch::Tensor& ids, DecodeCache& cache,
+                                   const ForwardOptions& options) {
+  TORCH_CHECK(ids.dim() == 2 && ids.size(1) >= 1, "token ids must be [batch, n >= 1], got ",
+              ids.sizes());
+  torch::NoGradGuard no_grad;
+  if (cache.layers.empty()) cache.layers.resize(static_cast<size_t>(num_layers()));
+  TORCH_CHECK(static_cast<int64_t>(cache.layers.size()) == num_layers(),
+              "the decode cache belongs to a model with ", cache.layers.size(), " layers");
+  torch::Tensor h = model->embed_tokens->forward(ids);
+  auto [cos, sin] = rotary(cache.position, ids.size(1), h.device());
+  for (int64_t i = 0; i < num_layers(); ++i)
+    h = model->layer(i)->decode(h, cos, sin, options, cache.layers[static_cast<size_t>(i)]);
+  cache.position += ids.size(1);
+  return logits(model->norm->forward(h));
 }
 
 void CausalLMImpl::convert(const ConversionOptions& options) {

@@ -69,6 +69,32 @@ struct ForwardOptions {
   kernels::Backend backend = kernels::Backend::automatic;
 };
 
+/// Incremental-decoding cache of one layer: the recurrent state of a converted layer (its
+/// size does not depend on the context), or the key/value cache of a softmax layer.
+struct LayerCache {
+  kernels::RecurrentState recurrent;
+  /// [B, Hkv, capacity, d|dv]; the first `length` positions are filled. The capacity grows
+  /// by doubling so that appending a token copies nothing in the common case.
+  torch::Tensor keys, values;
+  int64_t length = 0;
+
+  /// Bytes of the filled part (KV cache) or of the whole recurrent state.
+  int64_t bytes() const;
+};
+
+/// Decode state of a whole model, filled by CausalLMImpl::decode.
+struct DecodeCache {
+  std::vector<LayerCache> layers;
+  int64_t position = 0;  ///< tokens consumed so far (the position of the next token)
+
+  /// Bytes held for all layers.
+  int64_t bytes() const;
+  /// Bytes of the converted layers' recurrent states only.
+  int64_t recurrent_bytes() const;
+  /// Bytes of the softmax layers' key/value caches only.
+  int64_t kv_bytes() const;
+};
+
 /// A decoder layer's attention: projections, rotary embedding and, once converted, the
 /// feature maps and window factors of hybrid / linear attention.
 class AttentionImpl : public torch::nn::Module {
@@ -99,6 +125,13 @@ class AttentionImpl : public torch::nn::Module {
   kernels::AttentionOptions converted_options(kernels::AttentionMode mode) const;
   /// Merges [B, Hq, N, dv] heads and applies o_proj.
   torch::Tensor output(const torch::Tensor& heads);
+  /// Incremental form of forward: x [B, n, hidden] holds the tokens after those already in
+  /// `cache`, cos/sin their positions. A converted layer prefills its recurrent state on the
+  /// first call and then advances it token by token (kernels' prefill / decode_step); a
+  /// softmax layer appends to its key/value cache. Same output as forward over the whole
+  /// sequence, to rounding. Runs without autograd.
+  torch::Tensor decode(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                       const ForwardOptions& options, LayerCache& cache);
 
   AdaptedLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   kernels::FeatureMap feature_map_q{nullptr}, feature_map_k{nullptr};
@@ -123,6 +156,9 @@ class DecoderLayerImpl : public torch::nn::Module {
   DecoderLayerImpl(const io::ModelConfig& config, int64_t layer_index);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const ForwardOptions& options);
+  /// Incremental form of forward (see AttentionImpl::decode).
+  torch::Tensor decode(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                       const ForwardOptions& options, LayerCache& cache);
 
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
@@ -156,6 +192,12 @@ class CausalLMImpl : public torch::nn::Module {
                               int64_t position_offset = 0);
   /// Projects final hidden states to vocabulary logits.
   torch::Tensor logits(const torch::Tensor& hidden);
+  /// Logits [B, n, vocab] of ids [B, n] that continue the tokens already in `cache`
+  /// (positions cache.position ...), updating the cache. The first call on an empty cache
+  /// is the prefill; later calls usually pass one token. Equal to forward over the whole
+  /// sequence, to rounding; options.mode / ablate_layer must stay the same across calls.
+  torch::Tensor decode(const torch::Tensor& ids, DecodeCache& cache,
+                       const ForwardOptions& options = {});
 
   /// Converts every layer not in options.softmax_layers.
   void convert(const ConversionOptions& options);
