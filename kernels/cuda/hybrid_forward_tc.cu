@@ -96,29 +96,6 @@ __device__ inline int round16(int x) {
   return (x + 15) & ~15;
 }
 
-// Per-thread partial column sums of rows [0, rows) of a shared [rows][F] bf16 tile (row
-// stride `stride`): the thread owns the 8 columns of one 16-byte piece and every `groups`-th
-// row. Returns false for threads without a piece.
-template <int THREADS>
-__device__ inline bool column_partials(float (&acc)[8], int& col, const bf16* A, int stride,
-                                       int rows, int F, int tid) {
-  const int pieces = F / 8;
-  const int groups = THREADS / pieces;
-  if (tid >= groups * pieces) return false;
-  col = (tid % pieces) * 8;
-  for (int r = tid / pieces; r < rows; r += groups) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(A + r * stride + col);
-    const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = unpack_bf16(u[i]);
-      acc[2 * i] += f.x;
-      acc[2 * i + 1] += f.y;
-    }
-  }
-  return true;
-}
-
 struct TcForwardParams {
   Shape s;
   const bf16* q;
@@ -164,13 +141,25 @@ template <int W, int THREADS>
 __device__ inline void load_rows(bf16* dst, const bf16* src, int row0, int rows, int limit,
                                  int tid) {
   constexpr int kChunks = W / 8;
-  for (int idx = tid; idx < rows * kChunks; idx += THREADS) {
-    const int r = idx / kChunks;
-    const int c = idx - r * kChunks;
-    const int row = row0 + r;
-    const bool ok = row >= 0 && row < limit;
-    cp_async16(dst + r * (W + 8) + c * 8, ok ? src + static_cast<size_t>(row) * W + c * 8 : src,
-               ok);
+  if constexpr (THREADS % kChunks == 0) {
+    // Each thread keeps one 16-byte column piece: no division in the loop.
+    constexpr int kStep = THREADS / kChunks;
+    const int c = tid % kChunks;
+    for (int r = tid / kChunks; r < rows; r += kStep) {
+      const int row = row0 + r;
+      const bool ok = row >= 0 && row < limit;
+      cp_async16(dst + r * (W + 8) + c * 8, ok ? src + static_cast<size_t>(row) * W + c * 8 : src,
+                 ok);
+    }
+  } else {
+    for (int idx = tid; idx < rows * kChunks; idx += THREADS) {
+      const int r = idx / kChunks;
+      const int c = idx - r * kChunks;
+      const int row = row0 + r;
+      const bool ok = row >= 0 && row < limit;
+      cp_async16(dst + r * (W + 8) + c * 8, ok ? src + static_cast<size_t>(row) * W + c * 8 : src,
+                 ok);
+    }
   }
 }
 
@@ -233,6 +222,25 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
       zs[f] = init != nullptr ? init[F * D + f] : 0.f;
   }
 
+  // q and phi_q fragments of this warp's rows come straight from global memory into
+  // registers; the next tile's are requested as soon as this tile's last product has read them.
+  uint32_t qf[D / 16][4];
+  uint32_t pf[F / 16][4];
+  auto load_fragments = [&](int rows0) {
+    if (rows0 >= r_end) return;
+    if (um.use_window) {
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks)
+        load_a_global<D>(qf[ks], qb, rows0, N, ks * 16, g8, t4);
+    }
+    if (um.use_linear) {
+#pragma unroll
+      for (int kf = 0; kf < F / 16; ++kf)
+        load_a_global<F>(pf[kf], pqb, rows0, N, kf * 16, g8, t4);
+    }
+  };
+  load_fragments(r_begin + warp * 16);
+
   for (int t0 = r_begin; t0 < r_end; t0 += kTcRows) {
     const int kbase = t0 - pre;
     const int krows = pre + kTcRows;
@@ -244,22 +252,6 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
 
     const int r0 = t0 + warp * 16;  // this warp's first row
     const bool active = r0 < r_end;
-    // q and phi_q fragments of this warp's rows, straight from global memory while the key
-    // tiles are in flight.
-    uint32_t qf[D / 16][4];
-    uint32_t pf[F / 16][4];
-    if (active) {
-      if (um.use_window) {
-#pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks)
-          load_a_global<D>(qf[ks], qb, r0, N, ks * 16, g8, t4);
-      }
-      if (um.use_linear) {
-#pragma unroll
-        for (int kf = 0; kf < F / 16; ++kf)
-          load_a_global<F>(pf[kf], pqb, r0, N, kf * 16, g8, t4);
-      }
-    }
     cp_async_wait<0>();
     __syncthreads();
 
@@ -322,22 +314,42 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
           }
           const int j0 = kbase + c * 16;
           const bool full = j0 >= 0 && j0 >= r0 + 15 - w + 1 && j0 + 15 <= r0;
+          if (full) {
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
+            for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int row = e < 2 ? ia : ib;
-              const int j = j0 + nt * 8 + 2 * t4 + (e & 1);
-              const float v = sc[nt][e] * scale_log2;
-              const bool in = full || (j <= row && j > row - w && j >= 0);
-              if (e < 2) {
-                if (in && v > mx_a) {
-                  mx_a = v;
-                  am_a = j;
+              for (int e = 0; e < 4; ++e) {
+                const int j = j0 + nt * 8 + 2 * t4 + (e & 1);
+                const float v = sc[nt][e] * scale_log2;
+                if (e < 2) {
+                  if (v > mx_a) {
+                    mx_a = v;
+                    am_a = j;
+                  }
+                } else if (v > mx_b) {
+                  mx_b = v;
+                  am_b = j;
                 }
-              } else if (in && v > mx_b) {
-                mx_b = v;
-                am_b = j;
+              }
+            }
+          } else {
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int row = e < 2 ? ia : ib;
+                const int j = j0 + nt * 8 + 2 * t4 + (e & 1);
+                const float v = sc[nt][e] * scale_log2;
+                const bool in = j <= row && j > row - w && j >= 0;
+                if (e < 2) {
+                  if (in && v > mx_a) {
+                    mx_a = v;
+                    am_a = j;
+                  }
+                } else if (in && v > mx_b) {
+                  mx_b = v;
+                  am_b = j;
+                }
               }
             }
           }
@@ -470,6 +482,8 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
         }
       }
 
+      load_fragments(r0 + kTcRows);
+
 #pragma unroll
       for (int off = 1; off <= 2; off <<= 1) {
         wsum_a += __shfl_xor_sync(kFullMask, wsum_a, off);
@@ -519,15 +533,6 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
     if (um.use_linear && t0 + kTcRows < r_end) {
       __syncthreads();                    // every warp has finished querying S
       const int fo = pre - um.state_lag;  // their first row in the key buffers
-      {
-        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        int col = 0;
-        if (column_partials<kTcThreads>(acc, col, PKs + fo * SF, SF, kTcRows, F, tid)) {
-#pragma unroll
-          for (int i = 0; i < 8; ++i)
-            atomicAdd(zs + col + i, acc[i]);
-        }
-      }
       for (int mt = warp; mt < F / 16; mt += kTcWarps) {
         uint32_t af[kTcRows / 16][4];
 #pragma unroll
@@ -536,6 +541,18 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
                                 ((lane / 8) % 2) * 8);
         }
         const int fa = mt * 16 + g8;
+        {
+          // z rows of this tile: phi_k^T times a ones operand (every column gets the sum).
+          constexpr uint32_t kOnes = 0x3f803f80u;  // bf16 pair (1, 1)
+          float zc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+          for (int ks = 0; ks < kTcRows / 16; ++ks)
+            mma_bf16(zc, af[ks], kOnes, kOnes);
+          if (t4 == 0) {
+            zs[fa] += zc[0];
+            zs[fa + 8] += zc[2];
+          }
+        }
 #pragma unroll 2
         for (int np = 0; np < D / 16; ++np) {
           float acc[2][4];
@@ -639,12 +656,10 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
 #pragma unroll
     for (int n = 0; n < kSpCols / 8; ++n)
       acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.f;
-  float zacc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // column sums of a (slice 0)
-  int zcol = 0;
-  bool zowner = false;
-  float* zs = reinterpret_cast<float*>(Bs + 2 * kSpRows * SB);
-  for (int f = tid; f < F; f += kSpThreads)
-    zs[f] = 0.f;
+  // z = a^T times a ones operand (slice 0 only): every column of zc holds the row sums.
+  constexpr uint32_t kOnes = 0x3f803f80u;  // bf16 pair (1, 1)
+  const bool with_z = blockIdx.y == 0;
+  float zc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 
   auto load_stage = [&](int stage, int r0) {
     load_rows_async(As + stage * kSpRows * SF, SF, ab, F, r0, kSpRows, begin, end, tid, kSpThreads);
@@ -673,7 +688,6 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
     __syncthreads();
     const bf16* A = As + (c & 1) * kSpRows * SF;
     const bf16* B = Bs + (c & 1) * kSpRows * SB;
-    if (blockIdx.y == 0) zowner = column_partials<kSpThreads>(zacc, zcol, A, SF, kSpRows, F, tid);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int mt = warp + i * kSpWarps;
@@ -683,6 +697,7 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
           uint32_t af[4];
           ldsm_x4_t(af, A + (ks * 16 + (lane % 8) + (lane / 16) * 8) * SF + mt * 16 +
                             ((lane / 8) % 2) * 8);
+          if (with_z) mma_bf16(zc[i], af, kOnes, kOnes);
 #pragma unroll
           for (int np = 0; np < kSpCols / 16; ++np) {
             uint32_t bf[4];
@@ -710,17 +725,11 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
         *reinterpret_cast<float2*>(out + (fa + 8) * D + col) =
             make_float2(acc[i][n][2], acc[i][n][3]);
       }
+      if (with_z && t4 == 0) {
+        out[F * D + fa] = zc[i][0];
+        out[F * D + fa + 8] = zc[i][2];
+      }
     }
-  }
-  if (blockIdx.y == 0) {
-    if (zowner) {
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-        atomicAdd(zs + zcol + i, zacc[i]);
-    }
-    __syncthreads();
-    for (int f = tid; f < F; f += kSpThreads)
-      out[F * D + f] = zs[f];
   }
 }
 
@@ -815,7 +824,7 @@ cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm,
                    all_units,
                    skip_last};
   const int SF = s.features + 8;
-  const size_t smem = sizeof(bf16) * 2 * kSpRows * (SF + kSpCols + 8) + sizeof(float) * 256;
+  const size_t smem = sizeof(bf16) * 2 * kSpRows * (SF + kSpCols + 8);
   cudaError_t err = cudaFuncSetAttribute(
       state_pass_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
