@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # Renders each main view of the workbench to docs/screenshots/<view>.png from a runs
-# database (by default the one the demo writes), under Xvfb when it is installed.
+# database with a real demo run, under Xvfb when it is installed.
 #
-#   scripts/screenshots.sh [--db DB] [--build BUILD_DIR] [--out DIR] [--select IDS]
+#   scripts/screenshots.sh [--db DB] [--build BUILD_DIR] [--out DIR] [--select IDS] [--live]
 #
-# Use a database with a real demo run (`hybridlab --demo` or `hybridlab-cli demo`); without
-# --select the newest two runs are shown (the demo's lolcats and lolcats+ssd).
+# --live runs the demo itself first, as a user would (`hybridlab --demo`): both conversions
+# side by side into DB (default: a fresh one), with the launch view and the branch usage
+# captured while they train (launch.png, usage-live.png); it needs hybridlab-cli (beside
+# hybridlab or on PATH) and takes a few minutes of both cores. Without --live, DB must hold
+# a finished demo; without --select the newest two runs are shown (demo and demo-ssd).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-db="${XDG_DATA_HOME:-$HOME/.local/share}/hybridlab/runs.sqlite"
+db=""
 build="$root/build"
 out="$root/docs/screenshots"
 select=""
+live=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --db) db="$2"; shift 2 ;;
     --build) build="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --select) select="$2"; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --live) live=1; shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "screenshots.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -27,10 +32,6 @@ done
 app="$build/app/hybridlab"
 if [ ! -x "$app" ]; then
   echo "screenshots.sh: $app is not built (configure with -DHL_GUI=ON and build 'hybridlab')" >&2
-  exit 2
-fi
-if [ ! -f "$db" ]; then
-  echo "screenshots.sh: no runs database at $db (run the demo first, or pass --db)" >&2
   exit 2
 fi
 mkdir -p "$out"
@@ -48,9 +49,34 @@ run_app() {
   fi
 }
 
-for view in curves usage eval compare experiment launch; do
-  args=(--db "$db" --tab "$view" --no-restore --size 1400x860 --screenshot "$out/$view.png")
+common=(--no-restore --size 1400x860)
+if [ "$live" = 1 ]; then
+  [ -n "$db" ] || db="$config/runs.sqlite"
+  if [ -e "$db" ]; then
+    echo "screenshots.sh: --live writes a fresh database; $db exists" >&2
+    exit 2
+  fi
+  # The demo's base model is looked for from the repository root (models/tiny-base).
+  (cd "$root" && run_app --demo --db "$db" "${common[@]}" --quit-when-idle \
+    --snapshot "launch:30:$out/launch.png" --snapshot "usage:60:$out/usage-live.png")
+  echo "wrote $out/launch.png and $out/usage-live.png; the demo ran into $db"
+else
+  db="${db:-${XDG_DATA_HOME:-$HOME/.local/share}/hybridlab/runs.sqlite}"
+fi
+if [ ! -f "$db" ]; then
+  echo "screenshots.sh: no runs database at $db (run the demo first, pass --db, or use --live)" >&2
+  exit 2
+fi
+
+views=(curves usage eval compare experiment)
+[ "$live" = 1 ] || views+=(launch)
+for view in "${views[@]}"; do
+  args=(--db "$db" --tab "$view" "${common[@]}" --screenshot "$out/$view.png")
   [ -n "$select" ] && args+=(--select "$select")
+  case "$view" in
+    curves) args+=(--log-y) ;;  # the two stages' losses differ by orders of magnitude
+    experiment) args+=(--experiment "$root/experiments/demo-ssd.toml") ;;
+  esac
   run_app "${args[@]}"
   echo "wrote $out/$view.png"
 done

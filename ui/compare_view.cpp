@@ -2,6 +2,8 @@
 
 #include <QCheckBox>
 #include <QHeaderView>
+#include <QLocale>
+#include <QRegularExpression>
 #include <QSplitter>
 #include <QTableWidget>
 #include <QVBoxLayout>
@@ -12,6 +14,29 @@
 #include "ui/theme.hpp"
 
 namespace hl::ui {
+namespace {
+
+// Parameters hold doubles written with every digit (0.90000000000000002); they read better
+// as the shortest text that gives the same double (0.9).
+QString tidy_numbers(const std::string& text) {
+  static const QRegularExpression long_number(
+      QStringLiteral(R"((?<![\w.])-?\d+\.\d{10,}(?:[eE][+-]?\d+)?(?![\w.]))"));
+  QString result = QString::fromStdString(text);
+  QRegularExpressionMatchIterator matches = long_number.globalMatch(result);
+  QList<QRegularExpressionMatch> found;
+  while (matches.hasNext())
+    found << matches.next();
+  for (auto it = found.rbegin(); it != found.rend(); ++it) {
+    bool ok = false;
+    const double value = it->captured().toDouble(&ok);
+    if (ok)
+      result.replace(it->capturedStart(), it->capturedLength(),
+                     QString::number(value, 'g', QLocale::FloatingPointShortest));
+  }
+  return result;
+}
+
+}  // namespace
 
 CompareView::CompareView(RunStore* store, QWidget* parent)
     : QWidget(parent), store_(store), plot_(new MetricPlotPanel(store, this)) {
@@ -24,6 +49,7 @@ CompareView::CompareView(RunStore* store, QWidget* parent)
   table_->setEditTriggers(QAbstractItemView::NoEditTriggers);
   table_->verticalHeader()->hide();
   table_->horizontalHeader()->setStretchLastSection(true);
+  table_->setWordWrap(true);
   auto* top = new QWidget(this);
   auto* top_layout = new QVBoxLayout(top);
   top_layout->setContentsMargins(0, 0, 0, 0);
@@ -90,14 +116,18 @@ void CompareView::show_comparison() {
     if (row.differs) key->setFont(bold);
     table_->setItem(r, 0, key);
     for (size_t c = 0; c < row.values.size(); ++c) {
-      auto* cell = new QTableWidgetItem(row.values[c] ? QString::fromStdString(*row.values[c])
-                                                      : tr("(not set)"));
+      auto* cell =
+          new QTableWidgetItem(row.values[c] ? tidy_numbers(*row.values[c]) : tr("(not set)"));
       if (!row.values[c]) cell->setForeground(palette().brush(QPalette::PlaceholderText));
       table_->setItem(r, static_cast<int>(c) + 1, cell);
     }
     ++r;
   }
-  table_->resizeColumnsToContents();
+  // The parameter names keep their width; the runs share the rest, long values wrap.
+  table_->resizeColumnToContents(0);
+  for (int c = 1; c < table_->columnCount(); ++c)
+    table_->horizontalHeader()->setSectionResizeMode(c, QHeaderView::Stretch);
+  table_->resizeRowsToContents();
   emit loaded();
 }
 

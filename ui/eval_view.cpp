@@ -228,6 +228,8 @@ void EvalView::show(const Loaded& data) {
       any = true;
     }
   }
+  // Only runs evaluated with layer_ablation have bars; without any the plot is left out.
+  ablation_plot_->setVisible(any);
   ablation_plot_->xAxis->setRange(first_layer - 0.7, last_layer + 0.7);
   ablation_plot_->yAxis->setRange(lowest * 1.1, std::max(highest * 1.1, 1e-6));
   ablation_plot_->replot();

@@ -20,10 +20,13 @@
 #include <QThread>
 #include <QThreadPool>
 #include <QTimer>
+#include <filesystem>
+#include <optional>
 
 #include "core/config/experiment_file.hpp"
 #include "core/store/import.hpp"
 #include "core/store/schema.hpp"
+#include "core/util/paths.hpp"
 #include "ui/async_read.hpp"
 #include "ui/compare_view.hpp"
 #include "ui/eval_view.hpp"
@@ -282,15 +285,23 @@ int MainWindow::start_demo() {
     return 0;
   }
   int queued = 0;
-  // The demo converts a tiny base model; train it first if it is not there yet.
+  // The demo converts a tiny base model; train it first if it is not there yet. The base is
+  // looked for as the CLI looks for it (working directory, experiments folder, data folder).
   ExperimentParse parsed = load_experiment_file(demo.toStdString());
-  const QString base = parsed.ok() ? QString::fromStdString(parsed.spec->model.base)
-                                   : QStringLiteral("models/tiny-base");
+  const std::string base = parsed.ok() ? parsed.spec->model.base : "models/tiny-base";
+  const std::optional<std::filesystem::path> found =
+      find_experiment_path(base, experiments.absolutePath().toStdString());
+  std::error_code missing;
   Launcher::Schedule schedule;
-  if (!QFileInfo::exists(QDir(base).filePath(QStringLiteral("config.json")))) {
+  if (!found || !std::filesystem::exists(*found / "config.json", missing)) {
+    // A relative base goes to the data folder, where every later run finds it.
+    const std::filesystem::path out = std::filesystem::path(base).is_absolute()
+                                          ? std::filesystem::path(base)
+                                          : default_data_dir() / base;
     schedule.after = launcher_->enqueue_command(
         {QStringLiteral("pretrain"), QStringLiteral("--preset"), QStringLiteral("tiny"),
-         QStringLiteral("--out"), base, QStringLiteral("--progress"), QStringLiteral("json")},
+         QStringLiteral("--out"), QString::fromStdString(out.string()),
+         QStringLiteral("--progress"), QStringLiteral("json")},
         tr("pretrain tiny base model"));
     ++queued;
   }

@@ -536,6 +536,10 @@ MetricPlotPanel::MetricPlotPanel(RunStore* store, QWidget* parent)
   layout->addWidget(plot_, 1);
 }
 
+void MetricPlotPanel::set_log_y(bool log) {
+  log_y_->setChecked(log);
+}
+
 void MetricPlotPanel::set_metric_keys(const QStringList& keys) {
   const QString current = metric_->currentText();
   QStringList all = default_metrics();

@@ -133,6 +133,8 @@ class MetricPlotPanel : public QWidget {
 
   MetricPlot* plot() const { return plot_; }
   QComboBox* metric_box() const { return metric_; }
+  /// Switches the log-y control (and so the plot).
+  void set_log_y(bool log);
   /// Offers these metric keys (the defaults stay first); keeps the current choice.
   void set_metric_keys(const QStringList& keys);
 

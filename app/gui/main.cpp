@@ -3,7 +3,10 @@
 #include <QCommandLineParser>
 #include <QTimer>
 
+#include "ui/experiment_editor.hpp"
+#include "ui/launcher.hpp"
 #include "ui/main_window.hpp"
+#include "ui/metric_plot.hpp"
 #include "ui/run_store.hpp"
 #include "ui/run_table_view.hpp"
 
@@ -22,8 +25,9 @@ int main(int argc, char** argv) {
   parser.addVersionOption();
   QCommandLineOption db({QStringLiteral("db")}, QStringLiteral("Runs database to open."),
                         QStringLiteral("DB"));
-  QCommandLineOption demo({QStringLiteral("demo")},
-                          QStringLiteral("Open the default database and queue the demo runs."));
+  QCommandLineOption demo(
+      {QStringLiteral("demo")},
+      QStringLiteral("Queue the demo runs (into --db, else the open database)."));
   QCommandLineOption tab({QStringLiteral("tab")},
                          QStringLiteral("View to show first: curves, usage, eval, compare, "
                                         "experiment or launch."),
@@ -40,17 +44,51 @@ int main(int argc, char** argv) {
                           QStringLiteral("WxH"));
   QCommandLineOption no_state({QStringLiteral("no-restore")},
                               QStringLiteral("Ignore the saved window layout."));
-  parser.addOptions({db, demo, tab, select, screenshot, size, no_state});
+  QCommandLineOption experiment({QStringLiteral("experiment")},
+                                QStringLiteral("Experiment file to open in the editor."),
+                                QStringLiteral("TOML"));
+  QCommandLineOption snapshot(
+      {QStringLiteral("snapshot")},
+      QStringLiteral("Render the window to a PNG file SECONDS after the start, showing VIEW, and "
+                     "go on (repeatable; for docs of a live demo)."),
+      QStringLiteral("VIEW:SECONDS:PNG"));
+  QCommandLineOption quit_when_idle(
+      {QStringLiteral("quit-when-idle")},
+      QStringLiteral("Quit once the queued jobs (e.g. the demo's) have all ended."));
+  QCommandLineOption log_y({QStringLiteral("log-y")},
+                           QStringLiteral("Start the curves with a logarithmic y axis."));
+  parser.addOptions({db, demo, tab, select, screenshot, size, no_state, experiment, snapshot, log_y,
+                     quit_when_idle});
   parser.process(app);
 
   hl::ui::MainWindow::Options options;
-  options.db_path = parser.isSet(demo) ? QString() : parser.value(db);
+  options.db_path = parser.value(db);  // empty: the default database (the demo's too)
   options.restore_state = !parser.isSet(no_state);
   hl::ui::MainWindow window(options);
+  const QStringList views{"curves", "usage", "eval", "compare", "experiment", "launch"};
   if (parser.isSet(tab)) {
-    const QStringList views{"curves", "usage", "eval", "compare", "experiment", "launch"};
     const qsizetype index = views.indexOf(parser.value(tab));
     if (index >= 0) window.tabs()->setCurrentIndex(static_cast<int>(index));
+  }
+  if (parser.isSet(experiment)) window.editor()->load_file(parser.value(experiment));
+  if (parser.isSet(log_y)) window.curves()->set_log_y(true);
+  for (const QString& request : parser.values(snapshot)) {
+    const QStringList parts = request.split(':');
+    const qsizetype view = parts.size() >= 3 ? views.indexOf(parts[0]) : -1;
+    bool ok = false;
+    const double seconds = parts.size() >= 3 ? parts[1].toDouble(&ok) : 0.0;
+    if (view < 0 || !ok) {
+      qWarning("--snapshot wants VIEW:SECONDS:PNG, got '%s'", qPrintable(request));
+      return 2;
+    }
+    const QString path = parts.mid(2).join(':');
+    QTimer::singleShot(static_cast<int>(seconds * 1000), &window, [&window, view, path] {
+      window.tabs()->setCurrentIndex(static_cast<int>(view));
+      // Let the view lay out and draw before it is grabbed.
+      QTimer::singleShot(500, &window, [&window, path] {
+        if (!window.grab().save(path)) qWarning("could not write %s", qPrintable(path));
+      });
+    });
   }
   if (parser.isSet(size)) {
     const QStringList parts = parser.value(size).split('x');
@@ -84,6 +122,11 @@ int main(int argc, char** argv) {
     });
     return app.exec();
   }
+  if (parser.isSet(quit_when_idle))
+    QObject::connect(window.launcher(), &hl::ui::Launcher::queueEmpty, &app, [] {
+      // A moment for the last rows to be polled and drawn (and late snapshots to be taken).
+      QTimer::singleShot(3000, qApp, &QApplication::quit);
+    });
   if (parser.isSet(demo))
     QTimer::singleShot(0, &window, [&window] { window.start_demo(); });
   else
