@@ -5,10 +5,10 @@
 // every mode; the ring holds the last w keys. Step at position t: key t - w (ring slot t % w)
 // is folded into S, z; the output combines c_l (phi_q S, phi_q . z) with the ring keys plus the
 // new one (softmax terms c_w e_j, and c_l p_j when overlapping or linear-only); then the new
-// key, value and phi_k replace slot t % w. Kernel 1 splits S by feature rows over many blocks
-// (S is the bulk of the bytes) and its first split also does the ring part; kernel 2 combines
-// the partial sums and writes the ring, so that no block overwrites a slot that another block
-// of the same kv head still reads.
+// key, value and phi_k replace slot t % w. One kernel, one block of 512 threads per (batch,
+// q head): the block streams its S once (all of a thread's rows in flight before use), reduces
+// in shared memory, and the last q-head block of a kv group to have read the folded value
+// writes the kv ring slot.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -22,13 +22,13 @@ namespace hl::kernels::cuda {
 namespace detail {
 namespace {
 
-constexpr int kDecodeThreads = 128;
-
-int decode_splits(const ProblemShape& shape) {
-  const int units = shape.batch * shape.q_heads;
-  const int wanted = (264 + units - 1) / units;
-  return std::max(1, std::min(wanted, shape.features / 16));
-}
+constexpr int kDecodeThreads = 512;
+constexpr int kDecodeWarps = kDecodeThreads / 32;
+// Hands the write of a kv ring slot to the last q-head block of its group to finish reading it
+// (GQA). Each counter returns to zero after use, so the array needs no per-call reset; two
+// decode launches must not run concurrently on one device.
+constexpr int kRingTurns = 1 << 16;
+__device__ unsigned int g_ring_turns[kRingTurns];
 
 struct DecodeParams {
   Shape s;
@@ -41,9 +41,6 @@ struct DecodeParams {
   const float* coef_linear;
   const uint8_t* window_drop;
   void* y;
-  float* ws_lin;  // [units, splits, D + 1]
-  float* ws_win;  // [units, splits, 2 D + 3]: m, sum e, sum l p, sum e v, sum l p v
-  int splits;
   int position;
   DecodeState st;
 };
@@ -58,132 +55,157 @@ __device__ inline float block_reduce(float x, float* red, bool is_max) {
   if (threadIdx.x % 32 == 0) red[warp] = x;
   __syncthreads();
   float r = red[0];
-  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w)
+  for (int w = 1; w < kDecodeWarps; ++w)
     r = is_max ? fmaxf(r, red[w]) : r + red[w];
   return r;
 }
 
+// One block per (batch, q head): fold key t - w into S, z (every mode keeps them), query them,
+// attend over the ring plus the new key, write y and the ring slot t % w.
 template <typename T>
-__global__ void __launch_bounds__(kDecodeThreads) decode_state_kernel(DecodeParams p) {
-  extern __shared__ float4 smem4[];
-  float* smem = reinterpret_cast<float*>(smem4);
+__global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(DecodeParams p) {
+  __shared__ float sq[128];         // q * scale
+  __shared__ float spq[256];        // phi_q
+  __shared__ float sa[256];         // phi_k of the folded key (0 when nothing is folded)
+  __shared__ float sv[128];         // its value
+  __shared__ float ssc[129];        // ring scores
+  __shared__ float swt[129];        // ring weights c_w e + c_l p
+  __shared__ float spart[16][128];  // per-group partial sums over D
+  __shared__ float red[kDecodeWarps];
+  __shared__ int last_reader;
   const Shape& s = p.s;
   const int D = s.head_dim, F = s.features, w = s.window;
   const int unit = blockIdx.x;
-  const int fc = blockIdx.y;
   const int b = unit / s.q_heads;
   const int h = unit - b * s.q_heads;
-  const int kv_unit = b * s.kv_heads + h / (s.q_heads / s.kv_heads);
+  const int group = s.q_heads / s.kv_heads;
+  const int kv_unit = b * s.kv_heads + h / group;
   const UnitMode um = unit_mode(s, p.window_drop, unit);
   const bool has_state = p.st.S != nullptr;
   const int t = p.position;
   const int slot = t % w;
-  float* sq = smem;       // 256: phi_q rows of this split, then q
-  float* sa = sq + 256;   // 256: phi_k of the key being folded
-  float* sv = sa + 256;   // 128: its value
-  float* sp = sv + 128;   // 128: ring weights
-  float* red = sp + 128;  // 8 + threads: partial sums, then 256 for ring scores
-  const T* pq_src =
-      has_state ? static_cast<const T*>(p.phi_q) + static_cast<size_t>(unit) * F : nullptr;
+  const bool fold = has_state && t >= w;
+  const int tid = threadIdx.x;
+  const float g = p.coef_window[unit];
+  const float l = p.coef_linear[unit];
 
+  const T* q_new = static_cast<const T*>(p.q) + static_cast<size_t>(unit) * D;
+  const T* k_new = static_cast<const T*>(p.k) + static_cast<size_t>(kv_unit) * D;
+  const T* v_new = static_cast<const T*>(p.v) + static_cast<size_t>(kv_unit) * D;
+  T* k_ring = static_cast<T*>(p.st.k_ring) + static_cast<size_t>(kv_unit) * w * D;
+  T* v_ring = static_cast<T*>(p.st.v_ring) + static_cast<size_t>(kv_unit) * w * D;
+  const T* pq_new =
+      has_state ? static_cast<const T*>(p.phi_q) + static_cast<size_t>(unit) * F : nullptr;
+  const T* pk_new =
+      has_state ? static_cast<const T*>(p.phi_k) + static_cast<size_t>(unit) * F : nullptr;
+  T* pk_ring =
+      has_state ? static_cast<T*>(p.st.phik_ring) + static_cast<size_t>(unit) * w * F : nullptr;
+
+  for (int e = tid; e < D; e += kDecodeThreads) {
+    sq[e] = to_float(q_new[e]) * s.scale;
+    sv[e] = fold ? to_float(v_ring[static_cast<size_t>(slot) * D + e]) : 0.f;
+  }
   if (has_state) {
-    const int rows = (F + p.splits - 1) / p.splits;
-    const int f0 = fc * rows;
-    const int f1 = min(F, f0 + rows);
-    const bool fold = t >= w;
-    const T* a_src =
-        static_cast<const T*>(p.st.phik_ring) + (static_cast<size_t>(unit) * w + slot) * F;
-    const T* v_src =
-        static_cast<const T*>(p.st.v_ring) + (static_cast<size_t>(kv_unit) * w + slot) * D;
-    for (int f = f0 + threadIdx.x; f < f1; f += blockDim.x) {
-      sq[f - f0] = to_float(pq_src[f]);
-      sa[f - f0] = fold ? to_float(a_src[f]) : 0.f;
+    for (int f = tid; f < F; f += kDecodeThreads) {
+      spq[f] = to_float(pq_new[f]);
+      sa[f] = fold ? to_float(pk_ring[static_cast<size_t>(slot) * F + f]) : 0.f;
     }
-    for (int e = threadIdx.x; e < D; e += blockDim.x)
-      sv[e] = fold ? to_float(v_src[e]) : 0.f;
-    __syncthreads();
+  }
+  __syncthreads();
+  // This block no longer reads kv ring slot `slot`: the last of the group may overwrite it.
+  if (tid == 0) {
+    bool last = true;
+    if (group > 1) {
+      __threadfence();
+      unsigned int* turn = g_ring_turns + kv_unit % kRingTurns;
+      last = atomicAdd(turn, 1u) == static_cast<unsigned int>(group - 1);
+      if (last) atomicExch(turn, 0u);
+    }
+    last_reader = last ? 1 : 0;
+  }
+
+  // State: thread owns 4 columns (e4) of every 16th row (D = 128; every 32nd for D = 64);
+  // all its rows are loaded before any use.
+  const int cols4 = D / 4;
+  const int groups = kDecodeThreads / cols4;  // 16 or 32
+  const int e4 = (tid % cols4) * 4;
+  const int fg = tid / cols4;
+  float den_state = 0.f;
+  if (has_state) {
     float* S = p.st.S + static_cast<size_t>(unit) * F * D;
-    float* z = p.st.z + static_cast<size_t>(unit) * F;
-    const int e = threadIdx.x % D;
-    const int fl = threadIdx.x / D;
-    const int fstep = blockDim.x / D;
-    float num = 0.f;
-    // Eight rows of S in flight per thread before any use: the loads are the whole cost.
-    for (int f = f0 + fl; f < f1; f += 8 * fstep) {
-      float vals[8];
+    float4 num = make_float4(0.f, 0.f, 0.f, 0.f);
+    constexpr int kInFlight = 8;
+    for (int f0 = fg; f0 < F; f0 += kInFlight * groups) {
+      float4 vals[kInFlight];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int ff = f + u * fstep;
-        vals[u] = ff < f1 ? S[static_cast<size_t>(ff) * D + e] : 0.f;
+      for (int u = 0; u < kInFlight; ++u) {
+        const int f = f0 + u * groups;
+        vals[u] = f < F ? *reinterpret_cast<const float4*>(S + static_cast<size_t>(f) * D + e4)
+                        : make_float4(0.f, 0.f, 0.f, 0.f);
       }
 #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int ff = f + u * fstep;
-        if (ff < f1) {
+      for (int u = 0; u < kInFlight; ++u) {
+        const int f = f0 + u * groups;
+        if (f < F) {
           if (fold) {
-            vals[u] = fmaf(sa[ff - f0], sv[e], vals[u]);
-            S[static_cast<size_t>(ff) * D + e] = vals[u];
+            const float a = sa[f];
+            vals[u].x = fmaf(a, sv[e4], vals[u].x);
+            vals[u].y = fmaf(a, sv[e4 + 1], vals[u].y);
+            vals[u].z = fmaf(a, sv[e4 + 2], vals[u].z);
+            vals[u].w = fmaf(a, sv[e4 + 3], vals[u].w);
+            *reinterpret_cast<float4*>(S + static_cast<size_t>(f) * D + e4) = vals[u];
           }
-          num = fmaf(sq[ff - f0], vals[u], num);
+          const float pq = spq[f];
+          num.x = fmaf(pq, vals[u].x, num.x);
+          num.y = fmaf(pq, vals[u].y, num.y);
+          num.z = fmaf(pq, vals[u].z, num.z);
+          num.w = fmaf(pq, vals[u].w, num.w);
         }
       }
     }
-    float den = 0.f;
-    for (int f = f0 + threadIdx.x; f < f1; f += blockDim.x) {
+    float dz = 0.f;
+    float* z = p.st.z + static_cast<size_t>(unit) * F;
+    for (int f = tid; f < F; f += kDecodeThreads) {
       float zf = z[f];
       if (fold) {
-        zf += sa[f - f0];
+        zf += sa[f];
         z[f] = zf;
       }
-      den = fmaf(sq[f - f0], zf, den);
+      dz = fmaf(spq[f], zf, dz);
     }
-    den = block_reduce(den, red, false);
-    red[8 + threadIdx.x] = num;
+    // Partial numerators per row group, summed over the groups below (D = 64 folds 32 groups
+    // into 16 slots with a first add).
     __syncthreads();
-    float* out = p.ws_lin + (static_cast<size_t>(unit) * p.splits + fc) * (D + 1);
-    if (threadIdx.x < D) {
-      float acc = 0.f;
-      for (int r = 0; r < fstep; ++r)
-        acc += red[8 + r * D + threadIdx.x];
-      out[threadIdx.x] = acc;
+    if (fg < 16) {
+      spart[fg][e4] = num.x;
+      spart[fg][e4 + 1] = num.y;
+      spart[fg][e4 + 2] = num.z;
+      spart[fg][e4 + 3] = num.w;
     }
-    if (threadIdx.x == 0) out[D] = den;
     __syncthreads();
+    if (fg >= 16) {
+      spart[fg - 16][e4] += num.x;
+      spart[fg - 16][e4 + 1] += num.y;
+      spart[fg - 16][e4 + 2] += num.z;
+      spart[fg - 16][e4 + 3] += num.w;
+    }
+    den_state = block_reduce(dz, red, false);  // its barriers also publish spart
+  }
+  float lin_num = 0.f;  // thread tid < D: c_l (phi_q S)[tid]
+  if (has_state && tid < D) {
+    float acc = 0.f;
+    for (int r = 0; r < 16; ++r)
+      acc += spart[r][tid];
+    lin_num = um.use_linear ? l * acc : 0.f;
   }
 
-  // Ring part, split over the blocks of this unit (split-KV): block fc takes keys
-  // [j0 + fc * per, ...) of the ring plus the new key, and leaves its window max, window sum,
-  // linear sum and the two weighted value sums for kernel 2 to merge.
+  // Ring keys j0..t (the new key at j = t), one warp per key, lanes across the row.
   const bool ring_linear = um.use_linear && um.lin_lag == 0;
-  const T* qsrc = static_cast<const T*>(p.q) + static_cast<size_t>(unit) * D;
-  for (int e = threadIdx.x; e < D; e += blockDim.x)
-    sq[e] = to_float(qsrc[e]) * s.scale;
-  if (ring_linear) {
-    for (int f = threadIdx.x; f < F; f += blockDim.x)
-      sa[f] = to_float(pq_src[f]);
-  }
-  __syncthreads();
   const int j0 = max(0, t - w + 1);
   const int nk = t - j0 + 1;
-  const int per = (nk + p.splits - 1) / p.splits;
-  const int kb = min(nk, fc * per);
-  const int cnt = min(nk, kb + per) - kb;
-  const T* k_new = static_cast<const T*>(p.k) + static_cast<size_t>(kv_unit) * D;
-  const T* v_new = static_cast<const T*>(p.v) + static_cast<size_t>(kv_unit) * D;
-  const T* pk_new =
-      ring_linear ? static_cast<const T*>(p.phi_k) + static_cast<size_t>(unit) * F : nullptr;
-  const T* k_ring = static_cast<const T*>(p.st.k_ring) + static_cast<size_t>(kv_unit) * w * D;
-  const T* v_ring = static_cast<const T*>(p.st.v_ring) + static_cast<size_t>(kv_unit) * w * D;
-  const T* pk_ring = ring_linear
-                         ? static_cast<const T*>(p.st.phik_ring) + static_cast<size_t>(unit) * w * F
-                         : nullptr;
-  const float l = p.coef_linear[unit];
-  // Scores and linear products: one warp per key, lanes across the row (coalesced loads).
-  float* ring_sc = red + 8 + kDecodeThreads;
-  float* ring_pl = ring_sc + 128;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int jj = warp; jj < cnt; jj += kDecodeThreads / 32) {
-    const int j = j0 + kb + jj;
+  const int warp = tid / 32, lane = tid % 32;
+  for (int jj = warp; jj < nk; jj += kDecodeWarps) {
+    const int j = j0 + jj;
     float acc = 0.f, pacc = 0.f;
     if (um.use_window) {
       const T* kr = j == t ? k_new : k_ring + static_cast<size_t>(j % w) * D;
@@ -197,8 +219,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_state_kernel(DecodePara
       const T* pr = j == t ? pk_new : pk_ring + static_cast<size_t>(j % w) * F;
       for (int f = lane * 4; f < F; f += 128) {
         const float4 p4 = load4(pr + f);
-        pacc = fmaf(sa[f], p4.x,
-                    fmaf(sa[f + 1], p4.y, fmaf(sa[f + 2], p4.z, fmaf(sa[f + 3], p4.w, pacc))));
+        pacc = fmaf(spq[f], p4.x,
+                    fmaf(spq[f + 1], p4.y, fmaf(spq[f + 2], p4.z, fmaf(spq[f + 3], p4.w, pacc))));
       }
     }
     for (int o = 16; o > 0; o >>= 1) {
@@ -206,96 +228,69 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_state_kernel(DecodePara
       pacc += __shfl_xor_sync(kFullMask, pacc, o);
     }
     if (lane == 0) {
-      ring_sc[jj] = acc;
-      ring_pl[jj] = pacc;
+      ssc[jj] = acc;
+      swt[jj] = ring_linear ? l * pacc : 0.f;
     }
   }
   __syncthreads();
-  const bool mine = threadIdx.x < cnt;
+  const bool mine = tid < nk;
   float m = 0.f, ew = 0.f;
   if (um.use_window) {
-    m = block_reduce(mine ? ring_sc[threadIdx.x] : -INFINITY, red, true);
-    ew = mine && m > -INFINITY ? expf(ring_sc[threadIdx.x] - m) : 0.f;
+    m = block_reduce(mine ? ssc[tid] : -INFINITY, red, true);
+    ew = mine ? expf(ssc[tid] - m) : 0.f;
   }
-  const float lw = mine && ring_linear ? l * ring_pl[threadIdx.x] : 0.f;
+  const float lw = mine ? swt[tid] : 0.f;
   const float ew_sum = block_reduce(ew, red, false);
   const float lw_sum = block_reduce(lw, red, false);
-  sp[threadIdx.x] = ew;
-  sv[threadIdx.x] = lw;  // sv is free once the fold is done
+  if (mine) swt[tid] = g * ew + lw;
   __syncthreads();
-  float* out = p.ws_win + (static_cast<size_t>(unit) * p.splits + fc) * (2 * D + 3);
-  for (int e = threadIdx.x; e < D; e += blockDim.x) {
-    float accw = 0.f, accl = 0.f;
-#pragma unroll 4
-    for (int jj = 0; jj < cnt; ++jj) {
-      const int j = j0 + kb + jj;
-      const float val = to_float((j == t ? v_new : v_ring + static_cast<size_t>(j % w) * D)[e]);
-      accw = fmaf(sp[jj], val, accw);
-      accl = fmaf(sv[jj], val, accl);
-    }
-    out[3 + e] = accw;
-    out[3 + D + e] = accl;
-  }
-  if (threadIdx.x == 0) {
-    out[0] = cnt > 0 && um.use_window ? m : -INFINITY;
-    out[1] = ew_sum;
-    out[2] = lw_sum;
-  }
-}
 
-template <typename T>
-__global__ void __launch_bounds__(kDecodeThreads) decode_combine_kernel(DecodeParams p) {
-  const Shape& s = p.s;
-  const int D = s.head_dim, F = s.features, w = s.window;
-  const int unit = blockIdx.x;
-  const int b = unit / s.q_heads;
-  const int h = unit - b * s.q_heads;
-  const int group = s.q_heads / s.kv_heads;
-  const int kv_unit = b * s.kv_heads + h / group;
-  const UnitMode um = unit_mode(s, p.window_drop, unit);
-  const bool has_state = p.st.S != nullptr;
-  const int slot = p.position % w;
-  const float l = p.coef_linear[unit];
-  const float g = p.coef_window[unit];
-  const float* ring = p.ws_win + static_cast<size_t>(unit) * p.splits * (2 * D + 3);
-  float mmax = -INFINITY;
-  for (int c = 0; c < p.splits; ++c)
-    mmax = fmaxf(mmax, ring[c * (2 * D + 3)]);
-  for (int e = threadIdx.x; e < D; e += blockDim.x) {
-    float num = 0.f, den = 0.f;
-    for (int c = 0; c < p.splits; ++c) {
-      const float* part = ring + c * (2 * D + 3);
-      const float scale = part[0] > -INFINITY ? g * expf(part[0] - mmax) : 0.f;
-      num += scale * part[3 + e] + part[3 + D + e];
-      den += scale * part[1] + part[2];
+  // Weighted values: thread owns 4 columns of every `groups`-th ring key.
+  {
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int jj = fg; jj < nk; jj += groups) {
+      const int j = j0 + jj;
+      const float4 v4 = load4((j == t ? v_new : v_ring + static_cast<size_t>(j % w) * D) + e4);
+      const float c = swt[jj];
+      acc.x = fmaf(c, v4.x, acc.x);
+      acc.y = fmaf(c, v4.y, acc.y);
+      acc.z = fmaf(c, v4.z, acc.z);
+      acc.w = fmaf(c, v4.w, acc.w);
     }
-    if (has_state && um.use_linear) {
-      const float* lin = p.ws_lin + static_cast<size_t>(unit) * p.splits * (D + 1);
-      float sn = 0.f, sd = 0.f;
-      for (int c = 0; c < p.splits; ++c) {
-        sn += lin[c * (D + 1) + e];
-        sd += lin[c * (D + 1) + D];
-      }
-      num = fmaf(l, sn, num);
-      den = fmaf(l, sd, den);
+    if (fg < 16) {
+      spart[fg][e4] = acc.x;
+      spart[fg][e4 + 1] = acc.y;
+      spart[fg][e4 + 2] = acc.z;
+      spart[fg][e4 + 3] = acc.w;
     }
+    __syncthreads();
+    if (fg >= 16) {
+      spart[fg - 16][e4] += acc.x;
+      spart[fg - 16][e4 + 1] += acc.y;
+      spart[fg - 16][e4 + 2] += acc.z;
+      spart[fg - 16][e4 + 3] += acc.w;
+    }
+    __syncthreads();
+  }
+  if (tid < D) {
+    float num = lin_num;
+    for (int r = 0; r < 16; ++r)
+      num += spart[r][tid];
+    float den = (um.use_window ? g * ew_sum : 0.f) + lw_sum +
+                (has_state && um.use_linear ? l * den_state : 0.f);
     if (um.linear_only) den += s.eps;
-    static_cast<T*>(p.y)[static_cast<size_t>(unit) * D + e] = static_cast<T>(num / den);
+    static_cast<T*>(p.y)[static_cast<size_t>(unit) * D + tid] = static_cast<T>(num / den);
   }
+
+  // The new key enters slot t % w (read above only as the folded key, t - w).
   if (has_state) {
-    T* pk_ring = static_cast<T*>(p.st.phik_ring) + (static_cast<size_t>(unit) * w + slot) * F;
-    const T* pk_new = static_cast<const T*>(p.phi_k) + static_cast<size_t>(unit) * F;
-    for (int f = threadIdx.x; f < F; f += blockDim.x)
-      pk_ring[f] = pk_new[f];
+    for (int f = tid; f < F; f += kDecodeThreads)
+      pk_ring[static_cast<size_t>(slot) * F + f] = pk_new[f];
   }
-  if (h % group == 0) {
-    T* kr = static_cast<T*>(p.st.k_ring) + (static_cast<size_t>(kv_unit) * w + slot) * D;
-    T* vr = static_cast<T*>(p.st.v_ring) + (static_cast<size_t>(kv_unit) * w + slot) * D;
-    const T* kn = static_cast<const T*>(p.k) + static_cast<size_t>(kv_unit) * D;
-    const T* vn = static_cast<const T*>(p.v) + static_cast<size_t>(kv_unit) * D;
-    for (int e = threadIdx.x; e < D; e += blockDim.x) {
-      kr[e] = kn[e];
-      vr[e] = vn[e];
+  if (last_reader) {
+    for (int e = tid; e < D; e += kDecodeThreads) {
+      k_ring[static_cast<size_t>(slot) * D + e] = k_new[e];
+      v_ring[static_cast<size_t>(slot) * D + e] = v_new[e];
     }
   }
 }
@@ -303,11 +298,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_combine_kernel(DecodePa
 template <typename T>
 cudaError_t launch_decode_t(const DecodeParams& dp, cudaStream_t stream) {
   const int units = dp.s.batch * dp.s.q_heads;
-  const size_t smem = sizeof(float) * (256 + 256 + 128 + 128 + 8 + kDecodeThreads + 256);
-  decode_state_kernel<T><<<dim3(units, dp.splits), kDecodeThreads, smem, stream>>>(dp);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  decode_combine_kernel<T><<<units, kDecodeThreads, 0, stream>>>(dp);
+  decode_kernel<T><<<units, kDecodeThreads, 0, stream>>>(dp);
   return cudaGetLastError();
 }
 
@@ -351,8 +342,8 @@ size_t state_workspace_floats(const ProblemShape& shape, int units, const Segmen
 }
 
 size_t decode_workspace_floats(const ProblemShape& shape) {
-  const size_t units = static_cast<size_t>(shape.batch) * shape.q_heads;
-  return units * detail::decode_splits(shape) * (3 * shape.head_dim + 4);
+  (void)shape;
+  return 1;  // the one-kernel decode keeps its partial sums in shared memory
 }
 
 int launch_decode(const ProblemShape& shape, const DecodeArgs& a, const DecodeState& state,
@@ -360,13 +351,9 @@ int launch_decode(const ProblemShape& shape, const DecodeArgs& a, const DecodeSt
   using namespace detail;
   if (unsupported_reason(shape) != nullptr) return static_cast<int>(cudaErrorInvalidValue);
   const Shape s = make_shape(shape);
-  const int units = s.batch * s.q_heads;
-  const int splits = decode_splits(shape);
-  float* ws_lin = a.workspace;
-  float* ws_win = ws_lin + static_cast<size_t>(units) * splits * (s.head_dim + 1);
-  DecodeParams dp{s,       a.q,           a.k,           a.v,           a.phi_q,
-                  a.phi_k, a.coef_window, a.coef_linear, a.window_drop, a.y,
-                  ws_lin,  ws_win,        splits,        a.position,    state};
+  DecodeParams dp{s,          a.q,           a.k,           a.v,           a.phi_q,
+                  a.phi_k,    a.coef_window, a.coef_linear, a.window_drop, a.y,
+                  a.position, state};
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const cudaError_t err = shape.dtype == KernelDType::kBFloat16
                               ? launch_decode_t<__nv_bfloat16>(dp, stream)
