@@ -3,19 +3,21 @@
 # (memcheck, racecheck) on small shapes, the C++ benchmark and the FlexAttention/SDPA
 # baselines on the same card. Full logs go to $OUT (or ./out); a short summary is printed last.
 #
-#   scripts/gpu-kernels.sh [--no-sanitize] [--no-bench] [--no-flex] [--bench-filter REGEX]
+#   scripts/gpu-kernels.sh [--no-sanitize] [--no-bench] [--no-flex] [--skip-sdpa-64k]
+#                          [--bench-filter REGEX]
 # Needs .deps (carried) for scripts/gpu-build.sh.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 out="${OUT:-$root/out}"
 mkdir -p "$out"
-sanitize=1 bench=1 flex=1 filter="."
+sanitize=1 bench=1 flex=1 filter="." flex_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-sanitize) sanitize=0 ;;
     --no-bench) bench=0 ;;
     --no-flex) flex=0 ;;
+    --skip-sdpa-64k) flex_args+=(--skip-sdpa-64k) ;;  # SDPA causal at 64K alone takes minutes
     --bench-filter) filter="$2"; shift ;;
     *) echo "gpu-kernels: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -67,7 +69,7 @@ if [ "$bench" = 1 ]; then
 fi
 
 if [ "$flex" = 1 ]; then
-  PYTHONUNBUFFERED=1 timeout 480 python3 bench/flex_baseline.py --json "$out/flex.json" >"$out/flex.txt" 2>&1
+  PYTHONUNBUFFERED=1 timeout 480 python3 bench/flex_baseline.py "${flex_args[@]}" --json "$out/flex.json" >"$out/flex.txt" 2>&1
   note "$(stamp) flex rc=$?"
   grep -E "^(flex|sdpa)" "$out/flex.txt" | tee -a "$summary"
   tail -n 3 "$out/flex.txt" | grep -iE "error|Traceback" && tail -n 15 "$out/flex.txt"

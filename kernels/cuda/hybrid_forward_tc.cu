@@ -163,6 +163,26 @@ __device__ inline void load_rows(bf16* dst, const bf16* src, int row0, int rows,
   }
 }
 
+// Scores of 16 rows (A fragments af over K = 16 * K16) against 16 keys whose rows start at
+// `rows` (ldmatrix row addresses of this lane): two n-tiles, accumulated in two independent
+// chains (even and odd k steps) so that consecutive mma.sync do not wait on each other.
+template <int K16>
+__device__ inline void scores16(float (&sc)[2][4], const uint32_t (&af)[K16][4], const bf16* rows) {
+  float part[2][2][4] = {};
+#pragma unroll
+  for (int ks = 0; ks < K16; ++ks) {
+    uint32_t b4[4];
+    ldsm_x4(b4, rows + ks * 16);
+    mma_bf16(part[ks & 1][0], af[ks], b4[0], b4[1]);
+    mma_bf16(part[ks & 1][1], af[ks], b4[2], b4[3]);
+  }
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      sc[nt][e] = part[0][nt][e] + part[1][nt][e];
+}
+
 template <int D, int F>
 __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardParams p) {
   extern __shared__ float4 smem4[];
@@ -302,16 +322,9 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
         // Window max (and the first key that attains it) of rows ia, ib.
         float mx_a = -INFINITY, mx_b = -INFINITY;
         for (int c = (win_lo - kbase) >> 4; c <= (win_hi - kbase) >> 4; ++c) {
-          float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-          const bf16* k_rows =
-              Ks + (c * 16 + (lane % 8) + (lane / 16) * 8) * SD + ((lane / 8) % 2) * 8;
-#pragma unroll
-          for (int ks = 0; ks < D / 16; ++ks) {
-            uint32_t kf4[4];
-            ldsm_x4(kf4, k_rows + ks * 16);
-            mma_bf16(sc[0], qf[ks], kf4[0], kf4[1]);
-            mma_bf16(sc[1], qf[ks], kf4[2], kf4[3]);
-          }
+          float sc[2][4];
+          scores16<D / 16>(
+              sc, qf, Ks + (c * 16 + (lane % 8) + (lane / 16) * 8) * SD + ((lane / 8) % 2) * 8);
           const int j0 = kbase + c * 16;
           const bool full = j0 >= 0 && j0 >= r0 + 15 - w + 1 && j0 + 15 <= r0;
           if (full) {
@@ -394,16 +407,9 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
           const bool full_l = need_l && j0 >= 0 && j0 >= k_state && j0 + 15 <= r0 - um.lin_lag;
           float wt[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
           if (need_w) {
-            float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-            const bf16* k_rows =
-                Ks + (c * 16 + (lane % 8) + (lane / 16) * 8) * SD + ((lane / 8) % 2) * 8;
-#pragma unroll
-            for (int ks = 0; ks < D / 16; ++ks) {
-              uint32_t kf4[4];
-              ldsm_x4(kf4, k_rows + ks * 16);
-              mma_bf16(sc[0], qf[ks], kf4[0], kf4[1]);
-              mma_bf16(sc[1], qf[ks], kf4[2], kf4[3]);
-            }
+            float sc[2][4];
+            scores16<D / 16>(
+                sc, qf, Ks + (c * 16 + (lane % 8) + (lane / 16) * 8) * SD + ((lane / 8) % 2) * 8);
             if (full_w) {
 #pragma unroll
               for (int nt = 0; nt < 2; ++nt) {
@@ -437,16 +443,9 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
             }
           }
           if (need_l) {
-            float pl[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-            const bf16* pk_rows =
-                PKs + (c * 16 + (lane % 8) + (lane / 16) * 8) * SF + ((lane / 8) % 2) * 8;
-#pragma unroll
-            for (int kf = 0; kf < F / 16; ++kf) {
-              uint32_t pk4[4];
-              ldsm_x4(pk4, pk_rows + kf * 16);
-              mma_bf16(pl[0], pf[kf], pk4[0], pk4[1]);
-              mma_bf16(pl[1], pf[kf], pk4[2], pk4[3]);
-            }
+            float pl[2][4];
+            scores16<F / 16>(
+                pl, pf, PKs + (c * 16 + (lane % 8) + (lane / 16) * 8) * SF + ((lane / 8) % 2) * 8);
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
@@ -553,7 +552,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
             zs[fa + 8] += zc[2];
           }
         }
-#pragma unroll 2
+#pragma unroll
         for (int np = 0; np < D / 16; ++np) {
           float acc[2][4];
 #pragma unroll
@@ -601,8 +600,9 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
 
 constexpr int kSpWarps = 8;
 constexpr int kSpThreads = kSpWarps * 32;
-constexpr int kSpRows = 64;  // rows per pipeline stage
-constexpr int kSpCols = 64;  // value columns per block (blockIdx.y picks the slice)
+constexpr int kSpRows = 64;   // rows per pipeline stage
+constexpr int kSpStages = 4;  // stages in flight: the pass only streams two inputs
+constexpr int kSpCols = 64;   // value columns per block (blockIdx.y picks the slice)
 
 struct TcStateParams {
   Shape s;
@@ -625,8 +625,8 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
   const int N = s.seq_len;
   const int SF = F + 8;
   constexpr int SB = kSpCols + 8;
-  bf16* As = reinterpret_cast<bf16*>(smem4);  // [2][kSpRows][SF]
-  bf16* Bs = As + 2 * kSpRows * SF;           // [2][kSpRows][SB]
+  bf16* As = reinterpret_cast<bf16*>(smem4);  // [kSpStages][kSpRows][SF]
+  bf16* Bs = As + kSpStages * kSpRows * SF;   // [kSpStages][kSpRows][SB]
 
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
@@ -673,21 +673,22 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
       const bool ok = row >= begin && row < end;
       cp_async16(dst + r * SB + c * 8, ok ? bb + static_cast<size_t>(row) * D + c * 8 : bb, ok);
     }
-    cp_async_commit();
   };
 
+  // One commit group per chunk (empty past the end), so that wait_group counts chunks.
   const int chunks = end > begin ? (end - begin + kSpRows - 1) / kSpRows : 0;
-  if (chunks > 0) load_stage(0, begin);
+  for (int c = 0; c < kSpStages - 1; ++c) {
+    if (c < chunks) load_stage(c, begin + c * kSpRows);
+    cp_async_commit();
+  }
   for (int c = 0; c < chunks; ++c) {
-    if (c + 1 < chunks) {
-      load_stage((c + 1) & 1, begin + (c + 1) * kSpRows);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    const int ahead = c + kSpStages - 1;
+    if (ahead < chunks) load_stage(ahead % kSpStages, begin + ahead * kSpRows);
+    cp_async_commit();
+    cp_async_wait<kSpStages - 1>();
     __syncthreads();
-    const bf16* A = As + (c & 1) * kSpRows * SF;
-    const bf16* B = Bs + (c & 1) * kSpRows * SB;
+    const bf16* A = As + (c % kSpStages) * kSpRows * SF;
+    const bf16* B = Bs + (c % kSpStages) * kSpRows * SB;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int mt = warp + i * kSpWarps;
@@ -824,7 +825,7 @@ cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm,
                    all_units,
                    skip_last};
   const int SF = s.features + 8;
-  const size_t smem = sizeof(bf16) * 2 * kSpRows * (SF + kSpCols + 8);
+  const size_t smem = sizeof(bf16) * kSpStages * kSpRows * (SF + kSpCols + 8);
   cudaError_t err = cudaFuncSetAttribute(
       state_pass_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
