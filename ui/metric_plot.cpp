@@ -17,6 +17,10 @@
 #include "ui/theme.hpp"
 
 namespace hl::ui {
+namespace {
+// Up to this many runs the smoothed curves are drawn 2 px wide.
+constexpr qsizetype kWidePenRuns = 5;
+}  // namespace
 
 double EmaSmoother::push(double value) {
   if (std::isnan(value)) return value;
@@ -271,7 +275,9 @@ void MetricPlot::rebuild_curves() {
     curve->raw->removeFromLegend();
     curve->raw->setVisible(show_raw_ && smoothing_ > 0.0);
     curve->smooth = plot_->addGraph();
-    curve->smooth->setPen(QPen(colour, 2));
+    // A 2 px line goes through QPainter's stroker, which costs most of the time of drawing
+    // many runs; beyond a few runs the curves are told apart by colour at 1 px, drawn fast.
+    curve->smooth->setPen(QPen(colour, run_ids_.size() > kWidePenRuns ? 1 : 2));
     const RunRow* run = store_->run(run_id);
     curve->smooth->setName(run ? QString::fromStdString(run->entry.info.name)
                                : tr("run %1").arg(run_id));

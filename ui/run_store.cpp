@@ -6,6 +6,7 @@
 #include <limits>
 #include <optional>
 #include <set>
+#include <thread>
 
 #include "core/store/run_reader.hpp"
 
@@ -36,6 +37,8 @@ namespace {
 // A series longer than this is downsampled (min/max buckets) on its first fetch;
 // later points are appended as they come.
 constexpr size_t kInitialMaxPoints = 20000;
+// How much of the database file a reader maps (SQLite caps it at its build's maximum).
+constexpr int64_t kMmapBytes = int64_t{4} << 30;
 }  // namespace
 
 // Owns the SQLite connection on the worker thread. Every member runs on that thread;
@@ -59,6 +62,7 @@ class StoreWorker : public QObject {
   void open(uint64_t generation, const std::string& path) {
     generation_ = generation;
     reader_.reset();
+    helper_reader_.reset();
     last_version_.reset();
     last_steps_.clear();
     for (auto it = fetched_through_.begin(); it != fetched_through_.end(); ++it)
@@ -70,6 +74,9 @@ class StoreWorker : public QObject {
       return;
     }
     reader_.emplace(std::move(reader).value());
+    path_ = path;
+    // Mapped reads scan long series about twice as fast; a failure only costs that speed.
+    (void)reader_->set_mmap_size(kMmapBytes);
     post_open(true, {});
     poll(true);
   }
@@ -134,38 +141,71 @@ class StoreWorker : public QObject {
         Qt::QueuedConnection);
   }
 
+  // The first fetch of a series: everything up to the run's last step, downsampled if long.
+  static std::optional<RunStore::Fetched> fetch_initial(store::RunReader& reader,
+                                                        const SeriesKey& series, int64_t through) {
+    Result<std::vector<store::ScalarPoint>> points =
+        reader.downsampled(series.run, series.key.toStdString(), 0, through, kInitialMaxPoints);
+    if (!points.ok()) return std::nullopt;
+    const bool reduced = points->size() >= kInitialMaxPoints - 1;
+    int64_t fetched = points->empty() ? std::numeric_limits<int64_t>::min() : points->back().step;
+    if (reduced) fetched = std::max(fetched, through);
+    return RunStore::Fetched{series, std::move(points).value(), fetched, reduced};
+  }
+
   void fetch_series(const std::vector<SeriesKey>& keys) {
     std::vector<RunStore::Fetched> fresh, initial;
+    std::vector<std::pair<SeriesKey, int64_t>> first_time;  // with the step to read through
     for (const SeriesKey& series : keys) {
       auto state = fetched_through_.find(series);
       if (state == fetched_through_.end()) continue;
-      const std::string key = series.key.toStdString();
       if (!state.value()) {
-        // First fetch: everything up to the run's last step, downsampled if long.
         auto last = last_steps_.find(series.run);
-        const int64_t through = last == last_steps_.end() || last->second < 0
-                                    ? std::numeric_limits<int64_t>::max() / 2
-                                    : last->second;
-        Result<std::vector<store::ScalarPoint>> points =
-            reader_->downsampled(series.run, key, 0, through, kInitialMaxPoints);
-        if (!points.ok()) continue;
-        const bool reduced = points->size() >= kInitialMaxPoints - 1;
-        int64_t fetched =
-            points->empty() ? std::numeric_limits<int64_t>::min() : points->back().step;
-        if (reduced) fetched = std::max(fetched, through);
-        state.value() = fetched;
-        initial.push_back({series, std::move(points).value(), fetched, reduced});
+        first_time.emplace_back(series, last == last_steps_.end() || last->second < 0
+                                            ? std::numeric_limits<int64_t>::max() / 2
+                                            : last->second);
         continue;
       }
       Result<std::vector<store::ScalarPoint>> points =
-          reader_->scalars_after(series.run, key, *state.value());
+          reader_->scalars_after(series.run, series.key.toStdString(), *state.value());
       if (!points.ok() || points->empty()) continue;
       const int64_t through = points->back().step;
       state.value() = through;
       fresh.push_back({series, std::move(points).value(), through, false});
     }
+    // A plot of many runs reads its series on two connections at once: scanning long series
+    // is most of the time until the plot appears, and the UI thread waits idle meanwhile.
+    std::vector<std::optional<RunStore::Fetched>> results(first_time.size());
+    const size_t split = first_time.size() >= 4 ? first_time.size() / 2 : first_time.size();
+    std::thread helper;
+    if (split < first_time.size() && open_helper())
+      helper = std::thread([&] {
+        for (size_t i = split; i < first_time.size(); ++i)
+          results[i] = fetch_initial(*helper_reader_, first_time[i].first, first_time[i].second);
+      });
+    const size_t mine = helper.joinable() ? split : first_time.size();
+    for (size_t i = 0; i < mine; ++i)
+      results[i] = fetch_initial(*reader_, first_time[i].first, first_time[i].second);
+    if (helper.joinable()) helper.join();
+    for (auto& result : results) {
+      if (!result) continue;
+      auto state = fetched_through_.find(result->key);
+      if (state == fetched_through_.end()) continue;
+      state.value() = result->through;
+      initial.push_back(std::move(*result));
+    }
     post_points(std::move(initial));
     post_points(std::move(fresh));
+  }
+
+  // The second connection for parallel first fetches, opened on first use.
+  bool open_helper() {
+    if (helper_reader_) return true;
+    Result<store::RunReader> reader = store::RunReader::open(path_, store::Access::read_only);
+    if (!reader.ok()) return false;
+    helper_reader_.emplace(std::move(reader).value());
+    (void)helper_reader_->set_mmap_size(kMmapBytes);
+    return true;
   }
 
   void post_points(std::vector<RunStore::Fetched> batches) {
@@ -197,6 +237,8 @@ class StoreWorker : public QObject {
   QTimer* timer_ = nullptr;
   uint64_t generation_ = 0;
   std::optional<store::RunReader> reader_;
+  std::optional<store::RunReader> helper_reader_;
+  std::string path_;
   std::optional<int64_t> last_version_;
   QHash<SeriesKey, std::optional<int64_t>> fetched_through_;
   std::map<int64_t, int64_t> last_steps_;

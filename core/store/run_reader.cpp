@@ -148,6 +148,12 @@ const std::string& RunReader::path() const {
   return impl_->db.path();
 }
 
+Result<int64_t> RunReader::set_mmap_size(int64_t bytes) {
+  if (bytes < 0)
+    return make_error("set_mmap_size: bytes must be >= 0, got " + std::to_string(bytes));
+  return impl_->db.query_int64("PRAGMA mmap_size=" + std::to_string(bytes));
+}
+
 Result<int64_t> RunReader::data_version() {
   return impl_->db.query_int64("PRAGMA data_version");
 }
@@ -384,17 +390,14 @@ Result<std::vector<ScalarPoint>> RunReader::downsampled(int64_t run_id, std::str
   if (!stmt.ok()) return stmt.error();
   (*stmt)->bind(1, run_id).bind(2, **id).bind(3, x0).bind(4, x1);
 
-  // One pass over the rows (ordered by the primary key): keep them raw while they fit,
-  // and bucket them at the same time in case they do not.
+  // One pass over the rows (ordered by the primary key): keep them raw while they fit; only
+  // a series that turns out longer is bucketed (the raw rows so far first), so that the
+  // common short series pays neither the buckets' memory nor the per-row bucket index.
   const size_t bucket_count = max_points / 2;
   // Exact integer bucketing: bucket = floor((step - x0) * buckets / (x1 - x0 + 1)).
   const __int128 span = static_cast<__int128>(x1) - x0 + 1;
-  std::vector<Bucket> buckets(bucket_count);
-  raw.reserve(max_points + 1);
-  size_t rows = 0;
-  Status status = for_each_row(**stmt, [&](Statement& row) {
-    const ScalarPoint point{row.column_int64(0), row.column_int64(1), row.column_double(2)};
-    if (++rows <= max_points) raw.push_back(point);
+  std::vector<Bucket> buckets;
+  auto add = [&](const ScalarPoint& point) {
     const auto index = static_cast<size_t>((static_cast<__int128>(point.step) - x0) *
                                            static_cast<__int128>(bucket_count) / span);
     Bucket& bucket = buckets[std::min(index, bucket_count - 1)];
@@ -410,6 +413,21 @@ Result<std::vector<ScalarPoint>> RunReader::downsampled(int64_t run_id, std::str
     }
     if (point.value < bucket.low.value) bucket.low = point;
     if (point.value > bucket.high.value) bucket.high = point;
+  };
+  raw.reserve(max_points + 1);
+  size_t rows = 0;
+  Status status = for_each_row(**stmt, [&](Statement& row) {
+    const ScalarPoint point{row.column_int64(0), row.column_int64(1), row.column_double(2)};
+    if (++rows <= max_points) {
+      raw.push_back(point);
+      return;
+    }
+    if (buckets.empty()) {
+      buckets.resize(bucket_count);
+      for (const ScalarPoint& earlier : raw)
+        add(earlier);
+    }
+    add(point);
   });
   if (!status.ok()) return status.error();
   if (rows <= max_points) return raw;

@@ -140,6 +140,48 @@ TEST(RunReader, IncrementalFetchReturnsOnlyNewPoints) {
   EXPECT_EQ(*reader.data_version(), quiet);  // nothing new: the version stays
 }
 
+TEST(RunReader, MemoryMappedReadsSeeTheSameRowsAndLaterCommits) {
+  TempDir dir;
+  const std::string path = dir.file("runs.sqlite");
+  RunWriter writer = make_writer(path, {.name = "mapped"});
+  std::mt19937 rng(77);
+  std::uniform_real_distribution<double> value(-1.0, 1.0);
+  std::vector<double> logged;
+  for (int step = 0; step < 5000; ++step) {
+    logged.push_back(value(rng));
+    ASSERT_TRUE(writer.log_scalar("loss", step, logged.back()).ok());
+  }
+  ASSERT_TRUE(writer.flush().ok());
+  RunReader plain = make_reader(path);
+  RunReader mapped = make_reader(path);
+  Result<int64_t> size = mapped.set_mmap_size(int64_t{256} << 20);
+  ASSERT_TRUE(size.ok()) << size.error().to_string();
+  EXPECT_GT(*size, 0);
+  EXPECT_FALSE(mapped.set_mmap_size(-1).ok());
+  auto same = [&](int64_t after) {
+    Result<std::vector<ScalarPoint>> a = plain.scalars_after(writer.run_id(), "loss", after);
+    Result<std::vector<ScalarPoint>> b = mapped.scalars_after(writer.run_id(), "loss", after);
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ(a->size(), b->size());
+    for (size_t i = 0; i < a->size(); ++i) {
+      EXPECT_EQ((*a)[i].step, (*b)[i].step);
+      EXPECT_EQ((*a)[i].value, (*b)[i].value);  // bit-identical: the same stored doubles
+      EXPECT_EQ((*b)[i].value, logged[static_cast<size_t>((*b)[i].step)]);
+    }
+  };
+  same(-1);
+  // Rows the writer commits after the map was set up are seen too.
+  for (int step = 5000; step < 9000; ++step) {
+    logged.push_back(value(rng));
+    ASSERT_TRUE(writer.log_scalar("loss", step, logged.back()).ok());
+  }
+  ASSERT_TRUE(writer.close().ok());
+  Result<std::vector<ScalarPoint>> tail = mapped.scalars_after(writer.run_id(), "loss", 4999);
+  ASSERT_TRUE(tail.ok());
+  EXPECT_EQ(tail->size(), 4000u);
+  same(4999);
+}
+
 TEST(RunReader, LayerMatrixIsDenseWithNanForMissing) {
   TempDir dir;
   const std::string path = dir.file("runs.sqlite");
