@@ -1,9 +1,12 @@
 #include "core/store/run_reader.hpp"
 
+#include <sqlite3.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <type_traits>
 #include <unordered_map>
 
 #include "core/store/schema.hpp"
@@ -82,9 +85,55 @@ struct Bucket {
 
 }  // namespace
 
+// Where the hl_points() aggregate sends each (step, wall_ms, value) row it is given.
+struct PointSink {
+  void* context = nullptr;
+  void (*call)(void* context, const ScalarPoint& point) = nullptr;
+};
+
+void points_step(sqlite3_context* ctx, int, sqlite3_value** args) {
+  const auto* sink = static_cast<const PointSink*>(sqlite3_user_data(ctx));
+  if (!sink->call) return;
+  const double value = sqlite3_value_type(args[2]) == SQLITE_NULL
+                           ? std::numeric_limits<double>::quiet_NaN()
+                           : sqlite3_value_double(args[2]);
+  sink->call(sink->context,
+             ScalarPoint{sqlite3_value_int64(args[0]), sqlite3_value_int64(args[1]), value});
+}
+
+void points_final(sqlite3_context* ctx) {
+  sqlite3_result_null(ctx);
+}
+
 struct RunReader::Impl {
   Database db;
+  PointSink sink;  // the target of hl_points() while it runs
+  bool points_registered = false;
   std::unordered_map<std::string, Statement> cache;  // destroyed before db (declared after)
+
+  // Runs `stmt`, a "SELECT hl_points(step, wall_ms, value) FROM (...)" query, handing each
+  // row to on_point. SQLite feeds the aggregate inside one step, instead of returning to
+  // the caller once per row, which is most of the cost of reading a long series.
+  template <class OnPoint>
+  Status for_each_point(Statement& stmt, OnPoint&& on_point) {
+    sink.context = &on_point;
+    sink.call = [](void* context, const ScalarPoint& point) {
+      (*static_cast<std::remove_reference_t<OnPoint>*>(context))(point);
+    };
+    Status status = for_each_row(stmt, [](Statement&) {});
+    sink = {};
+    return status;
+  }
+
+  // Registers hl_points() on this connection, once.
+  Status register_points() {
+    if (points_registered) return Status::Ok();
+    const int code = sqlite3_create_function_v2(db.handle(), "hl_points", 3, SQLITE_UTF8, &sink,
+                                                nullptr, points_step, points_final, nullptr);
+    if (code != SQLITE_OK) return db.error("registering hl_points()");
+    points_registered = true;
+    return Status::Ok();
+  }
 
   Result<Statement*> statement(const std::string& sql) {
     if (auto it = cache.find(sql); it != cache.end()) {
@@ -384,9 +433,12 @@ Result<std::vector<ScalarPoint>> RunReader::downsampled(int64_t run_id, std::str
   if (!id.ok()) return id.error();
   std::vector<ScalarPoint> raw;
   if (!*id) return raw;
+  if (Status registered = impl_->register_points(); !registered.ok()) return registered.error();
+  // An aggregate over an ordered subquery sees the rows in step order (SQLite does not
+  // flatten a subquery with ORDER BY into an aggregate).
   Result<Statement*> stmt = impl_->statement(
-      "SELECT step, wall_ms, value FROM scalars WHERE run = ? AND key_id = ? "
-      "AND step BETWEEN ? AND ? ORDER BY step");
+      "SELECT hl_points(step, wall_ms, value) FROM (SELECT step, wall_ms, value FROM scalars "
+      "WHERE run = ? AND key_id = ? AND step BETWEEN ? AND ? ORDER BY step)");
   if (!stmt.ok()) return stmt.error();
   (*stmt)->bind(1, run_id).bind(2, **id).bind(3, x0).bind(4, x1);
 
@@ -416,8 +468,7 @@ Result<std::vector<ScalarPoint>> RunReader::downsampled(int64_t run_id, std::str
   };
   raw.reserve(max_points + 1);
   size_t rows = 0;
-  Status status = for_each_row(**stmt, [&](Statement& row) {
-    const ScalarPoint point{row.column_int64(0), row.column_int64(1), row.column_double(2)};
+  Status status = impl_->for_each_point(**stmt, [&](const ScalarPoint& point) {
     if (++rows <= max_points) {
       raw.push_back(point);
       return;

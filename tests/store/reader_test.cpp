@@ -180,6 +180,17 @@ TEST(RunReader, MemoryMappedReadsSeeTheSameRowsAndLaterCommits) {
   ASSERT_TRUE(tail.ok());
   EXPECT_EQ(tail->size(), 4000u);
   same(4999);
+  // A series within the point budget comes back whole, in step order, on either connection.
+  for (RunReader* reader : {&plain, &mapped}) {
+    Result<std::vector<ScalarPoint>> whole =
+        reader->downsampled(writer.run_id(), "loss", 0, 1 << 20, 20000);
+    ASSERT_TRUE(whole.ok()) << whole.error().to_string();
+    ASSERT_EQ(whole->size(), logged.size());
+    for (size_t i = 0; i < whole->size(); ++i) {
+      ASSERT_EQ((*whole)[i].step, static_cast<int64_t>(i));
+      ASSERT_EQ((*whole)[i].value, logged[i]);
+    }
+  }
 }
 
 TEST(RunReader, LayerMatrixIsDenseWithNanForMissing) {
