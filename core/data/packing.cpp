@@ -138,13 +138,16 @@ class LongRangeStream final : public ChunkStream {
 
   Result<TokenChunk> passkey(int64_t distance) {
     const std::string key = digits(options_.passkey_digits);
-    std::vector<int32_t> body = encode(" The pass key is " + key + ".");
+    // The '#' before the key appears nowhere else in the sample, so one matching token
+    // finds the fact: retrieval is what is tested, not matching a long phrase (which a
+    // byte-level model learns much later).
+    std::vector<int32_t> body = encode(" The pass key is #" + key + ".");
     const int64_t fact_end = static_cast<int64_t>(body.size());
-    const auto question = encode(" What is the pass key? The pass key is");
+    const auto question = encode(" What is the pass key? The pass key is #");
     const int64_t gap = std::max<int64_t>(0, distance - static_cast<int64_t>(question.size()));
     append_filler(body, gap);
     body.insert(body.end(), question.begin(), question.end());
-    const auto answer = encode(" " + key);
+    const auto answer = encode(key);
     AnswerSpan span{static_cast<int64_t>(body.size()), 0, 0};
     body.insert(body.end(), answer.begin(), answer.end());
     span.end = static_cast<int64_t>(body.size());

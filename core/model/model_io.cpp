@@ -19,14 +19,15 @@ Result<ConversionOptions> parse_conversion(const json& attention, const std::str
   try {
     ConversionOptions options;
     auto kind = kernels::parse_attention_mode(attention.at("kind").get<std::string>());
-    if (!kind || (*kind != kernels::AttentionMode::hybrid &&
-                  *kind != kernels::AttentionMode::linear_only))
+    if (!kind ||
+        (*kind != kernels::AttentionMode::hybrid && *kind != kernels::AttentionMode::linear_only))
       return fail("kind must be hybrid or linear_only");
     options.kind = *kind;
     options.window = attention.at("window").get<int64_t>();
     options.overlap = attention.at("overlap").get<bool>();
     auto map = kernels::parse_feature_map_kind(attention.at("feature_map").get<std::string>());
-    if (!map) return fail("unknown feature_map '" + attention.at("feature_map").get<std::string>() + "'");
+    if (!map)
+      return fail("unknown feature_map '" + attention.at("feature_map").get<std::string>() + "'");
     options.feature_map = *map;
     options.feature_dim = attention.at("feature_dim").get<int64_t>();
     options.affine_factors = attention.at("affine_factors").get<bool>();
@@ -82,17 +83,20 @@ void attach_lora(CausalLM& model, int64_t rank, double alpha, double dropout,
   std::vector<int64_t> chosen = layers;
   if (chosen.empty()) chosen = model->converted_layers();
   if (chosen.empty())
-    for (int64_t i = 0; i < model->num_layers(); ++i) chosen.push_back(i);
+    for (int64_t i = 0; i < model->num_layers(); ++i)
+      chosen.push_back(i);
   for (int64_t layer : chosen) {
     TORCH_CHECK(layer >= 0 && layer < model->num_layers(), "LoRA layer ", layer,
                 " does not exist (the model has ", model->num_layers(), " layers)");
-    for (const auto& target : targets) projection(model, layer, target)->attach_lora(rank, alpha, dropout);
+    for (const auto& target : targets)
+      projection(model, layer, target)->attach_lora(rank, alpha, dropout);
   }
 }
 
 void merge_lora(CausalLM& model) {
   for (int64_t layer = 0; layer < model->num_layers(); ++layer)
-    for (const char* target : kLoraNames) projection(model, layer, target)->merge_lora();
+    for (const char* target : kLoraNames)
+      projection(model, layer, target)->merge_lora();
 }
 
 std::string conversion_json(const CausalLM& model) {
@@ -164,7 +168,8 @@ Result<CausalLM> load_model(const std::filesystem::path& dir, const Placement& p
   // Conversion weights and adapters train, so they stay in float32; the base weights take
   // the requested dtype.
   for (auto& item : model->named_parameters()) {
-    if (!is_conversion_parameter(item.key())) item.value().set_data(item.value().to(placement.dtype));
+    if (!is_conversion_parameter(item.key()))
+      item.value().set_data(item.value().to(placement.dtype));
   }
   model->to(placement.device);
   return model;
@@ -177,6 +182,19 @@ Status save_model(CausalLM& model, const std::filesystem::path& dir) {
   for (const auto& item : model->named_parameters())
     tensors.emplace_back(item.key(), item.value().detach().to(torch::kCPU).contiguous());
   return io::save_hf_directory(dir, config, tensors);
+}
+
+Status copy_tokenizer_files(const std::filesystem::path& from, const std::filesystem::path& to) {
+  for (const char* name :
+       {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}) {
+    std::error_code ec;
+    if (std::filesystem::exists(from / name, ec))
+      std::filesystem::copy_file(from / name, to / name,
+                                 std::filesystem::copy_options::overwrite_existing, ec);
+    if (ec)
+      return make_error("cannot copy " + std::string(name) + ": " + ec.message(), {to.string()});
+  }
+  return Status::Ok();
 }
 
 }  // namespace hl::model

@@ -35,6 +35,10 @@ Result<CausalLM> load_model(const std::filesystem::path& dir, const Placement& p
 /// LoRA adapters are saved apart unless merged beforehand.
 Status save_model(CausalLM& model, const std::filesystem::path& dir);
 
+/// Copies the tokenizer files (tokenizer.json / tokenizer.model and their configs) that
+/// exist in `from` into `to`.
+Status copy_tokenizer_files(const std::filesystem::path& from, const std::filesystem::path& to);
+
 /// True for the weights a conversion adds (feature maps, window factors, LoRA adapters).
 bool is_conversion_parameter(const std::string& name);
 

@@ -13,6 +13,7 @@
 #include "core/config/experiment_file.hpp"
 #include "core/data/packing.hpp"
 #include "core/eval/answers.hpp"
+#include "core/eval/evaluate.hpp"
 #include "core/io/tokenizer.hpp"
 #include "core/model/model_io.hpp"
 #include "core/store/run_reader.hpp"
@@ -592,73 +593,43 @@ int Runner::train(train::TrainingState state, bool resuming) {
 }
 
 Status Runner::evaluate() {
-  torch::NoGradGuard no_grad;
-  model_->eval();
-  const EvalSpec& eval = spec_.eval;
-  std::map<std::string, double> hybrid_scores;
-  for (const auto& mode_name : eval.modes) {
-    auto mode = kernels::parse_attention_mode(mode_name);
-    if (!mode) return make_error("unknown eval mode '" + mode_name + "'", {"", 0, "eval.modes"});
-    model::ForwardOptions options;
-    options.mode = *mode;
-    for (const auto& task : eval.tasks) {
-      if (task == "ppl") {
-        double sum = 0;
-        int64_t count = 0;
-        for (const auto& batch : data_.val) {
-          if (count >= eval.max_batches) break;
-          sum += eval::mean_token_loss(model_, batch.tokens, options);
-          ++count;
-        }
-        const double ppl = std::exp(sum / double(std::max<int64_t>(count, 1)));
-        (void)writer_.log_eval("ppl", mode_name, "ppl", ppl, count * spec_.data.batch_size);
-        progress_.event("info", "eval", "ppl " + mode_name + " = " + std::to_string(ppl));
-        if (*mode == AttentionMode::hybrid) hybrid_scores["ppl"] = ppl;
-      } else if (task == "passkey" || task == "mqar") {
-        eval::AnswerScore total;
-        for (int64_t distance : eval.distances) {
-          if (distance + 32 > spec_.data.seq_len) continue;
-          data::LongRangeOptions options_task;
-          options_task.task =
-              task == "passkey" ? data::LongRangeTask::kPasskey : data::LongRangeTask::kMqar;
-          options_task.seq_len = spec_.data.seq_len;
-          options_task.distances = {distance};
-          options_task.seed = static_cast<uint64_t>(spec_.seed) + 5000 + uint64_t(distance);
-          auto stream = data::make_long_range_stream(*data_.tokenizer, options_task);
-          if (!stream.ok()) return stream.error();
-          auto batch = data::next_batch(**stream, std::max<int64_t>(spec_.data.batch_size, 16));
-          if (!batch.ok()) return batch.error();
-          if (!batch->has_value()) continue;
-          eval::AnswerScore score =
-              eval::score_answers(model_, (*batch)->tokens, (*batch)->answer_mask, options);
-          total.add(score);
-          (void)writer_.log_eval(task, mode_name, "acc@" + std::to_string(distance),
-                                 score.exact_accuracy(), score.answers);
-        }
-        (void)writer_.log_eval(task, mode_name, "acc", total.exact_accuracy(), total.answers);
-        progress_.event(
-            "info", "eval",
-            task + " " + mode_name + " acc = " + std::to_string(total.exact_accuracy()));
-        if (*mode == AttentionMode::hybrid) hybrid_scores[task + "_acc"] = total.exact_accuracy();
-      }
+  // The same code path as `hybridlab-cli eval`: the run's validation batches serve "ppl".
+  const EvalSpec& spec = spec_.eval;
+  eval::EvalPlan plan;
+  plan.tasks = spec.tasks;
+  plan.modes = spec.modes;
+  plan.seq_len = spec.seq_len > 0 ? spec.seq_len : spec_.data.seq_len;
+  plan.batch_size = spec_.data.batch_size;
+  plan.max_batches = spec.max_batches;
+  plan.distances = spec.distances;
+  plan.layer_ablation = spec.layer_ablation;
+  plan.seed = static_cast<uint64_t>(spec_.seed);
+  auto prepared = eval::prepare_evaluation(plan);
+  if (!prepared.ok()) return make_error(prepared.error().to_string(), {"", 0, "eval"});
+  std::vector<data::Batch> text(
+      data_.val.begin(),
+      data_.val.begin() + std::min<int64_t>(spec.max_batches, int64_t(data_.val.size())));
+  eval::EvalContext context;
+  context.writer = &writer_;
+  context.progress = &progress_;
+  context.text_batches = &text;
+  context.cancel = &cancel_;
+  auto results = eval::evaluate(model_, *data_.tokenizer, *prepared, context);
+  if (!results.ok()) return results.error();
+  std::vector<eval::EvalResult> percent;
+  auto dtype = model::parse_dtype_name(spec_.model.dtype);
+  if (dtype.ok()) {
+    auto base = eval::base_scores(writer_.db_path(), spec_.model.base, *prepared,
+                                  {*dtype, device_}, context);
+    if (base.ok()) {
+      percent = eval::percent_of_base(*results, *base);
+      for (const auto& row : percent)
+        (void)writer_.log_eval(row.task, row.mode, row.metric, row.value, row.n);
+    } else {
+      progress_.event("warning", "eval", "no % of base: " + base.error().to_string());
     }
   }
-  for (const auto& [key, value] : hybrid_scores)
-    (void)writer_.set_summary(key, value);
-
-  if (eval.layer_ablation && !data_.val.empty()) {
-    const auto& batch = data_.val.front();
-    const double base_loss = eval::mean_token_loss(model_, batch.tokens);
-    for (int64_t layer : model_->converted_layers()) {
-      model::ForwardOptions options;
-      options.ablate_layer = layer;
-      const double delta = eval::mean_token_loss(model_, batch.tokens, options) - base_loss;
-      (void)writer_.log_layer_scalar("ablation/loss_delta", 0, int(layer), -1, delta);
-      (void)writer_.log_eval("ablation", "layer" + std::to_string(layer), "loss_delta", delta,
-                             batch.tokens.size(0));
-    }
-  }
-  return writer_.flush();
+  return eval::record_summary(writer_, *results, percent);
 }
 
 Status Runner::save_final_model() {
@@ -668,15 +639,8 @@ Status Runner::save_final_model() {
   model_->to(device_);
   if (!saved.ok()) return saved;
   // The converted model keeps its base model's tokenizer.
-  for (const char* name :
-       {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}) {
-    std::error_code ec;
-    const fs::path from = fs::path(spec_.model.base) / name;
-    if (fs::exists(from, ec))
-      fs::copy_file(from, out / name, fs::copy_options::overwrite_existing, ec);
-    if (ec)
-      return make_error("cannot copy " + std::string(name) + ": " + ec.message(), {out.string()});
-  }
+  if (Status copied = model::copy_tokenizer_files(spec_.model.base, out); !copied.ok())
+    return copied;
   return writer_.add_artifact("model", out.string(), R"({"format":"hf","lora":"separate"})");
 }
 
@@ -723,6 +687,39 @@ Status resolve_experiment_paths(ExperimentSpec& spec, const std::string& experim
 }
 
 }  // namespace
+
+Result<std::filesystem::path> run_model_dir(const std::string& db_path,
+                                            const std::string& run_reference) {
+  auto reader = store::RunReader::open(db_path);
+  if (!reader.ok()) return reader.error();
+  auto id = reader->find_run(run_reference);
+  if (!id.ok()) return id.error();
+  auto info = reader->run(*id);
+  if (!info.ok()) return info.error();
+  auto artifacts = reader->artifacts(*id);
+  if (!artifacts.ok()) return artifacts.error();
+  for (auto it = artifacts->rbegin(); it != artifacts->rend(); ++it) {
+    std::error_code ec;
+    if (it->kind == "model" && fs::exists(fs::path(it->path) / "config.json", ec))
+      return fs::path(it->path);
+  }
+  return make_error("run " + std::to_string(*id) + " (" + info->name + ", " +
+                    std::string(store::to_string(info->status)) +
+                    ") has no final model; a run saves it when it completes (resume it with "
+                    "`hybridlab-cli run --resume " +
+                    std::to_string(*id) + "`)");
+}
+
+Status export_run_model(const std::string& db_path, const std::string& run_reference,
+                        const std::filesystem::path& out_dir, bool merge_lora) {
+  auto from = run_model_dir(db_path, run_reference);
+  if (!from.ok()) return from.error();
+  auto model = model::load_model(*from);
+  if (!model.ok()) return model.error();
+  if (merge_lora) model::merge_lora(*model);
+  if (Status saved = model::save_model(*model, out_dir); !saved.ok()) return saved;
+  return model::copy_tokenizer_files(*from, out_dir);
+}
 
 std::string checkpoint_dir_for(const std::string& db_path, const std::string& run_uuid) {
   fs::path db = fs::absolute(db_path);

@@ -5,9 +5,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <filesystem>
 #include <string>
 
 #include "core/run/progress.hpp"
+#include "core/util/error.hpp"
 
 namespace hl {
 
@@ -33,6 +35,16 @@ struct RunOutcome {
 /// leave no run row, or a `failed` row with the reason when resuming.
 RunOutcome run_experiment(const RunRequest& request, ProgressReporter& progress,
                           const std::atomic<bool>& cancel);
+
+/// The folder of a run's final converted model (HF layout, LoRA kept apart); an error
+/// naming the run's status when it has none.
+Result<std::filesystem::path> run_model_dir(const std::string& db_path,
+                                            const std::string& run_reference);
+
+/// Writes a run's final model as an HF directory with its tokenizer, LoRA merged into the
+/// weights or (merge_lora = false) kept as separate adapters.
+Status export_run_model(const std::string& db_path, const std::string& run_reference,
+                        const std::filesystem::path& out_dir, bool merge_lora);
 
 /// Where a run's checkpoints and final model live: <db folder>/checkpoints/<uuid>.
 std::string checkpoint_dir_for(const std::string& db_path, const std::string& run_uuid);

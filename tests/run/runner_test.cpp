@@ -1,5 +1,7 @@
 // End-to-end runs of tiny experiments: a real base model on disk, real training steps, a
 // real SQLite store, read back through the store's reader.
+#include "core/run/runner.hpp"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -7,7 +9,6 @@
 
 #include "core/io/tokenizer.hpp"
 #include "core/model/model_io.hpp"
-#include "core/run/runner.hpp"
 #include "core/store/run_reader.hpp"
 
 namespace hl {
@@ -39,7 +40,8 @@ class RunnerTest : public ::testing::Test {
     model::CausalLM base(config);
     {
       torch::NoGradGuard no_grad;
-      for (auto& p : base->parameters()) p.normal_(0.0, 0.1);
+      for (auto& p : base->parameters())
+        p.normal_(0.0, 0.1);
     }
     ASSERT_TRUE(model::save_model(base, dir_ / "base").ok());
     ASSERT_TRUE(io::save_tokenizer(dir_ / "base", io::byte_tokenizer_json()).ok());
@@ -86,7 +88,8 @@ class RunnerTest : public ::testing::Test {
     auto points = reading.scalars_after(run_id, "loss", -1);
     EXPECT_TRUE(points.ok());
     std::vector<double> values;
-    for (const auto& p : *points) values.push_back(p.value);
+    for (const auto& p : *points)
+      values.push_back(p.value);
     return values;
   }
 
@@ -156,7 +159,8 @@ eval_batches = 1
   auto matrix = reader().layer_matrix(outcome.run_id, "usage/linear_mass");
   ASSERT_TRUE(matrix.ok());
   ASSERT_FALSE(matrix->values.empty());
-  for (double v : matrix->values) EXPECT_NEAR(v, 1.0, 1e-6);
+  for (double v : matrix->values)
+    EXPECT_NEAR(v, 1.0, 1e-6);
 }
 
 TEST_F(RunnerTest, TinyLinearBranchGivesLinearMassNearZero) {
@@ -202,10 +206,12 @@ eval_batches = 1
   auto matrix = reader().layer_matrix(outcome.run_id, "usage/linear_mass");
   ASSERT_TRUE(matrix.ok());
   ASSERT_FALSE(matrix->values.empty());
-  for (double v : matrix->values) EXPECT_LT(v, 1e-6);
+  for (double v : matrix->values)
+    EXPECT_LT(v, 1e-6);
   auto factors = reader().layer_matrix(outcome.run_id, "usage/window_factor");
   ASSERT_TRUE(factors.ok());
-  for (double v : factors->values) EXPECT_GT(v, 0.999);
+  for (double v : factors->values)
+    EXPECT_GT(v, 0.999);
 }
 
 TEST_F(RunnerTest, ResumedRunReproducesTheUninterruptedLosses) {
@@ -220,7 +226,8 @@ TEST_F(RunnerTest, ResumedRunReproducesTheUninterruptedLosses) {
   EXPECT_EQ(second.run_id, first.run_id);
   std::vector<double> expected = losses(whole.run_id), got = losses(first.run_id);
   ASSERT_EQ(got.size(), expected.size());
-  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], expected[i]) << "step " << i;
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_EQ(got[i], expected[i]) << "step " << i;
 }
 
 TEST_F(RunnerTest, BadInputsFailBeforeAnyRunIsRecorded) {
@@ -240,7 +247,8 @@ TEST_F(RunnerTest, BadInputsFailBeforeAnyRunIsRecorded) {
   RunOutcome missing_base = run(variant((dir_ / "base").string(), (dir_ / "nope").string()));
   EXPECT_EQ(missing_base.exit_code, 2);
   EXPECT_NE(missing_base.message.find("model.base"), std::string::npos) << missing_base.message;
-  RunOutcome missing_data = run(variant((dir_ / "corpus.txt").string(), (dir_ / "none.txt").string()));
+  RunOutcome missing_data =
+      run(variant((dir_ / "corpus.txt").string(), (dir_ / "none.txt").string()));
   EXPECT_EQ(missing_data.exit_code, 2);
   RunOutcome too_long = run(variant("seq_len = 32", "seq_len = 100000"));
   EXPECT_EQ(too_long.exit_code, 2) << too_long.message;
@@ -266,8 +274,8 @@ TEST_F(RunnerTest, FrozenBaseWeightsAreBitForBitUnchanged) {
   RunOutcome outcome = run(experiment(kTwoStages));
   ASSERT_EQ(outcome.exit_code, 0) << outcome.message;
   auto info = reader().run(outcome.run_id);
-  auto trained = model::load_model(
-      checkpoint_dir_for((dir_ / "runs.sqlite").string(), info->uuid) + "/model");
+  auto trained =
+      model::load_model(checkpoint_dir_for((dir_ / "runs.sqlite").string(), info->uuid) + "/model");
   ASSERT_TRUE(trained.ok()) << trained.error().to_string();
   auto base = model::load_model(dir_ / "base");
   ASSERT_TRUE(base.ok());
@@ -282,6 +290,88 @@ TEST_F(RunnerTest, FrozenBaseWeightsAreBitForBitUnchanged) {
   // And the conversion did train: window factors moved away from their start.
   auto omega = trained_params["model.layers.0.self_attn.window_factors"];
   EXPECT_FALSE(torch::allclose(omega, torch::full_like(omega, std::log(0.1 / 0.9))));
+}
+
+// Logits of a model directory on a fixed batch of token ids.
+torch::Tensor logits_of(const fs::path& dir, const torch::Tensor& tokens) {
+  auto loaded = model::load_model(dir);
+  EXPECT_TRUE(loaded.ok()) << loaded.error().to_string();
+  torch::NoGradGuard no_grad;
+  return (*loaded)->forward(tokens);
+}
+
+TEST_F(RunnerTest, ExportLoadsBackWithIdenticalLogitsAndMergedLoraEqualsUnmerged) {
+  RunOutcome outcome = run(experiment(kTwoStages));
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.message;
+  const std::string db = (dir_ / "runs.sqlite").string();
+  auto final_dir = run_model_dir(db, std::to_string(outcome.run_id));
+  ASSERT_TRUE(final_dir.ok()) << final_dir.error().to_string();
+  ASSERT_TRUE(export_run_model(db, std::to_string(outcome.run_id), dir_ / "apart", false).ok());
+  ASSERT_TRUE(export_run_model(db, std::to_string(outcome.run_id), dir_ / "merged", true).ok());
+  for (const char* name : {"config.json", "model.safetensors", "tokenizer.json"}) {
+    EXPECT_TRUE(fs::exists(dir_ / "apart" / name)) << name;
+    EXPECT_TRUE(fs::exists(dir_ / "merged" / name)) << name;
+  }
+  std::string config;
+  {
+    std::ifstream in(dir_ / "merged" / "config.json");
+    config.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  EXPECT_NE(config.find("\"hybridlab\""), std::string::npos);
+  EXPECT_NE(config.find("\"window\": 8"), std::string::npos) << config;
+
+  torch::manual_seed(11);
+  const torch::Tensor tokens = torch::randint(0, 259, {2, 40}, torch::kLong);
+  const torch::Tensor reference = logits_of(*final_dir, tokens);
+  const torch::Tensor apart = logits_of(dir_ / "apart", tokens);
+  const torch::Tensor merged = logits_of(dir_ / "merged", tokens);
+  EXPECT_TRUE(torch::equal(apart, reference));  // the same weights and the same arithmetic
+  // Merging changes the order of float32 operations only: W x + s B A x vs (W + s B A) x.
+  const double scale = reference.abs().max().item<double>();
+  EXPECT_LT((merged - reference).abs().max().item<double>(), 1e-5 * scale);
+  EXPECT_FALSE(torch::equal(merged, reference));  // the merge did change the arithmetic
+  auto merged_model = model::load_model(dir_ / "merged");
+  ASSERT_TRUE(merged_model.ok());
+  for (const auto& item : (*merged_model)->named_parameters())
+    EXPECT_EQ(item.key().find(".lora."), std::string::npos) << item.key();
+}
+
+TEST_F(RunnerTest, ExportOfARunWithoutFinalModelNamesItsStatus) {
+  RunOutcome first = run(experiment(kTwoStages), "", 3);
+  ASSERT_EQ(first.exit_code, 130);
+  const std::string db = (dir_ / "runs.sqlite").string();
+  Status exported = export_run_model(db, std::to_string(first.run_id), dir_ / "out", true);
+  ASSERT_FALSE(exported.ok());
+  EXPECT_NE(exported.error().message.find("cancelled"), std::string::npos)
+      << exported.error().message;
+  Status unknown = export_run_model(db, "no-such-run", dir_ / "out", true);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.error().message.find("no-such-run"), std::string::npos)
+      << unknown.error().message;
+}
+
+TEST_F(RunnerTest, RelativePathsResolveAgainstTheExperimentFolder) {
+  // An experiment file next to its model and data, run from another working directory.
+  const fs::path exp = experiment(kTwoStages);
+  std::string text;
+  {
+    std::ifstream in(exp);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  for (const char* name : {"base", "corpus.txt", "val.txt"}) {
+    const std::string absolute = (dir_ / name).string();
+    text.replace(text.find(absolute), absolute.size(), name);
+  }
+  std::ofstream(dir_ / "relative.toml") << text;
+  const fs::path previous = fs::current_path();
+  fs::create_directories(dir_ / "elsewhere");
+  fs::current_path(dir_ / "elsewhere");
+  RunOutcome outcome = run((dir_ / "relative.toml").string(), "", 2);
+  fs::current_path(previous);
+  EXPECT_EQ(outcome.exit_code, 130) << outcome.message;
+  auto info = reader().run(outcome.run_id);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(fs::path(info->base_model), dir_ / "base");  // stored absolute, for --resume
 }
 
 }  // namespace
