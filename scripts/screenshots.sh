@@ -9,6 +9,7 @@
 # captured while they train (launch.png, usage-live.png); it needs hybridlab-cli (beside
 # hybridlab or on PATH) and takes a few minutes of both cores. Without --live, DB must hold
 # a finished demo; without --select the newest two runs are shown (demo and demo-ssd).
+# HL_SNAPSHOT_AT="30 60" sets when (seconds after the start) the two live views are taken.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --select) select="$2"; shift 2 ;;
     --live) live=1; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "screenshots.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -56,9 +57,10 @@ if [ "$live" = 1 ]; then
     echo "screenshots.sh: --live writes a fresh database; $db exists" >&2
     exit 2
   fi
+  read -r launch_at usage_at <<< "${HL_SNAPSHOT_AT:-30 60}"
   # The demo's base model is looked for from the repository root (models/tiny-base).
   (cd "$root" && run_app --demo --db "$db" "${common[@]}" --quit-when-idle \
-    --snapshot "launch:30:$out/launch.png" --snapshot "usage:60:$out/usage-live.png")
+    --snapshot "launch:$launch_at:$out/launch.png" --snapshot "usage:$usage_at:$out/usage-live.png")
   echo "wrote $out/launch.png and $out/usage-live.png; the demo ran into $db"
 else
   db="${db:-${XDG_DATA_HOME:-$HOME/.local/share}/hybridlab/runs.sqlite}"

@@ -66,9 +66,9 @@ LaunchPanel::LaunchPanel(Launcher* launcher, QWidget* parent)
   connect(launcher_, &Launcher::runAnnounced, this, [this] { refresh_queue(); });
   connect(launcher_, &Launcher::progress, this, [this] { show_running(); });
   connect(launcher_, &Launcher::logLine, this, [this](int id, const QString& line) {
-    // Two jobs side by side interleave their lines; the job id tells them apart.
-    log_->appendPlainText(
-        launcher_->running_jobs().size() > 1 ? QStringLiteral("#%1 %2").arg(id).arg(line) : line);
+    // Jobs side by side interleave their lines; the job id tells them apart.
+    const Launcher::Job* job = launcher_->job(id);
+    log_->appendPlainText(job && job->parallel ? QStringLiteral("#%1 %2").arg(id).arg(line) : line);
   });
   connect(launcher_, &Launcher::jobFinished, this,
           [this](int id, Launcher::JobState state, int exit_code) {

@@ -20,6 +20,8 @@ namespace hl::ui {
 namespace {
 // Up to this many runs the smoothed curves are drawn 2 px wide.
 constexpr qsizetype kWidePenRuns = 5;
+// Room above and below the curves when the axes follow the data, as a fraction of the range.
+constexpr double kYMargin = 0.03;
 }  // namespace
 
 double EmaSmoother::push(double value) {
@@ -419,9 +421,15 @@ void MetricPlot::flush() {
       refresh_screen_data(false);
       plot_->rescaleAxes(true);
     }
-    // A flat curve gets a little room, else QCustomPlot shows a zero-height range.
-    QCPRange y = plot_->yAxis->range();
-    if (y.size() <= 0) plot_->yAxis->setRange(y.lower - 0.5, y.upper + 0.5);
+    // A little room above and below, so that extremes do not run along the axis box (and a
+    // flat curve does not get a zero-height range).
+    const QCPRange y = plot_->yAxis->range();
+    if (log_y_ && y.lower > 0)
+      plot_->yAxis->setRange(y.lower / 1.1, y.upper * 1.1);
+    else if (!log_y_)
+      plot_->yAxis->setRange(
+          y.size() > 0 ? QCPRange(y.lower - kYMargin * y.size(), y.upper + kYMargin * y.size())
+                       : QCPRange(y.lower - 0.5, y.upper + 0.5));
   }
   plot_->replot();
   ++redraws_;

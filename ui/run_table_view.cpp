@@ -9,6 +9,7 @@
 #include <QRegularExpression>
 #include <QTableView>
 #include <QVBoxLayout>
+#include <algorithm>
 
 #include "ui/runs_model.hpp"
 
@@ -45,6 +46,17 @@ RunTableView::RunTableView(RunsModel* model, QWidget* parent)
   connect(table_, &QWidget::customContextMenuRequested, this, &RunTableView::show_context_menu);
   connect(table_->selectionModel(), &QItemSelectionModel::selectionChanged, this,
           [this] { emit selectionChanged(selected_runs()); });
+  // The name column widens to the names it shows (up to a limit) as runs arrive; it never
+  // narrows, so a width the user chose stays.
+  auto fit_names = [this] {
+    constexpr int kMaxNameWidth = 260;
+    const int before = table_->columnWidth(RunsModel::kName);
+    table_->resizeColumnToContents(RunsModel::kName);
+    const int fitted = std::min(table_->columnWidth(RunsModel::kName), kMaxNameWidth);
+    table_->setColumnWidth(RunsModel::kName, std::max(before, fitted));
+  };
+  connect(proxy_, &QAbstractItemModel::rowsInserted, this, fit_names);
+  connect(proxy_, &QAbstractItemModel::modelReset, this, fit_names);
 
   auto* layout = new QVBoxLayout(this);
   layout->setContentsMargins(0, 0, 0, 0);

@@ -95,7 +95,9 @@ UsageHeatmap::UsageHeatmap(RunStore* store, QWidget* parent) : QWidget(parent), 
         new QCPColorMap(side.rect->axis(QCPAxis::atBottom), side.rect->axis(QCPAxis::atLeft));
     side.map->setColorScale(scale_);
     side.map->setInterpolate(false);
-    side.map->setTightBoundary(true);
+    // Each logged (step, layer) is a whole cell centred on it: the first and last layers
+    // and steps get full-size cells like the others.
+    side.map->setTightBoundary(false);
   }
   plot_->plotLayout()->addElement(0, 2, scale_);
   heads_rect_ = new QCPAxisRect(plot_);
@@ -252,8 +254,10 @@ void UsageHeatmap::fill_map(Side& side) {
       data->setAlpha(s, l, std::isnan(value) ? 0 : 255);
     }
   }
+  const double half_cell =
+      steps > 1 ? (data->keyRange().upper - data->keyRange().lower) / (steps - 1) / 2 : 0.5;
   side.rect->axis(QCPAxis::atBottom)
-      ->setRange(data->keyRange().lower - 0.5, data->keyRange().upper + 0.5);
+      ->setRange(data->keyRange().lower - half_cell, data->keyRange().upper + half_cell);
   side.rect->axis(QCPAxis::atLeft)
       ->setRange(matrix.layers.front() - 0.5, matrix.layers.back() + 0.5);
 }
