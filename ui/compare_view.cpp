@@ -58,6 +58,9 @@ CompareView::CompareView(RunStore* store, QWidget* parent)
   auto* splitter = new QSplitter(Qt::Vertical, this);
   splitter->addWidget(top);
   splitter->addWidget(plot_);
+  // The differences are a few rows; the overlaid metrics get most of the height.
+  splitter->setStretchFactor(0, 1);
+  splitter->setStretchFactor(1, 2);
   auto* layout = new QVBoxLayout(this);
   layout->setContentsMargins(4, 4, 4, 4);
   layout->addWidget(splitter);
