@@ -170,6 +170,33 @@ TEST(LauncherTest, AMissingProgramFailsTheJobNotTheWorkbench) {
   EXPECT_TRUE(launcher.job(job)->status_message.contains("does-not-exist"));
 }
 
+TEST(LaunchPanelTest, ShowsParallelJobsSideBySide) {
+  TempStore temp;
+  Launcher launcher;
+  // Each job reports half its steps, then waits until told to finish.
+  launcher.set_program(write_fake_cli(temp, R"sh(
+echo "{\"type\":\"progress\",\"phase\":\"attention_transfer\",\"step\":30,\"total\":60,\"eta_s\":12}"
+while [ ! -f "$(dirname "$0")/done" ]; do sleep 0.05; done
+exit 0
+)sh"));
+  LaunchPanel panel(&launcher);
+  const int a = launcher.enqueue_run("a.toml", temp.qpath(), {.parallel = true});
+  const int b = launcher.enqueue_run("b.toml", temp.qpath(), {.parallel = true});
+  ASSERT_TRUE(wait_until([&] {
+    return launcher.job(a)->last_progress.step == 30 && launcher.job(b)->last_progress.step == 30;
+  }));
+  const QString status = panel.status_label()->text();
+  EXPECT_TRUE(status.contains("a.toml: attention_transfer")) << status.toStdString();
+  EXPECT_TRUE(status.contains("b.toml: attention_transfer")) << status.toStdString();
+  EXPECT_EQ(panel.progress_bar()->maximum(), 1000);  // the mean of both, in per mille
+  EXPECT_EQ(panel.progress_bar()->value(), 500);
+  QFile done(temp.file("done"));
+  ASSERT_TRUE(done.open(QIODevice::WriteOnly));
+  done.close();
+  ASSERT_TRUE(wait_until([&] { return !launcher.busy(); }));
+  EXPECT_EQ(panel.progress_bar()->value(), panel.progress_bar()->maximum());
+}
+
 TEST(LaunchPanelTest, FormatsEta) {
   EXPECT_EQ(LaunchPanel::format_eta(0), "0:00");
   EXPECT_EQ(LaunchPanel::format_eta(65.4), "1:05");
