@@ -376,7 +376,7 @@ void MetricPlot::refresh_screen_data(bool force) {
                                               (curve->lo <= need_lo && curve->hi >= need_hi &&
                                                bucket <= 1.5 * wanted && bucket >= wanted / 1.5));
     if (fits && !force) continue;
-    // Whole series in view (the usual case while following a run): decimate just that.
+    // Clipped to the series: while the axes follow a run that is the whole series.
     const double lo = std::max(range.lower - span / 2, curve->xs.front());
     const double hi = std::min(range.upper + span / 2, curve->xs.back());
     if (!(span > 0) || hi <= lo) {
