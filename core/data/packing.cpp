@@ -137,7 +137,9 @@ class LongRangeStream final : public ChunkStream {
   }
 
   Result<TokenChunk> passkey(int64_t distance) {
-    const std::string key = digits(options_.passkey_digits);
+    const int spread = std::max(0, options_.passkey_digits_max - options_.passkey_digits);
+    const std::string key =
+        digits(options_.passkey_digits + (spread ? int(rng_.below(spread + 1)) : 0));
     // The '#' before the key appears nowhere else in the sample, so one matching token
     // finds the fact: retrieval is what is tested, not matching a long phrase (which a
     // byte-level model learns much later).

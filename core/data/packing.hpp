@@ -67,6 +67,8 @@ struct LongRangeOptions {
   /// Distances (tokens between the stated fact and its answer) to draw from, uniformly.
   std::vector<int64_t> distances = {64};
   int passkey_digits = 5;
+  /// When above passkey_digits, each key's length is drawn from [passkey_digits, this].
+  int passkey_digits_max = 0;
   int mqar_pairs = 4;  // key-value pairs stated, each queried once
   uint64_t seed = 0;
 };

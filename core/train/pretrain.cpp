@@ -132,7 +132,7 @@ Result<PretrainReport> pretrain(const PretrainRequest& request, ProgressReporter
     options.seq_len = preset.seq_len;
     options.distances =
         task == data::LongRangeTask::kPasskey ? preset.distances : preset.mqar_distances;
-    options.passkey_digits = preset.train_key_digits;
+    options.passkey_digits_max = preset.train_key_digits_max;
     options.seed = request.seed + 17 + static_cast<uint64_t>(task);
     auto stream = data::make_long_range_stream(*tokenizer, options);
     if (!stream.ok()) return stream.error();

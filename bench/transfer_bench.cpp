@@ -1,0 +1,126 @@
+// Attention-transfer training throughput (tokens/s): one optimiser step as `run` takes it in
+// stage attention_transfer (teacher softmax and hybrid student in every converted layer,
+// output MSE, backward into feature maps and window factors, AdamW), with the attention
+// dispatch on its automatic backend next to the same step on the quadratic reference.
+//
+// Shapes: the tiny pretrain preset on the CPU (seq 128 as in demo.toml, and 1024), and a
+// Llama-3.2-1B shape (random weights, bfloat16) at seq 1024 on CUDA when a GPU is present.
+// HL_BENCH_DEVICE=cpu|cuda overrides the device. Results: bench/RESULTS.md.
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "core/model/decoder.hpp"
+#include "core/train/objectives.hpp"
+
+namespace {
+
+using hl::kernels::Backend;
+
+hl::io::ModelConfig shape(bool one_b) {
+  hl::io::ModelConfig c;
+  c.model_type = "llama";
+  c.architectures = {"LlamaForCausalLM"};
+  c.rms_norm_eps = 1e-5;
+  c.tie_word_embeddings = true;
+  if (one_b) {  // Llama-3.2-1B: 16 layers, 2048 wide, 32 q / 8 kv heads of 64
+    c.vocab_size = 128256;
+    c.hidden_size = 2048;
+    c.intermediate_size = 8192;
+    c.num_hidden_layers = 16;
+    c.num_attention_heads = 32;
+    c.num_key_value_heads = 8;
+    c.head_dim = 64;
+    c.rope_theta = 500000.0;
+    c.max_position_embeddings = 131072;
+  } else {  // pretrain --preset tiny
+    c.vocab_size = 259;
+    c.hidden_size = 128;
+    c.intermediate_size = 384;
+    c.num_hidden_layers = 4;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 32;
+    c.rope_theta = 10000.0;
+    c.max_position_embeddings = 1024;
+  }
+  return c;
+}
+
+torch::Device bench_device() {
+  const char* env = std::getenv("HL_BENCH_DEVICE");
+  if (env && std::string(env) == "cpu") return torch::kCPU;
+  if (env && std::string(env) == "cuda") return torch::kCUDA;
+  return torch::cuda::is_available() ? torch::kCUDA : torch::kCPU;
+}
+
+// args: one_b (0/1), seq_len, batch, backend (0 automatic, 1 reference)
+void BM_AttentionTransferStep(benchmark::State& state) {
+  const bool one_b = state.range(0) != 0;
+  const int64_t seq = state.range(1), batch = state.range(2);
+  const Backend backend = state.range(3) == 0 ? Backend::automatic : Backend::reference;
+  const torch::Device device = one_b ? torch::Device(torch::kCUDA) : bench_device();
+  if (device.is_cuda() && !torch::cuda::is_available()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const torch::Dtype dtype = device.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
+  torch::manual_seed(0);
+  hl::model::CausalLM model(shape(one_b));
+  hl::model::ConversionOptions conversion;
+  conversion.window = 64;
+  conversion.feature_dim = 64;
+  model->convert(conversion);
+  model->to(device, dtype);
+  std::vector<torch::Tensor> trainable;
+  for (auto& item : model->named_parameters()) {
+    const bool train = item.key().find("feature_map") != std::string::npos ||
+                       item.key().find("window_factors") != std::string::npos;
+    item.value().requires_grad_(train);
+    if (train) trainable.push_back(item.value());
+  }
+  torch::optim::AdamW optimizer(trainable, torch::optim::AdamWOptions(1e-2));
+  const torch::Tensor tokens = torch::randint(0, shape(one_b).vocab_size, {batch, seq},
+                                              torch::TensorOptions(device).dtype(torch::kLong));
+
+  auto step = [&] {
+    std::vector<hl::model::TransferPair> pairs;
+    hl::model::ForwardOptions options;
+    options.transfer = &pairs;
+    options.stop_after_layer = model->converted_layers().back();
+    options.backend = backend;
+    model->hidden_states(tokens, options);
+    hl::train::TransferLoss loss = hl::train::transfer_loss(pairs, 1.0, 0.0);
+    optimizer.zero_grad();
+    loss.total.backward();
+    optimizer.step();
+  };
+  step();  // warm-up: allocator, kernels
+  if (device.is_cuda()) torch::cuda::synchronize();
+  for (auto _ : state) {
+    step();
+    if (device.is_cuda()) torch::cuda::synchronize();
+  }
+  state.counters["tokens_per_s"] =
+      benchmark::Counter(double(batch * seq), benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(std::string(one_b ? "llama-3.2-1b-shape bf16 " : "tiny fp32 ") +
+                 (device.is_cuda() ? "cuda " : "cpu ") +
+                 (backend == Backend::automatic ? "automatic" : "reference"));
+}
+
+BENCHMARK(BM_AttentionTransferStep)
+    ->ArgNames({"1b", "seq", "batch", "reference"})
+    ->Args({0, 128, 8, 0})
+    ->Args({0, 128, 8, 1})
+    ->Args({0, 1024, 1, 0})
+    ->Args({0, 1024, 1, 1})
+    ->Args({1, 1024, 1, 0})
+    ->Args({1, 1024, 1, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();
