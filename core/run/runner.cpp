@@ -3,6 +3,7 @@
 #include <toml++/toml.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -304,7 +305,12 @@ Result<Runner::StepResult> Runner::run_step(const StageSpec& stage, const torch:
   torch::Tensor inputs = tokens.narrow(1, 0, n).to(device_);
   model::ForwardOptions options;
   options.window_drop = drop;
-  options.want_usage = want_usage;
+  // Usage describes the hybrid as it runs at inference: a layer whose window SSD dropped in
+  // this step would show linear mass 1 whatever it learned, so it is measured without drops.
+  const bool any_drop = std::any_of(drop.begin(), drop.end(), [](const torch::Tensor& mask) {
+    return mask.defined() && mask.any().item<bool>();
+  });
+  options.want_usage = want_usage && !any_drop;
   options.usage = &result.usage;
   torch::Tensor loss;
   if (stage.kind == kAttentionTransfer) {
@@ -332,6 +338,14 @@ Result<Runner::StepResult> Runner::run_step(const StageSpec& stage, const torch:
                       " (try a lower lr)");
   if (training) (loss / double(stage.grad_accum)).backward();
   result.loss = loss.item<double>();
+  if (want_usage && any_drop) {
+    torch::NoGradGuard no_grad;
+    model::ForwardOptions measure;
+    measure.want_usage = true;
+    measure.usage = &result.usage;
+    measure.stop_after_layer = model_->converted_layers().back();
+    model_->hidden_states(inputs, measure);
+  }
   return result;
 }
 
@@ -619,8 +633,8 @@ Status Runner::evaluate() {
   std::vector<eval::EvalResult> percent;
   auto dtype = model::parse_dtype_name(spec_.model.dtype);
   if (dtype.ok()) {
-    auto base = eval::base_scores(writer_.db_path(), spec_.model.base, *prepared,
-                                  {*dtype, device_}, context);
+    auto base = eval::base_scores(writer_.db_path(), spec_.model.base, *prepared, {*dtype, device_},
+                                  context);
     if (base.ok()) {
       percent = eval::percent_of_base(*results, *base);
       for (const auto& row : percent)

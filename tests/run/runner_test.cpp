@@ -145,6 +145,32 @@ TEST_F(RunnerTest, TwoStagesWithSsdLeaveCurvesUsageAndEvals) {
                          "/model/config.json"));
 }
 
+TEST_F(RunnerTest, UsageUnderSsdIsMeasuredWithoutTheDrops) {
+  // Every window is dropped in every step; the logged usage must still describe the hybrid
+  // (both branches, linear mass < 1), not the linear-only forward the step trained.
+  RunOutcome outcome = run(experiment(R"(
+[[stage]]
+kind = "attention_transfer"
+steps = 3
+usage_every = 1
+eval_every = 3
+eval_batches = 1
+ssd = { swa_dropout = [1.0], granularity = "layer" }
+)"));
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.message;
+  auto realised = reader().scalars_after(outcome.run_id, "ssd/realised", -1);
+  ASSERT_TRUE(realised.ok());
+  ASSERT_FALSE(realised->empty());
+  EXPECT_EQ(realised->back().value, 1.0);
+  auto matrix = reader().layer_matrix(outcome.run_id, "usage/linear_mass");
+  ASSERT_TRUE(matrix.ok());
+  ASSERT_FALSE(matrix->values.empty());
+  for (double v : matrix->values) {
+    EXPECT_GT(v, 0.0);
+    EXPECT_LT(v, 0.999);
+  }
+}
+
 TEST_F(RunnerTest, LinearOutputTransferLogsLinearMassOne) {
   RunOutcome outcome = run(experiment(R"(
 [[stage]]
