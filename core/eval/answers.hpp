@@ -11,11 +11,11 @@ namespace hl::eval {
 
 /// Accuracy over the answers of a batch.
 struct AnswerScore {
-  int64_t answers = 0;          ///< rows with at least one answer token
-  int64_t exact = 0;            ///< rows whose every answer token is predicted
-  int64_t tokens = 0;           ///< answer tokens
-  int64_t tokens_correct = 0;   ///< answer tokens predicted
-  double loss_sum = 0;          ///< summed cross-entropy over answer tokens
+  int64_t answers = 0;         ///< rows with at least one answer token
+  int64_t exact = 0;           ///< rows whose every answer token is predicted
+  int64_t tokens = 0;          ///< answer tokens
+  int64_t tokens_correct = 0;  ///< answer tokens predicted
+  double loss_sum = 0;         ///< summed cross-entropy over answer tokens
 
   double exact_accuracy() const { return answers ? double(exact) / double(answers) : 0.0; }
   double token_accuracy() const { return tokens ? double(tokens_correct) / double(tokens) : 0.0; }
