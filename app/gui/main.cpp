@@ -101,14 +101,15 @@ int main(int argc, char** argv) {
     QList<qint64> ids;
     for (const QString& id : parser.value(select).split(',', Qt::SkipEmptyParts))
       ids << id.toLongLong();
-    // The runs arrive from the store's first poll; without ids the newest two are shown.
+    // The runs arrive from the store's first poll; without ids the newest two conversions
+    // are shown (the base-model evaluations that runs record for "% of base" are left out).
     QObject::connect(window.store(), &hl::ui::RunStore::runsChanged, &window, [&window, ids] {
       if (!window.run_table()->selected_runs().isEmpty()) return;
       QList<qint64> chosen = ids;
       const auto& runs = window.store()->runs();
       if (chosen.isEmpty())
         for (size_t i = runs.size(); i > 0 && chosen.size() < 2; --i)
-          chosen.prepend(runs[i - 1].id());
+          if (runs[i - 1].entry.info.method != "base-eval") chosen.prepend(runs[i - 1].id());
       window.run_table()->select_runs(chosen);
     });
   }
