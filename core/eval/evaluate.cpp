@@ -288,17 +288,19 @@ Result<std::vector<EvalResult>> evaluate(model::CausalLM& model, const io::Token
                                          const PreparedEval& prepared, EvalContext& context) {
   torch::NoGradGuard no_grad;
   model->eval();
-  const EvalPlan& plan = prepared.plan;
   const bool converted = is_converted(model);
-  const int64_t window = model_window(model, plan);
   const int64_t context_limit = max_context(model);
   Recorder record(context);
+  EvalPlan plan = prepared.plan;
+  if (plan.seq_len > context_limit) {
+    record.note("warning", "seq_len " + std::to_string(plan.seq_len) +
+                               " cut to the model's context of " + std::to_string(context_limit));
+    plan.seq_len = context_limit;
+  }
+  const int64_t window = model_window(model, plan);
   for (const auto& task : prepared.tasks)
     for (const auto& skipped : task.mc.skipped)
       record.note("warning", "skipped malformed line: " + skipped.to_string());
-  if (plan.seq_len > context_limit)
-    return make_error("seq_len " + std::to_string(plan.seq_len) +
-                      " is longer than the model's context of " + std::to_string(context_limit));
 
   // Inputs shared by every mode, made once.
   std::map<std::string, std::vector<data::Batch>> texts;
