@@ -240,7 +240,7 @@ void EvalView::update_distance_plot() {
   distance_plot_->clearGraphs();
   const std::string task = distance_task_->currentText().toStdString();
   const std::string mode = distance_mode_->currentText().toStdString();
-  double max_distance = 1;
+  double min_distance = 0, max_distance = 1;
   for (qint64 run : runs_) {
     std::map<double, double> by_distance;
     for (const store::EvalRow& row : evals_) {
@@ -260,10 +260,12 @@ void EvalView::update_distance_plot() {
     graph->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, 6));
     for (const auto& [distance, value] : by_distance) {
       graph->addData(distance, value);
+      min_distance = min_distance > 0 ? std::min(min_distance, distance) : distance;
       max_distance = std::max(max_distance, distance);
     }
   }
-  distance_plot_->xAxis->setRange(1, max_distance * 1.5);
+  // The distances measured, with some room on the log axis (from 1 when there are none).
+  distance_plot_->xAxis->setRange(min_distance > 0 ? min_distance / 1.5 : 1, max_distance * 1.5);
   distance_plot_->replot();
 }
 
