@@ -50,26 +50,30 @@ void append_kv(LayerCache& cache, const torch::Tensor& k, const torch::Tensor& v
 }
 
 // Causal softmax of q [B, Hq, n, d] (the last n positions) over the whole cache, limited to
-// the last `sliding_window` keys when the base model has one (Mistral).
+// the last `sliding_window` keys when the base model has one (Mistral). The query heads of
+// one KV head are stacked as rows (h = kv * groups + g) instead of repeating the cache, and
+// the scores are laid out [keys, rows] so both products read the cache contiguously: a
+// decode step is a pass over the cache, nothing more.
 torch::Tensor cached_softmax(const torch::Tensor& q, const LayerCache& cache,
                              std::optional<int64_t> sliding_window) {
-  const int64_t n = q.size(2), total = cache.length, groups = q.size(1) / cache.keys.size(1);
-  torch::Tensor keys = cache.keys.narrow(2, 0, total), values = cache.values.narrow(2, 0, total);
-  if (groups > 1) {
-    keys = keys.repeat_interleave(groups, 1);
-    values = values.repeat_interleave(groups, 1);
-  }
-  torch::Tensor scores =
-      torch::matmul(q, keys.transpose(-1, -2)) / std::sqrt(static_cast<double>(q.size(3)));
+  const int64_t batch = q.size(0), heads = q.size(1), n = q.size(2), d = q.size(3);
+  const int64_t kv_heads = cache.keys.size(1), groups = heads / kv_heads, total = cache.length;
+  const torch::Tensor keys = cache.keys.narrow(2, 0, total);
+  const torch::Tensor values = cache.values.narrow(2, 0, total);
+  const torch::Tensor rows = q.reshape({batch, kv_heads, groups * n, d});
+  torch::Tensor scores = torch::matmul(keys, rows.transpose(-1, -2))  // [B, Hkv, T, G*n]
+                             .mul_(1.0 / std::sqrt(static_cast<double>(d)));
   if (n > 1 || (sliding_window && *sliding_window < total)) {
     const auto index = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
-    torch::Tensor query_pos = torch::arange(total - n, total, index).unsqueeze(1);
-    torch::Tensor key_pos = torch::arange(0, total, index).unsqueeze(0);
+    torch::Tensor query_pos = torch::arange(total - n, total, index).repeat({groups}).unsqueeze(0);
+    torch::Tensor key_pos = torch::arange(0, total, index).unsqueeze(1);
     torch::Tensor hidden = key_pos.gt(query_pos);
     if (sliding_window) hidden = hidden.logical_or(key_pos.le(query_pos - *sliding_window));
-    scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
+    scores.masked_fill_(hidden, -std::numeric_limits<double>::infinity());
   }
-  return torch::matmul(torch::softmax(scores, -1), values);
+  torch::Tensor weights = torch::softmax(scores, -2);
+  torch::Tensor out = torch::matmul(weights.transpose(-1, -2), values);  // [B, Hkv, G*n, dv]
+  return out.reshape({batch, heads, n, values.size(3)});
 }
 
 }  // namespace
