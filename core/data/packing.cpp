@@ -112,6 +112,22 @@ class LongRangeStream final : public ChunkStream {
     return s;
   }
 
+  // A pass key of distinct digits (at most 10), no leading zero: each digit then has one
+  // successor in the key, so reading it back is an unambiguous lookup.
+  std::string distinct_digits(int count) {
+    std::string pool = "0123456789";
+    std::string key;
+    for (int i = 0; i < std::min(count, 10); ++i) {
+      std::size_t pick;
+      do {
+        pick = rng_.below(pool.size());
+      } while (i == 0 && pool[pick] == '0');
+      key += pool[pick];
+      pool.erase(pick, 1);
+    }
+    return key;
+  }
+
   // Puts filler in front so the sample is exactly seq_len + 1 tokens.
   Result<TokenChunk> finish(std::vector<int32_t> body, std::vector<AnswerSpan> answers,
                             int64_t distance) {
@@ -137,9 +153,7 @@ class LongRangeStream final : public ChunkStream {
   }
 
   Result<TokenChunk> passkey(int64_t distance) {
-    const int spread = std::max(0, options_.passkey_digits_max - options_.passkey_digits);
-    const std::string key =
-        digits(options_.passkey_digits + (spread ? int(rng_.below(spread + 1)) : 0));
+    const std::string key = distinct_digits(options_.passkey_digits);
     // The '#' before the key appears nowhere else in the sample, so one matching token
     // finds the fact: retrieval is what is tested, not matching a long phrase (which a
     // byte-level model learns much later).

@@ -1,5 +1,6 @@
 #include "core/train/pretrain.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -130,9 +131,13 @@ Result<PretrainReport> pretrain(const PretrainRequest& request, ProgressReporter
     data::LongRangeOptions options;
     options.task = task;
     options.seq_len = preset.seq_len;
-    options.distances =
+    // Training draws every distance between the shortest and the longest, so that no fixed
+    // offset between question and fact can stand in for looking the fact up.
+    const auto& listed =
         task == data::LongRangeTask::kPasskey ? preset.distances : preset.mqar_distances;
-    options.passkey_digits_max = preset.train_key_digits_max;
+    const auto [shortest, longest] = std::minmax_element(listed.begin(), listed.end());
+    options.distances.clear();
+    for (int64_t d = *shortest; d <= *longest; ++d) options.distances.push_back(d);
     options.seed = request.seed + 17 + static_cast<uint64_t>(task);
     auto stream = data::make_long_range_stream(*tokenizer, options);
     if (!stream.ok()) return stream.error();

@@ -26,10 +26,6 @@ struct PretrainPreset {
   int64_t warmup_steps = 30;
   double passkey_weight = 0.5;
   double mqar_weight = 0.1;
-  /// Pass keys trained on have 5 to this many digits (evaluation uses 5): every digit after
-  /// the first is one more copy-from-context target, so longer keys teach retrieval in fewer
-  /// steps, and varying lengths keep it a lookup by content rather than by offset.
-  int train_key_digits_max = 14;
   /// Extra weight of the loss on answer tokens of the generated tasks: they are a few tokens
   /// in a long sample, and without it retrieval forms too late for a CPU-sized budget.
   double answer_loss_weight = 1.0;
