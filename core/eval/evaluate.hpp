@@ -28,7 +28,7 @@ struct EvalPlan {
   std::vector<std::string> tasks{"ppl"};
   /// Modes of converted layers; a model without converted layers runs "softmax" only.
   std::vector<std::string> modes{"hybrid"};
-  int64_t seq_len = 256;  ///< chunk length of ppl and of the probes (longer where needed)
+  int64_t seq_len = 256;     ///< chunk length of ppl and of the probes (longer where needed)
   int64_t batch_size = 8;    ///< ppl chunks per forward
   int64_t max_batches = 16;  ///< ppl batches at most
   std::vector<int64_t> distances{16, 32, 64, 128, 256};  ///< passkey / MQAR
