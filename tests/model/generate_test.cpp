@@ -103,6 +103,29 @@ TEST_P(GreedyDecoding, EqualsArgmaxOfParallelForward) {
 INSTANTIATE_TEST_SUITE_P(Kinds, GreedyDecoding,
                          ::testing::Values("softmax", "hybrid", "linear", "mixed"));
 
+// A base model with a sliding window (Mistral) keeps attending to its last w keys only when
+// it decodes from the KV cache, as its parallel forward does.
+TEST(Decoding, SlidingWindowBaseMatchesTheParallelForward) {
+  io::ModelConfig config = tiny_config();
+  config.model_type = "mistral";
+  config.sliding_window = 5;
+  CausalLM model(config);
+  model->to(torch::kFloat64);
+  torch::manual_seed(21);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->parameters())
+    p.copy_(torch::randn_like(p) * 0.4);
+  const auto tokens = random_prompt(24, 22);
+  torch::Tensor parallel = model->forward(as_ids(tokens));
+  DecodeCache cache;
+  std::vector<torch::Tensor> pieces{
+      model->decode(as_ids({tokens.begin(), tokens.begin() + 7}), cache)};
+  pieces.push_back(model->decode(as_ids({tokens[7], tokens[8], tokens[9]}), cache));
+  for (size_t i = 10; i < tokens.size(); ++i)
+    pieces.push_back(model->decode(as_ids({tokens[i]}), cache));
+  EXPECT_LT((torch::cat(pieces, 1) - parallel).abs().max().item<double>(), 1e-9);
+}
+
 // Every diagnostic mode and the per-layer ablation decode as the parallel forward does.
 TEST(Decoding, DiagnosticModesAndAblationMatchTheParallelForward) {
   CausalLM model = make_model("hybrid", 7);
