@@ -72,9 +72,12 @@ int cmd_pretrain(const Args& args) {
               (long long)report->steps, report->seconds);
   std::printf("held-out loss %.3f nats/token (unigram baseline %.3f)\n", report->val_loss,
               report->unigram_loss);
-  for (auto [distance, accuracy] : report->passkey_accuracy)
-    std::printf("passkey at distance %4lld: %5.1f%% exact\n", (long long)distance,
-                100.0 * accuracy);
+  for (size_t i = 0; i < report->passkey_accuracy.size(); ++i)
+    std::printf(
+        "passkey at distance %4lld: %5.1f%% of keys exact, %5.1f%% of digits "
+        "(chance: 10%% of digits)\n",
+        (long long)report->passkey_accuracy[i].first, 100.0 * report->passkey_accuracy[i].second,
+        100.0 * report->passkey_token_accuracy[i].second);
   return cancel_requested() ? kExitCancelled : kExitOk;
 }
 

@@ -365,9 +365,13 @@ Result<std::vector<EvalResult>> evaluate(model::CausalLM& model, const io::Token
             total.add(score);
             record.add(task.name, mode_name, "acc@" + std::to_string(set.distance),
                        score.exact_accuracy(), score.answers);
+            // Per answer token: graded where exact match of a long key is all or nothing.
+            record.add(task.name, mode_name, "token_acc@" + std::to_string(set.distance),
+                       score.token_accuracy(), score.tokens);
           }
           if (total.answers == 0) break;
           record.add(task.name, mode_name, "acc", total.exact_accuracy(), total.answers);
+          record.add(task.name, mode_name, "token_acc", total.token_accuracy(), total.tokens);
           record.note("info", task.name + " " + mode_name + ": acc " +
                                   format_value(total.exact_accuracy()));
           break;

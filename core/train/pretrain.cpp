@@ -137,7 +137,8 @@ Result<PretrainReport> pretrain(const PretrainRequest& request, ProgressReporter
         task == data::LongRangeTask::kPasskey ? preset.distances : preset.mqar_distances;
     const auto [shortest, longest] = std::minmax_element(listed.begin(), listed.end());
     options.distances.clear();
-    for (int64_t d = *shortest; d <= *longest; ++d) options.distances.push_back(d);
+    for (int64_t d = *shortest; d <= *longest; ++d)
+      options.distances.push_back(d);
     options.seed = request.seed + 17 + static_cast<uint64_t>(task);
     auto stream = data::make_long_range_stream(*tokenizer, options);
     if (!stream.ok()) return stream.error();
@@ -249,6 +250,7 @@ Result<PretrainReport> pretrain(const PretrainRequest& request, ProgressReporter
     for (const auto& b : *batches)
       score.add(eval::score_answers(model, b.tokens, b.answer_mask));
     report.passkey_accuracy.emplace_back(distance, score.exact_accuracy());
+    report.passkey_token_accuracy.emplace_back(distance, score.token_accuracy());
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
@@ -262,6 +264,8 @@ Result<PretrainReport> pretrain(const PretrainRequest& request, ProgressReporter
       {"val_loss", report.val_loss},     {"unigram_loss", report.unigram_loss}};
   for (auto [distance, accuracy] : report.passkey_accuracy)
     json_report["passkey_accuracy"][std::to_string(distance)] = accuracy;
+  for (auto [distance, accuracy] : report.passkey_token_accuracy)
+    json_report["passkey_token_accuracy"][std::to_string(distance)] = accuracy;
   std::ofstream(request.out_dir / "pretrain_report.json") << json_report.dump(2) << "\n";
   return report;
 }

@@ -47,9 +47,10 @@ struct PretrainRequest {
 
 /// Quality of the finished model, also written to out_dir/pretrain_report.json.
 struct PretrainReport {
-  double val_loss = 0;          ///< next-token loss on held-out text (nats)
-  double unigram_loss = 0;      ///< the same text under the training unigram distribution
-  std::vector<std::pair<int64_t, double>> passkey_accuracy;  ///< (distance, exact accuracy)
+  double val_loss = 0;      ///< next-token loss on held-out text (nats)
+  double unigram_loss = 0;  ///< the same text under the training unigram distribution
+  std::vector<std::pair<int64_t, double>> passkey_accuracy;        ///< (distance, exact accuracy)
+  std::vector<std::pair<int64_t, double>> passkey_token_accuracy;  ///< (distance, per digit)
   double seconds = 0;
   int64_t steps = 0;
   int64_t parameters = 0;
