@@ -85,10 +85,12 @@ void print_comparison(const std::string& db_path, const std::vector<int64_t>& ru
   }
   auto evals = reader->evals(run_ids);
   if (!evals.ok()) return;
-  std::printf("\nevaluation (%s)\n", "task / mode / metric");
+  std::printf(
+      "\nevaluation by attention mode (ppl: lower is better; passkey: share of key "
+      "digits right, chance 0.29)\n");
   std::map<std::string, std::vector<double>> table;
   for (const auto& row : *evals) {
-    if (row.metric.rfind("acc@", 0) != 0 && row.metric != "ppl") continue;
+    if (row.metric != "ppl" && !(row.task == "passkey" && row.metric == "token_acc")) continue;
     auto& values = table[row.task + " " + row.mode + " " + row.metric];
     values.resize(run_ids.size(), NAN);
     for (size_t r = 0; r < run_ids.size(); ++r)

@@ -75,7 +75,7 @@ int cmd_pretrain(const Args& args) {
   for (size_t i = 0; i < report->passkey_accuracy.size(); ++i)
     std::printf(
         "passkey at distance %4lld: %5.1f%% of keys exact, %5.1f%% of digits "
-        "(chance: 10%% of digits)\n",
+        "(chance: 29%% of digits)\n",
         (long long)report->passkey_accuracy[i].first, 100.0 * report->passkey_accuracy[i].second,
         100.0 * report->passkey_token_accuracy[i].second);
   return cancel_requested() ? kExitCancelled : kExitOk;

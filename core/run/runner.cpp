@@ -282,6 +282,9 @@ class Runner {
   Result<double> validation_loss(const StageSpec& stage);
   void log_usage(const std::vector<model::LayerUsage>& usage, int64_t step);
   Status checkpoint(const train::TrainingState& state, torch::optim::Optimizer* optimizer) {
+    // What was logged before the checkpoint must be on disk before it: a resume replays
+    // only the steps after it, so rows still in the writer's batch would be lost in a kill.
+    if (Status flushed = writer_.flush(); !flushed.ok()) return flushed;
     return checkpoints_.save(state, model_, optimizer);
   }
 

@@ -1,59 +1,42 @@
 // hybridlab-cli as a user runs it: a real process, its exit status and its messages.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
+#include "cli/cli_process.hpp"
 #include "test_paths.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Outcome {
-  int status = -1;
-  std::string output;  // stdout and stderr together
-};
+using Outcome = hl::test::CliOutcome;
 
-Outcome cli(const std::string& arguments) {
-  const std::string command = std::string(hl::test::kBinaryDir) + "/app/hybridlab-cli " +
-                              arguments + " 2>&1";
-  Outcome outcome;
-  FILE* pipe = popen(command.c_str(), "r");
-  EXPECT_NE(pipe, nullptr);
-  std::array<char, 4096> buffer{};
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) outcome.output.append(buffer.data(), n);
-  const int raw = pclose(pipe);
-  outcome.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return outcome;
-}
+using hl::test::run_cli;
 
 std::string source(const std::string& relative) {
   return (fs::path(hl::test::kSourceDir) / relative).string();
 }
 
 TEST(Cli, HelpListsEveryCommandAndEachCommandHasHelp) {
-  Outcome help = cli("--help");
+  Outcome help = run_cli("--help");
   EXPECT_EQ(help.status, 0);
   for (const char* command :
        {"validate", "run", "pretrain", "eval", "generate", "export", "runs", "bench", "demo"}) {
     EXPECT_NE(help.output.find(command), std::string::npos) << command;
-    Outcome sub = cli(std::string(command) + " --help");
+    Outcome sub = run_cli(std::string(command) + " --help");
     EXPECT_EQ(sub.status, 0) << command << ": " << sub.output;
     EXPECT_NE(sub.output.find("usage: hybridlab-cli " + std::string(command)), std::string::npos);
   }
 }
 
 TEST(Cli, UnknownCommandsAndOptionsExitTwoNamingTheWord) {
-  Outcome unknown = cli("frobnicate");
+  Outcome unknown = run_cli("frobnicate");
   EXPECT_EQ(unknown.status, 2);
   EXPECT_NE(unknown.output.find("'frobnicate'"), std::string::npos);
-  Outcome option = cli("validate x.toml --frob");
+  Outcome option = run_cli("validate x.toml --frob");
   EXPECT_EQ(option.status, 2);
   EXPECT_NE(option.output.find("'--frob'"), std::string::npos);
 }
@@ -61,7 +44,7 @@ TEST(Cli, UnknownCommandsAndOptionsExitTwoNamingTheWord) {
 TEST(Cli, ValidatePrintsEveryPresetResolved) {
   for (const auto& entry : fs::directory_iterator(source("experiments"))) {
     if (entry.path().extension() != ".toml") continue;
-    Outcome outcome = cli("validate " + entry.path().string());
+    Outcome outcome = run_cli("validate " + entry.path().string());
     EXPECT_EQ(outcome.status, 0) << entry.path() << "\n" << outcome.output;
     EXPECT_NE(outcome.output.find("[attention]"), std::string::npos);
   }
@@ -80,16 +63,18 @@ TEST(Cli, ValidateRejectsBadFilesWithTheirPlace) {
       {write("empty.toml", ""), "empty.toml"},
       {write("binary.toml", std::string("name = \"a\"\0\x01\x02", 13)), "binary.toml"},
       {write("not_toml.toml", "this is [ not toml"), "not_toml.toml:1"},
-      {write("wrong_type.toml", "[model]\nbase = \"m\"\n[attention]\nwindow = \"big\"\n"
-                                "[[stage]]\nkind = \"attention_transfer\"\n"),
+      {write("wrong_type.toml",
+             "[model]\nbase = \"m\"\n[attention]\nwindow = \"big\"\n"
+             "[[stage]]\nkind = \"attention_transfer\"\n"),
        "wrong_type.toml:4: attention.window"},
-      {write("unknown_key.toml", "[model]\nbase = \"m\"\nbsae = 1\n[[stage]]\n"
-                                 "kind = \"attention_transfer\"\n"),
+      {write("unknown_key.toml",
+             "[model]\nbase = \"m\"\nbsae = 1\n[[stage]]\n"
+             "kind = \"attention_transfer\"\n"),
        "unknown_key.toml:3: model.bsae"},
       {(dir / "missing.toml").string(), "missing.toml"},
   };
   for (const auto& c : cases) {
-    Outcome outcome = cli("validate " + c.file);
+    Outcome outcome = run_cli("validate " + c.file);
     EXPECT_EQ(outcome.status, 2) << c.file << "\n" << outcome.output;
     EXPECT_NE(outcome.output.find(c.expected), std::string::npos) << outcome.output;
     EXPECT_EQ(outcome.output.rfind("error: ", 0), 0u) << outcome.output;
@@ -102,11 +87,11 @@ TEST(Cli, RunRejectsAMissingBaseModelBeforeRecordingAnything) {
   fs::create_directories(dir);
   std::ofstream(dir / "exp.toml") << "[model]\nbase = \"" << (dir / "absent").string()
                                   << "\"\n[[stage]]\nkind = \"attention_transfer\"\n";
-  Outcome outcome = cli("run " + (dir / "exp.toml").string() + " --db " +
-                        (dir / "runs.sqlite").string() + " --progress none");
+  Outcome outcome = run_cli("run " + (dir / "exp.toml").string() + " --db " +
+                            (dir / "runs.sqlite").string() + " --progress none");
   EXPECT_EQ(outcome.status, 2) << outcome.output;
   EXPECT_NE(outcome.output.find("model.base"), std::string::npos) << outcome.output;
-  Outcome list = cli("runs list --db " + (dir / "runs.sqlite").string());
+  Outcome list = run_cli("runs list --db " + (dir / "runs.sqlite").string());
   EXPECT_EQ(list.status, 2) << list.output;  // no database was created
   fs::remove_all(dir);
 }

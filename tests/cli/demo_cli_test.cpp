@@ -2,15 +2,13 @@
 // it finds the base model, runs both conversions into the database, and prints the
 // per-layer comparison; `--prepare-only` only reports the base model.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <regex>
 #include <string>
 
+#include "cli/cli_process.hpp"
 #include "core/store/run_reader.hpp"
 #include "test_paths.hpp"
 
@@ -19,25 +17,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Outcome {
-  int status = -1;
-  std::string output;
-};
+using Outcome = hl::test::CliOutcome;
 
-Outcome cli(const std::string& arguments) {
-  const std::string command =
-      std::string(test::kBinaryDir) + "/app/hybridlab-cli " + arguments + " 2>&1";
-  Outcome outcome;
-  FILE* pipe = popen(command.c_str(), "r");
-  EXPECT_NE(pipe, nullptr);
-  std::array<char, 4096> buffer{};
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0)
-    outcome.output.append(buffer.data(), n);
-  const int raw = pclose(pipe);
-  outcome.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return outcome;
-}
+using hl::test::run_cli;
 
 // The shipped demo experiment with fewer steps and a smaller eval, base model relative to
 // the experiments folder as a user's copy would have it.
@@ -65,16 +47,17 @@ TEST(DemoCli, RunsBothConversionsAndPrintsTheirUsageSideBySide) {
   // No base model where demo.toml looks (models/tiny-base next to it, or in the data
   // folder, which points into the test folder): --prepare-only would pretrain for minutes,
   // so first put a briefly trained one there.
-  Outcome pretrain = cli("pretrain --preset tiny --steps 2 --progress none --out " +
-                         (dir / "experiments" / "models" / "tiny-base").string());
+  Outcome pretrain = run_cli("pretrain --preset tiny --steps 2 --progress none --out " +
+                             (dir / "experiments" / "models" / "tiny-base").string());
   ASSERT_EQ(pretrain.status, 0) << pretrain.output;
-  Outcome prepare = cli("demo --prepare-only --experiments " + experiments);
+  Outcome prepare = run_cli("demo --prepare-only --experiments " + experiments);
   EXPECT_EQ(prepare.status, 0) << prepare.output;
-  EXPECT_NE(prepare.output.find((dir / "experiments" / "models" / "tiny-base").string()),
-            std::string::npos)
-      << prepare.output;
+  // The path it prints is a model directory (the one in the experiments folder, unless the
+  // working directory has a models/tiny-base of its own, which comes first).
+  const std::string printed = prepare.output.substr(0, prepare.output.find('\n'));
+  EXPECT_TRUE(fs::exists(fs::path(printed) / "config.json")) << prepare.output;
 
-  Outcome demo = cli("demo --progress none --experiments " + experiments + " --db " + db);
+  Outcome demo = run_cli("demo --progress none --experiments " + experiments + " --db " + db);
   ASSERT_EQ(demo.status, 0) << demo.output;
   EXPECT_NE(demo.output.find("linear-branch attention mass per layer"), std::string::npos)
       << demo.output;
@@ -90,7 +73,7 @@ TEST(DemoCli, RunsBothConversionsAndPrintsTheirUsageSideBySide) {
     EXPECT_EQ(usage->layers.size(), 4u) << name;  // every layer of the tiny model
   }
 
-  Outcome missing = cli("demo --experiments " + (dir / "nowhere").string());
+  Outcome missing = run_cli("demo --experiments " + (dir / "nowhere").string());
   EXPECT_EQ(missing.status, 2) << missing.output;
   EXPECT_NE(missing.output.find("demo.toml"), std::string::npos) << missing.output;
   fs::remove_all(dir);
