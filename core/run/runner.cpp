@@ -15,6 +15,7 @@
 #include "core/data/packing.hpp"
 #include "core/eval/answers.hpp"
 #include "core/eval/evaluate.hpp"
+#include "core/eval/model_source.hpp"
 #include "core/io/tokenizer.hpp"
 #include "core/model/model_io.hpp"
 #include "core/store/run_reader.hpp"
@@ -705,37 +706,15 @@ Status resolve_experiment_paths(ExperimentSpec& spec, const std::string& experim
 
 }  // namespace
 
-Result<std::filesystem::path> run_model_dir(const std::string& db_path,
-                                            const std::string& run_reference) {
-  auto reader = store::RunReader::open(db_path);
-  if (!reader.ok()) return reader.error();
-  auto id = reader->find_run(run_reference);
-  if (!id.ok()) return id.error();
-  auto info = reader->run(*id);
-  if (!info.ok()) return info.error();
-  auto artifacts = reader->artifacts(*id);
-  if (!artifacts.ok()) return artifacts.error();
-  for (auto it = artifacts->rbegin(); it != artifacts->rend(); ++it) {
-    std::error_code ec;
-    if (it->kind == "model" && fs::exists(fs::path(it->path) / "config.json", ec))
-      return fs::path(it->path);
-  }
-  return make_error("run " + std::to_string(*id) + " (" + info->name + ", " +
-                    std::string(store::to_string(info->status)) +
-                    ") has no final model; a run saves it when it completes (resume it with "
-                    "`hybridlab-cli run --resume " +
-                    std::to_string(*id) + "`)");
-}
-
 Status export_run_model(const std::string& db_path, const std::string& run_reference,
                         const std::filesystem::path& out_dir, bool merge_lora) {
-  auto from = run_model_dir(db_path, run_reference);
+  auto from = eval::find_run_model(db_path, run_reference);
   if (!from.ok()) return from.error();
-  auto model = model::load_model(*from);
+  auto model = model::load_model(from->dir);
   if (!model.ok()) return model.error();
   if (merge_lora) model::merge_lora(*model);
   if (Status saved = model::save_model(*model, out_dir); !saved.ok()) return saved;
-  return model::copy_tokenizer_files(*from, out_dir);
+  return model::copy_tokenizer_files(from->dir, out_dir);
 }
 
 std::string checkpoint_dir_for(const std::string& db_path, const std::string& run_uuid) {

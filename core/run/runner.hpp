@@ -36,11 +36,6 @@ struct RunOutcome {
 RunOutcome run_experiment(const RunRequest& request, ProgressReporter& progress,
                           const std::atomic<bool>& cancel);
 
-/// The folder of a run's final converted model (HF layout, LoRA kept apart); an error
-/// naming the run's status when it has none.
-Result<std::filesystem::path> run_model_dir(const std::string& db_path,
-                                            const std::string& run_reference);
-
 /// Writes a run's final model as an HF directory with its tokenizer, LoRA merged into the
 /// weights or (merge_lora = false) kept as separate adapters.
 Status export_run_model(const std::string& db_path, const std::string& run_reference,

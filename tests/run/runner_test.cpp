@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/eval/model_source.hpp"
 #include "core/io/tokenizer.hpp"
 #include "core/model/model_io.hpp"
 #include "core/store/run_reader.hpp"
@@ -141,7 +142,8 @@ TEST_F(RunnerTest, TwoStagesWithSsdLeaveCurvesUsageAndEvals) {
   auto evals = reading.evals({outcome.run_id});
   ASSERT_TRUE(evals.ok());
   int ppl_rows = 0;
-  for (const auto& row : *evals) ppl_rows += row.task == "ppl" && row.metric == "ppl";
+  for (const auto& row : *evals)
+    ppl_rows += row.task == "ppl" && row.metric == "ppl";
   EXPECT_EQ(ppl_rows, 2);  // ppl in two modes (besides its split by position and % of base)
   EXPECT_TRUE(fs::exists(checkpoint_dir_for((dir_ / "runs.sqlite").string(), info->uuid) +
                          "/model/config.json"));
@@ -332,8 +334,9 @@ TEST_F(RunnerTest, ExportLoadsBackWithIdenticalLogitsAndMergedLoraEqualsUnmerged
   RunOutcome outcome = run(experiment(kTwoStages));
   ASSERT_EQ(outcome.exit_code, 0) << outcome.message;
   const std::string db = (dir_ / "runs.sqlite").string();
-  auto final_dir = run_model_dir(db, std::to_string(outcome.run_id));
-  ASSERT_TRUE(final_dir.ok()) << final_dir.error().to_string();
+  auto final_model = eval::find_run_model(db, std::to_string(outcome.run_id));
+  ASSERT_TRUE(final_model.ok()) << final_model.error().to_string();
+  const fs::path final_dir = final_model->dir;
   ASSERT_TRUE(export_run_model(db, std::to_string(outcome.run_id), dir_ / "apart", false).ok());
   ASSERT_TRUE(export_run_model(db, std::to_string(outcome.run_id), dir_ / "merged", true).ok());
   for (const char* name : {"config.json", "model.safetensors", "tokenizer.json"}) {
@@ -350,7 +353,7 @@ TEST_F(RunnerTest, ExportLoadsBackWithIdenticalLogitsAndMergedLoraEqualsUnmerged
 
   torch::manual_seed(11);
   const torch::Tensor tokens = torch::randint(0, 259, {2, 40}, torch::kLong);
-  const torch::Tensor reference = logits_of(*final_dir, tokens);
+  const torch::Tensor reference = logits_of(final_dir, tokens);
   const torch::Tensor apart = logits_of(dir_ / "apart", tokens);
   const torch::Tensor merged = logits_of(dir_ / "merged", tokens);
   EXPECT_TRUE(torch::equal(apart, reference));  // the same weights and the same arithmetic
