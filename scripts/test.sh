@@ -9,7 +9,7 @@ start=$(date +%s)
 
 scripts/install-deps.sh
 
-echo "== build (RelWithDebInfo)"
+echo "== build (Release)"
 # Benchmarks are built where they run (bench/RESULTS.md), not for the tests; the options are
 # explicit because the demo command configures the same build folder without tests.
 HL_BUILD_DIR="$root/build" scripts/build.sh -DHL_TESTS=ON -DHL_BENCH=OFF
