@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -440,7 +441,11 @@ Result<std::unique_ptr<TextSource>> make_fortunes_source(const fs::path& dir) {
 
 Result<std::unique_ptr<TextSource>> open_text_source(const std::string& spec, TextFormat format,
                                                      const std::string& text_field) {
-  if (spec == "builtin:fortunes") return make_fortunes_source();
+  if (spec == "builtin:fortunes") {
+    // Where the packages were unpacked into a prefix of their own (the GPU machine).
+    const char* dir = std::getenv("HL_FORTUNES_DIR");
+    return dir && *dir ? make_fortunes_source(dir) : make_fortunes_source();
+  }
   if (spec.rfind("builtin:", 0) == 0) {
     return make_error("unknown built-in source '" + spec + "' (known: builtin:fortunes)");
   }

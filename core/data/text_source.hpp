@@ -60,7 +60,8 @@ std::unique_ptr<TextSource> make_json_text_source(std::vector<std::filesystem::p
 /// Alpaca-style records (instruction, optional input, output) rendered through a template.
 std::unique_ptr<TextSource> make_instruction_source(std::vector<std::filesystem::path> files,
                                                     PromptTemplate prompt = {});
-/// The fortunes of Debian's fortunes / fortunes-min packages, one document per fortune.
+/// The fortunes of Debian's fortunes / fortunes-min packages, one document per fortune
+/// (builtin:fortunes reads $HL_FORTUNES_DIR instead of the default folder when it is set).
 Result<std::unique_ptr<TextSource>> make_fortunes_source(
     const std::filesystem::path& dir = "/usr/share/games/fortunes");
 

@@ -159,6 +159,17 @@ TEST(TextSource, FortunesAreSplitAtPercentLines) {
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.error().message.find("apt-get install fortunes-min"), std::string::npos);
   EXPECT_FALSE(hl::data::open_text_source("builtin:nothing").ok());
+
+  // HL_FORTUNES_DIR points builtin:fortunes elsewhere (packages unpacked into a prefix).
+  hl::test::TempDir elsewhere("fortunes_elsewhere");
+  write_file(elsewhere.path() / "mine", "First fortune.\n%\nSecond fortune.\n%\n");
+  setenv("HL_FORTUNES_DIR", elsewhere.path().c_str(), 1);
+  auto mine = hl::data::open_text_source("builtin:fortunes");
+  unsetenv("HL_FORTUNES_DIR");
+  ASSERT_TRUE(mine.ok()) << mine.error().to_string();
+  auto mine_docs = drain(**mine);
+  ASSERT_EQ(mine_docs.size(), 2u);
+  EXPECT_EQ(mine_docs[1].text.rfind("Second fortune.", 0), 0u) << mine_docs[1].text;
 }
 
 TEST(Split, DeterministicDisjointAndNearTheFraction) {
