@@ -43,17 +43,8 @@
 namespace hl::ui {
 
 QString MainWindow::find_experiments_directory() {
-  const QString from_env = qEnvironmentVariable("HL_EXPERIMENTS_DIR");
-  if (!from_env.isEmpty() && QDir(from_env).exists()) return from_env;
-  const QDir program(QCoreApplication::applicationDirPath());
-  for (const QString& relative :
-       {QStringLiteral("../share/hybridlab/experiments"), QStringLiteral("../../experiments"),
-        QStringLiteral("../experiments")}) {
-    const QString candidate = QDir::cleanPath(program.filePath(relative));
-    if (QDir(candidate).exists()) return candidate;
-  }
-  const QString local = QDir::current().filePath(QStringLiteral("experiments"));
-  return QDir(local).exists() ? local : QString();
+  const auto found = find_experiments_dir(QCoreApplication::applicationDirPath().toStdString());
+  return found ? QString::fromStdString(found->string()) : QString();
 }
 
 MainWindow::MainWindow(const Options& options, QWidget* parent)
