@@ -134,17 +134,10 @@ int cmd_eval(const Args& args) {
     if (base_dir.empty()) base_dir = found->base_model;
   }
   if (parser.has("--base")) base_dir = parser.get("--base");
-  std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec))
-    return fail("--model: '" + dir.string() + "' is not a directory");
-  auto device = model::resolve_device(parser.get("--device"));
-  if (!device.ok()) return fail("--device: " + device.error().message);
-  auto dtype = model::parse_dtype_name(parser.get("--dtype"));
-  if (!dtype.ok()) return fail("--dtype: " + dtype.error().message);
-  auto tokenizer = io::load_tokenizer(dir);
-  if (!tokenizer.ok()) return fail(tokenizer.error().to_string());
-  auto model = model::load_model(dir, {*dtype, *device});
-  if (!model.ok()) return fail(model.error().to_string());
+  auto opened = eval::open_model(dir, parser.get("--device"), parser.get("--dtype"));
+  if (!opened.ok()) return fail(opened.error().message);
+  auto* model = &opened->model;
+  auto* tokenizer = &opened->tokenizer;
   const bool converted = !(*model)->converted_layers().empty();
 
   std::optional<store::RunWriter> writer;
@@ -157,7 +150,7 @@ int cmd_eval(const Args& args) {
     spec.name = "eval:" + std::filesystem::absolute(dir).lexically_normal().filename().string();
     spec.base_model = base_dir.empty() ? dir.string() : base_dir;
     spec.method = "eval";
-    spec.device = device->str();
+    spec.device = opened->placement.device.str();
     auto created = store::RunWriter::create(db, spec);
     if (!created.ok()) return fail(created.error().to_string());
     writer.emplace(std::move(*created));
@@ -196,10 +189,11 @@ int cmd_eval(const Args& args) {
   }
   std::vector<eval::EvalResult> percent;
   if (converted && !base_dir.empty() && !parser.flag_set("--no-base")) {
+    std::error_code ec;
     if (!std::filesystem::is_directory(base_dir, ec)) {
       progress.event("warning", "eval", "base model '" + base_dir + "' not found: no % of base");
     } else {
-      auto base = eval::base_scores(db, base_dir, *prepared, {*dtype, *device}, context);
+      auto base = eval::base_scores(db, base_dir, *prepared, opened->placement, context);
       if (!base.ok()) {
         progress.event("warning", "eval", "no % of base: " + base.error().to_string());
       } else {

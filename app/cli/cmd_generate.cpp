@@ -90,17 +90,10 @@ int cmd_generate(const Args& args) {
     if (!found.ok()) return fail(found.error().to_string());
     dir = found->dir;
   }
-  std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec))
-    return fail("--model: '" + dir.string() + "' is not a directory");
-  auto device = model::resolve_device(parser.get("--device"));
-  if (!device.ok()) return fail("--device: " + device.error().message);
-  auto dtype = model::parse_dtype_name(parser.get("--dtype"));
-  if (!dtype.ok()) return fail("--dtype: " + dtype.error().message);
-  auto tokenizer = io::load_tokenizer(dir);
-  if (!tokenizer.ok()) return fail(tokenizer.error().to_string());
-  auto model = model::load_model(dir, {*dtype, *device});
-  if (!model.ok()) return fail(model.error().to_string());
+  auto opened = eval::open_model(dir, parser.get("--device"), parser.get("--dtype"));
+  if (!opened.ok()) return fail(opened.error().message);
+  auto* model = &opened->model;
+  auto* tokenizer = &opened->tokenizer;
   (*model)->eval();
   if (options.forward.mode && (*model)->converted_layers().empty())
     return fail("--mode: the model has no converted layer (it is a softmax model)");

@@ -26,4 +26,24 @@ Result<RunModel> find_run_model(const std::string& db_path, const std::string& r
   return found;
 }
 
+Result<OpenedModel> open_model(const std::filesystem::path& dir, const std::string& device,
+                               const std::string& dtype) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec))
+    return make_error("--model: '" + dir.string() + "' is not a directory");
+  auto resolved_device = model::resolve_device(device);
+  if (!resolved_device.ok()) return make_error("--device: " + resolved_device.error().message);
+  auto resolved_dtype = model::parse_dtype_name(dtype);
+  if (!resolved_dtype.ok()) return make_error("--dtype: " + resolved_dtype.error().message);
+  OpenedModel opened;
+  opened.placement = {*resolved_dtype, *resolved_device};
+  auto tokenizer = io::load_tokenizer(dir);
+  if (!tokenizer.ok()) return make_error(tokenizer.error().to_string());
+  opened.tokenizer = std::move(*tokenizer);
+  auto loaded = model::load_model(dir, opened.placement);
+  if (!loaded.ok()) return make_error(loaded.error().to_string());
+  opened.model = std::move(*loaded);
+  return opened;
+}
+
 }  // namespace hl::eval

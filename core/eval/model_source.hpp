@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <string>
 
+#include "core/io/tokenizer.hpp"
+#include "core/model/model_io.hpp"
 #include "core/util/error.hpp"
 
 namespace hl::eval {
@@ -20,5 +22,17 @@ struct RunModel {
 /// Resolves `reference` (id, uuid prefix or name) in the database at `db_path` and returns
 /// its final model directory; errors when the run is unknown or left no model.
 Result<RunModel> find_run_model(const std::string& db_path, const std::string& reference);
+
+/// A model directory loaded for evaluation or generation, with its tokenizer and placement.
+struct OpenedModel {
+  model::CausalLM model{nullptr};
+  std::unique_ptr<io::Tokenizer> tokenizer;
+  model::Placement placement;
+};
+
+/// Loads `dir` on `device` ("cpu", "cuda", "auto") in `dtype` ("float32", ...); errors
+/// name the flag (--model, --device, --dtype) or the file at fault.
+Result<OpenedModel> open_model(const std::filesystem::path& dir, const std::string& device,
+                               const std::string& dtype);
 
 }  // namespace hl::eval
