@@ -10,8 +10,10 @@
 #include <torch/torch.h>
 
 #include <cstdlib>
+#include <optional>
 #include <string>
 
+#include "core/model/autocast.hpp"
 #include "core/model/decoder.hpp"
 #include "core/train/objectives.hpp"
 
@@ -56,17 +58,19 @@ torch::Device bench_device() {
   return torch::cuda::is_available() ? torch::kCUDA : torch::kCPU;
 }
 
-// args: one_b (0/1), seq_len, batch, backend (0 automatic, 1 reference)
+// args: one_b (0/1), seq_len, batch, backend (0 automatic, 1 reference), autocast (0: bf16
+// weights on CUDA; 1: fp32 weights with bf16 autocast, as `[model] autocast = "bfloat16"`)
 void BM_AttentionTransferStep(benchmark::State& state) {
   const bool one_b = state.range(0) != 0;
   const int64_t seq = state.range(1), batch = state.range(2);
   const Backend backend = state.range(3) == 0 ? Backend::automatic : Backend::reference;
+  const bool autocast = state.range(4) != 0;
   const torch::Device device = one_b ? torch::Device(torch::kCUDA) : bench_device();
   if (device.is_cuda() && !torch::cuda::is_available()) {
     state.SkipWithError("no CUDA device");
     return;
   }
-  const torch::Dtype dtype = device.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
+  const torch::Dtype dtype = device.is_cuda() && !autocast ? torch::kBFloat16 : torch::kFloat32;
   torch::manual_seed(0);
   hl::model::CausalLM model(shape(one_b));
   hl::model::ConversionOptions conversion;
@@ -91,8 +95,11 @@ void BM_AttentionTransferStep(benchmark::State& state) {
     options.transfer = &pairs;
     options.stop_after_layer = model->converted_layers().back();
     options.backend = backend;
+    std::optional<hl::model::AutocastScope> scope;
+    if (autocast) scope.emplace(torch::kBFloat16);
     model->hidden_states(tokens, options);
     hl::train::TransferLoss loss = hl::train::transfer_loss(pairs, 1.0, 0.0);
+    scope.reset();
     optimizer.zero_grad();
     loss.total.backward();
     optimizer.step();
@@ -105,19 +112,24 @@ void BM_AttentionTransferStep(benchmark::State& state) {
   }
   state.counters["tokens_per_s"] =
       benchmark::Counter(double(batch * seq), benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(std::string(one_b ? "llama-3.2-1b-shape bf16 " : "tiny fp32 ") +
+  state.SetLabel(std::string(one_b ? "llama-3.2-1b-shape " : "tiny ") +
+                 (autocast                    ? "fp32+autocast "
+                  : dtype == torch::kBFloat16 ? "bf16 "
+                                              : "fp32 ") +
                  (device.is_cuda() ? "cuda " : "cpu ") +
                  (backend == Backend::automatic ? "automatic" : "reference"));
 }
 
 BENCHMARK(BM_AttentionTransferStep)
-    ->ArgNames({"1b", "seq", "batch", "reference"})
-    ->Args({0, 128, 8, 0})
-    ->Args({0, 128, 8, 1})
-    ->Args({0, 1024, 1, 0})
-    ->Args({0, 1024, 1, 1})
-    ->Args({1, 1024, 1, 0})
-    ->Args({1, 1024, 1, 1})
+    ->ArgNames({"1b", "seq", "batch", "reference", "autocast"})
+    ->Args({0, 128, 8, 0, 0})
+    ->Args({0, 128, 8, 1, 0})
+    ->Args({0, 1024, 1, 0, 0})
+    ->Args({0, 1024, 1, 1, 0})
+    ->Args({1, 1024, 1, 0, 0})
+    ->Args({1, 1024, 1, 1, 0})
+    ->Args({1, 1024, 1, 0, 1})
+    ->Args({1, 1024, 1, 1, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -476,6 +476,8 @@ QWidget* ExperimentEditor::build_general() {
               [](T& t) -> std::string& { return t.spec.model.dtype; });
   bind_choice(form, tr("Device"), "model.device", false, to_list(choices::kDevices),
               [](T& t) -> std::string& { return t.spec.model.device; });
+  bind_choice(form, tr("Autocast (CUDA)"), "model.autocast", false, to_list(choices::kAutocast),
+              [](T& t) -> std::string& { return t.spec.model.autocast; });
 
   form = section(tr("Data"));
   bind_lines(

@@ -373,6 +373,7 @@ ExperimentSpec read_experiment(const toml::table& root, Context& context) {
     model.read("base", spec.model.base);
     model.read("dtype", spec.model.dtype);
     model.read("device", spec.model.device);
+    model.read("autocast", spec.model.autocast);
     model.reject_unknown();
   }
 

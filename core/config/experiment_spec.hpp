@@ -18,6 +18,8 @@ namespace hl {
 namespace choices {
 inline constexpr std::array<std::string_view, 3> kDtypes{"float32", "bfloat16", "float16"};
 inline constexpr std::array<std::string_view, 3> kDevices{"auto", "cpu", "cuda"};
+/// Compute precision of training steps on CUDA: "none" keeps model.dtype throughout.
+inline constexpr std::array<std::string_view, 2> kAutocast{"none", "bfloat16"};
 inline constexpr std::array<std::string_view, 4> kDataFormats{"auto", "text", "jsonl", "alpaca"};
 inline constexpr std::array<std::string_view, 3> kAttentionKinds{"softmax", "linear", "hybrid"};
 inline constexpr std::array<std::string_view, 7> kFeatureMaps{
@@ -50,6 +52,9 @@ struct ModelSpec {
   std::string base;  ///< Hugging Face layout directory; required
   std::string dtype = "float32";
   std::string device = "auto";
+  /// "bfloat16": training steps compute matrix products in bf16 (CUDA autocast) while the
+  /// weights stay in model.dtype = float32.
+  std::string autocast = "none";
 
   bool operator==(const ModelSpec&) const = default;
 };

@@ -83,6 +83,7 @@ std::string to_toml(const ExperimentSpec& spec) {
   w.field("base", spec.model.base);
   w.field("dtype", spec.model.dtype);
   w.field("device", spec.model.device);
+  w.field("autocast", spec.model.autocast);
 
   const DataSpec& data = spec.data;
   w.header("[data]");

@@ -340,6 +340,16 @@ std::vector<Error> validate(const ExperimentSpec& spec) {
   check.utf8("model.base", spec.model.base);
   check.one_of("model.dtype", spec.model.dtype, choices::kDtypes);
   check.one_of("model.device", spec.model.device, choices::kDevices);
+  check.one_of("model.autocast", spec.model.autocast, choices::kAutocast);
+  if (spec.model.autocast == "bfloat16") {
+    if (spec.model.device == "cpu")
+      check.fail("model.autocast", "runs on CUDA only, but model.device is \"cpu\"");
+    if (spec.model.dtype != "float32")
+      check.fail("model.autocast",
+                 "needs model.dtype = \"float32\" (the fp32 master weights), "
+                 "but it is \"" +
+                     spec.model.dtype + "\"");
+  }
 
   const DataSpec& data = spec.data;
   if (data.train.empty())

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/model/autocast.hpp"
 #include "core/model/rope.hpp"
 
 namespace hl::model {
@@ -126,7 +127,16 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> AttentionImpl::project(
   torch::Tensor q = heads_first(q_proj->forward(x), heads_);
   torch::Tensor k = heads_first(k_proj->forward(x), kv_heads_);
   torch::Tensor v = heads_first(v_proj->forward(x), kv_heads_);
-  return {apply_rope(q, cos, sin), apply_rope(k, cos, sin), v};
+  q = apply_rope(q, cos, sin);
+  k = apply_rope(k, cos, sin);
+  // Under autocast the projections come out in its dtype but RoPE's fp32 tables promote q and
+  // k back; the attention kernels take one dtype, the low one being the point of autocast.
+  if (const auto low = active_autocast_dtype(x.device())) {
+    q = q.to(*low);
+    k = k.to(*low);
+    v = v.to(*low);
+  }
+  return {q, k, v};
 }
 
 kernels::AttentionInputs AttentionImpl::converted_inputs(const torch::Tensor& q,

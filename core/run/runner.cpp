@@ -17,6 +17,7 @@
 #include "core/eval/evaluate.hpp"
 #include "core/eval/model_source.hpp"
 #include "core/io/tokenizer.hpp"
+#include "core/model/autocast.hpp"
 #include "core/model/model_io.hpp"
 #include "core/store/run_reader.hpp"
 #include "core/store/run_writer.hpp"
@@ -317,6 +318,9 @@ Result<Runner::StepResult> Runner::run_step(const StageSpec& stage, const torch:
   options.want_usage = want_usage && !any_drop;
   options.usage = &result.usage;
   torch::Tensor loss;
+  // The forward and the loss only: backward follows the dtypes the forward recorded.
+  std::optional<model::AutocastScope> autocast;
+  if (spec_.model.autocast == "bfloat16") autocast.emplace(torch::kBFloat16);
   if (stage.kind == kAttentionTransfer) {
     std::vector<model::TransferPair> pairs;
     options.transfer = &pairs;
@@ -337,6 +341,7 @@ Result<Runner::StepResult> Runner::run_step(const StageSpec& stage, const torch:
     loss = train::next_token_loss(model_->forward(inputs, options),
                                   tokens.narrow(1, 1, n).to(device_));
   }
+  autocast.reset();
   if (!std::isfinite(loss.item<double>()))
     return make_error("the loss became " + std::to_string(loss.item<double>()) +
                       " (try a lower lr)");
@@ -764,6 +769,9 @@ RunOutcome run_experiment(const RunRequest& request, ProgressReporter& progress,
     auto device = model::resolve_device(request.device_override.empty() ? spec.model.device
                                                                         : request.device_override);
     if (!device.ok()) return bad_input(device.error().message);
+    if (spec.model.autocast != "none" && !device->is_cuda())
+      return bad_input("model.autocast = \"" + spec.model.autocast +
+                       "\" runs on CUDA only, but this run's device is " + device->str());
     auto dtype = model::parse_dtype_name(spec.model.dtype);
     if (!dtype.ok()) return bad_input(dtype.error().message);
     const fs::path base = spec.model.base;

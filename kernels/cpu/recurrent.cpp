@@ -8,9 +8,30 @@
 #include <string>
 
 #include "kernels/cpu/attention_internal.hpp"
+#ifdef HL_WITH_CUDA_KERNELS
+#include "kernels/cuda/cuda_attention.hpp"
+#endif
 
 namespace hl::kernels {
 namespace {
+
+// The fused CUDA kernels take CUDA tensors of the modes and shapes they cover; their state
+// keeps S, z in fp32 whatever the inputs' dtype, so a state continues on the path that made it
+// (a generic bf16 state has bf16 S and stays generic).
+bool use_cuda_kernels(const AttentionInputs& in, const AttentionOptions& options,
+                      const RecurrentState* state) {
+#ifdef HL_WITH_CUDA_KERNELS
+  if (!in.q.is_cuda() || options.backend == Backend::reference ||
+      options.backend == Backend::chunked || !cuda::supports(in, options)) {
+    return false;
+  }
+  return state == nullptr || !state->key_ring.defined() || !state->has_linear() ||
+         state->S.scalar_type() == torch::kFloat;
+#else
+  (void)in, (void)options, (void)state;
+  return false;
+#endif
+}
 
 void require(bool condition, const std::string& api, const AttentionOptions& options,
              const std::string& message) {
@@ -80,6 +101,9 @@ PrefillResult prefill(const AttentionInputs& in, const AttentionOptions& options
   detail::validate(in, options, "prefill");
   require(options.mode != AttentionMode::softmax, "prefill", options,
           "softmax layers decode with a KV cache in the model, not with a recurrent state");
+#ifdef HL_WITH_CUDA_KERNELS
+  if (use_cuda_kernels(in, options, nullptr)) return cuda::prefill(in, options);
+#endif
   PrefillResult result;
   result.output = attention(in, options);
 
@@ -114,6 +138,9 @@ torch::Tensor decode_step(const AttentionInputs& in, RecurrentState& state,
   detail::validate(in, options, "decode_step", /*single_token=*/true);
   require(options.mode != AttentionMode::softmax, "decode_step", options,
           "softmax layers decode with a KV cache in the model, not with a recurrent state");
+#ifdef HL_WITH_CUDA_KERNELS
+  if (use_cuda_kernels(in, options, &state)) return cuda::decode_step(in, state, options);
+#endif
   torch::NoGradGuard no_grad;
   if (!state.key_ring.defined()) state = empty_state(in, options);
   check_state(in, state, options);

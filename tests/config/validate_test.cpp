@@ -66,6 +66,23 @@ TEST(Validate, SchedulesWithBothFormsOrEmptyAreRejected) {
             (std::vector<std::string>{"stage[0].ssd.swa_dropout", "stage[0].ssd.window"}));
 }
 
+TEST(Validate, AutocastNeedsCudaAndFloat32Weights) {
+  ExperimentSpec spec = valid_spec();
+  spec.model.autocast = "bfloat16";
+  EXPECT_TRUE(validate(spec).empty());  // device auto: checked when the run picks its device
+  spec.model.device = "cpu";
+  spec.model.dtype = "bfloat16";
+  std::vector<Error> errors = validate(spec);
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_EQ(errors[0].to_string(),
+            "model.autocast: runs on CUDA only, but model.device is \"cpu\"");
+  EXPECT_EQ(errors[1].to_string(),
+            "model.autocast: needs model.dtype = \"float32\" (the fp32 master weights), but it "
+            "is \"bfloat16\"");
+  spec.model.autocast = "fp8";
+  EXPECT_EQ(keys_of(validate(spec)), (std::vector<std::string>{"model.autocast"}));
+}
+
 TEST(Validate, NonFiniteNumbersAreRejected) {
   ExperimentSpec spec = valid_spec();
   spec.stages[0].lr = std::numeric_limits<double>::infinity();

@@ -423,8 +423,9 @@ TEST(CudaAttention, UnsupportedShapesSayWhy) {
 }
 
 // Prefill N0 tokens, then decode the rest one by one; every step must match the parallel
-// reference at its position, and the state must not grow.
-void check_decode(const Case& c, int64_t prompt, uint64_t seed) {
+// reference at its position, and the state must not grow. `dispatch`: through the public
+// kernels::prefill / decode_step, which must route CUDA tensors to the fused kernels.
+void check_decode(const Case& c, int64_t prompt, uint64_t seed, bool dispatch = false) {
   SCOPED_TRACE(c.name() + " prompt " + std::to_string(prompt));
   const Data d = make_data(c, seed);
   const bool phi = needs_phi(c);
@@ -443,7 +444,11 @@ void check_decode(const Case& c, int64_t prompt, uint64_t seed) {
                                 phi ? part(d.phi_k, 0, prompt) : Tensor(),
                                 omega,
                                 Tensor()};
-  hk::PrefillResult pre = hc::prefill(prompt_in, options_of(c));
+  hk::PrefillResult pre =
+      dispatch ? hk::prefill(prompt_in, options_of(c)) : hc::prefill(prompt_in, options_of(c));
+  if (dispatch && phi) {  // only the fused path keeps S in fp32 for bf16 inputs
+    EXPECT_EQ(pre.state.S.scalar_type(), torch::kFloat) << "prefill did not take the fused path";
+  }
   EXPECT_LT(rel_err(pre.output.y, ref.y.narrow(2, 0, prompt)), c.tol()) << "prefill output";
   const int64_t bytes = pre.state.bytes();
   double worst = 0;
@@ -455,7 +460,8 @@ void check_decode(const Case& c, int64_t prompt, uint64_t seed) {
                              phi ? part(d.phi_k, t, 1) : Tensor(),
                              omega,
                              Tensor()};
-    const Tensor y = hc::decode_step(step, pre.state, options_of(c));
+    const Tensor y = dispatch ? hk::decode_step(step, pre.state, options_of(c))
+                              : hc::decode_step(step, pre.state, options_of(c));
     ASSERT_TRUE(all_finite(y)) << "step " << t;
     worst = std::max(worst, rel_err(y, ref.y.narrow(2, t, 1)));
   }
@@ -494,6 +500,7 @@ TEST(CudaAttention, DecodeMatchesParallelBf16) {
   c.Hq = 8;
   c.Hkv = 2;
   check_decode(c, 100, 40);
+  check_decode(c, 130, 41, /*dispatch=*/true);
 }
 
 // Small shapes for compute-sanitizer (scripts/gpu-kernels.sh runs memcheck and racecheck on

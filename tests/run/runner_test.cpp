@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "core/eval/model_source.hpp"
 #include "core/io/tokenizer.hpp"
@@ -298,6 +299,44 @@ TEST_F(RunnerTest, BadInputsFailBeforeAnyRunIsRecorded) {
     ASSERT_TRUE(runs.ok());
     EXPECT_TRUE(runs->empty());
   }
+}
+
+// With a GPU: the bf16 autocast run trains the same experiment to nearby losses (not the same
+// ones: the products really ran in bf16). Without one the run is refused
+// before it starts.
+TEST_F(RunnerTest, AutocastBf16TrainsOnCudaNearTheFp32Run) {
+  const std::string autocast = experiment(kTwoStages, "");
+  std::string text;
+  {
+    std::ifstream in(autocast);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string marker = "[model]\n";
+  const std::string fp32_text =
+      std::string(text).replace(text.find(marker), marker.size(), "[model]\ndevice = \"cuda\"\n");
+  text.replace(text.find(marker), marker.size(), "[model]\nautocast = \"bfloat16\"\n");
+  std::ofstream(autocast) << text;
+  if (!torch::cuda::is_available()) {
+    RunOutcome refused = run(autocast);
+    EXPECT_EQ(refused.exit_code, 2);
+    EXPECT_NE(refused.message.find("runs on CUDA only"), std::string::npos) << refused.message;
+    return;
+  }
+  const fs::path fp32 = dir_ / "fp32.toml";
+  std::ofstream(fp32) << fp32_text;
+  RunOutcome reference = run(fp32.string());
+  ASSERT_EQ(reference.exit_code, 0) << reference.message;
+  RunOutcome mixed = run(autocast);
+  ASSERT_EQ(mixed.exit_code, 0) << mixed.message;
+  const std::vector<double> expected = losses(reference.run_id), got = losses(mixed.run_id);
+  ASSERT_EQ(got.size(), expected.size());
+  bool any_different = false;
+  for (size_t i = 0; i < got.size(); ++i) {
+    // bf16 keeps 8 bits of mantissa; a few steps of training drift a little further.
+    EXPECT_NEAR(got[i], expected[i], 0.05 * std::abs(expected[i])) << "step " << i;
+    any_different = any_different || got[i] != expected[i];
+  }
+  EXPECT_TRUE(any_different) << "the autocast run gave the fp32 losses bit for bit";
 }
 
 TEST_F(RunnerTest, FrozenBaseWeightsAreBitForBitUnchanged) {
