@@ -105,7 +105,8 @@ struct BackwardArgs {
   float* row_delta = nullptr;        ///< workspace [B, Hq, N]
   float* row_gate_grad = nullptr;    ///< workspace [B, Hq, N]
   float* reverse_states = nullptr;   ///< workspace for key_plan (null when segments == 1)
-  float* dkv_accum = nullptr;        ///< workspace [2, B, Hkv, N, D] fp32 when Hq > Hkv
+  float* dkv_accum = nullptr;        ///< fp32 workspace [2, B, Hkv, N, D] when Hq > Hkv; bf16 needs
+                                     ///< [B, Hkv, N, D] at least (else the CUDA-core backward runs)
   SegmentPlan key_plan;              ///< split of the key pass, units = B * Hkv
 };
 int launch_backward(const ProblemShape& shape, const BackwardArgs& args, void* stream);

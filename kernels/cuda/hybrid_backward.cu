@@ -19,6 +19,7 @@
 #include <cmath>
 
 #include "kernels/cuda/hybrid_attention_launch.hpp"
+#include "kernels/cuda/hybrid_backward_tc.cuh"
 #include "kernels/cuda/hybrid_common.cuh"
 #include "kernels/cuda/hybrid_internal.cuh"
 
@@ -540,6 +541,12 @@ int launch_backward(const ProblemShape& shape, const BackwardArgs& a, void* stre
       (kplan.segments > 1 && a.reverse_states == nullptr) ||
       (s.q_heads != s.kv_heads && a.dkv_accum == nullptr)) {
     return static_cast<int>(cudaErrorInvalidValue);
+  }
+  // bf16 runs on the tensor cores where the tiles fit; fp32 (the 1e-5 path) stays here.
+  const bool linear = a.phi_q != nullptr;
+  if (shape.dtype == KernelDType::kBFloat16 && (!linear || a.dkv_accum != nullptr) &&
+      backward_tc_fits(s, linear)) {
+    return static_cast<int>(run_backward_tc(s, a, backward_tc_key_plan(kplan, s.seq_len), stream));
   }
   BackwardParams bp{s,
                     a.q,

@@ -19,63 +19,10 @@
 #include "kernels/cuda/hybrid_attention_launch.hpp"
 #include "kernels/cuda/hybrid_common.cuh"
 #include "kernels/cuda/hybrid_forward_tc.cuh"
+#include "kernels/cuda/hybrid_tc_common.cuh"
 
 namespace hl::kernels::cuda::detail {
 namespace {
-
-using bf16 = __nv_bfloat16;
-
-constexpr int kTcWarps = 8;
-constexpr int kTcThreads = kTcWarps * 32;
-constexpr int kTcRows = kTcWarps * 16;  // query rows per tile (16 a warp); keys folded per tile
-
-__device__ inline uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ inline void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
-__device__ inline void ldsm_x4_t(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
-__device__ inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ inline uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-__device__ inline float2 unpack_bf16(uint32_t u) {
-  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u));
-}
-
-// 16 bytes global -> shared; nothing is read (zeros land) when !valid.
-__device__ inline void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-
-__device__ inline void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-
-template <int N>
-__device__ inline void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 // Rows [row0, row0 + rows) of a row-major [*, width] bf16 matrix into shared memory (row stride
 // `stride` elements); rows outside [lo, hi) become zeros.
@@ -90,10 +37,6 @@ __device__ inline void load_rows_async(bf16* dst, int stride, const bf16* src, i
     const bf16* g = ok ? src + static_cast<size_t>(row) * width + c * 8 : src;
     cp_async16(dst + r * stride + c * 8, g, ok);
   }
-}
-
-__device__ inline int round16(int x) {
-  return (x + 15) & ~15;
 }
 
 struct TcForwardParams {
@@ -114,74 +57,6 @@ struct TcForwardParams {
   int segments, segment_len;
   int key_rows;  // capacity of the key buffers: 64 + round16(w - 1)
 };
-
-__device__ inline float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// A fragment (m16k16) of rows r0.., columns k0.. of a row-major [*, W] global matrix; rows at
-// or past `rows` read as zeros.
-template <int W>
-__device__ inline void load_a_global(uint32_t (&a)[4], const bf16* src, int r0, int rows, int k0,
-                                     int g8, int t4) {
-  const int ra = r0 + g8, rb = ra + 8;
-  const bf16* pa = src + static_cast<size_t>(ra) * W + k0 + 2 * t4;
-  const bf16* pb = src + static_cast<size_t>(rb) * W + k0 + 2 * t4;
-  a[0] = ra < rows ? __ldg(reinterpret_cast<const unsigned int*>(pa)) : 0u;
-  a[1] = rb < rows ? __ldg(reinterpret_cast<const unsigned int*>(pb)) : 0u;
-  a[2] = ra < rows ? __ldg(reinterpret_cast<const unsigned int*>(pa + 8)) : 0u;
-  a[3] = rb < rows ? __ldg(reinterpret_cast<const unsigned int*>(pb + 8)) : 0u;
-}
-
-// Rows [row0, row0 + rows) of a row-major [*, W] bf16 matrix into shared memory (row stride
-// W + 8); rows outside [0, limit) become zeros.
-template <int W, int THREADS>
-__device__ inline void load_rows(bf16* dst, const bf16* src, int row0, int rows, int limit,
-                                 int tid) {
-  constexpr int kChunks = W / 8;
-  if constexpr (THREADS % kChunks == 0) {
-    // Each thread keeps one 16-byte column piece: no division in the loop.
-    constexpr int kStep = THREADS / kChunks;
-    const int c = tid % kChunks;
-    for (int r = tid / kChunks; r < rows; r += kStep) {
-      const int row = row0 + r;
-      const bool ok = row >= 0 && row < limit;
-      cp_async16(dst + r * (W + 8) + c * 8, ok ? src + static_cast<size_t>(row) * W + c * 8 : src,
-                 ok);
-    }
-  } else {
-    for (int idx = tid; idx < rows * kChunks; idx += THREADS) {
-      const int r = idx / kChunks;
-      const int c = idx - r * kChunks;
-      const int row = row0 + r;
-      const bool ok = row >= 0 && row < limit;
-      cp_async16(dst + r * (W + 8) + c * 8, ok ? src + static_cast<size_t>(row) * W + c * 8 : src,
-                 ok);
-    }
-  }
-}
-
-// Scores of 16 rows (A fragments af over K = 16 * K16) against 16 keys whose rows start at
-// `rows` (ldmatrix row addresses of this lane): two n-tiles, accumulated in two independent
-// chains (even and odd k steps) so that consecutive mma.sync do not wait on each other.
-template <int K16>
-__device__ inline void scores16(float (&sc)[2][4], const uint32_t (&af)[K16][4], const bf16* rows) {
-  float part[2][2][4] = {};
-#pragma unroll
-  for (int ks = 0; ks < K16; ++ks) {
-    uint32_t b4[4];
-    ldsm_x4(b4, rows + ks * 16);
-    mma_bf16(part[ks & 1][0], af[ks], b4[0], b4[1]);
-    mma_bf16(part[ks & 1][1], af[ks], b4[2], b4[3]);
-  }
-#pragma unroll
-  for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      sc[nt][e] = part[0][nt][e] + part[1][nt][e];
-}
 
 template <int D, int F>
 __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardParams p) {
@@ -228,18 +103,9 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
   const int r_end = min(N, r_begin + p.segment_len);
 
   if (um.use_linear) {
-    const float* init =
-        p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (F * D + F) : nullptr;
-    for (int idx = tid; idx < F * D; idx += kTcThreads) {
-      const int f = idx / D;
-      const int d = idx - f * D;
-      const float x = init != nullptr ? init[idx] : 0.f;
-      const bf16 hi = __float2bfloat16_rn(x);
-      Shi[f * SD + d] = hi;
-      Slo[f * SD + d] = __float2bfloat16_rn(x - __bfloat162float(hi));
-    }
-    for (int f = tid; f < F; f += kTcThreads)
-      zs[f] = init != nullptr ? init[F * D + f] : 0.f;
+    init_state<D, F, kTcThreads>(
+        Shi, Slo, zs,
+        p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (F * D + F) : nullptr, tid);
   }
 
   // q and phi_q fragments of this warp's rows come straight from global memory into
@@ -530,68 +396,9 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
 
     // Fold the keys [t0 - state_lag, t0 - state_lag + kTcRows) into S and z.
     if (um.use_linear && t0 + kTcRows < r_end) {
-      __syncthreads();                    // every warp has finished querying S
-      const int fo = pre - um.state_lag;  // their first row in the key buffers
-      for (int mt = warp; mt < F / 16; mt += kTcWarps) {
-        uint32_t af[kTcRows / 16][4];
-#pragma unroll
-        for (int ks = 0; ks < kTcRows / 16; ++ks) {
-          ldsm_x4_t(af[ks], PKs + (fo + ks * 16 + (lane % 8) + (lane / 16) * 8) * SF + mt * 16 +
-                                ((lane / 8) % 2) * 8);
-        }
-        const int fa = mt * 16 + g8;
-        {
-          // z rows of this tile: phi_k^T times a ones operand (every column gets the sum).
-          constexpr uint32_t kOnes = 0x3f803f80u;  // bf16 pair (1, 1)
-          float zc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-          for (int ks = 0; ks < kTcRows / 16; ++ks)
-            mma_bf16(zc, af[ks], kOnes, kOnes);
-          if (t4 == 0) {
-            zs[fa] += zc[0];
-            zs[fa + 8] += zc[2];
-          }
-        }
-#pragma unroll
-        for (int np = 0; np < D / 16; ++np) {
-          float acc[2][4];
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            const int col = np * 16 + nt * 8 + 2 * t4;
-            const float2 ha = unpack_bf16(*reinterpret_cast<const uint32_t*>(Shi + fa * SD + col));
-            const float2 la = unpack_bf16(*reinterpret_cast<const uint32_t*>(Slo + fa * SD + col));
-            const float2 hb =
-                unpack_bf16(*reinterpret_cast<const uint32_t*>(Shi + (fa + 8) * SD + col));
-            const float2 lb =
-                unpack_bf16(*reinterpret_cast<const uint32_t*>(Slo + (fa + 8) * SD + col));
-            acc[nt][0] = ha.x + la.x;
-            acc[nt][1] = ha.y + la.y;
-            acc[nt][2] = hb.x + lb.x;
-            acc[nt][3] = hb.y + lb.y;
-          }
-#pragma unroll
-          for (int ks = 0; ks < kTcRows / 16; ++ks) {
-            uint32_t vf[4];
-            ldsm_x4_t(vf, Vs + (fo + ks * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * SD + np * 16 +
-                              (lane / 16) * 8);
-            mma_bf16(acc[0], af[ks], vf[0], vf[1]);
-            mma_bf16(acc[1], af[ks], vf[2], vf[3]);
-          }
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            const int col = np * 16 + nt * 8 + 2 * t4;
-            const uint32_t ha = pack_bf16(acc[nt][0], acc[nt][1]);
-            const uint32_t hb = pack_bf16(acc[nt][2], acc[nt][3]);
-            const float2 fa2 = unpack_bf16(ha), fb2 = unpack_bf16(hb);
-            *reinterpret_cast<uint32_t*>(Shi + fa * SD + col) = ha;
-            *reinterpret_cast<uint32_t*>(Slo + fa * SD + col) =
-                pack_bf16(acc[nt][0] - fa2.x, acc[nt][1] - fa2.y);
-            *reinterpret_cast<uint32_t*>(Shi + (fa + 8) * SD + col) = hb;
-            *reinterpret_cast<uint32_t*>(Slo + (fa + 8) * SD + col) =
-                pack_bf16(acc[nt][2] - fb2.x, acc[nt][3] - fb2.y);
-          }
-        }
-      }
+      __syncthreads();  // every warp has finished querying S
+      fold_state<D, F, kTcRows, kTcWarps>(Shi, Slo, zs, PKs, Vs, pre - um.state_lag, nullptr,
+                                          nullptr, warp, lane);
     }
   }
 }
@@ -762,6 +569,8 @@ void (*pick_forward_kernel(int F))(TcForwardParams) {
   }
 }
 
+}  // namespace
+
 int max_dynamic_smem() {
   int device = 0, bytes = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return 0;
@@ -771,8 +580,6 @@ int max_dynamic_smem() {
   }
   return bytes;
 }
-
-}  // namespace
 
 bool forward_tc_fits(const Shape& s) {
   return forward_tc_smem(s.head_dim, s.features, s.window) <=

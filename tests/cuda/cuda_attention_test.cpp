@@ -325,6 +325,31 @@ TEST(CudaAttention, LinearAndWindowOnlyBf16) {
   check_forward_backward(c, 13, via_inputs);
 }
 
+// Shapes the bf16 tensor-core backward takes (F <= 128): several 128-row tiles and segments,
+// GQA, SSD drops, overlap, a window that is not a multiple of 16, window-only with drops.
+TEST(CudaAttention, TensorCoreBackwardBf16) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.dtype = torch::kBFloat16;
+  c.D = 128;
+  c.F = 128;
+  c.w = 64;
+  c.N = 1000;
+  c.drop = true;
+  c.affine = true;
+  check_forward_backward(c, 14, via_inputs);
+  c.D = 64;
+  c.F = 96;
+  c.w = 100;
+  c.N = 777;
+  c.overlap = true;
+  check_forward_backward(c, 15, via_inputs);
+  c.mode = hk::AttentionMode::window_only;
+  c.overlap = false;
+  c.w = 16;
+  check_forward_backward(c, 16, via_inputs);
+}
+
 // Forced segment splits must give the same function (the chunk-state passes and scans).
 TEST(CudaAttention, SegmentSplitsRawPoisoned) {
   HL_REQUIRE_GPU();
@@ -512,7 +537,7 @@ TEST(CudaAttention, SanitizerSmall) {
     c.B = 1;
     c.Hq = 2;
     c.Hkv = 1;
-    c.N = 70;
+    c.N = dtype == torch::kFloat ? 70 : 300;  // bf16: two 128-key segments in the key pass
     c.w = 16;
     c.drop = true;
     c.dtype = dtype;

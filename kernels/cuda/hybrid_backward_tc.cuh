@@ -1,0 +1,24 @@
+// Tensor-core (mma.sync) backward for bf16 (nvcc only).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/hybrid_attention_launch.hpp"
+#include "kernels/cuda/hybrid_common.cuh"
+
+namespace hl::kernels::cuda::detail {
+
+/// Whether the tensor-core backward takes this shape on the current device (`linear`: the
+/// problem has feature maps, so the linear kernels run too).
+bool backward_tc_fits(const Shape& s, bool linear);
+
+/// The key plan rounded to whole 128-key tiles, as the tensor-core key kernel walks them (never
+/// more segments than `plan`, so its reverse-state workspace is large enough).
+SegmentPlan backward_tc_key_plan(const SegmentPlan& plan, int seq_len);
+
+/// The tensor-core backward. `a.dkv_accum` must hold B * Hkv * N * D floats when the problem
+/// has feature maps; `key_plan` comes from backward_tc_key_plan.
+cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const SegmentPlan& key_plan,
+                            cudaStream_t stream);
+
+}  // namespace hl::kernels::cuda::detail
