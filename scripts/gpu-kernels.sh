@@ -4,14 +4,16 @@
 # baselines on the same card. Full logs go to $OUT (or ./out); a short summary is printed last.
 #
 #   scripts/gpu-kernels.sh [--no-sanitize] [--no-bench] [--no-flex] [--skip-sdpa-64k]
-#                          [--bench-filter REGEX]
+#                          [--bench-filter REGEX] [--profile REGEX]
+# --profile times every kernel of the benchmarks matching REGEX under ncu (one metric,
+# clocks left alone) and prints the mean per kernel name.
 # Needs .deps (carried) for scripts/gpu-build.sh.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 out="${OUT:-$root/out}"
 mkdir -p "$out"
-sanitize=1 bench=1 flex=1 filter="." flex_args=()
+sanitize=1 bench=1 flex=1 filter="." flex_args=() profile=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-sanitize) sanitize=0 ;;
@@ -19,6 +21,7 @@ while [ $# -gt 0 ]; do
     --no-flex) flex=0 ;;
     --skip-sdpa-64k) flex_args+=(--skip-sdpa-64k) ;;  # SDPA causal at 64K alone takes minutes
     --bench-filter) filter="$2"; shift ;;
+    --profile) profile="$2"; shift ;;
     *) echo "gpu-kernels: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -66,6 +69,26 @@ if [ "$bench" = 1 ]; then
     --benchmark_out="$out/bench.json" --benchmark_out_format=json >"$out/bench.txt" 2>&1
   note "$(stamp) bench rc=$?"
   grep -E "^BM_" "$out/bench.txt" | awk '{ printf "%-44s", $1; for (i = 2; i <= NF; ++i) if ($i ~ /(us|GB\/s|TFLOP\/s)=/) printf " %s", $i; print "" }' | tee -a "$summary"
+fi
+
+if [ -n "$profile" ]; then
+  timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+    "$build/bench/hl_bench_cuda_attention" --benchmark_filter="$profile" >"$out/profile.csv" 2>"$out/profile.err"
+  note "$(stamp) profile rc=$?"
+  python3 - "$out/profile.csv" <<'PY' | tee -a "$summary"
+import csv, sys, collections, re
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]
+name, value, unit = head.index("Kernel Name"), head.index("Metric Value"), head.index("Metric Unit")
+to_us = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
+times = collections.defaultdict(list)
+for r in rows[1:]:
+    if r[unit] in to_us:
+        found = re.findall(r"(\w+(?:<[^()]*>)?)\(", r[name])
+        times[(found[0] if found else r[name])[:60]].append(float(r[value].replace(",", "")) * to_us[r[unit]])
+for k, v in sorted(times.items(), key=lambda kv: -sum(kv[1])):
+    print(f"{sum(v) / len(v):10.1f} us  x{len(v):<4d} {k}")
+PY
 fi
 
 if [ "$flex" = 1 ]; then

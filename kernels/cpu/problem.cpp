@@ -144,8 +144,9 @@ void validate(const AttentionInputs& in, const AttentionOptions& options, const 
     check.require(omega.dim() == 1 && omega.size(0) == heads,
                   "window_factor_logits must be [Hq] = [" + std::to_string(heads) + "], got " +
                       shape_of(omega));
-    check.require(omega.scalar_type() == q.scalar_type(),
-                  "window_factor_logits must have q's dtype");
+    // Under mixed precision the factors stay fp32 while the activations are bf16.
+    check.require(omega.scalar_type() == q.scalar_type() || omega.scalar_type() == torch::kFloat,
+                  "window_factor_logits must have q's dtype or be float32");
     check.require(omega.device() == q.device(), "window_factor_logits must be on q's device");
   }
   if (has_drop) {
@@ -186,7 +187,8 @@ BranchCoefficients branch_coefficients(AttentionMode mode, const AttentionOption
   BranchCoefficients coef;
   switch (mode) {
     case AttentionMode::hybrid: {
-      const auto gate = torch::sigmoid(window_factor_logits).view({1, heads, 1, 1});
+      const auto gate =
+          torch::sigmoid(window_factor_logits.to(tensor_options.dtype())).view({1, heads, 1, 1});
       const auto linear = options.affine_factors ? 1 - gate : torch::ones_like(gate);
       if (dropped.defined()) {
         const auto kept = 1 - dropped;

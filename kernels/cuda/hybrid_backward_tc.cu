@@ -22,6 +22,7 @@
 #include "kernels/cuda/hybrid_attention_launch.hpp"
 #include "kernels/cuda/hybrid_backward_tc.cuh"
 #include "kernels/cuda/hybrid_common.cuh"
+#include "kernels/cuda/hybrid_forward_tc.cuh"
 #include "kernels/cuda/hybrid_internal.cuh"
 #include "kernels/cuda/hybrid_tc_common.cuh"
 
@@ -573,7 +574,6 @@ __global__ void __launch_bounds__(kTcThreads, 1) linear_key_kernel(TcBackwardPar
         const int ilo = j0w + um.lin_lag;
         if (ilo < lin_end) {
           for (int c = (ilo - rbase) >> 4; c <= (lin_end - 1 - rbase) >> 4; ++c) {
-            const int i0 = rbase + c * 16;
             float pt[2][4], dyv[2][4], du[2][4], pw[2][4];
             scores16_smem<F / 16>(pt, rows_a(PKt, SF, warp * 16, lane),
                                   rows_nk(PQr, SF, c * 16, lane));
@@ -874,9 +874,9 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
   if (linear) {
     if (key_plan.segments > 1) {
       // U at the start of each key segment = rows after it: segment sums, then a suffix scan.
-      err = run_state_pass(s, KernelDType::kBFloat16, a.phi_q, a.dy, false, a.row_denom,
-                           a.row_delta, a.window_drop, a.reverse_states, key_plan, -1, +1,
-                           s.seq_len, false, stream);
+      err = run_state_pass_tc(s, a.phi_q, a.dy, a.row_denom, a.row_delta, false, a.window_drop,
+                              a.reverse_states, key_plan, -1, +1, s.seq_len, false,
+                              /*skip_last=*/false, stream);
       if (err != cudaSuccess) return err;
       err = run_scan(s, a.window_drop, a.reverse_states, s.batch * s.q_heads, key_plan.segments, 1,
                      nullptr, nullptr, false, stream);

@@ -434,8 +434,9 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
     if (a.segment_states == nullptr) return static_cast<int>(cudaErrorInvalidValue);
     cudaError_t err =
         tensor_cores
-            ? run_state_pass_tc(s, a.phi_k, a.v, a.window_drop, a.segment_states, plan, -1, -1,
-                                s.seq_len, false, /*skip_last=*/true, stream)
+            ? run_state_pass_tc(s, a.phi_k, a.v, nullptr, nullptr, true, a.window_drop,
+                                a.segment_states, plan, -1, -1, s.seq_len, false,
+                                /*skip_last=*/true, stream)
             : run_state_pass(s, shape.dtype, a.phi_k, a.v, true, nullptr, nullptr, a.window_drop,
                              a.segment_states, plan, -1, -1, s.seq_len, false, stream);
     if (err != cudaSuccess) return static_cast<int>(err);
@@ -502,12 +503,12 @@ int launch_prefill_state(const ProblemShape& shape, const void* phi_k, const voi
   SegmentPlan plan = plan_in;
   if (plan.segments < 1 || plan.length < 1) plan = SegmentPlan{1, s.seq_len};
   const int range_end = max(0, s.seq_len - s.window);
-  cudaError_t err =
-      shape.dtype == KernelDType::kBFloat16
-          ? run_state_pass_tc(s, phi_k, v, nullptr, workspace, plan, 0, -1, range_end, true,
-                              /*skip_last=*/false, stream)
-          : run_state_pass(s, shape.dtype, phi_k, v, true, nullptr, nullptr, nullptr, workspace,
-                           plan, 0, -1, range_end, true, stream);
+  cudaError_t err = shape.dtype == KernelDType::kBFloat16
+                        ? run_state_pass_tc(s, phi_k, v, nullptr, nullptr, true, nullptr, workspace,
+                                            plan, 0, -1, range_end, true,
+                                            /*skip_last=*/false, stream)
+                        : run_state_pass(s, shape.dtype, phi_k, v, true, nullptr, nullptr, nullptr,
+                                         workspace, plan, 0, -1, range_end, true, stream);
   if (err != cudaSuccess) return static_cast<int>(err);
   err = run_scan(s, nullptr, workspace, s.batch * s.q_heads, plan.segments, 2, state.S, state.z,
                  true, stream);

@@ -413,8 +413,11 @@ constexpr int kSpCols = 64;   // value columns per block (blockIdx.y picks the s
 
 struct TcStateParams {
   Shape s;
-  const bf16* a;  // [units, N, F] (phi_k)
-  const bf16* b;  // [kv units, N, D] (v)
+  const bf16* a;            // [units, N, F] (phi_k, or phi_q for the backward's reverse pass)
+  const bf16* b;            // [kv units, N, D] (v), or [units, N, D] (dy) when !b_per_kv
+  const float* row_denom;   // nullable: row r of a is divided by row_denom[r]
+  const float* row_weight;  // nullable: z sums row_weight[r] a_r / row_denom[r] instead of a_r
+  bool b_per_kv;
   const uint8_t* window_drop;
   float* out;  // [units, segments, F * D + F]
   int segments, segment_len;
@@ -424,6 +427,8 @@ struct TcStateParams {
 
 // S = sum_r a_r b_r^T (F x 64 columns of D) and z = sum_r a_r over one segment's rows; each
 // warp owns the F-row tiles mt = warp, warp + 8 and keeps them in registers.
+// kScaled: rows are divided by row_denom and z weighs them by row_weight (the backward's U, u).
+template <bool kScaled>
 __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams p) {
   extern __shared__ float4 smem4[];
   const Shape& s = p.s;
@@ -432,8 +437,10 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
   const int N = s.seq_len;
   const int SF = F + 8;
   constexpr int SB = kSpCols + 8;
-  bf16* As = reinterpret_cast<bf16*>(smem4);  // [kSpStages][kSpRows][SF]
-  bf16* Bs = As + kSpStages * kSpRows * SF;   // [kSpStages][kSpRows][SB]
+  bf16* As = reinterpret_cast<bf16*>(smem4);                            // [kSpStages][kSpRows][SF]
+  bf16* Bs = As + kSpStages * kSpRows * SF;                             // [kSpStages][kSpRows][SB]
+  float* Ds = reinterpret_cast<float*>(Bs + kSpStages * kSpRows * SB);  // [kSpStages][kSpRows]
+  float* Ws = Ds + kSpStages * kSpRows;                                 // [kSpStages][kSpRows]
 
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
@@ -450,7 +457,9 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
       seg == p.segments - 1 ? p.range_end : min(p.range_end, (seg + 1) * p.segment_len + shift);
   const int col0 = blockIdx.y * kSpCols;
   const bf16* ab = p.a + static_cast<size_t>(unit) * N * F;
-  const bf16* bb = p.b + static_cast<size_t>(kv_unit) * N * D + col0;
+  const bf16* bb = p.b + static_cast<size_t>(p.b_per_kv ? kv_unit : unit) * N * D + col0;
+  const float* denom = kScaled ? p.row_denom + static_cast<size_t>(unit) * N : nullptr;
+  const float* weight = kScaled ? p.row_weight + static_cast<size_t>(unit) * N : nullptr;
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   const int lane = tid % 32;
@@ -480,6 +489,13 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
       const bool ok = row >= begin && row < end;
       cp_async16(dst + r * SB + c * 8, ok ? bb + static_cast<size_t>(row) * D + c * 8 : bb, ok);
     }
+    if (kScaled && tid < 2 * kSpRows) {
+      const int r = tid % kSpRows;
+      const int row = r0 + r;
+      const bool ok = row >= begin && row < end;
+      const float* src = tid < kSpRows ? denom : weight;
+      cp_async4((tid < kSpRows ? Ds : Ws) + stage * kSpRows + r, ok ? src + row : src, ok);
+    }
   };
 
   // One commit group per chunk (empty past the end), so that wait_group counts chunks.
@@ -496,6 +512,23 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
     __syncthreads();
     const bf16* A = As + (c % kSpStages) * kSpRows * SF;
     const bf16* B = Bs + (c % kSpStages) * kSpRows * SB;
+    // Per-row factors of this lane's k indices (rows 2t4, 2t4 + 1, 2t4 + 8, 2t4 + 9 of each
+    // 16-row step): 1 / denom scales the A fragments, the weight replaces the ones of z.
+    float inv[kSpRows / 16][4], wt[kSpRows / 16][4];
+    if constexpr (kScaled) {
+      const float* sd = Ds + (c % kSpStages) * kSpRows;
+      const float* sw = Ws + (c % kSpStages) * kSpRows;
+#pragma unroll
+      for (int ks = 0; ks < kSpRows / 16; ++ks) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = ks * 16 + 2 * t4 + (e & 1) + (e / 2) * 8;
+          const float d = sd[r];
+          inv[ks][e] = d != 0.f ? fast_rcp(d) : 0.f;  // rows outside the segment read 0
+          wt[ks][e] = sw[r];
+        }
+      }
+    }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int mt = warp + i * kSpWarps;
@@ -505,7 +538,18 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
           uint32_t af[4];
           ldsm_x4_t(af, A + (ks * 16 + (lane % 8) + (lane / 16) * 8) * SF + mt * 16 +
                             ((lane / 8) % 2) * 8);
-          if (with_z) mma_bf16(zc[i], af, kOnes, kOnes);
+          uint32_t z0 = kOnes, z1 = kOnes;
+          if constexpr (kScaled) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float2 x = unpack_bf16(af[e]);
+              af[e] = e < 2 ? pack_bf16(x.x * inv[ks][0], x.y * inv[ks][1])
+                            : pack_bf16(x.x * inv[ks][2], x.y * inv[ks][3]);
+            }
+            z0 = pack_bf16(wt[ks][0], wt[ks][1]);
+            z1 = pack_bf16(wt[ks][2], wt[ks][3]);
+          }
+          if (with_z) mma_bf16(zc[i], af, z0, z1);
 #pragma unroll
           for (int np = 0; np < kSpCols / 16; ++np) {
             uint32_t bf[4];
@@ -615,13 +659,16 @@ cudaError_t run_forward_tc(const Shape& s, const TcForwardArgs& a, cudaStream_t 
   return cudaGetLastError();
 }
 
-cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm,
-                              const uint8_t* window_drop, float* out, const SegmentPlan& plan,
-                              int fixed_lag, int lag_sign, int range_end, bool all_units,
-                              bool skip_last, cudaStream_t stream) {
+cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm, const float* row_denom,
+                              const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
+                              float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
+                              int range_end, bool all_units, bool skip_last, cudaStream_t stream) {
   TcStateParams sp{s,
                    static_cast<const bf16*>(a),
                    static_cast<const bf16*>(bm),
+                   row_denom,
+                   row_weight,
+                   bm_per_kv,
                    window_drop,
                    out,
                    plan.segments,
@@ -632,13 +679,14 @@ cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm,
                    all_units,
                    skip_last};
   const int SF = s.features + 8;
-  const size_t smem = sizeof(bf16) * kSpStages * kSpRows * (SF + kSpCols + 8);
-  cudaError_t err = cudaFuncSetAttribute(
-      state_pass_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  const size_t smem = sizeof(bf16) * kSpStages * kSpRows * (SF + kSpCols + 8) +
+                      sizeof(float) * 2 * kSpStages * kSpRows;
+  auto kernel = row_denom != nullptr ? state_pass_tc_kernel<true> : state_pass_tc_kernel<false>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int units = s.batch * s.q_heads;
-  state_pass_tc_kernel<<<dim3(units * plan.segments, s.head_dim / kSpCols), kSpThreads, smem,
-                         stream>>>(sp);
+  kernel<<<dim3(units * plan.segments, s.head_dim / kSpCols), kSpThreads, smem, stream>>>(sp);
   return cudaGetLastError();
 }
 

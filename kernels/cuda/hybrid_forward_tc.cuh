@@ -34,11 +34,12 @@ bool forward_tc_fits(const Shape& s);
 /// The tensor-core forward (bf16, no branch statistics).
 cudaError_t run_forward_tc(const Shape& s, const TcForwardArgs& a, cudaStream_t stream);
 
-/// run_state_pass for bf16 without row_denom / row_delta, on the tensor cores; `skip_last`
-/// leaves the last segment's sum unwritten (an exclusive prefix scan never reads it).
-cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm,
-                              const uint8_t* window_drop, float* out, const SegmentPlan& plan,
-                              int fixed_lag, int lag_sign, int range_end, bool all_units,
-                              bool skip_last, cudaStream_t stream);
+/// run_state_pass for bf16 on the tensor cores (row_weight is run_state_pass's row_delta and is
+/// required when row_denom is given); `skip_last` leaves the last segment's sum unwritten (an
+/// exclusive prefix scan never reads it).
+cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm, const float* row_denom,
+                              const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
+                              float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
+                              int range_end, bool all_units, bool skip_last, cudaStream_t stream);
 
 }  // namespace hl::kernels::cuda::detail

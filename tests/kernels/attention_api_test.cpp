@@ -106,6 +106,25 @@ TEST_F(ApiFixture, FeatureMismatchesAreRejected) {
   in = inputs();
   in.window_factor_logits = torch::zeros({2}, torch::kDouble);
   expect_invalid([&] { attention(in, options); }, "window_factor_logits must be [Hq] = [4]");
+  in = inputs();
+  in.window_factor_logits = torch::zeros({4}, torch::kHalf);
+  expect_invalid([&] { attention(in, options); }, "must have q's dtype or be float32");
+}
+
+// Mixed precision keeps the window factors in fp32 next to low-precision activations: the
+// result is the one with the factors given in the activations' dtype.
+TEST_F(ApiFixture, Float32WindowFactorsWithLowerPrecisionInputs) {
+  AttentionOptions options;
+  auto in = inputs();
+  in.window_factor_logits = torch::randn({4}, torch::kFloat);
+  for (auto* t : {&in.q, &in.k, &in.v, &in.phi_q, &in.phi_k})
+    *t = t->to(torch::kBFloat16);
+  const auto mixed = in;
+  in.window_factor_logits = in.window_factor_logits.to(torch::kBFloat16);
+  const torch::Tensor want = attention(in, options).y;
+  const torch::Tensor got = attention(mixed, options).y;
+  EXPECT_EQ(got.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(got, want));
 }
 
 TEST_F(ApiFixture, BadOptionsAreRejected) {
