@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "core/store/buckets.hpp"
 #include "core/store/schema.hpp"
 #include "core/store/sqlite_db.hpp"
 
@@ -51,6 +52,15 @@ std::vector<std::string> child_copies(int version) {
     sql.push_back(
         "INSERT INTO main.artifacts(run, kind, path, meta, created_ms) "
         "SELECT ?1, kind, path, meta, created_ms FROM src.artifacts WHERE run = ?2 ORDER BY id");
+  }
+  if (version >= 3) {
+    // The source's bucket summaries agree with its rows, which are copied unchanged; older
+    // sources have none, and copy_runs builds them from the copied rows instead.
+    const std::string columns(kBucketColumns);
+    sql.push_back("INSERT INTO main.scalar_buckets(run, key_id, " + columns +
+                  ") SELECT ?1, mk.id, " + columns +
+                  " FROM src.scalar_buckets b JOIN src.metric_keys sk ON sk.id = b.key_id "
+                  "JOIN main.metric_keys mk ON mk.key = sk.key WHERE b.run = ?2");
   }
   return sql;
 }
@@ -104,6 +114,9 @@ Result<int> copy_runs(Database& target, int version) {
     for (Statement& child : children) {
       child.bind(1, new_id).bind(2, source_id);
       if (Status s = child.run(); !s.ok()) return s.error();
+    }
+    if (version < 3) {
+      if (Status s = rebuild_buckets(target, new_id); !s.ok()) return s.error();
     }
   }
   if (Status s = txn->commit(); !s.ok()) return s.error();

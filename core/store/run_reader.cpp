@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "core/store/buckets.hpp"
 #include "core/store/schema.hpp"
 
 namespace hl::store {
@@ -107,7 +108,8 @@ void points_final(sqlite3_context* ctx) {
 
 struct RunReader::Impl {
   Database db;
-  PointSink sink;  // the target of hl_points() while it runs
+  int version = 0;  // the schema version at open
+  PointSink sink;   // the target of hl_points() while it runs
   bool points_registered = false;
   std::unordered_map<std::string, Statement> cache;  // destroyed before db (declared after)
 
@@ -190,6 +192,9 @@ Result<RunReader> RunReader::open(const std::string& path, Access access) {
   if (!db.ok()) return db.error();
   auto impl = std::make_unique<Impl>();
   impl->db = std::move(db).value();
+  Result<int> version = schema_version(impl->db);
+  if (!version.ok()) return version.error();
+  impl->version = *version;
   return RunReader(std::move(impl));
 }
 
@@ -497,6 +502,123 @@ Result<std::vector<ScalarPoint>> RunReader::downsampled(int64_t run_id, std::str
     if (late.step != early.step) points.push_back(late);
   }
   return points;
+}
+
+bool RunReader::has_buckets() const {
+  return impl_->version >= 3;
+}
+
+Result<std::vector<ScalarBucket>> RunReader::scalar_buckets(int64_t run_id, std::string_view key,
+                                                            int level, int64_t first,
+                                                            int64_t last) {
+  if (level < 0 || level >= static_cast<int>(kBucketWidths.size()))
+    return make_error("scalar_buckets: no bucket level " + std::to_string(level));
+  if (!has_buckets())
+    return make_error("keeps no bucket summaries (schema v" + std::to_string(impl_->version) +
+                          "); open it once for writing to migrate it",
+                      Location{path(), 0, ""});
+  Result<std::optional<int64_t>> id = impl_->key_id(key);
+  if (!id.ok()) return id.error();
+  std::vector<ScalarBucket> buckets;
+  if (!*id) return buckets;
+  Result<Statement*> stmt = impl_->statement(
+      "SELECT " + std::string(kBucketColumns) +
+      " FROM scalar_buckets WHERE run = ? AND key_id = ? AND level = ? AND bucket BETWEEN ? AND ? "
+      "ORDER BY bucket");
+  if (!stmt.ok()) return stmt.error();
+  (*stmt)->bind(1, run_id).bind(2, **id).bind(3, level).bind(4, first).bind(5, last);
+  if (Status s =
+          for_each_row(**stmt, [&](Statement& row) { buckets.push_back(read_bucket(row, 0)); });
+      !s.ok())
+    return s.error();
+  return buckets;
+}
+
+Result<std::optional<SeriesOverview>> RunReader::overview(int64_t run_id, std::string_view key,
+                                                          int64_t x0, int64_t x1, size_t columns) {
+  if (columns == 0) return make_error("overview: columns must be >= 1");
+  if (x1 < x0)
+    return make_error("overview: the range [" + std::to_string(x0) + ", " + std::to_string(x1) +
+                      "] is empty");
+  if (!has_buckets()) return std::optional<SeriesOverview>();
+  Result<std::optional<int64_t>> id = impl_->key_id(key);
+  if (!id.ok()) return id.error();
+  SeriesOverview overview;
+  overview.every_row = true;
+  if (!*id) return std::optional<SeriesOverview>(std::move(overview));
+
+  // Buckets and the rows at the edges come from one snapshot, while a writer may commit.
+  Result<Transaction> snapshot = Transaction::begin(impl_->db, false);
+  if (!snapshot.ok()) return snapshot.error();
+
+  // The steps the series spans within the range: two probes of the primary key.
+  Result<Statement*> extent = impl_->statement(
+      "SELECT (SELECT min(step) FROM scalars WHERE run = ?1 AND key_id = ?2 AND step BETWEEN ?3 "
+      "AND ?4), (SELECT max(step) FROM scalars WHERE run = ?1 AND key_id = ?2 AND step BETWEEN ?3 "
+      "AND ?4)");
+  if (!extent.ok()) return extent.error();
+  (*extent)->bind(1, run_id).bind(2, **id).bind(3, x0).bind(4, x1);
+  std::optional<int64_t> first, last;
+  if (Status s = for_each_row(**extent,
+                              [&](Statement& row) {
+                                first = row.column_optional_int64(0);
+                                last = row.column_optional_int64(1);
+                              });
+      !s.ok())
+    return s.error();
+  if (!first || !last) return std::optional<SeriesOverview>(std::move(overview));
+  constexpr int kTop = static_cast<int>(kBucketWidths.size()) - 1;
+  const int64_t lo = *first, hi = *last;
+  const __int128 span = static_cast<__int128>(hi) - lo + 1;
+  int level = -1;
+  for (int candidate = kTop; candidate >= 0 && level < 0; --candidate)
+    if (static_cast<__int128>(kBucketWidths[static_cast<size_t>(candidate)]) * columns <= span)
+      level = candidate;
+  if (level < 0) return std::optional<SeriesOverview>();
+  const int64_t width = kBucketWidths[static_cast<size_t>(level)];
+  Result<Statement*> buckets = impl_->statement(
+      "SELECT " + std::string(kBucketColumns) +
+      " FROM scalar_buckets WHERE run = ? AND key_id = ? AND level = ? AND bucket BETWEEN ? AND ? "
+      "ORDER BY bucket");
+  if (!buckets.ok()) return buckets.error();
+  Result<Statement*> rows = impl_->statement(
+      "SELECT step, wall_ms, value FROM scalars WHERE run = ? AND key_id = ? "
+      "AND step BETWEEN ? AND ? ORDER BY step");
+  if (!rows.ok()) return rows.error();
+  overview.bucket_width = width;
+  const auto expected = static_cast<size_t>(span / width) + 2;
+  overview.points.reserve(4 * expected);
+  overview.spans.reserve(expected);
+  Status inner;  // the first error reading the rows of a cut bucket
+  (*buckets)->bind(1, run_id).bind(2, **id).bind(3, level);
+  (*buckets)->bind(4, bucket_of(lo, width)).bind(5, bucket_of(hi, width));
+  Status status = for_each_row(**buckets, [&](Statement& row) {
+    if (!inner.ok()) return;
+    const ScalarBucket bucket = read_bucket(row, 0);
+    if (bucket.first.step >= x0 && bucket.last.step <= x1) {
+      const size_t before = overview.points.size();
+      bucket.append_points(overview.points);
+      if (static_cast<int64_t>(overview.points.size() - before) < bucket.count)
+        overview.every_row = false;
+      overview.spans.push_back({overview.points.size(), bucket.numbers, bucket.mean()});
+      return;
+    }
+    // A bucket reaching beyond the range (only the first or the last): its rows in range,
+    // each a span of its own.
+    (*rows)->bind(1, run_id).bind(2, **id);
+    (*rows)->bind(3, std::max(x0, bucket.bucket * width));
+    (*rows)->bind(4, std::min(x1, bucket.bucket * width + (width - 1)));
+    inner = for_each_row(**rows, [&](Statement& edge) {
+      const ScalarPoint point{edge.column_int64(0), edge.column_int64(1), edge.column_double(2)};
+      overview.points.push_back(point);
+      const bool nan = std::isnan(point.value);
+      overview.spans.push_back({overview.points.size(), nan ? 0 : 1, point.value});
+    });
+  });
+  if (!status.ok()) return status.error();
+  if (!inner.ok()) return inner.error();
+  if (Status s = snapshot->commit(); !s.ok()) return s.error();
+  return std::optional<SeriesOverview>(std::move(overview));
 }
 
 Result<LayerMatrix> RunReader::layer_matrix(int64_t run_id, std::string_view key, int head) {

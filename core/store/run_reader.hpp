@@ -74,6 +74,22 @@ class RunReader {
   /// if they fit, else the minimum and maximum of each of max_points/2 equal step buckets.
   Result<std::vector<ScalarPoint>> downsampled(int64_t run_id, std::string_view key, int64_t x0,
                                                int64_t x1, size_t max_points);
+  /// Whether the database keeps bucket summaries of its scalar series (schema v3; a v2
+  /// database opened read-only has none, and overview() gives nullopt).
+  bool has_buckets() const;
+  /// The stored summaries of level `level` (0 = the finest, see kBucketWidths) with bucket
+  /// index in [first, last], ascending.
+  Result<std::vector<ScalarBucket>> scalar_buckets(int64_t run_id, std::string_view key, int level,
+                                                   int64_t first, int64_t last);
+  /// The series within steps [x0, x1] for a plot `columns` pixels wide, from the bucket
+  /// summaries of the coarsest level whose buckets are no wider than a pixel column (steps
+  /// per column, counted over the steps the series spans in the range): each bucket's first
+  /// and last rows, lowest and highest values and first NaN, with its mean; the buckets
+  /// that reach beyond [x0, x1] give their rows in range instead. About 4 points per
+  /// bucket, so a few per column, instead of every row. nullopt where no level is fine
+  /// enough (a short series: read its rows) or the database keeps no summaries.
+  Result<std::optional<SeriesOverview>> overview(int64_t run_id, std::string_view key, int64_t x0,
+                                                 int64_t x1, size_t columns);
   /// A per-layer metric as layers x steps (head = -1: the mean over heads).
   Result<LayerMatrix> layer_matrix(int64_t run_id, std::string_view key, int head = -1);
 

@@ -1,6 +1,7 @@
 // Plain data that the run store reads and writes.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -62,6 +63,58 @@ struct ScalarPoint {
   int64_t step = 0;
   int64_t wall_ms = 0;
   double value = 0;
+};
+
+/// Step widths of the bucket levels the store keeps for every scalar series (table
+/// scalar_buckets), finest first: a bucket of level L holds the series' rows with steps in
+/// [bucket * width, (bucket + 1) * width).
+inline constexpr std::array<int64_t, 3> kBucketWidths = {16, 256, 4096};
+
+/// The bucket of `step` at a level of this width (floor division, also for negative steps).
+inline int64_t bucket_of(int64_t step, int64_t width) {
+  const int64_t quotient = step / width;
+  return step % width < 0 ? quotient - 1 : quotient;
+}
+
+/// The summary of the scalar rows of one step bucket: what a plot of the bucket needs (its
+/// first and last rows, its lowest and highest values and where a NaN breaks the line) and
+/// the mean of its values. Built from rows in step order (add) or from the buckets of the
+/// level below in step order (merge); NaN is skipped by low, high, numbers and sum.
+struct ScalarBucket {
+  int level = 0;
+  int64_t bucket = 0;
+  int64_t count = 0;                     ///< rows, NaN included
+  int64_t numbers = 0;                   ///< rows whose value is not NaN
+  double sum = 0;                        ///< of those values
+  ScalarPoint first = {}, last = {};     ///< the rows of lowest and highest step
+  std::optional<ScalarPoint> low = {};   ///< the lowest value, the earliest on ties
+  std::optional<ScalarPoint> high = {};  ///< the highest value, the earliest on ties
+  std::optional<ScalarPoint> first_nan = {};
+
+  /// The mean of the values that are not NaN; NaN if there are none.
+  double mean() const;
+  /// Adds a row with a higher step than any added before.
+  void add(const ScalarPoint& point);
+  /// Adds the rows of a bucket whose steps all follow this one's.
+  void merge(const ScalarBucket& later);
+  /// Appends the distinct rows the bucket keeps (first, low, high, first NaN, last) to
+  /// `out`, in step order.
+  void append_points(std::vector<ScalarPoint>& out) const;
+};
+
+/// A scalar series as a plot of limited width needs it, from the bucket summaries: the
+/// rows each bucket keeps (ScalarBucket::append_points), and for each bucket the mean of the rows
+/// it stands for, so that a smoothed curve can be approximated until every row is read.
+struct SeriesOverview {
+  struct Span {
+    size_t end = 0;       ///< one past the bucket's last point in `points`
+    int64_t numbers = 0;  ///< rows it stands for whose value is not NaN
+    double mean = 0;      ///< their mean (NaN if none)
+  };
+  std::vector<ScalarPoint> points = {};  ///< ascending steps
+  std::vector<Span> spans = {};          ///< in step order, together covering `points`
+  int64_t bucket_width = 0;              ///< the steps one bucket covers
+  bool every_row = false;                ///< no row was left out (a sparse series)
 };
 
 /// One evaluation result.

@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/store/buckets.hpp"
 #include "core/store/schema.hpp"
 #include "core/store/sqlite_db.hpp"
 
@@ -86,6 +87,7 @@ struct RunWriter::Impl {
 
   Statement insert_scalar, insert_layer, insert_eval, insert_event, insert_artifact, upsert_summary,
       intern_key, select_key, update_last_step;
+  std::optional<BucketMaintainer> buckets;  // the scalar series' bucket summaries
 
   // Metric keys are interned locally on log and mapped to database ids at commit time,
   // inside the batch's transaction.
@@ -150,6 +152,9 @@ Status RunWriter::Impl::prepare_statements() {
     if (!stmt.ok()) return stmt.error();
     *item.target = std::move(stmt).value();
   }
+  Result<BucketMaintainer> maintainer = BucketMaintainer::prepare(db);
+  if (!maintainer.ok()) return maintainer.error();
+  buckets.emplace(std::move(maintainer).value());
   return Status::Ok();
 }
 
@@ -209,6 +214,25 @@ Status RunWriter::Impl::write_batch(std::vector<uint32_t>& resolved_now) {
     insert_scalar.bind(4, row.wall_ms).bind(5, row.value);
     if (Status s = insert_scalar.run(); !s.ok()) return s;
     last_step = std::max(last_step, row.step);
+  }
+  // The bucket summaries of the series this batch touched, brought up to date in the same
+  // transaction, so that they always agree with the rows (re-logged steps too).
+  if (!scalars.empty()) {
+    std::vector<uint32_t> order(scalars.size());
+    for (uint32_t i = 0; i < order.size(); ++i)
+      order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](uint32_t a, uint32_t b) { return scalars[a].key < scalars[b].key; });
+    std::vector<ScalarPoint> rows;
+    for (size_t i = 0; i < order.size();) {
+      const uint32_t key = scalars[order[i]].key;
+      rows.clear();
+      for (; i < order.size() && scalars[order[i]].key == key; ++i) {
+        const ScalarRow& row = scalars[order[i]];
+        rows.push_back({row.step, row.wall_ms, row.value});
+      }
+      if (Status s = buckets->update(run_id, key_db_ids[key], rows); !s.ok()) return s;
+    }
   }
   for (const LayerRow& row : layer_rows) {
     insert_layer.bind(1, run_id).bind(2, key_db_ids[row.key]).bind(3, row.step);
@@ -309,6 +333,7 @@ Status RunWriter::Impl::stop_and_flush() {
        {&insert_scalar, &insert_layer, &insert_eval, &insert_event, &insert_artifact,
         &upsert_summary, &intern_key, &select_key, &update_last_step})
     *stmt = Statement();
+  buckets.reset();
   db = Database();
   if (!flushed.ok()) return flushed;
   return deferred;

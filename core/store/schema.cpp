@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "core/store/buckets.hpp"
 #include "core/util/paths.hpp"
 
 namespace hl::store {
@@ -105,10 +106,51 @@ CREATE INDEX evals_by_run ON evals(run);
 CREATE INDEX events_by_run ON events(run, id);
 )sql";
 
-// migrations[v] takes a database from version v to v + 1.
-const std::vector<std::string_view>& migrations() {
-  static const std::vector<std::string_view> steps = {kSchemaV1, kMigrationV1ToV2};
-  static_assert(kSchemaVersion == 2, "add the migration to the list above");
+// Version 3: per-bucket summaries of every scalar series at the step widths of
+// kBucketWidths (first, last, lowest and highest row, first NaN, count and sum), so that a
+// plot of a long series reads a few rows per pixel column instead of every row. The writer
+// keeps them in the transaction of each batch; the migration builds them from the rows.
+constexpr std::string_view kMigrationV2ToV3 = R"sql(
+CREATE TABLE scalar_buckets (
+  run INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+  key_id INTEGER NOT NULL REFERENCES metric_keys(id),
+  level INTEGER NOT NULL,
+  bucket INTEGER NOT NULL,
+  count INTEGER NOT NULL,
+  numbers INTEGER NOT NULL,
+  sum REAL,
+  first_step INTEGER NOT NULL,
+  first_wall INTEGER NOT NULL,
+  first_value REAL,
+  last_step INTEGER NOT NULL,
+  last_wall INTEGER NOT NULL,
+  last_value REAL,
+  low_step INTEGER,
+  low_wall INTEGER,
+  low_value REAL,
+  high_step INTEGER,
+  high_wall INTEGER,
+  high_value REAL,
+  nan_step INTEGER,
+  nan_wall INTEGER,
+  PRIMARY KEY (run, key_id, level, bucket)
+) WITHOUT ROWID;
+)sql";
+
+Status fill_scalar_buckets(Database& db) {
+  return rebuild_buckets(db);
+}
+
+// migrations[v] takes a database from version v to v + 1: its SQL, then its data step.
+struct Migration {
+  std::string_view sql;
+  Status (*fill)(Database& db) = nullptr;
+};
+
+const std::vector<Migration>& migrations() {
+  static const std::vector<Migration> steps = {
+      {kSchemaV1}, {kMigrationV1ToV2}, {kMigrationV2ToV3, fill_scalar_buckets}};
+  static_assert(kSchemaVersion == 3, "add the migration to the list above");
   return steps;
 }
 
@@ -151,7 +193,10 @@ Status migrate(Database& db) {
                           "(it has tables but no schema version)");
   }
   for (int v = *version; v < kSchemaVersion; ++v) {
-    if (Status s = db.exec(migrations()[v]); !s.ok())
+    const Migration& step = migrations()[static_cast<size_t>(v)];
+    Status s = db.exec(step.sql);
+    if (s.ok() && step.fill) s = step.fill(db);
+    if (!s.ok())
       return schema_error(db, "migrating the schema from v" + std::to_string(v) + " to v" +
                                   std::to_string(v + 1) + " failed: " + s.error().message);
   }
@@ -190,7 +235,7 @@ Result<Database> open_store(const std::string& path, Access access) {
     return schema_error(*db,
                         "is not a HybridLab run database (no schema version; "
                         "nothing has been recorded in it yet?)");
-  if (*version < kSchemaVersion)
+  if (*version < kOldestReadableVersion)
     return schema_error(*db, "has schema v" + std::to_string(*version) +
                                  ", older than this build's v" + std::to_string(kSchemaVersion) +
                                  "; open it once for writing to migrate it");

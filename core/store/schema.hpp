@@ -11,7 +11,10 @@
 namespace hl::store {
 
 /// The schema version this build writes (and migrates older databases to).
-inline constexpr int kSchemaVersion = 2;
+inline constexpr int kSchemaVersion = 3;
+/// The oldest version a read-only open accepts: v2 lacks only the bucket summaries of v3,
+/// so readers of a v2 database read rows where they would read summaries.
+inline constexpr int kOldestReadableVersion = 2;
 
 /// The SQL of schema version 1, exactly as first released (kept for migration tests).
 std::string_view schema_v1_sql();
@@ -20,7 +23,8 @@ std::string_view schema_v1_sql();
 std::string default_db_path();
 
 /// Opens a run database. read_write creates or migrates it to kSchemaVersion;
-/// read_only requires an existing database at kSchemaVersion and never writes.
+/// read_only requires an existing database at kOldestReadableVersion or later, up to
+/// kSchemaVersion, and never writes.
 Result<Database> open_store(const std::string& path, Access access);
 
 /// PRAGMA user_version of an open database.

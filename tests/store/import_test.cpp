@@ -4,11 +4,14 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include "core/store/run_reader.hpp"
 #include "core/store/run_writer.hpp"
 #include "core/store/schema.hpp"
+#include "tests/store/bucket_check.hpp"
 #include "tests/store/temp_dir.hpp"
 
 namespace hl::store {
@@ -107,9 +110,58 @@ TEST(ImportRuns, ImportsFromVersionOneDatabase) {
   const int64_t run = *reader->find_run("old");
   EXPECT_EQ(reader->run(run)->last_step, 8);
   EXPECT_EQ(reader->scalars_after(run, "loss", -1)->size(), 2u);
+  testing::expect_buckets_match_rows(*reader, run, "loss");  // built from the copied rows
   // The source was only read: still v1.
   Result<Database> source = Database::open(old_file, Access::read_only);
   EXPECT_EQ(*schema_version(*source), 1);
+}
+
+TEST(ImportRuns, CarriesBucketSummariesOrBuildsThemForOlderSources) {
+  TempDir dir;
+  const std::string server = dir.file("server.sqlite");
+  int64_t server_run = 0;
+  {
+    Result<RunWriter> writer = RunWriter::create(server, RunSpec{.name = "long"});
+    ASSERT_TRUE(writer.ok());
+    server_run = writer->run_id();
+    for (int step = 0; step < 12000; ++step) {
+      ASSERT_TRUE(
+          writer->log_scalar("train/loss", step, step % 501 == 0 ? NAN : std::cos(step)).ok());
+      if (step % 3 == 0) {
+        ASSERT_TRUE(writer->log_scalar("lr", step, 1e-3 * (step % 7)).ok());
+      }
+    }
+    ASSERT_TRUE(writer->close().ok());
+  }
+  // An older copy of the same server file: v2, without summaries.
+  const std::string old_server = dir.file("server-v2.sqlite");
+  std::filesystem::copy_file(server, old_server);
+  {
+    Result<Database> db = open_store(old_server, Access::read_write);
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE(db->exec("DROP TABLE scalar_buckets; PRAGMA user_version = 2").ok());
+  }
+  for (const std::string& source : {server, old_server}) {
+    SCOPED_TRACE(source);
+    const std::string local = dir.file("local-" + std::filesystem::path(source).stem().string());
+    {
+      // Other keys first, so that key ids differ between the files.
+      Result<RunWriter> writer = RunWriter::create(local, RunSpec{.name = "local"});
+      ASSERT_TRUE(writer.ok());
+      ASSERT_TRUE(writer->log_scalar("aaa", 0, 1).ok());
+      ASSERT_TRUE(writer->log_scalar("lr", 5, 1).ok());
+    }
+    Result<int> imported = import_runs(source, local);
+    ASSERT_TRUE(imported.ok()) << imported.error().to_string();
+    ASSERT_EQ(*imported, 1);
+    Result<RunReader> reader = RunReader::open(local);
+    ASSERT_TRUE(reader.ok());
+    const int64_t run = *reader->find_run("long");
+    EXPECT_NE(run, server_run);
+    testing::expect_buckets_match_rows(*reader, run, "train/loss");
+    testing::expect_buckets_match_rows(*reader, run, "lr");
+    testing::expect_buckets_match_rows(*reader, *reader->find_run("local"), "lr");
+  }
 }
 
 TEST(ImportRuns, BadSourcesAreClearErrors) {

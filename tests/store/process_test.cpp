@@ -13,6 +13,7 @@
 #include "core/store/run_reader.hpp"
 #include "core/store/run_writer.hpp"
 #include "core/store/schema.hpp"
+#include "tests/store/bucket_check.hpp"
 #include "tests/store/temp_dir.hpp"
 
 namespace hl::store {
@@ -106,6 +107,8 @@ TEST(Processes, WriterKilledMidBatchLeavesConsistentDatabase) {
     ASSERT_TRUE(runs.ok());
     ASSERT_EQ(runs->size(), 1u);
     EXPECT_EQ(runs->front().info.status, RunStatus::running);  // it never got to say more
+    // The bucket summaries were committed with their rows: they agree with what is there.
+    testing::expect_buckets_match_rows(*reader, runs->front().info.id, "train/loss");
   }
   Result<Database> db = open_store(path, Access::read_write);
   ASSERT_TRUE(db.ok()) << db.error().to_string();
@@ -209,6 +212,18 @@ TEST(Processes, ReaderReadsWhileAnotherProcessWrites) {
         fail(view.error());
         break;
       }
+      // The plot's first view: bucket summaries and the rows at the edges, one snapshot.
+      Result<std::optional<SeriesOverview>> overview =
+          reader.overview(run, "train/loss", 0, std::max<int64_t>(last_step, 1), 100);
+      if (!overview.ok()) {
+        fail(overview.error());
+        break;
+      }
+      if (*overview && !(*overview)->points.empty() &&
+          (*overview)->points.back().step > last_step) {
+        failure = "the overview reaches past the range it was asked for";
+        break;
+      }
       Result<LayerMatrix> matrix = reader.layer_matrix(run, "usage/linear_mass");
       if (!matrix.ok()) {
         fail(matrix.error());
@@ -238,6 +253,7 @@ TEST(Processes, ReaderReadsWhileAnotherProcessWrites) {
   EXPECT_GT(versions_seen, 10) << "the reader never saw the writer's progress";
   EXPECT_GT(reads, 50);
   EXPECT_TRUE(reader.check_integrity().ok());
+  testing::expect_buckets_match_rows(reader, run, "train/loss");
 }
 
 }  // namespace

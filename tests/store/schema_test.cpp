@@ -8,6 +8,7 @@
 
 #include "core/store/run_reader.hpp"
 #include "core/store/run_writer.hpp"
+#include "tests/store/bucket_check.hpp"
 #include "tests/store/temp_dir.hpp"
 
 namespace hl::store {
@@ -34,7 +35,7 @@ TEST(Schema, NewDatabaseGetsCurrentVersionAndPragmas) {
   EXPECT_EQ(*db->query_int64("PRAGMA foreign_keys"), 1);
   EXPECT_EQ(*db->query_int64("PRAGMA busy_timeout"), 10000);
   for (const char* table : {"runs", "params", "metric_keys", "scalars", "layer_scalars", "evals",
-                            "run_summary", "artifacts", "events"}) {
+                            "run_summary", "artifacts", "events", "scalar_buckets"}) {
     EXPECT_EQ(*db->query_int64(std::string("SELECT count(*) FROM sqlite_schema WHERE name = '") +
                                table + "'"),
               1)
@@ -102,6 +103,7 @@ TEST(Schema, MigratesVersionOneDatabaseWithData) {
   ASSERT_TRUE(loss.ok());
   ASSERT_EQ(loss->size(), 3u);
   EXPECT_DOUBLE_EQ((*loss)[2].value, 1.5);
+  testing::expect_buckets_match_rows(*reader, 1, "train/loss");  // built by the migration
   ASSERT_EQ(reader->evals({1})->size(), 1u);
   ASSERT_EQ(reader->events_after(1, 0)->size(), 1u);
 
