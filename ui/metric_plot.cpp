@@ -32,6 +32,15 @@ double EmaSmoother::push(double value) {
   return average_ / (1.0 - correction_);
 }
 
+double EmaSmoother::push_repeated(double value, int64_t count) {
+  if (std::isnan(value) || count <= 0) return std::numeric_limits<double>::quiet_NaN();
+  if (weight_ <= 0.0) return value;
+  const double decay = std::pow(weight_, static_cast<double>(count));
+  average_ = decay * average_ + (1.0 - decay) * value;
+  correction_ *= decay;
+  return average_ / (1.0 - correction_);
+}
+
 void decimate_for_screen(std::span<const double> xs, std::span<const double> ys, double lo,
                          double hi, int columns, QVector<QCPGraphData>* out) {
   out->clear();
@@ -93,7 +102,8 @@ struct MetricPlot::Curve {
   SeriesKey key;
   QCPGraph* raw = nullptr;
   QCPGraph* smooth = nullptr;
-  size_t shown = 0;  // points of the store's series taken so far
+  size_t shown = 0;          // points of the store's series taken so far
+  bool provisional = false;  // shows bucket summaries (SeriesData::spans)
   EmaSmoother ema;
   int64_t wall0 = 0;
   double tokens_per_step = 0.0;
@@ -238,6 +248,21 @@ int MetricPlot::drawn_points(qint64 run_id) const {
   return -1;
 }
 
+int64_t MetricPlot::last_drawn_step(qint64 run_id) const {
+  for (const auto& curve : curves_) {
+    if (curve->run != run_id) continue;
+    const std::vector<store::ScalarPoint>& points = store_->series(curve->key).points;
+    return curve->shown > 0 && curve->shown <= points.size() ? points[curve->shown - 1].step : -1;
+  }
+  return -1;
+}
+
+bool MetricPlot::provisional(qint64 run_id) const {
+  for (const auto& curve : curves_)
+    if (curve->run == run_id) return curve->provisional;
+  return false;
+}
+
 int MetricPlot::plotted_points() const {
   int total = 0;
   for (const auto& curve : curves_)
@@ -286,7 +311,9 @@ void MetricPlot::rebuild_curves() {
     curve->tokens_per_step = run ? run->tokens_per_step() : 0.0;
     curve->dirty = curve->rebuild = true;
     curves_.push_back(std::move(curve));
-    store_->watch(curves_.back()->key);
+    // The width lets a long series come first as bucket summaries of about one bucket per
+    // pixel column; the widget is at least as wide as its axis rect, so they are no coarser.
+    store_->watch(curves_.back()->key, std::max(plot_->width(), 400));
   }
   follow_ = true;
   flush();
@@ -298,7 +325,9 @@ void MetricPlot::mark_dirty(const SeriesKey& key, int first_new) {
     if (curve->key != key) continue;
     curve->dirty = true;
     if (first_new == 0) curve->rebuild = true;
-    schedule_redraw();
+    // A series replaced as a whole (the rows that follow a first view from bucket
+    // summaries) is drawn at once; the throttle is for the stream of appended points.
+    schedule_redraw(first_new == 0);
   }
 }
 
@@ -316,7 +345,8 @@ double MetricPlot::x_value(const Curve& curve, const store::ScalarPoint& point) 
 }
 
 void MetricPlot::append_points(Curve& curve, bool rebuild) {
-  const std::vector<store::ScalarPoint>& points = store_->series(curve.key).points;
+  const SeriesData& series = store_->series(curve.key);
+  const std::vector<store::ScalarPoint>& points = series.points;
   if (rebuild) {
     curve.xs.clear();
     curve.values.clear();
@@ -332,7 +362,22 @@ void MetricPlot::append_points(Curve& curve, bool rebuild) {
   curve.xs.reserve(points.size());
   curve.values.reserve(points.size());
   curve.smoothed.reserve(points.size());
-  for (size_t i = curve.shown; i < points.size(); ++i) {
+  size_t i = curve.shown;
+  if (rebuild) {
+    curve.provisional = !series.spans.empty();
+    // Bucket summaries: the EMA over the bucket means, each standing for its rows (exact
+    // with smoothing off, where the smoothed curve is the raw one).
+    for (const store::SeriesOverview::Span& span : series.spans) {
+      const double smoothed = curve.ema.push_repeated(span.mean, span.numbers);
+      for (; i < std::min(span.end, points.size()); ++i) {
+        const double value = points[i].value;
+        curve.xs.push_back(x_value(curve, points[i]));
+        curve.values.push_back(value);
+        curve.smoothed.push_back(smoothing_ <= 0.0 || std::isnan(value) ? value : smoothed);
+      }
+    }
+  }
+  for (; i < points.size(); ++i) {
     curve.xs.push_back(x_value(curve, points[i]));
     curve.values.push_back(points[i].value);
     curve.smoothed.push_back(curve.ema.push(points[i].value));
@@ -387,7 +432,11 @@ void MetricPlot::refresh_screen_data(bool force) {
   }
 }
 
-void MetricPlot::schedule_redraw() {
+void MetricPlot::schedule_redraw(bool now) {
+  if (now) {
+    if (!redraw_timer_->isActive() || redraw_timer_->remainingTime() > 0) redraw_timer_->start(0);
+    return;
+  }
   if (redraw_timer_->isActive()) return;
   // A throttle, not a debounce: the first change after a quiet period draws at once, later
   // ones wait until `redraw_interval_` has passed since the last redraw.

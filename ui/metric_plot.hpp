@@ -39,6 +39,10 @@ class EmaSmoother {
   explicit EmaSmoother(double weight = 0.0) : weight_(weight) {}
   /// The smoothed value after `value`; NaN passes through and leaves the state unchanged.
   double push(double value);
+  /// The smoothed value after `count` values equal to `value`, as `count` pushes of it (a
+  /// bucket's mean standing for its rows); NaN or a count of 0 returns NaN and leaves the
+  /// state unchanged.
+  double push_repeated(double value, int64_t count);
 
  private:
   double weight_;
@@ -79,6 +83,13 @@ class MetricPlot : public QWidget {
   /// Points of the run's series the curve shows (the screen may get fewer, see
   /// decimate_for_screen); -1 if the run is not drawn.
   int drawn_points(qint64 run_id) const;
+  /// The step of the last point the run's curve shows; -1 if none.
+  int64_t last_drawn_step(qint64 run_id) const;
+  /// Whether the run's curve shows the store's bucket summaries of a long series (its first
+  /// view, until the rows arrive): the raw curve has each bucket's first, last, lowest and
+  /// highest rows, at most one bucket per pixel column, and the smoothed curve runs over the
+  /// bucket means (an approximation of the EMA of the rows, replaced when they arrive).
+  bool provisional(qint64 run_id) const;
   /// Points handed to QCustomPlot over all curves (raw + smoothed), after decimation.
   int plotted_points() const;
   /// Applies pending points and replots at once.
@@ -98,7 +109,7 @@ class MetricPlot : public QWidget {
   struct Curve;
   void rebuild_curves();
   void mark_dirty(const SeriesKey& key, int first_new);
-  void schedule_redraw();
+  void schedule_redraw(bool now = false);
   void append_points(Curve& curve, bool rebuild);
   // Refills the graphs of curves whose decimation no longer fits the axis range or size.
   void refresh_screen_data(bool force);

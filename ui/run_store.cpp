@@ -82,17 +82,24 @@ class StoreWorker : public QObject {
   }
 
   // Each series with the step it was read through before, if the RunStore had it cached.
-  void watch(const std::vector<std::pair<SeriesKey, std::optional<int64_t>>>& series) {
+  void watch(const std::vector<RunStore::WatchRequest>& requests) {
     std::vector<SeriesKey> keys;
-    keys.reserve(series.size());
-    for (const auto& [key, through] : series) {
-      fetched_through_.insert(key, through);
-      keys.push_back(key);
+    keys.reserve(requests.size());
+    for (const RunStore::WatchRequest& request : requests) {
+      fetched_through_.insert(request.key, request.through);
+      if (request.columns > 0)
+        columns_.insert(request.key, request.columns);
+      else
+        columns_.remove(request.key);
+      keys.push_back(request.key);
     }
     if (reader_) fetch_series(keys);
   }
 
-  void unwatch(const SeriesKey& series) { fetched_through_.remove(series); }
+  void unwatch(const SeriesKey& series) {
+    fetched_through_.remove(series);
+    columns_.remove(series);
+  }
 
   void poll(bool force) {
     if (!reader_) return;
@@ -150,7 +157,51 @@ class StoreWorker : public QObject {
     const bool reduced = points->size() >= kInitialMaxPoints - 1;
     int64_t fetched = points->empty() ? std::numeric_limits<int64_t>::min() : points->back().step;
     if (reduced) fetched = std::max(fetched, through);
-    return RunStore::Fetched{series, std::move(points).value(), fetched, reduced};
+    return RunStore::Fetched{series, std::move(points).value(), fetched, reduced, true, {}};
+  }
+
+  // The first view of a long series from the store's bucket summaries (a few rows per pixel
+  // column instead of every row); nullopt where the series is too short for them, or the
+  // database keeps none. `complete` says whether the overview holds every row.
+  static std::optional<RunStore::Fetched> fetch_overview(store::RunReader& reader,
+                                                         const SeriesKey& series, int64_t through,
+                                                         int columns, bool* complete) {
+    Result<std::optional<store::SeriesOverview>> overview = reader.overview(
+        series.run, series.key.toStdString(), 0, through, static_cast<size_t>(columns));
+    if (!overview.ok() || !overview->has_value()) return std::nullopt;
+    store::SeriesOverview& found = **overview;
+    *complete = found.every_row;
+    const int64_t fetched =
+        found.points.empty() ? std::numeric_limits<int64_t>::min() : found.points.back().step;
+    RunStore::Fetched result{series, std::move(found.points), fetched, !found.every_row, true, {}};
+    if (!found.every_row) result.spans = std::move(found.spans);
+    return result;
+  }
+
+  // Runs fetch(reader, i) for i < count, the second half on a second connection when there
+  // are several: scanning long series is most of the time until a plot of many runs
+  // appears, and the UI thread waits idle meanwhile.
+  template <class Fetch>
+  void in_parallel(size_t count, Fetch&& fetch) {
+    const size_t split = count >= 4 ? count / 2 : count;
+    std::thread helper;
+    if (split < count && open_helper())
+      helper = std::thread([&] {
+        for (size_t i = split; i < count; ++i)
+          fetch(*helper_reader_, i);
+      });
+    const size_t mine = helper.joinable() ? split : count;
+    for (size_t i = 0; i < mine; ++i)
+      fetch(*reader_, i);
+    if (helper.joinable()) helper.join();
+  }
+
+  // Records what a first fetch read through; false if the series was unwatched meanwhile.
+  bool record_through(const RunStore::Fetched& fetched) {
+    auto state = fetched_through_.find(fetched.key);
+    if (state == fetched_through_.end()) return false;
+    state.value() = fetched.through;
+    return true;
   }
 
   void fetch_series(const std::vector<SeriesKey>& keys) {
@@ -173,29 +224,40 @@ class StoreWorker : public QObject {
       state.value() = through;
       fresh.push_back({series, std::move(points).value(), through, false});
     }
-    // A plot of many runs reads its series on two connections at once: scanning long series
-    // is most of the time until the plot appears, and the UI thread waits idle meanwhile.
-    std::vector<std::optional<RunStore::Fetched>> results(first_time.size());
-    const size_t split = first_time.size() >= 4 ? first_time.size() / 2 : first_time.size();
-    std::thread helper;
-    if (split < first_time.size() && open_helper())
-      helper = std::thread([&] {
-        for (size_t i = split; i < first_time.size(); ++i)
-          results[i] = fetch_initial(*helper_reader_, first_time[i].first, first_time[i].second);
-      });
-    const size_t mine = helper.joinable() ? split : first_time.size();
-    for (size_t i = 0; i < mine; ++i)
-      results[i] = fetch_initial(*reader_, first_time[i].first, first_time[i].second);
-    if (helper.joinable()) helper.join();
-    for (auto& result : results) {
-      if (!result) continue;
-      auto state = fetched_through_.find(result->key);
-      if (state == fetched_through_.end()) continue;
-      state.value() = result->through;
-      initial.push_back(std::move(*result));
+    // First the series that a plot asked for by width: their bucket summaries, drawn at once;
+    // those whose summaries leave rows out (the long ones) are read in full right after.
+    std::vector<std::optional<RunStore::Fetched>> overviews(first_time.size());
+    std::vector<char> complete(first_time.size(), 0);
+    std::vector<std::pair<size_t, int>> by_width;  // (index into first_time, columns)
+    if (reader_->has_buckets())
+      for (size_t i = 0; i < first_time.size(); ++i)
+        if (int columns = columns_.value(first_time[i].first, 0); columns > 0)
+          by_width.emplace_back(i, columns);
+    in_parallel(by_width.size(), [&](store::RunReader& reader, size_t j) {
+      const auto [i, columns] = by_width[j];
+      bool whole = false;
+      overviews[i] =
+          fetch_overview(reader, first_time[i].first, first_time[i].second, columns, &whole);
+      complete[i] = whole;
+    });
+    std::vector<size_t> to_read;  // indices into first_time still to be read row by row
+    for (size_t i = 0; i < first_time.size(); ++i) {
+      if (overviews[i] && record_through(*overviews[i]))
+        initial.push_back(std::move(*overviews[i]));
+      if (!overviews[i] || !complete[i]) to_read.push_back(i);
     }
     post_points(std::move(initial));
     post_points(std::move(fresh));
+
+    std::vector<std::optional<RunStore::Fetched>> results(to_read.size());
+    in_parallel(to_read.size(), [&](store::RunReader& reader, size_t i) {
+      results[i] =
+          fetch_initial(reader, first_time[to_read[i]].first, first_time[to_read[i]].second);
+    });
+    std::vector<RunStore::Fetched> read;
+    for (auto& result : results)
+      if (result && record_through(*result)) read.push_back(std::move(*result));
+    post_points(std::move(read));
   }
 
   // The second connection for parallel first fetches, opened on first use.
@@ -241,6 +303,7 @@ class StoreWorker : public QObject {
   std::string path_;
   std::optional<int64_t> last_version_;
   QHash<SeriesKey, std::optional<int64_t>> fetched_through_;
+  QHash<SeriesKey, int> columns_;  // the plot width a series was watched for, if any
   std::map<int64_t, int64_t> last_steps_;
   std::map<int64_t, std::pair<bool, std::map<std::string, std::string>>> params_cache_;
 };
@@ -289,7 +352,7 @@ const RunRow* RunStore::run(int64_t run_id) const {
   return nullptr;
 }
 
-void RunStore::watch(const SeriesKey& series) {
+void RunStore::watch(const SeriesKey& series, int columns) {
   if (watch_counts_[series]++ > 0) return;
   std::optional<int64_t> through;
   auto cached = std::find_if(cache_.begin(), cache_.end(),
@@ -306,14 +369,14 @@ void RunStore::watch(const SeriesKey& series) {
   // first points arrive together and are drawn in one redraw.
   if (pending_watches_.empty())
     QTimer::singleShot(0, this, [this] {
-      std::vector<std::pair<SeriesKey, std::optional<int64_t>>> batch;
+      std::vector<WatchRequest> batch;
       batch.swap(pending_watches_);
       if (batch.empty()) return;
       QMetaObject::invokeMethod(
           worker_, [worker = worker_, batch = std::move(batch)] { worker->watch(batch); },
           Qt::QueuedConnection);
     });
-  pending_watches_.emplace_back(series, through);
+  pending_watches_.push_back({series, through, columns});
 }
 
 void RunStore::unwatch(const SeriesKey& series) {
@@ -323,15 +386,16 @@ void RunStore::unwatch(const SeriesKey& series) {
   watch_counts_.erase(found);
   auto data = series_.find(series);
   if (data != series_.end()) {
-    // Only a series the worker has read can continue from where it stopped.
-    if (data->fetched_through && !data->points.empty()) {
+    // Only a series the worker has read can continue from where it stopped, and bucket
+    // summaries still waiting for their rows are not kept.
+    if (data->fetched_through && !data->points.empty() && data->spans.empty()) {
       cache_points_ += data->points.size();
       cache_.emplace_front(series, std::move(data.value()));
     }
     series_.erase(data);
     trim_cache();
   }
-  std::erase_if(pending_watches_, [&](const auto& entry) { return entry.first == series; });
+  std::erase_if(pending_watches_, [&](const WatchRequest& entry) { return entry.key == series; });
   QMetaObject::invokeMethod(
       worker_, [worker = worker_, series] { worker->unwatch(series); }, Qt::QueuedConnection);
 }
@@ -387,6 +451,16 @@ void RunStore::apply_points(uint64_t generation, std::vector<Fetched> batches) {
     if (found == series_.end()) continue;  // unwatched meanwhile
     SeriesData& data = found.value();
     std::vector<store::ScalarPoint>& points = fetched.points;
+    if (fetched.replace) {
+      // A first fetch: the bucket summaries of a long series, or its rows, which replace
+      // the summaries.
+      data.points = std::move(points);
+      data.spans = std::move(fetched.spans);
+      data.downsampled = fetched.downsampled;
+      data.fetched_through = fetched.through;
+      emit seriesAppended(fetched.key, 0);
+      continue;
+    }
     data.fetched_through =
         std::max(data.fetched_through.value_or(fetched.through), fetched.through);
     const int first_new = static_cast<int>(data.points.size());
@@ -396,13 +470,17 @@ void RunStore::apply_points(uint64_t generation, std::vector<Fetched> batches) {
       auto keep =
           std::lower_bound(data.points.begin(), data.points.end(), from,
                            [](const store::ScalarPoint& p, int64_t s) { return p.step < s; });
+      // Bucket summaries cut there no longer describe what follows: keep those before.
+      const auto kept = static_cast<size_t>(keep - data.points.begin());
+      while (!data.spans.empty() && data.spans.back().end > kept)
+        data.spans.pop_back();
       data.points.erase(keep, data.points.end());
       data.points.insert(data.points.end(), points.begin(), points.end());
       emit seriesAppended(fetched.key, 0);
       continue;
     }
     if (data.points.empty())
-      data.points = std::move(points);  // the first fetch of a long series: no copy
+      data.points = std::move(points);  // no copy
     else
       data.points.insert(data.points.end(), points.begin(), points.end());
     data.downsampled = data.downsampled || fetched.downsampled;

@@ -46,6 +46,10 @@ struct RunRow {
 struct SeriesData {
   std::vector<store::ScalarPoint> points;
   bool downsampled = false;
+  /// While `points` are the store's bucket summaries (the first view of a long series,
+  /// until its rows arrive and replace them): which points each bucket gave and the mean of
+  /// the rows it stands for. Empty once the points are the rows (or a downsampled read).
+  std::vector<store::SeriesOverview::Span> spans;
   /// The step through which the store has been read (a downsampled fetch reads past its
   /// last kept point); none before the first fetch.
   std::optional<int64_t> fetched_through;
@@ -72,8 +76,10 @@ class RunStore : public QObject {
 
   /// Starts fetching a series (reference counted); its points arrive via seriesAppended.
   /// A series watched before and still in the cache is available at once, and only its
-  /// rows written since are fetched.
-  void watch(const SeriesKey& series);
+  /// rows written since are fetched. With `columns` (the width in pixels of the plot that
+  /// shows it), a long series first comes as the store's bucket summaries at about one
+  /// bucket per pixel column (a few points each), and its rows follow and replace them.
+  void watch(const SeriesKey& series, int columns = 0);
   /// Stops fetching a series; its points stay in a bounded cache (least recently used
   /// series go first) for the next watch.
   void unwatch(const SeriesKey& series);
@@ -81,7 +87,8 @@ class RunStore : public QObject {
   void set_cache_capacity(size_t points);
   /// Unwatched series in the cache.
   size_t cached_series() const { return cache_.size(); }
-  /// Points fetched so far; empty for an unwatched series.
+  /// Points fetched so far; empty for an unwatched series. A first fetch replaces what was
+  /// there and is announced with first_new = 0.
   const SeriesData& series(const SeriesKey& series) const;
 
   /// How often the worker checks data_version (default 200 ms).
@@ -108,6 +115,13 @@ class RunStore : public QObject {
     std::vector<store::ScalarPoint> points;
     int64_t through = 0;  // the step read through
     bool downsampled = false;
+    bool replace = false;                            // a first fetch: replaces the points
+    std::vector<store::SeriesOverview::Span> spans;  // bucket summaries, see SeriesData
+  };
+  struct WatchRequest {
+    SeriesKey key;
+    std::optional<int64_t> through;  // read through this step before (from the cache)
+    int columns = 0;
   };
   void apply_points(uint64_t generation, std::vector<Fetched> batches);
   void trim_cache();
@@ -122,7 +136,7 @@ class RunStore : public QObject {
   uint64_t poll_count_ = 0;
   std::vector<RunRow> runs_;
   QHash<SeriesKey, int> watch_counts_;
-  std::vector<std::pair<SeriesKey, std::optional<int64_t>>> pending_watches_;
+  std::vector<WatchRequest> pending_watches_;
   QHash<SeriesKey, SeriesData> series_;
   // Unwatched series, most recently used first, and their total points.
   std::list<std::pair<SeriesKey, SeriesData>> cache_;

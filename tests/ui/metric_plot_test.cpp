@@ -36,6 +36,21 @@ TEST(EmaSmootherTest, MatchesTheBiasCorrectedRecurrence) {
           << "weight " << weight << " step " << i;
     }
   }
+  // A bucket mean standing for n rows smooths as n pushes of it.
+  for (double weight : {0.0, 0.6, 0.99}) {
+    EmaSmoother once(weight), repeated(weight);
+    for (int i = 0; i < 40; ++i) {
+      const double value = noise(rng);
+      const int64_t count = 1 + i % 17;
+      double pushed = 0;
+      for (int64_t k = 0; k < count; ++k)
+        pushed = repeated.push(value);
+      EXPECT_NEAR(once.push_repeated(value, count), pushed, 1e-12 * std::abs(pushed) + 1e-15)
+          << "weight " << weight << " bucket " << i;
+    }
+    EXPECT_TRUE(std::isnan(once.push_repeated(std::nan(""), 3)));
+    EXPECT_TRUE(std::isnan(once.push_repeated(1.0, 0)));
+  }
   // The first smoothed value is the first value (bias correction), and NaN passes through
   // without disturbing the average.
   EmaSmoother smoother(0.9);
@@ -272,6 +287,152 @@ TEST_F(MetricPlotTest, APlotAgainComesFromTheCacheAndFetchesOnlyNewRows) {
   // A full cache drops the least recently used series.
   runs.set_cache_capacity(0);
   HL_ASSERT_OK(writer.close());
+}
+
+// Lowest and highest value per pixel column of points decimated to `columns` over [lo, hi].
+std::vector<std::pair<double, double>> column_extremes(const QVector<QCPGraphData>& points,
+                                                       double lo, double hi, int columns) {
+  std::vector<std::pair<double, double>> extremes(static_cast<size_t>(columns),
+                                                  {INFINITY, -INFINITY});
+  for (const QCPGraphData& point : points) {
+    if (point.key < lo || point.key > hi || std::isnan(point.value)) continue;
+    const auto c = std::min<size_t>(static_cast<size_t>((point.key - lo) / (hi - lo) * columns),
+                                    static_cast<size_t>(columns - 1));
+    extremes[c].first = std::min(extremes[c].first, point.value);
+    extremes[c].second = std::max(extremes[c].second, point.value);
+  }
+  return extremes;
+}
+
+TEST_F(MetricPlotTest, LongSeriesShowBucketSummariesFirstThenTheirRows) {
+  store::RunWriter writer = temp.create("long", "lolcats", {.batch_rows = 100000});
+  std::mt19937 rng(3);
+  std::normal_distribution<double> noise(0.0, 0.3);
+  std::vector<double> xs, ys;
+  for (int step = 0; step < 20000; ++step) {
+    const double value = step % 1500 == 700 ? NAN : std::sin(step * 0.003) + noise(rng);
+    HL_ASSERT_OK(writer.log_scalar("loss", step, value));
+    xs.push_back(step);
+    ys.push_back(value);
+  }
+  HL_ASSERT_OK(writer.close());
+  runs.open(temp.qpath());
+  ASSERT_TRUE(wait_until([&] { return !runs.runs().empty(); }));
+  MetricPlot plot(&runs);
+  plot.resize(800, 500);
+  plot.show();
+  const int64_t run = writer.run_id();
+
+  // What the store announces, and what the plot draws at the first announcement.
+  struct Seen {
+    bool summaries;
+    size_t points;
+    int first_new;
+  };
+  std::vector<Seen> seen;
+  QVector<QCPGraphData> first_raw, first_smooth;
+  bool first_provisional = false;
+  std::vector<store::ScalarPoint> first_points;
+  QObject::connect(&runs, &RunStore::seriesAppended, &plot,
+                   [&](const SeriesKey& key, int first_new) {
+                     const SeriesData& series = runs.series(key);
+                     seen.push_back({!series.spans.empty(), series.points.size(), first_new});
+                     if (seen.size() != 1) return;
+                     plot.flush();  // draw this state now, before the rows can replace it
+                     first_provisional = plot.provisional(run);
+                     first_points = series.points;
+                     for (auto it = plot.plot()->graph(0)->data()->constBegin();
+                          it != plot.plot()->graph(0)->data()->constEnd(); ++it)
+                       first_raw.append(*it);
+                     for (auto it = plot.plot()->graph(1)->data()->constBegin();
+                          it != plot.plot()->graph(1)->data()->constEnd(); ++it)
+                       first_smooth.append(*it);
+                   });
+  plot.set_runs({run});
+  ASSERT_TRUE(
+      wait_until([&] { return plot.drawn_points(run) == 20000 && !plot.provisional(run); }, 20000));
+
+  // First the bucket summaries (a few points per 16-step bucket), then the 20,000 rows.
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_TRUE(seen[0].summaries);
+  EXPECT_EQ(seen[0].first_new, 0);
+  EXPECT_LT(seen[0].points, 20000u / 16 * 5 + 1);
+  EXPECT_FALSE(seen[1].summaries);
+  EXPECT_EQ(seen[1].points, 20000u);
+  EXPECT_EQ(seen[1].first_new, 0);
+  EXPECT_TRUE(first_provisional);
+  EXPECT_EQ(first_points.back().step, 19999);
+
+  // The first view draws true rows only.
+  ASSERT_FALSE(first_raw.isEmpty());
+  for (const QCPGraphData& point : first_raw) {
+    const auto step = static_cast<size_t>(point.key);
+    ASSERT_EQ(point.key, static_cast<double>(step));
+    ASSERT_TRUE(point.value == ys[step] || (std::isnan(point.value) && std::isnan(ys[step])));
+  }
+  // Decimated for the screen, the summaries reach each pixel column's lowest and highest
+  // value within one column either side: their buckets are narrower than a column, and each
+  // keeps its lowest and highest row.
+  const int columns = plot.plot()->axisRect()->width();
+  ASSERT_GT(columns, 16);
+  ASSERT_LE(16.0 * columns, 20000.0);
+  QVector<QCPGraphData> full, summarised;
+  decimate_for_screen(xs, ys, 0, 19999, columns, &full);
+  std::vector<double> first_xs, first_ys;
+  for (const store::ScalarPoint& point : first_points) {
+    first_xs.push_back(static_cast<double>(point.step));
+    first_ys.push_back(point.value);
+  }
+  decimate_for_screen(first_xs, first_ys, 0, 19999, columns, &summarised);
+  const auto want = column_extremes(full, 0, 19999, columns);
+  const auto got = column_extremes(summarised, 0, 19999, columns);
+  double low = INFINITY, high = -INFINITY, first_low = INFINITY, first_high = -INFINITY;
+  for (int c = 0; c < columns; ++c) {
+    const size_t at = static_cast<size_t>(c);
+    double near_low = INFINITY, near_high = -INFINITY;
+    for (size_t n = at == 0 ? 0 : at - 1; n <= std::min(at + 1, size_t(columns - 1)); ++n) {
+      near_low = std::min(near_low, got[n].first);
+      near_high = std::max(near_high, got[n].second);
+    }
+    EXPECT_LE(near_low, want[at].first) << "column " << c;
+    EXPECT_GE(near_high, want[at].second) << "column " << c;
+    low = std::min(low, want[at].first);
+    high = std::max(high, want[at].second);
+    first_low = std::min(first_low, got[at].first);
+    first_high = std::max(first_high, got[at].second);
+  }
+  EXPECT_EQ(first_low, low);
+  EXPECT_EQ(first_high, high);
+  // ... and the plot drew them: its y axis fits the same range.
+  double drawn_low = INFINITY, drawn_high = -INFINITY;
+  for (const QCPGraphData& point : first_raw)
+    if (!std::isnan(point.value)) {
+      drawn_low = std::min(drawn_low, point.value);
+      drawn_high = std::max(drawn_high, point.value);
+    }
+  EXPECT_EQ(drawn_low, low);
+  EXPECT_EQ(drawn_high, high);
+  // The provisional smoothed curve runs over the bucket means: within the data's range.
+  ASSERT_FALSE(first_smooth.isEmpty());
+  for (const QCPGraphData& point : first_smooth)
+    if (!std::isnan(point.value)) {
+      EXPECT_GE(point.value, low);
+      EXPECT_LE(point.value, high);
+    }
+
+  // With the rows, the smoothed curve is the EMA of every row again.
+  EmaSmoother exact(0.6);
+  std::vector<double> smoothed;
+  for (double y : ys)
+    smoothed.push_back(exact.push(y));
+  QSharedPointer<QCPGraphDataContainer> smooth = plot.plot()->graph(1)->data();
+  ASSERT_GT(smooth->size(), 100);
+  for (auto it = smooth->constBegin(); it != smooth->constEnd(); ++it) {
+    const double expected = smoothed[static_cast<size_t>(it->key)];
+    ASSERT_TRUE(it->value == expected || (std::isnan(it->value) && std::isnan(expected)))
+        << "step " << it->key;
+  }
+  EXPECT_EQ(plot.last_drawn_step(run), 19999);
 }
 
 }  // namespace
