@@ -9,6 +9,10 @@
 #include "kernels/cpu/attention_internal.hpp"
 
 #ifdef HL_WITH_CUDA_KERNELS
+#include <torch/version.h>
+#endif
+
+#ifdef HL_WITH_CUDA_KERNELS
 // ---- CUDA backend hook -----------------------------------------------------------------
 // The tensor-facing glue in kernels/cuda/*.cpp defines these functions over the raw-pointer
 // kernels. `supports` says whether the fused kernels cover a call (mode, dtype, head sizes);
@@ -117,6 +121,20 @@ std::optional<Backend> parse_backend(std::string_view name) {
 
 AttentionOutput attention(const AttentionInputs& inputs, const AttentionOptions& options) {
   detail::validate(inputs, options, "attention");
+#if defined(HL_WITH_CUDA_KERNELS) && TORCH_VERSION_MAJOR >= 2
+  // Full causal softmax (the transfer teacher, layers kept as softmax) on the GPU: PyTorch's
+  // fused attention kernels; the CPU-style paths below are quadratic or chunked by design.
+  if (options.mode == AttentionMode::softmax && options.backend == Backend::automatic &&
+      inputs.q.is_cuda() && !options.want_weights) {
+    const int64_t groups = inputs.q.size(1) / inputs.k.size(1);
+    AttentionOutput out;
+    out.y = at::scaled_dot_product_attention(inputs.q, detail::repeat_kv(inputs.k, groups),
+                                             detail::repeat_kv(inputs.v, groups), {}, 0.0,
+                                             /*is_causal=*/true, options.scale);
+    out.backend = Backend::cuda;
+    return out;
+  }
+#endif
 #ifdef HL_WITH_CUDA_KERNELS
   // Before prepare(): the fused kernels read GQA k/v in place, so the k/v repeated to the
   // query heads are never materialised on this path.

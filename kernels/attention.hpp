@@ -32,7 +32,8 @@ enum class Backend {
   automatic,  ///< cuda for GPU tensors when built, else reference for small N, else chunked
   reference,  ///< quadratic, explicit N x N masks; any dtype (float64 for checks)
   chunked,    ///< O(N (w + F dv)) time and O(N (F + w)) extra memory; training on the CPU
-  cuda,       ///< fused CUDA kernels (only when built with HL_WITH_CUDA_KERNELS)
+  cuda,       ///< fused CUDA kernels (only when built with HL_WITH_CUDA_KERNELS); for the
+              ///< softmax mode, PyTorch's fused attention
 };
 
 /// "softmax", "hybrid", "linear_only", "window_only", "sinks_only", "none".

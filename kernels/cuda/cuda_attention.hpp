@@ -49,6 +49,7 @@ struct RawOptions {
   bool want_stats = false;
   int forward_segments = 0;  ///< 0: fill the chip
   int key_segments = 0;      ///< 0: fill the chip
+  bool key_grads = true;     ///< false: dk, dv are not wanted (may come back unwritten)
 };
 
 /// What forward leaves for backward.

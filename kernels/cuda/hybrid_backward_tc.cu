@@ -885,6 +885,7 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     err = d64 ? launch_linear_f<64>(p, false, stream) : launch_linear_f<128>(p, false, stream);
     if (err != cudaSuccess) return err;
   }
+  if (!a.key_grads) return cudaSuccess;  // the window key kernel only makes dk and dv
   const int k_blocks = s.batch * s.kv_heads * p.tiles;
   const size_t wk = window_key_smem(s.head_dim, p.key_rows);
   return d64 ? launch(window_key_kernel<64>, k_blocks, wk, p, stream)

@@ -350,6 +350,31 @@ TEST(CudaAttention, TensorCoreBackwardBf16) {
   check_forward_backward(c, 16, via_inputs);
 }
 
+// The softmax teacher on CUDA tensors goes to PyTorch's fused attention through the dispatch;
+// output and dq against the float64 reference backend.
+TEST(CudaAttention, SoftmaxThroughDispatch) {
+  HL_REQUIRE_GPU();
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    Case c;
+    c.dtype = dtype;
+    c.N = 300;
+    const Data d = make_data(c, 60);
+    hk::AttentionOptions o;
+    o.mode = hk::AttentionMode::softmax;
+    const Tensor q = d.q.detach().clone().requires_grad_(true);
+    const hk::AttentionOutput out = hk::attention({q, d.k, d.v}, o);
+    EXPECT_EQ(out.backend, hk::Backend::cuda);
+    const Tensor dy = torch::randn_like(out.y);
+    out.y.backward(dy);
+    const Tensor q64 = d.q.detach().to(torch::kDouble).requires_grad_(true);
+    o.backend = hk::Backend::reference;
+    const Tensor ref = hk::attention({q64, d.k.to(torch::kDouble), d.v.to(torch::kDouble)}, o).y;
+    ref.backward(dy.to(torch::kDouble));
+    EXPECT_LT(rel_err(out.y, ref), c.tol()) << c.name();
+    EXPECT_LT(rel_err(q.grad(), q64.grad()), c.tol()) << c.name();
+  }
+}
+
 // Forced segment splits must give the same function (the chunk-state passes and scans).
 TEST(CudaAttention, SegmentSplitsRawPoisoned) {
   HL_REQUIRE_GPU();
