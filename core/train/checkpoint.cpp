@@ -9,6 +9,7 @@
 #include "core/io/file_util.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/model/model_io.hpp"
+#include "core/util/paths.hpp"
 
 namespace hl::train {
 
@@ -49,10 +50,11 @@ json to_json(const TrainingState& s) {
               {"step", s.step},
               {"global_step", s.global_step},
               {"batches_consumed", s.batches_consumed},
-              {"lr", {{"plateau_lr", s.lr.plateau_lr},
-                      {"best", std::isfinite(s.lr.best) ? json(s.lr.best) : json(nullptr)},
-                      {"bad_evals", s.lr.bad_evals},
-                      {"reductions", s.lr.reductions}}},
+              {"lr",
+               {{"plateau_lr", s.lr.plateau_lr},
+                {"best", std::isfinite(s.lr.best) ? json(s.lr.best) : json(nullptr)},
+                {"bad_evals", s.lr.bad_evals},
+                {"reductions", s.lr.reductions}}},
               {"ssd_rng", s.ssd_rng},
               {"torch_rng", s.torch_rng},
               {"best_val", std::isfinite(s.best_val) ? json(s.best_val) : json(nullptr)},
@@ -89,7 +91,8 @@ Result<std::optional<fs::path>> latest_dir(const fs::path& dir) {
   auto name = io::read_text_file(dir / kLatest);
   if (!name.ok()) return name.error();
   std::string folder = *name;
-  while (!folder.empty() && (folder.back() == '\n' || folder.back() == ' ')) folder.pop_back();
+  while (!folder.empty() && (folder.back() == '\n' || folder.back() == ' '))
+    folder.pop_back();
   if (folder.empty() || !fs::is_directory(dir / folder, ec))
     return make_error("LATEST names a missing checkpoint '" + folder + "'", {dir.string()});
   return std::optional<fs::path>{dir / folder};
@@ -138,9 +141,10 @@ Status CheckpointStore::save(const TrainingState& state, model::CausalLM& model,
                 (long long)state.step);
   const fs::path final_dir = dir_ / name;
   const fs::path temp_dir = dir_ / (std::string(name) + ".tmp");
-  fs::remove_all(temp_dir, ec);
+  remove_tree(temp_dir);
   fs::create_directories(temp_dir, ec);
-  if (ec) return make_error("cannot create checkpoint folder: " + ec.message(), {temp_dir.string()});
+  if (ec)
+    return make_error("cannot create checkpoint folder: " + ec.message(), {temp_dir.string()});
 
   if (auto s = io::write_safetensors(temp_dir / "trainable.safetensors", conversion_tensors(model));
       !s.ok())
@@ -154,22 +158,25 @@ Status CheckpointStore::save(const TrainingState& state, model::CausalLM& model,
     }
   }
   if (auto s = io::write_file_atomically(temp_dir / "state.json",
-                                         [&](std::ostream& out) { out << to_json(state).dump(2); }); !s.ok())
+                                         [&](std::ostream& out) { out << to_json(state).dump(2); });
+      !s.ok())
     return s;
-  fs::remove_all(final_dir, ec);
+  remove_tree(final_dir);
   fs::rename(temp_dir, final_dir, ec);
-  if (ec) return make_error("cannot move checkpoint into place: " + ec.message(), {final_dir.string()});
+  if (ec)
+    return make_error("cannot move checkpoint into place: " + ec.message(), {final_dir.string()});
 
   auto previous = latest_dir(dir_);
   if (auto s = io::write_file_atomically(dir_ / kLatest,
-                                         [&](std::ostream& out) { out << name << "\n"; }); !s.ok())
+                                         [&](std::ostream& out) { out << name << "\n"; });
+      !s.ok())
     return s;
   // Keep the newest two complete checkpoints; drop older ones and stale temporaries.
   for (const auto& entry : fs::directory_iterator(dir_, ec)) {
     const std::string entry_name = entry.path().filename().string();
     if (entry_name.rfind("stage", 0) != 0 || entry.path() == final_dir) continue;
     if (previous.ok() && previous->has_value() && entry.path() == **previous) continue;
-    fs::remove_all(entry.path(), ec);
+    remove_tree(entry.path());
   }
   return Status::Ok();
 }
@@ -195,7 +202,8 @@ Status CheckpointStore::restore(model::CausalLM& model, torch::optim::Optimizer*
   auto folder = latest_dir(dir_);
   if (!folder.ok()) return folder.error();
   if (!folder->has_value()) return make_error("no checkpoint to resume from", {dir_.string()});
-  if (auto s = load_conversion_tensors(model, **folder / "trainable.safetensors"); !s.ok()) return s;
+  if (auto s = load_conversion_tensors(model, **folder / "trainable.safetensors"); !s.ok())
+    return s;
   if (optimizer && fs::exists(**folder / "optimizer.pt")) {
     try {
       torch::load(*optimizer, (**folder / "optimizer.pt").string());

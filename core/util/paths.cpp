@@ -1,5 +1,9 @@
 #include "core/util/paths.hpp"
 
+#include <ftw.h>
+
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <system_error>
 
@@ -48,10 +52,20 @@ std::optional<fs::path> find_experiments_dir(const fs::path& program_dir) {
     return absolute_clean(env);
   for (const char* relative :
        {"../share/hybridlab/experiments", "../../experiments", "../experiments"}) {
-    if (path_exists(program_dir / relative / "demo.toml")) return absolute_clean(program_dir / relative);
+    if (path_exists(program_dir / relative / "demo.toml"))
+      return absolute_clean(program_dir / relative);
   }
   if (path_exists("experiments/demo.toml")) return absolute_clean("experiments");
   return std::nullopt;
+}
+
+bool remove_tree(const fs::path& path) {
+  // Children before their directory (FTW_DEPTH), links not followed (FTW_PHYS).
+  const auto remove_entry = [](const char* entry, const struct stat*, int, struct FTW*) {
+    return std::remove(entry) == 0 || errno == ENOENT ? 0 : -1;
+  };
+  const int result = nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  return result == 0 || (result == -1 && errno == ENOENT);
 }
 
 }  // namespace hl

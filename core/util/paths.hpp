@@ -25,4 +25,9 @@ std::optional<std::filesystem::path> find_experiment_path(
 /// folder or the source tree's experiments/ next to the program, or ./experiments.
 std::optional<std::filesystem::path> find_experiments_dir(const std::filesystem::path& program_dir);
 
+/// Deletes a file or a directory tree (nothing when it does not exist); false if some entry
+/// could not be removed. std::filesystem::remove_all does the same, but PyTorch's libtorch.so
+/// exports a broken copy of it that programs linked against that build call instead.
+bool remove_tree(const std::filesystem::path& path);
+
 }  // namespace hl
