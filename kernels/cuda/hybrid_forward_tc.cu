@@ -159,17 +159,9 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
           const float z0 = zs[f0], z1 = zs[f0 + 1], z8 = zs[f0 + 8], z9 = zs[f0 + 9];
           lsum_a += a0.x * z0 + a0.y * z1 + a2.x * z8 + a2.y * z9;
           lsum_b += a1.x * z0 + a1.y * z1 + a3.x * z8 + a3.y * z9;
-          const int srow = kf * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
           // The query reads S rounded to bf16 (the hi half): its relative error 2^-9 is that of
           // the bf16 operands themselves, and the lo half stays in the running sum.
-          const bf16* hi_rows = Shi + srow * SD + (lane / 16) * 8;
-#pragma unroll
-          for (int np = 0; np < D / 16; ++np) {
-            uint32_t bh[4];
-            ldsm_x4_t(bh, hi_rows + np * 16);
-            mma_bf16(o[2 * np], pf[kf], bh[0], bh[1]);
-            mma_bf16(o[2 * np + 1], pf[kf], bh[2], bh[3]);
-          }
+          mma_a_times_rows<D / 8>(o, pf[kf], rows_kn(Shi, SD, kf * 16, lane));
         }
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
@@ -189,8 +181,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
         float mx_a = -INFINITY, mx_b = -INFINITY;
         for (int c = (win_lo - kbase) >> 4; c <= (win_hi - kbase) >> 4; ++c) {
           float sc[2][4];
-          scores16<D / 16>(
-              sc, qf, Ks + (c * 16 + (lane % 8) + (lane / 16) * 8) * SD + ((lane / 8) % 2) * 8);
+          scores16<D / 16>(sc, qf, rows_nk(Ks, SD, c * 16, lane));
           const int j0 = kbase + c * 16;
           const bool full = j0 >= 0 && j0 >= r0 + 15 - w + 1 && j0 + 15 <= r0;
           if (full) {
@@ -274,8 +265,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
           float wt[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
           if (need_w) {
             float sc[2][4];
-            scores16<D / 16>(
-                sc, qf, Ks + (c * 16 + (lane % 8) + (lane / 16) * 8) * SD + ((lane / 8) % 2) * 8);
+            scores16<D / 16>(sc, qf, rows_nk(Ks, SD, c * 16, lane));
             if (full_w) {
 #pragma unroll
               for (int nt = 0; nt < 2; ++nt) {
@@ -310,8 +300,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
           }
           if (need_l) {
             float pl[2][4];
-            scores16<F / 16>(
-                pl, pf, PKs + (c * 16 + (lane % 8) + (lane / 16) * 8) * SF + ((lane / 8) % 2) * 8);
+            scores16<F / 16>(pl, pf, rows_nk(PKs, SF, c * 16, lane));
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
@@ -331,19 +320,8 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
             }
           }
           uint32_t a[4];
-          a[0] = pack_bf16(wt[0][0], wt[0][1]);
-          a[1] = pack_bf16(wt[0][2], wt[0][3]);
-          a[2] = pack_bf16(wt[1][0], wt[1][1]);
-          a[3] = pack_bf16(wt[1][2], wt[1][3]);
-          const bf16* v_rows =
-              Vs + (c * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * SD + (lane / 16) * 8;
-#pragma unroll
-          for (int np = 0; np < D / 16; ++np) {
-            uint32_t vf[4];
-            ldsm_x4_t(vf, v_rows + np * 16);
-            mma_bf16(o[2 * np], a, vf[0], vf[1]);
-            mma_bf16(o[2 * np + 1], a, vf[2], vf[3]);
-          }
+          c_to_a(a, wt);
+          mma_a_times_rows<D / 8>(o, a, rows_kn(Vs, SD, c * 16, lane));
         }
       }
 
