@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <optional>
 
 #include "app/cli/arg_parser.hpp"
 #include "app/cli/commands.hpp"
@@ -32,9 +33,12 @@ Result<fs::path> prepare_base(const fs::path& experiments, ProgressReporter& pro
   ExperimentParse parsed = load_experiment_file(demo.string());
   if (!parsed.ok()) return parsed.errors.front();
   const std::string& base = parsed.spec->model.base;
-  if (auto found = find_experiment_path(base, experiments);
-      found && fs::exists(*found / "config.json"))
-    return *found;
+  auto find_base = [&]() -> std::optional<fs::path> {
+    auto found = find_experiment_path(base, experiments);
+    if (found && fs::exists(*found / "config.json")) return found;
+    return std::nullopt;
+  };
+  if (auto found = find_base()) return *found;
   auto preset = train::pretrain_preset("tiny");
   if (!preset.ok()) return preset.error();
   train::PretrainRequest request;
@@ -46,9 +50,7 @@ Result<fs::path> prepare_base(const fs::path& experiments, ProgressReporter& pro
   auto report = train::pretrain(request, progress, &cancel_requested());
   if (!report.ok()) return report.error();
   if (cancel_requested()) return make_error("cancelled while pretraining the tiny base model");
-  if (auto found = find_experiment_path(base, experiments);
-      found && fs::exists(*found / "config.json"))
-    return *found;
+  if (auto found = find_base()) return *found;
   return make_error("pretrained into " + request.out_dir.string() + " but " + demo.string() +
                     " looks for model.base = '" + base + "'; point it there");
 }
