@@ -15,6 +15,7 @@
 #include "core/model/model_io.hpp"
 #include "core/store/run_reader.hpp"
 #include "test_paths.hpp"
+#include "tiny_model.hpp"
 
 namespace {
 
@@ -49,16 +50,7 @@ class EvalGenerateCli : public ::testing::Test {
     dir_ = fs::temp_directory_path() / ("hl_cli_eval_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    hl::io::ModelConfig config;
-    config.model_type = "llama";
-    config.vocab_size = 259;
-    config.hidden_size = 32;
-    config.intermediate_size = 48;
-    config.num_hidden_layers = 2;
-    config.num_attention_heads = 4;
-    config.num_key_value_heads = 2;
-    config.head_dim = 8;
-    config.max_position_embeddings = 128;
+    hl::io::ModelConfig config = hl::testing::tiny_model_config(259, 128);
     config.tie_word_embeddings = true;
     config.eos_token_ids = {257};
     torch::manual_seed(0);

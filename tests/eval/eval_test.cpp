@@ -10,6 +10,7 @@
 #include "core/eval/likelihood.hpp"
 #include "core/store/run_reader.hpp"
 #include "test_paths.hpp"
+#include "tiny_model.hpp"
 
 namespace hl::eval {
 namespace {
@@ -33,16 +34,8 @@ fs::path write_file(const fs::path& path, const std::string& text) {
 }
 
 model::CausalLM random_model(int64_t max_positions = 512, uint64_t seed = 1) {
-  io::ModelConfig config;
-  config.model_type = "llama";
-  config.vocab_size = io::make_byte_tokenizer()->vocab_size();
-  config.hidden_size = 32;
-  config.intermediate_size = 48;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 8;
-  config.max_position_embeddings = max_positions;
+  io::ModelConfig config =
+      testing::tiny_model_config(io::make_byte_tokenizer()->vocab_size(), max_positions);
   config.tie_word_embeddings = true;
   torch::manual_seed(seed);
   model::CausalLM model(config);

@@ -1,25 +1,20 @@
 // The decoder against a direct float64 re-statement of the Llama forward pass (written
 // here with plain tensor ops, independent of kernels/ and of core/model's modules).
+#include "core/model/decoder.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-#include "core/model/decoder.hpp"
 #include "core/model/rope.hpp"
+#include "tiny_model.hpp"
 
 namespace hl::model {
 namespace {
 
 io::ModelConfig tiny_config(const std::string& type) {
-  io::ModelConfig config;
+  io::ModelConfig config = testing::tiny_model_config(50, 2048);
   config.model_type = type;
-  config.vocab_size = 50;
-  config.hidden_size = 32;
-  config.intermediate_size = 48;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 8;
   config.rms_norm_eps = 1e-5;
   config.rope_theta = 10000.0;
   config.qkv_bias = type == "qwen2";
@@ -29,7 +24,8 @@ io::ModelConfig tiny_config(const std::string& type) {
 void randomise(CausalLM& model, uint64_t seed) {
   torch::manual_seed(seed);
   torch::NoGradGuard no_grad;
-  for (auto& p : model->parameters()) p.copy_(torch::randn_like(p) * 0.3);
+  for (auto& p : model->parameters())
+    p.copy_(torch::randn_like(p) * 0.3);
 }
 
 torch::Tensor rms(const torch::Tensor& x, const torch::Tensor& w, double eps) {
@@ -58,8 +54,9 @@ torch::Tensor reference_logits(CausalLM& model, const torch::Tensor& ids) {
   const auto& c = model->config();
   auto named = model->named_parameters();
   auto P = [&](const std::string& name) { return named[name].to(torch::kFloat64); };
-  torch::Tensor h = P("model.embed_tokens.weight").index_select(0, ids.flatten()).view(
-      {ids.size(0), ids.size(1), c.hidden_size});
+  torch::Tensor h = P("model.embed_tokens.weight")
+                        .index_select(0, ids.flatten())
+                        .view({ids.size(0), ids.size(1), c.hidden_size});
   const int64_t B = ids.size(0), N = ids.size(1), H = c.num_attention_heads,
                 Hkv = c.num_key_value_heads, d = c.head_dim;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -71,7 +68,8 @@ torch::Tensor reference_logits(CausalLM& model, const torch::Tensor& ids) {
       return y;
     };
     auto q = rotate(lin("self_attn.q_proj", x).view({B, N, H, d}).transpose(1, 2), 0, c.rope_theta);
-    auto k = rotate(lin("self_attn.k_proj", x).view({B, N, Hkv, d}).transpose(1, 2), 0, c.rope_theta);
+    auto k =
+        rotate(lin("self_attn.k_proj", x).view({B, N, Hkv, d}).transpose(1, 2), 0, c.rope_theta);
     auto v = lin("self_attn.v_proj", x).view({B, N, Hkv, d}).transpose(1, 2);
     k = k.repeat_interleave(H / Hkv, 1);
     v = v.repeat_interleave(H / Hkv, 1);
@@ -153,7 +151,8 @@ TEST(Decoder, ConvertedModelInWindowOnlyModeEqualsSlidingWindowBase) {
   {
     torch::NoGradGuard no_grad;
     auto src = converted->named_parameters();
-    for (auto& p : mistral->named_parameters()) p.value().copy_(src[p.key()]);
+    for (auto& p : mistral->named_parameters())
+      p.value().copy_(src[p.key()]);
   }
   ConversionOptions conversion;
   conversion.window = 4;
@@ -164,8 +163,9 @@ TEST(Decoder, ConvertedModelInWindowOnlyModeEqualsSlidingWindowBase) {
   window_only.mode = kernels::AttentionMode::window_only;
   torch::Tensor ids = torch::randint(0, config.vocab_size, {1, 13}, torch::kInt64);
   torch::NoGradGuard no_grad;
-  EXPECT_LT((converted->forward(ids, window_only) - mistral->forward(ids)).abs().max().item<double>(),
-            1e-10);
+  EXPECT_LT(
+      (converted->forward(ids, window_only) - mistral->forward(ids)).abs().max().item<double>(),
+      1e-10);
 }
 
 }  // namespace

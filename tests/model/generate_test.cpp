@@ -7,24 +7,16 @@
 #include <cmath>
 #include <map>
 
+#include "tiny_model.hpp"
+
 namespace hl::model {
 namespace {
 
 using kernels::AttentionMode;
 
 io::ModelConfig tiny_config() {
-  io::ModelConfig config;
-  config.model_type = "llama";
-  config.vocab_size = 50;
-  config.hidden_size = 32;
-  config.intermediate_size = 48;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;  // GQA: the decode paths must repeat k/v like the kernels
-  config.head_dim = 8;
+  io::ModelConfig config = testing::tiny_model_config(50);  // GQA: decode must repeat k/v
   config.rms_norm_eps = 1e-5;
-  config.rope_theta = 10000.0;
-  config.max_position_embeddings = 512;
   return config;
 }
 

@@ -13,6 +13,7 @@
 #include "core/model/model_io.hpp"
 #include "core/store/run_reader.hpp"
 #include "core/util/paths.hpp"
+#include "tiny_model.hpp"
 
 namespace hl {
 namespace {
@@ -28,16 +29,10 @@ class RunnerTest : public ::testing::Test {
     remove_tree(dir_);
     fs::create_directories(dir_);
     // A tiny random base model with the byte tokenizer.
-    io::ModelConfig config;
-    config.model_type = "llama";
+    io::ModelConfig config =
+        testing::tiny_model_config(io::make_byte_tokenizer()->vocab_size(), 2048);
     config.architectures = {"LlamaForCausalLM"};
-    config.vocab_size = io::make_byte_tokenizer()->vocab_size();
-    config.hidden_size = 32;
     config.intermediate_size = 64;
-    config.num_hidden_layers = 2;
-    config.num_attention_heads = 4;
-    config.num_key_value_heads = 2;
-    config.head_dim = 8;
     config.tie_word_embeddings = true;
     torch::manual_seed(3);
     model::CausalLM base(config);
