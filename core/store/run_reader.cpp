@@ -106,10 +106,48 @@ void points_final(sqlite3_context* ctx) {
   sqlite3_result_null(ctx);
 }
 
+// Where the hl_buckets() aggregate sends each bucket row (the kBucketColumns) it is given.
+struct BucketSink {
+  void* context = nullptr;
+  void (*call)(void* context, const ScalarBucket& bucket) = nullptr;
+};
+
+double value_or_nan(sqlite3_value* value) {
+  return sqlite3_value_type(value) == SQLITE_NULL ? std::numeric_limits<double>::quiet_NaN()
+                                                  : sqlite3_value_double(value);
+}
+
+std::optional<ScalarPoint> point_of(sqlite3_value** args) {
+  if (sqlite3_value_type(args[0]) == SQLITE_NULL) return std::nullopt;
+  return ScalarPoint{sqlite3_value_int64(args[0]), sqlite3_value_int64(args[1]),
+                     value_or_nan(args[2])};
+}
+
+// The columns in the order of kBucketColumns, as read_bucket reads them from a statement.
+void buckets_step(sqlite3_context* ctx, int, sqlite3_value** args) {
+  const auto* sink = static_cast<const BucketSink*>(sqlite3_user_data(ctx));
+  if (!sink->call) return;
+  ScalarBucket bucket;
+  bucket.level = static_cast<int>(sqlite3_value_int64(args[0]));
+  bucket.bucket = sqlite3_value_int64(args[1]);
+  bucket.count = sqlite3_value_int64(args[2]);
+  bucket.numbers = sqlite3_value_int64(args[3]);
+  bucket.sum = value_or_nan(args[4]);
+  bucket.first = *point_of(args + 5);
+  bucket.last = *point_of(args + 8);
+  bucket.low = point_of(args + 11);
+  bucket.high = point_of(args + 14);
+  if (sqlite3_value_type(args[17]) != SQLITE_NULL)
+    bucket.first_nan = ScalarPoint{sqlite3_value_int64(args[17]), sqlite3_value_int64(args[18]),
+                                   std::numeric_limits<double>::quiet_NaN()};
+  sink->call(sink->context, bucket);
+}
+
 struct RunReader::Impl {
   Database db;
-  int version = 0;  // the schema version at open
-  PointSink sink;   // the target of hl_points() while it runs
+  int version = 0;         // the schema version at open
+  PointSink sink;          // the target of hl_points() while it runs
+  BucketSink bucket_sink;  // the target of hl_buckets() while it runs
   bool points_registered = false;
   std::unordered_map<std::string, Statement> cache;  // destroyed before db (declared after)
 
@@ -127,12 +165,27 @@ struct RunReader::Impl {
     return status;
   }
 
-  // Registers hl_points() on this connection, once.
+  // As for_each_point, for "SELECT hl_buckets(<kBucketColumns>) FROM (...)" queries.
+  template <class OnBucket>
+  Status for_each_bucket(Statement& stmt, OnBucket&& on_bucket) {
+    bucket_sink.context = &on_bucket;
+    bucket_sink.call = [](void* context, const ScalarBucket& bucket) {
+      (*static_cast<std::remove_reference_t<OnBucket>*>(context))(bucket);
+    };
+    Status status = for_each_row(stmt, [](Statement&) {});
+    bucket_sink = {};
+    return status;
+  }
+
+  // Registers hl_points() and hl_buckets() on this connection, once.
   Status register_points() {
     if (points_registered) return Status::Ok();
-    const int code = sqlite3_create_function_v2(db.handle(), "hl_points", 3, SQLITE_UTF8, &sink,
-                                                nullptr, points_step, points_final, nullptr);
+    int code = sqlite3_create_function_v2(db.handle(), "hl_points", 3, SQLITE_UTF8, &sink, nullptr,
+                                          points_step, points_final, nullptr);
     if (code != SQLITE_OK) return db.error("registering hl_points()");
+    code = sqlite3_create_function_v2(db.handle(), "hl_buckets", 19, SQLITE_UTF8, &bucket_sink,
+                                      nullptr, buckets_step, points_final, nullptr);
+    if (code != SQLITE_OK) return db.error("registering hl_buckets()");
     points_registered = true;
     return Status::Ok();
   }
@@ -576,47 +629,86 @@ Result<std::optional<SeriesOverview>> RunReader::overview(int64_t run_id, std::s
       level = candidate;
   if (level < 0) return std::optional<SeriesOverview>();
   const int64_t width = kBucketWidths[static_cast<size_t>(level)];
-  Result<Statement*> buckets = impl_->statement(
-      "SELECT " + std::string(kBucketColumns) +
-      " FROM scalar_buckets WHERE run = ? AND key_id = ? AND level = ? AND bucket BETWEEN ? AND ? "
-      "ORDER BY bucket");
-  if (!buckets.ok()) return buckets.error();
-  Result<Statement*> rows = impl_->statement(
-      "SELECT step, wall_ms, value FROM scalars WHERE run = ? AND key_id = ? "
-      "AND step BETWEEN ? AND ? ORDER BY step");
-  if (!rows.ok()) return rows.error();
+  if (Status registered = impl_->register_points(); !registered.ok()) return registered.error();
+  // The buckets through an aggregate (one sqlite3_step for all of them, as for rows). A
+  // range of the primary key comes in key order; should SQLite ever choose otherwise, the
+  // buckets are read again through an ordered subquery (which costs a copy of each row).
+  const std::string fields(kBucketColumns);
+  const std::string from =
+      " FROM scalar_buckets WHERE run = ? AND key_id = ? AND level = ? AND bucket BETWEEN ? AND ?";
   overview.bucket_width = width;
   const auto expected = static_cast<size_t>(span / width) + 2;
-  overview.points.reserve(4 * expected);
-  overview.spans.reserve(expected);
-  Status inner;  // the first error reading the rows of a cut bucket
-  (*buckets)->bind(1, run_id).bind(2, **id).bind(3, level);
-  (*buckets)->bind(4, bucket_of(lo, width)).bind(5, bucket_of(hi, width));
-  Status status = for_each_row(**buckets, [&](Statement& row) {
-    if (!inner.ok()) return;
-    const ScalarBucket bucket = read_bucket(row, 0);
-    if (bucket.first.step >= x0 && bucket.last.step <= x1) {
+  // Buckets reaching beyond the range (only the first and the last can): their rows in range
+  // take their place, read once the aggregate is done.
+  struct Cut {
+    int64_t bucket;
+    size_t points, spans;  // where in `overview` the rows go
+  };
+  std::vector<Cut> cuts;
+  bool ordered = true;
+  for (const std::string& sql :
+       {"SELECT hl_buckets(" + fields + ")" + from,
+        "SELECT hl_buckets(" + fields + ") FROM (SELECT " + fields + from + " ORDER BY bucket)"}) {
+    Result<Statement*> buckets = impl_->statement(sql);
+    if (!buckets.ok()) return buckets.error();
+    overview.points.clear();
+    overview.spans.clear();
+    overview.points.reserve(4 * expected);
+    overview.spans.reserve(expected);
+    overview.every_row = true;
+    cuts.clear();
+    ordered = true;
+    int64_t previous = std::numeric_limits<int64_t>::min();
+    (*buckets)->bind(1, run_id).bind(2, **id).bind(3, level);
+    (*buckets)->bind(4, bucket_of(lo, width)).bind(5, bucket_of(hi, width));
+    Status status = impl_->for_each_bucket(**buckets, [&](const ScalarBucket& bucket) {
+      if (bucket.bucket <= previous) ordered = false;
+      previous = bucket.bucket;
+      if (!ordered) return;
+      if (bucket.first.step < x0 || bucket.last.step > x1) {
+        cuts.push_back({bucket.bucket, overview.points.size(), overview.spans.size()});
+        return;
+      }
       const size_t before = overview.points.size();
       bucket.append_points(overview.points);
       if (static_cast<int64_t>(overview.points.size() - before) < bucket.count)
         overview.every_row = false;
       overview.spans.push_back({overview.points.size(), bucket.numbers, bucket.mean()});
-      return;
-    }
-    // A bucket reaching beyond the range (only the first or the last): its rows in range,
-    // each a span of its own.
-    (*rows)->bind(1, run_id).bind(2, **id);
-    (*rows)->bind(3, std::max(x0, bucket.bucket * width));
-    (*rows)->bind(4, std::min(x1, bucket.bucket * width + (width - 1)));
-    inner = for_each_row(**rows, [&](Statement& edge) {
-      const ScalarPoint point{edge.column_int64(0), edge.column_int64(1), edge.column_double(2)};
-      overview.points.push_back(point);
-      const bool nan = std::isnan(point.value);
-      overview.spans.push_back({overview.points.size(), nan ? 0 : 1, point.value});
     });
-  });
-  if (!status.ok()) return status.error();
-  if (!inner.ok()) return inner.error();
+    if (!status.ok()) return status.error();
+    if (ordered) break;
+  }
+  if (!ordered) return make_error("overview: bucket summaries came out of order");
+
+  Result<Statement*> rows = impl_->statement(
+      "SELECT step, wall_ms, value FROM scalars WHERE run = ? AND key_id = ? "
+      "AND step BETWEEN ? AND ? ORDER BY step");
+  if (!rows.ok()) return rows.error();
+  for (auto cut = cuts.rbegin(); cut != cuts.rend(); ++cut) {  // the last first: stable offsets
+    std::vector<ScalarPoint> edge;
+    (*rows)->bind(1, run_id).bind(2, **id);
+    (*rows)->bind(3, std::max(x0, cut->bucket * width));
+    (*rows)->bind(4, std::min(x1, cut->bucket * width + (width - 1)));
+    if (Status s = for_each_row(
+            **rows,
+            [&](Statement& row) {
+              edge.push_back({row.column_int64(0), row.column_int64(1), row.column_double(2)});
+            });
+        !s.ok())
+      return s.error();
+    // Each row a span of its own; the spans after it move by the rows put before them.
+    std::vector<SeriesOverview::Span> spans;
+    for (size_t i = 0; i < edge.size(); ++i) {
+      const bool nan = std::isnan(edge[i].value);
+      spans.push_back({cut->points + i + 1, nan ? 0 : 1, edge[i].value});
+    }
+    for (size_t i = cut->spans; i < overview.spans.size(); ++i)
+      overview.spans[i].end += edge.size();
+    overview.points.insert(overview.points.begin() + static_cast<std::ptrdiff_t>(cut->points),
+                           edge.begin(), edge.end());
+    overview.spans.insert(overview.spans.begin() + static_cast<std::ptrdiff_t>(cut->spans),
+                          spans.begin(), spans.end());
+  }
   if (Status s = snapshot->commit(); !s.ok()) return s.error();
   return std::optional<SeriesOverview>(std::move(overview));
 }
