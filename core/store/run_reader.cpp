@@ -645,10 +645,13 @@ Result<std::optional<SeriesOverview>> RunReader::overview(int64_t run_id, std::s
     size_t points, spans;  // where in `overview` the rows go
   };
   std::vector<Cut> cuts;
+  std::string aggregate = "SELECT hl_buckets(";
+  aggregate.append(fields).append(")");
+  std::string in_order = aggregate;
+  aggregate.append(from);
+  in_order.append(" FROM (SELECT ").append(fields).append(from).append(" ORDER BY bucket)");
   bool ordered = true;
-  for (const std::string& sql :
-       {"SELECT hl_buckets(" + fields + ")" + from,
-        "SELECT hl_buckets(" + fields + ") FROM (SELECT " + fields + from + " ORDER BY bucket)"}) {
+  for (const std::string& sql : {aggregate, in_order}) {
     Result<Statement*> buckets = impl_->statement(sql);
     if (!buckets.ok()) return buckets.error();
     overview.points.clear();
