@@ -359,13 +359,15 @@ void MetricPlot::append_points(Curve& curve, bool rebuild) {
   }
   if (curve.shown >= points.size()) return;
   const size_t count = points.size() - curve.shown;
-  // Bucket summaries are followed by the rows they stand for: room for those at once, so
-  // that the rows reuse this memory (touched only when written) instead of reallocating.
+  // Bucket summaries are followed by the rows they stand for (downsampled if long): room
+  // for those at once, so that the rows reuse this memory (touched only when written)
+  // instead of reallocating.
   size_t rows = points.size();
   if (!series.spans.empty()) {
     rows = points.size() - series.spans.back().end;
     for (const store::SeriesOverview::Span& span : series.spans)
       rows += static_cast<size_t>(span.numbers);
+    rows = std::min(rows, kFirstFetchMaxPoints);
   }
   curve.xs.reserve(std::max(rows, points.size()));
   curve.values.reserve(std::max(rows, points.size()));

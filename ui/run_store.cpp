@@ -34,9 +34,6 @@ double RunRow::tokens_per_step() const {
 }
 
 namespace {
-// A series longer than this is downsampled (min/max buckets) on its first fetch;
-// later points are appended as they come.
-constexpr size_t kInitialMaxPoints = 20000;
 // How much of the database file a reader maps (SQLite caps it at its build's maximum).
 constexpr int64_t kMmapBytes = int64_t{4} << 30;
 }  // namespace
@@ -152,9 +149,9 @@ class StoreWorker : public QObject {
   static std::optional<RunStore::Fetched> fetch_initial(store::RunReader& reader,
                                                         const SeriesKey& series, int64_t through) {
     Result<std::vector<store::ScalarPoint>> points =
-        reader.downsampled(series.run, series.key.toStdString(), 0, through, kInitialMaxPoints);
+        reader.downsampled(series.run, series.key.toStdString(), 0, through, kFirstFetchMaxPoints);
     if (!points.ok()) return std::nullopt;
-    const bool reduced = points->size() >= kInitialMaxPoints - 1;
+    const bool reduced = points->size() >= kFirstFetchMaxPoints - 1;
     int64_t fetched = points->empty() ? std::numeric_limits<int64_t>::min() : points->back().step;
     if (reduced) fetched = std::max(fetched, through);
     return RunStore::Fetched{series, std::move(points).value(), fetched, reduced, true, {}};

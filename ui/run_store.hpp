@@ -42,6 +42,10 @@ struct RunRow {
   double tokens_per_step() const;
 };
 
+/// A series longer than this is downsampled (min/max buckets) on its first read of rows;
+/// later points are appended as they come.
+inline constexpr size_t kFirstFetchMaxPoints = 20000;
+
 /// Points of one series fetched so far (possibly downsampled at its start for long runs).
 struct SeriesData {
   std::vector<store::ScalarPoint> points;
