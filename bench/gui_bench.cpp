@@ -26,6 +26,7 @@
 #include "core/store/schema.hpp"
 #include "ui/main_window.hpp"
 #include "ui/metric_plot.hpp"
+#include "ui/process_setup.hpp"
 #include "ui/run_store.hpp"
 #include "ui/run_table_view.hpp"
 #include "ui/runs_model.hpp"
@@ -386,6 +387,7 @@ BENCHMARK(BM_EventLoopLatencyWhileWriting)
 int main(int argc, char** argv) {
   if (qEnvironmentVariableIsEmpty("QT_QPA_PLATFORM")) qputenv("QT_QPA_PLATFORM", "offscreen");
   QStandardPaths::setTestModeEnabled(true);
+  hl::ui::keep_freed_memory();  // as the workbench's main() does
   QApplication app(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -7,10 +7,12 @@
 #include "ui/launcher.hpp"
 #include "ui/main_window.hpp"
 #include "ui/metric_plot.hpp"
+#include "ui/process_setup.hpp"
 #include "ui/run_store.hpp"
 #include "ui/run_table_view.hpp"
 
 int main(int argc, char** argv) {
+  hl::ui::keep_freed_memory();
   QApplication app(argc, argv);
   QApplication::setApplicationName(QStringLiteral("HybridLab"));
   QApplication::setOrganizationName(QStringLiteral("HybridLab"));
