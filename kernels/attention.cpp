@@ -10,9 +10,7 @@
 
 #ifdef HL_WITH_CUDA_KERNELS
 #include <torch/version.h>
-#endif
 
-#ifdef HL_WITH_CUDA_KERNELS
 // ---- CUDA backend hook -----------------------------------------------------------------
 // The tensor-facing glue in kernels/cuda/*.cpp defines these functions over the raw-pointer
 // kernels. `supports` says whether the fused kernels cover a call (mode, dtype, head sizes);
@@ -121,7 +119,8 @@ std::optional<Backend> parse_backend(std::string_view name) {
 
 AttentionOutput attention(const AttentionInputs& inputs, const AttentionOptions& options) {
   detail::validate(inputs, options, "attention");
-#if defined(HL_WITH_CUDA_KERNELS) && TORCH_VERSION_MAJOR >= 2
+#if defined(HL_WITH_CUDA_KERNELS) && \
+    (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1))
   // Full causal softmax (the transfer teacher, layers kept as softmax) on the GPU: PyTorch's
   // fused attention kernels; the CPU-style paths below are quadratic or chunked by design.
   if (options.mode == AttentionMode::softmax && options.backend == Backend::automatic &&

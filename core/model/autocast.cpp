@@ -7,7 +7,7 @@ namespace hl::model {
 namespace {
 
 // LibTorch 2.4 replaced the CUDA-only calls by per-device-type ones.
-#if TORCH_VERSION_MAJOR >= 2
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
 bool cuda_enabled() {
   return at::autocast::is_autocast_enabled(at::kCUDA);
 }
