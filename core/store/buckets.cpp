@@ -17,23 +17,6 @@ constexpr int64_t ratio(size_t level) {
 static_assert(kBucketWidths[1] % kBucketWidths[0] == 0 && kBucketWidths[2] % kBucketWidths[1] == 0,
               "each level's buckets must be whole buckets of the level below");
 
-// Steps every row of `stmt`, then resets it (no read transaction outlives the call).
-template <class OnRow>
-Status for_each_row(Statement& stmt, OnRow&& on_row) {
-  Status status;
-  while (true) {
-    Result<bool> row = stmt.step();
-    if (!row.ok()) {
-      status = row.error();
-      break;
-    }
-    if (!*row) break;
-    if (status = on_row(stmt); !status.ok()) break;
-  }
-  stmt.reset();
-  return status;
-}
-
 void bind_point(Statement& stmt, int index, const std::optional<ScalarPoint>& point) {
   if (!point) {
     stmt.bind_null(index).bind_null(index + 1).bind_null(index + 2);

@@ -15,24 +15,6 @@
 namespace hl::store {
 namespace {
 
-// Steps every row of `stmt`, calling on_row for each; resets the statement afterwards so
-// that no read transaction (and stale snapshot) outlives the call.
-template <class OnRow>
-Status for_each_row(Statement& stmt, OnRow&& on_row) {
-  Status status;
-  while (true) {
-    Result<bool> row = stmt.step();
-    if (!row.ok()) {
-      status = row.error();
-      break;
-    }
-    if (!*row) break;
-    on_row(stmt);
-  }
-  stmt.reset();
-  return status;
-}
-
 constexpr const char* kRunColumns =
     "r.id, r.uuid, r.name, r.status, r.status_message, r.created_ms, r.started_ms, "
     "r.finished_ms, r.base_model, r.device, r.parent_run, r.method, r.host, r.last_step";

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "core/util/error.hpp"
 
@@ -67,6 +68,28 @@ class Statement {
   sqlite3_stmt* handle_ = nullptr;
   std::shared_ptr<const std::string> db_path_;
 };
+
+/// Steps every row of `stmt`, calling on_row(stmt) for each (it may return a Status to stop
+/// early), then resets the statement so that no read transaction outlives the call.
+template <class OnRow>
+Status for_each_row(Statement& stmt, OnRow&& on_row) {
+  Status status;
+  while (true) {
+    Result<bool> row = stmt.step();
+    if (!row.ok()) {
+      status = row.error();
+      break;
+    }
+    if (!*row) break;
+    if constexpr (std::is_void_v<decltype(on_row(stmt))>) {
+      on_row(stmt);
+    } else if (status = on_row(stmt); !status.ok()) {
+      break;
+    }
+  }
+  stmt.reset();
+  return status;
+}
 
 /// An open SQLite connection. Not thread-safe: callers serialise access.
 class Database {
