@@ -15,6 +15,7 @@
 #include "core/io/pretokenizer.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/io/tokenizer.hpp"
+#include "core/util/paths.hpp"
 
 namespace {
 
@@ -163,11 +164,11 @@ void BM_EncodeSentencePiece(benchmark::State& state) {
                             " --vocab_size=4000 --minloglevel=2 > /dev/null 2>&1";
   if (std::system(train.c_str()) != 0) {
     state.SkipWithError("spm_train not available");
-    fs::remove_all(dir);
+    hl::remove_tree(dir);
     return;
   }
   auto tok = hl::io::load_tokenizer(dir / "m.model");
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
   if (!tok.ok()) {
     state.SkipWithError(tok.error().to_string().c_str());
     return;

@@ -12,6 +12,7 @@
 #include "core/store/run_reader.hpp"
 #include "core/store/run_writer.hpp"
 #include "core/store/schema.hpp"
+#include "core/util/paths.hpp"
 
 namespace {
 
@@ -26,10 +27,7 @@ class ScratchDir {
     if (!mkdtemp(pattern.data())) std::abort();
     path_ = pattern;
   }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
+  ~ScratchDir() { hl::remove_tree(path_); }
   std::string file(const std::string& name) const { return (path_ / name).string(); }
 
  private:

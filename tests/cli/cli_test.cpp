@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cli/cli_process.hpp"
+#include "core/util/paths.hpp"
 #include "test_paths.hpp"
 
 namespace {
@@ -79,7 +80,7 @@ TEST(Cli, ValidateRejectsBadFilesWithTheirPlace) {
     EXPECT_NE(outcome.output.find(c.expected), std::string::npos) << outcome.output;
     EXPECT_EQ(outcome.output.rfind("error: ", 0), 0u) << outcome.output;
   }
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
 }
 
 TEST(Cli, RunRejectsAMissingBaseModelBeforeRecordingAnything) {
@@ -93,7 +94,7 @@ TEST(Cli, RunRejectsAMissingBaseModelBeforeRecordingAnything) {
   EXPECT_NE(outcome.output.find("model.base"), std::string::npos) << outcome.output;
   Outcome list = run_cli("runs list --db " + (dir / "runs.sqlite").string());
   EXPECT_EQ(list.status, 2) << list.output;  // no database was created
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
 }
 
 }  // namespace

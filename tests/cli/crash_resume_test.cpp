@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "core/store/run_reader.hpp"
+#include "core/util/paths.hpp"
 #include "test_paths.hpp"
 
 namespace hl {
@@ -51,7 +52,7 @@ std::string read_file(const fs::path& path) {
 
 TEST(CrashResume, KillNineMidRunThenResumeCompletes) {
   const fs::path dir = fs::temp_directory_path() / ("hl_crash_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
   fs::create_directories(dir);
   // A real (briefly) pretrained base model with its tokenizer.
   const pid_t pretrain = spawn({"pretrain", "--preset", "tiny", "--steps", "2", "--out",
@@ -113,7 +114,7 @@ TEST(CrashResume, KillNineMidRunThenResumeCompletes) {
   EXPECT_EQ(steps.size(), 100u);  // every step logged once, the replayed ones replaced
   EXPECT_EQ(*steps.begin(), 0);
   EXPECT_EQ(*steps.rbegin(), 99);
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
 }
 
 }  // namespace

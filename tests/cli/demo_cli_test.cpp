@@ -10,6 +10,7 @@
 
 #include "cli/cli_process.hpp"
 #include "core/store/run_reader.hpp"
+#include "core/util/paths.hpp"
 #include "test_paths.hpp"
 
 namespace hl {
@@ -37,7 +38,7 @@ void write_short_copy(const std::string& name, const fs::path& dir) {
 
 TEST(DemoCli, RunsBothConversionsAndPrintsTheirUsageSideBySide) {
   const fs::path dir = fs::temp_directory_path() / ("hl_demo_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
   fs::create_directories(dir / "experiments");
   for (const char* name : {"demo.toml", "demo-ssd.toml"})
     write_short_copy(name, dir / "experiments");
@@ -76,7 +77,7 @@ TEST(DemoCli, RunsBothConversionsAndPrintsTheirUsageSideBySide) {
   Outcome missing = run_cli("demo --experiments " + (dir / "nowhere").string());
   EXPECT_EQ(missing.status, 2) << missing.output;
   EXPECT_NE(missing.output.find("demo.toml"), std::string::npos) << missing.output;
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
 }
 
 }  // namespace

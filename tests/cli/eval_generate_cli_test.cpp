@@ -14,6 +14,7 @@
 #include "core/io/tokenizer.hpp"
 #include "core/model/model_io.hpp"
 #include "core/store/run_reader.hpp"
+#include "core/util/paths.hpp"
 #include "test_paths.hpp"
 #include "tiny_model.hpp"
 
@@ -48,7 +49,7 @@ class EvalGenerateCli : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() / ("hl_cli_eval_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
+    hl::remove_tree(dir_);
     fs::create_directories(dir_);
     hl::io::ModelConfig config = hl::testing::tiny_model_config(259, 128);
     config.tie_word_embeddings = true;
@@ -61,7 +62,7 @@ class EvalGenerateCli : public ::testing::Test {
     model_ = (dir_ / "model").string();
     db_ = (dir_ / "runs.sqlite").string();
   }
-  void TearDown() override { fs::remove_all(dir_); }
+  void TearDown() override { hl::remove_tree(dir_); }
 
   std::string write(const std::string& name, const std::string& text) {
     std::ofstream(dir_ / name, std::ios::binary) << text;

@@ -9,6 +9,7 @@
 #include "core/eval/evaluate.hpp"
 #include "core/eval/likelihood.hpp"
 #include "core/store/run_reader.hpp"
+#include "core/util/paths.hpp"
 #include "test_paths.hpp"
 #include "tiny_model.hpp"
 
@@ -23,7 +24,7 @@ fs::path resource(const std::string& name) {
 
 fs::path temp_dir(const std::string& name) {
   fs::path dir = fs::temp_directory_path() / ("hl_eval_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
   fs::create_directories(dir);
   return dir;
 }
@@ -204,7 +205,7 @@ TEST(Loaders, MalformedLinesAreReportedWithTheirLineNumber) {
   EXPECT_EQ(skipped->skipped[1].where.line, 3);
   EXPECT_NE(skipped->skipped[1].message.find("outside the 2 choices"), std::string::npos);
   EXPECT_EQ(skipped->items[1].line, 5);
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
 }
 
 TEST(Plan, EmptyFilesAndUnknownTasksAreBadInput) {
@@ -222,7 +223,7 @@ TEST(Plan, EmptyFilesAndUnknownTasksAreBadInput) {
   plan.tasks = {"ppl"};
   plan.modes = {"hybrid", "sideways"};
   EXPECT_FALSE(prepare_evaluation(plan).ok());
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
 }
 
 TEST(Perplexity, SplitAtTheWindowAddsUpToTheWhole) {
@@ -318,7 +319,7 @@ TEST(BaseCache, BaseScoresAreCachedPerBaseModel) {
   const EvalResult* same = row(percent, "simple_choice", "window_only", "pct_of_base");
   ASSERT_NE(same, nullptr);
   EXPECT_NEAR(same->value, 100.0, 1e-9);
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
 }
 
 TEST(BaseCache, FingerprintFollowsTheWeights) {
@@ -332,7 +333,7 @@ TEST(BaseCache, FingerprintFollowsTheWeights) {
   ASSERT_TRUE(fa.ok() && fa2.ok() && fb.ok());
   EXPECT_EQ(*fa, *fa2);
   EXPECT_NE(*fa, *fb);
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
 }
 
 }  // namespace

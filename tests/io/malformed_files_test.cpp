@@ -12,6 +12,7 @@
 #include "core/io/hf_config.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/io/tokenizer.hpp"
+#include "core/util/paths.hpp"
 #include "test_paths.hpp"
 
 namespace fs = std::filesystem;
@@ -85,5 +86,5 @@ TEST(MalformedFiles, EveryTruncationOfAValidFileIsRejected) {
     auto file = hl::io::SafetensorsFile::open(dir / "cut.safetensors");
     EXPECT_FALSE(file.ok()) << "accepted a file cut at " << cut << " of " << bytes.size();
   }
-  fs::remove_all(dir);
+  hl::remove_tree(dir);
 }

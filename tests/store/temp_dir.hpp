@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <string>
 
+#include "core/util/paths.hpp"
+
 namespace hl::store::testing {
 
 class TempDir {
@@ -16,10 +18,7 @@ class TempDir {
     if (!mkdtemp(pattern.data())) ADD_FAILURE() << "mkdtemp failed for " << pattern;
     path_ = pattern;
   }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
+  ~TempDir() { hl::remove_tree(path_); }
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
 

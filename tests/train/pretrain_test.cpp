@@ -10,6 +10,7 @@
 
 #include "core/io/tokenizer.hpp"
 #include "core/model/model_io.hpp"
+#include "core/util/paths.hpp"
 
 namespace hl::train {
 namespace {
@@ -18,7 +19,7 @@ namespace fs = std::filesystem;
 
 TEST(Pretrain, TinyPresetStepsLowerTheLossAndWriteALoadableModel) {
   const fs::path out = fs::temp_directory_path() / ("hl_pretrain_" + std::to_string(::getpid()));
-  fs::remove_all(out);
+  hl::remove_tree(out);
   auto preset = pretrain_preset("tiny");
   ASSERT_TRUE(preset.ok());
   preset->steps = 12;
@@ -56,7 +57,7 @@ TEST(Pretrain, TinyPresetStepsLowerTheLossAndWriteALoadableModel) {
   EXPECT_TRUE(torch::isfinite(logits).all().item<bool>());
   EXPECT_TRUE(std::isfinite(report->val_loss));
   EXPECT_LT(report->val_loss, std::log(259.0));  // already better than uniform over bytes
-  fs::remove_all(out);
+  hl::remove_tree(out);
 }
 
 TEST(Pretrain, UnknownPresetIsAnError) {
