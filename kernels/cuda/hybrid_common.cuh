@@ -1,7 +1,8 @@
 // Device helpers shared by the hybrid-attention kernels (nvcc only, no torch headers).
 //
-// Work layout used by every tiled kernel: a block of 256 threads owns 32 rows (queries or
-// keys); 8 consecutive lanes of a warp own one row. A lane owns a "blocked" slice of each
+// Work layout of the CUDA-core kernels (fp32, and bf16 shapes the tensor-core kernels of
+// hybrid_tc_common.cuh do not take): a block of 256 threads owns 32 rows (queries or keys);
+// 8 consecutive lanes of a warp own one row. A lane owns a "blocked" slice of each
 // row vector: for chunk c and u in [0, 4) the element (c * 8 + lane_in_row) * 4 + u, so the
 // 8 lanes of a row read 128 contiguous bytes per chunk and whole rows are reduced with three
 // shuffles.
