@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -109,6 +110,34 @@ void BM_DownsampleSeries(benchmark::State& state) {
   state.counters["points"] = static_cast<double>(points);
 }
 BENCHMARK(BM_DownsampleSeries)->Arg(2000)->Unit(benchmark::kMillisecond);
+
+// A plot's first view of 20 runs of 20,000 steps, 1,000 pixels wide, as the workbench reads it:
+// overview() (bucket summaries, one per pixel column at most) against every row in range
+// (what the view read before the summaries). The 20 series are 20 windows of the one series.
+void BM_FirstView20Series(benchmark::State& state) {
+  SeriesDb& db = series_db();
+  RunReader reader = take(RunReader::open(db.path));
+  const bool summaries = state.range(0) != 0;
+  size_t points = 0;
+  for (auto _ : state) {
+    points = 0;
+    for (int64_t i = 0; i < 20; ++i) {
+      const int64_t x0 = i * 4000, x1 = x0 + 19'999;
+      if (summaries) {
+        std::optional<SeriesOverview> view =
+            take(reader.overview(db.run, "train/loss", x0, x1, 1000));
+        if (!view) std::abort();  // the series is long enough for the 16-step level
+        points += view->points.size();
+      } else {
+        points += take(reader.downsampled(db.run, "train/loss", x0, x1, 20'000)).size();
+      }
+    }
+    benchmark::DoNotOptimize(points);
+  }
+  state.counters["points"] = static_cast<double>(points);
+  state.SetLabel(summaries ? "overview (bucket summaries)" : "every row");
+}
+BENCHMARK(BM_FirstView20Series)->Arg(1)->Arg(0)->Unit(benchmark::kMillisecond);
 
 // The same buckets computed by SQL GROUP BY (min and max, SQLite's bare-column rule),
 // for comparison with the one-pass C++ bucketing that downsampled() uses.
