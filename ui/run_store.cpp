@@ -159,15 +159,14 @@ class StoreWorker : public QObject {
 
   // The first view of a long series from the store's bucket summaries (a few rows per pixel
   // column instead of every row); nullopt where the series is too short for them, or the
-  // database keeps none. `complete` says whether the overview holds every row.
+  // database keeps none. It is `downsampled` unless it holds every row.
   static std::optional<RunStore::Fetched> fetch_overview(store::RunReader& reader,
                                                          const SeriesKey& series, int64_t through,
-                                                         int columns, bool* complete) {
+                                                         int columns) {
     Result<std::optional<store::SeriesOverview>> overview = reader.overview(
         series.run, series.key.toStdString(), 0, through, static_cast<size_t>(columns));
     if (!overview.ok() || !overview->has_value()) return std::nullopt;
     store::SeriesOverview& found = **overview;
-    *complete = found.every_row;
     const int64_t fetched =
         found.points.empty() ? std::numeric_limits<int64_t>::min() : found.points.back().step;
     RunStore::Fetched result{series, std::move(found.points), fetched, !found.every_row, true, {}};
@@ -224,7 +223,6 @@ class StoreWorker : public QObject {
     // First the series that a plot asked for by width: their bucket summaries, drawn at once;
     // those whose summaries leave rows out (the long ones) are read in full right after.
     std::vector<std::optional<RunStore::Fetched>> overviews(first_time.size());
-    std::vector<char> complete(first_time.size(), 0);
     std::vector<std::pair<size_t, int>> by_width;  // (index into first_time, columns)
     if (reader_->has_buckets())
       for (size_t i = 0; i < first_time.size(); ++i)
@@ -232,16 +230,13 @@ class StoreWorker : public QObject {
           by_width.emplace_back(i, columns);
     in_parallel(by_width.size(), [&](store::RunReader& reader, size_t j) {
       const auto [i, columns] = by_width[j];
-      bool whole = false;
-      overviews[i] =
-          fetch_overview(reader, first_time[i].first, first_time[i].second, columns, &whole);
-      complete[i] = whole;
+      overviews[i] = fetch_overview(reader, first_time[i].first, first_time[i].second, columns);
     });
     std::vector<size_t> to_read;  // indices into first_time still to be read row by row
     for (size_t i = 0; i < first_time.size(); ++i) {
+      if (!overviews[i] || overviews[i]->downsampled) to_read.push_back(i);
       if (overviews[i] && record_through(*overviews[i]))
         initial.push_back(std::move(*overviews[i]));
-      if (!overviews[i] || !complete[i]) to_read.push_back(i);
     }
     post_points(std::move(initial));
     post_points(std::move(fresh));

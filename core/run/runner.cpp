@@ -248,6 +248,13 @@ void set_window(model::CausalLM& model, int64_t window) {
 // ---------------------------------------------------------------------------------------
 // One run
 
+// The compute dtype of `[model] autocast` (checked before a run starts); nullopt for "none".
+std::optional<torch::ScalarType> autocast_dtype(const std::string& name) {
+  if (name == "none") return std::nullopt;
+  auto dtype = model::parse_dtype_name(name);
+  return dtype.ok() ? std::optional<torch::ScalarType>(*dtype) : std::nullopt;
+}
+
 class Runner {
  public:
   Runner(ExperimentSpec spec, model::CausalLM model, Data data, store::RunWriter writer,
@@ -300,6 +307,7 @@ class Runner {
   const std::atomic<bool>& cancel_;
   int64_t max_steps_;
   double last_loss_ = NAN;
+  std::optional<torch::ScalarType> autocast_ = autocast_dtype(spec_.model.autocast);
 };
 
 Result<Runner::StepResult> Runner::run_step(const StageSpec& stage, const torch::Tensor& tokens,
@@ -320,7 +328,7 @@ Result<Runner::StepResult> Runner::run_step(const StageSpec& stage, const torch:
   torch::Tensor loss;
   // The forward and the loss only: backward follows the dtypes the forward recorded.
   std::optional<model::AutocastScope> autocast;
-  if (spec_.model.autocast == "bfloat16") autocast.emplace(torch::kBFloat16);
+  if (autocast_) autocast.emplace(*autocast_);
   if (stage.kind == kAttentionTransfer) {
     std::vector<model::TransferPair> pairs;
     options.transfer = &pairs;
