@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "kernels/attention.hpp"
@@ -169,7 +170,8 @@ void BM_LibTorchForwardBackward(benchmark::State& state) {
 }
 
 // One decode step per layer at position 4096 (past the window), replayed from a CUDA graph
-// of 32 steps so that launch gaps do not count.
+// of 32 steps so that launch gaps do not count. Second argument: blocks per head (0: the
+// launcher's choice for this GPU).
 void BM_FusedDecode(benchmark::State& state) {
   if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
   const int64_t B = state.range(0);
@@ -193,7 +195,6 @@ void BM_FusedDecode(benchmark::State& state) {
   const Tensor kr = torch::randn({B, kHeads, kWindow, kDim}, o), vr = torch::randn_like(kr);
   const Tensor pkr = torch::rand({B, kHeads, kWindow, kFeatures}, o);
   const Tensor y = torch::empty_like(q);
-  const Tensor ws = torch::empty({static_cast<int64_t>(hc::decode_workspace_floats(s))}, f32);
   hc::DecodeArgs a;
   a.q = q.data_ptr();
   a.k = k.data_ptr();
@@ -203,8 +204,12 @@ void BM_FusedDecode(benchmark::State& state) {
   a.coef_window = cw.data_ptr<float>();
   a.coef_linear = cl.data_ptr<float>();
   a.y = y.data_ptr();
-  a.workspace = ws.data_ptr<float>();
   a.position = 4096;
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  a.cluster =
+      state.range(1) > 0 ? static_cast<int>(state.range(1)) : hc::decode_cluster_size(s, sms);
+  state.counters["cluster"] = a.cluster;
   hc::DecodeState st;
   st.S = S.data_ptr<float>();
   st.z = z.data_ptr<float>();
@@ -216,6 +221,12 @@ void BM_FusedDecode(benchmark::State& state) {
   constexpr int kSteps = 32;
   cudaGraph_t graph;
   cudaGraphExec_t exec;
+  const int rc = hc::launch_decode(s, a, st, stream);
+  if (rc != 0 || cudaStreamSynchronize(stream) != cudaSuccess) {
+    cudaStreamDestroy(stream);
+    const std::string why = std::string("decode launch failed: ") + hc::error_string(rc);
+    return state.SkipWithError(why.c_str());
+  }
   cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
   for (int i = 0; i < kSteps; ++i)
     hc::launch_decode(s, a, st, stream);
@@ -225,7 +236,7 @@ void BM_FusedDecode(benchmark::State& state) {
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
   for (auto _ : state) {
-    for (int i = 0; i < 3; ++i)
+    for (int i = 0; i < 200; ++i)  // ~60 ms: clocks up before timing
       cudaGraphLaunch(exec, stream);
     std::vector<double> times;
     for (int r = 0; r < 20; ++r) {
@@ -270,9 +281,12 @@ BENCHMARK(BM_LibTorchForwardBackward)
     ->Iterations(1)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_FusedDecode)
-    ->Arg(1)
-    ->Arg(8)
-    ->ArgName("B")
+    ->Args({1, 0})
+    ->Args({1, 1})
+    ->Args({1, 2})
+    ->Args({1, 8})
+    ->Args({8, 0})
+    ->ArgNames({"B", "cluster"})
     ->UseManualTime()
     ->Iterations(1)
     ->Unit(benchmark::kMicrosecond);

@@ -530,8 +530,6 @@ Tensor decode_step(const AttentionInputs& step, RecurrentState& st,
   const Tensor pq = st.has_linear() ? dense(step.phi_q.detach()) : Tensor();
   const Tensor pk = st.has_linear() ? dense(step.phi_k.detach()) : Tensor();
   Tensor y = torch::empty_like(q);
-  const Tensor workspace = torch::empty({static_cast<int64_t>(decode_workspace_floats(s))},
-                                        q.options().dtype(torch::kFloat));
   DecodeArgs a;
   a.q = q.data_ptr();
   a.k = k.data_ptr();
@@ -542,8 +540,8 @@ Tensor decode_step(const AttentionInputs& step, RecurrentState& st,
   a.coef_linear = cl.data_ptr<float>();
   a.window_drop = drop.defined() ? drop.data_ptr<uint8_t>() : nullptr;
   a.y = y.data_ptr();
-  a.workspace = workspace.data_ptr<float>();
   a.position = static_cast<int>(t);
+  a.cluster = decode_cluster_size(s, sm_count());
   check_launch(launch_decode(s, a, device_state(st), stream_of(q)), "decode");
   if (t < st.sinks) {
     st.sink_keys.select(2, t).copy_(k.select(2, 0));

@@ -134,7 +134,8 @@ int launch_prefill_state(const ProblemShape& shape, const void* phi_k, const voi
 /// One decode step at position `position` (tokens already seen, the same for the batch):
 /// inputs q [B, Hq, D], k/v [B, Hkv, D], phi_q/phi_k [B, Hq, F] of the new token; writes
 /// y [B, Hq, D], folds key position - w into S, z and stores the new token in ring slot
-/// position % w. `workspace` holds decode_workspace_floats(shape) floats.
+/// position % w. A cluster of `cluster` blocks serves each (batch, q head), splitting S and the
+/// ring between them: 1, 2, 4 or 8 with features % (16 * cluster) == 0 (decode_cluster_size).
 struct DecodeArgs {
   const void* q = nullptr;
   const void* k = nullptr;
@@ -145,10 +146,11 @@ struct DecodeArgs {
   const float* coef_linear = nullptr;
   const uint8_t* window_drop = nullptr;
   void* y = nullptr;
-  float* workspace = nullptr;
   int position = 0;
+  int cluster = 1;
 };
-size_t decode_workspace_floats(const ProblemShape& shape);
+/// Blocks per (batch, q head) that fill a GPU of `sm_count` SMs (fewer when F does not split).
+int decode_cluster_size(const ProblemShape& shape, int sm_count);
 int launch_decode(const ProblemShape& shape, const DecodeArgs& args, const DecodeState& state,
                   void* stream);
 

@@ -539,6 +539,28 @@ TEST(CudaAttention, DecodeMatchesParallelFp32) {
   check_decode(c, 90, 34);
 }
 
+// The decode kernel splits S and the ring over a cluster of 8, 4, 2 or 1 blocks per head,
+// by how many heads there are and whether F splits (decode_cluster_size); cover each.
+TEST(CudaAttention, DecodeClusterSplits) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.N = 120;
+  c.w = 32;
+  c.F = 32;  // 8 heads: two blocks per head (F = 32 splits once)
+  check_decode(c, 70, 35);
+  c.F = 128;  // eight blocks per head
+  c.overlap = true;
+  check_decode(c, 50, 36);
+  c.B = 8;  // 32 heads: four blocks per head on a GPU of 128 or more SMs
+  check_decode(c, 40, 38);
+  c.overlap = false;
+  c.B = 3;  // 144 heads fill the GPU: one block per head, 4 q heads per kv head
+  c.Hq = 48;
+  c.Hkv = 12;
+  c.F = 64;
+  check_decode(c, 100, 37);
+}
+
 TEST(CudaAttention, DecodeMatchesParallelBf16) {
   HL_REQUIRE_GPU();
   Case c;
