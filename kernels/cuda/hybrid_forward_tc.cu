@@ -39,6 +39,25 @@ __device__ inline void load_rows_async(bf16* dst, int stride, const bf16* src, i
   }
 }
 
+// Rows [row0, row0 + rows) of a row-major [*, W] bf16 global matrix into a shared ring of
+// `ring` rows (stride W + 8), row row0 + r at slot (slot0 + r) mod ring; rows outside
+// [0, limit) become zeros.
+template <int W>
+__device__ inline void load_ring_rows(bf16* dst, const bf16* src, int row0, int rows, int limit,
+                                      int slot0, int ring, int tid) {
+  constexpr int kChunks = W / 8;
+  for (int idx = tid; idx < rows * kChunks; idx += kTcThreads) {
+    const int r = idx / kChunks;
+    const int c = idx - r * kChunks;
+    const int row = row0 + r;
+    int slot = slot0 + r;
+    if (slot >= ring) slot -= ring;
+    const bool ok = row >= 0 && row < limit;
+    cp_async16(dst + slot * (W + 8) + c * 8, ok ? src + static_cast<size_t>(row) * W + c * 8 : src,
+               ok);
+  }
+}
+
 struct TcForwardParams {
   Shape s;
   const bf16* q;
@@ -127,18 +146,29 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
   };
   load_fragments(r_begin + warp * 16);
 
-  for (int t0 = r_begin; t0 < r_end; t0 += kTcRows) {
+  // The key buffers are rings of `ring` rows: a tile needs its pre keys and its own 128, and
+  // the next tile keeps the last pre of them, so only 128 new rows come in per tile. Relative
+  // key row r of the tile at ring base rb sits at slot (rb + r) mod ring; rb and every chunk
+  // start are multiples of 16, so a 16-row chunk never wraps.
+  const int ring = pre + kTcRows;
+  const int krows = ring;
+  auto wrap = [&](int slot) { return slot >= ring ? slot - ring : slot; };
+  int rb = 0;
+  for (int t0 = r_begin; t0 < r_end; t0 += kTcRows, rb = wrap(rb + kTcRows)) {
     const int kbase = t0 - pre;
-    const int krows = pre + kTcRows;
+    auto chunk = [&](int c) { return wrap(rb + c * 16); };  // slot of chunk c's first row
     __syncthreads();  // the previous tile's fold is done with the buffers and S
     // Two load groups: the keys (window scores; after the first tile they were requested before
     // the fold), then values and phi_k. The state query needs neither and runs while they land.
     if (t0 == r_begin) {
       if (um.use_window) load_rows<D, kTcThreads>(Ks, kb, kbase, krows, N, tid);
       cp_async_commit();
+      load_rows<D, kTcThreads>(Vs, vb, kbase, krows, N, tid);
+      if (um.use_linear) load_rows<F, kTcThreads>(PKs, pkb, kbase, krows, N, tid);
+    } else {
+      load_ring_rows<D>(Vs, vb, t0, kTcRows, N, wrap(rb + pre), ring, tid);
+      if (um.use_linear) load_ring_rows<F>(PKs, pkb, t0, kTcRows, N, wrap(rb + pre), ring, tid);
     }
-    load_rows<D, kTcThreads>(Vs, vb, kbase, krows, N, tid);
-    if (um.use_linear) load_rows<F, kTcThreads>(PKs, pkb, kbase, krows, N, tid);
     cp_async_commit();
 
     const int r0 = t0 + warp * 16;  // this warp's first row
@@ -184,7 +214,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
       float mx_a = -INFINITY, mx_b = -INFINITY;
       for (int c = (win_lo - kbase) >> 4; c <= (win_hi - kbase) >> 4; ++c) {
         float sc[2][4];
-        scores16<D / 16>(sc, qf, rows_nk(Ks, SD, c * 16, lane));
+        scores16<D / 16>(sc, qf, rows_nk(Ks, SD, chunk(c), lane));
         const int j0 = kbase + c * 16;
         const bool full = j0 >= 0 && j0 >= r0 + 15 - w + 1 && j0 + 15 <= r0;
         if (full) {
@@ -271,7 +301,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
           float wt[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
           if (need_w) {
             float sc[2][4];
-            scores16<D / 16>(sc, qf, rows_nk(Ks, SD, c * 16, lane));
+            scores16<D / 16>(sc, qf, rows_nk(Ks, SD, chunk(c), lane));
             if (full_w) {
 #pragma unroll
               for (int nt = 0; nt < 2; ++nt) {
@@ -306,7 +336,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
           }
           if (need_l) {
             float pl[2][4];
-            scores16<F / 16>(pl, pf, rows_nk(PKs, SF, c * 16, lane));
+            scores16<F / 16>(pl, pf, rows_nk(PKs, SF, chunk(c), lane));
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
@@ -327,7 +357,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
           }
           uint32_t a[4];
           c_to_a(a, wt);
-          mma_a_times_rows<D / 8>(o, a, rows_kn(Vs, SD, c * 16, lane));
+          mma_a_times_rows<D / 8>(o, a, rows_kn(Vs, SD, chunk(c), lane));
         }
       }
 
@@ -381,12 +411,15 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
     if (t0 + kTcRows < r_end) {
       __syncthreads();  // every warp has finished with the keys and with S
       // The next tile's keys land while the fold runs (it reads only values and phi_k).
-      if (um.use_window) load_rows<D, kTcThreads>(Ks, kb, kbase + kTcRows, krows, N, tid);
+      if (um.use_window) {
+        load_ring_rows<D>(Ks, kb, t0 + kTcRows, kTcRows, N, wrap(wrap(rb + kTcRows) + pre), ring,
+                          tid);
+      }
       cp_async_commit();
       // Fold the keys [t0 - state_lag, t0 - state_lag + kTcRows) into S and z.
       if (um.use_linear) {
         fold_state<D, F, kTcRows, kTcWarps>(Shi, Slo, zs, PKs, Vs, pre - um.state_lag, nullptr,
-                                            nullptr, warp, lane);
+                                            nullptr, warp, lane, rb, ring);
       }
     }
   }

@@ -220,17 +220,23 @@ __device__ inline void mma_a_times_rows(float (&acc)[N8][4], const uint32_t (&a)
 /// with a rows from `A` ([*][F + 8]) and b rows from `B` ([*][D + 8]), both from row `first`.
 /// scale (nullable: 1) and weight (nullable: 1) are per-row fp32 factors in shared memory,
 /// indexed from `first`. Warps own F-row tiles mt = warp, warp + WARPS, ...
+/// ring_size > 0: A and B are rings of that many rows and row r sits at (ring_base + r) mod size.
 template <int D, int F, int ROWS, int WARPS>
 __device__ inline void fold_state(bf16* hi, bf16* lo, float* zs, const bf16* A, const bf16* B,
                                   int first, const float* scale, const float* weight, int warp,
-                                  int lane) {
+                                  int lane, int ring_base = 0, int ring_size = 0) {
   constexpr int SD = D + 8, SF = F + 8;
   const int g8 = lane / 4, t4 = lane % 4;
+  auto slot = [&](int r) {
+    if (ring_size == 0) return r;
+    r += ring_base;
+    return r >= ring_size ? r - ring_size : r;
+  };
   for (int mt = warp; mt < F / 16; mt += WARPS) {
     uint32_t af[ROWS / 16][4];
 #pragma unroll
     for (int ks = 0; ks < ROWS / 16; ++ks) {
-      ldsm_x4_t(af[ks], A + (first + ks * 16 + (lane % 8) + (lane / 16) * 8) * SF + mt * 16 +
+      ldsm_x4_t(af[ks], A + slot(first + ks * 16 + (lane % 8) + (lane / 16) * 8) * SF + mt * 16 +
                             ((lane / 8) % 2) * 8);
       if (scale != nullptr) {
         // k (row) indices of this lane: 2t4, 2t4 + 1 in a[0], a[1]; 2t4 + 8, 2t4 + 9 in a[2], a[3].
@@ -280,7 +286,8 @@ __device__ inline void fold_state(bf16* hi, bf16* lo, float* zs, const bf16* A, 
 #pragma unroll
       for (int ks = 0; ks < ROWS / 16; ++ks) {
         uint32_t vf[4];
-        ldsm_x4_t(vf, rows_kn(B, SD, first + ks * 16, lane) + np * 16);
+        ldsm_x4_t(vf, B + slot(first + ks * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * SD +
+                          (lane / 16) * 8 + np * 16);
         mma_bf16(acc[0], af[ks], vf[0], vf[1]);
         mma_bf16(acc[1], af[ks], vf[2], vf[3]);
       }
