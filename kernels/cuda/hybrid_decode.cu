@@ -9,10 +9,12 @@
 //
 // One kernel. A cluster of C blocks serves one (batch, q head): block r owns rows
 // [r F / C, (r + 1) F / C) of S and z and every C-th ring key, so that at batch 1 the state
-// streams through C times more SMs than one block per head could use. Each block keeps partial
-// sums (the window part relative to its own max), and the blocks merge them through distributed
-// shared memory, each writing D / C outputs. The kv ring slot is rewritten by the last block of
-// its kv group (all clusters of the group) to have read the folded value.
+// streams through more SMs. Each block keeps partial sums (the window part relative to its own
+// max), and the blocks merge them through distributed shared memory, each writing D / C
+// outputs. The kv ring slot is rewritten by the last block of its kv group (all clusters of the
+// group) to have read the folded value. Measured (bench/KERNEL_NOTES.md): the step is bound by
+// its chain of dependent loads and barriers, not by S, so C = 4 is no faster than one block
+// per head at B1; issuing every load up front is what helps at B8.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

@@ -8,9 +8,11 @@
 // the window max of its rows (q k^T over the window keys only), then walks its key chunks of 16
 // once more: s = q k^T and p = phi_q phi_k^T go through masks into one weight c_w e^(s - m) + c_l
 // p, whose C fragment is the A fragment of the weight x v product. After the tile the 128 keys that
-// leave the unfolded range are folded into S with phi_k^T v on the tensor cores. S lives in shared
-// memory as a bf16 pair (hi + lo, about 16 significant bits): the fold accumulates hi + lo in
-// fp32 and splits the sum again, the query multiplies by hi alone (ldmatrix operands).
+// leave the unfolded range are folded into S with phi_k^T v on the tensor cores. The key buffers
+// are rings (128 new rows a tile); the state query runs while a tile's rows land, and the next
+// tile's keys land during the fold. S lives in shared memory as a bf16 pair (hi + lo, about 16
+// significant bits): the fold accumulates hi + lo in fp32 and splits the sum again, the query
+// multiplies by hi alone (ldmatrix operands).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -151,7 +153,6 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
   // key row r of the tile at ring base rb sits at slot (rb + r) mod ring; rb and every chunk
   // start are multiples of 16, so a 16-row chunk never wraps.
   const int ring = pre + kTcRows;
-  const int krows = ring;
   auto wrap = [&](int slot) { return slot >= ring ? slot - ring : slot; };
   int rb = 0;
   for (int t0 = r_begin; t0 < r_end; t0 += kTcRows, rb = wrap(rb + kTcRows)) {
@@ -161,10 +162,10 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
     // Two load groups: the keys (window scores; after the first tile they were requested before
     // the fold), then values and phi_k. The state query needs neither and runs while they land.
     if (t0 == r_begin) {
-      if (um.use_window) load_rows<D, kTcThreads>(Ks, kb, kbase, krows, N, tid);
+      if (um.use_window) load_rows<D, kTcThreads>(Ks, kb, kbase, ring, N, tid);
       cp_async_commit();
-      load_rows<D, kTcThreads>(Vs, vb, kbase, krows, N, tid);
-      if (um.use_linear) load_rows<F, kTcThreads>(PKs, pkb, kbase, krows, N, tid);
+      load_rows<D, kTcThreads>(Vs, vb, kbase, ring, N, tid);
+      if (um.use_linear) load_rows<F, kTcThreads>(PKs, pkb, kbase, ring, N, tid);
     } else {
       load_ring_rows<D>(Vs, vb, t0, kTcRows, N, wrap(rb + pre), ring, tid);
       if (um.use_linear) load_ring_rows<F>(PKs, pkb, t0, kTcRows, N, wrap(rb + pre), ring, tid);
