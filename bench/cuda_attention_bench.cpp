@@ -113,10 +113,12 @@ void BM_FusedForward(benchmark::State& state) {
   }
 }
 
-void BM_FusedForwardBackward(benchmark::State& state) {
+// qkv_grads false: attention transfer's backward (q, k, v frozen: no dq, dk, dv).
+void fused_forward_backward(benchmark::State& state, bool qkv_grads) {
   if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
   const Inputs in = make_inputs(state.range(0), state.range(1));
-  const hc::RawOptions o = kernel_options();
+  hc::RawOptions o = kernel_options();
+  o.query_grads = o.key_grads = qkv_grads;
   const Tensor dy = torch::randn_like(in.raw.q);
   for (auto _ : state) {
     const double us = median_us(
@@ -128,6 +130,15 @@ void BM_FusedForwardBackward(benchmark::State& state) {
     report(state, us, forward_bytes(in.B, in.N) + backward_bytes(in.B, in.N),
            3.0 * forward_flops(in.B, in.N));
   }
+}
+
+void BM_FusedForwardBackward(benchmark::State& state) {
+  fused_forward_backward(state, true);
+}
+
+// Its byte and FLOP rates use the full backward's model, an upper bound of this work.
+void BM_FusedTransferForwardBackward(benchmark::State& state) {
+  fused_forward_backward(state, false);
 }
 
 // The dispatch's LibTorch path on the GPU (chunked backend, autograd), for comparison.
@@ -272,6 +283,7 @@ void shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_FusedForward)->Apply(shapes);
 BENCHMARK(BM_FusedForwardBackward)->Apply(shapes);
+BENCHMARK(BM_FusedTransferForwardBackward)->Apply(shapes);
 BENCHMARK(BM_LibTorchForward)->Apply(shapes);
 BENCHMARK(BM_LibTorchForwardBackward)
     ->Args({1, 4096})

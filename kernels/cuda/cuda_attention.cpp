@@ -148,11 +148,13 @@ class HybridAttentionFunction : public torch::autograd::Function<HybridAttention
     Tensor dy = grad_outputs[0];
     if (!dy.defined()) dy = torch::zeros_like(f.y);
     RawOptions o = options_from(ctx);
-    // Attention transfer trains the feature maps on detached q, k, v: no dk, dv to make.
+    // Attention transfer trains the feature maps on detached q, k, v: no dq, dk, dv to make.
+    o.query_grads = ctx->needs_input_grad(0);
     o.key_grads = ctx->needs_input_grad(1) || ctx->needs_input_grad(2);
     const RawGrads g = backward_raw(in, o, f, dense(dy.to(f.y.scalar_type())));
+    const Tensor dq = o.query_grads ? g.dq : Tensor();
     const Tensor dk = o.key_grads ? g.dk : Tensor(), dv = o.key_grads ? g.dv : Tensor();
-    return {g.dq,     dk,       dv,       g.dphi_q, g.dphi_k, g.dcoef_window, g.dcoef_linear,
+    return {dq,       dk,       dv,       g.dphi_q, g.dphi_k, g.dcoef_window, g.dcoef_linear,
             Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
@@ -324,6 +326,7 @@ RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForwar
   a.dkv_accum = accum.defined() ? accum.data_ptr<float>() : nullptr;
   a.key_plan = key_plan;
   a.key_grads = o.key_grads;
+  a.query_grads = o.query_grads;
   check_launch(launch_backward(s, a, stream_of(in.q)), "backward");
   g.dcoef_window = row_grad_window.view({s.batch, s.q_heads, s.seq_len}).sum(-1);
   g.dcoef_linear = row_grad_linear.view({s.batch, s.q_heads, s.seq_len}).sum(-1);

@@ -50,6 +50,7 @@ struct RawOptions {
   int forward_segments = 0;  ///< 0: fill the chip
   int key_segments = 0;      ///< 0: fill the chip
   bool key_grads = true;     ///< false: dk, dv are not wanted (may come back unwritten)
+  bool query_grads = true;   ///< false: dq is not wanted (may come back unwritten)
 };
 
 /// What forward leaves for backward.

@@ -108,7 +108,8 @@ struct BackwardArgs {
   float* dkv_accum = nullptr;        ///< fp32 workspace [2, B, Hkv, N, D] when Hq > Hkv; bf16 needs
                                      ///< [B, Hkv, N, D] at least (else the CUDA-core backward runs)
   SegmentPlan key_plan;              ///< split of the key pass, units = B * Hkv
-  bool key_grads = true;  ///< false: dk, dv may be left unwritten (k, v need no gradient)
+  bool key_grads = true;    ///< false: dk, dv may be left unwritten (k, v need no gradient)
+  bool query_grads = true;  ///< false: dq may be left unwritten (q needs no gradient)
 };
 int launch_backward(const ProblemShape& shape, const BackwardArgs& args, void* stream);
 

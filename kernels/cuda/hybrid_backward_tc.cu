@@ -294,7 +294,9 @@ __global__ void __launch_bounds__(kTcThreads, 1) linear_query_kernel(TcBackwardP
 
 // ---- window query kernel -------------------------------------------------------------------
 
-template <int D>
+// kDq: q needs a gradient (attention transfer trains feature maps on detached q, k, v, and then
+// only the row values are made).
+template <int D, bool kDq>
 __global__ void __launch_bounds__(kTcThreads, 1) window_query_kernel(TcBackwardParams p) {
   extern __shared__ float4 smem4[];
   const Shape& s = p.s;
@@ -315,7 +317,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) window_query_kernel(TcBackwardP
   const int t_end = min(N, t0 + kTcRows);
 
   if (!um.use_window) {  // linear-only unit: no dq; the row values from the linear sums alone
-    zero_rows<D>(p.dq + row0 * D, t0, t_end, tid);
+    if constexpr (kDq) zero_rows<D>(p.dq + row0 * D, t0, t_end, tid);
     for (int r = t0 + tid; r < t_end; r += kTcThreads) {
       const size_t ri = row0 + r;
       const float inv = 1.f / p.row_denom[ri];
@@ -400,9 +402,11 @@ __global__ void __launch_bounds__(kTcThreads, 1) window_query_kernel(TcBackwardP
         ds[nt][e] = cw * ex * (dv2[nt][e] - (top ? dl_a : dl_b)) * (top ? inv_a : inv_b);
       }
     }
-    uint32_t a[4];
-    c_to_a(a, ds);
-    mma_a_times_rows<D / 8>(dq, a, rows_kn(Ks, SD, c * 16, lane));
+    if constexpr (kDq) {
+      uint32_t a[4];
+      c_to_a(a, ds);
+      mma_a_times_rows<D / 8>(dq, a, rows_kn(Ks, SD, c * 16, lane));
+    }
   }
   quad_sum(w1_a);
   quad_sum(w1_b);
@@ -426,23 +430,25 @@ __global__ void __launch_bounds__(kTcThreads, 1) window_query_kernel(TcBackwardP
   const float delta_b = (cw * w1_b + cl * l1_b) * inv_b;
   const float gw_a = (w1_a - delta_a * e_a) * inv_a, gw_b = (w1_b - delta_b * e_b) * inv_b;
   const float gate_a = cw * gw_a, gate_b = cw * gw_b;
+  if constexpr (kDq) {
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    const int col = n * 8 + 2 * t4;
-    if (am_a >= 0) {
-      const float2 kk = unpack_bf16(
-          __ldg(reinterpret_cast<const unsigned int*>(kb + static_cast<size_t>(am_a) * D + col)));
-      dq[n][0] -= gate_a * kk.x;
-      dq[n][1] -= gate_a * kk.y;
+    for (int n = 0; n < D / 8; ++n) {
+      const int col = n * 8 + 2 * t4;
+      if (am_a >= 0) {
+        const float2 kk = unpack_bf16(
+            __ldg(reinterpret_cast<const unsigned int*>(kb + static_cast<size_t>(am_a) * D + col)));
+        dq[n][0] -= gate_a * kk.x;
+        dq[n][1] -= gate_a * kk.y;
+      }
+      if (am_b >= 0) {
+        const float2 kk = unpack_bf16(
+            __ldg(reinterpret_cast<const unsigned int*>(kb + static_cast<size_t>(am_b) * D + col)));
+        dq[n][2] -= gate_b * kk.x;
+        dq[n][3] -= gate_b * kk.y;
+      }
     }
-    if (am_b >= 0) {
-      const float2 kk = unpack_bf16(
-          __ldg(reinterpret_cast<const unsigned int*>(kb + static_cast<size_t>(am_b) * D + col)));
-      dq[n][2] -= gate_b * kk.x;
-      dq[n][3] -= gate_b * kk.y;
-    }
+    store_rows<D / 8, D>(p.dq + row0 * D, dq, ia, s.scale, ib, s.scale, N, t4);
   }
-  store_rows<D / 8, D>(p.dq + row0 * D, dq, ia, s.scale, ib, s.scale, N, t4);
   if (t4 == 0) {
     if (ia < N) {
       p.row_delta[row0 + ia] = delta_a;
@@ -868,8 +874,13 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
   }
   const int q_blocks = s.batch * s.q_heads * p.tiles;
   const size_t wq = window_query_smem(s.head_dim, p.key_rows);
-  err = d64 ? launch(window_query_kernel<64>, q_blocks, wq, p, stream)
-            : launch(window_query_kernel<128>, q_blocks, wq, p, stream);
+  if (a.query_grads) {
+    err = d64 ? launch(window_query_kernel<64, true>, q_blocks, wq, p, stream)
+              : launch(window_query_kernel<128, true>, q_blocks, wq, p, stream);
+  } else {
+    err = d64 ? launch(window_query_kernel<64, false>, q_blocks, wq, p, stream)
+              : launch(window_query_kernel<128, false>, q_blocks, wq, p, stream);
+  }
   if (err != cudaSuccess) return err;
   if (linear) {
     if (key_plan.segments > 1) {

@@ -172,14 +172,17 @@ bool needs_phi(const Case& c) {
 }
 
 // Forward and backward of the fused path (through `entry`) against the reference.
+// qkv_grads false: q, k, v need no gradient (attention transfer); the backward must still
+// give every other gradient and none for them.
 template <class Entry>
-void check_forward_backward(const Case& c, uint64_t seed, Entry entry) {
-  SCOPED_TRACE(c.name());
+void check_forward_backward(const Case& c, uint64_t seed, Entry entry, bool qkv_grads = true) {
+  SCOPED_TRACE(c.name() + (qkv_grads ? "" : " frozen q, k, v"));
   const Data d = make_data(c, seed);
   auto leaf = [](const Tensor& t) { return t.detach().clone().requires_grad_(true); };
   const bool phi = needs_phi(c);
   const bool gate = c.mode == hk::AttentionMode::hybrid;
-  Tensor q = leaf(d.q), k = leaf(d.k), v = leaf(d.v);
+  Tensor q = qkv_grads ? leaf(d.q) : d.q, k = qkv_grads ? leaf(d.k) : d.k;
+  Tensor v = qkv_grads ? leaf(d.v) : d.v;
   Tensor pq = phi ? leaf(d.phi_q) : Tensor(), pk = phi ? leaf(d.phi_k) : Tensor();
   Tensor om = gate ? leaf(d.omega) : Tensor();
   hk::AttentionInputs in{q, k, v, pq, pk, om, d.drop};
@@ -203,6 +206,10 @@ void check_forward_backward(const Case& c, uint64_t seed, Entry entry) {
       {"dphi_q", pq, pq64}, {"dphi_k", pk, pk64}, {"domega", om, om64}};
   for (const auto& [name, mine, theirs] : grads) {
     if (!theirs.defined()) continue;
+    if (!mine.requires_grad()) {
+      EXPECT_FALSE(mine.grad().defined()) << name << " needs no gradient";
+      continue;
+    }
     ASSERT_TRUE(mine.grad().defined()) << name << " has no gradient";
     ASSERT_TRUE(all_finite(mine.grad())) << name << " not fully written";
     const Tensor want = theirs.grad().defined() ? theirs.grad() : torch::zeros_like(theirs);
@@ -348,6 +355,26 @@ TEST(CudaAttention, TensorCoreBackwardBf16) {
   c.overlap = false;
   c.w = 16;
   check_forward_backward(c, 16, via_inputs);
+}
+
+// Attention transfer: q, k, v come from frozen projections, so the backward skips dq, dk, dv
+// (the tensor-core kernels for bf16, the autograd plumbing for fp32) and the feature-map and
+// window-factor gradients must not change.
+TEST(CudaAttention, FrozenQkvGradients) {
+  HL_REQUIRE_GPU();
+  Case c;
+  c.dtype = torch::kBFloat16;
+  c.D = 128;
+  c.F = 128;
+  c.w = 64;
+  c.N = 700;
+  c.drop = true;
+  check_forward_backward(c, 17, via_inputs, /*qkv_grads=*/false);
+  c.mode = hk::AttentionMode::linear_only;
+  check_forward_backward(c, 18, via_inputs, /*qkv_grads=*/false);
+  c = Case{};
+  c.overlap = true;
+  check_forward_backward(c, 19, via_inputs, /*qkv_grads=*/false);
 }
 
 // The softmax teacher on CUDA tensors goes to PyTorch's fused attention through the dispatch;
