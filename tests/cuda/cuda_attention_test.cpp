@@ -10,8 +10,11 @@
 #include <vector>
 
 #ifdef HL_WITH_CUDA_KERNELS
+#include <ATen/cuda/CUDAContext.h>
+
 #include "kernels/attention.hpp"
 #include "kernels/cuda/cuda_attention.hpp"
+#include "kernels/cuda/hybrid_attention_launch.hpp"
 #endif
 
 namespace {
@@ -570,21 +573,34 @@ TEST(CudaAttention, DecodeMatchesParallelFp32) {
 // by how many heads there are and whether F splits (decode_cluster_size); cover each.
 TEST(CudaAttention, DecodeClusterSplits) {
   HL_REQUIRE_GPU();
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  auto blocks_per_head = [&](const Case& c) {
+    hc::ProblemShape s;
+    s.batch = static_cast<int>(c.B);
+    s.q_heads = static_cast<int>(c.Hq);
+    s.features = static_cast<int>(c.F);
+    return hc::decode_cluster_size(s, sms);
+  };
+  ASSERT_GE(sms, 128) << "the cases below are sized for an H100 / H200";
   Case c;
   c.N = 120;
   c.w = 32;
-  c.F = 32;  // 8 heads: two blocks per head (F = 32 splits once)
+  c.F = 32;  // 8 heads: F = 32 splits once
+  EXPECT_EQ(blocks_per_head(c), 2);
   check_decode(c, 70, 35);
-  c.F = 128;  // eight blocks per head
+  c.F = 128;
   c.overlap = true;
+  EXPECT_EQ(blocks_per_head(c), 8);
   check_decode(c, 50, 36);
-  c.B = 8;  // 32 heads: four blocks per head on a GPU of 128 or more SMs
+  c.B = 8;  // 32 heads: at most one block per SM
+  EXPECT_EQ(blocks_per_head(c), 4);
   check_decode(c, 40, 38);
   c.overlap = false;
-  c.B = 3;  // 144 heads fill the GPU: one block per head, 4 q heads per kv head
+  c.B = 3;  // 144 heads fill the GPU alone, 4 q heads per kv head
   c.Hq = 48;
   c.Hkv = 12;
   c.F = 64;
+  EXPECT_EQ(blocks_per_head(c), 1);
   check_decode(c, 100, 37);
 }
 
