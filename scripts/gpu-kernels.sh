@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call for the fused CUDA attention kernels: build, GPU tests, compute-sanitizer
 # (memcheck, racecheck) on small shapes, the C++ benchmark and the FlexAttention/SDPA
-# baselines on the same card. Full logs go to $OUT (or ./out); a short summary is printed last.
+# baselines on the same card. Logs go to $OUT (or ./out): summary.txt, tests.log and the JSON
+# results as files, the raw logs packed into logs.tar.gz; a short summary is printed last.
 #
 #   scripts/gpu-kernels.sh [--no-sanitize] [--no-bench] [--no-flex] [--skip-sdpa-64k]
 #                          [--bench-filter REGEX] [--profile REGEX]
@@ -28,6 +29,14 @@ while [ $# -gt 0 ]; do
 done
 summary="$out/summary.txt"
 : >"$summary"
+# Only a few files come back from a device call: on exit the raw logs go into one archive and
+# summary.txt, tests.log and the JSON results stay beside it.
+pack_logs() {
+  (cd "$out" && ls build.log env.txt bench.txt flex.txt profile.csv profile.err sanitize-*.log \
+    2>/dev/null | tar czf logs.tar.gz -T - && rm -f build.log env.txt bench.txt flex.txt \
+    profile.csv profile.err sanitize-*.log)
+}
+trap pack_logs EXIT
 note() { echo "$*" | tee -a "$summary"; }
 t0=$(date +%s)
 stamp() { echo "[$(($(date +%s) - t0)) s]"; }
