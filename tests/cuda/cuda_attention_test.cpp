@@ -74,6 +74,17 @@ struct Case {
   }
 };
 
+// The benchmarks' head shape (bf16, D = F = 128, w = 64) at length N; other fields default.
+Case bf16_head_case(int64_t N) {
+  Case c;
+  c.dtype = torch::kBFloat16;
+  c.D = 128;
+  c.F = 128;
+  c.w = 64;
+  c.N = N;
+  return c;
+}
+
 struct Data {
   Tensor q, k, v, phi_q, phi_k, omega, drop;
 };
@@ -310,12 +321,7 @@ TEST(CudaAttention, ThroughDispatchFp32) {
 
 TEST(CudaAttention, HybridBf16) {
   HL_REQUIRE_GPU();
-  Case c;
-  c.dtype = torch::kBFloat16;
-  c.D = 128;
-  c.F = 128;
-  c.w = 64;
-  c.N = 300;
+  Case c = bf16_head_case(300);
   c.Hkv = 1;
   check_forward_backward(c, 10, via_inputs);
   c.F = 256;
@@ -339,12 +345,7 @@ TEST(CudaAttention, LinearAndWindowOnlyBf16) {
 // GQA, SSD drops, overlap, a window that is not a multiple of 16, window-only with drops.
 TEST(CudaAttention, TensorCoreBackwardBf16) {
   HL_REQUIRE_GPU();
-  Case c;
-  c.dtype = torch::kBFloat16;
-  c.D = 128;
-  c.F = 128;
-  c.w = 64;
-  c.N = 1000;
+  Case c = bf16_head_case(1000);
   c.drop = true;
   c.affine = true;
   check_forward_backward(c, 14, via_inputs);
@@ -365,12 +366,7 @@ TEST(CudaAttention, TensorCoreBackwardBf16) {
 // window-factor gradients must not change.
 TEST(CudaAttention, FrozenQkvGradients) {
   HL_REQUIRE_GPU();
-  Case c;
-  c.dtype = torch::kBFloat16;
-  c.D = 128;
-  c.F = 128;
-  c.w = 64;
-  c.N = 700;
+  Case c = bf16_head_case(700);
   c.drop = true;
   check_forward_backward(c, 17, via_inputs, /*qkv_grads=*/false);
   c.mode = hk::AttentionMode::linear_only;
@@ -606,12 +602,7 @@ TEST(CudaAttention, DecodeClusterSplits) {
 
 TEST(CudaAttention, DecodeMatchesParallelBf16) {
   HL_REQUIRE_GPU();
-  Case c;
-  c.dtype = torch::kBFloat16;
-  c.N = 160;
-  c.w = 64;
-  c.D = 128;
-  c.F = 128;
+  Case c = bf16_head_case(160);
   c.Hq = 8;
   c.Hkv = 2;
   check_decode(c, 100, 40);
