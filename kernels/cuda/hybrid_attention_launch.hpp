@@ -43,7 +43,7 @@ struct ProblemShape {
 const char* unsupported_reason(const ProblemShape& shape);
 
 /// Sequence split that fills the chip: `segments` blocks per (batch, head), each `length` rows
-/// (a multiple of 32). Segments > 1 need a chunk-state workspace (see state_workspace_floats).
+/// (a multiple of 64). Segments > 1 need a chunk-state workspace (see state_workspace_floats).
 struct SegmentPlan {
   int segments = 1;
   int length = 0;
@@ -52,7 +52,7 @@ struct SegmentPlan {
 /// Segments for `units` = B * heads independent sequences on a GPU with `sm_count` SMs.
 SegmentPlan plan_segments(int units, int seq_len, int sm_count);
 
-/// At most `segments` segments of equal length (a multiple of 32) covering seq_len rows.
+/// At most `segments` segments of equal length (a multiple of 64) covering seq_len rows.
 SegmentPlan make_segment_plan(int seq_len, int segments);
 
 /// Floats of one chunk-state workspace: units * segments * (F * D + F).
@@ -77,6 +77,11 @@ struct ForwardArgs {
   SegmentPlan plan;
 };
 int launch_forward(const ProblemShape& shape, const ForwardArgs& args, void* stream);
+
+/// Whether launch_forward takes the warp-specialised Hopper forward (TMA, wgmma) for this shape
+/// and split on the current device: bf16, D = F = 128, w = 64 (w <= 64 with overlap, linear-only
+/// or window-only), no branch statistics, an sm_90 GPU.
+bool forward_uses_hopper_kernel(const ProblemShape& shape, const SegmentPlan& plan);
 
 /// Backward pass: dq, dk, dv, dphi_q, dphi_k and per-row terms of dc_w, dc_l.
 struct BackwardArgs {

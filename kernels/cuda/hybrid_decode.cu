@@ -401,7 +401,9 @@ SegmentPlan plan_segments(int units, int seq_len, int sm_count) {
 SegmentPlan make_segment_plan(int seq_len, int segments) {
   segments = std::max(1, segments);
   int length = (seq_len + segments - 1) / segments;
-  length = (length + detail::kTileRows - 1) / detail::kTileRows * detail::kTileRows;
+  // Whole 64-row tiles, as the Hopper forward walks them (a multiple of every other tile size).
+  constexpr int kGrain = 64;
+  length = (length + kGrain - 1) / kGrain * kGrain;
   return SegmentPlan{(seq_len + length - 1) / length, length};
 }
 

@@ -418,6 +418,12 @@ cudaError_t run_scan(const Shape& s, const uint8_t* window_drop, float* states, 
 
 }  // namespace detail
 
+bool forward_uses_hopper_kernel(const ProblemShape& shape, const SegmentPlan& plan) {
+  const detail::Shape s = detail::make_shape(shape);
+  return unsupported_reason(shape) == nullptr && shape.dtype == KernelDType::kBFloat16 &&
+         detail::forward_tc_fits(s) && detail::forward_wg_takes(s, plan);
+}
+
 int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream_ptr) {
   using namespace detail;
   if (unsupported_reason(shape) != nullptr) return static_cast<int>(cudaErrorInvalidValue);
@@ -430,6 +436,7 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
   // statistics and shapes whose tiles do not fit in shared memory stay on the CUDA cores.
   const bool tensor_cores =
       shape.dtype == KernelDType::kBFloat16 && a.branch_stats == nullptr && forward_tc_fits(s);
+  const bool hopper = tensor_cores && forward_wg_takes(s, plan);
   if (plan.segments > 1) {
     if (a.segment_states == nullptr) return static_cast<int>(cudaErrorInvalidValue);
     cudaError_t err =
@@ -449,7 +456,7 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
         a.q,           a.k, a.v,       a.phi_q,     a.phi_k,      a.coef_window,    a.coef_linear,
         a.window_drop, a.y, a.row_max, a.row_denom, a.row_argmax, a.segment_states, plan.segments,
         plan.length};
-    return static_cast<int>(run_forward_tc(s, ta, stream));
+    return static_cast<int>(hopper ? run_forward_wg(s, ta, stream) : run_forward_tc(s, ta, stream));
   }
   ForwardParams fp{s,
                    a.q,

@@ -34,6 +34,13 @@ bool forward_tc_fits(const Shape& s);
 /// The tensor-core forward (bf16, no branch statistics).
 cudaError_t run_forward_tc(const Shape& s, const TcForwardArgs& a, cudaStream_t stream);
 
+/// Whether the warp-specialised Hopper forward (hybrid_forward_wg.cu) takes this shape and split:
+/// D = F = 128, w <= 64, segments of whole 64-row tiles, an sm_90 device.
+bool forward_wg_takes(const Shape& s, const SegmentPlan& plan);
+
+/// The Hopper forward (bf16, no branch statistics); same arguments as run_forward_tc.
+cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t stream);
+
 /// run_state_pass for bf16 on the tensor cores (row_weight is run_state_pass's row_delta and is
 /// required when row_denom is given); `skip_last` leaves the last segment's sum unwritten (an
 /// exclusive prefix scan never reads it).

@@ -376,6 +376,60 @@ TEST(CudaAttention, FrozenQkvGradients) {
   check_forward_backward(c, 19, via_inputs, /*qkv_grads=*/false);
 }
 
+// Shapes the warp-specialised Hopper forward takes (bf16, D = F = 128): overlap with SSD drops
+// and GQA, window-only with a short window, linear-only, a sequence shorter than the window,
+// and the benchmark shape split into segments; on an sm_90 GPU the dispatch must pick it.
+TEST(CudaAttention, HopperForwardBf16) {
+  HL_REQUIRE_GPU();
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  auto takes = [&](const Case& c) {
+    hc::ProblemShape s;
+    s.batch = static_cast<int>(c.B);
+    s.q_heads = static_cast<int>(c.Hq);
+    s.kv_heads = static_cast<int>(c.Hkv);
+    s.seq_len = static_cast<int>(c.N);
+    s.head_dim = static_cast<int>(c.D);
+    s.features = static_cast<int>(c.F);
+    s.window = static_cast<int>(c.w);
+    s.mode = c.mode == hk::AttentionMode::linear_only   ? hc::KernelMode::kLinearOnly
+             : c.mode == hk::AttentionMode::window_only ? hc::KernelMode::kWindowOnly
+                                                        : hc::KernelMode::kHybrid;
+    s.overlap = c.overlap;
+    s.dtype = hc::KernelDType::kBFloat16;
+    const hc::SegmentPlan plan =
+        hc::plan_segments(s.batch * s.q_heads, s.seq_len, props->multiProcessorCount);
+    return hc::forward_uses_hopper_kernel(s, plan);
+  };
+  auto check = [&](const Case& c, uint64_t seed) {
+    if (props->major == 9) {
+      EXPECT_TRUE(takes(c)) << c.name();
+    }
+    check_forward_backward(c, seed, via_inputs);
+  };
+  Case c = bf16_head_case(517);
+  c.overlap = true;
+  c.drop = true;
+  check(c, 80);
+  c = bf16_head_case(200);
+  c.mode = hk::AttentionMode::window_only;
+  c.w = 37;
+  check(c, 81);
+  c = bf16_head_case(130);
+  c.mode = hk::AttentionMode::linear_only;
+  c.Hkv = c.Hq;
+  check(c, 82);
+  c = bf16_head_case(40);
+  c.B = 1;
+  check(c, 83);
+  c = bf16_head_case(2048);
+  c.B = 1;
+  c.Hq = c.Hkv = 8;  // 8 heads on a GPU of 132 SMs: 16 segments of 128 rows
+  c.affine = true;
+  check(c, 84);
+  c.w = 48;  // non-overlap hybrid with w < 64 stays on the mma.sync forward
+  EXPECT_FALSE(takes(c));
+}
+
 // The softmax teacher on CUDA tensors goes to PyTorch's fused attention through the dispatch;
 // output and dq against the float64 reference backend.
 TEST(CudaAttention, SoftmaxThroughDispatch) {
@@ -644,6 +698,28 @@ TEST(CudaAttention, SanitizerSmall) {
     c.drop = false;
     check_decode(c, 20, 51);
   }
+  // The Hopper forward (TMA, mbarriers, wgmma): two segments, a dropped head.
+  Case c = bf16_head_case(200);
+  c.B = 1;
+  c.Hq = 2;
+  c.Hkv = 1;
+  c.drop = true;
+  const Data d = make_data(c, 52);
+  hc::RawInputs in;
+  in.q = d.q;
+  in.k = d.k;
+  in.v = d.v;
+  in.phi_q = d.phi_q;
+  in.phi_k = d.phi_k;
+  in.coef_window = torch::full({c.B, c.Hq}, 0.3, d.q.options().dtype(torch::kFloat));
+  in.coef_linear = torch::full({c.B, c.Hq}, 0.7, d.q.options().dtype(torch::kFloat));
+  in.window_drop = d.drop.to(torch::kUInt8);
+  hc::RawOptions o;
+  o.window = c.w;
+  o.forward_segments = 2;
+  const hc::RawForward f = hc::forward_raw(in, o);
+  EXPECT_EQ(f.plan.segments, 2);
+  EXPECT_TRUE(all_finite(f.y));
 }
 
 #endif  // HL_WITH_CUDA_KERNELS

@@ -1,0 +1,630 @@
+// Warp-specialised bf16 forward of hybrid attention for Hopper (DESIGN §1): TMA loads, wgmma,
+// the linear state in fp32 registers. Takes D = F = 128 with w = 64 (non-overlap hybrid) or
+// w <= 64 (overlap, linear-only, window-only); other shapes keep the mma.sync forward
+// (hybrid_forward_tc.cu).
+//
+// A block of three warpgroups owns one segment of one (batch, q head) unit and walks it in
+// 64-row tiles. Tile t (rows [t0, t0 + 64)) sees the keys of chunk t - 1 and chunk t (64 keys
+// each): every window key (w <= 64) and every linear key that is not yet in the state S. With
+// lin_lag = 64 (key j is linear for row i when j <= i - 64) S holds the keys before t0 - 64 and
+// the unfolded linear keys lie in chunk t - 1; with lin_lag = 0 S holds the keys before t0 and
+// they lie in chunk t. Before the first tile S is what the chunk-state pass gave (keys before
+// r_begin - state_lag), so with lin_lag = 64 the first fold takes only the rest of chunk -1.
+// - producer (warpgroup 0, one thread): TMA loads of each chunk's k, v, phi_k into a ring of
+//   three slots, and of each tile's q and phi_q.
+// - consumer (warpgroup 1): q k^T and phi_q phi_k^T over the 128 keys, masks and the window
+//   softmax into one weight matrix P held in registers, then y = (P v + c_l phi_q S) / den.
+// - state (warpgroup 2): S (F x D) and z in fp32 registers. While the consumer works on tile t
+//   it folds the next chunk into S, then writes c_l S (bf16) and c_l z for tile t + 1's query.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "kernels/cuda/hopper.cuh"
+#include "kernels/cuda/hybrid_common.cuh"
+#include "kernels/cuda/hybrid_forward_tc.cuh"
+#include "kernels/cuda/hybrid_tc_common.cuh"
+
+namespace hl::kernels::cuda::detail {
+namespace {
+
+constexpr int kD = 128;
+constexpr int kF = 128;
+constexpr int kRows = 64;             // rows of a tile, keys of a chunk
+constexpr int kBlock = kRows * 128;   // one 64 x 64 bf16 column block (8 KB)
+constexpr int kMat = 2 * kBlock;      // a 64 x 128 tile as two column blocks
+constexpr int kSlots = 3;             // chunk ring: two in use, one landing
+constexpr int kSlotBytes = 3 * kMat;  // k, v, phi_k of one chunk
+constexpr int kQOff = kSlots * kSlotBytes;
+constexpr int kPqOff = kQOff + kMat;
+constexpr int kSOff = kPqOff + kMat;  // S in bf16, N-major: [2 column blocks][F rows][64]
+constexpr int kSBlock = kF * 128;
+constexpr int kZOff = kSOff + 2 * kSBlock;  // z as row 0 of an 8 x F K-major operand
+constexpr int kZBytes = kF * 16;
+constexpr int kBarOff = kZOff + kZBytes;
+constexpr int kSmemBytes = kBarOff + 16 * 8 + 1024;  // + slack to align the base to 1024
+constexpr int kWgThreads = 384;
+
+struct WgParams {
+  CUtensorMap q, k, v, phi_q, phi_k;  // (column, row, unit), boxes of 64 x 64
+  Shape s;
+  const float* coef_window;
+  const float* coef_linear;
+  const uint8_t* window_drop;
+  bf16* y;
+  float* row_max;
+  float* row_denom;
+  int32_t* row_argmax;
+  const float* states;
+  int segments, segment_len;
+};
+
+// K-major operand (rows of 128 bf16 as two column blocks), k-step ks of 16 columns.
+__device__ inline uint64_t k_major(uint32_t base, int ks) {
+  return swizzled_desc(base + (ks / 4) * kBlock + (ks % 4) * 32, 16, 1024);
+}
+
+// N-major operand whose 64-column blocks are `lead` bytes apart, k-step ks of 16 rows.
+__device__ inline uint64_t n_major(uint32_t base, int ks, uint32_t lead) {
+  return swizzled_desc(base + ks * 16 * 128, lead, 1024);
+}
+
+// Byte offset of element (row, col) in a tile of 64-column swizzled blocks `block` bytes apart.
+__device__ inline uint32_t swizzled_offset(int row, int col, int block) {
+  return (col / 64) * block + row * 128 + ((((col % 64) / 8) ^ (row % 8)) * 16) + (col % 8) * 2;
+}
+
+struct Barriers {
+  uint64_t* chunk_full;   // [kSlots] chunk landed
+  uint64_t* chunk_empty;  // [kSlots] consumer and state are done with the chunk
+  uint64_t* q_full;
+  uint64_t* q_empty;
+  uint64_t* s_full;   // S and z written for the next query
+  uint64_t* s_empty;  // the query has read them
+};
+
+// Chunk c (-1, 0, 1, ...) of a segment sits in slot (c + 1) % kSlots; `use` counts the slot's
+// fills, so waits on its barriers take parity use & 1.
+__device__ inline int slot_of(int c) {
+  return (c + 1) % kSlots;
+}
+__device__ inline uint32_t use_of(int c) {
+  return static_cast<uint32_t>((c + 1) / kSlots);
+}
+
+__device__ void produce(const WgParams& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
+                        int unit, int kv_unit, int r_begin, int tiles) {
+  const uint32_t chunk_bytes = kMat * (1 + um.use_window + um.use_linear);
+  const uint32_t q_bytes = kMat * (um.use_window + um.use_linear);
+  auto load_chunk = [&](int c) {
+    const int slot = slot_of(c);
+    const uint32_t use = use_of(c);
+    if (use > 0) mbar_wait(bar.chunk_empty + slot, (use - 1) & 1);
+    uint8_t* base = smem + slot * kSlotBytes;
+    uint64_t* full = bar.chunk_full + slot;
+    const int row = r_begin + c * kRows;
+    mbar_expect_bytes(full, chunk_bytes);
+    for (int half = 0; half < 2; ++half) {
+      if (um.use_window) tma_load_3d(base + half * kBlock, &p.k, half * 64, row, kv_unit, full);
+      tma_load_3d(base + kMat + half * kBlock, &p.v, half * 64, row, kv_unit, full);
+      if (um.use_linear) {
+        tma_load_3d(base + 2 * kMat + half * kBlock, &p.phi_k, half * 64, row, unit, full);
+      }
+    }
+  };
+  load_chunk(-1);
+  for (int t = 0; t < tiles; ++t) {
+    load_chunk(t);
+    if (t > 0) mbar_wait(bar.q_empty, (t - 1) & 1);
+    const int row = r_begin + t * kRows;
+    mbar_expect_bytes(bar.q_full, q_bytes);
+    for (int half = 0; half < 2; ++half) {
+      if (um.use_window) {
+        tma_load_3d(smem + kQOff + half * kBlock, &p.q, half * 64, row, unit, bar.q_full);
+      }
+      if (um.use_linear) {
+        tma_load_3d(smem + kPqOff + half * kBlock, &p.phi_q, half * 64, row, unit, bar.q_full);
+      }
+    }
+  }
+}
+
+// kWindow / kLinear: the branches of this unit, as template arguments so that every wgmma is
+// issued unconditionally within its instantiation (a conditional issue serialises them).
+template <bool kWindow, bool kLinear>
+__device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
+                        int unit, int r_begin, int r_end, int tiles) {
+  const Shape& s = p.s;
+  const int N = s.seq_len;
+  const int w = s.window;
+  const int ct = threadIdx.x - 128;
+  const int warp = ct / 32;
+  const int lane = ct % 32;
+  const int g8 = lane / 4;
+  const int t4 = lane % 4;
+  const float coef_w = p.coef_window[unit];
+  const float coef_l = p.coef_linear[unit];
+  const float scale_log2 = s.scale * 1.4426950408889634f;
+  const uint32_t sbase = shared_address(smem);
+  const uint32_t q_addr = sbase + kQOff, pq_addr = sbase + kPqOff;
+  bf16* yb = p.y + static_cast<size_t>(unit) * N * kD;
+  // The keys that are linear but not in the state lie in chunk t - 1 when lin_lag = 64 and in
+  // chunk t when lin_lag = 0 (the state warpgroup folds one chunk later or earlier).
+  const int lin_c = um.lin_lag > 0 ? 0 : 1;
+
+  for (int t = 0; t < tiles; ++t) {
+    const int t0 = r_begin + t * kRows;
+    const int kbase = t0 - kRows;  // first key of chunk t - 1
+    const int slots[2] = {slot_of(t - 1), slot_of(t)};
+    mbar_wait(bar.q_full, t & 1);
+    mbar_wait(bar.chunk_full + slots[0], use_of(t - 1) & 1);
+    mbar_wait(bar.chunk_full + slots[1], use_of(t) & 1);
+
+    // Accumulators are never written by ordinary instructions (the first k-step overwrites), so
+    // the wgmma groups run without serialising.
+    float sc[2][32], lin[32], o[64], zd[4];
+    wgmma_fence();
+    // Group 1: scores q k^T over both chunks, phi_q phi_k^T over the chunk with linear keys.
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const uint32_t slot = sbase + slots[c] * kSlotBytes;
+      if constexpr (kWindow) {
+#pragma unroll
+        for (int ks = 0; ks < kD / 16; ++ks)
+          wgmma_ss_n64<0, 0>(sc[c], k_major(q_addr, ks), k_major(slot, ks), ks > 0);
+      }
+    }
+    if constexpr (kLinear) {
+      const uint32_t slot = sbase + slots[lin_c] * kSlotBytes;
+#pragma unroll
+      for (int ks = 0; ks < kF / 16; ++ks)
+        wgmma_ss_n64<0, 0>(lin, k_major(pq_addr, ks), k_major(slot + 2 * kMat, ks), ks > 0);
+    }
+    wgmma_commit();
+    // Group 2: the state query c_l phi_q S and c_l phi_q . z (keys before s_lo; the state
+    // warpgroup publishes S and z times c_l).
+    if constexpr (kLinear) {
+      mbar_wait(bar.s_full, t & 1);
+#pragma unroll
+      for (int ks = 0; ks < kF / 16; ++ks) {
+        wgmma_ss_n128<0, 1>(o, k_major(pq_addr, ks), n_major(sbase + kSOff, ks, kSBlock), ks > 0);
+        wgmma_ss_n8<0, 0>(zd, k_major(pq_addr, ks),
+                          interleaved_desc(sbase + kZOff + ks * 256, 128, 256), ks > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<1>();
+    } else {
+      wgmma_wait<0>();
+    }
+
+    const int ia = t0 + warp * 16 + g8, ib = ia + 8;
+    float m_a = 0.f, m_b = 0.f, wsum_a = 0.f, wsum_b = 0.f, lsum_a = 0.f, lsum_b = 0.f;
+    int am_a = -1, am_b = -1;
+    if constexpr (kWindow) {
+      float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+          const int j = kbase + c * 64 + (i / 4) * 8 + 2 * t4 + (i & 1);
+          const int row = (i & 2) ? ib : ia;
+          const float v = sc[c][i] * scale_log2;
+          sc[c][i] = v;
+          const bool in = j <= row && j > row - w && j >= 0;
+          if (i & 2) {
+            if (in && v > mx_b) {
+              mx_b = v;
+              am_b = j;
+            }
+          } else if (in && v > mx_a) {
+            mx_a = v;
+            am_a = j;
+          }
+        }
+      }
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        const float oa = __shfl_xor_sync(kFullMask, mx_a, off);
+        const int ja = __shfl_xor_sync(kFullMask, am_a, off);
+        if (oa > mx_a || (oa == mx_a && ja >= 0 && (am_a < 0 || ja < am_a))) {
+          mx_a = oa;
+          am_a = ja;
+        }
+        const float ob = __shfl_xor_sync(kFullMask, mx_b, off);
+        const int jb = __shfl_xor_sync(kFullMask, am_b, off);
+        if (ob > mx_b || (ob == mx_b && jb >= 0 && (am_b < 0 || jb < am_b))) {
+          mx_b = ob;
+          am_b = jb;
+        }
+      }
+      m_a = mx_a == -INFINITY ? 0.f : mx_a;
+      m_b = mx_b == -INFINITY ? 0.f : mx_b;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+          const int j = kbase + c * 64 + (i / 4) * 8 + 2 * t4 + (i & 1);
+          const int row = (i & 2) ? ib : ia;
+          const bool in = j <= row && j > row - w && j >= 0;
+          const float ex = in ? fast_exp2(sc[c][i] - ((i & 2) ? m_b : m_a)) : 0.f;
+          if (i & 2)
+            wsum_b += ex;
+          else
+            wsum_a += ex;
+          sc[c][i] = coef_w * ex;
+        }
+      }
+    }
+    if constexpr (!kWindow) {
+#pragma unroll
+      for (int i = 0; i < 32; ++i)
+        sc[0][i] = sc[1][i] = 0.f;
+    }
+    if constexpr (kLinear) {
+      // Linear keys outside the state: [s_lo, row - lin_lag].
+      const int s_lo = t == 0 ? r_begin - um.state_lag : kbase + kRows * lin_c;
+      auto add_linear = [&](float(&pc)[32], int j0) {
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+          const int j = j0 + (i / 4) * 8 + 2 * t4 + (i & 1);
+          const int row = (i & 2) ? ib : ia;
+          const bool in = j >= s_lo && j >= 0 && j <= row - um.lin_lag;
+          const float pv = in ? lin[i] : 0.f;
+          if (i & 2)
+            lsum_b += pv;
+          else
+            lsum_a += pv;
+          pc[i] = fmaf(coef_l, pv, pc[i]);
+        }
+      };
+      if (lin_c == 0)
+        add_linear(sc[0], kbase);
+      else
+        add_linear(sc[1], kbase + kRows);
+    }
+    // P as the A fragments of P v: k-step kk of chunk c covers C tiles 2 kk and 2 kk + 1.
+    uint32_t pa[2][4][4];
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          pa[c][kk][r] = pack_bf16(sc[c][8 * kk + 2 * r], sc[c][8 * kk + 2 * r + 1]);
+      }
+    }
+    float z_a = 0.f, z_b = 0.f;
+    if constexpr (kLinear) {
+      wgmma_wait<0>();
+      mbar_arrive(bar.s_empty);
+      // Column 0 of phi_q z^T is in the lanes with t4 = 0.
+      z_a = __shfl_sync(kFullMask, zd[0], lane & ~3);
+      z_b = __shfl_sync(kFullMask, zd[2], lane & ~3);
+    }
+    mbar_arrive(bar.q_empty);
+
+    wgmma_fence();
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const uint32_t v_addr = sbase + slots[c] * kSlotBytes + kMat;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        wgmma_rs_n128<1>(o, pa[c][kk], n_major(v_addr, kk, kBlock), kLinear || c > 0 || kk > 0);
+      }
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    mbar_arrive(bar.chunk_empty + slots[0]);  // the last tile that reads chunk t - 1
+
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      wsum_a += __shfl_xor_sync(kFullMask, wsum_a, off);
+      wsum_b += __shfl_xor_sync(kFullMask, wsum_b, off);
+      lsum_a += __shfl_xor_sync(kFullMask, lsum_a, off);
+      lsum_b += __shfl_xor_sync(kFullMask, lsum_b, off);
+    }
+    float den_a, den_b;
+    if constexpr (!kWindow) {
+      den_a = coef_l * lsum_a + z_a + s.eps;
+      den_b = coef_l * lsum_b + z_b + s.eps;
+    } else if constexpr (!kLinear) {
+      den_a = coef_w * wsum_a;
+      den_b = coef_w * wsum_b;
+    } else {
+      den_a = coef_w * wsum_a + coef_l * lsum_a + z_a;
+      den_b = coef_w * wsum_b + coef_l * lsum_b + z_b;
+    }
+    const float inv_a = 1.f / den_a, inv_b = 1.f / den_b;
+    bf16* ya = yb + static_cast<size_t>(ia) * kD + 2 * t4;
+    bf16* yb8 = yb + static_cast<size_t>(ib) * kD + 2 * t4;
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      if (ia < r_end) {
+        *reinterpret_cast<uint32_t*>(ya + n * 8) =
+            pack_bf16(o[4 * n] * inv_a, o[4 * n + 1] * inv_a);
+      }
+      if (ib < r_end) {
+        *reinterpret_cast<uint32_t*>(yb8 + n * 8) =
+            pack_bf16(o[4 * n + 2] * inv_b, o[4 * n + 3] * inv_b);
+      }
+    }
+    if (t4 == 0) {
+      const float ln2 = 0.6931471805599453f;
+      if (ia < r_end) {
+        const size_t ri = static_cast<size_t>(unit) * N + ia;
+        p.row_max[ri] = kWindow ? m_a * ln2 : 0.f;
+        p.row_denom[ri] = den_a;
+        p.row_argmax[ri] = kWindow ? am_a : -1;
+      }
+      if (ib < r_end) {
+        const size_t ri = static_cast<size_t>(unit) * N + ib;
+        p.row_max[ri] = kWindow ? m_b * ln2 : 0.f;
+        p.row_denom[ri] = den_b;
+        p.row_argmax[ri] = kWindow ? am_b : -1;
+      }
+    }
+  }
+}
+
+__device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
+                           const Barriers& bar, int r_begin, int tiles) {
+  const int st = threadIdx.x - 256;
+  const int warp = st / 32;
+  const int lane = st % 32;
+  const int g8 = lane / 4;
+  const int t4 = lane % 4;
+  const uint32_t sbase = shared_address(smem);
+  // acc[h] is the m64n128 accumulator of S rows [64 h, 64 h + 64); this thread holds rows
+  // f = 64 h + 16 warp + g8 (+ 8) and z partial sums zp[h][0 / 1] of the same rows.
+  float acc[2][64], zp[2][2];
+  const float* start =
+      p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (kF * kD + kF) : nullptr;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int fa = 64 * h + 16 * warp + g8;
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      float2 va = make_float2(0.f, 0.f), vb = va;
+      if (start != nullptr) {
+        va = *reinterpret_cast<const float2*>(start + fa * kD + 8 * n + 2 * t4);
+        vb = *reinterpret_cast<const float2*>(start + (fa + 8) * kD + 8 * n + 2 * t4);
+      }
+      acc[h][4 * n] = va.x;
+      acc[h][4 * n + 1] = va.y;
+      acc[h][4 * n + 2] = vb.x;
+      acc[h][4 * n + 3] = vb.y;
+    }
+    const bool first = start != nullptr && t4 == 0;
+    zp[h][0] = first ? start[kF * kD + fa] : 0.f;
+    zp[h][1] = first ? start[kF * kD + fa + 8] : 0.f;
+  }
+
+  // c_l S (bf16, N-major) and c_l z (row 0 of the z operand) for the next query.
+  const float coef_l = p.coef_linear[blockIdx.x / p.segments];
+  auto publish = [&]() {
+    // Store addresses from an opaque base: hoisted out of the tile loop they would hold
+    // registers that S needs.
+    uint32_t base = sbase + kSOff + (16 * warp + g8) * 128 + 4 * t4;
+    asm volatile("" : "+r"(base));
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int n = 0; n < kD / 8; ++n) {
+        // Rows f and f + 8 of the 64-column block n / 8, chunk n % 8 swizzled by f % 8 = g8.
+        const uint32_t at = base + h * 64 * 128 + (n / 8) * kSBlock + (((n % 8) ^ g8) * 16);
+        st_shared_u32(at, pack_bf16(coef_l * acc[h][4 * n], coef_l * acc[h][4 * n + 1]));
+        st_shared_u32(at + 8 * 128,
+                      pack_bf16(coef_l * acc[h][4 * n + 2], coef_l * acc[h][4 * n + 3]));
+      }
+      const int fa = 64 * h + 16 * warp + g8;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float z = zp[h][r];
+        z += __shfl_xor_sync(kFullMask, z, 1);
+        z += __shfl_xor_sync(kFullMask, z, 2);
+        const int f = fa + 8 * r;
+        if (t4 == 0) {
+          *reinterpret_cast<bf16*>(smem + kZOff + (f / 8) * 128 + (f % 8) * 2) =
+              __float2bfloat16_rn(coef_l * z);
+        }
+      }
+    }
+    fence_async_shared();
+    mbar_arrive(bar.s_full);
+  };
+
+  // Tile t + 1's query needs the keys before t0 (lin_lag = 64: chunk t - 1 folded) or before
+  // t0 + 64 (lin_lag = 0: chunk t folded). In the second case chunk -1 is never folded.
+  const int lag_chunks = um.lin_lag > 0 ? 1 : 0;
+  if (lag_chunks == 0) mbar_arrive(bar.chunk_empty + slot_of(-1));
+  publish();
+  for (int t = 0; t < tiles; ++t) {
+    const int c = t - lag_chunks;
+    const int slot = slot_of(c);
+    mbar_wait(bar.chunk_full + slot, use_of(c) & 1);
+    const bool needed = t + 1 < tiles;
+    const int kbase = r_begin + c * kRows;
+    // The first fold takes the keys of chunk -1 that the start state does not hold.
+    const int lo = c < 0 ? max(r_begin - um.state_lag, 0) : kbase;
+    if (needed && lo < kbase + kRows) {
+      const uint8_t* pk = smem + slot * kSlotBytes + 2 * kMat;
+      uint32_t a[4][2][4];  // A = phi_k^T: k-step kk (16 keys), row half h
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int key = 16 * kk + (lane % 8) + (lane / 16) * 8;
+          const int f = 64 * h + 16 * warp + ((lane / 8) % 2) * 8;
+          ldsm_x4_t(a[kk][h], reinterpret_cast<const bf16*>(pk + swizzled_offset(key, f, kBlock)));
+          if (lo > kbase) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+              const int j = kbase + 16 * kk + 2 * t4 + (r / 2) * 8;
+              const uint32_t keep = (j >= lo ? 0xFFFFu : 0u) | (j + 1 >= lo ? 0xFFFF0000u : 0u);
+              a[kk][h][r] &= keep;
+            }
+          }
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const float2 x = unpack_bf16(a[kk][h][r]);
+            zp[h][r % 2] += x.x + x.y;
+          }
+        }
+      }
+      const uint32_t v_addr = sbase + slot * kSlotBytes + kMat;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          wgmma_rs_n128<1>(acc[h], a[kk][h], n_major(v_addr, kk, kBlock), true);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+    }
+    mbar_arrive(bar.chunk_empty + slot);
+    if (needed) {
+      mbar_wait(bar.s_empty, t & 1);
+      publish();
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kWgThreads, 1)
+    forward_wg_kernel(const __grid_constant__ WgParams p) {
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kBarOff);
+  const Barriers bar{bars,
+                     bars + kSlots,
+                     bars + 2 * kSlots,
+                     bars + 2 * kSlots + 1,
+                     bars + 2 * kSlots + 2,
+                     bars + 2 * kSlots + 3};
+
+  const Shape& s = p.s;
+  const int unit = blockIdx.x / p.segments;
+  const int seg = blockIdx.x - unit * p.segments;
+  const int h = unit % s.q_heads;
+  const int b = unit / s.q_heads;
+  const int kv_unit = b * s.kv_heads + h / (s.q_heads / s.kv_heads);
+  const UnitMode um = unit_mode(s, p.window_drop, unit);
+  const int r_begin = seg * p.segment_len;
+  const int r_end = min(s.seq_len, r_begin + p.segment_len);
+  const int tiles = (r_end - r_begin + kRows - 1) / kRows;
+
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kSlots; ++i) {
+      mbar_init(bar.chunk_full + i, 1);
+      // The state warpgroup only takes part when there is a linear branch.
+      mbar_init(bar.chunk_empty + i, um.use_linear ? 256 : 128);
+    }
+    mbar_init(bar.q_full, 1);
+    mbar_init(bar.q_empty, 128);
+    mbar_init(bar.s_full, 128);
+    mbar_init(bar.s_empty, 128);
+    mbar_init_fence();
+  }
+  // Rows 1-7 of the z operand stay zero.
+  for (int i = threadIdx.x; i < kZBytes / 16; i += kWgThreads)
+    reinterpret_cast<uint4*>(smem + kZOff)[i] = make_uint4(0, 0, 0, 0);
+  fence_async_shared();
+  __syncthreads();
+
+  const int group = threadIdx.x / 128;
+  if (group == 0) {
+    regs_shrink<24>();
+    if (threadIdx.x == 0) produce(p, um, smem, bar, unit, kv_unit, r_begin, tiles);
+  } else if (group == 1) {
+    regs_grow<248>();
+    if (!um.use_linear)
+      consume<true, false>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+    else if (!um.use_window)
+      consume<false, true>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+    else
+      consume<true, true>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+  } else {
+    regs_grow<224>();
+    if (um.use_linear) keep_state(p, um, smem, bar, r_begin, tiles);
+  }
+}
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiled encode_tiled() {
+  static const EncodeTiled fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      return static_cast<EncodeTiled>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiled>(f);
+  }();
+  return fn;
+}
+
+// A [units, rows, 128] bf16 tensor as 64 x 64 boxes, 128-byte swizzled.
+bool make_map(CUtensorMap* map, const void* base, int rows, int units) {
+  if (base == nullptr) return true;  // a branch the launch does not use
+  const cuuint64_t dims[3] = {128, static_cast<cuuint64_t>(rows), static_cast<cuuint64_t>(units)};
+  const cuuint64_t strides[2] = {128 * sizeof(bf16), static_cast<cuuint64_t>(rows) * 128 * 2};
+  const cuuint32_t box[3] = {64, kRows, 1};
+  const cuuint32_t unit_strides[3] = {1, 1, 1};
+  return encode_tiled()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims,
+                        strides, box, unit_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+}  // namespace
+
+bool forward_wg_takes(const Shape& s, const SegmentPlan& plan) {
+  if (s.head_dim != kD || s.features != kF || s.window > kRows) return false;
+  // The unfolded linear keys must lie in one chunk: lin_lag is 0 or 64 (see consume).
+  const bool non_overlap_hybrid = s.mode == static_cast<int>(KernelMode::kHybrid) && !s.overlap;
+  if (non_overlap_hybrid && s.window != kRows) return false;
+  if (plan.segments > 1 && plan.length % kRows != 0) return false;
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    return false;
+  }
+  return major == 9 && max_dynamic_smem() >= kSmemBytes && encode_tiled() != nullptr;
+}
+
+cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t stream) {
+  WgParams p{};
+  const int units = s.batch * s.q_heads, kv_units = s.batch * s.kv_heads;
+  const bool linear = s.mode != static_cast<int>(KernelMode::kWindowOnly) || a.window_drop;
+  if (!make_map(&p.q, a.q, s.seq_len, units) || !make_map(&p.k, a.k, s.seq_len, kv_units) ||
+      !make_map(&p.v, a.v, s.seq_len, kv_units) ||
+      !make_map(&p.phi_q, linear ? a.phi_q : nullptr, s.seq_len, units) ||
+      !make_map(&p.phi_k, linear ? a.phi_k : nullptr, s.seq_len, units)) {
+    return cudaErrorInvalidValue;
+  }
+  p.s = s;
+  p.coef_window = a.coef_window;
+  p.coef_linear = a.coef_linear;
+  p.window_drop = a.window_drop;
+  p.y = static_cast<bf16*>(a.y);
+  p.row_max = a.row_max;
+  p.row_denom = a.row_denom;
+  p.row_argmax = a.row_argmax;
+  p.states = a.states;
+  p.segments = a.segments;
+  p.segment_len = a.segment_len;
+  cudaError_t err = cudaFuncSetAttribute(forward_wg_kernel,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  if (err != cudaSuccess) return err;
+  forward_wg_kernel<<<units * a.segments, kWgThreads, kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace hl::kernels::cuda::detail
