@@ -79,8 +79,10 @@ __device__ inline uint32_t swizzled_offset(int row, int col, int block) {
 struct Barriers {
   uint64_t* chunk_full;   // [kSlots] chunk landed
   uint64_t* chunk_empty;  // [kSlots] consumer and state are done with the chunk
-  uint64_t* q_full;
+  uint64_t* q_full;       // q of the tile
   uint64_t* q_empty;
+  uint64_t* pq_full;  // phi_q of the tile
+  uint64_t* pq_empty;
   uint64_t* s_full;   // S and z written for the next query
   uint64_t* s_empty;  // the query has read them
 };
@@ -97,7 +99,6 @@ __device__ inline uint32_t use_of(int c) {
 __device__ void produce(const WgParams& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
                         int unit, int kv_unit, int r_begin, int tiles) {
   const uint32_t chunk_bytes = kMat * (1 + um.use_window + um.use_linear);
-  const uint32_t q_bytes = kMat * (um.use_window + um.use_linear);
   auto load_chunk = [&](int c) {
     const int slot = slot_of(c);
     const uint32_t use = use_of(c);
@@ -117,16 +118,19 @@ __device__ void produce(const WgParams& p, const UnitMode& um, uint8_t* smem, co
   load_chunk(-1);
   for (int t = 0; t < tiles; ++t) {
     load_chunk(t);
-    if (t > 0) mbar_wait(bar.q_empty, (t - 1) & 1);
+    // q and phi_q are single buffers; the consumer frees each as soon as its products are done.
     const int row = r_begin + t * kRows;
-    mbar_expect_bytes(bar.q_full, q_bytes);
-    for (int half = 0; half < 2; ++half) {
-      if (um.use_window) {
+    if (um.use_window) {
+      if (t > 0) mbar_wait(bar.q_empty, (t - 1) & 1);
+      mbar_expect_bytes(bar.q_full, kMat);
+      for (int half = 0; half < 2; ++half)
         tma_load_3d(smem + kQOff + half * kBlock, &p.q, half * 64, row, unit, bar.q_full);
-      }
-      if (um.use_linear) {
-        tma_load_3d(smem + kPqOff + half * kBlock, &p.phi_q, half * 64, row, unit, bar.q_full);
-      }
+    }
+    if (um.use_linear) {
+      if (t > 0) mbar_wait(bar.pq_empty, (t - 1) & 1);
+      mbar_expect_bytes(bar.pq_full, kMat);
+      for (int half = 0; half < 2; ++half)
+        tma_load_3d(smem + kPqOff + half * kBlock, &p.phi_q, half * 64, row, unit, bar.pq_full);
     }
   }
 }
@@ -158,34 +162,33 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     const int t0 = r_begin + t * kRows;
     const int kbase = t0 - kRows;  // first key of chunk t - 1
     const int slots[2] = {slot_of(t - 1), slot_of(t)};
-    mbar_wait(bar.q_full, t & 1);
     mbar_wait(bar.chunk_full + slots[0], use_of(t - 1) & 1);
     mbar_wait(bar.chunk_full + slots[1], use_of(t) & 1);
 
     // Accumulators are never written by ordinary instructions (the first k-step overwrites), so
-    // the wgmma groups run without serialising.
+    // the wgmma groups run without serialising. Groups complete in order: first the scores
+    // q k^T over both chunks (q is then free), then phi_q phi_k^T over the chunk with linear keys
+    // and the state query c_l phi_q S, c_l phi_q . z (the state warpgroup publishes S and z
+    // times c_l), after which phi_q and S are free.
     float sc[2][32], lin[32], o[64], zd[4];
     wgmma_fence();
-    // Group 1: scores q k^T over both chunks, phi_q phi_k^T over the chunk with linear keys.
+    if constexpr (kWindow) {
+      mbar_wait(bar.q_full, t & 1);
 #pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      const uint32_t slot = sbase + slots[c] * kSlotBytes;
-      if constexpr (kWindow) {
+      for (int c = 0; c < 2; ++c) {
+        const uint32_t slot = sbase + slots[c] * kSlotBytes;
 #pragma unroll
         for (int ks = 0; ks < kD / 16; ++ks)
           wgmma_ss_n64<0, 0>(sc[c], k_major(q_addr, ks), k_major(slot, ks), ks > 0);
       }
+      wgmma_commit();
     }
     if constexpr (kLinear) {
+      mbar_wait(bar.pq_full, t & 1);
       const uint32_t slot = sbase + slots[lin_c] * kSlotBytes;
 #pragma unroll
       for (int ks = 0; ks < kF / 16; ++ks)
         wgmma_ss_n64<0, 0>(lin, k_major(pq_addr, ks), k_major(slot + 2 * kMat, ks), ks > 0);
-    }
-    wgmma_commit();
-    // Group 2: the state query c_l phi_q S and c_l phi_q . z (keys before s_lo; the state
-    // warpgroup publishes S and z times c_l).
-    if constexpr (kLinear) {
       mbar_wait(bar.s_full, t & 1);
 #pragma unroll
       for (int ks = 0; ks < kF / 16; ++ks) {
@@ -194,9 +197,13 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
                           interleaved_desc(sbase + kZOff + ks * 256, 128, 256), ks > 0);
       }
       wgmma_commit();
-      wgmma_wait<1>();
-    } else {
-      wgmma_wait<0>();
+    }
+    if constexpr (kWindow) {
+      if constexpr (kLinear)
+        wgmma_wait<1>();
+      else
+        wgmma_wait<0>();
+      mbar_arrive(bar.q_empty);
     }
 
     const int ia = t0 + warp * 16 + g8, ib = ia + 8;
@@ -263,6 +270,9 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
         sc[0][i] = sc[1][i] = 0.f;
     }
     if constexpr (kLinear) {
+      wgmma_wait<0>();
+      mbar_arrive(bar.pq_empty);
+      mbar_arrive(bar.s_empty);
       // Linear keys outside the state: [s_lo, row - lin_lag].
       const int s_lo = t == 0 ? r_begin - um.state_lag : kbase + kRows * lin_c;
       auto add_linear = [&](float(&pc)[32], int j0) {
@@ -297,13 +307,10 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     }
     float z_a = 0.f, z_b = 0.f;
     if constexpr (kLinear) {
-      wgmma_wait<0>();
-      mbar_arrive(bar.s_empty);
       // Column 0 of phi_q z^T is in the lanes with t4 = 0.
       z_a = __shfl_sync(kFullMask, zd[0], lane & ~3);
       z_b = __shfl_sync(kFullMask, zd[2], lane & ~3);
     }
-    mbar_arrive(bar.q_empty);
 
     wgmma_fence();
 #pragma unroll
@@ -502,7 +509,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
                      bars + 2 * kSlots,
                      bars + 2 * kSlots + 1,
                      bars + 2 * kSlots + 2,
-                     bars + 2 * kSlots + 3};
+                     bars + 2 * kSlots + 3,
+                     bars + 2 * kSlots + 4,
+                     bars + 2 * kSlots + 5};
 
   const Shape& s = p.s;
   const int unit = blockIdx.x / p.segments;
@@ -523,6 +532,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     }
     mbar_init(bar.q_full, 1);
     mbar_init(bar.q_empty, 128);
+    mbar_init(bar.pq_full, 1);
+    mbar_init(bar.pq_empty, 128);
     mbar_init(bar.s_full, 128);
     mbar_init(bar.s_empty, 128);
     mbar_init_fence();
