@@ -73,6 +73,36 @@ __device__ inline void tma_load_3d(void* dst, const CUtensorMap* map, int c0, in
       : "memory");
 }
 
+/// Box at (c0, c1, c2) of a 3-d tensor map from shared memory to global memory (rows outside
+/// the tensor are dropped); part of this thread's bulk group.
+__device__ inline void tma_store_3d(const CUtensorMap* map, const void* src, int c0, int c1,
+                                    int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(shared_address(src)), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
+__device__ inline void bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+
+/// Waits until this thread's committed bulk stores have read their shared memory.
+__device__ inline void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+
+/// Waits until this thread's committed bulk stores are complete.
+__device__ inline void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+
+/// Barrier `id` (1-15) over `threads` threads, e.g. one warpgroup.
+__device__ inline void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 /// Orders this thread's generic shared-memory writes before later async-proxy (wgmma) reads.
 __device__ inline void fence_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");

@@ -48,12 +48,11 @@ constexpr int kSmemBytes = kBarOff + 16 * 8 + 1024;  // + slack to align the bas
 constexpr int kWgThreads = 384;
 
 struct WgParams {
-  CUtensorMap q, k, v, phi_q, phi_k;  // (column, row, unit), boxes of 64 x 64
+  CUtensorMap q, k, v, phi_q, phi_k, y;  // (column, row, unit), boxes of 64 x 64
   Shape s;
   const float* coef_window;
   const float* coef_linear;
   const uint8_t* window_drop;
-  bf16* y;
   float* row_max;
   float* row_denom;
   int32_t* row_argmax;
@@ -153,7 +152,6 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
   const float scale_log2 = s.scale * 1.4426950408889634f;
   const uint32_t sbase = shared_address(smem);
   const uint32_t q_addr = sbase + kQOff, pq_addr = sbase + kPqOff;
-  bf16* yb = p.y + static_cast<size_t>(unit) * N * kD;
   // The keys that are linear but not in the state lie in chunk t - 1 when lin_lag = 64 and in
   // chunk t when lin_lag = 0 (the state warpgroup folds one chunk later or earlier).
   const int lin_c = um.lin_lag > 0 ? 0 : 1;
@@ -161,7 +159,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
   for (int t = 0; t < tiles; ++t) {
     const int t0 = r_begin + t * kRows;
     const int kbase = t0 - kRows;  // first key of chunk t - 1
-    const int slots[2] = {slot_of(t - 1), slot_of(t)};
+    const int slots[2] = {slot_of(t - 1), slot_of(t)};  // chunks t - 1 and t
     mbar_wait(bar.chunk_full + slots[0], use_of(t - 1) & 1);
     mbar_wait(bar.chunk_full + slots[1], use_of(t) & 1);
 
@@ -185,7 +183,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     }
     if constexpr (kLinear) {
       mbar_wait(bar.pq_full, t & 1);
-      const uint32_t slot = sbase + slots[lin_c] * kSlotBytes;
+      const uint32_t slot = sbase + (lin_c == 0 ? slots[0] : slots[1]) * kSlotBytes;
 #pragma unroll
       for (int ks = 0; ks < kF / 16; ++ks)
         wgmma_ss_n64<0, 0>(lin, k_major(pq_addr, ks), k_major(slot + 2 * kMat, ks), ks > 0);
@@ -323,7 +321,6 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     }
     wgmma_commit();
     wgmma_wait<0>();
-    mbar_arrive(bar.chunk_empty + slots[0]);  // the last tile that reads chunk t - 1
 
 #pragma unroll
     for (int off = 1; off <= 2; off <<= 1) {
@@ -344,17 +341,27 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
       den_b = coef_w * wsum_b + coef_l * lsum_b + z_b;
     }
     const float inv_a = 1.f / den_a, inv_b = 1.f / den_b;
-    bf16* ya = yb + static_cast<size_t>(ia) * kD + 2 * t4;
-    bf16* yb8 = yb + static_cast<size_t>(ib) * kD + 2 * t4;
+    // y goes out through shared memory and one TMA store: the keys of chunk t - 1 (free since
+    // this tile's scores) hold it in the swizzled layout of the y tensor map. Segments are whole
+    // tiles, so the box never reaches into another block's rows; rows past N are dropped.
+    {
+      // Rows ra and ra + 8 (ra % 8 = g8), chunk n % 8 of column block n / 8, swizzled by g8.
+      uint32_t row_base = sbase + slots[0] * kSlotBytes + (warp * 16 + g8) * 128 + 4 * t4;
+      asm volatile("" : "+r"(row_base));  // rebuilt per tile, not hoisted into registers
 #pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      if (ia < r_end) {
-        *reinterpret_cast<uint32_t*>(ya + n * 8) =
-            pack_bf16(o[4 * n] * inv_a, o[4 * n + 1] * inv_a);
+      for (int n = 0; n < kD / 8; ++n) {
+        const uint32_t at = row_base + (n / 8) * kBlock + (((n % 8) ^ g8) * 16);
+        st_shared_u32(at, pack_bf16(o[4 * n] * inv_a, o[4 * n + 1] * inv_a));
+        st_shared_u32(at + 8 * 128, pack_bf16(o[4 * n + 2] * inv_b, o[4 * n + 3] * inv_b));
       }
-      if (ib < r_end) {
-        *reinterpret_cast<uint32_t*>(yb8 + n * 8) =
-            pack_bf16(o[4 * n + 2] * inv_b, o[4 * n + 3] * inv_b);
+      fence_async_shared();
+      named_barrier(1, 128);
+      if (ct == 0) {
+        tma_store_3d(&p.y, smem + slots[0] * kSlotBytes, 0, t0, unit);
+        tma_store_3d(&p.y, smem + slots[0] * kSlotBytes + kBlock, 64, t0, unit);
+        bulk_commit();
+        bulk_wait_read();
+        mbar_arrive(bar.chunk_empty + slots[0]);  // the last tile that reads chunk t - 1
       }
     }
     if (t4 == 0) {
@@ -373,6 +380,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
       }
     }
   }
+  if (ct == 0) bulk_wait();  // the last y stores are complete before the block ends
 }
 
 __device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
@@ -527,8 +535,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   if (threadIdx.x == 0) {
     for (int i = 0; i < kSlots; ++i) {
       mbar_init(bar.chunk_full + i, 1);
-      // The state warpgroup only takes part when there is a linear branch.
-      mbar_init(bar.chunk_empty + i, um.use_linear ? 256 : 128);
+      // One consumer thread (after its y store has read the chunk's key block) and, when there
+      // is a linear branch, every thread of the state warpgroup.
+      mbar_init(bar.chunk_empty + i, um.use_linear ? 129 : 1);
     }
     mbar_init(bar.q_full, 1);
     mbar_init(bar.q_empty, 128);
@@ -549,7 +558,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     regs_shrink<24>();
     if (threadIdx.x == 0) produce(p, um, smem, bar, unit, kv_unit, r_begin, tiles);
   } else if (group == 1) {
-    regs_grow<248>();
+    regs_grow<256>();
     if (!um.use_linear)
       consume<true, false>(p, um, smem, bar, unit, r_begin, r_end, tiles);
     else if (!um.use_window)
@@ -557,7 +566,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     else
       consume<true, true>(p, um, smem, bar, unit, r_begin, r_end, tiles);
   } else {
-    regs_grow<224>();
+    regs_grow<216>();
     if (um.use_linear) keep_state(p, um, smem, bar, r_begin, tiles);
   }
 }
@@ -615,7 +624,7 @@ cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t 
   const int units = s.batch * s.q_heads, kv_units = s.batch * s.kv_heads;
   const bool linear = s.mode != static_cast<int>(KernelMode::kWindowOnly) || a.window_drop;
   if (!make_map(&p.q, a.q, s.seq_len, units) || !make_map(&p.k, a.k, s.seq_len, kv_units) ||
-      !make_map(&p.v, a.v, s.seq_len, kv_units) ||
+      !make_map(&p.v, a.v, s.seq_len, kv_units) || !make_map(&p.y, a.y, s.seq_len, units) ||
       !make_map(&p.phi_q, linear ? a.phi_q : nullptr, s.seq_len, units) ||
       !make_map(&p.phi_k, linear ? a.phi_k : nullptr, s.seq_len, units)) {
     return cudaErrorInvalidValue;
@@ -624,7 +633,6 @@ cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t 
   p.coef_window = a.coef_window;
   p.coef_linear = a.coef_linear;
   p.window_drop = a.window_drop;
-  p.y = static_cast<bf16*>(a.y);
   p.row_max = a.row_max;
   p.row_denom = a.row_denom;
   p.row_argmax = a.row_argmax;
