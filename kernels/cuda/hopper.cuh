@@ -238,4 +238,49 @@ __device__ inline void wgmma_rs_n128(float (&d)[64], const uint32_t (&a)[4], uin
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate ? 1 : 0), "n"(TB));
 }
 
+/// D[64 x 64] = A[64 x 16] B[16 x 64] (+ D when accumulate) with A in registers (each warp's 16
+/// rows as an m16n8k16 A fragment) and B in shared memory; TB: B is N-major.
+template <int TB>
+__device__ inline void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b,
+                                    bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, "
+      "%9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, "
+      "%27, %28, %29, %30, %31}, {%32, %33, %34, "
+      "%35}, %36, p, 1, 1, %38;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate ? 1 : 0), "n"(TB));
+}
+
+/// wgmma_ss_n<N> with N = 8, 64 or 128 (accumulator of N / 2 registers).
+template <int N, int TA, int TB>
+__device__ inline void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
+                                bool accumulate) {
+  if constexpr (N == 8) {
+    wgmma_ss_n8<TA, TB>(d, desc_a, desc_b, accumulate);
+  } else if constexpr (N == 64) {
+    wgmma_ss_n64<TA, TB>(d, desc_a, desc_b, accumulate);
+  } else {
+    static_assert(N == 128, "wgmma_ss: N is 8, 64 or 128");
+    wgmma_ss_n128<TA, TB>(d, desc_a, desc_b, accumulate);
+  }
+}
+
+/// wgmma_rs_n<N> with N = 64 or 128.
+template <int N, int TB>
+__device__ inline void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b,
+                                bool accumulate) {
+  if constexpr (N == 64) {
+    wgmma_rs_n64<TB>(d, a, desc_b, accumulate);
+  } else {
+    static_assert(N == 128, "wgmma_rs: N is 64 or 128");
+    wgmma_rs_n128<TB>(d, a, desc_b, accumulate);
+  }
+}
+
 }  // namespace hl::kernels::cuda::detail

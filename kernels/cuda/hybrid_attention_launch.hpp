@@ -79,8 +79,8 @@ struct ForwardArgs {
 int launch_forward(const ProblemShape& shape, const ForwardArgs& args, void* stream);
 
 /// Whether launch_forward takes the warp-specialised Hopper forward (TMA, wgmma) for this shape
-/// and split on the current device: bf16, D = F = 128, w = 64 (w <= 64 with overlap, linear-only
-/// or window-only), no branch statistics, an sm_90 GPU.
+/// and split on the current device: bf16, D and F of 64 or 128, w = 64 (w <= 64 with overlap,
+/// linear-only or window-only), no branch statistics, an sm_90 GPU.
 bool forward_uses_hopper_kernel(const ProblemShape& shape, const SegmentPlan& plan);
 
 /// Backward pass: dq, dk, dv, dphi_q, dphi_k and per-row terms of dc_w, dc_l.

@@ -35,7 +35,8 @@ bool forward_tc_fits(const Shape& s);
 cudaError_t run_forward_tc(const Shape& s, const TcForwardArgs& a, cudaStream_t stream);
 
 /// Whether the warp-specialised Hopper forward (hybrid_forward_wg.cu) takes this shape and split:
-/// D = F = 128, w <= 64, segments of whole 64-row tiles, an sm_90 device.
+/// D and F of 64 or 128, w = 64 (w <= 64 unless non-overlap hybrid), segments of whole 64-row
+/// tiles, an sm_90 device.
 bool forward_wg_takes(const Shape& s, const SegmentPlan& plan);
 
 /// The Hopper forward (bf16, no branch statistics); same arguments as run_forward_tc.

@@ -1,7 +1,7 @@
 // Warp-specialised bf16 forward of hybrid attention for Hopper (DESIGN §1): TMA loads, wgmma,
-// the linear state in fp32 registers. Takes D = F = 128 with w = 64 (non-overlap hybrid) or
-// w <= 64 (overlap, linear-only, window-only); other shapes keep the mma.sync forward
-// (hybrid_forward_tc.cu).
+// the linear state in fp32 registers. Takes D and F of 64 or 128 with w = 64 (non-overlap
+// hybrid) or w <= 64 (overlap, linear-only, window-only); other shapes keep the mma.sync
+// forward (hybrid_forward_tc.cu).
 //
 // A block of three warpgroups owns one segment of one (batch, q head) unit and walks it in
 // 64-row tiles. Tile t (rows [t0, t0 + 64)) sees the keys of chunk t - 1 and chunk t (64 keys
@@ -30,21 +30,26 @@
 namespace hl::kernels::cuda::detail {
 namespace {
 
-constexpr int kD = 128;
-constexpr int kF = 128;
-constexpr int kRows = 64;             // rows of a tile, keys of a chunk
-constexpr int kBlock = kRows * 128;   // one 64 x 64 bf16 column block (8 KB)
-constexpr int kMat = 2 * kBlock;      // a 64 x 128 tile as two column blocks
-constexpr int kSlots = 3;             // chunk ring: two in use, one landing
-constexpr int kSlotBytes = 3 * kMat;  // k, v, phi_k of one chunk
-constexpr int kQOff = kSlots * kSlotBytes;
-constexpr int kPqOff = kQOff + kMat;
-constexpr int kSOff = kPqOff + kMat;  // S in bf16, N-major: [2 column blocks][F rows][64]
-constexpr int kSBlock = kF * 128;
-constexpr int kZOff = kSOff + 2 * kSBlock;  // z as row 0 of an 8 x F K-major operand
-constexpr int kZBytes = kF * 16;
-constexpr int kBarOff = kZOff + kZBytes;
-constexpr int kSmemBytes = kBarOff + 16 * 8 + 1024;  // + slack to align the base to 1024
+constexpr int kRows = 64;            // rows of a tile, keys of a chunk
+constexpr int kBlock = kRows * 128;  // one 64 x 64 bf16 column block (8 KB)
+constexpr int kSlots = 3;            // chunk ring: two in use, one landing
+
+// Shared memory of one block for head dim D and F features (offsets from a 1024-byte aligned
+// base). A 64-row tile of width W is W / 64 column blocks.
+template <int D, int F>
+struct Layout {
+  static constexpr int kVOff = D / 64 * kBlock;  // in a slot: k, then v, then phi_k
+  static constexpr int kPkOff = kVOff + D / 64 * kBlock;
+  static constexpr int kSlotBytes = kPkOff + F / 64 * kBlock;
+  static constexpr int kQOff = kSlots * kSlotBytes;
+  static constexpr int kPqOff = kQOff + D / 64 * kBlock;
+  static constexpr int kSOff = kPqOff + F / 64 * kBlock;  // S in bf16, N-major: [D / 64][F][64]
+  static constexpr int kSBlock = F * 128;
+  static constexpr int kZOff = kSOff + D / 64 * kSBlock;  // z: row 0 of an 8 x F K-major operand
+  static constexpr int kZBytes = F * 16;
+  static constexpr int kBarOff = kZOff + kZBytes;
+  static constexpr int kSmemBytes = kBarOff + 16 * 8 + 1024;  // + slack to align the base
+};
 constexpr int kWgThreads = 384;
 
 struct WgParams {
@@ -95,23 +100,27 @@ __device__ inline uint32_t use_of(int c) {
   return static_cast<uint32_t>((c + 1) / kSlots);
 }
 
+template <int D, int F>
 __device__ void produce(const WgParams& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
                         int unit, int kv_unit, int r_begin, int tiles) {
-  const uint32_t chunk_bytes = kMat * (1 + um.use_window + um.use_linear);
+  using L = Layout<D, F>;
+  const uint32_t chunk_bytes =
+      kBlock * ((1 + um.use_window) * (D / 64) + (um.use_linear ? F / 64 : 0));
   auto load_chunk = [&](int c) {
     const int slot = slot_of(c);
     const uint32_t use = use_of(c);
     if (use > 0) mbar_wait(bar.chunk_empty + slot, (use - 1) & 1);
-    uint8_t* base = smem + slot * kSlotBytes;
+    uint8_t* base = smem + slot * L::kSlotBytes;
     uint64_t* full = bar.chunk_full + slot;
     const int row = r_begin + c * kRows;
     mbar_expect_bytes(full, chunk_bytes);
-    for (int half = 0; half < 2; ++half) {
-      if (um.use_window) tma_load_3d(base + half * kBlock, &p.k, half * 64, row, kv_unit, full);
-      tma_load_3d(base + kMat + half * kBlock, &p.v, half * 64, row, kv_unit, full);
-      if (um.use_linear) {
-        tma_load_3d(base + 2 * kMat + half * kBlock, &p.phi_k, half * 64, row, unit, full);
-      }
+    for (int b = 0; b < D / 64; ++b) {
+      if (um.use_window) tma_load_3d(base + b * kBlock, &p.k, b * 64, row, kv_unit, full);
+      tma_load_3d(base + L::kVOff + b * kBlock, &p.v, b * 64, row, kv_unit, full);
+    }
+    if (um.use_linear) {
+      for (int b = 0; b < F / 64; ++b)
+        tma_load_3d(base + L::kPkOff + b * kBlock, &p.phi_k, b * 64, row, unit, full);
     }
   };
   load_chunk(-1);
@@ -121,22 +130,22 @@ __device__ void produce(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     const int row = r_begin + t * kRows;
     if (um.use_window) {
       if (t > 0) mbar_wait(bar.q_empty, (t - 1) & 1);
-      mbar_expect_bytes(bar.q_full, kMat);
-      for (int half = 0; half < 2; ++half)
-        tma_load_3d(smem + kQOff + half * kBlock, &p.q, half * 64, row, unit, bar.q_full);
+      mbar_expect_bytes(bar.q_full, D / 64 * kBlock);
+      for (int b = 0; b < D / 64; ++b)
+        tma_load_3d(smem + L::kQOff + b * kBlock, &p.q, b * 64, row, unit, bar.q_full);
     }
     if (um.use_linear) {
       if (t > 0) mbar_wait(bar.pq_empty, (t - 1) & 1);
-      mbar_expect_bytes(bar.pq_full, kMat);
-      for (int half = 0; half < 2; ++half)
-        tma_load_3d(smem + kPqOff + half * kBlock, &p.phi_q, half * 64, row, unit, bar.pq_full);
+      mbar_expect_bytes(bar.pq_full, F / 64 * kBlock);
+      for (int b = 0; b < F / 64; ++b)
+        tma_load_3d(smem + L::kPqOff + b * kBlock, &p.phi_q, b * 64, row, unit, bar.pq_full);
     }
   }
 }
 
 // kWindow / kLinear: the branches of this unit, as template arguments so that every wgmma is
 // issued unconditionally within its instantiation (a conditional issue serialises them).
-template <bool kWindow, bool kLinear>
+template <int D, int F, bool kWindow, bool kLinear>
 __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
                         int unit, int r_begin, int r_end, int tiles) {
   const Shape& s = p.s;
@@ -151,14 +160,15 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
   const float coef_l = p.coef_linear[unit];
   const float scale_log2 = s.scale * 1.4426950408889634f;
   const uint32_t sbase = shared_address(smem);
-  const uint32_t q_addr = sbase + kQOff, pq_addr = sbase + kPqOff;
+  using L = Layout<D, F>;
+  const uint32_t q_addr = sbase + L::kQOff, pq_addr = sbase + L::kPqOff;
   // The keys that are linear but not in the state lie in chunk t - 1 when lin_lag = 64 and in
   // chunk t when lin_lag = 0 (the state warpgroup folds one chunk later or earlier).
   const int lin_c = um.lin_lag > 0 ? 0 : 1;
 
   for (int t = 0; t < tiles; ++t) {
     const int t0 = r_begin + t * kRows;
-    const int kbase = t0 - kRows;  // first key of chunk t - 1
+    const int kbase = t0 - kRows;                       // first key of chunk t - 1
     const int slots[2] = {slot_of(t - 1), slot_of(t)};  // chunks t - 1 and t
     mbar_wait(bar.chunk_full + slots[0], use_of(t - 1) & 1);
     mbar_wait(bar.chunk_full + slots[1], use_of(t) & 1);
@@ -168,31 +178,32 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     // q k^T over both chunks (q is then free), then phi_q phi_k^T over the chunk with linear keys
     // and the state query c_l phi_q S, c_l phi_q . z (the state warpgroup publishes S and z
     // times c_l), after which phi_q and S are free.
-    float sc[2][32], lin[32], o[64], zd[4];
+    float sc[2][32], lin[32], o[D / 2], zd[4];
     wgmma_fence();
     if constexpr (kWindow) {
       mbar_wait(bar.q_full, t & 1);
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
-        const uint32_t slot = sbase + slots[c] * kSlotBytes;
+        const uint32_t slot = sbase + slots[c] * L::kSlotBytes;
 #pragma unroll
-        for (int ks = 0; ks < kD / 16; ++ks)
+        for (int ks = 0; ks < D / 16; ++ks)
           wgmma_ss_n64<0, 0>(sc[c], k_major(q_addr, ks), k_major(slot, ks), ks > 0);
       }
       wgmma_commit();
     }
     if constexpr (kLinear) {
       mbar_wait(bar.pq_full, t & 1);
-      const uint32_t slot = sbase + (lin_c == 0 ? slots[0] : slots[1]) * kSlotBytes;
+      const uint32_t slot = sbase + (lin_c == 0 ? slots[0] : slots[1]) * L::kSlotBytes;
 #pragma unroll
-      for (int ks = 0; ks < kF / 16; ++ks)
-        wgmma_ss_n64<0, 0>(lin, k_major(pq_addr, ks), k_major(slot + 2 * kMat, ks), ks > 0);
+      for (int ks = 0; ks < F / 16; ++ks)
+        wgmma_ss_n64<0, 0>(lin, k_major(pq_addr, ks), k_major(slot + L::kPkOff, ks), ks > 0);
       mbar_wait(bar.s_full, t & 1);
 #pragma unroll
-      for (int ks = 0; ks < kF / 16; ++ks) {
-        wgmma_ss_n128<0, 1>(o, k_major(pq_addr, ks), n_major(sbase + kSOff, ks, kSBlock), ks > 0);
+      for (int ks = 0; ks < F / 16; ++ks) {
+        wgmma_ss<D, 0, 1>(o, k_major(pq_addr, ks), n_major(sbase + L::kSOff, ks, L::kSBlock),
+                          ks > 0);
         wgmma_ss_n8<0, 0>(zd, k_major(pq_addr, ks),
-                          interleaved_desc(sbase + kZOff + ks * 256, 128, 256), ks > 0);
+                          interleaved_desc(sbase + L::kZOff + ks * 256, 128, 256), ks > 0);
       }
       wgmma_commit();
     }
@@ -313,10 +324,10 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     wgmma_fence();
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
-      const uint32_t v_addr = sbase + slots[c] * kSlotBytes + kMat;
+      const uint32_t v_addr = sbase + slots[c] * L::kSlotBytes + L::kVOff;
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        wgmma_rs_n128<1>(o, pa[c][kk], n_major(v_addr, kk, kBlock), kLinear || c > 0 || kk > 0);
+        wgmma_rs<D, 1>(o, pa[c][kk], n_major(v_addr, kk, kBlock), kLinear || c > 0 || kk > 0);
       }
     }
     wgmma_commit();
@@ -346,10 +357,10 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     // tiles, so the box never reaches into another block's rows; rows past N are dropped.
     {
       // Rows ra and ra + 8 (ra % 8 = g8), chunk n % 8 of column block n / 8, swizzled by g8.
-      uint32_t row_base = sbase + slots[0] * kSlotBytes + (warp * 16 + g8) * 128 + 4 * t4;
+      uint32_t row_base = sbase + slots[0] * L::kSlotBytes + (warp * 16 + g8) * 128 + 4 * t4;
       asm volatile("" : "+r"(row_base));  // rebuilt per tile, not hoisted into registers
 #pragma unroll
-      for (int n = 0; n < kD / 8; ++n) {
+      for (int n = 0; n < D / 8; ++n) {
         const uint32_t at = row_base + (n / 8) * kBlock + (((n % 8) ^ g8) * 16);
         st_shared_u32(at, pack_bf16(o[4 * n] * inv_a, o[4 * n + 1] * inv_a));
         st_shared_u32(at + 8 * 128, pack_bf16(o[4 * n + 2] * inv_b, o[4 * n + 3] * inv_b));
@@ -357,8 +368,8 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
       fence_async_shared();
       named_barrier(1, 128);
       if (ct == 0) {
-        tma_store_3d(&p.y, smem + slots[0] * kSlotBytes, 0, t0, unit);
-        tma_store_3d(&p.y, smem + slots[0] * kSlotBytes + kBlock, 64, t0, unit);
+        for (int b = 0; b < D / 64; ++b)
+          tma_store_3d(&p.y, smem + slots[0] * L::kSlotBytes + b * kBlock, b * 64, t0, unit);
         bulk_commit();
         bulk_wait_read();
         mbar_arrive(bar.chunk_empty + slots[0]);  // the last tile that reads chunk t - 1
@@ -383,28 +394,31 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
   if (ct == 0) bulk_wait();  // the last y stores are complete before the block ends
 }
 
+template <int D, int F>
 __device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
                            const Barriers& bar, int r_begin, int tiles) {
+  using L = Layout<D, F>;
+  constexpr int H = F / 64;  // 64-row halves of S
   const int st = threadIdx.x - 256;
   const int warp = st / 32;
   const int lane = st % 32;
   const int g8 = lane / 4;
   const int t4 = lane % 4;
   const uint32_t sbase = shared_address(smem);
-  // acc[h] is the m64n128 accumulator of S rows [64 h, 64 h + 64); this thread holds rows
+  // acc[h] is the m64nD accumulator of S rows [64 h, 64 h + 64); this thread holds rows
   // f = 64 h + 16 warp + g8 (+ 8) and z partial sums zp[h][0 / 1] of the same rows.
-  float acc[2][64], zp[2][2];
+  float acc[H][D / 2], zp[H][2];
   const float* start =
-      p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (kF * kD + kF) : nullptr;
+      p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (F * D + F) : nullptr;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
+  for (int h = 0; h < H; ++h) {
     const int fa = 64 * h + 16 * warp + g8;
 #pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
+    for (int n = 0; n < D / 8; ++n) {
       float2 va = make_float2(0.f, 0.f), vb = va;
       if (start != nullptr) {
-        va = *reinterpret_cast<const float2*>(start + fa * kD + 8 * n + 2 * t4);
-        vb = *reinterpret_cast<const float2*>(start + (fa + 8) * kD + 8 * n + 2 * t4);
+        va = *reinterpret_cast<const float2*>(start + fa * D + 8 * n + 2 * t4);
+        vb = *reinterpret_cast<const float2*>(start + (fa + 8) * D + 8 * n + 2 * t4);
       }
       acc[h][4 * n] = va.x;
       acc[h][4 * n + 1] = va.y;
@@ -412,8 +426,8 @@ __device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
       acc[h][4 * n + 3] = vb.y;
     }
     const bool first = start != nullptr && t4 == 0;
-    zp[h][0] = first ? start[kF * kD + fa] : 0.f;
-    zp[h][1] = first ? start[kF * kD + fa + 8] : 0.f;
+    zp[h][0] = first ? start[F * D + fa] : 0.f;
+    zp[h][1] = first ? start[F * D + fa + 8] : 0.f;
   }
 
   // c_l S (bf16, N-major) and c_l z (row 0 of the z operand) for the next query.
@@ -421,14 +435,14 @@ __device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
   auto publish = [&]() {
     // Store addresses from an opaque base: hoisted out of the tile loop they would hold
     // registers that S needs.
-    uint32_t base = sbase + kSOff + (16 * warp + g8) * 128 + 4 * t4;
+    uint32_t base = sbase + L::kSOff + (16 * warp + g8) * 128 + 4 * t4;
     asm volatile("" : "+r"(base));
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < H; ++h) {
 #pragma unroll
-      for (int n = 0; n < kD / 8; ++n) {
+      for (int n = 0; n < D / 8; ++n) {
         // Rows f and f + 8 of the 64-column block n / 8, chunk n % 8 swizzled by f % 8 = g8.
-        const uint32_t at = base + h * 64 * 128 + (n / 8) * kSBlock + (((n % 8) ^ g8) * 16);
+        const uint32_t at = base + h * 64 * 128 + (n / 8) * L::kSBlock + (((n % 8) ^ g8) * 16);
         st_shared_u32(at, pack_bf16(coef_l * acc[h][4 * n], coef_l * acc[h][4 * n + 1]));
         st_shared_u32(at + 8 * 128,
                       pack_bf16(coef_l * acc[h][4 * n + 2], coef_l * acc[h][4 * n + 3]));
@@ -441,7 +455,7 @@ __device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
         z += __shfl_xor_sync(kFullMask, z, 2);
         const int f = fa + 8 * r;
         if (t4 == 0) {
-          *reinterpret_cast<bf16*>(smem + kZOff + (f / 8) * 128 + (f % 8) * 2) =
+          *reinterpret_cast<bf16*>(smem + L::kZOff + (f / 8) * 128 + (f % 8) * 2) =
               __float2bfloat16_rn(coef_l * z);
         }
       }
@@ -464,12 +478,12 @@ __device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
     // The first fold takes the keys of chunk -1 that the start state does not hold.
     const int lo = c < 0 ? max(r_begin - um.state_lag, 0) : kbase;
     if (needed && lo < kbase + kRows) {
-      const uint8_t* pk = smem + slot * kSlotBytes + 2 * kMat;
-      uint32_t a[4][2][4];  // A = phi_k^T: k-step kk (16 keys), row half h
+      const uint8_t* pk = smem + slot * L::kSlotBytes + L::kPkOff;
+      uint32_t a[4][H][4];  // A = phi_k^T: k-step kk (16 keys), row half h
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
+        for (int h = 0; h < H; ++h) {
           const int key = 16 * kk + (lane % 8) + (lane / 16) * 8;
           const int f = 64 * h + 16 * warp + ((lane / 8) % 2) * 8;
           ldsm_x4_t(a[kk][h], reinterpret_cast<const bf16*>(pk + swizzled_offset(key, f, kBlock)));
@@ -488,13 +502,13 @@ __device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
           }
         }
       }
-      const uint32_t v_addr = sbase + slot * kSlotBytes + kMat;
+      const uint32_t v_addr = sbase + slot * L::kSlotBytes + L::kVOff;
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
-          wgmma_rs_n128<1>(acc[h], a[kk][h], n_major(v_addr, kk, kBlock), true);
+        for (int h = 0; h < H; ++h)
+          wgmma_rs<D, 1>(acc[h], a[kk][h], n_major(v_addr, kk, kBlock), true);
       }
       wgmma_commit();
       wgmma_wait<0>();
@@ -507,11 +521,13 @@ __device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
   }
 }
 
+template <int D, int F>
 __global__ void __launch_bounds__(kWgThreads, 1)
     forward_wg_kernel(const __grid_constant__ WgParams p) {
+  using L = Layout<D, F>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kBarOff);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   const Barriers bar{bars,
                      bars + kSlots,
                      bars + 2 * kSlots,
@@ -548,26 +564,26 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     mbar_init_fence();
   }
   // Rows 1-7 of the z operand stay zero.
-  for (int i = threadIdx.x; i < kZBytes / 16; i += kWgThreads)
-    reinterpret_cast<uint4*>(smem + kZOff)[i] = make_uint4(0, 0, 0, 0);
+  for (int i = threadIdx.x; i < L::kZBytes / 16; i += kWgThreads)
+    reinterpret_cast<uint4*>(smem + L::kZOff)[i] = make_uint4(0, 0, 0, 0);
   fence_async_shared();
   __syncthreads();
 
   const int group = threadIdx.x / 128;
   if (group == 0) {
     regs_shrink<24>();
-    if (threadIdx.x == 0) produce(p, um, smem, bar, unit, kv_unit, r_begin, tiles);
+    if (threadIdx.x == 0) produce<D, F>(p, um, smem, bar, unit, kv_unit, r_begin, tiles);
   } else if (group == 1) {
     regs_grow<256>();
     if (!um.use_linear)
-      consume<true, false>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+      consume<D, F, true, false>(p, um, smem, bar, unit, r_begin, r_end, tiles);
     else if (!um.use_window)
-      consume<false, true>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+      consume<D, F, false, true>(p, um, smem, bar, unit, r_begin, r_end, tiles);
     else
-      consume<true, true>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+      consume<D, F, true, true>(p, um, smem, bar, unit, r_begin, r_end, tiles);
   } else {
     regs_grow<216>();
-    if (um.use_linear) keep_state(p, um, smem, bar, r_begin, tiles);
+    if (um.use_linear) keep_state<D, F>(p, um, smem, bar, r_begin, tiles);
   }
 }
 
@@ -590,11 +606,13 @@ EncodeTiled encode_tiled() {
   return fn;
 }
 
-// A [units, rows, 128] bf16 tensor as 64 x 64 boxes, 128-byte swizzled.
-bool make_map(CUtensorMap* map, const void* base, int rows, int units) {
+// A [units, rows, cols] bf16 tensor as 64 x 64 boxes, 128-byte swizzled.
+bool make_map(CUtensorMap* map, const void* base, int cols, int rows, int units) {
   if (base == nullptr) return true;  // a branch the launch does not use
-  const cuuint64_t dims[3] = {128, static_cast<cuuint64_t>(rows), static_cast<cuuint64_t>(units)};
-  const cuuint64_t strides[2] = {128 * sizeof(bf16), static_cast<cuuint64_t>(rows) * 128 * 2};
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows),
+                              static_cast<cuuint64_t>(units)};
+  const cuuint64_t strides[2] = {cols * sizeof(bf16),
+                                 static_cast<cuuint64_t>(rows) * cols * sizeof(bf16)};
   const cuuint32_t box[3] = {64, kRows, 1};
   const cuuint32_t unit_strides[3] = {1, 1, 1};
   return encode_tiled()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims,
@@ -603,10 +621,22 @@ bool make_map(CUtensorMap* map, const void* base, int rows, int units) {
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+template <int D, int F>
+cudaError_t launch_wg(const WgParams& p, int blocks, cudaStream_t stream) {
+  constexpr int smem = Layout<D, F>::kSmemBytes;
+  cudaError_t err = cudaFuncSetAttribute(forward_wg_kernel<D, F>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  forward_wg_kernel<D, F><<<blocks, kWgThreads, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 bool forward_wg_takes(const Shape& s, const SegmentPlan& plan) {
-  if (s.head_dim != kD || s.features != kF || s.window > kRows) return false;
+  const bool sizes = (s.head_dim == 64 || s.head_dim == 128) &&
+                     (s.features == 64 || s.features == 128) && s.window <= kRows;
+  if (!sizes) return false;
   // The unfolded linear keys must lie in one chunk: lin_lag is 0 or 64 (see consume).
   const bool non_overlap_hybrid = s.mode == static_cast<int>(KernelMode::kHybrid) && !s.overlap;
   if (non_overlap_hybrid && s.window != kRows) return false;
@@ -616,17 +646,19 @@ bool forward_wg_takes(const Shape& s, const SegmentPlan& plan) {
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
     return false;
   }
-  return major == 9 && max_dynamic_smem() >= kSmemBytes && encode_tiled() != nullptr;
+  return major == 9 && max_dynamic_smem() >= Layout<128, 128>::kSmemBytes &&
+         encode_tiled() != nullptr;
 }
 
 cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t stream) {
   WgParams p{};
   const int units = s.batch * s.q_heads, kv_units = s.batch * s.kv_heads;
+  const int D = s.head_dim, F = s.features, N = s.seq_len;
   const bool linear = s.mode != static_cast<int>(KernelMode::kWindowOnly) || a.window_drop;
-  if (!make_map(&p.q, a.q, s.seq_len, units) || !make_map(&p.k, a.k, s.seq_len, kv_units) ||
-      !make_map(&p.v, a.v, s.seq_len, kv_units) || !make_map(&p.y, a.y, s.seq_len, units) ||
-      !make_map(&p.phi_q, linear ? a.phi_q : nullptr, s.seq_len, units) ||
-      !make_map(&p.phi_k, linear ? a.phi_k : nullptr, s.seq_len, units)) {
+  if (!make_map(&p.q, a.q, D, N, units) || !make_map(&p.k, a.k, D, N, kv_units) ||
+      !make_map(&p.v, a.v, D, N, kv_units) || !make_map(&p.y, a.y, D, N, units) ||
+      !make_map(&p.phi_q, linear ? a.phi_q : nullptr, F, N, units) ||
+      !make_map(&p.phi_k, linear ? a.phi_k : nullptr, F, N, units)) {
     return cudaErrorInvalidValue;
   }
   p.s = s;
@@ -639,11 +671,11 @@ cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t 
   p.states = a.states;
   p.segments = a.segments;
   p.segment_len = a.segment_len;
-  cudaError_t err = cudaFuncSetAttribute(forward_wg_kernel,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-  if (err != cudaSuccess) return err;
-  forward_wg_kernel<<<units * a.segments, kWgThreads, kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  const int blocks = units * a.segments;
+  if (D == 64) {
+    return F == 64 ? launch_wg<64, 64>(p, blocks, stream) : launch_wg<64, 128>(p, blocks, stream);
+  }
+  return F == 64 ? launch_wg<128, 64>(p, blocks, stream) : launch_wg<128, 128>(p, blocks, stream);
 }
 
 }  // namespace hl::kernels::cuda::detail

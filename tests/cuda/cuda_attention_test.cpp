@@ -376,9 +376,9 @@ TEST(CudaAttention, FrozenQkvGradients) {
   check_forward_backward(c, 19, via_inputs, /*qkv_grads=*/false);
 }
 
-// Shapes the warp-specialised Hopper forward takes (bf16, D = F = 128): overlap with SSD drops
-// and GQA, window-only with a short window, linear-only, a sequence shorter than the window,
-// and the benchmark shape split into segments; on an sm_90 GPU the dispatch must pick it.
+// Shapes the warp-specialised Hopper forward takes (bf16, D and F of 64 or 128): overlap with SSD
+// drops and GQA, window-only with a short window, linear-only, a sequence shorter than the
+// window, the benchmark shape split into segments; on an sm_90 GPU the dispatch must pick it.
 TEST(CudaAttention, HopperForwardBf16) {
   HL_REQUIRE_GPU();
   const auto* props = at::cuda::getCurrentDeviceProperties();
@@ -428,6 +428,20 @@ TEST(CudaAttention, HopperForwardBf16) {
   check(c, 84);
   c.w = 48;  // non-overlap hybrid with w < 64 stays on the mma.sync forward
   EXPECT_FALSE(takes(c));
+  // Head dim and features of 64 (one column block) in each combination.
+  c = bf16_head_case(300);
+  c.D = 64;
+  c.F = 64;
+  c.drop = true;
+  check(c, 85);
+  c = bf16_head_case(257);
+  c.D = 64;
+  c.overlap = true;
+  check(c, 86);
+  c = bf16_head_case(190);
+  c.F = 64;
+  c.mode = hk::AttentionMode::linear_only;
+  check(c, 87);
 }
 
 // The softmax teacher on CUDA tensors goes to PyTorch's fused attention through the dispatch;
