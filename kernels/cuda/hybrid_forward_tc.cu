@@ -682,6 +682,12 @@ cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm, con
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
                               int range_end, bool all_units, bool skip_last, cudaStream_t stream) {
+  if (state_pass_wg_takes(s)) {
+    const cudaError_t err =
+        run_state_pass_wg(s, a, bm, row_denom, row_weight, bm_per_kv, window_drop, out, plan,
+                          fixed_lag, lag_sign, range_end, all_units, skip_last, stream);
+    if (err != cudaErrorNotSupported) return err;
+  }
   TcStateParams sp{s,
                    static_cast<const bf16*>(a),
                    static_cast<const bf16*>(bm),

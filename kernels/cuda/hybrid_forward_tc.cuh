@@ -42,6 +42,17 @@ bool forward_wg_takes(const Shape& s, const SegmentPlan& plan);
 /// The Hopper forward (bf16, no branch statistics); same arguments as run_forward_tc.
 cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t stream);
 
+/// Whether the Hopper chunk-state pass (hybrid_forward_wg.cu) takes this shape: D and F of 64
+/// or 128 on an sm_90 device. run_state_pass_tc hands such shapes to it.
+bool state_pass_wg_takes(const Shape& s);
+
+/// run_state_pass_tc on Hopper: TMA loads and wgmma, one block per segment;
+/// cudaErrorNotSupported when a TMA descriptor cannot describe the inputs.
+cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, const float* row_denom,
+                              const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
+                              float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
+                              int range_end, bool all_units, bool skip_last, cudaStream_t stream);
+
 /// run_state_pass for bf16 on the tensor cores (row_weight is run_state_pass's row_delta and is
 /// required when row_denom is given); `skip_last` leaves the last segment's sum unwritten (an
 /// exclusive prefix scan never reads it).

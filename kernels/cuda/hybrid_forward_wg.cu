@@ -587,6 +587,187 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   }
 }
 
+// ---- chunk-state pass -----------------------------------------------------------------------
+//
+// One block per (unit, segment): S = sum_r a_r b_r^T and z = sum_r a_r over the segment's rows
+// (DESIGN's running state, as run_state_pass_tc). The producer streams 64-row chunks of a (phi)
+// and b (v or dy) through a ring of kSpStages slots; F / 64 consumer warpgroups each own 64 rows
+// of S in wgmma accumulators and fold every chunk as the forward's state warpgroup does (a^T from
+// ldmatrix.trans as the register operand). kScaled: a_r is divided by row_denom[r] and z sums
+// a_r row_weight[r] / row_denom[r] (the backward's U and u); two warps of the producer
+// warpgroup copy the two factors of each chunk into the stage beside the TMA loads.
+
+constexpr int kSpStages = 4;
+
+template <int D, int F>
+struct SpLayout {
+  static constexpr int kBOff = F / 64 * kBlock;  // in a stage: a, then b, then the factors
+  static constexpr int kFactorOff = kBOff + D / 64 * kBlock;
+  static constexpr int kStageBytes = (kFactorOff + 2 * 256 + 1023) / 1024 * 1024;
+  static constexpr int kBarOff = kSpStages * kStageBytes;
+  static constexpr int kSmemBytes = kBarOff + 2 * kSpStages * 8 + 1024;
+};
+
+struct SpParams {
+  CUtensorMap a, b;    // as the forward's maps
+  const float* denom;  // kScaled: [units, N]
+  const float* weight;
+  Shape s;
+  const uint8_t* window_drop;
+  float* out;  // [units * segments, F * D + F]
+  int segments, segment_len, fixed_lag, lag_sign, range_end;
+  bool b_per_kv, all_units, skip_last;
+};
+
+template <int D, int F, bool kScaled>
+__global__ void __launch_bounds__(128 * (1 + F / 64), 1)
+    state_pass_wg_kernel(const __grid_constant__ SpParams p) {
+  using L = SpLayout<D, F>;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
+  uint64_t* empty = full + kSpStages;
+
+  const Shape& s = p.s;
+  const int N = s.seq_len;
+  const int unit = blockIdx.x / p.segments;
+  const int seg = blockIdx.x - unit * p.segments;
+  if (p.skip_last && seg == p.segments - 1) return;
+  const UnitMode um = unit_mode(s, p.window_drop, unit);
+  if (!p.all_units && !um.use_linear) return;
+  const int b_unit =
+      p.b_per_kv ? (unit / s.q_heads) * s.kv_heads + (unit % s.q_heads) / (s.q_heads / s.kv_heads)
+                 : unit;
+  const int lag = p.fixed_lag >= 0 ? p.fixed_lag : um.state_lag;
+  const int shift = p.lag_sign * lag;
+  const int begin = max(0, seg * p.segment_len + shift);
+  const int end =
+      seg == p.segments - 1 ? p.range_end : min(p.range_end, (seg + 1) * p.segment_len + shift);
+  const int chunks = end > begin ? (end - begin + kRows - 1) / kRows : 0;
+
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kSpStages; ++i) {
+      mbar_init(full + i, kScaled ? 1 + kRows : 1);  // + the factor copies
+      mbar_init(empty + i, F / 64 * 128);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  const int group = threadIdx.x / 128;
+  if (group == 0) {
+    if (kScaled && threadIdx.x >= 64) {
+      // Warps 2-3: row r of each chunk's denom and weight factors (plain loads).
+      const int r = threadIdx.x - 64;
+      const float* denom = p.denom + static_cast<size_t>(unit) * N;
+      const float* weight = p.weight + static_cast<size_t>(unit) * N;
+      for (int c = 0; c < chunks; ++c) {
+        const int stage = c % kSpStages;
+        const uint32_t use = c / kSpStages;
+        const int row = begin + c * kRows + r;
+        const float d = row < N ? denom[row] : 0.f;
+        const float w = row < N ? weight[row] : 0.f;
+        if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
+        float* fac = reinterpret_cast<float*>(smem + stage * L::kStageBytes + L::kFactorOff);
+        fac[r] = d;
+        fac[kRows + r] = w;
+        mbar_arrive(full + stage);
+      }
+      return;
+    }
+    if (threadIdx.x != 0) return;
+    constexpr uint32_t bytes = (F / 64 + D / 64) * kBlock;
+    for (int c = 0; c < chunks; ++c) {
+      const int stage = c % kSpStages;
+      const uint32_t use = c / kSpStages;
+      if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
+      uint8_t* base = smem + stage * L::kStageBytes;
+      const int row = begin + c * kRows;
+      mbar_expect_bytes(full + stage, bytes);
+      for (int b = 0; b < F / 64; ++b)
+        tma_load_3d(base + b * kBlock, &p.a, b * 64, row, unit, full + stage);
+      for (int b = 0; b < D / 64; ++b)
+        tma_load_3d(base + L::kBOff + b * kBlock, &p.b, b * 64, row, b_unit, full + stage);
+    }
+    return;
+  }
+
+  const int h = group - 1;  // rows [64 h, 64 h + 64) of S
+  const int ct = threadIdx.x - 128 * group;
+  const int warp = ct / 32;
+  const int lane = ct % 32;
+  const int g8 = lane / 4;
+  const int t4 = lane % 4;
+  const uint32_t sbase = shared_address(smem);
+  float acc[D / 2], zp[2] = {0.f, 0.f};
+  for (int c = 0; c < chunks; ++c) {
+    const int stage = c % kSpStages;
+    mbar_wait(full + stage, (c / kSpStages) & 1);
+    const uint8_t* base = smem + stage * L::kStageBytes;
+    const int row0 = begin + c * kRows;
+    uint32_t a[4][4];  // a^T: k-step kk (16 rows)
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const int key = 16 * kk + (lane % 8) + (lane / 16) * 8;
+      const int f = 64 * h + 16 * warp + ((lane / 8) % 2) * 8;
+      ldsm_x4_t(a[kk], reinterpret_cast<const bf16*>(base + swizzled_offset(key, f, kBlock)));
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        // Elements (row j, f) and (row j + 1, f) of this register; rows past `end` drop out.
+        const int jl = 16 * kk + 2 * t4 + (r / 2) * 8;
+        const int j = row0 + jl;
+        float2 x = unpack_bf16(a[kk][r]);
+        float w0 = 1.f, w1 = 1.f;
+        if constexpr (kScaled) {
+          const float* fac = reinterpret_cast<const float*>(base + L::kFactorOff);
+          const float d0 = fac[jl], d1 = fac[jl + 1];
+          const float i0 = j < end && d0 != 0.f ? fast_rcp(d0) : 0.f;
+          const float i1 = j + 1 < end && d1 != 0.f ? fast_rcp(d1) : 0.f;
+          x.x *= i0;
+          x.y *= i1;
+          w0 = fac[64 + jl];
+          w1 = fac[64 + jl + 1];
+          a[kk][r] = pack_bf16(x.x, x.y);
+        } else {
+          if (j >= end) x.x = 0.f;
+          if (j + 1 >= end) x.y = 0.f;
+          if (j + 1 >= end) a[kk][r] = pack_bf16(x.x, x.y);
+        }
+        zp[r % 2] += x.x * w0 + x.y * w1;
+      }
+    }
+    const uint32_t b_addr = sbase + stage * L::kStageBytes + L::kBOff;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs<D, 1>(acc, a[kk], n_major(b_addr, kk, kBlock), c > 0 || kk > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    mbar_arrive(empty + stage);
+  }
+  if (chunks == 0) {
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i)
+      acc[i] = 0.f;
+  }
+  float* out = p.out + static_cast<size_t>(blockIdx.x) * (F * D + F);
+  const int fa = 64 * h + 16 * warp + g8;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int col = 8 * n + 2 * t4;
+    *reinterpret_cast<float2*>(out + fa * D + col) = make_float2(acc[4 * n], acc[4 * n + 1]);
+    *reinterpret_cast<float2*>(out + (fa + 8) * D + col) =
+        make_float2(acc[4 * n + 2], acc[4 * n + 3]);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float z = zp[r];
+    z += __shfl_xor_sync(kFullMask, z, 1);
+    z += __shfl_xor_sync(kFullMask, z, 2);
+    if (t4 == 0) out[F * D + fa + 8 * r] = z;
+  }
+}
+
 using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
                                  const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
                                  const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
@@ -621,6 +802,17 @@ bool make_map(CUtensorMap* map, const void* base, int cols, int rows, int units)
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// An sm_90 GPU with the shared memory of the largest layout and the TMA descriptor encoder.
+bool hopper_device() {
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    return false;
+  }
+  return major == 9 && max_dynamic_smem() >= Layout<128, 128>::kSmemBytes &&
+         encode_tiled() != nullptr;
+}
+
 template <int D, int F>
 cudaError_t launch_wg(const WgParams& p, int blocks, cudaStream_t stream) {
   constexpr int smem = Layout<D, F>::kSmemBytes;
@@ -631,7 +823,61 @@ cudaError_t launch_wg(const WgParams& p, int blocks, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+template <int D, int F, bool kScaled>
+cudaError_t launch_state_pass(const SpParams& p, int blocks, cudaStream_t stream) {
+  constexpr int smem = SpLayout<D, F>::kSmemBytes;
+  auto kernel = state_pass_wg_kernel<D, F, kScaled>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  kernel<<<blocks, 128 * (1 + F / 64), smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <bool kScaled>
+cudaError_t launch_state_pass(const Shape& s, const SpParams& p, int blocks, cudaStream_t stream) {
+  if (s.head_dim == 64) {
+    return s.features == 64 ? launch_state_pass<64, 64, kScaled>(p, blocks, stream)
+                            : launch_state_pass<64, 128, kScaled>(p, blocks, stream);
+  }
+  return s.features == 64 ? launch_state_pass<128, 64, kScaled>(p, blocks, stream)
+                          : launch_state_pass<128, 128, kScaled>(p, blocks, stream);
+}
+
 }  // namespace
+
+bool state_pass_wg_takes(const Shape& s) {
+  return (s.head_dim == 64 || s.head_dim == 128) && (s.features == 64 || s.features == 128) &&
+         hopper_device();
+}
+
+cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, const float* row_denom,
+                              const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
+                              float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
+                              int range_end, bool all_units, bool skip_last, cudaStream_t stream) {
+  SpParams p{};
+  const int units = s.batch * s.q_heads, N = s.seq_len;
+  const bool scaled = row_denom != nullptr;
+  if (!make_map(&p.a, a, s.features, N, units) ||
+      !make_map(&p.b, bm, s.head_dim, N, bm_per_kv ? s.batch * s.kv_heads : units)) {
+    return cudaErrorNotSupported;  // the caller runs the mma.sync pass instead
+  }
+  p.denom = row_denom;
+  p.weight = row_weight;
+  p.s = s;
+  p.window_drop = window_drop;
+  p.out = out;
+  p.segments = plan.segments;
+  p.segment_len = plan.length;
+  p.fixed_lag = fixed_lag;
+  p.lag_sign = lag_sign;
+  p.range_end = range_end;
+  p.b_per_kv = bm_per_kv;
+  p.all_units = all_units;
+  p.skip_last = skip_last;
+  const int blocks = units * plan.segments;
+  return scaled ? launch_state_pass<true>(s, p, blocks, stream)
+                : launch_state_pass<false>(s, p, blocks, stream);
+}
 
 bool forward_wg_takes(const Shape& s, const SegmentPlan& plan) {
   const bool sizes = (s.head_dim == 64 || s.head_dim == 128) &&
@@ -641,13 +887,7 @@ bool forward_wg_takes(const Shape& s, const SegmentPlan& plan) {
   const bool non_overlap_hybrid = s.mode == static_cast<int>(KernelMode::kHybrid) && !s.overlap;
   if (non_overlap_hybrid && s.window != kRows) return false;
   if (plan.segments > 1 && plan.length % kRows != 0) return false;
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-    return false;
-  }
-  return major == 9 && max_dynamic_smem() >= Layout<128, 128>::kSmemBytes &&
-         encode_tiled() != nullptr;
+  return hopper_device();
 }
 
 cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t stream) {
