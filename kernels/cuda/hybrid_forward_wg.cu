@@ -16,6 +16,8 @@
 //   softmax into one weight matrix P held in registers, then y = (P v + c_l phi_q S) / den.
 // - state (warpgroup 2): S (F x D) and z in fp32 registers. While the consumer works on tile t
 //   it folds the next chunk into S, then writes c_l S (bf16) and c_l z for tile t + 1's query.
+// The chunk-state pass that gives each segment its start state (and the backward its reverse
+// state) runs on the same pattern at the end of this file.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
