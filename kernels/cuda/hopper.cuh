@@ -1,5 +1,6 @@
-// Hopper (sm_90a) building blocks (nvcc only): mbarriers, TMA tile loads, warpgroup matrix
-// multiply (wgmma) with shared-memory descriptors, register reallocation between warpgroups.
+// Hopper (sm_90a) building blocks (nvcc only): mbarriers, TMA tile loads and stores, warpgroup
+// matrix multiply (wgmma) with shared-memory descriptors, register reallocation between
+// warpgroups.
 //
 // Tiles in shared memory use the 128-byte swizzle that TMA writes and wgmma reads: a tile of
 // rows of 64 bf16 (128 bytes) at a 1024-byte aligned base keeps the 16-byte chunk c of row r
@@ -103,7 +104,8 @@ __device__ inline void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-/// Orders this thread's generic shared-memory writes before later async-proxy (wgmma) reads.
+/// Orders this thread's generic shared-memory writes before later async-proxy reads (wgmma
+/// operands, TMA stores).
 __device__ inline void fence_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
