@@ -456,7 +456,11 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
         a.q,           a.k, a.v,       a.phi_q,     a.phi_k,      a.coef_window,    a.coef_linear,
         a.window_drop, a.y, a.row_max, a.row_denom, a.row_argmax, a.segment_states, plan.segments,
         plan.length};
-    return static_cast<int>(hopper ? run_forward_wg(s, ta, stream) : run_forward_tc(s, ta, stream));
+    if (hopper) {
+      const cudaError_t err = run_forward_wg(s, ta, stream);
+      if (err != cudaErrorNotSupported) return static_cast<int>(err);
+    }
+    return static_cast<int>(run_forward_tc(s, ta, stream));
   }
   ForwardParams fp{s,
                    a.q,

@@ -39,7 +39,9 @@ cudaError_t run_forward_tc(const Shape& s, const TcForwardArgs& a, cudaStream_t 
 /// tiles, an sm_90 device.
 bool forward_wg_takes(const Shape& s, const SegmentPlan& plan);
 
-/// The Hopper forward (bf16, no branch statistics); same arguments as run_forward_tc.
+/// The Hopper forward (bf16, no branch statistics); same arguments as run_forward_tc;
+/// cudaErrorNotSupported when a TMA descriptor cannot describe the inputs (the caller then runs
+/// run_forward_tc).
 cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t stream);
 
 /// Whether the Hopper chunk-state pass (hybrid_forward_wg.cu) takes this shape: D and F of 64

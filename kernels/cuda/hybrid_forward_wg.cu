@@ -901,7 +901,7 @@ cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t 
       !make_map(&p.v, a.v, D, N, kv_units) || !make_map(&p.y, a.y, D, N, units) ||
       !make_map(&p.phi_q, linear ? a.phi_q : nullptr, F, N, units) ||
       !make_map(&p.phi_k, linear ? a.phi_k : nullptr, F, N, units)) {
-    return cudaErrorInvalidValue;
+    return cudaErrorNotSupported;  // e.g. a view not 16-byte aligned: the caller falls back
   }
   p.s = s;
   p.coef_window = a.coef_window;
