@@ -679,6 +679,20 @@ TEST(CudaAttention, DecodeMatchesParallelBf16) {
 
 // Small shapes for compute-sanitizer (scripts/gpu-kernels.sh runs memcheck and racecheck on
 // tests named Sanitizer*): every kernel, segment splits, GQA, bf16, a few decode steps.
+// The raw kernels' inputs for the sanitizer runs: fixed window factors, the case's drops.
+hc::RawInputs sanitizer_inputs(const Case& c, const Data& d) {
+  hc::RawInputs in;
+  in.q = d.q;
+  in.k = d.k;
+  in.v = d.v;
+  in.phi_q = d.phi_q;
+  in.phi_k = d.phi_k;
+  in.coef_window = torch::full({c.B, c.Hq}, 0.3, d.q.options().dtype(torch::kFloat));
+  in.coef_linear = torch::full({c.B, c.Hq}, 0.7, d.q.options().dtype(torch::kFloat));
+  in.window_drop = d.drop.to(torch::kUInt8);
+  return in;
+}
+
 TEST(CudaAttention, SanitizerSmall) {
   HL_REQUIRE_GPU();
   for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
@@ -691,15 +705,7 @@ TEST(CudaAttention, SanitizerSmall) {
     c.drop = true;
     c.dtype = dtype;
     const Data d = make_data(c, 50);
-    hc::RawInputs in;
-    in.q = d.q;
-    in.k = d.k;
-    in.v = d.v;
-    in.phi_q = d.phi_q;
-    in.phi_k = d.phi_k;
-    in.coef_window = torch::full({c.B, c.Hq}, 0.3, d.q.options().dtype(torch::kFloat));
-    in.coef_linear = torch::full({c.B, c.Hq}, 0.7, d.q.options().dtype(torch::kFloat));
-    in.window_drop = d.drop.to(torch::kUInt8);
+    const hc::RawInputs in = sanitizer_inputs(c, d);
     hc::RawOptions o;
     o.window = c.w;
     o.forward_segments = 2;
@@ -719,19 +725,10 @@ TEST(CudaAttention, SanitizerSmall) {
   c.Hkv = 1;
   c.drop = true;
   const Data d = make_data(c, 52);
-  hc::RawInputs in;
-  in.q = d.q;
-  in.k = d.k;
-  in.v = d.v;
-  in.phi_q = d.phi_q;
-  in.phi_k = d.phi_k;
-  in.coef_window = torch::full({c.B, c.Hq}, 0.3, d.q.options().dtype(torch::kFloat));
-  in.coef_linear = torch::full({c.B, c.Hq}, 0.7, d.q.options().dtype(torch::kFloat));
-  in.window_drop = d.drop.to(torch::kUInt8);
   hc::RawOptions o;
   o.window = c.w;
   o.forward_segments = 2;
-  const hc::RawForward f = hc::forward_raw(in, o);
+  const hc::RawForward f = hc::forward_raw(sanitizer_inputs(c, d), o);
   EXPECT_EQ(f.plan.segments, 2);
   EXPECT_TRUE(all_finite(f.y));
 }
