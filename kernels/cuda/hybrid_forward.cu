@@ -436,7 +436,7 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
   // statistics and shapes whose tiles do not fit in shared memory stay on the CUDA cores.
   const bool tensor_cores =
       shape.dtype == KernelDType::kBFloat16 && a.branch_stats == nullptr && forward_tc_fits(s);
-  const bool hopper = tensor_cores && forward_wg_takes(s, plan);
+  const bool hopper = a.branch_stats == nullptr && forward_uses_hopper_kernel(shape, plan);
   if (plan.segments > 1) {
     if (a.segment_states == nullptr) return static_cast<int>(cudaErrorInvalidValue);
     cudaError_t err =

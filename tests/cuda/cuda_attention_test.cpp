@@ -469,6 +469,20 @@ TEST(CudaAttention, SoftmaxThroughDispatch) {
   }
 }
 
+// The raw kernels' inputs: the data, its drops and the window factors c_w, c_l per (batch, head).
+hc::RawInputs raw_inputs(const Data& d, const Tensor& coef_window, const Tensor& coef_linear) {
+  hc::RawInputs in;
+  in.q = d.q;
+  in.k = d.k;
+  in.v = d.v;
+  in.phi_q = d.phi_q;
+  in.phi_k = d.phi_k;
+  in.coef_window = coef_window;
+  in.coef_linear = coef_linear;
+  in.window_drop = d.drop.to(torch::kUInt8);
+  return in;
+}
+
 // Forced segment splits must give the same function (the chunk-state passes and scans).
 TEST(CudaAttention, SegmentSplitsRawPoisoned) {
   HL_REQUIRE_GPU();
@@ -482,15 +496,8 @@ TEST(CudaAttention, SegmentSplitsRawPoisoned) {
     const Data d = make_data(c, 20 + segments);
     const Tensor g = torch::sigmoid(d.omega.to(torch::kFloat)).view({1, c.Hq}).expand({c.B, c.Hq});
     const Tensor dropped = d.drop.to(torch::kFloat);
-    hc::RawInputs in;
-    in.q = d.q;
-    in.k = d.k;
-    in.v = d.v;
-    in.phi_q = d.phi_q;
-    in.phi_k = d.phi_k;
-    in.coef_window = (g * (1 - dropped)).contiguous();
-    in.coef_linear = ((1 - g) * (1 - dropped) + dropped).contiguous();
-    in.window_drop = d.drop.to(torch::kUInt8);
+    const hc::RawInputs in = raw_inputs(d, (g * (1 - dropped)).contiguous(),
+                                        ((1 - g) * (1 - dropped) + dropped).contiguous());
     hc::RawOptions o;
     o.window = c.w;
     o.forward_segments = segments;
@@ -677,22 +684,14 @@ TEST(CudaAttention, DecodeMatchesParallelBf16) {
   check_decode(c, 130, 41, /*dispatch=*/true);
 }
 
-// Small shapes for compute-sanitizer (scripts/gpu-kernels.sh runs memcheck and racecheck on
-// tests named Sanitizer*): every kernel, segment splits, GQA, bf16, a few decode steps.
-// The raw kernels' inputs for the sanitizer runs: fixed window factors, the case's drops.
-hc::RawInputs sanitizer_inputs(const Case& c, const Data& d) {
-  hc::RawInputs in;
-  in.q = d.q;
-  in.k = d.k;
-  in.v = d.v;
-  in.phi_q = d.phi_q;
-  in.phi_k = d.phi_k;
-  in.coef_window = torch::full({c.B, c.Hq}, 0.3, d.q.options().dtype(torch::kFloat));
-  in.coef_linear = torch::full({c.B, c.Hq}, 0.7, d.q.options().dtype(torch::kFloat));
-  in.window_drop = d.drop.to(torch::kUInt8);
-  return in;
+// The raw kernels' inputs for fixed window factors c_w = 0.3, c_l = 0.7.
+hc::RawInputs fixed_factor_inputs(const Case& c, const Data& d) {
+  const auto f32 = d.q.options().dtype(torch::kFloat);
+  return raw_inputs(d, torch::full({c.B, c.Hq}, 0.3, f32), torch::full({c.B, c.Hq}, 0.7, f32));
 }
 
+// Small shapes for compute-sanitizer (scripts/gpu-kernels.sh runs memcheck and racecheck on
+// tests named Sanitizer*): every kernel, segment splits, GQA, bf16, a few decode steps.
 TEST(CudaAttention, SanitizerSmall) {
   HL_REQUIRE_GPU();
   for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
@@ -705,7 +704,7 @@ TEST(CudaAttention, SanitizerSmall) {
     c.drop = true;
     c.dtype = dtype;
     const Data d = make_data(c, 50);
-    const hc::RawInputs in = sanitizer_inputs(c, d);
+    const hc::RawInputs in = fixed_factor_inputs(c, d);
     hc::RawOptions o;
     o.window = c.w;
     o.forward_segments = 2;
@@ -728,7 +727,7 @@ TEST(CudaAttention, SanitizerSmall) {
   hc::RawOptions o;
   o.window = c.w;
   o.forward_segments = 2;
-  const hc::RawForward f = hc::forward_raw(sanitizer_inputs(c, d), o);
+  const hc::RawForward f = hc::forward_raw(fixed_factor_inputs(c, d), o);
   EXPECT_EQ(f.plan.segments, 2);
   EXPECT_TRUE(all_finite(f.y));
 }
