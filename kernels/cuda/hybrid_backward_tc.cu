@@ -893,7 +893,15 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
                      nullptr, nullptr, false, stream);
       if (err != cudaSuccess) return err;
     }
-    err = d64 ? launch_linear_f<64>(p, false, stream) : launch_linear_f<128>(p, false, stream);
+    err = cudaErrorNotSupported;
+    if (linear_key_wg_takes(s, key_plan)) {  // WORK IN PROGRESS: not yet run on a GPU
+      const LinearKeyArgs la{
+          a.v,         a.phi_k,     a.phi_q,          a.dy,     a.coef_linear, a.window_drop,
+          a.row_denom, a.row_delta, a.reverse_states, key_plan, a.dphi_k,      p.dv_linear};
+      err = run_linear_key_wg(s, la, stream);
+    }
+    if (err == cudaErrorNotSupported)
+      err = d64 ? launch_linear_f<64>(p, false, stream) : launch_linear_f<128>(p, false, stream);
     if (err != cudaSuccess) return err;
   }
   if (!a.key_grads) return cudaSuccess;  // the window key kernel only makes dk and dv

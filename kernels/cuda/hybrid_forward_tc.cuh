@@ -55,6 +55,30 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
                               int range_end, bool all_units, bool skip_last, cudaStream_t stream);
 
+/// Inputs of the backward's linear key pass on Hopper (see hybrid_backward_tc.cu for the terms).
+struct LinearKeyArgs {
+  const void* v;
+  const void* phi_k;
+  const void* phi_q;
+  const void* dy;
+  const float* coef_linear;
+  const uint8_t* window_drop;
+  const float* row_denom;
+  const float* row_delta;
+  const float* rev_states;
+  SegmentPlan key_plan;
+  void* dphi_k;
+  float* dv_linear;
+};
+
+/// Whether the Hopper linear key kernel (WORK IN PROGRESS, not yet run on a GPU) takes this
+/// shape: D and F of 64 or 128, lin_lag 0 or 64, key segments of whole 64-row tiles, sm_90.
+bool linear_key_wg_takes(const Shape& s, const SegmentPlan& key_plan);
+
+/// dphi_k and the linear part of dv on Hopper; cudaErrorNotSupported when a TMA descriptor
+/// cannot describe the inputs.
+cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream_t stream);
+
 /// run_state_pass for bf16 on the tensor cores (row_weight is run_state_pass's row_delta and is
 /// required when row_denom is given); `skip_last` leaves the last segment's sum unwritten (an
 /// exclusive prefix scan never reads it).

@@ -770,6 +770,395 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
   }
 }
 
+// ---- linear key kernel of the backward (WORK IN PROGRESS: not yet run on a GPU) ------------
+//
+// dphi_k and the linear part of dv (DESIGN §1, notation of hybrid_backward_tc.cu): per (kv
+// unit, key segment), the group's q heads in turn, 64-key tiles from the top of the segment
+// down. With U = sum_i phi_q_i (dy_i / D_i)^T and u = sum_i phi_q_i delta_i / D_i over the rows
+// already folded, for key j:
+//   dphi_k_j = c_l (U v_j - u) + c_l sum_i du_ij phi_q_i,   du_ij = (dy_i . v_j - delta_i) / D_i
+//   dv_j    += c_l U^T phi_k_j + c_l sum_i (p_ij / D_i) dy_i
+// where the sums run over the one 64-row chunk that sees the tile outside U (chunk c + 1 with
+// lin_lag = 64, chunk c with lin_lag = 0), masked to i >= j + lin_lag. Roles as in the forward:
+// the producer loads v, phi_k (key tile) and phi_q, dy (row chunk) into two ring slots, two of
+// its warps copy 1 / D and delta of the row chunk; the consumer runs the four products; the
+// state warpgroup folds the row chunk into U after the tile and publishes c_l U (bf16, one
+// buffer read K-major for v U^T and N-major for phi_k U) and c_l u (fp32).
+
+constexpr int kKeySlots = 2;
+
+template <int D, int F>
+struct KeyLayout {
+  static constexpr int kPkOff = D / 64 * kBlock;  // in a slot: v, phi_k, phi_q, dy, factors
+  static constexpr int kPqOff = kPkOff + F / 64 * kBlock;
+  static constexpr int kDyOff = kPqOff + F / 64 * kBlock;
+  static constexpr int kFactorOff = kDyOff + D / 64 * kBlock;
+  static constexpr int kSlotBytes = (kFactorOff + 2 * 256 + 1023) / 1024 * 1024;
+  static constexpr int kUOff = kKeySlots * kSlotBytes;  // c_l U: [D / 64][F rows][64]
+  static constexpr int kUBlock = F * 128;
+  static constexpr int kSmallUOff = kUOff + D / 64 * kUBlock;  // c_l u, F floats
+  static constexpr int kBarOff = kSmallUOff + F * 4;
+  static constexpr int kSmemBytes = kBarOff + 8 * 8 + 1024;
+};
+
+struct KeyParams {
+  CUtensorMap v, phi_k, phi_q, dy;
+  Shape s;
+  const float* coef_linear;
+  const uint8_t* window_drop;
+  const float* row_denom;
+  const float* row_delta;
+  const float* rev_states;  // U, u at the top of each key segment (key_segments > 1)
+  int key_segments, key_len;
+  bf16* dphi_k;
+  float* dv_linear;  // [kv units, N, D], summed over the group's q heads
+};
+
+struct KeyBarriers {
+  uint64_t* full;   // [kKeySlots]
+  uint64_t* empty;  // [kKeySlots]
+  uint64_t* u_full;
+  uint64_t* u_empty;
+};
+
+// K-major operand whose 64-column blocks are `block` bytes apart, k-step ks of 16 columns.
+__device__ inline uint64_t k_major_blocks(uint32_t base, int ks, int block) {
+  return swizzled_desc(base + (ks / 4) * block + (ks % 4) * 32, 16, 1024);
+}
+
+// The steps every role walks: the group's q heads with a linear branch, each over the key
+// tiles from the top down. `visit(step, unit, um, c, first_tile)` is called per step.
+template <typename Visit>
+__device__ void for_each_step(const KeyParams& p, int kv_unit, int tiles, Visit visit) {
+  const Shape& s = p.s;
+  const int group = s.q_heads / s.kv_heads;
+  const int b = kv_unit / s.kv_heads, hk = kv_unit % s.kv_heads;
+  int step = 0;
+  for (int gi = 0; gi < group; ++gi) {
+    const int unit = b * s.q_heads + hk * group + gi;
+    const UnitMode um = unit_mode(s, p.window_drop, unit);
+    if (!um.use_linear) continue;
+    for (int c = tiles - 1; c >= 0; --c, ++step)
+      visit(step, unit, um, c, c == tiles - 1);
+  }
+}
+
+template <int D, int F>
+__global__ void __launch_bounds__(kWgThreads, 1)
+    linear_key_wg_kernel(const __grid_constant__ KeyParams p) {
+  using L = KeyLayout<D, F>;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
+  const KeyBarriers bar{bars, bars + kKeySlots, bars + 2 * kKeySlots, bars + 2 * kKeySlots + 1};
+  const Shape& s = p.s;
+  const int N = s.seq_len;
+  const int kv_unit = blockIdx.x / p.key_segments;
+  const int seg = blockIdx.x - kv_unit * p.key_segments;
+  const int s_begin = seg * p.key_len;
+  const int s_end = min(N, s_begin + p.key_len);
+  if (s_begin >= s_end) return;
+  const int tiles = (s_end - s_begin + kRows - 1) / kRows;
+  const int group = s.q_heads / s.kv_heads;
+
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kKeySlots; ++i) {
+      mbar_init(bar.full + i, 1 + kRows);  // the TMA arrival + the factor copies
+      mbar_init(bar.empty + i, 256);       // consumer and state warpgroups
+    }
+    mbar_init(bar.u_full, 128);
+    mbar_init(bar.u_empty, 128);
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  // Heads without a linear branch get zeros (and no dv part) and no steps.
+  {
+    const int b = kv_unit / s.kv_heads, hk = kv_unit % s.kv_heads;
+    bool any_linear = false;
+    for (int gi = 0; gi < group; ++gi) {
+      const int unit = b * s.q_heads + hk * group + gi;
+      if (unit_mode(s, p.window_drop, unit).use_linear) {
+        any_linear = true;
+        continue;
+      }
+      for (int i = threadIdx.x; i < (s_end - s_begin) * F; i += kWgThreads)
+        p.dphi_k[(static_cast<size_t>(unit) * N + s_begin) * F + i] = __float2bfloat16_rn(0.f);
+    }
+    if (!any_linear) {
+      for (int i = threadIdx.x; i < (s_end - s_begin) * D; i += kWgThreads)
+        p.dv_linear[(static_cast<size_t>(kv_unit) * N + s_begin) * D + i] = 0.f;
+      return;
+    }
+  }
+
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {
+    regs_shrink<24>();
+    if (threadIdx.x == 0) {
+      constexpr uint32_t bytes = 2 * (D / 64 + F / 64) * kBlock;
+      for_each_step(p, kv_unit, tiles, [&](int step, int unit, const UnitMode& um, int c, bool) {
+        const int slot = step % kKeySlots;
+        const uint32_t use = step / kKeySlots;
+        if (use > 0) mbar_wait(bar.empty + slot, (use - 1) & 1);
+        uint8_t* base = smem + slot * L::kSlotBytes;
+        const int k0 = s_begin + c * kRows;
+        const int r0 = k0 + (um.lin_lag > 0 ? kRows : 0);
+        mbar_expect_bytes(bar.full + slot, bytes);
+        for (int b = 0; b < D / 64; ++b) {
+          tma_load_3d(base + b * kBlock, &p.v, b * 64, k0, kv_unit, bar.full + slot);
+          tma_load_3d(base + L::kDyOff + b * kBlock, &p.dy, b * 64, r0, unit, bar.full + slot);
+        }
+        for (int b = 0; b < F / 64; ++b) {
+          tma_load_3d(base + L::kPkOff + b * kBlock, &p.phi_k, b * 64, k0, unit, bar.full + slot);
+          tma_load_3d(base + L::kPqOff + b * kBlock, &p.phi_q, b * 64, r0, unit, bar.full + slot);
+        }
+      });
+    } else if (threadIdx.x >= 64) {
+      const int r = threadIdx.x - 64;
+      for_each_step(p, kv_unit, tiles, [&](int step, int unit, const UnitMode& um, int c, bool) {
+        const int slot = step % kKeySlots;
+        const uint32_t use = step / kKeySlots;
+        const int row = s_begin + c * kRows + (um.lin_lag > 0 ? kRows : 0) + r;
+        const size_t at = static_cast<size_t>(unit) * N + row;
+        const float inv = row < N ? 1.f / p.row_denom[at] : 0.f;
+        const float delta = row < N ? p.row_delta[at] : 0.f;
+        if (use > 0) mbar_wait(bar.empty + slot, (use - 1) & 1);
+        float* fac = reinterpret_cast<float*>(smem + slot * L::kSlotBytes + L::kFactorOff);
+        fac[r] = inv;
+        fac[kRows + r] = delta;
+        mbar_arrive(bar.full + slot);
+      });
+    }
+    return;
+  }
+
+  const int ct = threadIdx.x % 128;
+  const int warp = ct / 32;
+  const int lane = ct % 32;
+  const int g8 = lane / 4;
+  const int t4 = lane % 4;
+  const uint32_t sbase = shared_address(smem);
+  const uint32_t u_addr = sbase + L::kUOff;
+  const float* small_u = reinterpret_cast<const float*>(smem + L::kSmallUOff);
+
+  if (wg == 1) {
+    regs_grow<256>();
+    for_each_step(p, kv_unit, tiles, [&](int step, int unit, const UnitMode& um, int c, bool top) {
+      const int slot = step % kKeySlots;
+      const float coef_l = p.coef_linear[unit];
+      const int k0 = s_begin + c * kRows;
+      const int r0 = k0 + (um.lin_lag > 0 ? kRows : 0);
+      // Rows already in U at the top tile: those from s_end + state_lag on.
+      const int s_hi = top ? s_end + um.state_lag : N;
+      const uint32_t base = sbase + slot * L::kSlotBytes;
+      mbar_wait(bar.full + slot, (step / kKeySlots) & 1);
+      mbar_wait(bar.u_full, step & 1);
+      float dvs[32], pt[32], apk[F / 2], av[D / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        wgmma_ss_n64<0, 0>(dvs, k_major(base, ks), k_major(base + L::kDyOff, ks), ks > 0);
+        wgmma_ss<F, 0, 0>(apk, k_major(base, ks), k_major_blocks(u_addr, ks, L::kUBlock), ks > 0);
+      }
+#pragma unroll
+      for (int ks = 0; ks < F / 16; ++ks) {
+        wgmma_ss_n64<0, 0>(pt, k_major(base + L::kPkOff, ks), k_major(base + L::kPqOff, ks),
+                           ks > 0);
+        wgmma_ss<D, 0, 1>(av, k_major(base + L::kPkOff, ks), n_major(u_addr, ks, L::kUBlock),
+                          ks > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      mbar_arrive(bar.u_empty);
+
+      // du and p / D of key rows ja, jb (this thread's accumulator rows) and rows i of the chunk.
+      const float* fac =
+          reinterpret_cast<const float*>(smem + slot * L::kSlotBytes + L::kFactorOff);
+      const int ja = k0 + warp * 16 + g8, jb = ja + 8;
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        const int il = (i / 4) * 8 + 2 * t4 + (i & 1);
+        const int row = r0 + il;
+        const int j = (i & 2) ? jb : ja;
+        const bool in = row >= j + um.lin_lag && row < s_hi && row < N;
+        const float inv = fac[il];
+        dvs[i] = in ? coef_l * (dvs[i] - fac[kRows + il]) * inv : 0.f;
+        pt[i] = in ? coef_l * pt[i] * inv : 0.f;
+      }
+      uint32_t adu[4][4], apw[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          adu[kk][r] = pack_bf16(dvs[8 * kk + 2 * r], dvs[8 * kk + 2 * r + 1]);
+          apw[kk][r] = pack_bf16(pt[8 * kk + 2 * r], pt[8 * kk + 2 * r + 1]);
+        }
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        wgmma_rs<F, 1>(apk, adu[kk], n_major(base + L::kPqOff, kk, kBlock), true);
+        wgmma_rs<D, 1>(av, apw[kk], n_major(base + L::kDyOff, kk, kBlock), true);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      mbar_arrive(bar.empty + slot);
+
+      // dphi_k = (the sums) - c_l u; dv_linear summed over the group's heads.
+      bf16* dpk = p.dphi_k + static_cast<size_t>(unit) * N * F;
+#pragma unroll
+      for (int n = 0; n < F / 8; ++n) {
+        const int col = 8 * n + 2 * t4;
+        const float u0 = small_u[col], u1 = small_u[col + 1];
+        if (ja < s_end) {
+          *reinterpret_cast<uint32_t*>(dpk + static_cast<size_t>(ja) * F + col) =
+              pack_bf16(apk[4 * n] - u0, apk[4 * n + 1] - u1);
+        }
+        if (jb < s_end) {
+          *reinterpret_cast<uint32_t*>(dpk + static_cast<size_t>(jb) * F + col) =
+              pack_bf16(apk[4 * n + 2] - u0, apk[4 * n + 3] - u1);
+        }
+      }
+      const bool first_head = step < tiles;  // the group's first head with a linear branch
+      float* dvl = p.dv_linear + static_cast<size_t>(kv_unit) * N * D;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const int col = 8 * n + 2 * t4;
+        float2 va = make_float2(av[4 * n], av[4 * n + 1]);
+        float2 vb = make_float2(av[4 * n + 2], av[4 * n + 3]);
+        float2* pa = reinterpret_cast<float2*>(dvl + static_cast<size_t>(ja) * D + col);
+        float2* pb = reinterpret_cast<float2*>(dvl + static_cast<size_t>(jb) * D + col);
+        if (ja < s_end) {
+          if (!first_head) {
+            va.x += pa->x;
+            va.y += pa->y;
+          }
+          *pa = va;
+        }
+        if (jb < s_end) {
+          if (!first_head) {
+            vb.x += pb->x;
+            vb.y += pb->y;
+          }
+          *pb = vb;
+        }
+      }
+    });
+    return;
+  }
+
+  // State warpgroup: U (F x D) and u in fp32 accumulators, as the forward's S.
+  regs_grow<216>();
+  constexpr int H = F / 64;
+  float acc[H][D / 2], up[H][2];
+  float coef_l = 0.f;
+  int prev_unit = -1;
+  auto publish = [&]() {
+    uint32_t row_base = u_addr + (16 * warp + g8) * 128 + 4 * t4;
+    asm volatile("" : "+r"(row_base));
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const uint32_t at = row_base + h * 64 * 128 + (n / 8) * L::kUBlock + (((n % 8) ^ g8) * 16);
+        st_shared_u32(at, pack_bf16(coef_l * acc[h][4 * n], coef_l * acc[h][4 * n + 1]));
+        st_shared_u32(at + 8 * 128,
+                      pack_bf16(coef_l * acc[h][4 * n + 2], coef_l * acc[h][4 * n + 3]));
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float z = up[h][r];
+        z += __shfl_xor_sync(kFullMask, z, 1);
+        z += __shfl_xor_sync(kFullMask, z, 2);
+        if (t4 == 0) {
+          reinterpret_cast<float*>(smem + L::kSmallUOff)[64 * h + 16 * warp + g8 + 8 * r] =
+              coef_l * z;
+        }
+      }
+    }
+    fence_async_shared();
+    mbar_arrive(bar.u_full);
+  };
+  for_each_step(p, kv_unit, tiles, [&](int step, int unit, const UnitMode& um, int c, bool top) {
+    const int slot = step % kKeySlots;
+    if (unit != prev_unit) {
+      // A new head: U and u from the reverse pass (rows from s_end + state_lag on), or zero.
+      prev_unit = unit;
+      coef_l = p.coef_linear[unit];
+      const float* start =
+          p.key_segments > 1
+              ? p.rev_states + (static_cast<size_t>(unit) * p.key_segments + seg) * (F * D + F)
+              : nullptr;
+#pragma unroll
+      for (int h = 0; h < H; ++h) {
+        const int fa = 64 * h + 16 * warp + g8;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          float2 va = make_float2(0.f, 0.f), vb = va;
+          if (start != nullptr) {
+            va = *reinterpret_cast<const float2*>(start + fa * D + 8 * n + 2 * t4);
+            vb = *reinterpret_cast<const float2*>(start + (fa + 8) * D + 8 * n + 2 * t4);
+          }
+          acc[h][4 * n] = va.x;
+          acc[h][4 * n + 1] = va.y;
+          acc[h][4 * n + 2] = vb.x;
+          acc[h][4 * n + 3] = vb.y;
+        }
+        const bool first = start != nullptr && t4 == 0;
+        up[h][0] = first ? start[F * D + fa] : 0.f;
+        up[h][1] = first ? start[F * D + fa + 8] : 0.f;
+      }
+      if (step > 0) mbar_wait(bar.u_empty, (step - 1) & 1);
+      publish();
+    }
+    mbar_wait(bar.full + slot, (step / kKeySlots) & 1);
+    const bool needed = c > 0;  // the fold feeds the next (lower) tile of this head
+    if (needed) {
+      const int r0 = s_begin + c * kRows + (um.lin_lag > 0 ? kRows : 0);
+      const int s_hi = top ? s_end + um.state_lag : N;  // rows from here on are in U already
+      const uint8_t* pq = smem + slot * L::kSlotBytes + L::kPqOff;
+      const float* fac =
+          reinterpret_cast<const float*>(smem + slot * L::kSlotBytes + L::kFactorOff);
+      uint32_t a[4][H][4];  // A = (phi_q / D)^T: k-step kk (16 rows), half h
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+        for (int h = 0; h < H; ++h) {
+          const int key = 16 * kk + (lane % 8) + (lane / 16) * 8;
+          const int f = 64 * h + 16 * warp + ((lane / 8) % 2) * 8;
+          ldsm_x4_t(a[kk][h], reinterpret_cast<const bf16*>(pq + swizzled_offset(key, f, kBlock)));
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const int il = 16 * kk + 2 * t4 + (r / 2) * 8;
+            const int row = r0 + il;
+            float2 x = unpack_bf16(a[kk][h][r]);
+            x.x *= row < s_hi ? fac[il] : 0.f;
+            x.y *= row + 1 < s_hi ? fac[il + 1] : 0.f;
+            up[h][r % 2] += x.x * fac[kRows + il] + x.y * fac[kRows + il + 1];
+            a[kk][h][r] = pack_bf16(x.x, x.y);
+          }
+        }
+      }
+      const uint32_t dy_addr = sbase + slot * L::kSlotBytes + L::kDyOff;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+        for (int h = 0; h < H; ++h)
+          wgmma_rs<D, 1>(acc[h], a[kk][h], n_major(dy_addr, kk, kBlock), true);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+    }
+    mbar_arrive(bar.empty + slot);
+    if (needed) {
+      mbar_wait(bar.u_empty, step & 1);
+      publish();
+    }
+  });
+}
+
 using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
                                  const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
                                  const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
@@ -846,6 +1235,47 @@ cudaError_t launch_state_pass(const Shape& s, const SpParams& p, int blocks, cud
 }
 
 }  // namespace
+
+bool linear_key_wg_takes(const Shape& s, const SegmentPlan& key_plan) {
+  const bool lag_ok = s.overlap || s.mode == static_cast<int>(KernelMode::kLinearOnly) ||
+                      s.window == kRows;  // lin_lag 0 or 64, as the forward
+  return (s.head_dim == 64 || s.head_dim == 128) && (s.features == 64 || s.features == 128) &&
+         lag_ok && key_plan.length % kRows == 0 && hopper_device();
+}
+
+cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream_t stream) {
+  KeyParams p{};
+  const int units = s.batch * s.q_heads, kv_units = s.batch * s.kv_heads;
+  const int D = s.head_dim, F = s.features, N = s.seq_len;
+  if (!make_map(&p.v, a.v, D, N, kv_units) || !make_map(&p.phi_k, a.phi_k, F, N, units) ||
+      !make_map(&p.phi_q, a.phi_q, F, N, units) || !make_map(&p.dy, a.dy, D, N, units)) {
+    return cudaErrorNotSupported;
+  }
+  p.s = s;
+  p.coef_linear = a.coef_linear;
+  p.window_drop = a.window_drop;
+  p.row_denom = a.row_denom;
+  p.row_delta = a.row_delta;
+  p.rev_states = a.rev_states;
+  p.key_segments = a.key_plan.segments;
+  p.key_len = a.key_plan.length;
+  p.dphi_k = static_cast<bf16*>(a.dphi_k);
+  p.dv_linear = a.dv_linear;
+  const int blocks = kv_units * a.key_plan.segments;
+  auto go = [&](auto kernel, int smem) {
+    cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    kernel<<<blocks, kWgThreads, smem, stream>>>(p);
+    return cudaGetLastError();
+  };
+  if (D == 64) {
+    return F == 64 ? go(linear_key_wg_kernel<64, 64>, KeyLayout<64, 64>::kSmemBytes)
+                   : go(linear_key_wg_kernel<64, 128>, KeyLayout<64, 128>::kSmemBytes);
+  }
+  return F == 64 ? go(linear_key_wg_kernel<128, 64>, KeyLayout<128, 64>::kSmemBytes)
+                 : go(linear_key_wg_kernel<128, 128>, KeyLayout<128, 128>::kSmemBytes);
+}
 
 bool state_pass_wg_takes(const Shape& s) {
   return (s.head_dim == 64 || s.head_dim == 128) && (s.features == 64 || s.features == 128) &&
