@@ -894,7 +894,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
-    regs_shrink<24>();
+    regs_shrink<40>();
     if (threadIdx.x == 0) {
       constexpr uint32_t bytes = 2 * (D / 64 + F / 64) * kBlock;
       for_each_step(p, kv_unit, tiles, [&](int step, int unit, const UnitMode& um, int c, bool) {
@@ -1049,7 +1049,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   }
 
   // State warpgroup: U (F x D) and u in fp32 accumulators, as the forward's S.
-  regs_grow<216>();
+  regs_grow<208>();
   constexpr int H = F / 64;
   float acc[H][D / 2], up[H][2];
   float coef_l = 0.f;
