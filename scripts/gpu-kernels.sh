@@ -30,11 +30,12 @@ done
 summary="$out/summary.txt"
 : >"$summary"
 # Only a few files come back from a device call: on exit the raw logs go into one archive and
-# summary.txt, tests.log and the JSON results stay beside it.
+# summary.txt and the JSON results stay beside it.
 pack_logs() {
-  (cd "$out" && ls build.log env.txt bench.txt flex.txt profile.csv profile.err sanitize-*.log \
-    2>/dev/null | tar czf logs.tar.gz -T - && rm -f build.log env.txt bench.txt flex.txt \
-    profile.csv profile.err sanitize-*.log)
+  local logs=(build.log env.txt tests.log bench.txt flex.txt profile.csv profile.err sanitize-memcheck.log
+    sanitize-racecheck.log)
+  # ls lists the logs this run made (it fails on the others, so no && after it).
+  (cd "$out" && { ls "${logs[@]}" 2>/dev/null | tar czf logs.tar.gz -T -; } && rm -f "${logs[@]}")
 }
 trap pack_logs EXIT
 note() { echo "$*" | tee -a "$summary"; }

@@ -20,6 +20,7 @@
 
 #include "kernels/cuda/hybrid_attention_launch.hpp"
 #include "kernels/cuda/hybrid_backward_tc.cuh"
+#include "kernels/cuda/hybrid_forward_tc.cuh"
 #include "kernels/cuda/hybrid_common.cuh"
 #include "kernels/cuda/hybrid_internal.cuh"
 
@@ -527,6 +528,13 @@ cudaError_t dispatch_backward(const BackwardParams& bp, KernelDType dtype, int p
 
 }  // namespace
 }  // namespace detail
+
+bool backward_uses_hopper_key_kernel(const ProblemShape& shape, const SegmentPlan& key_plan) {
+  const detail::Shape s = detail::make_shape(shape);
+  return unsupported_reason(shape) == nullptr && shape.dtype == KernelDType::kBFloat16 &&
+         detail::backward_tc_fits(s, true) &&
+         detail::linear_key_wg_takes(s, detail::backward_tc_key_plan(key_plan, s.seq_len));
+}
 
 int launch_backward(const ProblemShape& shape, const BackwardArgs& a, void* stream_ptr) {
   using namespace detail;

@@ -894,7 +894,7 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
       if (err != cudaSuccess) return err;
     }
     err = cudaErrorNotSupported;
-    if (linear_key_wg_takes(s, key_plan)) {  // WORK IN PROGRESS: not yet run on a GPU
+    if (linear_key_wg_takes(s, key_plan)) {
       const LinearKeyArgs la{
           a.v,         a.phi_k,     a.phi_q,          a.dy,     a.coef_linear, a.window_drop,
           a.row_denom, a.row_delta, a.reverse_states, key_plan, a.dphi_k,      p.dv_linear};

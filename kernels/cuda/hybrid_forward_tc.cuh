@@ -71,8 +71,8 @@ struct LinearKeyArgs {
   float* dv_linear;
 };
 
-/// Whether the Hopper linear key kernel (WORK IN PROGRESS, not yet run on a GPU) takes this
-/// shape: D and F of 64 or 128, lin_lag 0 or 64, key segments of whole 64-row tiles, sm_90.
+/// Whether the Hopper linear key kernel takes this shape: D and F of 64 or 128, lin_lag 0 or
+/// 64, key segments of whole 64-row tiles, sm_90.
 bool linear_key_wg_takes(const Shape& s, const SegmentPlan& key_plan);
 
 /// dphi_k and the linear part of dv on Hopper; cudaErrorNotSupported when a TMA descriptor

@@ -770,7 +770,7 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
   }
 }
 
-// ---- linear key kernel of the backward (WORK IN PROGRESS: not yet run on a GPU) ------------
+// ---- linear key kernel of the backward -----------------------------------------------------
 //
 // dphi_k and the linear part of dv (DESIGN §1, notation of hybrid_backward_tc.cu): per (kv
 // unit, key segment), the group's q heads in turn, 64-key tiles from the top of the segment
@@ -955,11 +955,18 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       mbar_wait(bar.full + slot, (step / kKeySlots) & 1);
       mbar_wait(bar.u_full, step & 1);
       float dvs[32], pt[32], apk[F / 2], av[D / 2];
+      // dphi_k starts from - c_l u: read now, since u is republished once U is given back.
+#pragma unroll
+      for (int n = 0; n < F / 8; ++n) {
+        const int col = 8 * n + 2 * t4;
+        apk[4 * n] = apk[4 * n + 2] = -small_u[col];
+        apk[4 * n + 1] = apk[4 * n + 3] = -small_u[col + 1];
+      }
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
         wgmma_ss_n64<0, 0>(dvs, k_major(base, ks), k_major(base + L::kDyOff, ks), ks > 0);
-        wgmma_ss<F, 0, 0>(apk, k_major(base, ks), k_major_blocks(u_addr, ks, L::kUBlock), ks > 0);
+        wgmma_ss<F, 0, 0>(apk, k_major(base, ks), k_major_blocks(u_addr, ks, L::kUBlock), true);
       }
 #pragma unroll
       for (int ks = 0; ks < F / 16; ++ks) {
@@ -1005,19 +1012,18 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       wgmma_wait<0>();
       mbar_arrive(bar.empty + slot);
 
-      // dphi_k = (the sums) - c_l u; dv_linear summed over the group's heads.
+      // dphi_k; dv_linear summed over the group's heads.
       bf16* dpk = p.dphi_k + static_cast<size_t>(unit) * N * F;
 #pragma unroll
       for (int n = 0; n < F / 8; ++n) {
         const int col = 8 * n + 2 * t4;
-        const float u0 = small_u[col], u1 = small_u[col + 1];
         if (ja < s_end) {
           *reinterpret_cast<uint32_t*>(dpk + static_cast<size_t>(ja) * F + col) =
-              pack_bf16(apk[4 * n] - u0, apk[4 * n + 1] - u1);
+              pack_bf16(apk[4 * n], apk[4 * n + 1]);
         }
         if (jb < s_end) {
           *reinterpret_cast<uint32_t*>(dpk + static_cast<size_t>(jb) * F + col) =
-              pack_bf16(apk[4 * n + 2] - u0, apk[4 * n + 3] - u1);
+              pack_bf16(apk[4 * n + 2], apk[4 * n + 3]);
         }
       }
       const bool first_head = step < tiles;  // the group's first head with a linear branch

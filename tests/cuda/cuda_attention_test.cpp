@@ -378,11 +378,12 @@ TEST(CudaAttention, FrozenQkvGradients) {
 
 // Shapes the warp-specialised Hopper forward takes (bf16, D and F of 64 or 128): overlap with SSD
 // drops and GQA, window-only with a short window, linear-only, a sequence shorter than the
-// window, the benchmark shape split into segments; on an sm_90 GPU the dispatch must pick it.
+// window, the benchmark shape split into segments; on an sm_90 GPU the dispatch must pick it, and
+// the Hopper linear key kernel for the backward wherever there is a linear branch.
 TEST(CudaAttention, HopperForwardBf16) {
   HL_REQUIRE_GPU();
   const auto* props = at::cuda::getCurrentDeviceProperties();
-  auto takes = [&](const Case& c) {
+  auto shape_of = [](const Case& c) {
     hc::ProblemShape s;
     s.batch = static_cast<int>(c.B);
     s.q_heads = static_cast<int>(c.Hq);
@@ -396,13 +397,24 @@ TEST(CudaAttention, HopperForwardBf16) {
                                                         : hc::KernelMode::kHybrid;
     s.overlap = c.overlap;
     s.dtype = hc::KernelDType::kBFloat16;
-    const hc::SegmentPlan plan =
-        hc::plan_segments(s.batch * s.q_heads, s.seq_len, props->multiProcessorCount);
-    return hc::forward_uses_hopper_kernel(s, plan);
+    return s;
+  };
+  auto takes = [&](const Case& c) {
+    const hc::ProblemShape s = shape_of(c);
+    return hc::forward_uses_hopper_kernel(
+        s, hc::plan_segments(s.batch * s.q_heads, s.seq_len, props->multiProcessorCount));
+  };
+  auto key_kernel_takes = [&](const Case& c) {
+    const hc::ProblemShape s = shape_of(c);
+    return hc::backward_uses_hopper_key_kernel(
+        s, hc::plan_segments(s.batch * s.kv_heads, s.seq_len, props->multiProcessorCount));
   };
   auto check = [&](const Case& c, uint64_t seed) {
     if (props->major == 9) {
       EXPECT_TRUE(takes(c)) << c.name();
+      if (c.mode != hk::AttentionMode::window_only) {
+        EXPECT_TRUE(key_kernel_takes(c)) << c.name();
+      }
     }
     check_forward_backward(c, seed, via_inputs);
   };
@@ -717,19 +729,24 @@ TEST(CudaAttention, SanitizerSmall) {
     c.drop = false;
     check_decode(c, 20, 51);
   }
-  // The Hopper forward (TMA, mbarriers, wgmma): two segments, a dropped head.
+  // The Hopper kernels (TMA, mbarriers, wgmma): two segments each way, a dropped head.
   Case c = bf16_head_case(200);
   c.B = 1;
   c.Hq = 2;
   c.Hkv = 1;
   c.drop = true;
   const Data d = make_data(c, 52);
+  const hc::RawInputs in = fixed_factor_inputs(c, d);
   hc::RawOptions o;
   o.window = c.w;
   o.forward_segments = 2;
-  const hc::RawForward f = hc::forward_raw(fixed_factor_inputs(c, d), o);
+  o.key_segments = 2;
+  const hc::RawForward f = hc::forward_raw(in, o);
   EXPECT_EQ(f.plan.segments, 2);
   EXPECT_TRUE(all_finite(f.y));
+  const hc::RawGrads g = hc::backward_raw(in, o, f, torch::randn_like(d.q));
+  EXPECT_TRUE(all_finite(g.dk));
+  EXPECT_TRUE(all_finite(g.dphi_k));
 }
 
 #endif  // HL_WITH_CUDA_KERNELS
