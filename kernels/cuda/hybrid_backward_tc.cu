@@ -869,7 +869,16 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
   const bool d64 = s.head_dim == 64;
   cudaError_t err = cudaSuccess;
   if (linear) {
-    err = d64 ? launch_linear_f<64>(p, true, stream) : launch_linear_f<128>(p, true, stream);
+    err = cudaErrorNotSupported;
+    if (forward_wg_takes(s, a.forward_plan)) {
+      const LinearQueryArgs la{a.v,           a.phi_k,         a.phi_q,         a.dy,
+                               a.y,           a.coef_linear,   a.window_drop,   a.row_denom,
+                               a.forward_states, a.forward_plan, a.dphi_q, a.row_grad_linear,
+                               a.row_delta};
+      err = run_linear_query_wg(s, la, stream);
+    }
+    if (err == cudaErrorNotSupported)
+      err = d64 ? launch_linear_f<64>(p, true, stream) : launch_linear_f<128>(p, true, stream);
     if (err != cudaSuccess) return err;
   }
   const int q_blocks = s.batch * s.q_heads * p.tiles;

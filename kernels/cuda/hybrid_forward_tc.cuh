@@ -71,6 +71,28 @@ struct LinearKeyArgs {
   float* dv_linear;
 };
 
+/// Inputs of the backward's linear query pass on Hopper (see hybrid_backward_tc.cu for the
+/// terms); it takes the shapes and splits that forward_wg_takes accepts.
+struct LinearQueryArgs {
+  const void* v;
+  const void* phi_k;
+  const void* phi_q;
+  const void* dy;
+  const void* y;
+  const float* coef_linear;
+  const uint8_t* window_drop;
+  const float* row_denom;
+  const float* fwd_states;
+  SegmentPlan plan;
+  void* dphi_q;
+  float* row_l1;  ///< L1 per row, as linear_query_kernel writes row_grad_linear
+  float* row_p;   ///< P per row, as linear_query_kernel writes row_delta
+};
+
+/// dphi_q and the linear row sums on Hopper; cudaErrorNotSupported when a TMA descriptor cannot
+/// describe the inputs.
+cudaError_t run_linear_query_wg(const Shape& s, const LinearQueryArgs& a, cudaStream_t stream);
+
 /// Whether the Hopper linear key kernel takes this shape: D and F of 64 or 128, lin_lag 0 or
 /// 64, key segments of whole 64-row tiles, sm_90.
 bool linear_key_wg_takes(const Shape& s, const SegmentPlan& key_plan);

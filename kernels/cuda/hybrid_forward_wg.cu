@@ -396,10 +396,12 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
   if (ct == 0) bulk_wait();  // the last y stores are complete before the block ends
 }
 
-template <int D, int F>
-__device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
-                           const Barriers& bar, int r_begin, int tiles) {
-  using L = Layout<D, F>;
+// Shared with the backward's linear query kernel: L names the ring slots (kSlotBytes, kVOff,
+// kPkOff) and the published state (kSOff, kSBlock, kZOff); P has the segment start states
+// (segments, states). S and z are published times `coef` (c_l for the forward's query).
+template <int D, int F, typename L, typename P>
+__device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
+                           int r_begin, int tiles, float coef) {
   constexpr int H = F / 64;  // 64-row halves of S
   const int st = threadIdx.x - 256;
   const int warp = st / 32;
@@ -432,8 +434,7 @@ __device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
     zp[h][1] = first ? start[F * D + fa + 8] : 0.f;
   }
 
-  // c_l S (bf16, N-major) and c_l z (row 0 of the z operand) for the next query.
-  const float coef_l = p.coef_linear[blockIdx.x / p.segments];
+  // coef S (bf16, N-major) and coef z (row 0 of the z operand) for the next query.
   auto publish = [&]() {
     // Store addresses from an opaque base: hoisted out of the tile loop they would hold
     // registers that S needs.
@@ -445,9 +446,9 @@ __device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
       for (int n = 0; n < D / 8; ++n) {
         // Rows f and f + 8 of the 64-column block n / 8, chunk n % 8 swizzled by f % 8 = g8.
         const uint32_t at = base + h * 64 * 128 + (n / 8) * L::kSBlock + (((n % 8) ^ g8) * 16);
-        st_shared_u32(at, pack_bf16(coef_l * acc[h][4 * n], coef_l * acc[h][4 * n + 1]));
+        st_shared_u32(at, pack_bf16(coef * acc[h][4 * n], coef * acc[h][4 * n + 1]));
         st_shared_u32(at + 8 * 128,
-                      pack_bf16(coef_l * acc[h][4 * n + 2], coef_l * acc[h][4 * n + 3]));
+                      pack_bf16(coef * acc[h][4 * n + 2], coef * acc[h][4 * n + 3]));
       }
       const int fa = 64 * h + 16 * warp + g8;
 #pragma unroll
@@ -458,7 +459,7 @@ __device__ void keep_state(const WgParams& p, const UnitMode& um, uint8_t* smem,
         const int f = fa + 8 * r;
         if (t4 == 0) {
           *reinterpret_cast<bf16*>(smem + L::kZOff + (f / 8) * 128 + (f % 8) * 2) =
-              __float2bfloat16_rn(coef_l * z);
+              __float2bfloat16_rn(coef * z);
         }
       }
     }
@@ -585,7 +586,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       consume<D, F, true, true>(p, um, smem, bar, unit, r_begin, r_end, tiles);
   } else {
     regs_grow<216>();
-    if (um.use_linear) keep_state<D, F>(p, um, smem, bar, r_begin, tiles);
+    if (um.use_linear)
+      keep_state<D, F, L>(p, um, smem, bar, r_begin, tiles, p.coef_linear[unit]);
   }
 }
 
@@ -1165,6 +1167,337 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   });
 }
 
+// ---- linear query kernel of the backward ---------------------------------------------------
+//
+// dphi_q and the linear row sums (notation of hybrid_backward_tc.cu) per (unit, forward
+// segment), walking the rows in 64-row tiles as the forward does, with the state S, z of the
+// keys before the tile's unfolded linear keys:
+//   dphi_q_i = c_l / D_i (S dy_i - z dl_i + sum_j du_ij phi_k_j),  du_ij = dy_i . v_j - dl_i
+//   L1_i = phi_q_i . S dy_i + sum_j p_ij (dy_i . v_j),   P_i = phi_q_i . z + sum_j p_ij
+// with dl_i = dy_i . y_i and the sums over the unfolded linear keys j (one 64-key chunk, as in
+// the forward's consume). Roles as in the forward: the producer loads each chunk's v and phi_k
+// into the ring and each tile's phi_q, dy and y; the consumer runs dy S^T (its accumulators
+// start from - dl z), phi_q z, phi_q phi_k^T and dy v^T, then du phi_k; the state warpgroup is
+// the forward's keep_state, publishing S and z unscaled.
+
+template <int D, int F>
+struct QueryLayout {
+  static constexpr int kVOff = 0;  // in a slot: v, then phi_k
+  static constexpr int kPkOff = D / 64 * kBlock;
+  static constexpr int kSlotBytes = kPkOff + F / 64 * kBlock;
+  static constexpr int kPqOff = kSlots * kSlotBytes;
+  static constexpr int kDyOff = kPqOff + F / 64 * kBlock;
+  static constexpr int kYOff = kDyOff + D / 64 * kBlock;
+  static constexpr int kSOff = kYOff + D / 64 * kBlock;  // S in bf16, as the forward's
+  static constexpr int kSBlock = F * 128;
+  static constexpr int kZOff = kSOff + D / 64 * kSBlock;
+  static constexpr int kZBytes = F * 16;
+  static constexpr int kBarOff = kZOff + kZBytes;
+  static constexpr int kSmemBytes = kBarOff + 16 * 8 + 1024;
+};
+
+struct QueryParams {
+  CUtensorMap v, phi_k, phi_q, dy, y;
+  Shape s;
+  const float* coef_linear;
+  const uint8_t* window_drop;
+  const float* row_denom;
+  const float* states;  // S, z at the start of each forward segment (segments > 1)
+  int segments, segment_len;
+  bf16* dphi_q;
+  float* row_l1;  // row_grad_linear: L1, for the window query kernel
+  float* row_p;   // row_delta: P, for the window query kernel
+};
+
+template <int D, int F>
+__device__ void produce_query(const QueryParams& p, uint8_t* smem, const Barriers& bar, int unit,
+                              int kv_unit, int r_begin, int tiles) {
+  using L = QueryLayout<D, F>;
+  auto load_chunk = [&](int c) {
+    const int slot = slot_of(c);
+    const uint32_t use = use_of(c);
+    if (use > 0) mbar_wait(bar.chunk_empty + slot, (use - 1) & 1);
+    uint8_t* base = smem + slot * L::kSlotBytes;
+    uint64_t* full = bar.chunk_full + slot;
+    const int row = r_begin + c * kRows;
+    mbar_expect_bytes(full, (D / 64 + F / 64) * kBlock);
+    for (int b = 0; b < D / 64; ++b)
+      tma_load_3d(base + L::kVOff + b * kBlock, &p.v, b * 64, row, kv_unit, full);
+    for (int b = 0; b < F / 64; ++b)
+      tma_load_3d(base + L::kPkOff + b * kBlock, &p.phi_k, b * 64, row, unit, full);
+  };
+  load_chunk(-1);
+  for (int t = 0; t < tiles; ++t) {
+    load_chunk(t);
+    const int row = r_begin + t * kRows;
+    // dy and y share the q barriers of the forward's Barriers, phi_q keeps its own.
+    if (t > 0) mbar_wait(bar.q_empty, (t - 1) & 1);
+    mbar_expect_bytes(bar.q_full, 2 * D / 64 * kBlock);
+    for (int b = 0; b < D / 64; ++b) {
+      tma_load_3d(smem + L::kDyOff + b * kBlock, &p.dy, b * 64, row, unit, bar.q_full);
+      tma_load_3d(smem + L::kYOff + b * kBlock, &p.y, b * 64, row, unit, bar.q_full);
+    }
+    if (t > 0) mbar_wait(bar.pq_empty, (t - 1) & 1);
+    mbar_expect_bytes(bar.pq_full, F / 64 * kBlock);
+    for (int b = 0; b < F / 64; ++b)
+      tma_load_3d(smem + L::kPqOff + b * kBlock, &p.phi_q, b * 64, row, unit, bar.pq_full);
+  }
+}
+
+template <int D, int F>
+__device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t* smem,
+                              const Barriers& bar, int unit, int r_begin, int r_end, int tiles) {
+  using L = QueryLayout<D, F>;
+  const int N = p.s.seq_len;
+  const int ct = threadIdx.x - 128;
+  const int warp = ct / 32;
+  const int lane = ct % 32;
+  const int g8 = lane / 4;
+  const int t4 = lane % 4;
+  const int la = warp * 16 + g8, lb = la + 8;  // this thread's rows in the tile
+  const float coef_l = p.coef_linear[unit];
+  const uint32_t sbase = shared_address(smem);
+  const uint32_t pq_addr = sbase + L::kPqOff, dy_addr = sbase + L::kDyOff;
+  const int lin_c = um.lin_lag > 0 ? 0 : 1;  // the chunk of unfolded linear keys, as consume
+
+  for (int t = 0; t < tiles; ++t) {
+    const int t0 = r_begin + t * kRows;
+    const int ia = t0 + la, ib = t0 + lb;
+    const int kbase = t0 - kRows;
+    const int lin_chunk = t - 1 + lin_c;
+    const uint32_t lin = sbase + slot_of(lin_chunk) * L::kSlotBytes;
+    const float inv_a = ia < r_end ? 1.f / p.row_denom[static_cast<size_t>(unit) * N + ia] : 0.f;
+    const float inv_b = ib < r_end ? 1.f / p.row_denom[static_cast<size_t>(unit) * N + ib] : 0.f;
+
+    // dl = dy . y of rows la, lb: this lane takes the 16-byte column chunks t4, t4 + 4, ...
+    mbar_wait(bar.q_full, t & 1);
+    float dl_a = 0.f, dl_b = 0.f;
+#pragma unroll
+    for (int c = t4; c < D / 8; c += 4) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = r == 0 ? la : lb;
+        const uint32_t off = swizzled_offset(row, 8 * c, kBlock);
+        const uint4 dv4 = *reinterpret_cast<const uint4*>(smem + L::kDyOff + off);
+        const uint4 yv4 = *reinterpret_cast<const uint4*>(smem + L::kYOff + off);
+        const uint32_t dw[4] = {dv4.x, dv4.y, dv4.z, dv4.w}, yw[4] = {yv4.x, yv4.y, yv4.z, yv4.w};
+        float sum = 0.f;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float2 a = unpack_bf16(dw[e]), b = unpack_bf16(yw[e]);
+          sum += a.x * b.x + a.y * b.y;
+        }
+        if (r == 0)
+          dl_a += sum;
+        else
+          dl_b += sum;
+      }
+    }
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      dl_a += __shfl_xor_sync(kFullMask, dl_a, off);
+      dl_b += __shfl_xor_sync(kFullMask, dl_b, off);
+    }
+
+    // acc starts from - dl z (z read before S and z are handed back), then += dy S^T.
+    mbar_wait(bar.s_full, t & 1);
+    float acc[F / 2], zd[4], pl[32], dv[32];
+#pragma unroll
+    for (int n = 0; n < F / 8; ++n) {
+      const int f = 8 * n + 2 * t4;
+      const float2 z = unpack_bf16(
+          *reinterpret_cast<const uint32_t*>(smem + L::kZOff + (f / 8) * 128 + (f % 8) * 2));
+      acc[4 * n] = -dl_a * z.x;
+      acc[4 * n + 1] = -dl_a * z.y;
+      acc[4 * n + 2] = -dl_b * z.x;
+      acc[4 * n + 3] = -dl_b * z.y;
+    }
+    mbar_wait(bar.pq_full, t & 1);
+    // Both chunks, as the forward's consume: chunk t - 1 is given back after this tile, so its
+    // load must have landed even where only chunk t is read.
+    mbar_wait(bar.chunk_full + slot_of(t - 1), use_of(t - 1) & 1);
+    mbar_wait(bar.chunk_full + slot_of(t), use_of(t) & 1);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      wgmma_ss<F, 0, 0>(acc, k_major(dy_addr, ks),
+                        k_major_blocks(sbase + L::kSOff, ks, L::kSBlock), true);
+    }
+#pragma unroll
+    for (int ks = 0; ks < F / 16; ++ks) {
+      wgmma_ss_n8<0, 0>(zd, k_major(pq_addr, ks),
+                        interleaved_desc(sbase + L::kZOff + ks * 256, 128, 256), ks > 0);
+    }
+    wgmma_commit();
+#pragma unroll
+    for (int ks = 0; ks < F / 16; ++ks)
+      wgmma_ss_n64<0, 0>(pl, k_major(pq_addr, ks), k_major(lin + L::kPkOff, ks), ks > 0);
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks)
+      wgmma_ss_n64<0, 0>(dv, k_major(dy_addr, ks), k_major(lin + L::kVOff, ks), ks > 0);
+    wgmma_commit();
+    wgmma_wait<1>();
+    mbar_arrive(bar.s_empty);
+
+    // L1 from the state: phi_q . (S dy - dl z) + dl (phi_q . z); P from the state: phi_q . z.
+    float l1_a = 0.f, l1_b = 0.f;
+#pragma unroll
+    for (int n = 0; n < F / 8; ++n) {
+      const int f = 8 * n + 2 * t4;
+      const float2 qa =
+          unpack_bf16(*reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(la, f, kBlock)));
+      const float2 qb =
+          unpack_bf16(*reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(lb, f, kBlock)));
+      l1_a += qa.x * acc[4 * n] + qa.y * acc[4 * n + 1];
+      l1_b += qb.x * acc[4 * n + 2] + qb.y * acc[4 * n + 3];
+    }
+    const float zq_a = __shfl_sync(kFullMask, zd[0], lane & ~3);  // column 0 of phi_q z^T
+    const float zq_b = __shfl_sync(kFullMask, zd[2], lane & ~3);
+    wgmma_wait<0>();
+    mbar_arrive(bar.pq_empty);
+    mbar_arrive(bar.q_empty);
+
+    // The unfolded linear keys: [s_lo, row - lin_lag] within the chunk.
+    const int s_lo = t == 0 ? r_begin - um.state_lag : kbase + kRows * lin_c;
+    const int j0 = kbase + kRows * lin_c;
+    float p_a = 0.f, p_b = 0.f;
+    uint32_t adu[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        float du[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int i = 8 * kk + 2 * r + e;
+          const int j = j0 + (i / 4) * 8 + 2 * t4 + (i & 1);
+          const bool top = (i & 2) == 0;
+          const int row = top ? ia : ib;
+          const bool in = j >= s_lo && j >= 0 && j <= row - um.lin_lag;
+          const float pv = in ? pl[i] : 0.f;
+          if (top) {
+            l1_a += pv * dv[i];
+            p_a += pv;
+          } else {
+            l1_b += pv * dv[i];
+            p_b += pv;
+          }
+          du[e] = in ? dv[i] - (top ? dl_a : dl_b) : 0.f;
+        }
+        adu[kk][r] = pack_bf16(du[0], du[1]);
+      }
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs<F, 1>(acc, adu[kk], n_major(lin + L::kPkOff, kk, kBlock), true);
+    wgmma_commit();
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      l1_a += __shfl_xor_sync(kFullMask, l1_a, off);
+      l1_b += __shfl_xor_sync(kFullMask, l1_b, off);
+      p_a += __shfl_xor_sync(kFullMask, p_a, off);
+      p_b += __shfl_xor_sync(kFullMask, p_b, off);
+    }
+    l1_a += dl_a * zq_a;
+    l1_b += dl_b * zq_b;
+    p_a += zq_a;
+    p_b += zq_b;
+    wgmma_wait<0>();
+    mbar_arrive(bar.chunk_empty + slot_of(t - 1));  // the last tile that reads chunk t - 1
+
+    bf16* dpq = p.dphi_q + static_cast<size_t>(unit) * N * F;
+    const float fa = coef_l * inv_a, fb = coef_l * inv_b;
+#pragma unroll
+    for (int n = 0; n < F / 8; ++n) {
+      const int col = 8 * n + 2 * t4;
+      if (ia < r_end) {
+        *reinterpret_cast<uint32_t*>(dpq + static_cast<size_t>(ia) * F + col) =
+            pack_bf16(acc[4 * n] * fa, acc[4 * n + 1] * fa);
+      }
+      if (ib < r_end) {
+        *reinterpret_cast<uint32_t*>(dpq + static_cast<size_t>(ib) * F + col) =
+            pack_bf16(acc[4 * n + 2] * fb, acc[4 * n + 3] * fb);
+      }
+    }
+    if (t4 == 0) {
+      if (ia < r_end) {
+        p.row_l1[static_cast<size_t>(unit) * N + ia] = l1_a;
+        p.row_p[static_cast<size_t>(unit) * N + ia] = p_a;
+      }
+      if (ib < r_end) {
+        p.row_l1[static_cast<size_t>(unit) * N + ib] = l1_b;
+        p.row_p[static_cast<size_t>(unit) * N + ib] = p_b;
+      }
+    }
+  }
+}
+
+template <int D, int F>
+__global__ void __launch_bounds__(kWgThreads, 1)
+    linear_query_wg_kernel(const __grid_constant__ QueryParams p) {
+  using L = QueryLayout<D, F>;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
+  const Barriers bar{bars,
+                     bars + kSlots,
+                     bars + 2 * kSlots,
+                     bars + 2 * kSlots + 1,
+                     bars + 2 * kSlots + 2,
+                     bars + 2 * kSlots + 3,
+                     bars + 2 * kSlots + 4,
+                     bars + 2 * kSlots + 5};
+  const Shape& s = p.s;
+  const int N = s.seq_len;
+  const int unit = blockIdx.x / p.segments;
+  const int seg = blockIdx.x - unit * p.segments;
+  const int h = unit % s.q_heads;
+  const int kv_unit = (unit / s.q_heads) * s.kv_heads + h / (s.q_heads / s.kv_heads);
+  const UnitMode um = unit_mode(s, p.window_drop, unit);
+  const int r_begin = seg * p.segment_len;
+  const int r_end = min(N, r_begin + p.segment_len);
+  const int tiles = (r_end - r_begin + kRows - 1) / kRows;
+  const size_t row0 = static_cast<size_t>(unit) * N;
+  if (!um.use_linear) {  // a window-only unit among dropped ones: no linear gradient
+    for (int i = threadIdx.x; i < (r_end - r_begin) * F; i += kWgThreads)
+      p.dphi_q[(row0 + r_begin) * F + i] = __float2bfloat16_rn(0.f);
+    for (int r = r_begin + threadIdx.x; r < r_end; r += kWgThreads)
+      p.row_l1[row0 + r] = p.row_p[row0 + r] = 0.f;
+    return;
+  }
+
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kSlots; ++i) {
+      mbar_init(bar.chunk_full + i, 1);
+      mbar_init(bar.chunk_empty + i, 256);  // consumer and state warpgroups
+    }
+    mbar_init(bar.q_full, 1);
+    mbar_init(bar.q_empty, 128);
+    mbar_init(bar.pq_full, 1);
+    mbar_init(bar.pq_empty, 128);
+    mbar_init(bar.s_full, 128);
+    mbar_init(bar.s_empty, 128);
+    mbar_init_fence();
+  }
+  for (int i = threadIdx.x; i < L::kZBytes / 16; i += kWgThreads)  // rows 1-7 of z stay zero
+    reinterpret_cast<uint4*>(smem + L::kZOff)[i] = make_uint4(0, 0, 0, 0);
+  fence_async_shared();
+  __syncthreads();
+
+  const int group = threadIdx.x / 128;
+  if (group == 0) {
+    regs_shrink<24>();
+    if (threadIdx.x == 0) produce_query<D, F>(p, smem, bar, unit, kv_unit, r_begin, tiles);
+  } else if (group == 1) {
+    regs_grow<256>();
+    consume_query<D, F>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+  } else {
+    regs_grow<216>();
+    keep_state<D, F, L>(p, um, smem, bar, r_begin, tiles, 1.f);
+  }
+}
+
 using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
                                  const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
                                  const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
@@ -1281,6 +1614,41 @@ cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream
   }
   return F == 64 ? go(linear_key_wg_kernel<128, 64>, KeyLayout<128, 64>::kSmemBytes)
                  : go(linear_key_wg_kernel<128, 128>, KeyLayout<128, 128>::kSmemBytes);
+}
+
+cudaError_t run_linear_query_wg(const Shape& s, const LinearQueryArgs& a, cudaStream_t stream) {
+  QueryParams p{};
+  const int units = s.batch * s.q_heads, kv_units = s.batch * s.kv_heads;
+  const int D = s.head_dim, F = s.features, N = s.seq_len;
+  if (!make_map(&p.v, a.v, D, N, kv_units) || !make_map(&p.phi_k, a.phi_k, F, N, units) ||
+      !make_map(&p.phi_q, a.phi_q, F, N, units) || !make_map(&p.dy, a.dy, D, N, units) ||
+      !make_map(&p.y, a.y, D, N, units)) {
+    return cudaErrorNotSupported;
+  }
+  p.s = s;
+  p.coef_linear = a.coef_linear;
+  p.window_drop = a.window_drop;
+  p.row_denom = a.row_denom;
+  p.states = a.fwd_states;
+  p.segments = a.plan.segments;
+  p.segment_len = a.plan.length;
+  p.dphi_q = static_cast<bf16*>(a.dphi_q);
+  p.row_l1 = a.row_l1;
+  p.row_p = a.row_p;
+  const int blocks = units * a.plan.segments;
+  auto go = [&](auto kernel, int smem) {
+    cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    kernel<<<blocks, kWgThreads, smem, stream>>>(p);
+    return cudaGetLastError();
+  };
+  if (D == 64) {
+    return F == 64 ? go(linear_query_wg_kernel<64, 64>, QueryLayout<64, 64>::kSmemBytes)
+                   : go(linear_query_wg_kernel<64, 128>, QueryLayout<64, 128>::kSmemBytes);
+  }
+  return F == 64 ? go(linear_query_wg_kernel<128, 64>, QueryLayout<128, 64>::kSmemBytes)
+                 : go(linear_query_wg_kernel<128, 128>, QueryLayout<128, 128>::kSmemBytes);
 }
 
 bool state_pass_wg_takes(const Shape& s) {
