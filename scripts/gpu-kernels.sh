@@ -34,8 +34,9 @@ summary="$out/summary.txt"
 pack_logs() {
   local logs=(build.log env.txt tests.log bench.txt flex.txt profile.csv profile.err sanitize-memcheck.log
     sanitize-racecheck.log)
-  # ls lists the logs this run made (it fails on the others, so no && after it).
-  (cd "$out" && { ls "${logs[@]}" 2>/dev/null | tar czf logs.tar.gz -T -; } && rm -f "${logs[@]}")
+  # ls names the logs this run made (and fails on the others: its status is not looked at).
+  (cd "$out" && { ls "${logs[@]}" >logs.list 2>/dev/null || true; } &&
+    tar czf logs.tar.gz -T logs.list && rm -f "${logs[@]}" logs.list)
 }
 trap pack_logs EXIT
 note() { echo "$*" | tee -a "$summary"; }

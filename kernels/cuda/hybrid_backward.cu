@@ -20,8 +20,8 @@
 
 #include "kernels/cuda/hybrid_attention_launch.hpp"
 #include "kernels/cuda/hybrid_backward_tc.cuh"
-#include "kernels/cuda/hybrid_forward_tc.cuh"
 #include "kernels/cuda/hybrid_common.cuh"
+#include "kernels/cuda/hybrid_forward_tc.cuh"
 #include "kernels/cuda/hybrid_internal.cuh"
 
 namespace hl::kernels::cuda {

@@ -871,10 +871,10 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
   if (linear) {
     err = cudaErrorNotSupported;
     if (forward_wg_takes(s, a.forward_plan)) {
-      const LinearQueryArgs la{a.v,           a.phi_k,         a.phi_q,         a.dy,
-                               a.y,           a.coef_linear,   a.window_drop,   a.row_denom,
-                               a.forward_states, a.forward_plan, a.dphi_q, a.row_grad_linear,
-                               a.row_delta};
+      const LinearQueryArgs la{
+          a.v,           a.phi_k,     a.phi_q,          a.dy,           a.y,      a.coef_linear,
+          a.window_drop, a.row_denom, a.forward_states, a.forward_plan, a.dphi_q, a.row_grad_linear,
+          a.row_delta};
       err = run_linear_query_wg(s, la, stream);
     }
     if (err == cudaErrorNotSupported)

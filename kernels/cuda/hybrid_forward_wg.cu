@@ -447,8 +447,7 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
         // Rows f and f + 8 of the 64-column block n / 8, chunk n % 8 swizzled by f % 8 = g8.
         const uint32_t at = base + h * 64 * 128 + (n / 8) * L::kSBlock + (((n % 8) ^ g8) * 16);
         st_shared_u32(at, pack_bf16(coef * acc[h][4 * n], coef * acc[h][4 * n + 1]));
-        st_shared_u32(at + 8 * 128,
-                      pack_bf16(coef * acc[h][4 * n + 2], coef * acc[h][4 * n + 3]));
+        st_shared_u32(at + 8 * 128, pack_bf16(coef * acc[h][4 * n + 2], coef * acc[h][4 * n + 3]));
       }
       const int fa = 64 * h + 16 * warp + g8;
 #pragma unroll
@@ -586,8 +585,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       consume<D, F, true, true>(p, um, smem, bar, unit, r_begin, r_end, tiles);
   } else {
     regs_grow<216>();
-    if (um.use_linear)
-      keep_state<D, F, L>(p, um, smem, bar, r_begin, tiles, p.coef_linear[unit]);
+    if (um.use_linear) keep_state<D, F, L>(p, um, smem, bar, r_begin, tiles, p.coef_linear[unit]);
   }
 }
 
@@ -1320,8 +1318,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
-      wgmma_ss<F, 0, 0>(acc, k_major(dy_addr, ks),
-                        k_major_blocks(sbase + L::kSOff, ks, L::kSBlock), true);
+      wgmma_ss<F, 0, 0>(acc, k_major(dy_addr, ks), k_major_blocks(sbase + L::kSOff, ks, L::kSBlock),
+                        true);
     }
 #pragma unroll
     for (int ks = 0; ks < F / 16; ++ks) {
@@ -1344,10 +1342,10 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
 #pragma unroll
     for (int n = 0; n < F / 8; ++n) {
       const int f = 8 * n + 2 * t4;
-      const float2 qa =
-          unpack_bf16(*reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(la, f, kBlock)));
-      const float2 qb =
-          unpack_bf16(*reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(lb, f, kBlock)));
+      const float2 qa = unpack_bf16(
+          *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(la, f, kBlock)));
+      const float2 qb = unpack_bf16(
+          *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(lb, f, kBlock)));
       l1_a += qa.x * acc[4 * n] + qa.y * acc[4 * n + 1];
       l1_b += qb.x * acc[4 * n + 2] + qb.y * acc[4 * n + 3];
     }
