@@ -1,10 +1,11 @@
-// Warp-specialised bf16 forward of hybrid attention for Hopper (DESIGN §1): TMA loads, wgmma,
-// the linear state in fp32 registers. Takes D and F of 64 or 128 with w = 64 (non-overlap
-// hybrid) or w <= 64 (overlap, linear-only, window-only); other shapes keep the mma.sync
-// forward (hybrid_forward_tc.cu).
+// Warp-specialised bf16 kernels of hybrid attention for Hopper (DESIGN §1): TMA loads, wgmma,
+// the linear state in fp32 registers. The forward comes first, then the chunk-state pass and the
+// backward's linear key and linear query kernels, each after its own comment. They take D and F
+// of 64 or 128 with w = 64 (non-overlap hybrid) or w <= 64 (overlap, linear-only, window-only);
+// other shapes keep the mma.sync kernels (hybrid_forward_tc.cu, hybrid_backward_tc.cu).
 //
-// A block of three warpgroups owns one segment of one (batch, q head) unit and walks it in
-// 64-row tiles. Tile t (rows [t0, t0 + 64)) sees the keys of chunk t - 1 and chunk t (64 keys
+// The forward: a block of three warpgroups owns one segment of one (batch, q head) unit and walks
+// it in 64-row tiles. Tile t (rows [t0, t0 + 64)) sees the keys of chunk t - 1 and chunk t (64 keys
 // each): every window key (w <= 64) and every linear key that is not yet in the state S. With
 // lin_lag = 64 (key j is linear for row i when j <= i - 64) S holds the keys before t0 - 64 and
 // the unfolded linear keys lie in chunk t - 1; with lin_lag = 0 S holds the keys before t0 and
@@ -16,8 +17,7 @@
 //   softmax into one weight matrix P held in registers, then y = (P v + c_l phi_q S) / den.
 // - state (warpgroup 2): S (F x D) and z in fp32 registers. While the consumer works on tile t
 //   it folds the next chunk into S, then writes c_l S (bf16) and c_l z for tile t + 1's query.
-// The chunk-state pass that gives each segment its start state (and the backward its reverse
-// state) runs on the same pattern at the end of this file.
+// The chunk-state pass gives each segment its start state (and the backward its reverse state).
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
