@@ -67,11 +67,6 @@ struct TcBackwardParams {
   int key_rows;      // rows of the query kernels' key buffers: kTcRows + round16(w - 1)
 };
 
-__device__ inline int kv_unit_of(const Shape& s, int unit) {
-  const int h = unit % s.q_heads;
-  return (unit / s.q_heads) * s.kv_heads + h / (s.q_heads / s.kv_heads);
-}
-
 // Zeros rows [r0, r1) of a row-major [*, W] bf16 matrix.
 template <int W>
 __device__ inline void zero_rows(bf16* m, int r0, int r1, int tid) {
@@ -870,27 +865,47 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
                      key_rows_of(s)};
   const bool d64 = s.head_dim == 64;
   cudaError_t err = cudaSuccess;
-  if (linear) {
-    err = cudaErrorNotSupported;
-    if (forward_wg_takes(s, a.forward_plan)) {
-      const LinearQueryArgs la{
-          a.v,           a.phi_k,     a.phi_q,          a.dy,           a.y,      a.coef_linear,
-          a.window_drop, a.row_denom, a.forward_states, a.forward_plan, a.dphi_q, a.row_grad_linear,
-          a.row_delta};
-      err = run_linear_query_wg(s, la, stream);
-    }
-    if (err == cudaErrorNotSupported)
+  // The query side: one warp-specialised kernel on Hopper, else the linear and window query
+  // kernels above.
+  err = cudaErrorNotSupported;
+  if (forward_wg_takes(s, a.forward_plan)) {
+    const QueryArgs qa{a.q,
+                       a.k,
+                       a.v,
+                       a.phi_q,
+                       a.phi_k,
+                       a.dy,
+                       a.y,
+                       a.coef_window,
+                       a.coef_linear,
+                       a.window_drop,
+                       a.row_max,
+                       a.row_denom,
+                       a.row_argmax,
+                       a.forward_states,
+                       a.forward_plan,
+                       a.query_grads ? a.dq : nullptr,
+                       a.dphi_q,
+                       a.row_grad_window,
+                       a.row_grad_linear,
+                       a.row_delta,
+                       a.row_gate_grad};
+    err = run_query_wg(s, qa, stream);
+  }
+  if (err == cudaErrorNotSupported) {
+    err = cudaSuccess;
+    if (linear)
       err = d64 ? launch_linear_f<64>(p, true, stream) : launch_linear_f<128>(p, true, stream);
     if (err != cudaSuccess) return err;
-  }
-  const int q_blocks = s.batch * s.q_heads * p.tiles;
-  const size_t wq = window_query_smem(s.head_dim, p.key_rows);
-  if (a.query_grads) {
-    err = d64 ? launch(window_query_kernel<64, true>, q_blocks, wq, p, stream)
-              : launch(window_query_kernel<128, true>, q_blocks, wq, p, stream);
-  } else {
-    err = d64 ? launch(window_query_kernel<64, false>, q_blocks, wq, p, stream)
-              : launch(window_query_kernel<128, false>, q_blocks, wq, p, stream);
+    const int q_blocks = s.batch * s.q_heads * p.tiles;
+    const size_t wq = window_query_smem(s.head_dim, p.key_rows);
+    if (a.query_grads) {
+      err = d64 ? launch(window_query_kernel<64, true>, q_blocks, wq, p, stream)
+                : launch(window_query_kernel<128, true>, q_blocks, wq, p, stream);
+    } else {
+      err = d64 ? launch(window_query_kernel<64, false>, q_blocks, wq, p, stream)
+                : launch(window_query_kernel<128, false>, q_blocks, wq, p, stream);
+    }
   }
   if (err != cudaSuccess) return err;
   if (linear) {

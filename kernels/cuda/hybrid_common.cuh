@@ -45,6 +45,12 @@ struct UnitMode {
   bool linear_only;  // eps in the denominator
 };
 
+// The (batch, kv head) unit that q unit `unit` reads k and v from (GQA).
+__device__ inline int kv_unit_of(const Shape& s, int unit) {
+  const int h = unit % s.q_heads;
+  return (unit / s.q_heads) * s.kv_heads + h / (s.q_heads / s.kv_heads);
+}
+
 __device__ inline UnitMode unit_mode(const Shape& s, const uint8_t* window_drop, int unit) {
   const bool dropped = window_drop != nullptr && window_drop[unit] != 0;
   UnitMode m;

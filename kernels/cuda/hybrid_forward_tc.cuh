@@ -71,27 +71,36 @@ struct LinearKeyArgs {
   float* dv_linear;
 };
 
-/// Inputs of the backward's linear query pass on Hopper (see hybrid_backward_tc.cu for the
-/// terms); it takes the shapes and splits that forward_wg_takes accepts.
-struct LinearQueryArgs {
+/// Inputs of the backward's query pass on Hopper (dq, dphi_q and the row values the window
+/// query and linear query kernels of hybrid_backward_tc.cu make); it takes the shapes and splits
+/// that forward_wg_takes accepts.
+struct QueryArgs {
+  const void* q;
+  const void* k;
   const void* v;
+  const void* phi_q;  ///< null without a linear branch
   const void* phi_k;
-  const void* phi_q;
   const void* dy;
   const void* y;
+  const float* coef_window;
   const float* coef_linear;
   const uint8_t* window_drop;
+  const float* row_max;
   const float* row_denom;
+  const int32_t* row_argmax;
   const float* fwd_states;
   SegmentPlan plan;
+  void* dq;  ///< null: q needs no gradient
   void* dphi_q;
-  float* row_l1;  ///< L1 per row, as linear_query_kernel writes row_grad_linear
-  float* row_p;   ///< P per row, as linear_query_kernel writes row_delta
+  float* row_grad_window;
+  float* row_grad_linear;
+  float* row_delta;
+  float* row_gate_grad;
 };
 
-/// dphi_q and the linear row sums on Hopper; cudaErrorNotSupported when a TMA descriptor cannot
-/// describe the inputs.
-cudaError_t run_linear_query_wg(const Shape& s, const LinearQueryArgs& a, cudaStream_t stream);
+/// The backward's query pass on Hopper; cudaErrorNotSupported when a TMA descriptor cannot
+/// describe the inputs or the shared memory does not fit.
+cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream);
 
 /// Whether the Hopper linear key kernel takes this shape: D and F of 64 or 128, lin_lag 0 or
 /// 64, key segments of whole 64-row tiles, sm_90.

@@ -49,6 +49,7 @@ struct Layout {
   static constexpr int kSBlock = F * 128;
   static constexpr int kZOff = kSOff + D / 64 * kSBlock;  // z: row 0 of an 8 x F K-major operand
   static constexpr int kZBytes = F * 16;
+  static constexpr bool kZFloat = false;  // z as the bf16 operand above, not F floats
   static constexpr int kBarOff = kZOff + kZBytes;
   static constexpr int kSmemBytes = kBarOff + 16 * 8 + 1024;  // + slack to align the base
 };
@@ -397,7 +398,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
 }
 
 // Shared with the backward's linear query kernel: L names the ring slots (kSlotBytes, kVOff,
-// kPkOff) and the published state (kSOff, kSBlock, kZOff); P has the segment start states
+// kPkOff) and the published state (kSOff, kSBlock, kZOff, kZFloat); P has the segment start states
 // (segments, states). S and z are published times `coef` (c_l for the forward's query).
 template <int D, int F, typename L, typename P>
 __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
@@ -457,8 +458,12 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
         z += __shfl_xor_sync(kFullMask, z, 2);
         const int f = fa + 8 * r;
         if (t4 == 0) {
-          *reinterpret_cast<bf16*>(smem + L::kZOff + (f / 8) * 128 + (f % 8) * 2) =
-              __float2bfloat16_rn(coef * z);
+          if constexpr (L::kZFloat) {
+            reinterpret_cast<float*>(smem + L::kZOff)[f] = coef * z;
+          } else {
+            *reinterpret_cast<bf16*>(smem + L::kZOff + (f / 8) * 128 + (f % 8) * 2) =
+                __float2bfloat16_rn(coef * z);
+          }
         }
       }
     }
@@ -1165,52 +1170,80 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   });
 }
 
-// ---- linear query kernel of the backward ---------------------------------------------------
+// ---- query kernel of the backward ----------------------------------------------------------
 //
-// dphi_q and the linear row sums (notation of hybrid_backward_tc.cu) per (unit, forward
-// segment), walking the rows in 64-row tiles as the forward does, with the state S, z of the
-// keys before the tile's unfolded linear keys:
-//   dphi_q_i = c_l / D_i (S dy_i - z dl_i + sum_j du_ij phi_k_j),  du_ij = dy_i . v_j - dl_i
-//   L1_i = phi_q_i . S dy_i + sum_j p_ij (dy_i . v_j),   P_i = phi_q_i . z + sum_j p_ij
-// with dl_i = dy_i . y_i and the sums over the unfolded linear keys j (one 64-key chunk, as in
-// the forward's consume). Roles as in the forward: the producer loads each chunk's v and phi_k
-// into the ring and each tile's phi_q, dy and y; the consumer runs dy S^T (its accumulators
-// start from - dl z), phi_q z, phi_q phi_k^T and dy v^T, then du phi_k; the state warpgroup is
-// the forward's keep_state, publishing S and z unscaled.
+// The query side of the backward per (unit, forward segment), walking the rows in 64-row tiles
+// as the forward does (notation of hybrid_backward_tc.cu, dl_i = dy_i . y_i):
+//   linear: dphi_q_i = c_l / D_i (S dy_i - z dl_i + sum_j du_ij phi_k_j), du_ij = dy_i . v_j - dl_i
+//           L1_i = phi_q_i . S dy_i + sum_j p_ij (dy_i . v_j),  P_i = phi_q_i . z + sum_j p_ij
+//           (S, z over the keys before the unfolded linear keys, which lie in one 64-key chunk);
+//   window: W1_i = sum_j e_ij (dy_i . v_j), E_i = sum_j e_ij over chunks t - 1 and t, and when q
+//           needs a gradient dq_i = scale (sum_j c_w e_ij (dy_i . v_j - dl_i) / D_i k_j - G_i k_m);
+// then the row values the key side and the coefficient gradients read: the exact delta
+// (c_w W1 + c_l L1) / D, G = c_w (W1 - delta E) / D and (L1 - delta P) / D.
+// Roles as in the forward. The producer loads each chunk's k, v, phi_k into the ring and each
+// tile's dy, y and phi_q, and q into y's buffer once dl is taken (so that D = F = 128 fits in
+// shared memory); the consumer runs the linear products, then the window's chunk by chunk; the
+// state warpgroup is the forward's keep_state with S and z unscaled and z in fp32.
+
+__device__ inline float dot_bf16x2(uint32_t a, uint32_t b) {
+  const float2 x = unpack_bf16(a), y = unpack_bf16(b);
+  return x.x * y.x + x.y * y.y;
+}
 
 template <int D, int F>
 struct QueryLayout {
-  static constexpr int kVOff = 0;  // in a slot: v, then phi_k
-  static constexpr int kPkOff = D / 64 * kBlock;
+  static constexpr int kKOff = 0;  // in a slot: k, v, phi_k
+  static constexpr int kVOff = D / 64 * kBlock;
+  static constexpr int kPkOff = kVOff + D / 64 * kBlock;
   static constexpr int kSlotBytes = kPkOff + F / 64 * kBlock;
   static constexpr int kPqOff = kSlots * kSlotBytes;
   static constexpr int kDyOff = kPqOff + F / 64 * kBlock;
-  static constexpr int kYOff = kDyOff + D / 64 * kBlock;
-  static constexpr int kSOff = kYOff + D / 64 * kBlock;  // S in bf16, as the forward's
+  static constexpr int kYqOff = kDyOff + D / 64 * kBlock;  // y, then q
+  static constexpr int kSOff = kYqOff + D / 64 * kBlock;   // S in bf16, as the forward's
   static constexpr int kSBlock = F * 128;
-  static constexpr int kZOff = kSOff + D / 64 * kSBlock;
-  static constexpr int kZBytes = F * 16;
-  static constexpr int kBarOff = kZOff + kZBytes;
+  static constexpr int kZOff = kSOff + D / 64 * kSBlock;  // z: F floats
+  static constexpr bool kZFloat = true;
+  static constexpr int kBarOff = kZOff + F * 4;
   static constexpr int kSmemBytes = kBarOff + 16 * 8 + 1024;
 };
 
 struct QueryParams {
-  CUtensorMap v, phi_k, phi_q, dy, y;
+  CUtensorMap q, k, v, phi_k, phi_q, dy, y;
   Shape s;
+  const float* coef_window;
   const float* coef_linear;
   const uint8_t* window_drop;
+  const float* row_max;
   const float* row_denom;
+  const int32_t* row_argmax;
+  const bf16* k_rows;   // k as a plain pointer, for the G_i k_m term of dq
   const float* states;  // S, z at the start of each forward segment (segments > 1)
   int segments, segment_len;
+  bf16* dq;  // null: q needs no gradient
   bf16* dphi_q;
-  float* row_l1;  // row_grad_linear: L1, for the window query kernel
-  float* row_p;   // row_delta: P, for the window query kernel
+  float* row_grad_window;
+  float* row_grad_linear;
+  float* row_delta;
+  float* row_gate_grad;
+};
+
+// The forward's Barriers (q_full / q_empty for q, pq_* for phi_q) and those of dy and y.
+struct QueryBarriers {
+  Barriers base;
+  uint64_t* dy_full;   // dy and y of the tile
+  uint64_t* dy_empty;  // the tile is done with dy and with y's buffer (q included)
+  uint64_t* y_free;    // dl is taken: q may go into y's buffer
 };
 
 template <int D, int F>
-__device__ void produce_query(const QueryParams& p, uint8_t* smem, const Barriers& bar, int unit,
-                              int kv_unit, int r_begin, int tiles) {
+__device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t* smem,
+                              const QueryBarriers& qb, int unit, int kv_unit, int r_begin,
+                              int tiles) {
   using L = QueryLayout<D, F>;
+  const Barriers& bar = qb.base;
+  const uint32_t chunk_bytes =
+      kBlock * ((1 + um.use_window) * (D / 64) + (um.use_linear ? F / 64 : 0));
   auto load_chunk = [&](int c) {
     const int slot = slot_of(c);
     const uint32_t use = use_of(c);
@@ -1218,73 +1251,88 @@ __device__ void produce_query(const QueryParams& p, uint8_t* smem, const Barrier
     uint8_t* base = smem + slot * L::kSlotBytes;
     uint64_t* full = bar.chunk_full + slot;
     const int row = r_begin + c * kRows;
-    mbar_expect_bytes(full, (D / 64 + F / 64) * kBlock);
-    for (int b = 0; b < D / 64; ++b)
+    mbar_expect_bytes(full, chunk_bytes);
+    for (int b = 0; b < D / 64; ++b) {
+      if (um.use_window)
+        tma_load_3d(base + L::kKOff + b * kBlock, &p.k, b * 64, row, kv_unit, full);
       tma_load_3d(base + L::kVOff + b * kBlock, &p.v, b * 64, row, kv_unit, full);
-    for (int b = 0; b < F / 64; ++b)
-      tma_load_3d(base + L::kPkOff + b * kBlock, &p.phi_k, b * 64, row, unit, full);
+    }
+    if (um.use_linear) {
+      for (int b = 0; b < F / 64; ++b)
+        tma_load_3d(base + L::kPkOff + b * kBlock, &p.phi_k, b * 64, row, unit, full);
+    }
   };
   load_chunk(-1);
   for (int t = 0; t < tiles; ++t) {
     load_chunk(t);
     const int row = r_begin + t * kRows;
-    // dy and y share the q barriers of the forward's Barriers, phi_q keeps its own.
-    if (t > 0) mbar_wait(bar.q_empty, (t - 1) & 1);
-    mbar_expect_bytes(bar.q_full, 2 * D / 64 * kBlock);
+    if (t > 0) mbar_wait(qb.dy_empty, (t - 1) & 1);
+    mbar_expect_bytes(qb.dy_full, 2 * D / 64 * kBlock);
     for (int b = 0; b < D / 64; ++b) {
-      tma_load_3d(smem + L::kDyOff + b * kBlock, &p.dy, b * 64, row, unit, bar.q_full);
-      tma_load_3d(smem + L::kYOff + b * kBlock, &p.y, b * 64, row, unit, bar.q_full);
+      tma_load_3d(smem + L::kDyOff + b * kBlock, &p.dy, b * 64, row, unit, qb.dy_full);
+      tma_load_3d(smem + L::kYqOff + b * kBlock, &p.y, b * 64, row, unit, qb.dy_full);
     }
-    if (t > 0) mbar_wait(bar.pq_empty, (t - 1) & 1);
-    mbar_expect_bytes(bar.pq_full, F / 64 * kBlock);
-    for (int b = 0; b < F / 64; ++b)
-      tma_load_3d(smem + L::kPqOff + b * kBlock, &p.phi_q, b * 64, row, unit, bar.pq_full);
+    if (um.use_linear) {
+      if (t > 0) mbar_wait(bar.pq_empty, (t - 1) & 1);
+      mbar_expect_bytes(bar.pq_full, F / 64 * kBlock);
+      for (int b = 0; b < F / 64; ++b)
+        tma_load_3d(smem + L::kPqOff + b * kBlock, &p.phi_q, b * 64, row, unit, bar.pq_full);
+    }
+    if (um.use_window) {
+      mbar_wait(qb.y_free, t & 1);
+      mbar_expect_bytes(bar.q_full, D / 64 * kBlock);
+      for (int b = 0; b < D / 64; ++b)
+        tma_load_3d(smem + L::kYqOff + b * kBlock, &p.q, b * 64, row, unit, bar.q_full);
+    }
   }
 }
 
-template <int D, int F>
+// kWindow / kLinear: the unit's branches; kDq: q needs a gradient. As in the forward's consume,
+// template arguments keep every wgmma unconditional within its instantiation.
+template <int D, int F, bool kWindow, bool kLinear, bool kDq>
 __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t* smem,
-                              const Barriers& bar, int unit, int r_begin, int r_end, int tiles) {
+                              const QueryBarriers& qb, int unit, int r_begin, int r_end,
+                              int tiles) {
   using L = QueryLayout<D, F>;
-  const int N = p.s.seq_len;
+  const Barriers& bar = qb.base;
+  const Shape& s = p.s;
+  const int N = s.seq_len;
   const int ct = threadIdx.x - 128;
   const int warp = ct / 32;
   const int lane = ct % 32;
   const int g8 = lane / 4;
   const int t4 = lane % 4;
   const int la = warp * 16 + g8, lb = la + 8;  // this thread's rows in the tile
+  const float coef_w = p.coef_window[unit];
   const float coef_l = p.coef_linear[unit];
+  const float scale_log2 = s.scale * 1.4426950408889634f;
   const uint32_t sbase = shared_address(smem);
   const uint32_t pq_addr = sbase + L::kPqOff, dy_addr = sbase + L::kDyOff;
+  const uint32_t q_addr = sbase + L::kYqOff;
   const int lin_c = um.lin_lag > 0 ? 0 : 1;  // the chunk of unfolded linear keys, as consume
+  const size_t row0 = static_cast<size_t>(unit) * N;
 
   for (int t = 0; t < tiles; ++t) {
     const int t0 = r_begin + t * kRows;
     const int ia = t0 + la, ib = t0 + lb;
+    const bool in_a = ia < r_end, in_b = ib < r_end;
     const int kbase = t0 - kRows;
-    const int lin_chunk = t - 1 + lin_c;
-    const uint32_t lin = sbase + slot_of(lin_chunk) * L::kSlotBytes;
-    const float inv_a = ia < r_end ? 1.f / p.row_denom[static_cast<size_t>(unit) * N + ia] : 0.f;
-    const float inv_b = ib < r_end ? 1.f / p.row_denom[static_cast<size_t>(unit) * N + ib] : 0.f;
+    const int slots[2] = {slot_of(t - 1), slot_of(t)};  // chunks t - 1 and t
+    const float inv_a = in_a ? 1.f / p.row_denom[row0 + ia] : 0.f;
+    const float inv_b = in_b ? 1.f / p.row_denom[row0 + ib] : 0.f;
 
     // dl = dy . y of rows la, lb: this lane takes the 16-byte column chunks t4, t4 + 4, ...
-    mbar_wait(bar.q_full, t & 1);
+    mbar_wait(qb.dy_full, t & 1);
     float dl_a = 0.f, dl_b = 0.f;
 #pragma unroll
     for (int c = t4; c < D / 8; c += 4) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const int row = r == 0 ? la : lb;
-        const uint32_t off = swizzled_offset(row, 8 * c, kBlock);
-        const uint4 dv4 = *reinterpret_cast<const uint4*>(smem + L::kDyOff + off);
-        const uint4 yv4 = *reinterpret_cast<const uint4*>(smem + L::kYOff + off);
-        const uint32_t dw[4] = {dv4.x, dv4.y, dv4.z, dv4.w}, yw[4] = {yv4.x, yv4.y, yv4.z, yv4.w};
-        float sum = 0.f;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 a = unpack_bf16(dw[e]), b = unpack_bf16(yw[e]);
-          sum += a.x * b.x + a.y * b.y;
-        }
+        const uint32_t off = swizzled_offset(r == 0 ? la : lb, 8 * c, kBlock);
+        const uint4 d4 = *reinterpret_cast<const uint4*>(smem + L::kDyOff + off);
+        const uint4 y4 = *reinterpret_cast<const uint4*>(smem + L::kYqOff + off);
+        const float sum = dot_bf16x2(d4.x, y4.x) + dot_bf16x2(d4.y, y4.y) + dot_bf16x2(d4.z, y4.z) +
+                          dot_bf16x2(d4.w, y4.w);
         if (r == 0)
           dl_a += sum;
         else
@@ -1296,144 +1344,267 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       dl_a += __shfl_xor_sync(kFullMask, dl_a, off);
       dl_b += __shfl_xor_sync(kFullMask, dl_b, off);
     }
+    mbar_arrive(qb.y_free);
+    mbar_wait(bar.chunk_full + slots[0], use_of(t - 1) & 1);
+    mbar_wait(bar.chunk_full + slots[1], use_of(t) & 1);
 
-    // acc starts from - dl z (z read before S and z are handed back), then += dy S^T.
-    mbar_wait(bar.s_full, t & 1);
-    float acc[F / 2], zd[4], pl[32], dv[32];
+    float l1_a = 0.f, l1_b = 0.f, p_a = 0.f, p_b = 0.f;
+    if constexpr (kLinear) {
+      const uint32_t lin = sbase + slots[lin_c] * L::kSlotBytes;
+      float acc[F / 2], pl[32], dv[32];
+      mbar_wait(bar.pq_full, t & 1);
+      mbar_wait(bar.s_full, t & 1);
+      // acc starts from - dl z; P takes phi_q . z; both read z before S and z are handed back.
+      const float* z = reinterpret_cast<const float*>(smem + L::kZOff);
 #pragma unroll
-    for (int n = 0; n < F / 8; ++n) {
-      const int f = 8 * n + 2 * t4;
-      const float2 z = unpack_bf16(
-          *reinterpret_cast<const uint32_t*>(smem + L::kZOff + (f / 8) * 128 + (f % 8) * 2));
-      acc[4 * n] = -dl_a * z.x;
-      acc[4 * n + 1] = -dl_a * z.y;
-      acc[4 * n + 2] = -dl_b * z.x;
-      acc[4 * n + 3] = -dl_b * z.y;
-    }
-    mbar_wait(bar.pq_full, t & 1);
-    // Both chunks, as the forward's consume: chunk t - 1 is given back after this tile, so its
-    // load must have landed even where only chunk t is read.
-    mbar_wait(bar.chunk_full + slot_of(t - 1), use_of(t - 1) & 1);
-    mbar_wait(bar.chunk_full + slot_of(t), use_of(t) & 1);
-    wgmma_fence();
+      for (int n = 0; n < F / 8; ++n) {
+        const int f = 8 * n + 2 * t4;
+        const float2 zf = *reinterpret_cast<const float2*>(z + f);
+        const float2 qa = unpack_bf16(
+            *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(la, f, kBlock)));
+        const float2 qv = unpack_bf16(
+            *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(lb, f, kBlock)));
+        p_a += qa.x * zf.x + qa.y * zf.y;
+        p_b += qv.x * zf.x + qv.y * zf.y;
+        acc[4 * n] = -dl_a * zf.x;
+        acc[4 * n + 1] = -dl_a * zf.y;
+        acc[4 * n + 2] = -dl_b * zf.x;
+        acc[4 * n + 3] = -dl_b * zf.y;
+      }
+      wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      wgmma_ss<F, 0, 0>(acc, k_major(dy_addr, ks), k_major_blocks(sbase + L::kSOff, ks, L::kSBlock),
-                        true);
-    }
+      for (int ks = 0; ks < D / 16; ++ks) {
+        wgmma_ss<F, 0, 0>(acc, k_major(dy_addr, ks),
+                          k_major_blocks(sbase + L::kSOff, ks, L::kSBlock), true);
+      }
+      wgmma_commit();
 #pragma unroll
-    for (int ks = 0; ks < F / 16; ++ks) {
-      wgmma_ss_n8<0, 0>(zd, k_major(pq_addr, ks),
-                        interleaved_desc(sbase + L::kZOff + ks * 256, 128, 256), ks > 0);
-    }
-    wgmma_commit();
+      for (int ks = 0; ks < F / 16; ++ks)
+        wgmma_ss_n64<0, 0>(pl, k_major(pq_addr, ks), k_major(lin + L::kPkOff, ks), ks > 0);
 #pragma unroll
-    for (int ks = 0; ks < F / 16; ++ks)
-      wgmma_ss_n64<0, 0>(pl, k_major(pq_addr, ks), k_major(lin + L::kPkOff, ks), ks > 0);
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks)
-      wgmma_ss_n64<0, 0>(dv, k_major(dy_addr, ks), k_major(lin + L::kVOff, ks), ks > 0);
-    wgmma_commit();
-    wgmma_wait<1>();
-    mbar_arrive(bar.s_empty);
+      for (int ks = 0; ks < D / 16; ++ks)
+        wgmma_ss_n64<0, 0>(dv, k_major(dy_addr, ks), k_major(lin + L::kVOff, ks), ks > 0);
+      wgmma_commit();
+      wgmma_wait<1>();
+      mbar_arrive(bar.s_empty);
 
-    // L1 from the state: phi_q . (S dy - dl z) + dl (phi_q . z); P from the state: phi_q . z.
-    float l1_a = 0.f, l1_b = 0.f;
+      // L1 from the state: phi_q . (S dy - dl z) + dl P_state.
 #pragma unroll
-    for (int n = 0; n < F / 8; ++n) {
-      const int f = 8 * n + 2 * t4;
-      const float2 qa = unpack_bf16(
-          *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(la, f, kBlock)));
-      const float2 qb = unpack_bf16(
-          *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(lb, f, kBlock)));
-      l1_a += qa.x * acc[4 * n] + qa.y * acc[4 * n + 1];
-      l1_b += qb.x * acc[4 * n + 2] + qb.y * acc[4 * n + 3];
-    }
-    const float zq_a = __shfl_sync(kFullMask, zd[0], lane & ~3);  // column 0 of phi_q z^T
-    const float zq_b = __shfl_sync(kFullMask, zd[2], lane & ~3);
-    wgmma_wait<0>();
-    mbar_arrive(bar.pq_empty);
-    mbar_arrive(bar.q_empty);
+      for (int n = 0; n < F / 8; ++n) {
+        const int f = 8 * n + 2 * t4;
+        const float2 qa = unpack_bf16(
+            *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(la, f, kBlock)));
+        const float2 qv = unpack_bf16(
+            *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(lb, f, kBlock)));
+        l1_a += qa.x * acc[4 * n] + qa.y * acc[4 * n + 1];
+        l1_b += qv.x * acc[4 * n + 2] + qv.y * acc[4 * n + 3];
+      }
+      wgmma_wait<0>();
+      mbar_arrive(bar.pq_empty);
 
-    // The unfolded linear keys: [s_lo, row - lin_lag] within the chunk.
-    const int s_lo = t == 0 ? r_begin - um.state_lag : kbase + kRows * lin_c;
-    const int j0 = kbase + kRows * lin_c;
-    float p_a = 0.f, p_b = 0.f;
-    uint32_t adu[4][4];
+      // The unfolded linear keys: [s_lo, row - lin_lag] within the chunk.
+      const int s_lo = t == 0 ? r_begin - um.state_lag : kbase + kRows * lin_c;
+      const int j0 = kbase + kRows * lin_c;
+      float ls_a = 0.f, ls_b = 0.f, ps_a = 0.f, ps_b = 0.f;  // this lane's part of the chunk sums
+      uint32_t adu[4][4];
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
+      for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        float du[2];
+        for (int r = 0; r < 4; ++r) {
+          float du[2];
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int i = 8 * kk + 2 * r + e;
-          const int j = j0 + (i / 4) * 8 + 2 * t4 + (i & 1);
-          const bool top = (i & 2) == 0;
-          const int row = top ? ia : ib;
-          const bool in = j >= s_lo && j >= 0 && j <= row - um.lin_lag;
-          const float pv = in ? pl[i] : 0.f;
-          if (top) {
-            l1_a += pv * dv[i];
-            p_a += pv;
-          } else {
-            l1_b += pv * dv[i];
-            p_b += pv;
+          for (int e = 0; e < 2; ++e) {
+            const int i = 8 * kk + 2 * r + e;
+            const int j = j0 + (i / 4) * 8 + 2 * t4 + (i & 1);
+            const bool top = (i & 2) == 0;
+            const int row = top ? ia : ib;
+            const bool in = j >= s_lo && j >= 0 && j <= row - um.lin_lag;
+            const float pv = in ? pl[i] : 0.f;
+            if (top) {
+              ls_a += pv * dv[i];
+              ps_a += pv;
+            } else {
+              ls_b += pv * dv[i];
+              ps_b += pv;
+            }
+            du[e] = in ? dv[i] - (top ? dl_a : dl_b) : 0.f;
           }
-          du[e] = in ? dv[i] - (top ? dl_a : dl_b) : 0.f;
+          adu[kk][r] = pack_bf16(du[0], du[1]);
         }
-        adu[kk][r] = pack_bf16(du[0], du[1]);
       }
-    }
-    wgmma_fence();
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_rs<F, 1>(acc, adu[kk], n_major(lin + L::kPkOff, kk, kBlock), true);
-    wgmma_commit();
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_rs<F, 1>(acc, adu[kk], n_major(lin + L::kPkOff, kk, kBlock), true);
+      wgmma_commit();
+      l1_a += ls_a;
+      l1_b += ls_b;
 #pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      l1_a += __shfl_xor_sync(kFullMask, l1_a, off);
-      l1_b += __shfl_xor_sync(kFullMask, l1_b, off);
-      p_a += __shfl_xor_sync(kFullMask, p_a, off);
-      p_b += __shfl_xor_sync(kFullMask, p_b, off);
-    }
-    l1_a += dl_a * zq_a;
-    l1_b += dl_b * zq_b;
-    p_a += zq_a;
-    p_b += zq_b;
-    wgmma_wait<0>();
-    mbar_arrive(bar.chunk_empty + slot_of(t - 1));  // the last tile that reads chunk t - 1
+      for (int off = 1; off <= 2; off <<= 1) {
+        l1_a += __shfl_xor_sync(kFullMask, l1_a, off);
+        l1_b += __shfl_xor_sync(kFullMask, l1_b, off);
+        p_a += __shfl_xor_sync(kFullMask, p_a, off);
+        p_b += __shfl_xor_sync(kFullMask, p_b, off);
+        ps_a += __shfl_xor_sync(kFullMask, ps_a, off);
+        ps_b += __shfl_xor_sync(kFullMask, ps_b, off);
+      }
+      // phi_q . (- dl z) went into l1 through acc; P_state = p before the chunk sums.
+      l1_a += dl_a * p_a;
+      l1_b += dl_b * p_b;
+      p_a += ps_a;
+      p_b += ps_b;
+      wgmma_wait<0>();
 
-    bf16* dpq = p.dphi_q + static_cast<size_t>(unit) * N * F;
-    const float fa = coef_l * inv_a, fb = coef_l * inv_b;
+      bf16* dpq = p.dphi_q + row0 * F;
+      const float fa = coef_l * inv_a, fb = coef_l * inv_b;
 #pragma unroll
-    for (int n = 0; n < F / 8; ++n) {
-      const int col = 8 * n + 2 * t4;
-      if (ia < r_end) {
-        *reinterpret_cast<uint32_t*>(dpq + static_cast<size_t>(ia) * F + col) =
-            pack_bf16(acc[4 * n] * fa, acc[4 * n + 1] * fa);
+      for (int n = 0; n < F / 8; ++n) {
+        const int col = 8 * n + 2 * t4;
+        if (in_a) {
+          *reinterpret_cast<uint32_t*>(dpq + static_cast<size_t>(ia) * F + col) =
+              pack_bf16(acc[4 * n] * fa, acc[4 * n + 1] * fa);
+        }
+        if (in_b) {
+          *reinterpret_cast<uint32_t*>(dpq + static_cast<size_t>(ib) * F + col) =
+              pack_bf16(acc[4 * n + 2] * fb, acc[4 * n + 3] * fb);
+        }
       }
-      if (ib < r_end) {
-        *reinterpret_cast<uint32_t*>(dpq + static_cast<size_t>(ib) * F + col) =
-            pack_bf16(acc[4 * n + 2] * fb, acc[4 * n + 3] * fb);
+    }
+
+    float w1_a = 0.f, w1_b = 0.f, e_a = 0.f, e_b = 0.f;
+    int am_a = -1, am_b = -1;
+    float dq[D / 2];
+    if constexpr (kWindow) {
+      const int w = s.window;
+      const float m_a = in_a ? p.row_max[row0 + ia] * 1.4426950408889634f : 0.f;
+      const float m_b = in_b ? p.row_max[row0 + ib] * 1.4426950408889634f : 0.f;
+      if (in_a) am_a = p.row_argmax[row0 + ia];
+      if (in_b) am_b = p.row_argmax[row0 + ib];
+      mbar_wait(bar.q_full, t & 1);
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const uint32_t slot = sbase + slots[c] * L::kSlotBytes;
+        float sc[32], dyv[32];
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+          wgmma_ss_n64<0, 0>(sc, k_major(q_addr, ks), k_major(slot + L::kKOff, ks), ks > 0);
+          wgmma_ss_n64<0, 0>(dyv, k_major(dy_addr, ks), k_major(slot + L::kVOff, ks), ks > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        uint32_t ads[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            float ds[2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int i = 8 * kk + 2 * r + e;
+              const int j = kbase + c * kRows + (i / 4) * 8 + 2 * t4 + (i & 1);
+              const bool top = (i & 2) == 0;
+              const int row = top ? ia : ib;
+              const bool in = j <= row && j > row - w && j >= 0;
+              const float ex = in ? fast_exp2(sc[i] * scale_log2 - (top ? m_a : m_b)) : 0.f;
+              if (top) {
+                w1_a += ex * dyv[i];
+                e_a += ex;
+              } else {
+                w1_b += ex * dyv[i];
+                e_b += ex;
+              }
+              ds[e] = coef_w * ex * (dyv[i] - (top ? dl_a : dl_b)) * (top ? inv_a : inv_b);
+            }
+            ads[kk][r] = pack_bf16(ds[0], ds[1]);
+          }
+        }
+        if constexpr (kDq) {
+          wgmma_fence();
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk)
+            wgmma_rs<D, 1>(dq, ads[kk], n_major(slot + L::kKOff, kk, kBlock), c > 0 || kk > 0);
+          wgmma_commit();
+          wgmma_wait<0>();
+        }
+      }
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        w1_a += __shfl_xor_sync(kFullMask, w1_a, off);
+        w1_b += __shfl_xor_sync(kFullMask, w1_b, off);
+        e_a += __shfl_xor_sync(kFullMask, e_a, off);
+        e_b += __shfl_xor_sync(kFullMask, e_b, off);
+      }
+    }
+    mbar_arrive(qb.dy_empty);                 // dy, and y's buffer with q in it
+    mbar_arrive(bar.chunk_empty + slots[0]);  // the last tile that reads chunk t - 1
+
+    // The row values; dq with its G_i k_m term.
+    const float delta_a = (coef_w * w1_a + coef_l * l1_a) * inv_a;
+    const float delta_b = (coef_w * w1_b + coef_l * l1_b) * inv_b;
+    const float gw_a = (w1_a - delta_a * e_a) * inv_a, gw_b = (w1_b - delta_b * e_b) * inv_b;
+    const float gate_a = coef_w * gw_a, gate_b = coef_w * gw_b;
+    if constexpr (kDq) {
+      bf16* dqb = p.dq + row0 * D;
+      const bf16* kb = p.k_rows + static_cast<size_t>(kv_unit_of(s, unit)) * N * D;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const int col = 8 * n + 2 * t4;
+        float2 xa = make_float2(0.f, 0.f), xb = xa;
+        if constexpr (kWindow) {
+          xa = make_float2(dq[4 * n], dq[4 * n + 1]);
+          xb = make_float2(dq[4 * n + 2], dq[4 * n + 3]);
+          if (am_a >= 0) {
+            const float2 kk = unpack_bf16(__ldg(
+                reinterpret_cast<const unsigned int*>(kb + static_cast<size_t>(am_a) * D + col)));
+            xa.x -= gate_a * kk.x;
+            xa.y -= gate_a * kk.y;
+          }
+          if (am_b >= 0) {
+            const float2 kk = unpack_bf16(__ldg(
+                reinterpret_cast<const unsigned int*>(kb + static_cast<size_t>(am_b) * D + col)));
+            xb.x -= gate_b * kk.x;
+            xb.y -= gate_b * kk.y;
+          }
+        }
+        if (in_a) {
+          *reinterpret_cast<uint32_t*>(dqb + static_cast<size_t>(ia) * D + col) =
+              pack_bf16(xa.x * s.scale, xa.y * s.scale);
+        }
+        if (in_b) {
+          *reinterpret_cast<uint32_t*>(dqb + static_cast<size_t>(ib) * D + col) =
+              pack_bf16(xb.x * s.scale, xb.y * s.scale);
+        }
+      }
+    }
+    if (!kLinear && p.dphi_q != nullptr) {  // a window-only unit among dropped ones
+      bf16* dpq = p.dphi_q + row0 * F;
+      for (int n = 0; n < F / 8; ++n) {
+        const int col = 8 * n + 2 * t4;
+        if (in_a) *reinterpret_cast<uint32_t*>(dpq + static_cast<size_t>(ia) * F + col) = 0u;
+        if (in_b) *reinterpret_cast<uint32_t*>(dpq + static_cast<size_t>(ib) * F + col) = 0u;
       }
     }
     if (t4 == 0) {
-      if (ia < r_end) {
-        p.row_l1[static_cast<size_t>(unit) * N + ia] = l1_a;
-        p.row_p[static_cast<size_t>(unit) * N + ia] = p_a;
+      if (in_a) {
+        p.row_delta[row0 + ia] = delta_a;
+        p.row_gate_grad[row0 + ia] = gate_a;
+        p.row_grad_window[row0 + ia] = gw_a;
+        p.row_grad_linear[row0 + ia] = kLinear ? (l1_a - delta_a * p_a) * inv_a : 0.f;
       }
-      if (ib < r_end) {
-        p.row_l1[static_cast<size_t>(unit) * N + ib] = l1_b;
-        p.row_p[static_cast<size_t>(unit) * N + ib] = p_b;
+      if (in_b) {
+        p.row_delta[row0 + ib] = delta_b;
+        p.row_gate_grad[row0 + ib] = gate_b;
+        p.row_grad_window[row0 + ib] = gw_b;
+        p.row_grad_linear[row0 + ib] = kLinear ? (l1_b - delta_b * p_b) * inv_b : 0.f;
       }
     }
   }
 }
 
-template <int D, int F>
+template <int D, int F, bool kDq>
 __global__ void __launch_bounds__(kWgThreads, 1)
-    linear_query_wg_kernel(const __grid_constant__ QueryParams p) {
+    query_wg_kernel(const __grid_constant__ QueryParams p) {
   using L = QueryLayout<D, F>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
@@ -1446,53 +1617,49 @@ __global__ void __launch_bounds__(kWgThreads, 1)
                      bars + 2 * kSlots + 3,
                      bars + 2 * kSlots + 4,
                      bars + 2 * kSlots + 5};
+  const QueryBarriers qb{bar, bars + 2 * kSlots + 6, bars + 2 * kSlots + 7, bars + 2 * kSlots + 8};
   const Shape& s = p.s;
-  const int N = s.seq_len;
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
-  const int h = unit % s.q_heads;
-  const int kv_unit = (unit / s.q_heads) * s.kv_heads + h / (s.q_heads / s.kv_heads);
   const UnitMode um = unit_mode(s, p.window_drop, unit);
   const int r_begin = seg * p.segment_len;
-  const int r_end = min(N, r_begin + p.segment_len);
+  const int r_end = min(s.seq_len, r_begin + p.segment_len);
   const int tiles = (r_end - r_begin + kRows - 1) / kRows;
-  const size_t row0 = static_cast<size_t>(unit) * N;
-  if (!um.use_linear) {  // a window-only unit among dropped ones: no linear gradient
-    for (int i = threadIdx.x; i < (r_end - r_begin) * F; i += kWgThreads)
-      p.dphi_q[(row0 + r_begin) * F + i] = __float2bfloat16_rn(0.f);
-    for (int r = r_begin + threadIdx.x; r < r_end; r += kWgThreads)
-      p.row_l1[row0 + r] = p.row_p[row0 + r] = 0.f;
-    return;
-  }
 
   if (threadIdx.x == 0) {
     for (int i = 0; i < kSlots; ++i) {
       mbar_init(bar.chunk_full + i, 1);
-      mbar_init(bar.chunk_empty + i, 256);  // consumer and state warpgroups
+      mbar_init(bar.chunk_empty + i, um.use_linear ? 256 : 128);  // consumer (+ state)
     }
-    mbar_init(bar.q_full, 1);
-    mbar_init(bar.q_empty, 128);
+    mbar_init(bar.q_full, 1);  // q's buffer is given back through dy_empty, not q_empty
     mbar_init(bar.pq_full, 1);
     mbar_init(bar.pq_empty, 128);
     mbar_init(bar.s_full, 128);
     mbar_init(bar.s_empty, 128);
+    mbar_init(qb.dy_full, 1);
+    mbar_init(qb.dy_empty, 128);
+    mbar_init(qb.y_free, 128);
     mbar_init_fence();
   }
-  for (int i = threadIdx.x; i < L::kZBytes / 16; i += kWgThreads)  // rows 1-7 of z stay zero
-    reinterpret_cast<uint4*>(smem + L::kZOff)[i] = make_uint4(0, 0, 0, 0);
-  fence_async_shared();
   __syncthreads();
 
   const int group = threadIdx.x / 128;
   if (group == 0) {
     regs_shrink<24>();
-    if (threadIdx.x == 0) produce_query<D, F>(p, smem, bar, unit, kv_unit, r_begin, tiles);
+    if (threadIdx.x == 0) {
+      produce_query<D, F>(p, um, smem, qb, unit, kv_unit_of(s, unit), r_begin, tiles);
+    }
   } else if (group == 1) {
     regs_grow<256>();
-    consume_query<D, F>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+    if (!um.use_linear)
+      consume_query<D, F, true, false, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
+    else if (!um.use_window)
+      consume_query<D, F, false, true, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
+    else
+      consume_query<D, F, true, true, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
   } else {
     regs_grow<216>();
-    keep_state<D, F, L>(p, um, smem, bar, r_begin, tiles, 1.f);
+    if (um.use_linear) keep_state<D, F, L>(p, um, smem, bar, r_begin, tiles, 1.f);
   }
 }
 
@@ -1614,39 +1781,55 @@ cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream
                  : go(linear_key_wg_kernel<128, 128>, KeyLayout<128, 128>::kSmemBytes);
 }
 
-cudaError_t run_linear_query_wg(const Shape& s, const LinearQueryArgs& a, cudaStream_t stream) {
+cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream) {
   QueryParams p{};
   const int units = s.batch * s.q_heads, kv_units = s.batch * s.kv_heads;
   const int D = s.head_dim, F = s.features, N = s.seq_len;
-  if (!make_map(&p.v, a.v, D, N, kv_units) || !make_map(&p.phi_k, a.phi_k, F, N, units) ||
+  if (!make_map(&p.q, a.q, D, N, units) || !make_map(&p.k, a.k, D, N, kv_units) ||
+      !make_map(&p.v, a.v, D, N, kv_units) || !make_map(&p.phi_k, a.phi_k, F, N, units) ||
       !make_map(&p.phi_q, a.phi_q, F, N, units) || !make_map(&p.dy, a.dy, D, N, units) ||
       !make_map(&p.y, a.y, D, N, units)) {
     return cudaErrorNotSupported;
   }
   p.s = s;
+  p.coef_window = a.coef_window;
   p.coef_linear = a.coef_linear;
   p.window_drop = a.window_drop;
+  p.row_max = a.row_max;
   p.row_denom = a.row_denom;
+  p.row_argmax = a.row_argmax;
+  p.k_rows = static_cast<const bf16*>(a.k);
   p.states = a.fwd_states;
   p.segments = a.plan.segments;
   p.segment_len = a.plan.length;
+  p.dq = static_cast<bf16*>(a.dq);
   p.dphi_q = static_cast<bf16*>(a.dphi_q);
-  p.row_l1 = a.row_l1;
-  p.row_p = a.row_p;
+  p.row_grad_window = a.row_grad_window;
+  p.row_grad_linear = a.row_grad_linear;
+  p.row_delta = a.row_delta;
+  p.row_gate_grad = a.row_gate_grad;
   const int blocks = units * a.plan.segments;
   auto go = [&](auto kernel, int smem) {
+    if (smem > max_dynamic_smem()) return cudaErrorNotSupported;
     cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     kernel<<<blocks, kWgThreads, smem, stream>>>(p);
     return cudaGetLastError();
   };
+  auto by_dq = [&](auto with_dq, auto without_dq, int smem) {
+    return a.dq != nullptr ? go(with_dq, smem) : go(without_dq, smem);
+  };
   if (D == 64) {
-    return F == 64 ? go(linear_query_wg_kernel<64, 64>, QueryLayout<64, 64>::kSmemBytes)
-                   : go(linear_query_wg_kernel<64, 128>, QueryLayout<64, 128>::kSmemBytes);
+    return F == 64 ? by_dq(query_wg_kernel<64, 64, true>, query_wg_kernel<64, 64, false>,
+                           QueryLayout<64, 64>::kSmemBytes)
+                   : by_dq(query_wg_kernel<64, 128, true>, query_wg_kernel<64, 128, false>,
+                           QueryLayout<64, 128>::kSmemBytes);
   }
-  return F == 64 ? go(linear_query_wg_kernel<128, 64>, QueryLayout<128, 64>::kSmemBytes)
-                 : go(linear_query_wg_kernel<128, 128>, QueryLayout<128, 128>::kSmemBytes);
+  return F == 64 ? by_dq(query_wg_kernel<128, 64, true>, query_wg_kernel<128, 64, false>,
+                         QueryLayout<128, 64>::kSmemBytes)
+                 : by_dq(query_wg_kernel<128, 128, true>, query_wg_kernel<128, 128, false>,
+                         QueryLayout<128, 128>::kSmemBytes);
 }
 
 bool state_pass_wg_takes(const Shape& s) {

@@ -379,7 +379,7 @@ TEST(CudaAttention, FrozenQkvGradients) {
 // Shapes the warp-specialised Hopper forward takes (bf16, D and F of 64 or 128): overlap with SSD
 // drops and GQA, window-only with a short window, linear-only, a sequence shorter than the
 // window, the benchmark shape split into segments; on an sm_90 GPU the dispatch must pick it (the
-// backward's linear query kernel follows the same predicate), and the Hopper linear key kernel
+// backward's Hopper query kernel follows the same predicate), and the Hopper linear key kernel
 // wherever there is a linear branch.
 TEST(CudaAttention, HopperForwardBf16) {
   HL_REQUIRE_GPU();
