@@ -1191,6 +1191,32 @@ __device__ inline float dot_bf16x2(uint32_t a, uint32_t b) {
   return x.x * y.x + x.y * y.y;
 }
 
+// Rows la and la + 8 of a 64-row C-layout accumulator of width W, times fa / fb, into a tile of
+// 64-column swizzled blocks at `tile`, then one TMA store per block of rows [row, row + 64);
+// thread ct == 0 waits until the stores have read the tile. The caller's named barrier 1 (the
+// consumer's 128 threads) must come after its own last read of the buffer.
+template <int W>
+__device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* acc, float fa,
+                           float fb, int row, int unit, int ct) {
+  const int warp = ct / 32, lane = ct % 32, g8 = lane / 4, t4 = lane % 4;
+  uint32_t row_base = shared_address(tile) + (warp * 16 + g8) * 128 + 4 * t4;
+  asm volatile("" : "+r"(row_base));
+#pragma unroll
+  for (int n = 0; n < W / 8; ++n) {
+    const uint32_t at = row_base + (n / 8) * kBlock + (((n % 8) ^ g8) * 16);
+    st_shared_u32(at, pack_bf16(acc[4 * n] * fa, acc[4 * n + 1] * fa));
+    st_shared_u32(at + 8 * 128, pack_bf16(acc[4 * n + 2] * fb, acc[4 * n + 3] * fb));
+  }
+  fence_async_shared();
+  named_barrier(1, 128);
+  if (ct == 0) {
+    for (int b = 0; b < W / 64; ++b)
+      tma_store_3d(map, tile + b * kBlock, b * 64, row, unit);
+    bulk_commit();
+    bulk_wait_read();
+  }
+}
+
 template <int D, int F>
 struct QueryLayout {
   static constexpr int kKOff = 0;  // in a slot: k, v, phi_k
@@ -1209,7 +1235,7 @@ struct QueryLayout {
 };
 
 struct QueryParams {
-  CUtensorMap q, k, v, phi_k, phi_q, dy, y;
+  CUtensorMap q, k, v, phi_k, phi_q, dy, y, dq, dphi_q;  // dq, dphi_q: stores
   Shape s;
   const float* coef_window;
   const float* coef_linear;
@@ -1220,8 +1246,7 @@ struct QueryParams {
   const bf16* k_rows;   // k as a plain pointer, for the G_i k_m term of dq
   const float* states;  // S, z at the start of each forward segment (segments > 1)
   int segments, segment_len;
-  bf16* dq;  // null: q needs no gradient
-  bf16* dphi_q;
+  bf16* dphi_q_rows;  // dphi_q as a plain pointer, for the zeros of window-only units
   float* row_grad_window;
   float* row_grad_linear;
   float* row_delta;
@@ -1232,7 +1257,7 @@ struct QueryParams {
 struct QueryBarriers {
   Barriers base;
   uint64_t* dy_full;   // dy and y of the tile
-  uint64_t* dy_empty;  // the tile is done with dy and with y's buffer (q included)
+  uint64_t* dy_empty;  // the tile is done with dy and with y's buffer (q, then dq, included)
   uint64_t* y_free;    // dl is taken: q may go into y's buffer
 };
 
@@ -1400,7 +1425,6 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         l1_b += qv.x * acc[4 * n + 2] + qv.y * acc[4 * n + 3];
       }
       wgmma_wait<0>();
-      mbar_arrive(bar.pq_empty);
 
       // The unfolded linear keys: [s_lo, row - lin_lag] within the chunk.
       const int s_lo = t == 0 ? r_begin - um.state_lag : kbase + kRows * lin_c;
@@ -1454,21 +1478,10 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       p_a += ps_a;
       p_b += ps_b;
       wgmma_wait<0>();
-
-      bf16* dpq = p.dphi_q + row0 * F;
-      const float fa = coef_l * inv_a, fb = coef_l * inv_b;
-#pragma unroll
-      for (int n = 0; n < F / 8; ++n) {
-        const int col = 8 * n + 2 * t4;
-        if (in_a) {
-          *reinterpret_cast<uint32_t*>(dpq + static_cast<size_t>(ia) * F + col) =
-              pack_bf16(acc[4 * n] * fa, acc[4 * n + 1] * fa);
-        }
-        if (in_b) {
-          *reinterpret_cast<uint32_t*>(dpq + static_cast<size_t>(ib) * F + col) =
-              pack_bf16(acc[4 * n + 2] * fb, acc[4 * n + 3] * fb);
-        }
-      }
+      // dphi_q through phi_q's buffer (its products are done) and a TMA store.
+      named_barrier(1, 128);
+      store_tile<F>(&p.dphi_q, smem + L::kPqOff, acc, coef_l * inv_a, coef_l * inv_b, t0, unit, ct);
+      if (ct == 0) mbar_arrive(bar.pq_empty);
     }
 
     float w1_a = 0.f, w1_b = 0.f, e_a = 0.f, e_b = 0.f;
@@ -1536,7 +1549,6 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         e_b += __shfl_xor_sync(kFullMask, e_b, off);
       }
     }
-    mbar_arrive(qb.dy_empty);                 // dy, and y's buffer with q in it
     mbar_arrive(bar.chunk_empty + slots[0]);  // the last tile that reads chunk t - 1
 
     // The row values; dq with its G_i k_m term.
@@ -1544,41 +1556,35 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     const float delta_b = (coef_w * w1_b + coef_l * l1_b) * inv_b;
     const float gw_a = (w1_a - delta_a * e_a) * inv_a, gw_b = (w1_b - delta_b * e_b) * inv_b;
     const float gate_a = coef_w * gw_a, gate_b = coef_w * gw_b;
+    // dq through y's buffer (q is read by now) and a TMA store; then the buffer and dy go back.
+    named_barrier(1, 128);
     if constexpr (kDq) {
-      bf16* dqb = p.dq + row0 * D;
       const bf16* kb = p.k_rows + static_cast<size_t>(kv_unit_of(s, unit)) * N * D;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
         const int col = 8 * n + 2 * t4;
-        float2 xa = make_float2(0.f, 0.f), xb = xa;
-        if constexpr (kWindow) {
-          xa = make_float2(dq[4 * n], dq[4 * n + 1]);
-          xb = make_float2(dq[4 * n + 2], dq[4 * n + 3]);
+        if constexpr (!kWindow) {
+          dq[4 * n] = dq[4 * n + 1] = dq[4 * n + 2] = dq[4 * n + 3] = 0.f;
+        } else {
           if (am_a >= 0) {
             const float2 kk = unpack_bf16(__ldg(
                 reinterpret_cast<const unsigned int*>(kb + static_cast<size_t>(am_a) * D + col)));
-            xa.x -= gate_a * kk.x;
-            xa.y -= gate_a * kk.y;
+            dq[4 * n] -= gate_a * kk.x;
+            dq[4 * n + 1] -= gate_a * kk.y;
           }
           if (am_b >= 0) {
             const float2 kk = unpack_bf16(__ldg(
                 reinterpret_cast<const unsigned int*>(kb + static_cast<size_t>(am_b) * D + col)));
-            xb.x -= gate_b * kk.x;
-            xb.y -= gate_b * kk.y;
+            dq[4 * n + 2] -= gate_b * kk.x;
+            dq[4 * n + 3] -= gate_b * kk.y;
           }
         }
-        if (in_a) {
-          *reinterpret_cast<uint32_t*>(dqb + static_cast<size_t>(ia) * D + col) =
-              pack_bf16(xa.x * s.scale, xa.y * s.scale);
-        }
-        if (in_b) {
-          *reinterpret_cast<uint32_t*>(dqb + static_cast<size_t>(ib) * D + col) =
-              pack_bf16(xb.x * s.scale, xb.y * s.scale);
-        }
       }
+      store_tile<D>(&p.dq, smem + L::kYqOff, dq, s.scale, s.scale, t0, unit, ct);
     }
-    if (!kLinear && p.dphi_q != nullptr) {  // a window-only unit among dropped ones
-      bf16* dpq = p.dphi_q + row0 * F;
+    if (ct == 0) mbar_arrive(qb.dy_empty);
+    if (!kLinear && p.dphi_q_rows != nullptr) {  // a window-only unit among dropped ones
+      bf16* dpq = p.dphi_q_rows + row0 * F;
       for (int n = 0; n < F / 8; ++n) {
         const int col = 8 * n + 2 * t4;
         if (in_a) *reinterpret_cast<uint32_t*>(dpq + static_cast<size_t>(ia) * F + col) = 0u;
@@ -1633,11 +1639,11 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     }
     mbar_init(bar.q_full, 1);  // q's buffer is given back through dy_empty, not q_empty
     mbar_init(bar.pq_full, 1);
-    mbar_init(bar.pq_empty, 128);
+    mbar_init(bar.pq_empty, 1);  // after the dphi_q store has read the buffer
     mbar_init(bar.s_full, 128);
     mbar_init(bar.s_empty, 128);
     mbar_init(qb.dy_full, 1);
-    mbar_init(qb.dy_empty, 128);
+    mbar_init(qb.dy_empty, 1);  // after the dq store has read y's buffer
     mbar_init(qb.y_free, 128);
     mbar_init_fence();
   }
@@ -1788,7 +1794,8 @@ cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream
   if (!make_map(&p.q, a.q, D, N, units) || !make_map(&p.k, a.k, D, N, kv_units) ||
       !make_map(&p.v, a.v, D, N, kv_units) || !make_map(&p.phi_k, a.phi_k, F, N, units) ||
       !make_map(&p.phi_q, a.phi_q, F, N, units) || !make_map(&p.dy, a.dy, D, N, units) ||
-      !make_map(&p.y, a.y, D, N, units)) {
+      !make_map(&p.y, a.y, D, N, units) || !make_map(&p.dq, a.dq, D, N, units) ||
+      !make_map(&p.dphi_q, a.phi_q != nullptr ? a.dphi_q : nullptr, F, N, units)) {
     return cudaErrorNotSupported;
   }
   p.s = s;
@@ -1802,8 +1809,7 @@ cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream
   p.states = a.fwd_states;
   p.segments = a.plan.segments;
   p.segment_len = a.plan.length;
-  p.dq = static_cast<bf16*>(a.dq);
-  p.dphi_q = static_cast<bf16*>(a.dphi_q);
+  p.dphi_q_rows = static_cast<bf16*>(a.dphi_q);
   p.row_grad_window = a.row_grad_window;
   p.row_grad_linear = a.row_grad_linear;
   p.row_delta = a.row_delta;
