@@ -83,6 +83,32 @@ __device__ inline uint32_t swizzled_offset(int row, int col, int block) {
   return (col / 64) * block + row * 128 + ((((col % 64) / 8) ^ (row % 8)) * 16) + (col % 8) * 2;
 }
 
+// Rows la and la + 8 of a 64-row C-layout accumulator of width W, times fa / fb, into a tile of
+// 64-column swizzled blocks at `tile`, then one TMA store per block of rows [row, row + 64);
+// thread ct == 0 waits until the stores have read the tile. The caller's named barrier 1 (the
+// consumer's 128 threads) must come after its own last read of the buffer.
+template <int W>
+__device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* acc, float fa,
+                           float fb, int row, int unit, int ct) {
+  const int warp = ct / 32, lane = ct % 32, g8 = lane / 4, t4 = lane % 4;
+  uint32_t row_base = shared_address(tile) + (warp * 16 + g8) * 128 + 4 * t4;
+  asm volatile("" : "+r"(row_base));
+#pragma unroll
+  for (int n = 0; n < W / 8; ++n) {
+    const uint32_t at = row_base + (n / 8) * kBlock + (((n % 8) ^ g8) * 16);
+    st_shared_u32(at, pack_bf16(acc[4 * n] * fa, acc[4 * n + 1] * fa));
+    st_shared_u32(at + 8 * 128, pack_bf16(acc[4 * n + 2] * fb, acc[4 * n + 3] * fb));
+  }
+  fence_async_shared();
+  named_barrier(1, 128);
+  if (ct == 0) {
+    for (int b = 0; b < W / 64; ++b)
+      tma_store_3d(map, tile + b * kBlock, b * 64, row, unit);
+    bulk_commit();
+    bulk_wait_read();
+  }
+}
+
 struct Barriers {
   uint64_t* chunk_full;   // [kSlots] chunk landed
   uint64_t* chunk_empty;  // [kSlots] consumer and state are done with the chunk
@@ -807,7 +833,7 @@ struct KeyLayout {
 };
 
 struct KeyParams {
-  CUtensorMap v, phi_k, phi_q, dy;
+  CUtensorMap v, phi_k, phi_q, dy, dphi_k_out;
   Shape s;
   const float* coef_linear;
   const uint8_t* window_drop;
@@ -869,7 +895,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   if (threadIdx.x == 0) {
     for (int i = 0; i < kKeySlots; ++i) {
       mbar_init(bar.full + i, 1 + kRows);  // the TMA arrival + the factor copies
-      mbar_init(bar.empty + i, 256);       // consumer and state warpgroups
+      mbar_init(bar.empty + i, 256);       // consumer (after its store) and state warpgroups
     }
     mbar_init(bar.u_full, 128);
     mbar_init(bar.u_empty, 128);
@@ -1015,22 +1041,14 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       }
       wgmma_commit();
       wgmma_wait<0>();
-      mbar_arrive(bar.empty + slot);
+      // dphi_k through the slot's phi_k block (only the products above read it) and a TMA store;
+      // key segments are whole tiles, so the box stays within this block's rows.
+      named_barrier(1, 128);
+      store_tile<F>(&p.dphi_k_out, smem + slot * L::kSlotBytes + L::kPkOff, apk, 1.f, 1.f, k0, unit,
+                    ct);
+      mbar_arrive(bar.empty + slot);  // thread 0 only after the store has read the block
 
-      // dphi_k; dv_linear summed over the group's heads.
-      bf16* dpk = p.dphi_k + static_cast<size_t>(unit) * N * F;
-#pragma unroll
-      for (int n = 0; n < F / 8; ++n) {
-        const int col = 8 * n + 2 * t4;
-        if (ja < s_end) {
-          *reinterpret_cast<uint32_t*>(dpk + static_cast<size_t>(ja) * F + col) =
-              pack_bf16(apk[4 * n], apk[4 * n + 1]);
-        }
-        if (jb < s_end) {
-          *reinterpret_cast<uint32_t*>(dpk + static_cast<size_t>(jb) * F + col) =
-              pack_bf16(apk[4 * n + 2], apk[4 * n + 3]);
-        }
-      }
+      // dv_linear summed over the group's heads.
       const bool first_head = step < tiles;  // the group's first head with a linear branch
       float* dvl = p.dv_linear + static_cast<size_t>(kv_unit) * N * D;
 #pragma unroll
@@ -1189,32 +1207,6 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 __device__ inline float dot_bf16x2(uint32_t a, uint32_t b) {
   const float2 x = unpack_bf16(a), y = unpack_bf16(b);
   return x.x * y.x + x.y * y.y;
-}
-
-// Rows la and la + 8 of a 64-row C-layout accumulator of width W, times fa / fb, into a tile of
-// 64-column swizzled blocks at `tile`, then one TMA store per block of rows [row, row + 64);
-// thread ct == 0 waits until the stores have read the tile. The caller's named barrier 1 (the
-// consumer's 128 threads) must come after its own last read of the buffer.
-template <int W>
-__device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* acc, float fa,
-                           float fb, int row, int unit, int ct) {
-  const int warp = ct / 32, lane = ct % 32, g8 = lane / 4, t4 = lane % 4;
-  uint32_t row_base = shared_address(tile) + (warp * 16 + g8) * 128 + 4 * t4;
-  asm volatile("" : "+r"(row_base));
-#pragma unroll
-  for (int n = 0; n < W / 8; ++n) {
-    const uint32_t at = row_base + (n / 8) * kBlock + (((n % 8) ^ g8) * 16);
-    st_shared_u32(at, pack_bf16(acc[4 * n] * fa, acc[4 * n + 1] * fa));
-    st_shared_u32(at + 8 * 128, pack_bf16(acc[4 * n + 2] * fb, acc[4 * n + 3] * fb));
-  }
-  fence_async_shared();
-  named_barrier(1, 128);
-  if (ct == 0) {
-    for (int b = 0; b < W / 64; ++b)
-      tma_store_3d(map, tile + b * kBlock, b * 64, row, unit);
-    bulk_commit();
-    bulk_wait_read();
-  }
 }
 
 template <int D, int F>
@@ -1494,19 +1486,20 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       if (in_a) am_a = p.row_argmax[row0 + ia];
       if (in_b) am_b = p.row_argmax[row0 + ib];
       mbar_wait(bar.q_full, t & 1);
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
+      // Per chunk c: q k^T and dy v^T (one wgmma group), then the weights e and, for dq,
+      // ds = c_w e (dy . v - dl) / D as the register operand of ds k.
+      float sc[2][32], dyv[2][32];
+      auto scores = [&](int c) {
         const uint32_t slot = sbase + slots[c] * L::kSlotBytes;
-        float sc[32], dyv[32];
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks) {
-          wgmma_ss_n64<0, 0>(sc, k_major(q_addr, ks), k_major(slot + L::kKOff, ks), ks > 0);
-          wgmma_ss_n64<0, 0>(dyv, k_major(dy_addr, ks), k_major(slot + L::kVOff, ks), ks > 0);
+          wgmma_ss_n64<0, 0>(sc[c], k_major(q_addr, ks), k_major(slot + L::kKOff, ks), ks > 0);
+          wgmma_ss_n64<0, 0>(dyv[c], k_major(dy_addr, ks), k_major(slot + L::kVOff, ks), ks > 0);
         }
         wgmma_commit();
-        wgmma_wait<0>();
-        uint32_t ads[4][4];
+      };
+      auto weigh = [&](int c, uint32_t(&ads)[4][4]) {
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
@@ -1519,27 +1512,41 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
               const bool top = (i & 2) == 0;
               const int row = top ? ia : ib;
               const bool in = j <= row && j > row - w && j >= 0;
-              const float ex = in ? fast_exp2(sc[i] * scale_log2 - (top ? m_a : m_b)) : 0.f;
+              const float ex = in ? fast_exp2(sc[c][i] * scale_log2 - (top ? m_a : m_b)) : 0.f;
               if (top) {
-                w1_a += ex * dyv[i];
+                w1_a += ex * dyv[c][i];
                 e_a += ex;
               } else {
-                w1_b += ex * dyv[i];
+                w1_b += ex * dyv[c][i];
                 e_b += ex;
               }
-              ds[e] = coef_w * ex * (dyv[i] - (top ? dl_a : dl_b)) * (top ? inv_a : inv_b);
+              ds[e] = coef_w * ex * (dyv[c][i] - (top ? dl_a : dl_b)) * (top ? inv_a : inv_b);
             }
             ads[kk][r] = pack_bf16(ds[0], ds[1]);
           }
         }
-        if constexpr (kDq) {
+      };
+      uint32_t ads[4][4];
+      if constexpr (!kDq) {  // both chunks' products in flight at once
+        scores(0);
+        scores(1);
+        wgmma_wait<0>();
+        weigh(0, ads);
+        weigh(1, ads);
+      } else {  // ds k of chunk 0 runs while chunk 1's scores are issued
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          scores(c);
+          wgmma_wait<0>();
+          weigh(c, ads);
+          const uint32_t k_addr = sbase + slots[c] * L::kSlotBytes + L::kKOff;
           wgmma_fence();
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk)
-            wgmma_rs<D, 1>(dq, ads[kk], n_major(slot + L::kKOff, kk, kBlock), c > 0 || kk > 0);
+            wgmma_rs<D, 1>(dq, ads[kk], n_major(k_addr, kk, kBlock), c > 0 || kk > 0);
           wgmma_commit();
-          wgmma_wait<0>();
         }
+        wgmma_wait<0>();
       }
 #pragma unroll
       for (int off = 1; off <= 2; off <<= 1) {
@@ -1758,7 +1765,8 @@ cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream
   const int units = s.batch * s.q_heads, kv_units = s.batch * s.kv_heads;
   const int D = s.head_dim, F = s.features, N = s.seq_len;
   if (!make_map(&p.v, a.v, D, N, kv_units) || !make_map(&p.phi_k, a.phi_k, F, N, units) ||
-      !make_map(&p.phi_q, a.phi_q, F, N, units) || !make_map(&p.dy, a.dy, D, N, units)) {
+      !make_map(&p.phi_q, a.phi_q, F, N, units) || !make_map(&p.dy, a.dy, D, N, units) ||
+      !make_map(&p.dphi_k_out, a.dphi_k, F, N, units)) {
     return cudaErrorNotSupported;
   }
   p.s = s;
