@@ -1,6 +1,6 @@
 // Warp-specialised bf16 kernels of hybrid attention for Hopper (DESIGN §1): TMA loads, wgmma,
-// the linear state in fp32 registers. The forward comes first, then the chunk-state pass and the
-// backward's linear key and linear query kernels, each after its own comment. They take D and F
+// the linear state in fp32 registers. The forward comes first, then the chunk-state pass, the
+// backward's linear key kernel and its query kernel, each after its own comment. They take D and F
 // of 64 or 128 with w = 64 (non-overlap hybrid) or w <= 64 (overlap, linear-only, window-only);
 // other shapes keep the mma.sync kernels (hybrid_forward_tc.cu, hybrid_backward_tc.cu).
 //
