@@ -1201,8 +1201,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 // (c_w W1 + c_l L1) / D, G = c_w (W1 - delta E) / D and (L1 - delta P) / D.
 // Roles as in the forward. The producer loads each chunk's k, v, phi_k into the ring and each
 // tile's dy, y and phi_q, and q into y's buffer once dl is taken (so that D = F = 128 fits in
-// shared memory); the consumer runs the linear products, then the window's chunk by chunk; the
-// state warpgroup is the forward's keep_state with S and z unscaled and z in fp32.
+// shared memory); the consumer runs the linear products, then the window's, and writes dphi_q
+// and dq through phi_q's and y's buffers and TMA stores; the state warpgroup is the forward's
+// keep_state with S and z unscaled and z in fp32.
 
 __device__ inline float dot_bf16x2(uint32_t a, uint32_t b) {
   const float2 x = unpack_bf16(a), y = unpack_bf16(b);
