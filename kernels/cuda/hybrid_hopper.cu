@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/cuda/hopper.cuh"
 #include "kernels/cuda/hybrid_common.cuh"
@@ -40,7 +41,8 @@ constexpr int kSlots = 3;            // chunk ring: two in use, one landing
 // base). A 64-row tile of width W is W / 64 column blocks.
 template <int D, int F>
 struct Layout {
-  static constexpr int kVOff = D / 64 * kBlock;  // in a slot: k, then v, then phi_k
+  static constexpr int kKOff = 0;  // in a slot: k, then v, then phi_k
+  static constexpr int kVOff = D / 64 * kBlock;
   static constexpr int kPkOff = kVOff + D / 64 * kBlock;
   static constexpr int kSlotBytes = kPkOff + F / 64 * kBlock;
   static constexpr int kQOff = kSlots * kSlotBytes;
@@ -129,32 +131,115 @@ __device__ inline uint32_t use_of(int c) {
   return static_cast<uint32_t>((c + 1) / kSlots);
 }
 
+// The forward's barriers laid out from `bars`.
+__device__ inline Barriers ring_barriers(uint64_t* bars) {
+  return Barriers{bars,
+                  bars + kSlots,
+                  bars + 2 * kSlots,
+                  bars + 2 * kSlots + 1,
+                  bars + 2 * kSlots + 2,
+                  bars + 2 * kSlots + 3,
+                  bars + 2 * kSlots + 4,
+                  bars + 2 * kSlots + 5};
+}
+
+// The producer's load of chunk c (k where the unit has a window, v, phi_k where it has a linear
+// branch) into its ring slot, once the slot's previous chunk is given back. L names the slot
+// layout (kSlotBytes, kKOff, kVOff, kPkOff); P has the tensor maps k, v, phi_k.
+template <int D, int F, typename L, typename P>
+__device__ void load_chunk(const P& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
+                           int unit, int kv_unit, int r_begin, int c) {
+  const int slot = slot_of(c);
+  const uint32_t use = use_of(c);
+  if (use > 0) mbar_wait(bar.chunk_empty + slot, (use - 1) & 1);
+  uint8_t* base = smem + slot * L::kSlotBytes;
+  uint64_t* full = bar.chunk_full + slot;
+  const int row = r_begin + c * kRows;
+  mbar_expect_bytes(full, kBlock * ((1 + um.use_window) * (D / 64) + (um.use_linear ? F / 64 : 0)));
+  for (int b = 0; b < D / 64; ++b) {
+    if (um.use_window) tma_load_3d(base + L::kKOff + b * kBlock, &p.k, b * 64, row, kv_unit, full);
+    tma_load_3d(base + L::kVOff + b * kBlock, &p.v, b * 64, row, kv_unit, full);
+  }
+  if (um.use_linear) {
+    for (int b = 0; b < F / 64; ++b)
+      tma_load_3d(base + L::kPkOff + b * kBlock, &p.phi_k, b * 64, row, unit, full);
+  }
+}
+
+// A running state (S or U, F x D, and z or u) from `start` ([F][D] then [F], fp32), or zero where
+// start is null, into the state warpgroup's accumulators: acc[h] holds rows [64 h, 64 h + 64),
+// this thread rows f = 64 h + 16 warp + g8 (+ 8), and zp[h][0 / 1] the z partial sums of them.
+template <int D, int F>
+__device__ inline void load_state(float (&acc)[F / 64][D / 2], float (&zp)[F / 64][2],
+                                  const float* start, int warp, int g8, int t4) {
+#pragma unroll
+  for (int h = 0; h < F / 64; ++h) {
+    const int fa = 64 * h + 16 * warp + g8;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      float2 va = make_float2(0.f, 0.f), vb = va;
+      if (start != nullptr) {
+        va = *reinterpret_cast<const float2*>(start + fa * D + 8 * n + 2 * t4);
+        vb = *reinterpret_cast<const float2*>(start + (fa + 8) * D + 8 * n + 2 * t4);
+      }
+      acc[h][4 * n] = va.x;
+      acc[h][4 * n + 1] = va.y;
+      acc[h][4 * n + 2] = vb.x;
+      acc[h][4 * n + 3] = vb.y;
+    }
+    const bool first = start != nullptr && t4 == 0;
+    zp[h][0] = first ? start[F * D + fa] : 0.f;
+    zp[h][1] = first ? start[F * D + fa + 8] : 0.f;
+  }
+}
+
+// coef times the state for the next query: the matrix in bf16 at shared address `s_addr`,
+// N-major in blocks of 64 columns `s_block` bytes apart (also K-major for the transposed
+// product), and z at `z`: F floats (kZFloat) or row 0 of the forward's 8 x F bf16 operand.
+template <int D, int F, bool kZFloat>
+__device__ inline void publish_state(uint32_t s_addr, uint32_t s_block, uint8_t* z,
+                                     const float (&acc)[F / 64][D / 2],
+                                     const float (&zp)[F / 64][2], float coef, int warp, int g8,
+                                     int t4) {
+  // Store addresses from an opaque base: hoisted out of the tile loop they would hold registers
+  // that the state needs.
+  uint32_t base = s_addr + (16 * warp + g8) * 128 + 4 * t4;
+  asm volatile("" : "+r"(base));
+#pragma unroll
+  for (int h = 0; h < F / 64; ++h) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      // Rows f and f + 8 of the 64-column block n / 8, chunk n % 8 swizzled by f % 8 = g8.
+      const uint32_t at = base + h * 64 * 128 + (n / 8) * s_block + (((n % 8) ^ g8) * 16);
+      st_shared_u32(at, pack_bf16(coef * acc[h][4 * n], coef * acc[h][4 * n + 1]));
+      st_shared_u32(at + 8 * 128, pack_bf16(coef * acc[h][4 * n + 2], coef * acc[h][4 * n + 3]));
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float zs = zp[h][r];
+      zs += __shfl_xor_sync(kFullMask, zs, 1);
+      zs += __shfl_xor_sync(kFullMask, zs, 2);
+      const int f = 64 * h + 16 * warp + g8 + 8 * r;
+      if (t4 == 0) {
+        if constexpr (kZFloat) {
+          reinterpret_cast<float*>(z)[f] = coef * zs;
+        } else {
+          *reinterpret_cast<bf16*>(z + (f / 8) * 128 + (f % 8) * 2) =
+              __float2bfloat16_rn(coef * zs);
+        }
+      }
+    }
+  }
+  fence_async_shared();
+}
+
 template <int D, int F>
 __device__ void produce(const WgParams& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
                         int unit, int kv_unit, int r_begin, int tiles) {
   using L = Layout<D, F>;
-  const uint32_t chunk_bytes =
-      kBlock * ((1 + um.use_window) * (D / 64) + (um.use_linear ? F / 64 : 0));
-  auto load_chunk = [&](int c) {
-    const int slot = slot_of(c);
-    const uint32_t use = use_of(c);
-    if (use > 0) mbar_wait(bar.chunk_empty + slot, (use - 1) & 1);
-    uint8_t* base = smem + slot * L::kSlotBytes;
-    uint64_t* full = bar.chunk_full + slot;
-    const int row = r_begin + c * kRows;
-    mbar_expect_bytes(full, chunk_bytes);
-    for (int b = 0; b < D / 64; ++b) {
-      if (um.use_window) tma_load_3d(base + b * kBlock, &p.k, b * 64, row, kv_unit, full);
-      tma_load_3d(base + L::kVOff + b * kBlock, &p.v, b * 64, row, kv_unit, full);
-    }
-    if (um.use_linear) {
-      for (int b = 0; b < F / 64; ++b)
-        tma_load_3d(base + L::kPkOff + b * kBlock, &p.phi_k, b * 64, row, unit, full);
-    }
-  };
-  load_chunk(-1);
+  load_chunk<D, F, L>(p, um, smem, bar, unit, kv_unit, r_begin, -1);
   for (int t = 0; t < tiles; ++t) {
-    load_chunk(t);
+    load_chunk<D, F, L>(p, um, smem, bar, unit, kv_unit, r_begin, t);
     // q and phi_q are single buffers; the consumer frees each as soon as its products are done.
     const int row = r_begin + t * kRows;
     if (um.use_window) {
@@ -436,64 +521,13 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
   const int g8 = lane / 4;
   const int t4 = lane % 4;
   const uint32_t sbase = shared_address(smem);
-  // acc[h] is the m64nD accumulator of S rows [64 h, 64 h + 64); this thread holds rows
-  // f = 64 h + 16 warp + g8 (+ 8) and z partial sums zp[h][0 / 1] of the same rows.
   float acc[H][D / 2], zp[H][2];
-  const float* start =
-      p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (F * D + F) : nullptr;
-#pragma unroll
-  for (int h = 0; h < H; ++h) {
-    const int fa = 64 * h + 16 * warp + g8;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      float2 va = make_float2(0.f, 0.f), vb = va;
-      if (start != nullptr) {
-        va = *reinterpret_cast<const float2*>(start + fa * D + 8 * n + 2 * t4);
-        vb = *reinterpret_cast<const float2*>(start + (fa + 8) * D + 8 * n + 2 * t4);
-      }
-      acc[h][4 * n] = va.x;
-      acc[h][4 * n + 1] = va.y;
-      acc[h][4 * n + 2] = vb.x;
-      acc[h][4 * n + 3] = vb.y;
-    }
-    const bool first = start != nullptr && t4 == 0;
-    zp[h][0] = first ? start[F * D + fa] : 0.f;
-    zp[h][1] = first ? start[F * D + fa + 8] : 0.f;
-  }
-
-  // coef S (bf16, N-major) and coef z (row 0 of the z operand) for the next query.
+  load_state<D, F>(
+      acc, zp, p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (F * D + F) : nullptr,
+      warp, g8, t4);
   auto publish = [&]() {
-    // Store addresses from an opaque base: hoisted out of the tile loop they would hold
-    // registers that S needs.
-    uint32_t base = sbase + L::kSOff + (16 * warp + g8) * 128 + 4 * t4;
-    asm volatile("" : "+r"(base));
-#pragma unroll
-    for (int h = 0; h < H; ++h) {
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        // Rows f and f + 8 of the 64-column block n / 8, chunk n % 8 swizzled by f % 8 = g8.
-        const uint32_t at = base + h * 64 * 128 + (n / 8) * L::kSBlock + (((n % 8) ^ g8) * 16);
-        st_shared_u32(at, pack_bf16(coef * acc[h][4 * n], coef * acc[h][4 * n + 1]));
-        st_shared_u32(at + 8 * 128, pack_bf16(coef * acc[h][4 * n + 2], coef * acc[h][4 * n + 3]));
-      }
-      const int fa = 64 * h + 16 * warp + g8;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float z = zp[h][r];
-        z += __shfl_xor_sync(kFullMask, z, 1);
-        z += __shfl_xor_sync(kFullMask, z, 2);
-        const int f = fa + 8 * r;
-        if (t4 == 0) {
-          if constexpr (L::kZFloat) {
-            reinterpret_cast<float*>(smem + L::kZOff)[f] = coef * z;
-          } else {
-            *reinterpret_cast<bf16*>(smem + L::kZOff + (f / 8) * 128 + (f % 8) * 2) =
-                __float2bfloat16_rn(coef * z);
-          }
-        }
-      }
-    }
-    fence_async_shared();
+    publish_state<D, F, L::kZFloat>(sbase + L::kSOff, L::kSBlock, smem + L::kZOff, acc, zp, coef,
+                                    warp, g8, t4);
     mbar_arrive(bar.s_full);
   };
 
@@ -561,14 +595,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
-  const Barriers bar{bars,
-                     bars + kSlots,
-                     bars + 2 * kSlots,
-                     bars + 2 * kSlots + 1,
-                     bars + 2 * kSlots + 2,
-                     bars + 2 * kSlots + 3,
-                     bars + 2 * kSlots + 4,
-                     bars + 2 * kSlots + 5};
+  const Barriers bar = ring_barriers(bars);
 
   const Shape& s = p.s;
   const int unit = blockIdx.x / p.segments;
@@ -1084,29 +1111,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   float coef_l = 0.f;
   int prev_unit = -1;
   auto publish = [&]() {
-    uint32_t row_base = u_addr + (16 * warp + g8) * 128 + 4 * t4;
-    asm volatile("" : "+r"(row_base));
-#pragma unroll
-    for (int h = 0; h < H; ++h) {
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const uint32_t at = row_base + h * 64 * 128 + (n / 8) * L::kUBlock + (((n % 8) ^ g8) * 16);
-        st_shared_u32(at, pack_bf16(coef_l * acc[h][4 * n], coef_l * acc[h][4 * n + 1]));
-        st_shared_u32(at + 8 * 128,
-                      pack_bf16(coef_l * acc[h][4 * n + 2], coef_l * acc[h][4 * n + 3]));
-      }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float z = up[h][r];
-        z += __shfl_xor_sync(kFullMask, z, 1);
-        z += __shfl_xor_sync(kFullMask, z, 2);
-        if (t4 == 0) {
-          reinterpret_cast<float*>(smem + L::kSmallUOff)[64 * h + 16 * warp + g8 + 8 * r] =
-              coef_l * z;
-        }
-      }
-    }
-    fence_async_shared();
+    publish_state<D, F, true>(u_addr, L::kUBlock, smem + L::kSmallUOff, acc, up, coef_l, warp, g8,
+                              t4);
     mbar_arrive(bar.u_full);
   };
   for_each_step(p, kv_unit, tiles, [&](int step, int unit, const UnitMode& um, int c, bool top) {
@@ -1115,29 +1121,12 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       // A new head: U and u from the reverse pass (rows from s_end + state_lag on), or zero.
       prev_unit = unit;
       coef_l = p.coef_linear[unit];
-      const float* start =
+      load_state<D, F>(
+          acc, up,
           p.key_segments > 1
               ? p.rev_states + (static_cast<size_t>(unit) * p.key_segments + seg) * (F * D + F)
-              : nullptr;
-#pragma unroll
-      for (int h = 0; h < H; ++h) {
-        const int fa = 64 * h + 16 * warp + g8;
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-          float2 va = make_float2(0.f, 0.f), vb = va;
-          if (start != nullptr) {
-            va = *reinterpret_cast<const float2*>(start + fa * D + 8 * n + 2 * t4);
-            vb = *reinterpret_cast<const float2*>(start + (fa + 8) * D + 8 * n + 2 * t4);
-          }
-          acc[h][4 * n] = va.x;
-          acc[h][4 * n + 1] = va.y;
-          acc[h][4 * n + 2] = vb.x;
-          acc[h][4 * n + 3] = vb.y;
-        }
-        const bool first = start != nullptr && t4 == 0;
-        up[h][0] = first ? start[F * D + fa] : 0.f;
-        up[h][1] = first ? start[F * D + fa + 8] : 0.f;
-      }
+              : nullptr,
+          warp, g8, t4);
       if (step > 0) mbar_wait(bar.u_empty, (step - 1) & 1);
       publish();
     }
@@ -1260,29 +1249,9 @@ __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t*
                               int tiles) {
   using L = QueryLayout<D, F>;
   const Barriers& bar = qb.base;
-  const uint32_t chunk_bytes =
-      kBlock * ((1 + um.use_window) * (D / 64) + (um.use_linear ? F / 64 : 0));
-  auto load_chunk = [&](int c) {
-    const int slot = slot_of(c);
-    const uint32_t use = use_of(c);
-    if (use > 0) mbar_wait(bar.chunk_empty + slot, (use - 1) & 1);
-    uint8_t* base = smem + slot * L::kSlotBytes;
-    uint64_t* full = bar.chunk_full + slot;
-    const int row = r_begin + c * kRows;
-    mbar_expect_bytes(full, chunk_bytes);
-    for (int b = 0; b < D / 64; ++b) {
-      if (um.use_window)
-        tma_load_3d(base + L::kKOff + b * kBlock, &p.k, b * 64, row, kv_unit, full);
-      tma_load_3d(base + L::kVOff + b * kBlock, &p.v, b * 64, row, kv_unit, full);
-    }
-    if (um.use_linear) {
-      for (int b = 0; b < F / 64; ++b)
-        tma_load_3d(base + L::kPkOff + b * kBlock, &p.phi_k, b * 64, row, unit, full);
-    }
-  };
-  load_chunk(-1);
+  load_chunk<D, F, L>(p, um, smem, bar, unit, kv_unit, r_begin, -1);
   for (int t = 0; t < tiles; ++t) {
-    load_chunk(t);
+    load_chunk<D, F, L>(p, um, smem, bar, unit, kv_unit, r_begin, t);
     const int row = r_begin + t * kRows;
     if (t > 0) mbar_wait(qb.dy_empty, (t - 1) & 1);
     mbar_expect_bytes(qb.dy_full, 2 * D / 64 * kBlock);
@@ -1623,14 +1592,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
-  const Barriers bar{bars,
-                     bars + kSlots,
-                     bars + 2 * kSlots,
-                     bars + 2 * kSlots + 1,
-                     bars + 2 * kSlots + 2,
-                     bars + 2 * kSlots + 3,
-                     bars + 2 * kSlots + 4,
-                     bars + 2 * kSlots + 5};
+  const Barriers bar = ring_barriers(bars);
   const QueryBarriers qb{bar, bars + 2 * kSlots + 6, bars + 2 * kSlots + 7, bars + 2 * kSlots + 8};
   const Shape& s = p.s;
   const int unit = blockIdx.x / p.segments;
@@ -1722,34 +1684,26 @@ bool hopper_device() {
          encode_tiled() != nullptr;
 }
 
-template <int D, int F>
-cudaError_t launch_wg(const WgParams& p, int blocks, cudaStream_t stream) {
-  constexpr int smem = Layout<D, F>::kSmemBytes;
-  cudaError_t err = cudaFuncSetAttribute(forward_wg_kernel<D, F>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+// Launches `kernel` with `smem` bytes of dynamic shared memory; cudaErrorNotSupported where the
+// device has less (the callers then run the mma.sync kernels).
+template <typename Params>
+cudaError_t launch_smem(void (*kernel)(Params), int blocks, int threads, int smem, const Params& p,
+                        cudaStream_t stream) {
+  if (smem > max_dynamic_smem()) return cudaErrorNotSupported;
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  forward_wg_kernel<D, F><<<blocks, kWgThreads, smem, stream>>>(p);
+  kernel<<<blocks, threads, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
-template <int D, int F, bool kScaled>
-cudaError_t launch_state_pass(const SpParams& p, int blocks, cudaStream_t stream) {
-  constexpr int smem = SpLayout<D, F>::kSmemBytes;
-  auto kernel = state_pass_wg_kernel<D, F, kScaled>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (err != cudaSuccess) return err;
-  kernel<<<blocks, 128 * (1 + F / 64), smem, stream>>>(p);
-  return cudaGetLastError();
-}
-
-template <bool kScaled>
-cudaError_t launch_state_pass(const Shape& s, const SpParams& p, int blocks, cudaStream_t stream) {
-  if (s.head_dim == 64) {
-    return s.features == 64 ? launch_state_pass<64, 64, kScaled>(p, blocks, stream)
-                            : launch_state_pass<64, 128, kScaled>(p, blocks, stream);
-  }
-  return s.features == 64 ? launch_state_pass<128, 64, kScaled>(p, blocks, stream)
-                          : launch_state_pass<128, 128, kScaled>(p, blocks, stream);
+// Calls fn(d, f) with std::integral_constant values of the head dim and features (64 or 128).
+template <typename Fn>
+cudaError_t with_sizes(int D, int F, Fn&& fn) {
+  using C64 = std::integral_constant<int, 64>;
+  using C128 = std::integral_constant<int, 128>;
+  if (D == 64) return F == 64 ? fn(C64{}, C64{}) : fn(C64{}, C128{});
+  return F == 64 ? fn(C128{}, C64{}) : fn(C128{}, C128{});
 }
 
 }  // namespace
@@ -1780,20 +1734,11 @@ cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream
   p.key_len = a.key_plan.length;
   p.dphi_k = static_cast<bf16*>(a.dphi_k);
   p.dv_linear = a.dv_linear;
-  const int blocks = kv_units * a.key_plan.segments;
-  auto go = [&](auto kernel, int smem) {
-    cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess) return err;
-    kernel<<<blocks, kWgThreads, smem, stream>>>(p);
-    return cudaGetLastError();
-  };
-  if (D == 64) {
-    return F == 64 ? go(linear_key_wg_kernel<64, 64>, KeyLayout<64, 64>::kSmemBytes)
-                   : go(linear_key_wg_kernel<64, 128>, KeyLayout<64, 128>::kSmemBytes);
-  }
-  return F == 64 ? go(linear_key_wg_kernel<128, 64>, KeyLayout<128, 64>::kSmemBytes)
-                 : go(linear_key_wg_kernel<128, 128>, KeyLayout<128, 128>::kSmemBytes);
+  return with_sizes(D, F, [&](auto d, auto f) {
+    constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
+    return launch_smem(linear_key_wg_kernel<kD, kF>, kv_units * a.key_plan.segments, kWgThreads,
+                       KeyLayout<kD, kF>::kSmemBytes, p, stream);
+  });
 }
 
 cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream) {
@@ -1823,28 +1768,12 @@ cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream
   p.row_grad_linear = a.row_grad_linear;
   p.row_delta = a.row_delta;
   p.row_gate_grad = a.row_gate_grad;
-  const int blocks = units * a.plan.segments;
-  auto go = [&](auto kernel, int smem) {
-    if (smem > max_dynamic_smem()) return cudaErrorNotSupported;
-    cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess) return err;
-    kernel<<<blocks, kWgThreads, smem, stream>>>(p);
-    return cudaGetLastError();
-  };
-  auto by_dq = [&](auto with_dq, auto without_dq, int smem) {
-    return a.dq != nullptr ? go(with_dq, smem) : go(without_dq, smem);
-  };
-  if (D == 64) {
-    return F == 64 ? by_dq(query_wg_kernel<64, 64, true>, query_wg_kernel<64, 64, false>,
-                           QueryLayout<64, 64>::kSmemBytes)
-                   : by_dq(query_wg_kernel<64, 128, true>, query_wg_kernel<64, 128, false>,
-                           QueryLayout<64, 128>::kSmemBytes);
-  }
-  return F == 64 ? by_dq(query_wg_kernel<128, 64, true>, query_wg_kernel<128, 64, false>,
-                         QueryLayout<128, 64>::kSmemBytes)
-                 : by_dq(query_wg_kernel<128, 128, true>, query_wg_kernel<128, 128, false>,
-                         QueryLayout<128, 128>::kSmemBytes);
+  return with_sizes(D, F, [&](auto d, auto f) {
+    constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
+    return launch_smem(
+        a.dq != nullptr ? query_wg_kernel<kD, kF, true> : query_wg_kernel<kD, kF, false>,
+        units * a.plan.segments, kWgThreads, QueryLayout<kD, kF>::kSmemBytes, p, stream);
+  });
 }
 
 bool state_pass_wg_takes(const Shape& s) {
@@ -1876,9 +1805,12 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
   p.b_per_kv = bm_per_kv;
   p.all_units = all_units;
   p.skip_last = skip_last;
-  const int blocks = units * plan.segments;
-  return scaled ? launch_state_pass<true>(s, p, blocks, stream)
-                : launch_state_pass<false>(s, p, blocks, stream);
+  return with_sizes(s.head_dim, s.features, [&](auto d, auto f) {
+    constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
+    return launch_smem(
+        scaled ? state_pass_wg_kernel<kD, kF, true> : state_pass_wg_kernel<kD, kF, false>,
+        units * plan.segments, 128 * (1 + kF / 64), SpLayout<kD, kF>::kSmemBytes, p, stream);
+  });
 }
 
 bool forward_wg_takes(const Shape& s, const SegmentPlan& plan) {
@@ -1913,11 +1845,11 @@ cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t 
   p.states = a.states;
   p.segments = a.segments;
   p.segment_len = a.segment_len;
-  const int blocks = units * a.segments;
-  if (D == 64) {
-    return F == 64 ? launch_wg<64, 64>(p, blocks, stream) : launch_wg<64, 128>(p, blocks, stream);
-  }
-  return F == 64 ? launch_wg<128, 64>(p, blocks, stream) : launch_wg<128, 128>(p, blocks, stream);
+  return with_sizes(D, F, [&](auto d, auto f) {
+    constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
+    return launch_smem(forward_wg_kernel<kD, kF>, units * a.segments, kWgThreads,
+                       Layout<kD, kF>::kSmemBytes, p, stream);
+  });
 }
 
 }  // namespace hl::kernels::cuda::detail
