@@ -931,6 +931,13 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     if (err != cudaSuccess) return err;
   }
   if (!a.key_grads) return cudaSuccess;  // the window key kernel only makes dk and dv
+  if (window_key_wg_takes(s, key_plan)) {
+    const WindowKeyArgs wa{a.q,           a.k,         a.v,         a.dy,        a.coef_window,
+                           a.window_drop, a.row_max,   a.row_denom, a.row_delta, a.row_gate_grad,
+                           a.row_argmax,  p.dv_linear, key_plan,    a.dk,        a.dv};
+    err = run_window_key_wg(s, wa, stream);
+    if (err != cudaErrorNotSupported) return err;
+  }
   const int k_blocks = s.batch * s.kv_heads * p.tiles;
   const size_t wk = window_key_smem(s.head_dim, p.key_rows);
   return d64 ? launch(window_key_kernel<64>, k_blocks, wk, p, stream)

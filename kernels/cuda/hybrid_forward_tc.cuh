@@ -102,6 +102,33 @@ struct QueryArgs {
 /// describe the inputs or the shared memory does not fit.
 cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream);
 
+/// Inputs of the backward's window key pass on Hopper (dk and dv, dv with the linear part added).
+struct WindowKeyArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* dy;
+  const float* coef_window;
+  const uint8_t* window_drop;
+  const float* row_max;
+  const float* row_denom;
+  const float* row_delta;
+  const float* row_gate_grad;
+  const int32_t* row_argmax;
+  const float* dv_linear;  ///< null without a linear branch
+  SegmentPlan key_plan;
+  void* dk;
+  void* dv;
+};
+
+/// Whether the Hopper window key kernel takes this shape: D of 64 or 128, w <= 64, key segments
+/// of whole 64-row tiles, sm_90.
+bool window_key_wg_takes(const Shape& s, const SegmentPlan& key_plan);
+
+/// dk and dv on Hopper; cudaErrorNotSupported when a TMA descriptor cannot describe the tensors
+/// or the shared memory does not fit.
+cudaError_t run_window_key_wg(const Shape& s, const WindowKeyArgs& a, cudaStream_t stream);
+
 /// Whether the Hopper linear key kernel takes this shape: D and F of 64 or 128, lin_lag 0 or
 /// 64, key segments of whole 64-row tiles, sm_90.
 bool linear_key_wg_takes(const Shape& s, const SegmentPlan& key_plan);

@@ -1639,6 +1639,280 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   }
 }
 
+// ---- window key kernel of the backward -----------------------------------------------------
+//
+// dk and dv per (kv unit, key segment) in 64-key tiles (notation of hybrid_backward_tc.cu): for
+// key j the rows i in [j, j + w) of the group's q heads with a window, in two 64-row chunks per
+// head, e_ij = exp(s_ij - m_i):
+//   dk_j = scale sum_i (c_w e_ij (dy_i . v_j - delta_i) / D_i - [j = argmax_i] G_i) q_i
+//   dv_j = sum_i c_w e_ij / D_i dy_i + (the linear part, summed by the linear key kernel)
+// The producer loads the key tile's k and v (two buffers) and each step's q and dy chunk (a ring
+// of three slots), two of its warps copy the chunk's row values; the consumer warpgroup holds
+// dk and dv in wgmma accumulators (keys as rows) and runs k q^T, v dy^T, then ds q and p dy
+// with ds and p as register operands; the tile leaves through TMA stores from its k, v buffers.
+
+constexpr int kWkSlots = 3;
+
+template <int D>
+struct WkLayout {
+  static constexpr int kKvBytes = 2 * D / 64 * kBlock;  // k, then v
+  static constexpr int kVOff = D / 64 * kBlock;
+  static constexpr int kDyOff = D / 64 * kBlock;  // in a slot: q, then dy, then factors
+  static constexpr int kFactorOff = 2 * D / 64 * kBlock;
+  static constexpr int kSlotBytes = kFactorOff + 5 * 256;
+  static constexpr int kSlotsOff = 2 * kKvBytes;
+  static constexpr int kBarOff = kSlotsOff + kWkSlots * ((kSlotBytes + 1023) / 1024 * 1024);
+  static constexpr int kSlotStride = (kSlotBytes + 1023) / 1024 * 1024;
+  static constexpr int kSmemBytes = kBarOff + 16 * 8 + 1024;
+};
+
+struct WkParams {
+  CUtensorMap q, k, v, dy, dk, dv;
+  Shape s;
+  const float* coef_window;
+  const uint8_t* window_drop;
+  const float* row_max;
+  const float* row_denom;
+  const float* row_delta;
+  const float* row_gate_grad;
+  const int32_t* row_argmax;
+  const float* dv_linear;  // [kv units, N, D] fp32, or null
+  int key_segments, key_len;
+};
+
+struct WkBarriers {
+  uint64_t* kv_full;   // [2]
+  uint64_t* kv_empty;  // [2]
+  uint64_t* full;      // [kWkSlots]
+  uint64_t* empty;     // [kWkSlots]
+};
+
+// The steps every role walks: per key tile c, the group's q heads with a window, each over the
+// row chunks c and c + 1 of the segment. `visit(step, c, unit, chunk, first)` (first: the
+// tile's first step); `tile_done(c, steps)` after each tile with the number of its steps.
+template <typename Visit, typename TileDone>
+__device__ void for_each_wk_step(const WkParams& p, int kv_unit, int tiles, Visit visit,
+                                 TileDone tile_done) {
+  const Shape& s = p.s;
+  const int group = s.q_heads / s.kv_heads;
+  const int b = kv_unit / s.kv_heads, hk = kv_unit % s.kv_heads;
+  int step = 0;
+  for (int c = 0; c < tiles; ++c) {
+    int in_tile = 0;
+    for (int gi = 0; gi < group; ++gi) {
+      const int unit = b * s.q_heads + hk * group + gi;
+      if (!unit_mode(s, p.window_drop, unit).use_window) continue;
+      for (int r = 0; r < 2; ++r, ++step, ++in_tile)
+        visit(step, c, unit, c + r, in_tile == 0);
+    }
+    tile_done(c, in_tile);
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_constant__ WkParams p) {
+  using L = WkLayout<D>;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
+  const WkBarriers bar{bars, bars + 2, bars + 4, bars + 4 + kWkSlots};
+  const Shape& s = p.s;
+  const int N = s.seq_len;
+  const int kv_unit = blockIdx.x / p.key_segments;
+  const int seg = blockIdx.x - kv_unit * p.key_segments;
+  const int s_begin = seg * p.key_len;
+  const int s_end = min(N, s_begin + p.key_len);
+  if (s_begin >= s_end) return;
+  const int tiles = (s_end - s_begin + kRows - 1) / kRows;
+
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < 2; ++i) {
+      mbar_init(bar.kv_full + i, 1);
+      mbar_init(bar.kv_empty + i, 128);
+    }
+    for (int i = 0; i < kWkSlots; ++i) {
+      mbar_init(bar.full + i, 1 + kRows);  // the TMA arrival + the factor copies
+      mbar_init(bar.empty + i, 128);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+  auto slot_base = [&](int step) {
+    return smem + L::kSlotsOff + (step % kWkSlots) * L::kSlotStride;
+  };
+  auto no_tile = [](int, int) {};
+
+  if (threadIdx.x < 128) {
+    regs_shrink<40>();
+    if (threadIdx.x == 0) {
+      for (int c = 0; c < tiles; ++c) {
+        const int buf = c % 2;
+        if (c >= 2) mbar_wait(bar.kv_empty + buf, ((c - 2) / 2) & 1);
+        uint8_t* kv = smem + buf * L::kKvBytes;
+        mbar_expect_bytes(bar.kv_full + buf, L::kKvBytes);
+        for (int b = 0; b < D / 64; ++b) {
+          tma_load_3d(kv + b * kBlock, &p.k, b * 64, s_begin + c * kRows, kv_unit,
+                      bar.kv_full + buf);
+          tma_load_3d(kv + L::kVOff + b * kBlock, &p.v, b * 64, s_begin + c * kRows, kv_unit,
+                      bar.kv_full + buf);
+        }
+      }
+    } else if (threadIdx.x == 32) {
+      for_each_wk_step(
+          p, kv_unit, tiles,
+          [&](int step, int, int unit, int chunk, bool) {
+            const uint32_t use = step / kWkSlots;
+            if (use > 0) mbar_wait(bar.empty + step % kWkSlots, (use - 1) & 1);
+            uint8_t* base = slot_base(step);
+            uint64_t* full = bar.full + step % kWkSlots;
+            const int row = s_begin + chunk * kRows;
+            mbar_expect_bytes(full, 2 * D / 64 * kBlock);
+            for (int b = 0; b < D / 64; ++b) {
+              tma_load_3d(base + b * kBlock, &p.q, b * 64, row, unit, full);
+              tma_load_3d(base + L::kDyOff + b * kBlock, &p.dy, b * 64, row, unit, full);
+            }
+          },
+          no_tile);
+    } else if (threadIdx.x >= 64) {
+      // Warps 2-3: row r of each chunk's values (max in log2 units, 1 / D, delta, G, argmax).
+      const int r = threadIdx.x - 64;
+      for_each_wk_step(
+          p, kv_unit, tiles,
+          [&](int step, int, int unit, int chunk, bool) {
+            const uint32_t use = step / kWkSlots;
+            const int row = s_begin + chunk * kRows + r;
+            const size_t at = static_cast<size_t>(unit) * N + row;
+            const bool ok = row < N;
+            const float m = ok ? p.row_max[at] * 1.4426950408889634f : 0.f;
+            const float inv = ok ? 1.f / p.row_denom[at] : 0.f;
+            const float delta = ok ? p.row_delta[at] : 0.f;
+            const float gate = ok ? p.row_gate_grad[at] : 0.f;
+            const int am = ok ? p.row_argmax[at] : -1;
+            if (use > 0) mbar_wait(bar.empty + step % kWkSlots, (use - 1) & 1);
+            float* fac = reinterpret_cast<float*>(slot_base(step) + L::kFactorOff);
+            fac[r] = m;
+            fac[kRows + r] = inv;
+            fac[2 * kRows + r] = delta;
+            fac[3 * kRows + r] = gate;
+            reinterpret_cast<int*>(fac)[4 * kRows + r] = am;
+            mbar_arrive(bar.full + step % kWkSlots);
+          },
+          no_tile);
+    }
+    return;
+  }
+
+  regs_grow<256>();
+  const int ct = threadIdx.x - 128;
+  const int warp = ct / 32;
+  const int lane = ct % 32;
+  const int g8 = lane / 4;
+  const int t4 = lane % 4;
+  const int w = s.window;
+  const float scale_log2 = s.scale * 1.4426950408889634f;
+  float dk[D / 2], dv[D / 2];
+  int kv_waited = -1;
+  for_each_wk_step(
+      p, kv_unit, tiles,
+      [&](int step, int c, int unit, int chunk, bool first) {
+        const int buf = c % 2;
+        if (kv_waited != c) {
+          mbar_wait(bar.kv_full + buf, (c / 2) & 1);
+          kv_waited = c;
+        }
+        uint32_t sbase = shared_address(smem);
+        asm volatile("" : "+r"(sbase));
+        const uint32_t k_addr = sbase + buf * L::kKvBytes, v_addr = k_addr + L::kVOff;
+        const uint32_t q_addr = sbase + L::kSlotsOff + (step % kWkSlots) * L::kSlotStride;
+        const uint32_t dy_addr = q_addr + L::kDyOff;
+        const float* fac = reinterpret_cast<const float*>(slot_base(step) + L::kFactorOff);
+        const float coef_w = p.coef_window[unit];
+        mbar_wait(bar.full + step % kWkSlots, (step / kWkSlots) & 1);
+        float st[32], dpt[32];
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+          wgmma_ss_n64<0, 0>(st, k_major(k_addr, ks), k_major(q_addr, ks), ks > 0);
+          wgmma_ss_n64<0, 0>(dpt, k_major(v_addr, ks), k_major(dy_addr, ks), ks > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        const int k0 = s_begin + c * kRows;
+        const int ja = k0 + warp * 16 + g8, jb = ja + 8;
+        const int i0 = s_begin + chunk * kRows;
+        uint32_t ads[4][4], apw[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            float ds[2], pw[2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int idx = 8 * kk + 2 * r + e;
+              const int il = (idx / 4) * 8 + 2 * t4 + (idx & 1);
+              const int i = i0 + il;
+              const int j = (idx & 2) ? jb : ja;
+              const bool in = i >= j && i < j + w && i < N && j < N;
+              const float ex = in ? fast_exp2(st[idx] * scale_log2 - fac[il]) : 0.f;
+              const float inv = fac[kRows + il];
+              const bool at_max = in && reinterpret_cast<const int*>(fac)[4 * kRows + il] == j;
+              ds[e] = coef_w * ex * (dpt[idx] - fac[2 * kRows + il]) * inv -
+                      (at_max ? fac[3 * kRows + il] : 0.f);
+              pw[e] = coef_w * ex * inv;
+            }
+            ads[kk][r] = pack_bf16(ds[0], ds[1]);
+            apw[kk][r] = pack_bf16(pw[0], pw[1]);
+          }
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          wgmma_rs<D, 1>(dk, ads[kk], n_major(q_addr, kk, kBlock), !first || kk > 0);
+          wgmma_rs<D, 1>(dv, apw[kk], n_major(dy_addr, kk, kBlock), !first || kk > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        mbar_arrive(bar.empty + step % kWkSlots);
+      },
+      [&](int c, int steps) {
+        const int buf = c % 2;
+        if (steps == 0) {
+          mbar_wait(bar.kv_full + buf, (c / 2) & 1);
+#pragma unroll
+          for (int i = 0; i < D / 2; ++i)
+            dk[i] = dv[i] = 0.f;
+        }
+        const int k0 = s_begin + c * kRows;
+        if (p.dv_linear != nullptr) {
+          const float* dvl = p.dv_linear + static_cast<size_t>(kv_unit) * N * D;
+          const int ja = k0 + warp * 16 + g8, jb = ja + 8;
+#pragma unroll
+          for (int n = 0; n < D / 8; ++n) {
+            const int col = 8 * n + 2 * t4;
+            if (ja < N) {
+              const float2 x =
+                  *reinterpret_cast<const float2*>(dvl + static_cast<size_t>(ja) * D + col);
+              dv[4 * n] += x.x;
+              dv[4 * n + 1] += x.y;
+            }
+            if (jb < N) {
+              const float2 x =
+                  *reinterpret_cast<const float2*>(dvl + static_cast<size_t>(jb) * D + col);
+              dv[4 * n + 2] += x.x;
+              dv[4 * n + 3] += x.y;
+            }
+          }
+        }
+        // dk and dv through the tile's k and v buffers (read by now) and TMA stores.
+        named_barrier(1, 128);
+        uint8_t* kv = smem + buf * L::kKvBytes;
+        store_tile<D>(&p.dk, kv, dk, s.scale, s.scale, k0, kv_unit, ct);
+        store_tile<D>(&p.dv, kv + L::kVOff, dv, 1.f, 1.f, k0, kv_unit, ct);
+        mbar_arrive(bar.kv_empty + buf);  // thread 0 only after the stores have read the tile
+      });
+  if (ct == 0) bulk_wait();
+}
+
 using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
                                  const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
                                  const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
@@ -1715,6 +1989,11 @@ bool linear_key_wg_takes(const Shape& s, const SegmentPlan& key_plan) {
          lag_ok && key_plan.length % kRows == 0 && hopper_device();
 }
 
+bool window_key_wg_takes(const Shape& s, const SegmentPlan& key_plan) {
+  return (s.head_dim == 64 || s.head_dim == 128) && s.window <= kRows &&
+         key_plan.length % kRows == 0 && hopper_device();
+}
+
 cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream_t stream) {
   KeyParams p{};
   const int units = s.batch * s.q_heads, kv_units = s.batch * s.kv_heads;
@@ -1774,6 +2053,39 @@ cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream
         a.dq != nullptr ? query_wg_kernel<kD, kF, true> : query_wg_kernel<kD, kF, false>,
         units * a.plan.segments, kWgThreads, QueryLayout<kD, kF>::kSmemBytes, p, stream);
   });
+}
+
+cudaError_t run_window_key_wg(const Shape& s, const WindowKeyArgs& a, cudaStream_t stream) {
+  WkParams p{};
+  const int units = s.batch * s.q_heads, kv_units = s.batch * s.kv_heads;
+  const int D = s.head_dim, N = s.seq_len;
+  if (!make_map(&p.q, a.q, D, N, units) || !make_map(&p.k, a.k, D, N, kv_units) ||
+      !make_map(&p.v, a.v, D, N, kv_units) || !make_map(&p.dy, a.dy, D, N, units) ||
+      !make_map(&p.dk, a.dk, D, N, kv_units) || !make_map(&p.dv, a.dv, D, N, kv_units)) {
+    return cudaErrorNotSupported;
+  }
+  p.s = s;
+  p.coef_window = a.coef_window;
+  p.window_drop = a.window_drop;
+  p.row_max = a.row_max;
+  p.row_denom = a.row_denom;
+  p.row_delta = a.row_delta;
+  p.row_gate_grad = a.row_gate_grad;
+  p.row_argmax = a.row_argmax;
+  p.dv_linear = a.dv_linear;
+  p.key_segments = a.key_plan.segments;
+  p.key_len = a.key_plan.length;
+  const int blocks = kv_units * a.key_plan.segments;
+  auto go = [&](auto kernel, int smem) {
+    if (smem > max_dynamic_smem()) return cudaErrorNotSupported;
+    cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    kernel<<<blocks, 256, smem, stream>>>(p);
+    return cudaGetLastError();
+  };
+  return D == 64 ? go(window_key_wg_kernel<64>, WkLayout<64>::kSmemBytes)
+                 : go(window_key_wg_kernel<128>, WkLayout<128>::kSmemBytes);
 }
 
 bool state_pass_wg_takes(const Shape& s) {
