@@ -122,6 +122,10 @@ int launch_backward(const ProblemShape& shape, const BackwardArgs& args, void* s
 /// for dphi_k and the linear part of dv: D and F of 64 or 128, lin_lag 0 or 64, an sm_90 GPU.
 bool backward_uses_hopper_key_kernel(const ProblemShape& shape, const SegmentPlan& key_plan);
 
+/// Whether launch_backward (bf16, key gradients wanted) takes the warp-specialised Hopper kernel
+/// for dk and dv: D of 64 or 128, w <= 64, an sm_90 GPU.
+bool backward_uses_hopper_window_key_kernel(const ProblemShape& shape, const SegmentPlan& key_plan);
+
 /// Recurrent state for decode, as kernels/attention.hpp's RecurrentState but with S and z in
 /// fp32: per (batch, q head) S [F, D] and z [F] over the keys j <= t - w that left the window
 /// (in every mode; overlap and linear-only add the ring keys' linear terms at each step); ring

@@ -536,6 +536,14 @@ bool backward_uses_hopper_key_kernel(const ProblemShape& shape, const SegmentPla
          detail::linear_key_wg_takes(s, detail::backward_tc_key_plan(key_plan, s.seq_len));
 }
 
+bool backward_uses_hopper_window_key_kernel(const ProblemShape& shape,
+                                            const SegmentPlan& key_plan) {
+  const detail::Shape s = detail::make_shape(shape);
+  return unsupported_reason(shape) == nullptr && shape.dtype == KernelDType::kBFloat16 &&
+         detail::backward_tc_fits(s, shape.mode != KernelMode::kWindowOnly) &&
+         detail::window_key_wg_takes(s, detail::backward_tc_key_plan(key_plan, s.seq_len));
+}
+
 int launch_backward(const ProblemShape& shape, const BackwardArgs& a, void* stream_ptr) {
   using namespace detail;
   if (unsupported_reason(shape) != nullptr) return static_cast<int>(cudaErrorInvalidValue);

@@ -2075,17 +2075,10 @@ cudaError_t run_window_key_wg(const Shape& s, const WindowKeyArgs& a, cudaStream
   p.dv_linear = a.dv_linear;
   p.key_segments = a.key_plan.segments;
   p.key_len = a.key_plan.length;
-  const int blocks = kv_units * a.key_plan.segments;
-  auto go = [&](auto kernel, int smem) {
-    if (smem > max_dynamic_smem()) return cudaErrorNotSupported;
-    cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess) return err;
-    kernel<<<blocks, 256, smem, stream>>>(p);
-    return cudaGetLastError();
-  };
-  return D == 64 ? go(window_key_wg_kernel<64>, WkLayout<64>::kSmemBytes)
-                 : go(window_key_wg_kernel<128>, WkLayout<128>::kSmemBytes);
+  return D == 64 ? launch_smem(window_key_wg_kernel<64>, kv_units * a.key_plan.segments, 256,
+                               WkLayout<64>::kSmemBytes, p, stream)
+                 : launch_smem(window_key_wg_kernel<128>, kv_units * a.key_plan.segments, 256,
+                               WkLayout<128>::kSmemBytes, p, stream);
 }
 
 bool state_pass_wg_takes(const Shape& s) {

@@ -410,9 +410,15 @@ TEST(CudaAttention, HopperForwardBf16) {
     return hc::backward_uses_hopper_key_kernel(
         s, hc::plan_segments(s.batch * s.kv_heads, s.seq_len, props->multiProcessorCount));
   };
+  auto window_key_kernel_takes = [&](const Case& c) {
+    const hc::ProblemShape s = shape_of(c);
+    return hc::backward_uses_hopper_window_key_kernel(
+        s, hc::plan_segments(s.batch * s.kv_heads, s.seq_len, props->multiProcessorCount));
+  };
   auto check = [&](const Case& c, uint64_t seed) {
     if (props->major == 9) {
       EXPECT_TRUE(takes(c)) << c.name();
+      EXPECT_TRUE(window_key_kernel_takes(c)) << c.name();
       if (c.mode != hk::AttentionMode::window_only) {
         EXPECT_TRUE(key_kernel_takes(c)) << c.name();
       }
