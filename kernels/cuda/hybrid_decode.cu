@@ -11,10 +11,12 @@
 // [r F / C, (r + 1) F / C) of S and z and every C-th ring key, so that at batch 1 the state
 // streams through more SMs. Each block keeps partial sums (the window part relative to its own
 // max), and the blocks merge them through distributed shared memory, each writing D / C
-// outputs. The kv ring slot is rewritten by the last block of its kv group (all clusters of the
-// group) to have read the folded value. Measured (bench/KERNEL_NOTES.md): the step is bound by
-// its chain of dependent loads and barriers, not by S, so C = 4 is no faster than one block
-// per head at B1; issuing every load up front is what helps at B8.
+// outputs. The kv ring slot is rewritten once every block that reads the folded value has: by
+// the cluster's first block after the merge barrier when the cluster is the whole kv group,
+// else by the last block of the group to take a ticket. Measured (bench/KERNEL_NOTES.md): the
+// step is bound by its chain of instructions, loads and barriers, not by the bytes of S, so
+// everything that depends on nothing is loaded up front, C is a template argument (no integer
+// division) and no barrier waits for the state's stores to reach memory.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -73,6 +75,24 @@ __device__ inline float warp_sum(float x) {
   return x;
 }
 
+// Cluster barriers without cooperative_groups' GPU-wide fence: the merge barrier orders only
+// the shared-memory partials (release / acquire at cluster scope), the exit barrier nothing.
+__device__ inline void cluster_arrive_release() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ inline void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+__device__ inline void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+// Four consecutive elements, moved as one access.
+template <typename T>
+struct alignas(4 * sizeof(T)) Quad {
+  T e[4];
+};
+
 __device__ inline void fma4(float4& acc, float c, float4 x) {
   acc.x = fmaf(c, x.x, acc.x);
   acc.y = fmaf(c, x.y, acc.y);
@@ -80,7 +100,7 @@ __device__ inline void fma4(float4& acc, float c, float4 x) {
   acc.w = fmaf(c, x.w, acc.w);
 }
 
-template <typename T>
+template <typename T, int C>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) {
   __shared__ float sq[128];            // q * scale
   __shared__ float spq[256];           // phi_q
@@ -91,13 +111,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   __shared__ float4 sacc[2][16][32];   // per row-group partial numerators (window, linear)
   __shared__ float sdz[kDecodeWarps];
   __shared__ DecodePartial part;
-  __shared__ int last_reader;
 
   const cg::cluster_group cluster = cg::this_cluster();
   const Shape& s = p.s;
   const int D = s.head_dim, F = s.features, w = s.window;
-  const int C = p.cluster;
-  const int rank = static_cast<int>(cluster.block_rank());
+  const int rank = C == 1 ? 0 : static_cast<int>(cluster.block_rank());
   const int unit = blockIdx.x / C;
   const int b = unit / s.q_heads;
   const int h = unit - b * s.q_heads;
@@ -147,15 +165,24 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   };
   if (has_state) load_state_rows(f_begin + rg);
   const float z_old = has_state && tid < f_end - f_begin ? z[f_begin + tid] : 0.f;
+  // What the ring slot receives at the end, loaded now: the new key and value (warp 0, four
+  // columns a lane) and this block's phi_k rows.
+  const bool ring_lane = warp == 0 && lane * 4 < D;
+  const Quad<T> k_in = ring_lane ? *reinterpret_cast<const Quad<T>*>(k_new + lane * 4) : Quad<T>{};
+  const Quad<T> v_in = ring_lane ? *reinterpret_cast<const Quad<T>*>(v_new + lane * 4) : Quad<T>{};
+  const T pk_in = has_state && tid < f_end - f_begin ? pk_new[f_begin + tid] : T(0.f);
 
   // Ring keys j0..t (the new key at j = t); this block takes jj = rank, rank + C, ...
   const bool ring_linear = um.use_linear && um.lin_lag == 0;
   const int j0 = max(0, t - w + 1);
   const int nk = t - j0 + 1;
   const int nk_mine = nk > rank ? (nk - rank + C - 1) / C : 0;
+  const int first_slot = (j0 + rank) % w;  // slot of this block's first ring key
   auto ring_row = [&](const T* fresh, const T* ring, int jj, int width) {
-    const int j = j0 + rank + jj * C;
-    return j == t ? fresh : ring + static_cast<size_t>(j % w) * width;
+    if (j0 + rank + jj * C == t) return fresh;
+    int slot_jj = first_slot + jj * C;  // < 2w: jj * C <= w
+    if (slot_jj >= w) slot_jj -= w;
+    return ring + static_cast<size_t>(slot_jj) * width;
   };
   const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
   // Scores: warp `warp` takes keys warp, warp + 8, ...; lane holds 4 columns of k (D <= 128)
@@ -194,18 +221,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
       sa[f - f_begin] = fold ? to_float(pk_ring[static_cast<size_t>(slot) * F + f]) : 0.f;
   }
   __syncthreads();
-  // This block no longer reads kv ring slot `slot`: the last reader of the group may rewrite it.
-  if (tid == 0) {
-    bool last = true;
-    const int readers = group * C;
-    if (readers > 1) {
-      __threadfence();
-      unsigned int* turn = g_ring_turns + kv_unit % kRingTurns;
-      last = atomicAdd(turn, 1u) == static_cast<unsigned int>(readers - 1);
-      if (last) atomicExch(turn, 0u);
-    }
-    last_reader = last ? 1 : 0;
-  }
+  // This block no longer reads kv ring slot `slot` (its value is in sv). With the kv group
+  // spread over several clusters, take a ticket now and look at it at the end: the last of
+  // the group's readers rewrites the slot.
+  unsigned int ticket = 0;
+  if (group > 1 && tid == 0) ticket = atomicAdd(g_ring_turns + kv_unit % kRingTurns, 1u);
 
   // State rows: fold key t - w, then c_l phi_q S (numerator) and phi_q . z (denominator).
   float4 lin = zero4;
@@ -318,14 +338,21 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   }
 
   // Merge the cluster's partials: block `rank` writes outputs [rank D / C, (rank + 1) D / C).
-  cluster.sync();
+  if (C > 1) {
+    cluster_arrive_release();
+    cluster_wait();
+  } else {
+    __syncthreads();
+  }
   const int cols = D / C;
   if (tid < cols) {
     const int d = rank * cols + tid;
     float m = -INFINITY;
+#pragma unroll
     for (int r = 0; r < C; ++r)
       m = fmaxf(m, cluster.map_shared_rank(&part, r)->m);
     float num = 0.f, ew = 0.f, lw = 0.f, dzs = 0.f;
+#pragma unroll
     for (int r = 0; r < C; ++r) {
       const DecodePartial* o = cluster.map_shared_rank(&part, r);
       const float scale = um.use_window && o->m != -INFINITY ? expf(o->m - m) : 0.f;
@@ -339,23 +366,27 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     if (um.linear_only) den += s.eps;
     static_cast<T*>(p.y)[static_cast<size_t>(unit) * D + d] = static_cast<T>(num / den);
   }
+  if (C > 1) cluster_arrive_relaxed();  // this block's reads of the partials are done
 
   // The new key enters slot t % w (read above only as the folded key, t - w); each block
   // rewrites the phi_k rows it read.
-  if (has_state) {
-    for (int f = f_begin + tid; f < f_end; f += kDecodeThreads)
-      pk_ring[static_cast<size_t>(slot) * F + f] = pk_new[f];
-  }
-  if (last_reader) {
-    for (int e = tid; e < D; e += kDecodeThreads) {
-      k_ring[static_cast<size_t>(slot) * D + e] = k_new[e];
-      v_ring[static_cast<size_t>(slot) * D + e] = v_new[e];
+  if (has_state && tid < f_end - f_begin)
+    pk_ring[static_cast<size_t>(slot) * F + f_begin + tid] = pk_in;
+  if (warp == 0) {
+    bool writer = rank == 0;  // group 1: every reader is in this cluster and past the merge
+    if (group > 1) {
+      writer = __shfl_sync(kFullMask, ticket, 0) == static_cast<unsigned int>(group * C - 1);
+      if (writer && lane == 0) g_ring_turns[kv_unit % kRingTurns] = 0u;
+    }
+    if (writer && ring_lane) {
+      *reinterpret_cast<Quad<T>*>(k_ring + static_cast<size_t>(slot) * D + lane * 4) = k_in;
+      *reinterpret_cast<Quad<T>*>(v_ring + static_cast<size_t>(slot) * D + lane * 4) = v_in;
     }
   }
-  cluster.sync();  // no block leaves while another still reads its partials
+  if (C > 1) cluster_wait();  // no block leaves while another still reads its partials
 }
 
-template <typename T>
+template <typename T, int C>
 cudaError_t launch_decode_t(const DecodeParams& dp, cudaStream_t stream) {
   const int units = dp.s.batch * dp.s.q_heads;
   cudaLaunchConfig_t cfg = {};
@@ -369,7 +400,21 @@ cudaError_t launch_decode_t(const DecodeParams& dp, cudaStream_t stream) {
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, decode_kernel<T>, dp);
+  return cudaLaunchKernelEx(&cfg, decode_kernel<T, C>, dp);
+}
+
+template <typename T>
+cudaError_t launch_decode_t(const DecodeParams& dp, cudaStream_t stream) {
+  switch (dp.cluster) {
+    case 1:
+      return launch_decode_t<T, 1>(dp, stream);
+    case 2:
+      return launch_decode_t<T, 2>(dp, stream);
+    case 4:
+      return launch_decode_t<T, 4>(dp, stream);
+    default:
+      return launch_decode_t<T, 8>(dp, stream);
+  }
 }
 
 }  // namespace

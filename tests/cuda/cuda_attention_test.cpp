@@ -682,6 +682,9 @@ TEST(CudaAttention, DecodeClusterSplits) {
   c.overlap = true;
   EXPECT_EQ(blocks_per_head(c), 8);
   check_decode(c, 50, 36);
+  c.Hkv = c.Hq;  // one q head per kv head: the cluster rewrites the kv ring slot alone
+  check_decode(c, 60, 39);
+  c.Hkv = 2;
   c.B = 8;  // 32 heads: at most one block per SM
   EXPECT_EQ(blocks_per_head(c), 4);
   check_decode(c, 40, 38);

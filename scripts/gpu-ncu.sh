@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Per-instruction profile of one kernel of the CUDA benchmark on the GPU machine: builds the
+# benchmark, runs ncu's full set on a few launches of the kernels matching KERNEL_REGEX in the
+# benchmarks matching BENCH_FILTER, and prints the details page (throughput, warp states)
+# and the SASS lines with the most stall samples. Needs .deps (carried) for gpu-build.sh.
+#
+#   scripts/gpu-ncu.sh KERNEL_REGEX BENCH_FILTER [LAUNCHES]
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+[ $# -ge 2 ] || { echo "usage: scripts/gpu-ncu.sh KERNEL_REGEX BENCH_FILTER [LAUNCHES]" >&2; exit 2; }
+kernel="$1" filter="$2" launches="${3:-3}"
+out="${OUT:-$root/out}"
+mkdir -p "$out"
+build="${HL_BUILD_DIR:-$root/build-gpu}"
+if [ ! -x "$build/bench/hl_bench_cuda_attention" ]; then
+  scripts/gpu-build.sh --target hl_bench_cuda_attention >"$out/ncu-build.log" 2>&1 ||
+    { tail -n 30 "$out/ncu-build.log"; exit 1; }
+fi
+name="$(echo "$kernel" | tr -c 'A-Za-z0-9_\n' '_')"
+rep="$out/$name"
+timeout 400 ncu --set full --import-source no -k "regex:$kernel" -c "$launches" -f -o "$rep" \
+  "$build/bench/hl_bench_cuda_attention" --benchmark_filter="$filter" >"$out/$name-run.log" 2>&1 ||
+  { echo "ncu rc=$?"; tail -n 20 "$out/$name-run.log"; }
+ncu --import "$rep.ncu-rep" --page details --print-units base >"$out/$name-details.txt" 2>&1
+grep -E "^  [A-Za-z]|Duration|Throughput|Registers|Occupancy|Stall|Warp Cycles|Issued|Elapsed" \
+  "$out/$name-details.txt" | head -n 80
+ncu --import "$rep.ncu-rep" --page source --csv --print-source sass >"$out/$name-sass.csv" 2>&1
+python3 - "$out/$name-sass.csv" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+head = next((i for i, r in enumerate(rows) if "Source" in r and "Address" in r), None)
+if head is None:
+    print("no source table"); sys.exit(0)
+h = rows[head]
+src = h.index("Source")
+samp = next((i for i, c in enumerate(h) if c.startswith("Warp Stall Sampling (All")), None)
+if samp is None:
+    print("columns:", h); sys.exit(0)
+body = [r for r in rows[head + 1:] if len(r) == len(h)]
+total = sum(float(r[samp] or 0) for r in body) or 1.0
+print(f"{len(body)} SASS lines, {total:.0f} stall samples; top lines:")
+for r in sorted(body, key=lambda r: -float(r[samp] or 0))[:40]:
+    print(f"{100 * float(r[samp] or 0) / total:5.1f}%  {r[h.index('Address')]}  {r[src][:110]}")
+PY
