@@ -921,9 +921,10 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     }
     err = cudaErrorNotSupported;
     if (linear_key_wg_takes(s, key_plan)) {
-      const LinearKeyArgs la{
-          a.v,         a.phi_k,     a.phi_q,          a.dy,     a.coef_linear, a.window_drop,
-          a.row_denom, a.row_delta, a.reverse_states, key_plan, a.dphi_k,      p.dv_linear};
+      const LinearKeyArgs la{a.v,         a.phi_k,       a.phi_q,
+                             a.dy,        a.coef_linear, a.window_drop,
+                             a.row_denom, a.row_delta,   a.reverse_states,
+                             key_plan,    a.dphi_k,      a.key_grads ? p.dv_linear : nullptr};
       err = run_linear_key_wg(s, la, stream);
     }
     if (err == cudaErrorNotSupported)

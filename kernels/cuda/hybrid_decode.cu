@@ -100,7 +100,7 @@ __device__ inline void fma4(float4& acc, float c, float4 x) {
   acc.w = fmaf(c, x.w, acc.w);
 }
 
-template <typename T, int C>
+template <typename T, int C, int D>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) {
   __shared__ float sq[128];            // q * scale
   __shared__ float spq[256];           // phi_q
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
 
   const cg::cluster_group cluster = cg::this_cluster();
   const Shape& s = p.s;
-  const int D = s.head_dim, F = s.features, w = s.window;
+  const int F = s.features, w = s.window;
   const int rank = C == 1 ? 0 : static_cast<int>(cluster.block_rank());
   const int unit = blockIdx.x / C;
   const int b = unit / s.q_heads;
@@ -145,8 +145,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
       has_state ? static_cast<T*>(p.st.phik_ring) + static_cast<size_t>(unit) * w * F : nullptr;
 
   // Thread layout over [rows, D]: column quad c4, row group rg (8 groups at D = 128, 16 at 64).
-  const int quads = D / 4;
-  const int groups = kDecodeThreads / quads;
+  constexpr int quads = D / 4;
+  constexpr int groups = kDecodeThreads / quads;
   const int e4 = (tid % quads) * 4;
   const int rg = tid / quads;
 
@@ -164,6 +164,14 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     }
   };
   if (has_state) load_state_rows(f_begin + rg);
+  // The last pass's folded rows are stored after the merge barrier, whose release would
+  // otherwise wait for them to reach memory.
+  const int last_f0 =
+      f_begin + rg +
+      (f_end - f_begin - rg - 1) / (kRowsInFlight * groups) * (kRowsInFlight * groups);
+  auto store_state_row = [&](int u, int f) {
+    *reinterpret_cast<float4*>(S + static_cast<size_t>(f) * D + e4) = rows[u];
+  };
   const float z_old = has_state && tid < f_end - f_begin ? z[f_begin + tid] : 0.f;
   // What the ring slot receives at the end, loaded now: the new key and value (warp 0, four
   // columns a lane) and this block's phi_k rows.
@@ -229,6 +237,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
 
   // State rows: fold key t - w, then c_l phi_q S (numerator) and phi_q . z (denominator).
   float4 lin = zero4;
+  float z_new = 0.f;
   if (has_state) {
     const float4 fv = make_float4(sv[e4], sv[e4 + 1], sv[e4 + 2], sv[e4 + 3]);
     for (int f0 = f_begin + rg; f0 < f_end; f0 += kRowsInFlight * groups) {
@@ -239,7 +248,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
         if (f >= f_end) break;
         if (fold) {
           fma4(rows[u], sa[f - f_begin], fv);
-          *reinterpret_cast<float4*>(S + static_cast<size_t>(f) * D + e4) = rows[u];
+          if (f0 != last_f0) store_state_row(u, f);
         }
         fma4(lin, spq[f], rows[u]);
       }
@@ -251,9 +260,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     lin.w *= lin_coef;
     float dz = 0.f;
     if (tid < f_end - f_begin) {
-      const float zf = z_old + sa[tid];  // sa is 0 when nothing is folded
-      if (fold) z[f_begin + tid] = zf;
-      dz = spq[f_begin + tid] * zf;
+      z_new = z_old + sa[tid];  // sa is 0 when nothing is folded
+      dz = spq[f_begin + tid] * z_new;
     }
     dz = warp_sum(dz);
     if (lane == 0) sdz[warp] = dz;
@@ -368,6 +376,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   }
   if (C > 1) cluster_arrive_relaxed();  // this block's reads of the partials are done
 
+  if (fold) {
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      const int f = last_f0 + u * groups;
+      if (f < f_end) store_state_row(u, f);
+    }
+    if (tid < f_end - f_begin) z[f_begin + tid] = z_new;
+  }
+
   // The new key enters slot t % w (read above only as the folded key, t - w); each block
   // rewrites the phi_k rows it read.
   if (has_state && tid < f_end - f_begin)
@@ -400,7 +417,8 @@ cudaError_t launch_decode_t(const DecodeParams& dp, cudaStream_t stream) {
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, decode_kernel<T, C>, dp);
+  return dp.s.head_dim == 64 ? cudaLaunchKernelEx(&cfg, decode_kernel<T, C, 64>, dp)
+                             : cudaLaunchKernelEx(&cfg, decode_kernel<T, C, 128>, dp);
 }
 
 template <typename T>

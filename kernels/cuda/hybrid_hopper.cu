@@ -901,7 +901,8 @@ __device__ void for_each_step(const KeyParams& p, int kv_unit, int tiles, Visit 
   }
 }
 
-template <int D, int F>
+// kDv: also the linear part of dv (p.dv_linear); attention transfer (v frozen) goes without.
+template <int D, int F, bool kDv>
 __global__ void __launch_bounds__(kWgThreads, 1)
     linear_key_wg_kernel(const __grid_constant__ KeyParams p) {
   using L = KeyLayout<D, F>;
@@ -944,8 +945,10 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         p.dphi_k[(static_cast<size_t>(unit) * N + s_begin) * F + i] = __float2bfloat16_rn(0.f);
     }
     if (!any_linear) {
-      for (int i = threadIdx.x; i < (s_end - s_begin) * D; i += kWgThreads)
-        p.dv_linear[(static_cast<size_t>(kv_unit) * N + s_begin) * D + i] = 0.f;
+      if (kDv) {
+        for (int i = threadIdx.x; i < (s_end - s_begin) * D; i += kWgThreads)
+          p.dv_linear[(static_cast<size_t>(kv_unit) * N + s_begin) * D + i] = 0.f;
+      }
       return;
     }
   }
@@ -1012,7 +1015,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       const uint32_t base = sbase + slot * L::kSlotBytes;
       mbar_wait(bar.full + slot, (step / kKeySlots) & 1);
       mbar_wait(bar.u_full, step & 1);
-      float dvs[32], pt[32], apk[F / 2], av[D / 2];
+      float dvs[32], pt[32], apk[F / 2], av[kDv ? D / 2 : 1];
       // dphi_k starts from - c_l u: read now, since u is republished once U is given back.
 #pragma unroll
       for (int n = 0; n < F / 8; ++n) {
@@ -1028,10 +1031,12 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       }
 #pragma unroll
       for (int ks = 0; ks < F / 16; ++ks) {
-        wgmma_ss_n64<0, 0>(pt, k_major(base + L::kPkOff, ks), k_major(base + L::kPqOff, ks),
-                           ks > 0);
-        wgmma_ss<D, 0, 1>(av, k_major(base + L::kPkOff, ks), n_major(u_addr, ks, L::kUBlock),
-                          ks > 0);
+        if constexpr (kDv) {  // p_ij and phi_k U only feed dv
+          wgmma_ss_n64<0, 0>(pt, k_major(base + L::kPkOff, ks), k_major(base + L::kPqOff, ks),
+                             ks > 0);
+          wgmma_ss<D, 0, 1>(av, k_major(base + L::kPkOff, ks), n_major(u_addr, ks, L::kUBlock),
+                            ks > 0);
+        }
       }
       wgmma_commit();
       wgmma_wait<0>();
@@ -1049,7 +1054,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         const bool in = row >= j + um.lin_lag && row < s_hi && row < N;
         const float inv = fac[il];
         dvs[i] = in ? coef_l * (dvs[i] - fac[kRows + il]) * inv : 0.f;
-        pt[i] = in ? coef_l * pt[i] * inv : 0.f;
+        if constexpr (kDv) pt[i] = in ? coef_l * pt[i] * inv : 0.f;
       }
       uint32_t adu[4][4], apw[4][4];
 #pragma unroll
@@ -1057,14 +1062,14 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           adu[kk][r] = pack_bf16(dvs[8 * kk + 2 * r], dvs[8 * kk + 2 * r + 1]);
-          apw[kk][r] = pack_bf16(pt[8 * kk + 2 * r], pt[8 * kk + 2 * r + 1]);
+          if constexpr (kDv) apw[kk][r] = pack_bf16(pt[8 * kk + 2 * r], pt[8 * kk + 2 * r + 1]);
         }
       }
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
         wgmma_rs<F, 1>(apk, adu[kk], n_major(base + L::kPqOff, kk, kBlock), true);
-        wgmma_rs<D, 1>(av, apw[kk], n_major(base + L::kDyOff, kk, kBlock), true);
+        if constexpr (kDv) wgmma_rs<D, 1>(av, apw[kk], n_major(base + L::kDyOff, kk, kBlock), true);
       }
       wgmma_commit();
       wgmma_wait<0>();
@@ -1075,6 +1080,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
                     ct);
       mbar_arrive(bar.empty + slot);  // thread 0 only after the store has read the block
 
+      if constexpr (!kDv) return;
       // dv_linear summed over the group's heads.
       const bool first_head = step < tiles;  // the group's first head with a linear branch
       float* dvl = p.dv_linear + static_cast<size_t>(kv_unit) * N * D;
@@ -2015,8 +2021,10 @@ cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream
   p.dv_linear = a.dv_linear;
   return with_sizes(D, F, [&](auto d, auto f) {
     constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
-    return launch_smem(linear_key_wg_kernel<kD, kF>, kv_units * a.key_plan.segments, kWgThreads,
-                       KeyLayout<kD, kF>::kSmemBytes, p, stream);
+    return launch_smem(a.dv_linear != nullptr ? linear_key_wg_kernel<kD, kF, true>
+                                              : linear_key_wg_kernel<kD, kF, false>,
+                       kv_units * a.key_plan.segments, kWgThreads, KeyLayout<kD, kF>::kSmemBytes, p,
+                       stream);
   });
 }
 
