@@ -5,6 +5,7 @@
 # and the SASS lines with the most stall samples. Needs .deps (carried) for gpu-build.sh.
 #
 #   scripts/gpu-ncu.sh KERNEL_REGEX BENCH_FILTER [LAUNCHES]
+# Extra ncu arguments come from $NCU_ARGS (e.g. "--cache-control none" to keep L2 warm).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -19,7 +20,7 @@ if [ ! -x "$build/bench/hl_bench_cuda_attention" ]; then
 fi
 name="$(echo "$kernel" | tr -c 'A-Za-z0-9_\n' '_')"
 rep="$out/$name"
-timeout 400 ncu --set full --import-source no -k "regex:$kernel" -c "$launches" -f -o "$rep" \
+timeout 400 ncu ${NCU_ARGS:-} --set full --import-source no -k "regex:$kernel" -c "$launches" -f -o "$rep" \
   "$build/bench/hl_bench_cuda_attention" --benchmark_filter="$filter" >"$out/$name-run.log" 2>&1 ||
   { echo "ncu rc=$?"; tail -n 20 "$out/$name-run.log"; }
 ncu --import "$rep.ncu-rep" --page details --print-units base >"$out/$name-details.txt" 2>&1

@@ -908,6 +908,22 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     }
   }
   if (err != cudaSuccess) return err;
+  // dk and dv, with dv_linear (fp32, null without a linear branch) added to dv.
+  auto window_key = [&](float* dv_linear) {
+    if (window_key_wg_takes(s, key_plan)) {
+      const WindowKeyArgs wa{a.q,           a.k,       a.v,         a.dy,        a.coef_window,
+                             a.window_drop, a.row_max, a.row_denom, a.row_delta, a.row_gate_grad,
+                             a.row_argmax,  dv_linear, key_plan,    a.dk,        a.dv};
+      const cudaError_t e = run_window_key_wg(s, wa, stream);
+      if (e != cudaErrorNotSupported) return e;
+    }
+    TcBackwardParams wp = p;
+    wp.dv_linear = dv_linear;
+    const int k_blocks = s.batch * s.kv_heads * p.tiles;
+    const size_t wk = window_key_smem(s.head_dim, p.key_rows);
+    return d64 ? launch(window_key_kernel<64>, k_blocks, wk, wp, stream)
+               : launch(window_key_kernel<128>, k_blocks, wk, wp, stream);
+  };
   if (linear) {
     if (key_plan.segments > 1) {
       // U at the start of each key segment = rows after it: segment sums, then a suffix scan.
@@ -921,28 +937,28 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     }
     err = cudaErrorNotSupported;
     if (linear_key_wg_takes(s, key_plan)) {
+      // With dk and dv wanted, the window key kernel runs first and this one adds the linear
+      // part into dv, so that the linear part never makes an fp32 round trip through memory.
+      void* dv_sum = nullptr;
+      if (a.key_grads) {
+        err = window_key(nullptr);
+        if (err != cudaSuccess) return err;
+        dv_sum = a.dv;
+      }
       const LinearKeyArgs la{a.v,         a.phi_k,       a.phi_q,
                              a.dy,        a.coef_linear, a.window_drop,
                              a.row_denom, a.row_delta,   a.reverse_states,
-                             key_plan,    a.dphi_k,      a.key_grads ? p.dv_linear : nullptr};
+                             key_plan,    a.dphi_k,      a.key_grads ? p.dv_linear : nullptr,
+                             dv_sum};
       err = run_linear_key_wg(s, la, stream);
+      if (err == cudaSuccess && dv_sum != nullptr) return cudaSuccess;
     }
     if (err == cudaErrorNotSupported)
       err = d64 ? launch_linear_f<64>(p, false, stream) : launch_linear_f<128>(p, false, stream);
     if (err != cudaSuccess) return err;
   }
   if (!a.key_grads) return cudaSuccess;  // the window key kernel only makes dk and dv
-  if (window_key_wg_takes(s, key_plan)) {
-    const WindowKeyArgs wa{a.q,           a.k,         a.v,         a.dy,        a.coef_window,
-                           a.window_drop, a.row_max,   a.row_denom, a.row_delta, a.row_gate_grad,
-                           a.row_argmax,  p.dv_linear, key_plan,    a.dk,        a.dv};
-    err = run_window_key_wg(s, wa, stream);
-    if (err != cudaErrorNotSupported) return err;
-  }
-  const int k_blocks = s.batch * s.kv_heads * p.tiles;
-  const size_t wk = window_key_smem(s.head_dim, p.key_rows);
-  return d64 ? launch(window_key_kernel<64>, k_blocks, wk, p, stream)
-             : launch(window_key_kernel<128>, k_blocks, wk, p, stream);
+  return window_key(p.dv_linear);
 }
 
 }  // namespace hl::kernels::cuda::detail

@@ -121,15 +121,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   const int h = unit - b * s.q_heads;
   const int group = s.q_heads / s.kv_heads;
   const int kv_unit = b * s.kv_heads + h / group;
-  const UnitMode um = unit_mode(s, p.window_drop, unit);
   const bool has_state = p.st.S != nullptr;
   const int t = p.position;
   const int slot = t % w;
   const bool fold = has_state && t >= w;
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
-  const float cw = p.coef_window[unit];
-  const float cl = p.coef_linear[unit];
   const int f_begin = rank * (F / C), f_end = f_begin + F / C;
 
   const T* q_new = static_cast<const T*>(p.q) + static_cast<size_t>(unit) * D;
@@ -149,6 +146,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   constexpr int groups = kDecodeThreads / quads;
   const int e4 = (tid % quads) * 4;
   const int rg = tid / quads;
+
+  // The step is launched with programmatic stream serialization: the next kernel may start its
+  // set-up now, and everything above overlapped the previous kernel's end. From here on the
+  // kernel reads what earlier kernels wrote (this layer's state, q, k, v, phi).
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  const UnitMode um = unit_mode(s, p.window_drop, unit);
+  const float cw = p.coef_window[unit];
+  const float cl = p.coef_linear[unit];
 
   // Every global load that depends on nothing is issued first, so that the block waits for
   // memory about once: its S rows, z entries, ring keys and values (the first kAhead of each).
@@ -410,13 +416,15 @@ cudaError_t launch_decode_t(const DecodeParams& dp, cudaStream_t stream) {
   cfg.gridDim = dim3(static_cast<unsigned>(units * dp.cluster));
   cfg.blockDim = dim3(kDecodeThreads);
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = static_cast<unsigned>(dp.cluster);
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = 2;
   return dp.s.head_dim == 64 ? cudaLaunchKernelEx(&cfg, decode_kernel<T, C, 64>, dp)
                              : cudaLaunchKernelEx(&cfg, decode_kernel<T, C, 128>, dp);
 }

@@ -68,7 +68,8 @@ struct LinearKeyArgs {
   const float* rev_states;
   SegmentPlan key_plan;
   void* dphi_k;
-  float* dv_linear;
+  float* dv_linear;  ///< fp32 workspace for the group's sum, or null (no dv wanted)
+  void* dv;          ///< or null; else dv holds the window part and the linear part is added
 };
 
 /// Inputs of the backward's query pass on Hopper (dq, dphi_q and the row values the window

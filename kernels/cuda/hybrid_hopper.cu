@@ -870,6 +870,7 @@ struct KeyParams {
   int key_segments, key_len;
   bf16* dphi_k;
   float* dv_linear;  // [kv units, N, D], summed over the group's q heads
+  bf16* dv;          // or null; else the group's last linear head adds the sum into dv
 };
 
 struct KeyBarriers {
@@ -932,20 +933,20 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   __syncthreads();
 
   // Heads without a linear branch get zeros (and no dv part) and no steps.
+  int linear_heads = 0;
   {
     const int b = kv_unit / s.kv_heads, hk = kv_unit % s.kv_heads;
-    bool any_linear = false;
     for (int gi = 0; gi < group; ++gi) {
       const int unit = b * s.q_heads + hk * group + gi;
       if (unit_mode(s, p.window_drop, unit).use_linear) {
-        any_linear = true;
+        ++linear_heads;
         continue;
       }
       for (int i = threadIdx.x; i < (s_end - s_begin) * F; i += kWgThreads)
         p.dphi_k[(static_cast<size_t>(unit) * N + s_begin) * F + i] = __float2bfloat16_rn(0.f);
     }
-    if (!any_linear) {
-      if (kDv) {
+    if (linear_heads == 0) {
+      if (kDv && p.dv == nullptr) {
         for (int i = threadIdx.x; i < (s_end - s_begin) * D; i += kWgThreads)
           p.dv_linear[(static_cast<size_t>(kv_unit) * N + s_begin) * D + i] = 0.f;
       }
@@ -1083,28 +1084,43 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       if constexpr (!kDv) return;
       // dv_linear summed over the group's heads.
       const bool first_head = step < tiles;  // the group's first head with a linear branch
+      // The group's last linear head adds the sum into dv, which holds the window part by now.
+      const bool into_dv = p.dv != nullptr && step >= (linear_heads - 1) * tiles;
       float* dvl = p.dv_linear + static_cast<size_t>(kv_unit) * N * D;
+      bf16* dvo = p.dv + static_cast<size_t>(kv_unit) * N * D;
+      auto dv_at = [&](int j, int col) {
+        return reinterpret_cast<__nv_bfloat162*>(dvo + static_cast<size_t>(j) * D + col);
+      };
+      // The window part of this thread's dv entries, all loads issued before the first use.
+      __nv_bfloat162 window[2][D / 8];
+      if (into_dv) {
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          const int col = 8 * n + 2 * t4;
+          window[0][n] = ja < s_end ? *dv_at(ja, col) : __nv_bfloat162{};
+          window[1][n] = jb < s_end ? *dv_at(jb, col) : __nv_bfloat162{};
+        }
+      }
+      auto put = [&](int j, int col, float x, float y, __nv_bfloat162 w) {
+        if (j >= s_end) return;
+        float2* at = reinterpret_cast<float2*>(dvl + static_cast<size_t>(j) * D + col);
+        if (!first_head) {
+          const float2 before = *at;
+          x += before.x;
+          y += before.y;
+        }
+        if (into_dv) {
+          const float2 wf = __bfloat1622float2(w);
+          *dv_at(j, col) = __floats2bfloat162_rn(wf.x + x, wf.y + y);
+        } else {
+          *at = make_float2(x, y);
+        }
+      };
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
         const int col = 8 * n + 2 * t4;
-        float2 va = make_float2(av[4 * n], av[4 * n + 1]);
-        float2 vb = make_float2(av[4 * n + 2], av[4 * n + 3]);
-        float2* pa = reinterpret_cast<float2*>(dvl + static_cast<size_t>(ja) * D + col);
-        float2* pb = reinterpret_cast<float2*>(dvl + static_cast<size_t>(jb) * D + col);
-        if (ja < s_end) {
-          if (!first_head) {
-            va.x += pa->x;
-            va.y += pa->y;
-          }
-          *pa = va;
-        }
-        if (jb < s_end) {
-          if (!first_head) {
-            vb.x += pb->x;
-            vb.y += pb->y;
-          }
-          *pb = vb;
-        }
+        put(ja, col, av[4 * n], av[4 * n + 1], window[0][n]);
+        put(jb, col, av[4 * n + 2], av[4 * n + 3], window[1][n]);
       }
     });
     return;
@@ -2019,6 +2035,7 @@ cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream
   p.key_len = a.key_plan.length;
   p.dphi_k = static_cast<bf16*>(a.dphi_k);
   p.dv_linear = a.dv_linear;
+  p.dv = static_cast<bf16*>(a.dv);
   return with_sizes(D, F, [&](auto d, auto f) {
     constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
     return launch_smem(a.dv_linear != nullptr ? linear_key_wg_kernel<kD, kF, true>
