@@ -16,7 +16,8 @@
 // else by the last block of the group to take a ticket. Measured (bench/KERNEL_NOTES.md): the
 // step is bound by its chain of instructions, loads and barriers, not by the bytes of S, so
 // everything that depends on nothing is loaded up front, C is a template argument (no integer
-// division) and no barrier waits for the state's stores to reach memory.
+// division) and no barrier waits for the state's stores to reach memory. The step is launched
+// with programmatic stream serialization, so that its set-up overlaps the previous kernel.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -59,6 +60,10 @@ struct DecodeParams {
   int position;
   int cluster;
   DecodeState st;
+  // Derived on the host, so that the kernel's set-up divides by nothing but the group size.
+  int group;       // q heads per kv head
+  int slot;        // position % window: the ring slot of key position - window
+  int first_slot;  // ring slot of key max(0, position - window + 1)
 };
 
 // What a block hands to its cluster: numerators over D (the window part relative to the block's
@@ -68,6 +73,12 @@ struct DecodePartial {
   float lin[128];       // c_l (phi_q S) over this block's rows + c_l p_j v_j of its ring keys
   float m, ew, lw, dz;  // window max, sum e^(s_j - m), sum c_l p_j, phi_q . z over its rows
 };
+
+__device__ inline float warp_max(float x) {
+  for (int o = 16; o > 0; o >>= 1)
+    x = fmaxf(x, __shfl_xor_sync(kFullMask, x, o));
+  return x;
+}
 
 __device__ inline float warp_sum(float x) {
   for (int o = 16; o > 0; o >>= 1)
@@ -117,13 +128,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   const int F = s.features, w = s.window;
   const int rank = C == 1 ? 0 : static_cast<int>(cluster.block_rank());
   const int unit = blockIdx.x / C;
-  const int b = unit / s.q_heads;
-  const int h = unit - b * s.q_heads;
-  const int group = s.q_heads / s.kv_heads;
-  const int kv_unit = b * s.kv_heads + h / group;
+  const int group = p.group;
+  const int kv_unit = unit / group;  // units are (batch, q head) with each kv head's group adjacent
   const bool has_state = p.st.S != nullptr;
   const int t = p.position;
-  const int slot = t % w;
+  const int slot = p.slot;
   const bool fold = has_state && t >= w;
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
@@ -191,7 +200,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   const int j0 = max(0, t - w + 1);
   const int nk = t - j0 + 1;
   const int nk_mine = nk > rank ? (nk - rank + C - 1) / C : 0;
-  const int first_slot = (j0 + rank) % w;  // slot of this block's first ring key
+  int first_slot = p.first_slot + rank;  // slot of this block's first ring key
+  while (first_slot >= w)
+    first_slot -= w;
   auto ring_row = [&](const T* fresh, const T* ring, int jj, int width) {
     if (j0 + rank + jj * C == t) return fresh;
     int slot_jj = first_slot + jj * C;  // < 2w: jj * C <= w
@@ -304,19 +315,23 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     score(jj, key_piece(jj), phik_piece(jj, 0), phik_piece(jj, 1));
   __syncthreads();
 
-  // Every thread derives this block's window max and sums itself (at most w / C + 1 keys):
-  // cheaper than another barrier.
+  // Every warp derives this block's window max and sums from the scores (warp reductions:
+  // cheaper than another barrier).
   float m = -INFINITY;  // stays -inf when this block has no ring key
   float ew = 0.f, lw = 0.f;
   if (um.use_window) {
-    for (int jj = 0; jj < nk_mine; ++jj)
+    for (int jj = lane; jj < nk_mine; jj += 32)
       m = fmaxf(m, ssc[jj]);
-    for (int jj = 0; jj < nk_mine; ++jj)
+    m = warp_max(m);
+    for (int jj = lane; jj < nk_mine; jj += 32)
       ew += __expf(ssc[jj] - m);
+    ew = warp_sum(ew);
   }
-  if (ring_linear)
-    for (int jj = 0; jj < nk_mine; ++jj)
+  if (ring_linear) {
+    for (int jj = lane; jj < nk_mine; jj += 32)
       lw += spl[jj];
+    lw = warp_sum(lw);
+  }
   // Weighted values: row group rg takes keys rg, rg + groups, ...
   float4 win = zero4;
   auto weigh = [&](int jj, float4 v4) {
@@ -503,9 +518,23 @@ int launch_decode(const ProblemShape& shape, const DecodeArgs& a, const DecodeSt
     return static_cast<int>(cudaErrorInvalidValue);
   }
   const Shape s = make_shape(shape);
-  DecodeParams dp{
-      s,   a.q,        a.k, a.v,  a.phi_q, a.phi_k, a.coef_window, a.coef_linear, a.window_drop,
-      a.y, a.position, c,   state};
+  const int t = a.position, w = s.window;
+  DecodeParams dp{s,
+                  a.q,
+                  a.k,
+                  a.v,
+                  a.phi_q,
+                  a.phi_k,
+                  a.coef_window,
+                  a.coef_linear,
+                  a.window_drop,
+                  a.y,
+                  t,
+                  c,
+                  state,
+                  s.q_heads / s.kv_heads,
+                  t % w,
+                  std::max(0, t - w + 1) % w};
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const cudaError_t err = shape.dtype == KernelDType::kBFloat16
                               ? launch_decode_t<__nv_bfloat16>(dp, stream)
