@@ -86,8 +86,9 @@ __device__ inline float warp_sum(float x) {
   return x;
 }
 
-// Cluster barriers without cooperative_groups' GPU-wide fence: the merge barrier orders only
-// the shared-memory partials (release / acquire at cluster scope), the exit barrier nothing.
+// Cluster barriers as two halves, so that work can sit between arrive and wait: the merge
+// barrier publishes the shared-memory partials (its release still compiles to a GPU-wide fence,
+// so no global stores may be pending there), the exit barrier orders nothing.
 __device__ inline void cluster_arrive_release() {
   asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
 }

@@ -19,7 +19,8 @@ struct CliOutcome {
 
 /// Runs `hybridlab-cli ARGUMENTS` (shell words) and waits for it.
 inline CliOutcome run_cli(const std::string& arguments) {
-  const std::string command = std::string(kBinaryDir) + "/app/hybridlab-cli " + arguments + " 2>&1";
+  std::string command = kBinaryDir;  // appended piece by piece: GCC 12 at -O1 misreads a + chain
+  command.append("/app/hybridlab-cli ").append(arguments).append(" 2>&1");
   CliOutcome outcome;
   FILE* pipe = popen(command.c_str(), "r");
   EXPECT_NE(pipe, nullptr);
