@@ -908,7 +908,7 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     }
   }
   if (err != cudaSuccess) return err;
-  // dk and dv, with dv_linear (fp32, null without a linear branch) added to dv.
+  // dk and dv, plus dv_linear (fp32) where it is not null.
   auto window_key = [&](float* dv_linear) {
     if (window_key_wg_takes(s, key_plan)) {
       const WindowKeyArgs wa{a.q,           a.k,       a.v,         a.dy,        a.coef_window,

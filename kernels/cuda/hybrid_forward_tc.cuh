@@ -103,7 +103,7 @@ struct QueryArgs {
 /// describe the inputs or the shared memory does not fit.
 cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream);
 
-/// Inputs of the backward's window key pass on Hopper (dk and dv, dv with the linear part added).
+/// Inputs of the backward's window key pass on Hopper: dk and dv, plus dv_linear where given.
 struct WindowKeyArgs {
   const void* q;
   const void* k;
@@ -116,7 +116,7 @@ struct WindowKeyArgs {
   const float* row_delta;
   const float* row_gate_grad;
   const int32_t* row_argmax;
-  const float* dv_linear;  ///< null without a linear branch
+  const float* dv_linear;  ///< fp32 linear part of dv to add, or null
   SegmentPlan key_plan;
   void* dk;
   void* dv;
