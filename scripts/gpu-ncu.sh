@@ -38,7 +38,9 @@ src = h.index("Source")
 samp = next((i for i, c in enumerate(h) if c.startswith("Warp Stall Sampling (All")), None)
 if samp is None:
     print("columns:", h); sys.exit(0)
-body = [r for r in rows[head + 1:] if len(r) == len(h)]
+# The table repeats per profiled launch, each behind a "Kernel Name" row: read the first.
+end = next((i for i in range(head + 1, len(rows)) if rows[i][:1] == ["Kernel Name"]), len(rows))
+body = [r for r in rows[head + 1:end] if len(r) == len(h)]
 total = sum(float(r[samp] or 0) for r in body) or 1.0
 print(f"{len(body)} SASS lines, {total:.0f} stall samples; top lines:")
 for r in sorted(body, key=lambda r: -float(r[samp] or 0))[:40]:
