@@ -508,6 +508,21 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
   if (ct == 0) bulk_wait();  // the last y stores are complete before the block ends
 }
 
+// acc[h] += A[h] B over the chunk's 64 rows, with B the chunk's N-major block of D columns at
+// shared address `b_addr` (the fold of a state warpgroup).
+template <int D, int H>
+__device__ inline void fold_chunk(float (&acc)[H][D / 2], uint32_t (&a)[4][H][4], uint32_t b_addr) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+    for (int h = 0; h < H; ++h)
+      wgmma_rs<D, 1>(acc[h], a[kk][h], n_major(b_addr, kk, kBlock), true);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+}
+
 // Shared with the backward's linear query kernel: L names the ring slots (kSlotBytes, kVOff,
 // kPkOff) and the published state (kSOff, kSBlock, kZOff, kZFloat); P has the segment start states
 // (segments, states). S and z are published times `coef` (c_l for the forward's query).
@@ -569,16 +584,7 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
           }
         }
       }
-      const uint32_t v_addr = sbase + slot * L::kSlotBytes + L::kVOff;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-        for (int h = 0; h < H; ++h)
-          wgmma_rs<D, 1>(acc[h], a[kk][h], n_major(v_addr, kk, kBlock), true);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
+      fold_chunk<D, H>(acc, a, sbase + slot * L::kSlotBytes + L::kVOff);
     }
     mbar_arrive(bar.chunk_empty + slot);
     if (needed) {
@@ -1180,16 +1186,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           }
         }
       }
-      const uint32_t dy_addr = sbase + slot * L::kSlotBytes + L::kDyOff;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-        for (int h = 0; h < H; ++h)
-          wgmma_rs<D, 1>(acc[h], a[kk][h], n_major(dy_addr, kk, kBlock), true);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
+      fold_chunk<D, H>(acc, a, sbase + slot * L::kSlotBytes + L::kDyOff);
     }
     mbar_arrive(bar.empty + slot);
     if (needed) {
