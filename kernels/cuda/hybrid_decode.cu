@@ -10,9 +10,10 @@
 // One kernel. A cluster of C blocks serves one (batch, q head): block r owns rows
 // [r F / C, (r + 1) F / C) of S and z and every C-th ring key, so that at batch 1 the state
 // streams through more SMs. Each block keeps partial sums (the window part relative to its own
-// max), and the blocks merge them through distributed shared memory, each writing D / C
-// outputs. The kv ring slot is rewritten once every block that reads the folded value has: by
-// the cluster's first block after the merge barrier when the cluster is the whole kv group,
+// max) and sends each block of the cluster the partials of its D / C output columns with
+// st.async, counted by the receiver's mbarrier (no fence, no exit barrier). The kv ring slot is
+// rewritten once every block that reads the folded value has: by the cluster's first block
+// once its inbox is full when the cluster is the whole kv group,
 // else by the last block of the group to take a ticket. Measured (bench/KERNEL_NOTES.md): the
 // step is bound by its chain of instructions, loads and barriers, not by the bytes of S, so
 // everything that depends on nothing is loaded up front, C is a template argument (no integer
@@ -25,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cuda/hopper.cuh"
 #include "kernels/cuda/hybrid_attention_launch.hpp"
 #include "kernels/cuda/hybrid_common.cuh"
 
@@ -86,17 +88,43 @@ __device__ inline float warp_sum(float x) {
   return x;
 }
 
-// Cluster barriers as two halves, so that work can sit between arrive and wait: the merge
-// barrier publishes the shared-memory partials (its release still compiles to a GPU-wide fence,
-// so no global stores may be pending there), the exit barrier orders nothing.
-__device__ inline void cluster_arrive_release() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
-}
+// The cluster barrier as two halves, so that work can sit between arrive and wait (it only
+// orders the inbox barriers' initialisation before the first send).
 __device__ inline void cluster_arrive_relaxed() {
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 }
 __device__ inline void cluster_wait() {
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+// What block r of a cluster sends block p (C > 1): its partials for p's D / C output columns.
+struct DecodeInbox {
+  float4 sums;  // m, ew, lw, dz as in DecodePartial
+  float win[64];
+  float lin[64];
+};
+
+// The shared-memory address `local` in the cluster's block `rank`.
+__device__ inline uint32_t peer_address(uint32_t local, int rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(rank));
+  return remote;
+}
+
+// Stores into a peer's shared memory that count towards the transaction bytes of its mbarrier
+// at `bar` (both cluster addresses): no fence and no cluster barrier needed to publish them.
+__device__ inline void send(uint32_t remote, float v, uint32_t bar) {
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.f32 [%0], %1, [%2];\n" ::"r"(remote),
+      "f"(v), "r"(bar)
+      : "memory");
+}
+__device__ inline void send(uint32_t remote, float4 v, uint32_t bar) {
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, "
+      "[%5];\n" ::"r"(remote),
+      "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(bar)
+      : "memory");
 }
 
 // Four consecutive elements, moved as one access.
@@ -122,7 +150,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   __shared__ float spl[kMaxRingKeys];  // c_l p_j of this block's ring keys
   __shared__ float4 sacc[2][16][32];   // per row-group partial numerators (window, linear)
   __shared__ float sdz[kDecodeWarps];
-  __shared__ DecodePartial part;
+  __shared__ DecodePartial part;                // C = 1
+  __shared__ DecodeInbox inbox[C > 1 ? C : 1];  // C > 1: what each block of the cluster sent
+  __shared__ uint64_t inbox_full;
 
   const cg::cluster_group cluster = cg::this_cluster();
   const Shape& s = p.s;
@@ -160,6 +190,16 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   // The step is launched with programmatic stream serialization: the next kernel may start its
   // set-up now, and everything above overlapped the previous kernel's end. From here on the
   // kernel reads what earlier kernels wrote (this layer's state, q, k, v, phi).
+  if constexpr (C > 1) {
+    // The inbox barrier completes when all C blocks' partials have landed. Its initialisation
+    // reaches the cluster before any block sends (the cluster barrier is waited on then).
+    if (tid == 0) {
+      mbar_init(&inbox_full, 1);
+      mbar_expect_bytes(&inbox_full, C * (2 * (D / C) * 4 + 16));
+      mbar_init_fence();
+    }
+    cluster_arrive_relaxed();
+  }
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   const UnitMode um = unit_mode(s, p.window_drop, unit);
@@ -348,55 +388,85 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     weigh(jj, value_piece(jj));
   sacc[0][rg][e4 / 4] = win;
   sacc[1][rg][e4 / 4] = lin;
-  if (tid == 0) {
-    part.m = m;
-    part.ew = ew;
-    part.lw = lw;
-    float d = 0.f;
-    if (has_state)
-      for (int i = 0; i < kDecodeWarps; ++i)
-        d += sdz[i];
-    part.dz = d;
+  float dz_block = 0.f;
+  if (has_state && tid == 0) {
+    for (int i = 0; i < kDecodeWarps; ++i)
+      dz_block += sdz[i];
+  }
+  if constexpr (C == 1) {
+    if (tid == 0) {
+      part.m = m;
+      part.ew = ew;
+      part.lw = lw;
+      part.dz = dz_block;
+    }
   }
   __syncthreads();
+  const int cols = D / C;
+  if constexpr (C > 1) cluster_wait();  // every block's inbox barrier is initialised
   if (tid < 2 * D) {
     const int which = tid / D, d = tid % D;
     float acc = 0.f;
     for (int r = 0; r < groups; ++r)
       acc += reinterpret_cast<const float*>(&sacc[which][r][0])[d];
-    (which == 0 ? part.win : part.lin)[d] = acc;
+    if constexpr (C == 1) {
+      (which == 0 ? part.win : part.lin)[d] = acc;
+    } else {
+      // Column d belongs to block d / cols: send it there, into this block's inbox slot.
+      DecodeInbox& slot_of_mine = inbox[rank];
+      float* at = which == 0 ? slot_of_mine.win : slot_of_mine.lin;
+      const int owner = d / cols;
+      send(peer_address(shared_address(at + d % cols), owner), acc,
+           peer_address(shared_address(&inbox_full), owner));
+    }
   }
-
-  // Merge the cluster's partials: block `rank` writes outputs [rank D / C, (rank + 1) D / C).
-  if (C > 1) {
-    cluster_arrive_release();
-    cluster_wait();
+  if constexpr (C > 1) {
+    if (tid == 0) {
+      const float4 sums = make_float4(m, ew, lw, dz_block);
+#pragma unroll
+      for (int r = 0; r < C; ++r)
+        send(peer_address(shared_address(&inbox[rank].sums), r), sums,
+             peer_address(shared_address(&inbox_full), r));
+    }
   } else {
     __syncthreads();
   }
-  const int cols = D / C;
+
+  // Merge the cluster's partials: block `rank` writes outputs [rank D / C, (rank + 1) D / C).
+  // Warp 0 waits as well: with one q head per kv head it rewrites the kv ring slot below, once
+  // every block of the cluster has sent its partials (so has read the folded value).
+  if (C > 1 && (tid < cols || warp == 0)) mbar_wait(&inbox_full, 0);
   if (tid < cols) {
     const int d = rank * cols + tid;
+    float4 sums[C];
+#pragma unroll
+    for (int r = 0; r < C; ++r) {
+      if constexpr (C == 1) {
+        sums[r] = make_float4(part.m, part.ew, part.lw, part.dz);
+      } else {
+        sums[r] = inbox[r].sums;
+      }
+    }
     float m = -INFINITY;
 #pragma unroll
     for (int r = 0; r < C; ++r)
-      m = fmaxf(m, cluster.map_shared_rank(&part, r)->m);
+      m = fmaxf(m, sums[r].x);
     float num = 0.f, ew = 0.f, lw = 0.f, dzs = 0.f;
 #pragma unroll
     for (int r = 0; r < C; ++r) {
-      const DecodePartial* o = cluster.map_shared_rank(&part, r);
-      const float scale = um.use_window && o->m != -INFINITY ? expf(o->m - m) : 0.f;
-      num += o->win[d] * scale + o->lin[d];
-      ew += o->ew * scale;
-      lw += o->lw;
-      dzs += o->dz;
+      const float win_d = C == 1 ? part.win[d] : inbox[r].win[tid];
+      const float lin_d = C == 1 ? part.lin[d] : inbox[r].lin[tid];
+      const float scale = um.use_window && sums[r].x != -INFINITY ? expf(sums[r].x - m) : 0.f;
+      num += win_d * scale + lin_d;
+      ew += sums[r].y * scale;
+      lw += sums[r].z;
+      dzs += sums[r].w;
     }
     float den =
         (um.use_window ? cw * ew : 0.f) + lw + (has_state && um.use_linear ? cl * dzs : 0.f);
     if (um.linear_only) den += s.eps;
     static_cast<T*>(p.y)[static_cast<size_t>(unit) * D + d] = static_cast<T>(num / den);
   }
-  if (C > 1) cluster_arrive_relaxed();  // this block's reads of the partials are done
 
   if (fold) {
 #pragma unroll
@@ -422,7 +492,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
       *reinterpret_cast<Quad<T>*>(v_ring + static_cast<size_t>(slot) * D + lane * 4) = v_in;
     }
   }
-  if (C > 1) cluster_wait();  // no block leaves while another still reads its partials
 }
 
 template <typename T, int C>
