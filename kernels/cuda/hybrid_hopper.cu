@@ -1097,6 +1097,26 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       auto dv_at = [&](int j, int col) {
         return reinterpret_cast<__nv_bfloat162*>(dvo + static_cast<size_t>(j) * D + col);
       };
+      auto partial_at = [&](int j, int col) {
+        return reinterpret_cast<float2*>(dvl + static_cast<size_t>(j) * D + col);
+      };
+      if (!first_head) {
+        // The fp32 sums of the group's earlier heads, all loads issued before the first add.
+        float2 before[2][D / 8];
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          const int col = 8 * n + 2 * t4;
+          before[0][n] = ja < s_end ? *partial_at(ja, col) : make_float2(0.f, 0.f);
+          before[1][n] = jb < s_end ? *partial_at(jb, col) : make_float2(0.f, 0.f);
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          av[4 * n] += before[0][n].x;
+          av[4 * n + 1] += before[0][n].y;
+          av[4 * n + 2] += before[1][n].x;
+          av[4 * n + 3] += before[1][n].y;
+        }
+      }
       // The window part of this thread's dv entries, all loads issued before the first use.
       __nv_bfloat162 window[2][D / 8];
       if (into_dv) {
@@ -1109,17 +1129,11 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       }
       auto put = [&](int j, int col, float x, float y, __nv_bfloat162 w) {
         if (j >= s_end) return;
-        float2* at = reinterpret_cast<float2*>(dvl + static_cast<size_t>(j) * D + col);
-        if (!first_head) {
-          const float2 before = *at;
-          x += before.x;
-          y += before.y;
-        }
         if (into_dv) {
           const float2 wf = __bfloat1622float2(w);
           *dv_at(j, col) = __floats2bfloat162_rn(wf.x + x, wf.y + y);
         } else {
-          *at = make_float2(x, y);
+          *partial_at(j, col) = make_float2(x, y);
         }
       };
 #pragma unroll
