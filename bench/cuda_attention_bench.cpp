@@ -33,14 +33,15 @@ struct Inputs {
   int64_t B, N;
 };
 
-Inputs make_inputs(int64_t B, int64_t N) {
+// kv_heads below kHeads: grouped-query attention (Llama-3.2-1B has 32 q heads on 8 kv heads).
+Inputs make_inputs(int64_t B, int64_t N, int64_t kv_heads = kHeads) {
   const auto o = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   Inputs in;
   in.B = B;
   in.N = N;
   in.raw.q = torch::randn({B, kHeads, N, kDim}, o);
-  in.raw.k = torch::randn({B, kHeads, N, kDim}, o);
-  in.raw.v = torch::randn({B, kHeads, N, kDim}, o);
+  in.raw.k = torch::randn({B, kv_heads, N, kDim}, o);
+  in.raw.v = torch::randn({B, kv_heads, N, kDim}, o);
   in.raw.phi_q = torch::softmax(torch::randn({B, kHeads, N, kFeatures}, o.dtype(torch::kFloat)), -1)
                      .to(torch::kBFloat16);
   in.raw.phi_k = torch::softmax(torch::randn({B, kHeads, N, kFeatures}, o.dtype(torch::kFloat)), -1)
@@ -75,15 +76,19 @@ double median_us(const std::function<void()>& fn, int warmup, int reps) {
   return times[times.size() / 2];
 }
 
-// Bytes that must move once: q, k, v, phi_q, phi_k in, y out (bf16), 12 B of row statistics.
-double forward_bytes(int64_t B, int64_t N) {
+// Bytes that must move once: q, k, v, phi_q, phi_k in, y out (bf16), 12 B of row statistics;
+// k and v once per kv head.
+double forward_bytes(int64_t B, int64_t N, int64_t kv_heads = kHeads) {
   const double token_heads = static_cast<double>(B) * kHeads * N;
-  return token_heads * (2.0 * (4 * kDim + 2 * kFeatures) + 12.0);
+  const double token_kv_heads = static_cast<double>(B) * kv_heads * N;
+  return token_heads * (2.0 * (2 * kDim + 2 * kFeatures) + 12.0) + token_kv_heads * 2.0 * 2 * kDim;
 }
 // Backward reads the forward's inputs, y and dy and writes five gradients.
-double backward_bytes(int64_t B, int64_t N) {
+double backward_bytes(int64_t B, int64_t N, int64_t kv_heads = kHeads) {
   const double token_heads = static_cast<double>(B) * kHeads * N;
-  return token_heads * (2.0 * (5 * kDim + 2 * kFeatures) + 2.0 * (3 * kDim + 2 * kFeatures) + 24.0);
+  const double token_kv_heads = static_cast<double>(B) * kv_heads * N;
+  return token_heads * (2.0 * (3 * kDim + 2 * kFeatures) + 2.0 * (kDim + 2 * kFeatures) + 24.0) +
+         token_kv_heads * 2.0 * 4 * kDim;
 }
 // Useful FLOPs of the forward: window QK^T and AV (4 w d), state query and update (4 F d).
 double forward_flops(int64_t B, int64_t N) {
@@ -114,9 +119,9 @@ void BM_FusedForward(benchmark::State& state) {
 }
 
 // qkv_grads false: attention transfer's backward (q, k, v frozen: no dq, dk, dv).
-void fused_forward_backward(benchmark::State& state, bool qkv_grads) {
+void fused_forward_backward(benchmark::State& state, bool qkv_grads, int64_t kv_heads = kHeads) {
   if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
-  const Inputs in = make_inputs(state.range(0), state.range(1));
+  const Inputs in = make_inputs(state.range(0), state.range(1), kv_heads);
   hc::RawOptions o = kernel_options();
   o.query_grads = o.key_grads = qkv_grads;
   const Tensor dy = torch::randn_like(in.raw.q);
@@ -127,13 +132,19 @@ void fused_forward_backward(benchmark::State& state, bool qkv_grads) {
           hc::backward_raw(in.raw, o, f, dy);
         },
         2, 10);
-    report(state, us, forward_bytes(in.B, in.N) + backward_bytes(in.B, in.N),
+    report(state, us, forward_bytes(in.B, in.N, kv_heads) + backward_bytes(in.B, in.N, kv_heads),
            3.0 * forward_flops(in.B, in.N));
   }
 }
 
 void BM_FusedForwardBackward(benchmark::State& state) {
   fused_forward_backward(state, true);
+}
+
+// Grouped-query attention: the third argument is the number of kv heads; the backward sums dk
+// and dv over each kv head's group of q heads.
+void BM_FusedForwardBackwardGqa(benchmark::State& state) {
+  fused_forward_backward(state, true, state.range(2));
 }
 
 // Its byte and FLOP rates use the full backward's model, an upper bound of this work.
@@ -284,6 +295,12 @@ void shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_FusedForward)->Apply(shapes);
 BENCHMARK(BM_FusedForwardBackward)->Apply(shapes);
 BENCHMARK(BM_FusedTransferForwardBackward)->Apply(shapes);
+BENCHMARK(BM_FusedForwardBackwardGqa)
+    ->Args({1, 16384, 8})
+    ->ArgNames({"B", "N", "Hkv"})
+    ->UseManualTime()
+    ->Iterations(1)
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_LibTorchForward)->Apply(shapes);
 BENCHMARK(BM_LibTorchForwardBackward)
     ->Args({1, 4096})
