@@ -62,6 +62,34 @@ __device__ inline UnitMode unit_mode(const Shape& s, const uint8_t* window_drop,
   return m;
 }
 
+// Programmatic dependent launch (sm_90): a kernel started by launch_chained may become resident
+// while the kernel before it in the stream is still finishing, which hides the launch gap. It
+// calls await_previous_kernel() before its first global access, read or write, so it sees
+// everything earlier kernels wrote and none of them sees its writes early; the call also lets
+// the next chained kernel launch.
+__device__ inline void await_previous_kernel() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+
+/// Launches `kernel` so that it may overlap the end of the previous kernel in `stream` (see
+/// await_previous_kernel, which the kernel must call first).
+template <typename Params>
+cudaError_t launch_chained(void (*kernel)(Params), dim3 grid, dim3 block, size_t smem,
+                           cudaStream_t stream, const Params& p) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute chained;
+  chained.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  chained.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &chained;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, p);
+}
+
 __device__ inline float4 load4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }

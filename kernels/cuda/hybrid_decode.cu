@@ -195,7 +195,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     // reaches the cluster before any block sends (the cluster barrier is waited on then).
     if (tid == 0) {
       mbar_init(&inbox_full, 1);
-      mbar_expect_bytes(&inbox_full, C * (2 * (D / C) * 4 + 16));
       mbar_init_fence();
     }
     cluster_arrive_relaxed();
@@ -422,6 +421,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   }
   if constexpr (C > 1) {
     if (tid == 0) {
+      // The expected bytes may be announced after peers' bytes have landed: the transaction
+      // count goes negative meanwhile, and the phase completes only with this arrival.
+      mbar_expect_bytes(&inbox_full, C * (2 * (D / C) * 4 + 16));
       const float4 sums = make_float4(m, ew, lw, dz_block);
 #pragma unroll
       for (int r = 0; r < C; ++r)

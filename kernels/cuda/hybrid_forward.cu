@@ -319,6 +319,7 @@ struct ScanParams {
 };
 
 __global__ void scan_kernel(ScanParams p) {
+  await_previous_kernel();
   const int unit = blockIdx.y;
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= p.size) return;
@@ -412,8 +413,7 @@ cudaError_t run_scan(const Shape& s, const uint8_t* window_drop, float* states, 
   const int size = s.features * s.head_dim + s.features;
   ScanParams sp{s, window_drop, states, segments, size, direction, total_S, total_z, all_units};
   dim3 grid((size + 255) / 256, units);
-  scan_kernel<<<grid, 256, 0, stream>>>(sp);
-  return cudaGetLastError();
+  return launch_chained(scan_kernel, grid, dim3(256), 0, stream, sp);
 }
 
 }  // namespace detail

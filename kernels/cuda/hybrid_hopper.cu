@@ -597,6 +597,7 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
 template <int D, int F>
 __global__ void __launch_bounds__(kWgThreads, 1)
     forward_wg_kernel(const __grid_constant__ WgParams p) {
+  await_previous_kernel();
   using L = Layout<D, F>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
@@ -688,6 +689,7 @@ struct SpParams {
 template <int D, int F, bool kScaled>
 __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
     state_pass_wg_kernel(const __grid_constant__ SpParams p) {
+  await_previous_kernel();
   using L = SpLayout<D, F>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
@@ -912,6 +914,7 @@ __device__ void for_each_step(const KeyParams& p, int kv_unit, int tiles, Visit 
 template <int D, int F, bool kDv>
 __global__ void __launch_bounds__(kWgThreads, 1)
     linear_key_wg_kernel(const __grid_constant__ KeyParams p) {
+  await_previous_kernel();
   using L = KeyLayout<D, F>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
@@ -1621,6 +1624,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
 template <int D, int F, bool kDq>
 __global__ void __launch_bounds__(kWgThreads, 1)
     query_wg_kernel(const __grid_constant__ QueryParams p) {
+  await_previous_kernel();
   using L = QueryLayout<D, F>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
@@ -1744,6 +1748,7 @@ __device__ void for_each_wk_step(const WkParams& p, int kv_unit, int tiles, Visi
 
 template <int D>
 __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_constant__ WkParams p) {
+  await_previous_kernel();
   using L = WkLayout<D>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
@@ -2000,8 +2005,7 @@ cudaError_t launch_smem(void (*kernel)(Params), int blocks, int threads, int sme
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  kernel<<<blocks, threads, smem, stream>>>(p);
-  return cudaGetLastError();
+  return launch_chained(kernel, dim3(blocks), dim3(threads), smem, stream, p);
 }
 
 // Calls fn(d, f) with std::integral_constant values of the head dim and features (64 or 128).
