@@ -318,52 +318,43 @@ struct ScanParams {
   bool all_units;
 };
 
-// Each thread scans four consecutive floats (size is a multiple of 4: F * D + F with F % 4 == 0).
 __global__ void scan_kernel(ScanParams p) {
   await_previous_kernel();
   const int unit = blockIdx.y;
-  const int idx = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= p.size) return;
   if (!p.all_units && !unit_mode(p.s, p.window_drop, unit).use_linear) return;
   float* base = p.states + static_cast<size_t>(unit) * p.segments * p.size + idx;
-  auto at = [&](int sg) {
-    return reinterpret_cast<float4*>(base + static_cast<size_t>(sg) * p.size);
-  };
-  auto add = [](float4& acc, float4 x) {
-    acc.x += x.x;
-    acc.y += x.y;
-    acc.z += x.z;
-    acc.w += x.w;
-  };
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   if (p.direction == 2) {
+    float acc = 0.f;
     for (int sg = 0; sg < p.segments; ++sg)
-      add(acc, *at(sg));
-    const int FD = p.s.features * p.s.head_dim;  // a multiple of 4: a quad is all S or all z
+      acc += base[static_cast<size_t>(sg) * p.size];
+    const int FD = p.s.features * p.s.head_dim;
     if (idx < FD) {
-      *reinterpret_cast<float4*>(p.total_S + static_cast<size_t>(unit) * FD + idx) = acc;
+      p.total_S[static_cast<size_t>(unit) * FD + idx] = acc;
     } else {
-      *reinterpret_cast<float4*>(p.total_z + static_cast<size_t>(unit) * p.s.features + idx - FD) =
-          acc;
+      p.total_z[static_cast<size_t>(unit) * p.s.features + idx - FD] = acc;
     }
     return;
   }
   // Eight segments' loads are issued before their stores: one memory round trip per group.
   constexpr int kGroup = 8;
+  float acc = 0.f;
   for (int step0 = 0; step0 < p.segments; step0 += kGroup) {
-    float4 mine[kGroup];
+    float mine[kGroup];
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
       const int step = step0 + u;
       const int sg = p.direction == 0 ? step : p.segments - 1 - step;
-      mine[u] = step < p.segments ? *at(sg) : acc;
+      mine[u] = step < p.segments ? base[static_cast<size_t>(sg) * p.size] : 0.f;
     }
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
       const int step = step0 + u;
       if (step < p.segments) {
-        *at(p.direction == 0 ? step : p.segments - 1 - step) = acc;
-        add(acc, mine[u]);
+        const int sg = p.direction == 0 ? step : p.segments - 1 - step;
+        base[static_cast<size_t>(sg) * p.size] = acc;
+        acc += mine[u];
       }
     }
   }
@@ -421,7 +412,7 @@ cudaError_t run_scan(const Shape& s, const uint8_t* window_drop, float* states, 
                      cudaStream_t stream) {
   const int size = s.features * s.head_dim + s.features;
   ScanParams sp{s, window_drop, states, segments, size, direction, total_S, total_z, all_units};
-  dim3 grid((size / 4 + 255) / 256, units);
+  dim3 grid((size + 255) / 256, units);
   return launch_chained(scan_kernel, grid, dim3(256), 0, stream, sp);
 }
 
