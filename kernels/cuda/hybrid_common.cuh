@@ -72,21 +72,26 @@ __device__ inline void await_previous_kernel() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 }
 
-/// Launches `kernel` so that it may overlap the end of the previous kernel in `stream` (see
-/// await_previous_kernel, which the kernel must call first).
+/// Launches `kernel` so that it may overlap the end of the previous kernel in `stream`; the
+/// kernel calls await_previous_kernel (or its two instructions) before its first global access.
+/// `cluster` > 1 groups that many consecutive blocks into a thread block cluster.
 template <typename Params>
 cudaError_t launch_chained(void (*kernel)(Params), dim3 grid, dim3 block, size_t smem,
-                           cudaStream_t stream, const Params& p) {
+                           cudaStream_t stream, const Params& p, int cluster = 1) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute chained;
-  chained.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  chained.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &chained;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attrs[2];
+  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[0].val.programmaticStreamSerializationAllowed = 1;
+  attrs[1].id = cudaLaunchAttributeClusterDimension;
+  attrs[1].val.clusterDim.x = static_cast<unsigned>(cluster);
+  attrs[1].val.clusterDim.y = 1;
+  attrs[1].val.clusterDim.z = 1;
+  cfg.attrs = attrs;
+  cfg.numAttrs = cluster > 1 ? 2 : 1;
   return cudaLaunchKernelEx(&cfg, kernel, p);
 }
 

@@ -498,22 +498,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
 
 template <typename T, int C>
 cudaError_t launch_decode_t(const DecodeParams& dp, cudaStream_t stream) {
-  const int units = dp.s.batch * dp.s.q_heads;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(units * dp.cluster));
-  cfg.blockDim = dim3(kDecodeThreads);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(dp.cluster);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 2;
-  return dp.s.head_dim == 64 ? cudaLaunchKernelEx(&cfg, decode_kernel<T, C, 64>, dp)
-                             : cudaLaunchKernelEx(&cfg, decode_kernel<T, C, 128>, dp);
+  const dim3 grid(static_cast<unsigned>(dp.s.batch * dp.s.q_heads * dp.cluster));
+  return launch_chained(dp.s.head_dim == 64 ? decode_kernel<T, C, 64> : decode_kernel<T, C, 128>,
+                        grid, dim3(kDecodeThreads), 0, stream, dp, dp.cluster);
 }
 
 template <typename T>
