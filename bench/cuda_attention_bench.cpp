@@ -18,6 +18,7 @@
 
 #include "kernels/attention.hpp"
 #include "kernels/cuda/cuda_attention.hpp"
+#include "kernels/feature_map.hpp"
 
 namespace {
 
@@ -191,6 +192,28 @@ void BM_LibTorchForwardBackward(benchmark::State& state) {
   }
 }
 
+// The hedgehog feature map of one layer's queries (B1 H32, d = 128, p = 64, so F = 128 as in
+// the shapes above), forward and backward through autograd: the projection (LibTorch matmul)
+// then the activation, fused (second argument 1) or as LibTorch ops (0). Bytes: x in, phi out,
+// dphi in, dx out (bf16), plus the projection r written and read back each way.
+void BM_HedgehogFeatureMap(benchmark::State& state) {
+  if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
+  const int64_t N = state.range(0);
+  const bool fused = state.range(1) != 0;
+  constexpr int64_t kProjection = kFeatures / 2;
+  const auto o = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  const Tensor x = torch::randn({1, kHeads, N, kDim}, o).requires_grad_(true);
+  const Tensor w =
+      (torch::randn({kHeads, kDim, kProjection}, o) / std::sqrt(double(kDim))).requires_grad_(true);
+  const Tensor dphi = torch::randn({1, kHeads, N, kFeatures}, o);
+  for (auto _ : state) {
+    const double us = median_us(
+        [&] { hk::hedgehog_activation(torch::matmul(x, w), fused).backward(dphi); }, 3, 20);
+    const double rows = static_cast<double>(kHeads) * N;
+    report(state, us, rows * 2.0 * (2 * kDim + 2 * kFeatures + 4 * kProjection), 0.0);
+  }
+}
+
 // One decode step per layer at position 4096 (past the window), replayed from a CUDA graph
 // of 32 steps so that launch gaps do not count. Second argument: blocks per head (0: the
 // launcher's choice for this GPU).
@@ -306,6 +329,13 @@ BENCHMARK(BM_LibTorchForwardBackward)
     ->Args({1, 4096})
     ->Args({1, 16384})
     ->ArgNames({"B", "N"})
+    ->UseManualTime()
+    ->Iterations(1)
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_HedgehogFeatureMap)
+    ->Args({16384, 0})
+    ->Args({16384, 1})
+    ->ArgNames({"N", "fused"})
     ->UseManualTime()
     ->Iterations(1)
     ->Unit(benchmark::kMicrosecond);

@@ -7,6 +7,10 @@
 #include <string>
 #include <utility>
 
+#ifdef HL_WITH_CUDA_KERNELS
+#include "kernels/cuda/cuda_attention.hpp"
+#endif
+
 namespace hl::kernels {
 namespace {
 
@@ -130,8 +134,7 @@ torch::Tensor FeatureMapImpl::forward(const torch::Tensor& x) {
   switch (options_.kind) {
     case FeatureMapKind::hedgehog:
     case FeatureMapKind::hedgehog_full:
-      return torch::cat({torch::softmax(r, -1), torch::softmax(-r, -1)}, -1)
-          .clamp_min(kFeatureClampMin);
+      return hedgehog_activation(r);
     case FeatureMapKind::exp:
       return torch::cat({torch::exp(r - r.amax(-1, true)), torch::exp(r.amin(-1, true) - r)}, -1)
           .clamp_min(kFeatureClampMin);
@@ -144,6 +147,14 @@ torch::Tensor FeatureMapImpl::forward(const torch::Tensor& x) {
       return r;
   }
   return r;
+}
+
+torch::Tensor hedgehog_activation(const torch::Tensor& r, [[maybe_unused]] bool allow_fused) {
+#ifdef HL_WITH_CUDA_KERNELS
+  if (allow_fused && cuda::hedgehog_fusable(r)) return cuda::hedgehog_activation(r);
+#endif
+  return torch::cat({torch::softmax(r, -1), torch::softmax(-r, -1)}, -1)
+      .clamp_min(kFeatureClampMin);
 }
 
 }  // namespace hl::kernels

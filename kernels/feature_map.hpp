@@ -67,4 +67,9 @@ TORCH_MODULE(FeatureMap);
 /// Lower clamp of every feature map but identity (DESIGN §1).
 inline constexpr double kFeatureClampMin = 1e-12;
 
+/// The hedgehog activation: [softmax(r), softmax(-r)] over the last axis, clamped at
+/// kFeatureClampMin. bf16 and float32 CUDA tensors with p <= 256 take one fused kernel each way
+/// when the CUDA kernels are built, unless allow_fused is false; the rest runs LibTorch ops.
+torch::Tensor hedgehog_activation(const torch::Tensor& r, bool allow_fused = true);
+
 }  // namespace hl::kernels

@@ -8,6 +8,7 @@
 
 #include "kernels/attention.hpp"
 #include "kernels/cpu/attention_internal.hpp"
+#include "kernels/cuda/feature_map_launch.hpp"
 #include "kernels/cuda/hybrid_attention_launch.hpp"
 
 namespace hl::kernels::cuda {
@@ -31,6 +32,13 @@ PrefillResult prefill(const AttentionInputs& inputs, const AttentionOptions& opt
 /// y_t [B, Hq, 1, D]. No autograd.
 torch::Tensor decode_step(const AttentionInputs& step, RecurrentState& state,
                           const AttentionOptions& options);
+
+/// Whether hedgehog_activation takes `r`: a bf16 or fp32 CUDA tensor whose last axis has at
+/// most kHedgehogMaxProjection entries.
+bool hedgehog_fusable(const torch::Tensor& r);
+/// [softmax(r), softmax(-r)] over the last axis, clamped at kFeatureClampMin: one kernel each
+/// way, with autograd (the backward recomputes the softmaxes from r instead of keeping them).
+torch::Tensor hedgehog_activation(const torch::Tensor& r);
 
 /// Raw access for tests and benchmarks: per-unit coefficients instead of omega.
 struct RawInputs {

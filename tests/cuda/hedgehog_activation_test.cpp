@@ -1,0 +1,145 @@
+// The fused hedgehog activation (kernels/cuda/feature_map.cu) against the LibTorch formula in
+// float64 on the CPU: values and gradients, projection sizes that do and do not fill whole
+// warps, rows where the 1e-12 clamp holds, and the FeatureMap module end to end. Every test
+// skips without a GPU.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "kernels/feature_map.hpp"
+
+#ifdef HL_WITH_CUDA_KERNELS
+#include "kernels/cuda/cuda_attention.hpp"
+#endif
+
+namespace {
+
+#define HL_REQUIRE_GPU()                                                \
+  do {                                                                  \
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
+
+#ifndef HL_WITH_CUDA_KERNELS
+
+TEST(HedgehogActivation, NeedsCudaKernels) {
+  HL_REQUIRE_GPU();
+  GTEST_SKIP() << "built without the CUDA kernels (LibTorch has no CUDA)";
+}
+
+#else
+
+namespace hk = hl::kernels;
+using torch::Tensor;
+
+double rel_err(const Tensor& a, const Tensor& b) {
+  const Tensor a64 = a.to(torch::kCPU, torch::kDouble), b64 = b.to(torch::kCPU, torch::kDouble);
+  return (a64 - b64).norm().item<double>() / b64.norm().item<double>();
+}
+
+struct Result {
+  Tensor phi, dr;
+};
+
+// phi and dL/dr for L = sum(phi * dphi), through autograd.
+Result run(const Tensor& r_in, const Tensor& dphi, bool fused) {
+  const Tensor r = r_in.detach().requires_grad_(true);
+  const Tensor phi = hk::hedgehog_activation(r, fused);
+  phi.backward(dphi);
+  return {phi.detach(), r.grad()};
+}
+
+// Fresh random rows of width p (a few rows stretched so that the clamp holds somewhere); the
+// fused kernel in `dtype` on the GPU against the formula in float64 on the CPU, from the same
+// (rounded) inputs. Tolerances: relative error below 1e-5 in float32 and 1e-2 in bf16.
+void check(int64_t p, torch::ScalarType dtype, uint64_t seed) {
+  torch::manual_seed(seed);
+  const auto gpu = torch::TensorOptions().device(torch::kCUDA).dtype(dtype);
+  Tensor r = torch::randn({2, 3, 37, p}, gpu) * 3;
+  r.select(2, 5).mul_(40);  // softmax entries far below 1e-12: the clamp holds there
+  const Tensor dphi = torch::randn({2, 3, 37, 2 * p}, gpu);
+  ASSERT_TRUE(hl::kernels::cuda::hedgehog_fusable(r));
+  const Result fused = run(r, dphi, true);
+  const Result ref =
+      run(r.to(torch::kCPU, torch::kDouble), dphi.to(torch::kCPU, torch::kDouble), false);
+  ASSERT_EQ(fused.phi.sizes(), ref.phi.sizes());
+  ASSERT_EQ(fused.phi.scalar_type(), dtype);
+  ASSERT_EQ(fused.dr.scalar_type(), dtype);
+  EXPECT_TRUE(torch::isfinite(fused.phi).all().item<bool>());
+  EXPECT_TRUE(torch::isfinite(fused.dr).all().item<bool>());
+  const double tol = dtype == torch::kFloat ? 1e-5 : 1e-2;
+  EXPECT_LT(rel_err(fused.phi, ref.phi), tol) << "p " << p;
+  EXPECT_LT(rel_err(fused.dr, ref.dr), tol) << "p " << p;
+  // The clamp held in the stretched rows, and the fused kernel clamped at the same value.
+  EXPECT_TRUE((ref.phi.select(2, 5) == hk::kFeatureClampMin).any().item<bool>());
+  EXPECT_EQ(fused.phi.select(2, 5).min().item<double>(),
+            Tensor(torch::tensor(hk::kFeatureClampMin).to(dtype)).item<double>());
+}
+
+TEST(HedgehogActivation, MatchesFloat64Fp32) {
+  HL_REQUIRE_GPU();
+  for (int64_t p : {64, 40, 128, 256, 7})
+    check(p, torch::kFloat, 11 + p);
+}
+
+TEST(HedgehogActivation, MatchesFloat64Bf16) {
+  HL_REQUIRE_GPU();
+  for (int64_t p : {64, 128, 33})
+    check(p, torch::kBFloat16, 23 + p);
+}
+
+// Small cases for compute-sanitizer (scripts/gpu-kernels.sh runs *Sanitizer* under memcheck and
+// racecheck).
+TEST(HedgehogActivation, SanitizerSmall) {
+  HL_REQUIRE_GPU();
+  check(40, torch::kFloat, 3);
+  check(64, torch::kBFloat16, 4);
+}
+
+// Wider projections than the kernel takes run the LibTorch ops, with the same result.
+TEST(HedgehogActivation, WideProjectionFallsBack) {
+  HL_REQUIRE_GPU();
+  torch::manual_seed(5);
+  const Tensor r = torch::randn({4, 300}, torch::TensorOptions().device(torch::kCUDA));
+  EXPECT_FALSE(hl::kernels::cuda::hedgehog_fusable(r));
+  const Tensor dphi = torch::randn({4, 600}, r.options());
+  const Result got = run(r, dphi, true);
+  const Result ref =
+      run(r.to(torch::kCPU, torch::kDouble), dphi.to(torch::kCPU, torch::kDouble), false);
+  EXPECT_LT(rel_err(got.phi, ref.phi), 1e-5);
+  EXPECT_LT(rel_err(got.dr, ref.dr), 1e-5);
+  EXPECT_THROW(hl::kernels::cuda::hedgehog_activation(r), std::invalid_argument);
+}
+
+// The FeatureMap module on the GPU in bf16 (fused activation) against a float64 copy on the
+// CPU: features and the gradients of the input and of the projection weight.
+TEST(HedgehogActivation, FeatureMapModuleBf16) {
+  HL_REQUIRE_GPU();
+  torch::manual_seed(8);
+  hk::FeatureMapOptions options;
+  options.kind = hk::FeatureMapKind::hedgehog;
+  options.heads = 4;
+  options.head_dim = 64;
+  options.feature_dim = 64;
+  options.init = hk::FeatureMapInit::kaiming_uniform;
+  hk::FeatureMap gpu_map(options), cpu_map(options);
+  gpu_map->to(torch::kCUDA, torch::kBFloat16);
+  cpu_map->to(torch::kDouble);
+  {
+    torch::NoGradGuard no_grad;  // the same (bf16-rounded) weight on both sides
+    cpu_map->weight.copy_(gpu_map->weight.to(torch::kCPU, torch::kDouble));
+  }
+  const auto gpu = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  const Tensor x = (torch::randn({2, 4, 50, 64}, gpu) * 2).requires_grad_(true);
+  const Tensor x64 = x.detach().to(torch::kCPU, torch::kDouble).requires_grad_(true);
+  const Tensor dphi = torch::randn({2, 4, 50, 128}, gpu);
+  const Tensor phi = gpu_map->forward(x);
+  phi.backward(dphi);
+  const Tensor phi64 = cpu_map->forward(x64);
+  phi64.backward(dphi.to(torch::kCPU, torch::kDouble));
+  EXPECT_LT(rel_err(phi, phi64), 1e-2);
+  EXPECT_LT(rel_err(x.grad(), x64.grad()), 1e-2);
+  EXPECT_LT(rel_err(gpu_map->weight.grad(), cpu_map->weight.grad()), 1e-2);
+}
+
+#endif
+
+}  // namespace
