@@ -208,7 +208,11 @@ void BM_HedgehogFeatureMap(benchmark::State& state) {
   const Tensor dphi = torch::randn({1, kHeads, N, kFeatures}, o);
   for (auto _ : state) {
     const double us = median_us(
-        [&] { hk::hedgehog_activation(torch::matmul(x, w), fused).backward(dphi); }, 3, 20);
+        [&] {
+          hk::paired_activation(torch::matmul(x, w), hk::FeatureMapKind::hedgehog, fused)
+              .backward(dphi);
+        },
+        3, 20);
     const double rows = static_cast<double>(kHeads) * N;
     report(state, us, rows * 2.0 * (2 * kDim + 2 * kFeatures + 4 * kProjection), 0.0);
   }

@@ -134,10 +134,8 @@ torch::Tensor FeatureMapImpl::forward(const torch::Tensor& x) {
   switch (options_.kind) {
     case FeatureMapKind::hedgehog:
     case FeatureMapKind::hedgehog_full:
-      return hedgehog_activation(r);
     case FeatureMapKind::exp:
-      return torch::cat({torch::exp(r - r.amax(-1, true)), torch::exp(r.amin(-1, true) - r)}, -1)
-          .clamp_min(kFeatureClampMin);
+      return paired_activation(r, options_.kind);
     case FeatureMapKind::t2r:
     case FeatureMapKind::relu:
       return torch::relu(r).clamp_min(kFeatureClampMin);
@@ -149,12 +147,20 @@ torch::Tensor FeatureMapImpl::forward(const torch::Tensor& x) {
   return r;
 }
 
-torch::Tensor hedgehog_activation(const torch::Tensor& r, [[maybe_unused]] bool allow_fused) {
+torch::Tensor paired_activation(const torch::Tensor& r, FeatureMapKind kind,
+                                [[maybe_unused]] bool allow_fused) {
+  require(doubles_features(kind), "paired_activation: kind " + std::string(to_string(kind)) +
+                                      " does not pair f(r) with f(-r)");
+  const bool softmax = kind != FeatureMapKind::exp;
 #ifdef HL_WITH_CUDA_KERNELS
-  if (allow_fused && cuda::hedgehog_fusable(r)) return cuda::hedgehog_activation(r);
+  if (allow_fused && cuda::paired_activation_fusable(r)) {
+    return cuda::paired_activation(
+        r, softmax ? cuda::PairedActivation::kSoftmax : cuda::PairedActivation::kExp);
+  }
 #endif
-  return torch::cat({torch::softmax(r, -1), torch::softmax(-r, -1)}, -1)
-      .clamp_min(kFeatureClampMin);
+  const torch::Tensor plus = softmax ? torch::softmax(r, -1) : torch::exp(r - r.amax(-1, true));
+  const torch::Tensor minus = softmax ? torch::softmax(-r, -1) : torch::exp(r.amin(-1, true) - r);
+  return torch::cat({plus, minus}, -1).clamp_min(kFeatureClampMin);
 }
 
 }  // namespace hl::kernels

@@ -67,9 +67,12 @@ TORCH_MODULE(FeatureMap);
 /// Lower clamp of every feature map but identity (DESIGN §1).
 inline constexpr double kFeatureClampMin = 1e-12;
 
-/// The hedgehog activation: [softmax(r), softmax(-r)] over the last axis, clamped at
-/// kFeatureClampMin. bf16 and float32 CUDA tensors with p <= 256 take one fused kernel each way
-/// when the CUDA kernels are built, unless allow_fused is false; the rest runs LibTorch ops.
-torch::Tensor hedgehog_activation(const torch::Tensor& r, bool allow_fused = true);
+/// The activation of the kinds that double the features, over the last axis of r and clamped
+/// at kFeatureClampMin: [softmax(r), softmax(-r)] for hedgehog and hedgehog_full,
+/// [exp(r - max r), exp(min r - r)] for exp (std::invalid_argument for other kinds). bf16 and
+/// float32 CUDA tensors with p <= 256 take one fused kernel each way when the CUDA kernels are
+/// built, unless allow_fused is false; the rest runs LibTorch ops.
+torch::Tensor paired_activation(const torch::Tensor& r, FeatureMapKind kind,
+                                bool allow_fused = true);
 
 }  // namespace hl::kernels

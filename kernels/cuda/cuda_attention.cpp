@@ -406,52 +406,55 @@ AttentionOutput attention(const AttentionInputs& in, const AttentionOptions& opt
 
 namespace {
 
-class HedgehogFunction : public torch::autograd::Function<HedgehogFunction> {
+class PairedActivationFunction : public torch::autograd::Function<PairedActivationFunction> {
  public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& r_in) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& r_in, int64_t f) {
     const c10::cuda::CUDAGuard guard(r_in.device());
     const Tensor r = r_in.contiguous();
     const int64_t p = r.size(-1);
     std::vector<int64_t> sizes = r.sizes().vec();
     sizes.back() = 2 * p;
     Tensor phi = torch::empty(sizes, r.options());
-    check_launch(launch_hedgehog_forward(r.data_ptr(), phi.data_ptr(), r.numel() / p,
-                                         static_cast<int>(p), dtype_of(r), stream_of(r)),
-                 "hedgehog activation");
+    check_launch(launch_paired_activation_forward(
+                     r.data_ptr(), phi.data_ptr(), r.numel() / p, static_cast<int>(p),
+                     static_cast<PairedActivation>(f), dtype_of(r), stream_of(r)),
+                 "feature map activation");
     ctx->save_for_backward({r});
+    ctx->saved_data["f"] = f;
     return phi;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Tensor r = ctx->get_saved_variables()[0];
-    if (!grads[0].defined()) return {Tensor()};
+    if (!grads[0].defined()) return {Tensor(), Tensor()};
     const c10::cuda::CUDAGuard guard(r.device());
     const Tensor dphi = grads[0].to(r.scalar_type()).contiguous();
     Tensor dr = torch::empty_like(r);
     const int64_t p = r.size(-1);
-    check_launch(
-        launch_hedgehog_backward(r.data_ptr(), dphi.data_ptr(), dr.data_ptr(), r.numel() / p,
-                                 static_cast<int>(p), dtype_of(r), stream_of(r)),
-        "hedgehog activation backward");
-    return {dr};
+    const auto f = static_cast<PairedActivation>(ctx->saved_data["f"].toInt());
+    check_launch(launch_paired_activation_backward(r.data_ptr(), dphi.data_ptr(), dr.data_ptr(),
+                                                   r.numel() / p, static_cast<int>(p), f,
+                                                   dtype_of(r), stream_of(r)),
+                 "feature map activation backward");
+    return {dr, Tensor()};
   }
 };
 
 }  // namespace
 
-bool hedgehog_fusable(const Tensor& r) {
+bool paired_activation_fusable(const Tensor& r) {
   return r.defined() && r.is_cuda() && r.dim() >= 1 && r.size(-1) >= 1 &&
-         r.size(-1) <= kHedgehogMaxProjection &&
+         r.size(-1) <= kPairedActivationMaxProjection &&
          (r.scalar_type() == torch::kBFloat16 || r.scalar_type() == torch::kFloat);
 }
 
-Tensor hedgehog_activation(const Tensor& r) {
-  if (!hedgehog_fusable(r)) {
+Tensor paired_activation(const Tensor& r, PairedActivation f) {
+  if (!paired_activation_fusable(r)) {
     throw std::invalid_argument(
-        "cuda hedgehog_activation: needs a bf16 or float32 CUDA tensor with a last axis of 1.." +
-        std::to_string(kHedgehogMaxProjection));
+        "cuda paired_activation: needs a bf16 or float32 CUDA tensor with a last axis of 1.." +
+        std::to_string(kPairedActivationMaxProjection));
   }
-  return HedgehogFunction::apply(r);
+  return PairedActivationFunction::apply(r, static_cast<int64_t>(f));
 }
 
 // ---- recurrent form ----------------------------------------------------------------------

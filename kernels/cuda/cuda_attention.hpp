@@ -33,12 +33,12 @@ PrefillResult prefill(const AttentionInputs& inputs, const AttentionOptions& opt
 torch::Tensor decode_step(const AttentionInputs& step, RecurrentState& state,
                           const AttentionOptions& options);
 
-/// Whether hedgehog_activation takes `r`: a bf16 or fp32 CUDA tensor whose last axis has at
-/// most kHedgehogMaxProjection entries.
-bool hedgehog_fusable(const torch::Tensor& r);
-/// [softmax(r), softmax(-r)] over the last axis, clamped at kFeatureClampMin: one kernel each
-/// way, with autograd (the backward recomputes the softmaxes from r instead of keeping them).
-torch::Tensor hedgehog_activation(const torch::Tensor& r);
+/// Whether paired_activation takes `r`: a bf16 or fp32 CUDA tensor whose last axis has at
+/// most kPairedActivationMaxProjection entries.
+bool paired_activation_fusable(const torch::Tensor& r);
+/// [f(r), f(-r)] over the last axis, clamped at kFeatureClampMin: one kernel each way, with
+/// autograd (the backward recomputes f from r instead of keeping phi's halves).
+torch::Tensor paired_activation(const torch::Tensor& r, PairedActivation f);
 
 /// Raw access for tests and benchmarks: per-unit coefficients instead of omega.
 struct RawInputs {

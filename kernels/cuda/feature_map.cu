@@ -1,6 +1,6 @@
-// The fused hedgehog activation: one warp per row of r, the row's p values spread over the
-// lanes (E per lane), both softmaxes and their sums in registers and warp shuffles, fp32
-// throughout. The backward recomputes the softmaxes from r rather than reading phi back.
+// The fused paired activations: one warp per row of r, the row's p values spread over the
+// lanes (E per lane), max, min, both halves and their sums in registers and warp shuffles,
+// fp32 throughout. The backward recomputes the halves from r rather than reading phi back.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -39,12 +39,13 @@ __device__ inline float warp_reduce(float x, Op op) {
   return x;
 }
 
-// softmax(r) and softmax(-r) of one row at this lane's elements lane + 32 i (0 past p).
-template <typename T, int E>
-__device__ inline void row_softmaxes(const T* r, int p, int lane, float (&plus)[E],
-                                     float (&minus)[E]) {
-  float x[E];
-  float hi = -INFINITY, lo = INFINITY;
+// One row at this lane's elements lane + 32 i: its values x (0 past p), max hi and min lo, and
+// the pair f(r), f(-r) before the clamp (0 past p).
+template <bool kSoftmax, typename T, int E>
+__device__ inline void paired_row(const T* r, int p, int lane, float (&x)[E], float& hi, float& lo,
+                                  float (&plus)[E], float (&minus)[E]) {
+  hi = -INFINITY;
+  lo = INFINITY;
 #pragma unroll
   for (int i = 0; i < E; ++i) {
     const int e = lane + 32 * i;
@@ -65,24 +66,26 @@ __device__ inline void row_softmaxes(const T* r, int p, int lane, float (&plus)[
     sum_plus += plus[i];
     sum_minus += minus[i];
   }
-  const auto add = [](float a, float b) { return a + b; };
-  sum_plus = warp_reduce(sum_plus, add);
-  sum_minus = warp_reduce(sum_minus, add);
+  if constexpr (kSoftmax) {
+    const auto add = [](float a, float b) { return a + b; };
+    sum_plus = warp_reduce(sum_plus, add);
+    sum_minus = warp_reduce(sum_minus, add);
 #pragma unroll
-  for (int i = 0; i < E; ++i) {
-    plus[i] /= sum_plus;
-    minus[i] /= sum_minus;
+    for (int i = 0; i < E; ++i) {
+      plus[i] /= sum_plus;
+      minus[i] /= sum_minus;
+    }
   }
 }
 
-template <typename T, int E>
+template <bool kSoftmax, typename T, int E>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
-    hedgehog_forward_kernel(const T* r, T* phi, int64_t rows, int p) {
+    paired_forward_kernel(const T* r, T* phi, int64_t rows, int p) {
   const int lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   if (row >= rows) return;
-  float plus[E], minus[E];
-  row_softmaxes<T, E>(r + row * p, p, lane, plus, minus);
+  float x[E], hi, lo, plus[E], minus[E];
+  paired_row<kSoftmax, T, E>(r + row * p, p, lane, x, hi, lo, plus, minus);
   T* out = phi + row * 2 * p;
 #pragma unroll
   for (int i = 0; i < E; ++i) {
@@ -94,42 +97,56 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
   }
 }
 
-// With s = softmax(r), t = softmax(-r) and g, h the gradients of their clamped copies (zero
-// where the clamp held the value): dr = s (g - <g, s>) - t (h - <h, t>).
-template <typename T, int E>
+// With a = f(r), b = f(-r) and g, h the gradients of their clamped copies (zero where the
+// clamp held the value):
+//   softmax: dr = a (g - <g, a>) - b (h - <h, b>)
+//   exp:     dr = g a - [x = max] <g, a> / #max - h b + [x = min] <h, b> / #min
+template <bool kSoftmax, typename T, int E>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
-    hedgehog_backward_kernel(const T* r, const T* dphi, T* dr, int64_t rows, int p) {
+    paired_backward_kernel(const T* r, const T* dphi, T* dr, int64_t rows, int p) {
   const int lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   if (row >= rows) return;
-  float plus[E], minus[E];
-  row_softmaxes<T, E>(r + row * p, p, lane, plus, minus);
-  const T* g = dphi + row * 2 * p;
-  float g_plus[E], g_minus[E];
-  float dot_plus = 0.f, dot_minus = 0.f;
+  float x[E], hi, lo, a[E], b[E];
+  paired_row<kSoftmax, T, E>(r + row * p, p, lane, x, hi, lo, a, b);
+  const T* grad = dphi + row * 2 * p;
+  float g[E], h[E];
+  float dot_a = 0.f, dot_b = 0.f, at_hi = 0.f, at_lo = 0.f;
 #pragma unroll
   for (int i = 0; i < E; ++i) {
     const int e = lane + 32 * i;
-    g_plus[i] = e < p && plus[i] >= kClampMin ? to_float(g[e]) : 0.f;
-    g_minus[i] = e < p && minus[i] >= kClampMin ? to_float(g[p + e]) : 0.f;
-    dot_plus += g_plus[i] * plus[i];
-    dot_minus += g_minus[i] * minus[i];
+    g[i] = e < p && a[i] >= kClampMin ? to_float(grad[e]) : 0.f;
+    h[i] = e < p && b[i] >= kClampMin ? to_float(grad[p + e]) : 0.f;
+    dot_a += g[i] * a[i];
+    dot_b += h[i] * b[i];
+    at_hi += e < p && x[i] == hi ? 1.f : 0.f;
+    at_lo += e < p && x[i] == lo ? 1.f : 0.f;
   }
-  const auto add = [](float a, float b) { return a + b; };
-  dot_plus = warp_reduce(dot_plus, add);
-  dot_minus = warp_reduce(dot_minus, add);
+  const auto add = [](float u, float v) { return u + v; };
+  dot_a = warp_reduce(dot_a, add);
+  dot_b = warp_reduce(dot_b, add);
+  if constexpr (!kSoftmax) {
+    at_hi = warp_reduce(at_hi, add);
+    at_lo = warp_reduce(at_lo, add);
+  }
   T* out = dr + row * p;
 #pragma unroll
   for (int i = 0; i < E; ++i) {
     const int e = lane + 32 * i;
-    if (e < p) {
-      out[e] =
-          from_float<T>(plus[i] * (g_plus[i] - dot_plus) - minus[i] * (g_minus[i] - dot_minus));
+    if (e >= p) continue;
+    float d;
+    if constexpr (kSoftmax) {
+      d = a[i] * (g[i] - dot_a) - b[i] * (h[i] - dot_b);
+    } else {
+      d = g[i] * a[i] - h[i] * b[i];
+      if (x[i] == hi) d -= dot_a / at_hi;
+      if (x[i] == lo) d += dot_b / at_lo;
     }
+    out[e] = from_float<T>(d);
   }
 }
 
-struct HedgehogArgs {
+struct PairedArgs {
   const void* r;
   const void* dphi;  // backward only
   void* out;         // phi (forward) or dr (backward)
@@ -138,48 +155,54 @@ struct HedgehogArgs {
   cudaStream_t stream;
 };
 
-template <typename T, int E>
-cudaError_t launch_typed(const HedgehogArgs& a, bool backward) {
+template <bool kSoftmax, typename T, int E>
+cudaError_t launch_typed(const PairedArgs& a, bool backward) {
   const dim3 grid(static_cast<unsigned>((a.rows + kRowsPerBlock - 1) / kRowsPerBlock));
   const dim3 block(32 * kRowsPerBlock);
   const T* r = static_cast<const T*>(a.r);
   T* out = static_cast<T*>(a.out);
   if (backward) {
-    hedgehog_backward_kernel<T, E>
+    paired_backward_kernel<kSoftmax, T, E>
         <<<grid, block, 0, a.stream>>>(r, static_cast<const T*>(a.dphi), out, a.rows, a.p);
   } else {
-    hedgehog_forward_kernel<T, E><<<grid, block, 0, a.stream>>>(r, out, a.rows, a.p);
+    paired_forward_kernel<kSoftmax, T, E><<<grid, block, 0, a.stream>>>(r, out, a.rows, a.p);
   }
   return cudaGetLastError();
 }
 
 // E = p / 32 rounded up to a power of two.
-template <typename T>
-cudaError_t launch_sized(const HedgehogArgs& a, bool backward) {
-  if (a.p <= 32) return launch_typed<T, 1>(a, backward);
-  if (a.p <= 64) return launch_typed<T, 2>(a, backward);
-  if (a.p <= 128) return launch_typed<T, 4>(a, backward);
-  return launch_typed<T, 8>(a, backward);
+template <bool kSoftmax, typename T>
+cudaError_t launch_sized(const PairedArgs& a, bool backward) {
+  if (a.p <= 32) return launch_typed<kSoftmax, T, 1>(a, backward);
+  if (a.p <= 64) return launch_typed<kSoftmax, T, 2>(a, backward);
+  if (a.p <= 128) return launch_typed<kSoftmax, T, 4>(a, backward);
+  return launch_typed<kSoftmax, T, 8>(a, backward);
 }
 
-int launch_hedgehog(const HedgehogArgs& a, KernelDType dtype, bool backward) {
-  if (a.p < 1 || a.p > kHedgehogMaxProjection || a.rows < 0) return cudaErrorInvalidValue;
+template <bool kSoftmax>
+cudaError_t launch_kind(const PairedArgs& a, KernelDType dtype, bool backward) {
+  return dtype == KernelDType::kBFloat16 ? launch_sized<kSoftmax, __nv_bfloat16>(a, backward)
+                                         : launch_sized<kSoftmax, float>(a, backward);
+}
+
+int launch_paired(const PairedArgs& a, PairedActivation f, KernelDType dtype, bool backward) {
+  if (a.p < 1 || a.p > kPairedActivationMaxProjection || a.rows < 0) return cudaErrorInvalidValue;
   if (a.rows == 0) return cudaSuccess;
-  return static_cast<int>(dtype == KernelDType::kBFloat16 ? launch_sized<__nv_bfloat16>(a, backward)
-                                                          : launch_sized<float>(a, backward));
+  return static_cast<int>(f == PairedActivation::kSoftmax ? launch_kind<true>(a, dtype, backward)
+                                                          : launch_kind<false>(a, dtype, backward));
 }
 
 }  // namespace
 
-int launch_hedgehog_forward(const void* r, void* phi, int64_t rows, int p, KernelDType dtype,
-                            void* stream) {
-  return launch_hedgehog({r, nullptr, phi, rows, p, static_cast<cudaStream_t>(stream)}, dtype,
-                         false);
+int launch_paired_activation_forward(const void* r, void* phi, int64_t rows, int p,
+                                     PairedActivation f, KernelDType dtype, void* stream) {
+  return launch_paired({r, nullptr, phi, rows, p, static_cast<cudaStream_t>(stream)}, f, dtype,
+                       false);
 }
 
-int launch_hedgehog_backward(const void* r, const void* dphi, void* dr, int64_t rows, int p,
-                             KernelDType dtype, void* stream) {
-  return launch_hedgehog({r, dphi, dr, rows, p, static_cast<cudaStream_t>(stream)}, dtype, true);
+int launch_paired_activation_backward(const void* r, const void* dphi, void* dr, int64_t rows,
+                                      int p, PairedActivation f, KernelDType dtype, void* stream) {
+  return launch_paired({r, dphi, dr, rows, p, static_cast<cudaStream_t>(stream)}, f, dtype, true);
 }
 
 }  // namespace hl::kernels::cuda

@@ -1,7 +1,8 @@
-// Raw-pointer launchers of the fused hedgehog activation (DESIGN §1 feature maps): from the
-// projection r [rows, p] to phi = [softmax(r), softmax(-r)] clamped at 1e-12, [rows, 2p], and
-// back. One kernel each way instead of LibTorch's six (negate, two softmaxes, concatenate,
-// clamp, and their backward), so phi costs one read of r and one write of phi.
+// Raw-pointer launchers of the fused paired activations of DESIGN §1's feature maps, the kinds
+// that pair f(r) with f(-r): from the projection r [rows, p] to phi [rows, 2p], clamped at
+// 1e-12, and back. One kernel each way instead of LibTorch's five or six (negate, softmaxes or
+// exponentials, concatenate, clamp, and their backward), so phi costs one read of r and one
+// write of phi.
 #pragma once
 
 #include <cstdint>
@@ -10,15 +11,23 @@
 
 namespace hl::kernels::cuda {
 
+/// f of the pair [f(r), f(-r)].
+enum class PairedActivation : int {
+  kSoftmax = 0,  ///< hedgehog, hedgehog_full: [softmax(r), softmax(-r)]
+  kExp = 1,      ///< exp: [exp(r - max r), exp(min r - r)]
+};
+
 /// Largest projection size p the kernels take.
-inline constexpr int kHedgehogMaxProjection = 256;
+inline constexpr int kPairedActivationMaxProjection = 256;
 
-/// phi [rows, 2p] from r [rows, p], both dense in `dtype`; 0 < p <= kHedgehogMaxProjection.
-int launch_hedgehog_forward(const void* r, void* phi, int64_t rows, int p, KernelDType dtype,
-                            void* stream);
+/// phi [rows, 2p] from r [rows, p], both dense in `dtype`; 0 < p <= 256.
+int launch_paired_activation_forward(const void* r, void* phi, int64_t rows, int p,
+                                     PairedActivation f, KernelDType dtype, void* stream);
 
-/// dr [rows, p] from r and dphi [rows, 2p] (softmax and clamp recomputed from r).
-int launch_hedgehog_backward(const void* r, const void* dphi, void* dr, int64_t rows, int p,
-                             KernelDType dtype, void* stream);
+/// dr [rows, p] from r and dphi [rows, 2p] (f and the clamp recomputed from r). For kExp the
+/// gradient through max r and min r goes to the entries that attain them, shared equally
+/// among ties, as LibTorch's amax / amin do.
+int launch_paired_activation_backward(const void* r, const void* dphi, void* dr, int64_t rows,
+                                      int p, PairedActivation f, KernelDType dtype, void* stream);
 
 }  // namespace hl::kernels::cuda

@@ -175,5 +175,22 @@ TEST(FeatureMap, BadInputIsRejectedWithAMessage) {
   EXPECT_THROW(FeatureMap{bad}, std::invalid_argument);
 }
 
+// The free paired activation: hedgehog and exp on the CPU are the formulas (the module tests
+// above check them through forward); kinds without a pair are refused by name.
+TEST(FeatureMap, PairedActivationTakesOnlyPairedKinds) {
+  const torch::Tensor r = torch::randn({3, 5}, torch::kDouble);
+  const torch::Tensor hedgehog = paired_activation(r, FeatureMapKind::hedgehog_full);
+  EXPECT_TRUE(torch::allclose(hedgehog.narrow(1, 0, 5), torch::softmax(r, -1)));
+  EXPECT_TRUE(torch::allclose(hedgehog.narrow(1, 5, 5), torch::softmax(-r, -1)));
+  const torch::Tensor exp = paired_activation(r, FeatureMapKind::exp);
+  EXPECT_TRUE(torch::allclose(exp.narrow(1, 5, 5), torch::exp(r.amin(-1, true) - r)));
+  try {
+    paired_activation(r, FeatureMapKind::relu);
+    FAIL() << "relu has no pair";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("relu"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace hl::kernels
