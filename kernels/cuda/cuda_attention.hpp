@@ -1,7 +1,8 @@
-// LibTorch face of the fused CUDA hybrid-attention kernels (built only when LibTorch has CUDA,
-// where HL_WITH_CUDA_KERNELS is defined). The dispatch in kernels/attention.cpp calls
-// supports()/attention() on a prepared problem; the overloads on AttentionInputs read GQA k/v
-// in place (no repetition) and are the ones to prefer where the caller still has the inputs.
+// LibTorch face of the fused CUDA kernels: hybrid attention and the feature maps' paired
+// activation (built only when LibTorch has CUDA, where HL_WITH_CUDA_KERNELS is defined). The
+// dispatch in kernels/attention.cpp calls supports()/attention() on a prepared problem; the
+// overloads on AttentionInputs read GQA k/v in place (no repetition) and are the ones to prefer
+// where the caller still has the inputs.
 #pragma once
 
 #include <torch/torch.h>
