@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "cuda/gpu_test.hpp"
+
 #ifdef HL_WITH_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
 
@@ -18,11 +20,6 @@
 #endif
 
 namespace {
-
-#define HL_REQUIRE_GPU()                                                \
-  do {                                                                  \
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"; \
-  } while (0)
 
 #ifndef HL_WITH_CUDA_KERNELS
 

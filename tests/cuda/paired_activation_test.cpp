@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "cuda/gpu_test.hpp"
 #include "kernels/feature_map.hpp"
 
 #ifdef HL_WITH_CUDA_KERNELS
@@ -15,19 +16,7 @@
 
 namespace {
 
-#define HL_REQUIRE_GPU()                                                \
-  do {                                                                  \
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"; \
-  } while (0)
-
-#ifndef HL_WITH_CUDA_KERNELS
-
-TEST(PairedActivation, NeedsCudaKernels) {
-  HL_REQUIRE_GPU();
-  GTEST_SKIP() << "built without the CUDA kernels (LibTorch has no CUDA)";
-}
-
-#else
+#ifdef HL_WITH_CUDA_KERNELS  // without them CudaAttention.NeedsCudaKernels reports the skip
 
 namespace hk = hl::kernels;
 using torch::Tensor;
