@@ -312,9 +312,14 @@ void BM_FusedDecode(benchmark::State& state) {
   cudaStreamDestroy(stream);
 }
 
+// Every case reports its own median time (median_us), once.
+void timed(benchmark::internal::Benchmark* b) {
+  b->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
+}
+
 void shapes(benchmark::internal::Benchmark* b) {
   b->Args({1, 4096})->Args({1, 16384})->Args({1, 65536})->Args({8, 4096});
-  b->ArgNames({"B", "N"})->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond);
+  b->ArgNames({"B", "N"})->Apply(timed);
 }
 
 }  // namespace
@@ -325,24 +330,18 @@ BENCHMARK(BM_FusedTransferForwardBackward)->Apply(shapes);
 BENCHMARK(BM_FusedForwardBackwardGqa)
     ->Args({1, 16384, 8})
     ->ArgNames({"B", "N", "Hkv"})
-    ->UseManualTime()
-    ->Iterations(1)
-    ->Unit(benchmark::kMicrosecond);
+    ->Apply(timed);
 BENCHMARK(BM_LibTorchForward)->Apply(shapes);
 BENCHMARK(BM_LibTorchForwardBackward)
     ->Args({1, 4096})
     ->Args({1, 16384})
     ->ArgNames({"B", "N"})
-    ->UseManualTime()
-    ->Iterations(1)
-    ->Unit(benchmark::kMicrosecond);
+    ->Apply(timed);
 BENCHMARK(BM_HedgehogFeatureMap)
     ->Args({16384, 0})
     ->Args({16384, 1})
     ->ArgNames({"N", "fused"})
-    ->UseManualTime()
-    ->Iterations(1)
-    ->Unit(benchmark::kMicrosecond);
+    ->Apply(timed);
 BENCHMARK(BM_FusedDecode)
     ->Args({1, 0})
     ->Args({1, 1})
@@ -350,8 +349,6 @@ BENCHMARK(BM_FusedDecode)
     ->Args({1, 8})
     ->Args({8, 0})
     ->ArgNames({"B", "cluster"})
-    ->UseManualTime()
-    ->Iterations(1)
-    ->Unit(benchmark::kMicrosecond);
+    ->Apply(timed);
 
 BENCHMARK_MAIN();
