@@ -41,7 +41,11 @@ constexpr int kDecodeWarps = kDecodeThreads / 32;
 constexpr int kMaxCluster = 8;     // the portable cluster size limit
 constexpr int kRowsInFlight = 8;   // S rows a thread loads before using the first
 constexpr int kMaxRingKeys = 129;  // w <= 128, plus the new key
-constexpr int kAhead = 2;          // ring keys per warp (and values per row group) loaded early
+// Ring keys per warp (and values per row group) loaded before the first wait. With a cluster,
+// all of them up to w = 64, so that no second round trip to memory follows; a lone block keeps
+// two, as it must fit two to an SM (128 registers) when the heads outnumber the SMs.
+template <int C>
+constexpr int kAhead = C == 1 ? 2 : (64 / C + kDecodeWarps - 1) / kDecodeWarps;
 // Hands the write of a kv ring slot to the last block of its group to finish reading it. Each
 // counter returns to zero after use, so the array needs no per-call reset; two decode launches
 // must not run concurrently on one device.
@@ -68,14 +72,6 @@ struct DecodeParams {
   int first_slot;  // ring slot of key max(0, position - window + 1)
 };
 
-// What a block hands to its cluster: numerators over D (the window part relative to the block's
-// own max m) and the scalar sums of the denominator.
-struct DecodePartial {
-  float win[128];       // sum over this block's ring keys of c_w e^(s_j - m) v_j
-  float lin[128];       // c_l (phi_q S) over this block's rows + c_l p_j v_j of its ring keys
-  float m, ew, lw, dz;  // window max, sum e^(s_j - m), sum c_l p_j, phi_q . z over its rows
-};
-
 __device__ inline float warp_max(float x) {
   for (int o = 16; o > 0; o >>= 1)
     x = fmaxf(x, __shfl_xor_sync(kFullMask, x, o));
@@ -97,11 +93,14 @@ __device__ inline void cluster_wait() {
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
 
-// What block r of a cluster sends block p (C > 1): its partials for p's D / C output columns.
+// What block r of a cluster hands block p (p itself when C = 1): numerators over p's `Cols`
+// output columns, the window part relative to r's own max m, and the scalar sums of r's
+// denominator.
+template <int Cols>
 struct DecodeInbox {
-  float4 sums;  // m, ew, lw, dz as in DecodePartial
-  float win[64];
-  float lin[64];
+  float4 sums;      // window max m, sum e^(s_j - m), sum c_l p_j, phi_q . z over r's rows
+  float win[Cols];  // sum over r's ring keys of c_w e^(s_j - m) v_j
+  float lin[Cols];  // c_l (phi_q S) over r's rows + c_l p_j v_j of r's ring keys
 };
 
 // The shared-memory address `local` in the cluster's block `rank`.
@@ -150,8 +149,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   __shared__ float spl[kMaxRingKeys];  // c_l p_j of this block's ring keys
   __shared__ float4 sacc[2][16][32];   // per row-group partial numerators (window, linear)
   __shared__ float sdz[kDecodeWarps];
-  __shared__ DecodePartial part;                // C = 1
-  __shared__ DecodeInbox inbox[C > 1 ? C : 1];  // C > 1: what each block of the cluster sent
+  __shared__ DecodeInbox<D / C> inbox[C];  // what each block of the cluster sent
   __shared__ uint64_t inbox_full;
 
   const cg::cluster_group cluster = cg::this_cluster();
@@ -201,9 +199,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   }
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  // The unit's mode is known only once its drop flag has loaded: the loads below depend on what
+  // the mode may be, not on what it is, so that none of them waits for that flag.
   const UnitMode um = unit_mode(s, p.window_drop, unit);
   const float cw = p.coef_window[unit];
   const float cl = p.coef_linear[unit];
+  const bool may_window = s.mode != static_cast<int>(KernelMode::kLinearOnly);
+  const bool may_ring_linear = p.window_drop != nullptr ||
+                               s.mode == static_cast<int>(KernelMode::kLinearOnly) ||
+                               (s.overlap && s.mode != static_cast<int>(KernelMode::kWindowOnly));
 
   // Every global load that depends on nothing is issued first, so that the block waits for
   // memory about once: its S rows, z entries, ring keys and values (the first kAhead of each).
@@ -254,22 +258,23 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   // Scores: warp `warp` takes keys warp, warp + 8, ...; lane holds 4 columns of k (D <= 128)
   // and 8 of phi_k (F <= 256).
   auto key_piece = [&](int jj) {
-    return um.use_window && jj < nk_mine && lane * 4 < D
+    return may_window && jj < nk_mine && lane * 4 < D
                ? load4(ring_row(k_new, k_ring, jj, D) + lane * 4)
                : zero4;
   };
   auto phik_piece = [&](int jj, int half) {
     const int f = lane * 4 + half * 128;
-    return ring_linear && jj < nk_mine && f < F ? load4(ring_row(pk_new, pk_ring, jj, F) + f)
-                                                : zero4;
+    return may_ring_linear && jj < nk_mine && f < F ? load4(ring_row(pk_new, pk_ring, jj, F) + f)
+                                                    : zero4;
   };
   // Weighted values: row group rg takes keys rg, rg + groups, ...
   auto value_piece = [&](int jj) {
     return jj < nk_mine ? load4(ring_row(v_new, v_ring, jj, D) + e4) : zero4;
   };
-  float4 k_ahead[kAhead], pk_ahead[kAhead][2], v_ahead[kAhead];
+  constexpr int ahead = kAhead<C>;
+  float4 k_ahead[ahead], pk_ahead[ahead][2], v_ahead[ahead];
 #pragma unroll
-  for (int u = 0; u < kAhead; ++u) {
+  for (int u = 0; u < ahead; ++u) {
     k_ahead[u] = key_piece(warp + u * kDecodeWarps);
     pk_ahead[u][0] = phik_piece(warp + u * kDecodeWarps, 0);
     pk_ahead[u][1] = phik_piece(warp + u * kDecodeWarps, 1);
@@ -326,8 +331,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   }
 
   // Scores of this block's ring keys, one warp per key: the first kAhead keys of each warp
-  // from the early loads (constant indices keep them in registers), the rest (only when C < 4)
-  // loaded here.
+  // from the early loads (constant indices keep them in registers), the rest (only when
+  // w > 64) loaded here.
   auto score = [&](int jj, float4 k4, float4 p4a, float4 p4b) {
     float acc = 0.f, pacc = 0.f;
     const int e = lane * 4;
@@ -348,11 +353,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     }
   };
 #pragma unroll
-  for (int u = 0; u < kAhead; ++u) {
+  for (int u = 0; u < ahead; ++u) {
     const int jj = warp + u * kDecodeWarps;
     if (jj < nk_mine) score(jj, k_ahead[u], pk_ahead[u][0], pk_ahead[u][1]);
   }
-  for (int jj = warp + kAhead * kDecodeWarps; jj < nk_mine; jj += kDecodeWarps)
+  for (int jj = warp + ahead * kDecodeWarps; jj < nk_mine; jj += kDecodeWarps)
     score(jj, key_piece(jj), phik_piece(jj, 0), phik_piece(jj, 1));
   __syncthreads();
 
@@ -380,11 +385,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     fma4(lin, spl[jj], v4);
   };
 #pragma unroll
-  for (int u = 0; u < kAhead; ++u) {
+  for (int u = 0; u < ahead; ++u) {
     const int jj = rg + u * groups;
     if (jj < nk_mine) weigh(jj, v_ahead[u]);
   }
-  for (int jj = rg + kAhead * groups; jj < nk_mine; jj += groups)
+  for (int jj = rg + ahead * groups; jj < nk_mine; jj += groups)
     weigh(jj, value_piece(jj));
   sacc[0][rg][e4 / 4] = win;
   sacc[1][rg][e4 / 4] = lin;
@@ -393,46 +398,38 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     for (int i = 0; i < kDecodeWarps; ++i)
       dz_block += sdz[i];
   }
-  if constexpr (C == 1) {
-    if (tid == 0) {
-      part.m = m;
-      part.ew = ew;
-      part.lw = lw;
-      part.dz = dz_block;
-    }
-  }
   __syncthreads();
-  const int cols = D / C;
+  constexpr int cols = D / C;
   if constexpr (C > 1) cluster_wait();  // every block's inbox barrier is initialised
   if (tid < 2 * D) {
     const int which = tid / D, d = tid % D;
     float acc = 0.f;
     for (int r = 0; r < groups; ++r)
       acc += reinterpret_cast<const float*>(&sacc[which][r][0])[d];
+    // Column d belongs to block d / cols: it goes there, into this block's inbox slot.
+    float* at = (which == 0 ? inbox[rank].win : inbox[rank].lin) + d % cols;
     if constexpr (C == 1) {
-      (which == 0 ? part.win : part.lin)[d] = acc;
+      *at = acc;
     } else {
-      // Column d belongs to block d / cols: send it there, into this block's inbox slot.
-      DecodeInbox& slot_of_mine = inbox[rank];
-      float* at = which == 0 ? slot_of_mine.win : slot_of_mine.lin;
       const int owner = d / cols;
-      send(peer_address(shared_address(at + d % cols), owner), acc,
+      send(peer_address(shared_address(at), owner), acc,
            peer_address(shared_address(&inbox_full), owner));
     }
   }
-  if constexpr (C > 1) {
+  const float4 sums_mine = make_float4(m, ew, lw, dz_block);
+  if constexpr (C == 1) {
+    if (tid == 0) inbox[0].sums = sums_mine;
+    __syncthreads();
+  } else {
     if (tid == 0) {
       // The expected bytes may be announced after peers' bytes have landed: the transaction
       // count goes negative meanwhile, and the phase completes only with this arrival.
-      mbar_expect_bytes(&inbox_full, C * (2 * (D / C) * 4 + 16));
-      const float4 sums = make_float4(m, ew, lw, dz_block);
+      mbar_expect_bytes(&inbox_full, C * (2 * cols * 4 + 16));
 #pragma unroll
       for (int r = 0; r < C; ++r)
-        send(peer_address(shared_address(&inbox[rank].sums), r), sums,
+        send(peer_address(shared_address(&inbox[rank].sums), r), sums_mine,
              peer_address(shared_address(&inbox_full), r));
     }
-  } else {
-    __syncthreads();
   }
 
   // Merge the cluster's partials: block `rank` writes outputs [rank D / C, (rank + 1) D / C).
@@ -443,13 +440,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     const int d = rank * cols + tid;
     float4 sums[C];
 #pragma unroll
-    for (int r = 0; r < C; ++r) {
-      if constexpr (C == 1) {
-        sums[r] = make_float4(part.m, part.ew, part.lw, part.dz);
-      } else {
-        sums[r] = inbox[r].sums;
-      }
-    }
+    for (int r = 0; r < C; ++r)
+      sums[r] = inbox[r].sums;
     float m = -INFINITY;
 #pragma unroll
     for (int r = 0; r < C; ++r)
@@ -457,10 +449,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     float num = 0.f, ew = 0.f, lw = 0.f, dzs = 0.f;
 #pragma unroll
     for (int r = 0; r < C; ++r) {
-      const float win_d = C == 1 ? part.win[d] : inbox[r].win[tid];
-      const float lin_d = C == 1 ? part.lin[d] : inbox[r].lin[tid];
       const float scale = um.use_window && sums[r].x != -INFINITY ? expf(sums[r].x - m) : 0.f;
-      num += win_d * scale + lin_d;
+      num += inbox[r].win[tid] * scale + inbox[r].lin[tid];
       ew += sums[r].y * scale;
       lw += sums[r].z;
       dzs += sums[r].w;

@@ -597,10 +597,11 @@ void check_decode(const Case& c, int64_t prompt, uint64_t seed, bool dispatch = 
   const Data d = make_data(c, seed);
   const bool phi = needs_phi(c);
   const Tensor omega = c.mode == hk::AttentionMode::hybrid ? d.omega : Tensor();
+  const Tensor drop = c.drop ? d.drop : Tensor();
   const RefOut ref = reference(c, d.q.to(torch::kDouble), d.k.to(torch::kDouble),
                                d.v.to(torch::kDouble), phi ? d.phi_q.to(torch::kDouble) : Tensor(),
                                phi ? d.phi_k.to(torch::kDouble) : Tensor(),
-                               omega.defined() ? omega.to(torch::kDouble) : Tensor(), Tensor());
+                               omega.defined() ? omega.to(torch::kDouble) : Tensor(), drop);
   auto part = [&](const Tensor& t, int64_t start, int64_t len) {
     return t.defined() ? t.narrow(2, start, len) : t;
   };
@@ -610,7 +611,7 @@ void check_decode(const Case& c, int64_t prompt, uint64_t seed, bool dispatch = 
                                 phi ? part(d.phi_q, 0, prompt) : Tensor(),
                                 phi ? part(d.phi_k, 0, prompt) : Tensor(),
                                 omega,
-                                Tensor()};
+                                drop};
   hk::PrefillResult pre =
       dispatch ? hk::prefill(prompt_in, options_of(c)) : hc::prefill(prompt_in, options_of(c));
   if (dispatch && phi) {  // only the fused path keeps S in fp32 for bf16 inputs
@@ -626,7 +627,7 @@ void check_decode(const Case& c, int64_t prompt, uint64_t seed, bool dispatch = 
                              phi ? part(d.phi_q, t, 1) : Tensor(),
                              phi ? part(d.phi_k, t, 1) : Tensor(),
                              omega,
-                             Tensor()};
+                             drop};
     const Tensor y = dispatch ? hk::decode_step(step, pre.state, options_of(c))
                               : hc::decode_step(step, pre.state, options_of(c));
     ASSERT_TRUE(all_finite(y)) << "step " << t;
@@ -654,6 +655,12 @@ TEST(CudaAttention, DecodeMatchesParallelFp32) {
   c.mode = hk::AttentionMode::window_only;
   c.w = 16;
   check_decode(c, 90, 34);
+  // SSD drops: the dropped heads run linear-only, whichever mode the rest run.
+  c.drop = true;
+  check_decode(c, 60, 42);
+  c.mode = hk::AttentionMode::hybrid;
+  c.overlap = false;
+  check_decode(c, 80, 43);
 }
 
 // The decode kernel splits S and the ring over a cluster of 8, 4, 2 or 1 blocks per head,
@@ -701,6 +708,8 @@ TEST(CudaAttention, DecodeMatchesParallelBf16) {
   c.Hkv = 2;
   check_decode(c, 100, 40);
   check_decode(c, 130, 41, /*dispatch=*/true);
+  c.drop = true;
+  check_decode(c, 90, 44);
 }
 
 // The raw kernels' inputs for fixed window factors c_w = 0.3, c_l = 0.7.
