@@ -119,6 +119,44 @@ void BM_FusedForward(benchmark::State& state) {
   }
 }
 
+// The forward from q, k, v and two hedgehog maps' weights (p = 64, F = 128): second argument
+// 1 computes the maps inside the kernels (phi never in memory), 0 applies them first (LibTorch
+// projection and the fused activation, as FeatureMap does) and runs BM_FusedForward's kernels.
+// Bytes: BM_FusedForward's without phi.
+void BM_ForwardWithMaps(benchmark::State& state) {
+  if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
+  Inputs in = make_inputs(state.range(0), state.range(1));
+  const bool in_kernel = state.range(2) != 0;
+  const auto o = in.raw.q.options();
+  const Tensor w_q = torch::randn({kHeads, kDim, kFeatures / 2}, o) / std::sqrt(double(kDim));
+  const Tensor w_k = torch::randn_like(w_q) / std::sqrt(double(kDim));
+  hc::RawInputs raw = in.raw;
+  raw.phi_q = raw.phi_k = Tensor();
+  if (in_kernel) {
+    raw.map_q = w_q;
+    raw.map_k = w_k;
+  }
+  const hc::RawOptions opt = kernel_options();
+  auto map = [](const Tensor& x, const Tensor& w) {
+    return hk::paired_activation(torch::matmul(x, w), hk::FeatureMapKind::hedgehog);
+  };
+  const torch::NoGradGuard no_grad;
+  for (auto _ : state) {
+    const double us = median_us(
+        [&] {
+          if (!in_kernel) {
+            raw.phi_q = map(in.raw.q, w_q);
+            raw.phi_k = map(in.raw.k, w_k);
+          }
+          hc::forward_raw(raw, opt);
+        },
+        3, 20);
+    const double token_heads = static_cast<double>(in.B) * kHeads * in.N;
+    report(state, us, forward_bytes(in.B, in.N) - token_heads * 2.0 * 2 * kFeatures,
+           forward_flops(in.B, in.N));
+  }
+}
+
 // qkv_grads false: attention transfer's backward (q, k, v frozen: no dq, dk, dv).
 void fused_forward_backward(benchmark::State& state, bool qkv_grads, int64_t kv_heads = kHeads) {
   if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
@@ -325,6 +363,12 @@ void shapes(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_FusedForward)->Apply(shapes);
+BENCHMARK(BM_ForwardWithMaps)
+    ->ArgsProduct({{1}, {4096, 16384, 65536}, {1, 0}})
+    ->Args({8, 4096, 1})
+    ->Args({8, 4096, 0})
+    ->ArgNames({"B", "N", "in_kernel"})
+    ->Apply(timed);
 BENCHMARK(BM_FusedForwardBackward)->Apply(shapes);
 BENCHMARK(BM_FusedTransferForwardBackward)->Apply(shapes);
 BENCHMARK(BM_FusedForwardBackwardGqa)

@@ -59,15 +59,20 @@ fi
 note "$(stamp) build ok"
 build="${HL_BUILD_DIR:-$root/build-gpu}"
 
-timeout 600 "$build/tests/hl_test_cuda" --gtest_brief=1 >"$out/tests.log" 2>&1
+# The tests take seconds; a kernel that hangs must not eat the device time of the whole call.
+timeout 180 "$build/tests/hl_test_cuda" --gtest_brief=1 >"$out/tests.log" 2>&1
 rc=$?
 note "$(stamp) tests rc=$rc: $(grep -E '^\[  (PASSED|FAILED)|tests? ran' "$out/tests.log" | tr '\n' ' ')"
 grep -E "Failure|Expected|Which is|rel_err|error|trace|FAILED" "$out/tests.log" | head -n 40
+if [ "$rc" = 124 ]; then
+  note "tests timed out (a hung kernel?): nothing else runs"
+  exit 1
+fi
 
 if [ "$sanitize" = 1 ]; then
   export PYTORCH_NO_CUDA_MEMORY_CACHING=1  # so that memcheck sees each buffer's real bounds
   for tool in memcheck racecheck; do
-    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+    timeout 200 compute-sanitizer --tool "$tool" --error-exitcode 9 \
       "$build/tests/hl_test_cuda" --gtest_filter='*Sanitizer*' >"$out/sanitize-$tool.log" 2>&1
     rc=$?
     note "$(stamp) $tool rc=$rc: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|hazard' "$out/sanitize-$tool.log" | head -n 3 | tr '\n' ' ')"

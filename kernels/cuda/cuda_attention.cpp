@@ -56,7 +56,9 @@ ProblemShape shape_of(const RawInputs& in, const RawOptions& o) {
   s.kv_heads = static_cast<int>(in.k.size(1));
   s.seq_len = static_cast<int>(in.q.size(2));
   s.head_dim = static_cast<int>(in.q.size(3));
-  s.features = in.phi_q.defined() ? static_cast<int>(in.phi_q.size(3)) : 32;
+  s.features = in.phi_q.defined()   ? static_cast<int>(in.phi_q.size(3))
+               : in.map_q.defined() ? static_cast<int>(2 * in.map_q.size(2))
+                                    : 32;
   s.window = static_cast<int>(o.window);
   s.mode = o.mode;
   s.overlap = o.overlap;
@@ -82,6 +84,8 @@ RawInputs densify(const RawInputs& in) {
   d.coef_window = dense(in.coef_window.to(torch::kFloat));
   d.coef_linear = dense(in.coef_linear.to(torch::kFloat));
   if (in.window_drop.defined()) d.window_drop = dense(in.window_drop.to(torch::kUInt8));
+  d.map_q = dense(in.map_q);
+  d.map_k = dense(in.map_k);
   return d;
 }
 
@@ -259,6 +263,13 @@ RawForward forward_raw(const RawInputs& raw, const RawOptions& o, Tensor y_out) 
   a.branch_stats = f.stats.defined() ? f.stats.data_ptr<float>() : nullptr;
   a.segment_states = ws > 0 ? f.states.data_ptr<float>() : nullptr;
   a.plan = f.plan;
+  if (in.map_q.defined()) {
+    if (!forward_computes_maps(s, f.plan) || o.want_stats)
+      throw std::invalid_argument(
+          "cuda attention: these inputs cannot compute the maps in the kernels");
+    a.map_q_weight = ptr(in.map_q);
+    a.map_k_weight = ptr(in.map_k);
+  }
   check_launch(launch_forward(s, a, stream_of(in.q)), "forward");
   return f;
 }
@@ -400,6 +411,82 @@ AttentionOutput attention(const AttentionInputs& in, const AttentionOptions& opt
   o.scale = options.scale.value_or(1.0 / std::sqrt(static_cast<double>(in.q.size(3))));
   o.want_stats = options.want_stats;
   return run(raw, o, B, H, N);
+}
+
+namespace {
+
+const char* hedgehog_maps_unsupported(const AttentionInputs& in, const Tensor& w_q,
+                                      const Tensor& w_k, const AttentionOptions& options) {
+  if (options.want_stats) return "branch statistics need phi from memory";
+  if (const char* why = unsupported(options.mode, in.q, in.k, in.v, Tensor(), options.window,
+                                    options.want_weights)) {
+    return why;
+  }
+  if (in.q.scalar_type() != torch::kBFloat16) return "the maps are computed in bf16 kernels only";
+  for (const Tensor* w : {&w_q, &w_k}) {
+    if (!w->defined() || w->dim() != 3 || w->size(0) != in.q.size(1) ||
+        w->size(1) != in.q.size(3) || w->size(2) != 64) {
+      return "each map's weight must be [Hq, D, 64]";
+    }
+    if (w->device() != in.q.device()) return "the maps' weights are not on q's device";
+  }
+  ProblemShape s;
+  s.batch = static_cast<int>(in.q.size(0));
+  s.q_heads = static_cast<int>(in.q.size(1));
+  s.kv_heads = static_cast<int>(in.k.size(1));
+  s.seq_len = static_cast<int>(in.q.size(2));
+  s.head_dim = static_cast<int>(in.q.size(3));
+  s.features = 128;
+  s.window = static_cast<int>(options.window);
+  s.mode = kernel_mode(options.mode);
+  s.overlap = options.overlap;
+  s.dtype = KernelDType::kBFloat16;
+  if (!forward_computes_maps(s, pick_plan(0, s.batch * s.q_heads, s.seq_len))) {
+    return "the maps are computed only by the Hopper forward (D 64 or 128, w = 64, or w <= 64 "
+           "with overlap, linear_only or window_only, an sm_90 GPU)";
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+bool supports_hedgehog_maps(const AttentionInputs& in, const Tensor& w_q, const Tensor& w_k,
+                            const AttentionOptions& options, std::string* why) {
+  const char* reason = hedgehog_maps_unsupported(in, w_q, w_k, options);
+  if (reason != nullptr && why != nullptr) *why = reason;
+  return reason == nullptr;
+}
+
+AttentionOutput attention_with_hedgehog_maps(const AttentionInputs& in, const Tensor& w_q,
+                                             const Tensor& w_k, const AttentionOptions& options) {
+  std::string why;
+  if (!supports_hedgehog_maps(in, w_q, w_k, options, &why))
+    throw std::invalid_argument("cuda attention with hedgehog maps: " + why);
+  const torch::NoGradGuard no_grad;
+  const c10::cuda::CUDAGuard guard(in.q.device());
+  const int64_t B = in.q.size(0), H = in.q.size(1);
+  const auto coef = detail::branch_coefficients(
+      options.mode, options,
+      in.window_factor_logits.defined() ? in.window_factor_logits.to(torch::kFloat) : Tensor(),
+      in.window_drop, B, H, in.q.options().dtype(torch::kFloat));
+  RawInputs raw;
+  raw.q = in.q;
+  raw.k = in.k;
+  raw.v = in.v;
+  raw.map_q = w_q.to(torch::kBFloat16);
+  raw.map_k = w_k.to(torch::kBFloat16);
+  raw.coef_window = coefficient_matrix(coef.window, B, H);
+  raw.coef_linear = coefficient_matrix(coef.linear, B, H);
+  if (in.window_drop.defined()) raw.window_drop = in.window_drop.to(torch::kUInt8);
+  RawOptions o;
+  o.mode = kernel_mode(options.mode);
+  o.window = options.window;
+  o.overlap = options.overlap;
+  o.scale = options.scale.value_or(1.0 / std::sqrt(static_cast<double>(in.q.size(3))));
+  AttentionOutput out;
+  out.y = forward_raw(raw, o).y;
+  out.backend = Backend::cuda;
+  return out;
 }
 
 // ---- feature map activation ----------------------------------------------------------------

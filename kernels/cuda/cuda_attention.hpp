@@ -26,6 +26,22 @@ bool supports(const AttentionInputs& inputs, const AttentionOptions& options,
 /// std::invalid_argument naming what is wrong when supports() says no.
 AttentionOutput attention(const AttentionInputs& inputs, const AttentionOptions& options);
 
+/// Whether attention_with_hedgehog_maps() takes these inputs: bf16 CUDA tensors of the Hopper
+/// forward's shapes (D of 64 or 128, w = 64, or w <= 64 with overlap, linear-only or
+/// window-only), maps' weights [Hq, D, 64], no statistics or weights wanted, an sm_90 GPU;
+/// `why` (optional) receives the reason when not.
+bool supports_hedgehog_maps(const AttentionInputs& inputs, const torch::Tensor& map_q_weight,
+                            const torch::Tensor& map_k_weight, const AttentionOptions& options,
+                            std::string* why = nullptr);
+/// Forward only, without autograd: attention() with phi_q = hedgehog(q W_q) and
+/// phi_k = hedgehog(k W_k) (kernels/feature_map.hpp, no bias, one weight per q head) computed
+/// inside the kernels instead of read from memory; inputs.phi_q and phi_k are not read. Throws
+/// std::invalid_argument naming what is wrong when supports_hedgehog_maps() says no.
+AttentionOutput attention_with_hedgehog_maps(const AttentionInputs& inputs,
+                                             const torch::Tensor& map_q_weight,
+                                             const torch::Tensor& map_k_weight,
+                                             const AttentionOptions& options);
+
 /// Parallel output of the prompt plus the decode state that continues it. S and z of the
 /// returned state are fp32 (only decode_step below reads them).
 PrefillResult prefill(const AttentionInputs& inputs, const AttentionOptions& options);
@@ -48,6 +64,9 @@ struct RawInputs {
   torch::Tensor coef_window;   ///< c_w [B, Hq] fp32
   torch::Tensor coef_linear;   ///< c_l [B, Hq] fp32
   torch::Tensor window_drop;   ///< [B, Hq] uint8 or undefined
+  /// Hedgehog maps' weights [Hq, D, 64] bf16, or undefined: given (with phi_q, phi_k
+  /// undefined), forward_raw computes phi in its kernels (F = 128); no backward_raw then.
+  torch::Tensor map_q, map_k;
 };
 
 struct RawOptions {

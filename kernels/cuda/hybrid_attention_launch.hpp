@@ -75,8 +75,18 @@ struct ForwardArgs {
   float* branch_stats = nullptr;    ///< optional [B, Hq, N, 2]: linear mass, linear output share
   float* segment_states = nullptr;  ///< workspace, kept for backward; null when segments == 1
   SegmentPlan plan;
+  /// Hedgehog feature maps' weights [Hq, D, 64] bf16 (no bias; F = 128), or null. Given, the
+  /// kernels compute phi_q = hedgehog(q W_q) and phi_k = hedgehog(k W_k) themselves and phi_q,
+  /// phi_k are not read; only where forward_computes_maps() holds.
+  const void* map_q_weight = nullptr;
+  const void* map_k_weight = nullptr;
 };
 int launch_forward(const ProblemShape& shape, const ForwardArgs& args, void* stream);
+
+/// Whether launch_forward can compute the hedgehog maps in its kernels (ForwardArgs'
+/// map weights) for this shape and split: the Hopper forward's shapes with F = 128, no branch
+/// statistics. The segment states it leaves are not the ones backward reads: forward only.
+bool forward_computes_maps(const ProblemShape& shape, const SegmentPlan& plan);
 
 /// Whether launch_forward takes the warp-specialised Hopper forward (TMA, wgmma) for this shape
 /// and split on the current device: bf16, D and F of 64 or 128, w = 64 (w <= 64 with overlap,

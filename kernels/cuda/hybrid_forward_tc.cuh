@@ -26,6 +26,10 @@ struct TcForwardArgs {
   int32_t* row_argmax;
   const float* states;  ///< start state of each segment (segments > 1)
   int segments, segment_len;
+  /// Hedgehog maps' weights [Hq, D, 64] (F = 128), or null: given, run_forward_wg computes
+  /// phi_q and phi_k itself and phi_q, phi_k above are not read.
+  const void* w_q = nullptr;
+  const void* w_k = nullptr;
 };
 
 /// Whether the tensor-core forward's shared memory fits this shape on the current device.
@@ -49,11 +53,14 @@ cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t 
 bool state_pass_wg_takes(const Shape& s);
 
 /// run_state_pass_tc on Hopper: TMA loads and wgmma, one block per segment;
-/// cudaErrorNotSupported when a TMA descriptor cannot describe the inputs.
+/// cudaErrorNotSupported when a TMA descriptor cannot describe the inputs. With k_map_weight
+/// (a hedgehog map's weight [Hq, D, 64]; F = 128, unscaled, bm per kv head) `a` is k, read per
+/// kv head, and phi_k = hedgehog(k W_k) is computed on the way.
 cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, const float* row_denom,
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
-                              int range_end, bool all_units, bool skip_last, cudaStream_t stream);
+                              int range_end, bool all_units, bool skip_last, cudaStream_t stream,
+                              const void* k_map_weight = nullptr);
 
 /// Inputs of the backward's linear key pass on Hopper (see hybrid_backward_tc.cu for the terms).
 struct LinearKeyArgs {

@@ -38,27 +38,36 @@ constexpr int kBlock = kRows * 128;  // one 64 x 64 bf16 column block (8 KB)
 constexpr int kSlots = 3;            // chunk ring: two in use, one landing
 
 // Shared memory of one block for head dim D and F features (offsets from a 1024-byte aligned
-// base). A 64-row tile of width W is W / 64 column blocks.
-template <int D, int F>
+// base). A 64-row tile of width W is W / 64 column blocks. kMap (the hedgehog feature maps
+// computed in the kernel): no phi_k in the slots but a two-entry ring of it, computed from k by
+// the state warpgroup; no phi_q tile (the consumer keeps phi_q in registers); the maps' weights
+// W_q and W_k ([D][64], N-major) instead.
+template <int D, int F, bool kMap = false>
 struct Layout {
-  static constexpr int kKOff = 0;  // in a slot: k, then v, then phi_k
+  static constexpr int kKOff = 0;  // in a slot: k, then v, then phi_k (not kMap)
   static constexpr int kVOff = D / 64 * kBlock;
   static constexpr int kPkOff = kVOff + D / 64 * kBlock;
-  static constexpr int kSlotBytes = kPkOff + F / 64 * kBlock;
-  static constexpr int kQOff = kSlots * kSlotBytes;
-  static constexpr int kPqOff = kQOff + D / 64 * kBlock;
-  static constexpr int kSOff = kPqOff + F / 64 * kBlock;  // S in bf16, N-major: [D / 64][F][64]
-  static constexpr int kSBlock = F * 128;
+  static constexpr int kPkBytes = F / 64 * kBlock;
+  static constexpr int kSlotBytes = kPkOff + (kMap ? 0 : kPkBytes);
+  static constexpr int kPkRingOff = kSlots * kSlotBytes;  // kMap: the t-th chunk in entry t % 2
+  static constexpr int kQOff = kPkRingOff + (kMap ? 2 * kPkBytes : 0);
+  static constexpr int kPqOff = kQOff + D / 64 * kBlock;                // not kMap
+  static constexpr int kWqOff = kPqOff + (kMap ? 0 : F / 64 * kBlock);  // kMap: W_q, then W_k
+  static constexpr int kWkOff = kWqOff + (kMap ? D / 64 * kBlock : 0);
+  static constexpr int kSOff = kWkOff + (kMap ? D / 64 * kBlock : 0);  // S in bf16, N-major:
+  static constexpr int kSBlock = F * 128;                              // [D / 64][F][64]
   static constexpr int kZOff = kSOff + D / 64 * kSBlock;  // z: row 0 of an 8 x F K-major operand
   static constexpr int kZBytes = F * 16;
   static constexpr bool kZFloat = false;  // z as the bf16 operand above, not F floats
   static constexpr int kBarOff = kZOff + kZBytes;
   static constexpr int kSmemBytes = kBarOff + 16 * 8 + 1024;  // + slack to align the base
+  static_assert(!kMap || F == 128, "the fused hedgehog maps project to p = 64 (F = 128)");
 };
 constexpr int kWgThreads = 384;
 
 struct WgParams {
   CUtensorMap q, k, v, phi_q, phi_k, y;  // (column, row, unit), boxes of 64 x 64
+  CUtensorMap w_q, w_k;                  // kMap: the maps' weights [Hq][D][64]
   Shape s;
   const float* coef_window;
   const float* coef_linear;
@@ -85,22 +94,28 @@ __device__ inline uint32_t swizzled_offset(int row, int col, int block) {
   return (col / 64) * block + row * 128 + ((((col % 64) / 8) ^ (row % 8)) * 16) + (col % 8) * 2;
 }
 
-// Rows la and la + 8 of a 64-row C-layout accumulator of width W, times fa / fb, into a tile of
-// 64-column swizzled blocks at `tile`, then one TMA store per block of rows [row, row + 64);
-// thread ct == 0 waits until the stores have read the tile. The caller's named barrier 1 (the
-// consumer's 128 threads) must come after its own last read of the buffer.
+// Rows la and la + 8 of a 64-row C-layout accumulator of width W, times fa / fb, in bf16 into a
+// tile of 64-column swizzled blocks at shared address `tile` (thread ct of a warpgroup).
 template <int W>
-__device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* acc, float fa,
-                           float fb, int row, int unit, int ct) {
+__device__ inline void stage_tile(uint32_t tile, const float* acc, float fa, float fb, int ct) {
   const int warp = ct / 32, lane = ct % 32, g8 = lane / 4, t4 = lane % 4;
-  uint32_t row_base = shared_address(tile) + (warp * 16 + g8) * 128 + 4 * t4;
-  asm volatile("" : "+r"(row_base));
+  uint32_t row_base = tile + (warp * 16 + g8) * 128 + 4 * t4;
+  asm volatile("" : "+r"(row_base));  // rebuilt per call, not hoisted into registers
 #pragma unroll
   for (int n = 0; n < W / 8; ++n) {
     const uint32_t at = row_base + (n / 8) * kBlock + (((n % 8) ^ g8) * 16);
     st_shared_u32(at, pack_bf16(acc[4 * n] * fa, acc[4 * n + 1] * fa));
     st_shared_u32(at + 8 * 128, pack_bf16(acc[4 * n + 2] * fb, acc[4 * n + 3] * fb));
   }
+}
+
+// stage_tile, then one TMA store per block of rows [row, row + 64); thread ct == 0 waits until
+// the stores have read the tile. The caller's named barrier 1 (the consumer's 128 threads) must
+// come after its own last read of the buffer.
+template <int W>
+__device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* acc, float fa,
+                           float fb, int row, int unit, int ct) {
+  stage_tile<W>(shared_address(tile), acc, fa, fb, ct);
   fence_async_shared();
   named_barrier(1, 128);
   if (ct == 0) {
@@ -111,6 +126,64 @@ __device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* a
   }
 }
 
+// The hedgehog feature map's activation (kernels/feature_map.hpp) on a 64 x 64 C-layout
+// accumulator of projections r, a quad of lanes per row: pos = softmax(r) and r = softmax(-r)
+// along each row, both clamped below at 1e-12 as the unfused map.
+__device__ inline void hedgehog_pair(float (&r)[32], float (&pos)[32]) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  float hi[2] = {-INFINITY, -INFINITY}, lo[2] = {INFINITY, INFINITY};
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    const int h = (i >> 1) & 1;  // row la or la + 8
+    hi[h] = fmaxf(hi[h], r[i]);
+    lo[h] = fminf(lo[h], r[i]);
+  }
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      hi[h] = fmaxf(hi[h], __shfl_xor_sync(kFullMask, hi[h], off));
+      lo[h] = fminf(lo[h], __shfl_xor_sync(kFullMask, lo[h], off));
+    }
+  }
+  float sp[2] = {0.f, 0.f}, sn[2] = {0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    const int h = (i >> 1) & 1;
+    pos[i] = fast_exp2((r[i] - hi[h]) * kLog2e);
+    r[i] = fast_exp2((lo[h] - r[i]) * kLog2e);
+    sp[h] += pos[i];
+    sn[h] += r[i];
+  }
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      sp[h] += __shfl_xor_sync(kFullMask, sp[h], off);
+      sn[h] += __shfl_xor_sync(kFullMask, sn[h], off);
+    }
+  }
+  const float ip[2] = {1.f / sp[0], 1.f / sp[1]}, in[2] = {1.f / sn[0], 1.f / sn[1]};
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    const int h = (i >> 1) & 1;
+    pos[i] = fmaxf(pos[i] * ip[h], 1e-12f);
+    r[i] = fmaxf(r[i] * in[h], 1e-12f);
+  }
+}
+
+// r = x W over a 64-row tile: x K-major at shared address `x_addr` (D / 64 column blocks), W the
+// map's [D][64] weight N-major at `w_addr`; waits for the product.
+template <int D>
+__device__ inline void project_tile(float (&r)[32], uint32_t x_addr, uint32_t w_addr) {
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks)
+    wgmma_ss_n64<0, 1>(r, k_major(x_addr, ks), n_major(w_addr, ks, kBlock), ks > 0);
+  wgmma_commit();
+  wgmma_wait<0>();
+}
+
 struct Barriers {
   uint64_t* chunk_full;   // [kSlots] chunk landed
   uint64_t* chunk_empty;  // [kSlots] consumer and state are done with the chunk
@@ -118,8 +191,10 @@ struct Barriers {
   uint64_t* q_empty;
   uint64_t* pq_full;  // phi_q of the tile
   uint64_t* pq_empty;
-  uint64_t* s_full;   // S and z written for the next query
-  uint64_t* s_empty;  // the query has read them
+  uint64_t* s_full;    // S and z written for the next query
+  uint64_t* s_empty;   // the query has read them
+  uint64_t* w_full;    // kMap: W_q and W_k landed
+  uint64_t* pk_ready;  // kMap: [2] phi_k of the chunk in that ring entry computed
 };
 
 // Chunk c (-1, 0, 1, ...) of a segment sits in slot (c + 1) % kSlots; `use` counts the slot's
@@ -140,13 +215,16 @@ __device__ inline Barriers ring_barriers(uint64_t* bars) {
                   bars + 2 * kSlots + 2,
                   bars + 2 * kSlots + 3,
                   bars + 2 * kSlots + 4,
-                  bars + 2 * kSlots + 5};
+                  bars + 2 * kSlots + 5,
+                  bars + 2 * kSlots + 6,
+                  bars + 2 * kSlots + 7};
 }
 
 // The producer's load of chunk c (k where the unit has a window, v, phi_k where it has a linear
-// branch) into its ring slot, once the slot's previous chunk is given back. L names the slot
-// layout (kSlotBytes, kKOff, kVOff, kPkOff); P has the tensor maps k, v, phi_k.
-template <int D, int F, typename L, typename P>
+// branch; with kMap k for either branch and no phi_k) into its ring slot, once the slot's previous
+// chunk is given back. L names the slot layout (kSlotBytes, kKOff, kVOff, kPkOff); P has the
+// tensor maps k, v, phi_k.
+template <int D, int F, typename L, typename P, bool kMap = false>
 __device__ void load_chunk(const P& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
                            int unit, int kv_unit, int r_begin, int c) {
   const int slot = slot_of(c);
@@ -155,12 +233,14 @@ __device__ void load_chunk(const P& p, const UnitMode& um, uint8_t* smem, const 
   uint8_t* base = smem + slot * L::kSlotBytes;
   uint64_t* full = bar.chunk_full + slot;
   const int row = r_begin + c * kRows;
-  mbar_expect_bytes(full, kBlock * ((1 + um.use_window) * (D / 64) + (um.use_linear ? F / 64 : 0)));
+  const bool k_wanted = um.use_window || (kMap && um.use_linear);
+  const bool pk_wanted = !kMap && um.use_linear;
+  mbar_expect_bytes(full, kBlock * ((1 + k_wanted) * (D / 64) + (pk_wanted ? F / 64 : 0)));
   for (int b = 0; b < D / 64; ++b) {
-    if (um.use_window) tma_load_3d(base + L::kKOff + b * kBlock, &p.k, b * 64, row, kv_unit, full);
+    if (k_wanted) tma_load_3d(base + L::kKOff + b * kBlock, &p.k, b * 64, row, kv_unit, full);
     tma_load_3d(base + L::kVOff + b * kBlock, &p.v, b * 64, row, kv_unit, full);
   }
-  if (um.use_linear) {
+  if (pk_wanted) {
     for (int b = 0; b < F / 64; ++b)
       tma_load_3d(base + L::kPkOff + b * kBlock, &p.phi_k, b * 64, row, unit, full);
   }
@@ -233,22 +313,31 @@ __device__ inline void publish_state(uint32_t s_addr, uint32_t s_block, uint8_t*
   fence_async_shared();
 }
 
-template <int D, int F>
+template <int D, int F, bool kMap>
 __device__ void produce(const WgParams& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
                         int unit, int kv_unit, int r_begin, int tiles) {
-  using L = Layout<D, F>;
-  load_chunk<D, F, L>(p, um, smem, bar, unit, kv_unit, r_begin, -1);
+  using L = Layout<D, F, kMap>;
+  if (kMap && um.use_linear) {
+    const int head = unit % p.s.q_heads;
+    mbar_expect_bytes(bar.w_full, 2 * D / 64 * kBlock);
+    for (int b = 0; b < D / 64; ++b) {
+      tma_load_3d(smem + L::kWqOff + b * kBlock, &p.w_q, 0, b * 64, head, bar.w_full);
+      tma_load_3d(smem + L::kWkOff + b * kBlock, &p.w_k, 0, b * 64, head, bar.w_full);
+    }
+  }
+  load_chunk<D, F, L, WgParams, kMap>(p, um, smem, bar, unit, kv_unit, r_begin, -1);
   for (int t = 0; t < tiles; ++t) {
-    load_chunk<D, F, L>(p, um, smem, bar, unit, kv_unit, r_begin, t);
+    load_chunk<D, F, L, WgParams, kMap>(p, um, smem, bar, unit, kv_unit, r_begin, t);
     // q and phi_q are single buffers; the consumer frees each as soon as its products are done.
+    // With kMap phi_q comes from q, so every unit reads q.
     const int row = r_begin + t * kRows;
-    if (um.use_window) {
+    if (kMap || um.use_window) {
       if (t > 0) mbar_wait(bar.q_empty, (t - 1) & 1);
       mbar_expect_bytes(bar.q_full, D / 64 * kBlock);
       for (int b = 0; b < D / 64; ++b)
         tma_load_3d(smem + L::kQOff + b * kBlock, &p.q, b * 64, row, unit, bar.q_full);
     }
-    if (um.use_linear) {
+    if (!kMap && um.use_linear) {
       if (t > 0) mbar_wait(bar.pq_empty, (t - 1) & 1);
       mbar_expect_bytes(bar.pq_full, F / 64 * kBlock);
       for (int b = 0; b < F / 64; ++b)
@@ -258,8 +347,9 @@ __device__ void produce(const WgParams& p, const UnitMode& um, uint8_t* smem, co
 }
 
 // kWindow / kLinear: the branches of this unit, as template arguments so that every wgmma is
-// issued unconditionally within its instantiation (a conditional issue serialises them).
-template <int D, int F, bool kWindow, bool kLinear>
+// issued unconditionally within its instantiation (a conditional issue serialises them). kMap:
+// phi_q = hedgehog(q W_q) in registers, phi_k from the state warpgroup's ring.
+template <int D, int F, bool kWindow, bool kLinear, bool kMap>
 __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
                         int unit, int r_begin, int r_end, int tiles) {
   const Shape& s = p.s;
@@ -274,7 +364,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
   const float coef_l = p.coef_linear[unit];
   const float scale_log2 = s.scale * 1.4426950408889634f;
   const uint32_t sbase = shared_address(smem);
-  using L = Layout<D, F>;
+  using L = Layout<D, F, kMap>;
   const uint32_t q_addr = sbase + L::kQOff, pq_addr = sbase + L::kPqOff;
   // The keys that are linear but not in the state lie in chunk t - 1 when lin_lag = 64 and in
   // chunk t when lin_lag = 0 (the state warpgroup folds one chunk later or earlier).
@@ -293,9 +383,18 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     // and the state query c_l phi_q S, c_l phi_q . z (the state warpgroup publishes S and z
     // times c_l), after which phi_q and S are free.
     float sc[2][32], lin[32], o[D / 2], zd[4];
+    float rq[32];  // kMap: q W_q, then softmax(-q W_q)
     wgmma_fence();
-    if constexpr (kWindow) {
+    if constexpr (kMap && kLinear) {
+      if (t == 0) mbar_wait(bar.w_full, 0);
       mbar_wait(bar.q_full, t & 1);
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks)
+        wgmma_ss_n64<0, 1>(rq, k_major(q_addr, ks), n_major(sbase + L::kWqOff, ks, kBlock), ks > 0);
+      wgmma_commit();
+    }
+    if constexpr (kWindow) {
+      if (!(kMap && kLinear)) mbar_wait(bar.q_full, t & 1);
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const uint32_t slot = sbase + slots[c] * L::kSlotBytes;
@@ -305,7 +404,37 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
       }
       wgmma_commit();
     }
-    if constexpr (kLinear) {
+    if constexpr (kMap && kLinear) {
+      // phi_q as the A fragments of the linear products: k-steps 0-3 softmax(q W_q), 4-7
+      // softmax(-q W_q), each from C tiles 2 kk and 2 kk + 1 as P below.
+      wgmma_wait<kWindow ? 1 : 0>();
+      if (!kWindow) mbar_arrive(bar.q_empty);
+      float pos[32];
+      hedgehog_pair(rq, pos);
+      uint32_t pq[F / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          pq[kk][r] = pack_bf16(pos[8 * kk + 2 * r], pos[8 * kk + 2 * r + 1]);
+          pq[4 + kk][r] = pack_bf16(rq[8 * kk + 2 * r], rq[8 * kk + 2 * r + 1]);
+        }
+      }
+      // phi_k of the chunk of unfolded linear keys, the state warpgroup's t-th (ring entry t % 2).
+      mbar_wait(bar.pk_ready + (t & 1), (t >> 1) & 1);
+      const uint32_t pk_addr = sbase + L::kPkRingOff + (t & 1) * L::kPkBytes;
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < F / 16; ++ks)
+        wgmma_rs_n64<0>(lin, pq[ks], k_major(pk_addr, ks), ks > 0);
+      mbar_wait(bar.s_full, t & 1);
+#pragma unroll
+      for (int ks = 0; ks < F / 16; ++ks) {
+        wgmma_rs<D, 1>(o, pq[ks], n_major(sbase + L::kSOff, ks, L::kSBlock), ks > 0);
+        wgmma_rs_n8<0>(zd, pq[ks], interleaved_desc(sbase + L::kZOff + ks * 256, 128, 256), ks > 0);
+      }
+      wgmma_commit();
+    } else if constexpr (kLinear) {
       mbar_wait(bar.pq_full, t & 1);
       const uint32_t slot = sbase + (lin_c == 0 ? slots[0] : slots[1]) * L::kSlotBytes;
 #pragma unroll
@@ -394,7 +523,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     }
     if constexpr (kLinear) {
       wgmma_wait<0>();
-      mbar_arrive(bar.pq_empty);
+      if constexpr (!kMap) mbar_arrive(bar.pq_empty);
       mbar_arrive(bar.s_empty);
       // Linear keys outside the state: [s_lo, row - lin_lag].
       const int s_lo = t == 0 ? r_begin - um.state_lag : kbase + kRows * lin_c;
@@ -525,8 +654,10 @@ __device__ inline void fold_chunk(float (&acc)[H][D / 2], uint32_t (&a)[4][H][4]
 
 // Shared with the backward's linear query kernel: L names the ring slots (kSlotBytes, kVOff,
 // kPkOff) and the published state (kSOff, kSBlock, kZOff, kZFloat); P has the segment start states
-// (segments, states). S and z are published times `coef` (c_l for the forward's query).
-template <int D, int F, typename L, typename P>
+// (segments, states). S and z are published times `coef` (c_l for the forward's query). kMap:
+// phi_k of each chunk is computed here first (hedgehog(k W_k) into the ring entry the consumer
+// reads too), also for the last tile, whose chunk is not folded.
+template <int D, int F, typename L, typename P, bool kMap = false>
 __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
                            int r_begin, int tiles, float coef) {
   constexpr int H = F / 64;  // 64-row halves of S
@@ -557,10 +688,22 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
     mbar_wait(bar.chunk_full + slot, use_of(c) & 1);
     const bool needed = t + 1 < tiles;
     const int kbase = r_begin + c * kRows;
+    const uint8_t* pk = smem + slot * L::kSlotBytes + L::kPkOff;
+    if constexpr (kMap) {
+      if (t == 0) mbar_wait(bar.w_full, 0);
+      float r[32], pos[32];
+      project_tile<D>(r, sbase + slot * L::kSlotBytes + L::kKOff, sbase + L::kWkOff);
+      hedgehog_pair(r, pos);
+      pk = smem + L::kPkRingOff + (t & 1) * L::kPkBytes;
+      stage_tile<64>(shared_address(pk), pos, 1.f, 1.f, st);
+      stage_tile<64>(shared_address(pk) + kBlock, r, 1.f, 1.f, st);
+      fence_async_shared();  // the consumer's wgmma reads the entry
+      named_barrier(2, 128);
+      if (st == 0) mbar_arrive(bar.pk_ready + (t & 1));
+    }
     // The first fold takes the keys of chunk -1 that the start state does not hold.
     const int lo = c < 0 ? max(r_begin - um.state_lag, 0) : kbase;
     if (needed && lo < kbase + kRows) {
-      const uint8_t* pk = smem + slot * L::kSlotBytes + L::kPkOff;
       uint32_t a[4][H][4];  // A = phi_k^T: k-step kk (16 keys), row half h
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
@@ -594,11 +737,11 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
   }
 }
 
-template <int D, int F>
+template <int D, int F, bool kMap>
 __global__ void __launch_bounds__(kWgThreads, 1)
     forward_wg_kernel(const __grid_constant__ WgParams p) {
   await_previous_kernel();
-  using L = Layout<D, F>;
+  using L = Layout<D, F, kMap>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
@@ -628,6 +771,11 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     mbar_init(bar.pq_empty, 128);
     mbar_init(bar.s_full, 128);
     mbar_init(bar.s_empty, 128);
+    if constexpr (kMap) {
+      mbar_init(bar.w_full, 1);
+      mbar_init(bar.pk_ready, 1);
+      mbar_init(bar.pk_ready + 1, 1);
+    }
     mbar_init_fence();
   }
   // Rows 1-7 of the z operand stay zero.
@@ -639,18 +787,23 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   const int group = threadIdx.x / 128;
   if (group == 0) {
     regs_shrink<24>();
-    if (threadIdx.x == 0) produce<D, F>(p, um, smem, bar, unit, kv_unit, r_begin, tiles);
+    if (threadIdx.x == 0) produce<D, F, kMap>(p, um, smem, bar, unit, kv_unit, r_begin, tiles);
   } else if (group == 1) {
     regs_grow<256>();
     if (!um.use_linear)
-      consume<D, F, true, false>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+      consume<D, F, true, false, kMap>(p, um, smem, bar, unit, r_begin, r_end, tiles);
     else if (!um.use_window)
-      consume<D, F, false, true>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+      consume<D, F, false, true, kMap>(p, um, smem, bar, unit, r_begin, r_end, tiles);
     else
-      consume<D, F, true, true>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+      consume<D, F, true, true, kMap>(p, um, smem, bar, unit, r_begin, r_end, tiles);
   } else {
-    regs_grow<216>();
-    if (um.use_linear) keep_state<D, F, L>(p, um, smem, bar, r_begin, tiles, p.coef_linear[unit]);
+    // kMap: the state warpgroup also holds the projection and its activation. The block's
+    // registers are fixed at launch (168 a thread): growing takes only what the producer gave
+    // back, so 24 + 256 + 224 is the most (232 waited forever: a hang, H200 call 2).
+    regs_grow<kMap ? 224 : 216>();
+    if (um.use_linear) {
+      keep_state<D, F, L, WgParams, kMap>(p, um, smem, bar, r_begin, tiles, p.coef_linear[unit]);
+    }
   }
 }
 
@@ -662,21 +815,27 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 // of S in wgmma accumulators and fold every chunk as the forward's state warpgroup does (a^T from
 // ldmatrix.trans as the register operand). kScaled: a_r is divided by row_denom[r] and z sums
 // a_r row_weight[r] / row_denom[r] (the backward's U and u); two warps of the producer
-// warpgroup copy the two factors of each chunk into the stage beside the TMA loads.
+// warpgroup copy the two factors of each chunk into the stage beside the TMA loads. kMap: the
+// stages hold k instead of phi_k, and each consumer warpgroup computes its half of
+// phi_k = hedgehog(k W_k) (F = 128) into a scratch block of its own before the fold.
 
 constexpr int kSpStages = 4;
 
-template <int D, int F>
+template <int D, int F, bool kMap = false>
 struct SpLayout {
-  static constexpr int kBOff = F / 64 * kBlock;  // in a stage: a, then b, then the factors
+  static constexpr int kBOff = (kMap ? D : F) / 64 * kBlock;  // a stage: a, b, the factors
   static constexpr int kFactorOff = kBOff + D / 64 * kBlock;
   static constexpr int kStageBytes = (kFactorOff + 2 * 256 + 1023) / 1024 * 1024;
-  static constexpr int kBarOff = kSpStages * kStageBytes;
-  static constexpr int kSmemBytes = kBarOff + 2 * kSpStages * 8 + 1024;
+  static constexpr int kWOff = kSpStages * kStageBytes;                     // kMap: W_k [D][64]
+  static constexpr int kScratchOff = kWOff + (kMap ? D / 64 * kBlock : 0);  // [F / 64][2] blocks
+  static constexpr int kBarOff = kScratchOff + (kMap ? F / 64 * 2 * kBlock : 0);
+  static constexpr int kSmemBytes = kBarOff + (2 * kSpStages + 1) * 8 + 1024;
+  static_assert(!kMap || F == 128, "the fused hedgehog map projects to p = 64 (F = 128)");
 };
 
 struct SpParams {
   CUtensorMap a, b;    // as the forward's maps
+  CUtensorMap w;       // kMap: W_k [Hq][D][64]
   const float* denom;  // kScaled: [units, N]
   const float* weight;
   Shape s;
@@ -686,15 +845,16 @@ struct SpParams {
   bool b_per_kv, all_units, skip_last;
 };
 
-template <int D, int F, bool kScaled>
+template <int D, int F, bool kScaled, bool kMap>
 __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
     state_pass_wg_kernel(const __grid_constant__ SpParams p) {
   await_previous_kernel();
-  using L = SpLayout<D, F>;
+  using L = SpLayout<D, F, kMap>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   uint64_t* empty = full + kSpStages;
+  uint64_t* w_full = empty + kSpStages;
 
   const Shape& s = p.s;
   const int N = s.seq_len;
@@ -718,6 +878,7 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
       mbar_init(full + i, kScaled ? 1 + kRows : 1);  // + the factor copies
       mbar_init(empty + i, F / 64 * 128);
     }
+    mbar_init(w_full, 1);
     mbar_init_fence();
   }
   __syncthreads();
@@ -744,7 +905,13 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
       return;
     }
     if (threadIdx.x != 0) return;
-    constexpr uint32_t bytes = (F / 64 + D / 64) * kBlock;
+    constexpr int a_blocks = (kMap ? D : F) / 64;
+    constexpr uint32_t bytes = (a_blocks + D / 64) * kBlock;
+    if (kMap && chunks > 0) {  // no copy may still be landing when the block ends
+      mbar_expect_bytes(w_full, D / 64 * kBlock);
+      for (int b = 0; b < D / 64; ++b)
+        tma_load_3d(smem + L::kWOff + b * kBlock, &p.w, 0, b * 64, unit % s.q_heads, w_full);
+    }
     for (int c = 0; c < chunks; ++c) {
       const int stage = c % kSpStages;
       const uint32_t use = c / kSpStages;
@@ -752,8 +919,8 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
       uint8_t* base = smem + stage * L::kStageBytes;
       const int row = begin + c * kRows;
       mbar_expect_bytes(full + stage, bytes);
-      for (int b = 0; b < F / 64; ++b)
-        tma_load_3d(base + b * kBlock, &p.a, b * 64, row, unit, full + stage);
+      for (int b = 0; b < a_blocks; ++b)
+        tma_load_3d(base + b * kBlock, &p.a, b * 64, row, kMap ? b_unit : unit, full + stage);
       for (int b = 0; b < D / 64; ++b)
         tma_load_3d(base + L::kBOff + b * kBlock, &p.b, b * 64, row, b_unit, full + stage);
     }
@@ -773,12 +940,28 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
     mbar_wait(full + stage, (c / kSpStages) & 1);
     const uint8_t* base = smem + stage * L::kStageBytes;
     const int row0 = begin + c * kRows;
+    // Column block h of a: the stage's, or with kMap this warpgroup's half of hedgehog(k W_k),
+    // in one of two scratch blocks (a block is rewritten only after every thread has passed
+    // the next chunk's barrier, so after its reads of this one).
+    const uint8_t* a_block = base + h * kBlock;
+    if constexpr (kMap) {
+      if (c == 0) mbar_wait(w_full, 0);
+      float r[32], pos[32];
+      project_tile<D>(r, shared_address(base), shared_address(smem + L::kWOff));
+      hedgehog_pair(r, pos);
+      a_block = smem + L::kScratchOff + (2 * h + (c & 1)) * kBlock;
+      if (h == 0)
+        stage_tile<64>(shared_address(a_block), pos, 1.f, 1.f, ct);
+      else
+        stage_tile<64>(shared_address(a_block), r, 1.f, 1.f, ct);
+      named_barrier(1 + h, 128);
+    }
     uint32_t a[4][4];  // a^T: k-step kk (16 rows)
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       const int key = 16 * kk + (lane % 8) + (lane / 16) * 8;
-      const int f = 64 * h + 16 * warp + ((lane / 8) % 2) * 8;
-      ldsm_x4_t(a[kk], reinterpret_cast<const bf16*>(base + swizzled_offset(key, f, kBlock)));
+      const int f = 16 * warp + ((lane / 8) % 2) * 8;
+      ldsm_x4_t(a[kk], reinterpret_cast<const bf16*>(a_block + swizzled_offset(key, f, kBlock)));
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         // Elements (row j, f) and (row j + 1, f) of this register; rows past `end` drop out.
@@ -2129,12 +2312,17 @@ bool state_pass_wg_takes(const Shape& s) {
 cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, const float* row_denom,
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
-                              int range_end, bool all_units, bool skip_last, cudaStream_t stream) {
+                              int range_end, bool all_units, bool skip_last, cudaStream_t stream,
+                              const void* k_map_weight) {
   SpParams p{};
   const int units = s.batch * s.q_heads, N = s.seq_len;
+  const int kv_units = s.batch * s.kv_heads;
   const bool scaled = row_denom != nullptr;
-  if (!make_map(&p.a, a, s.features, N, units) ||
-      !make_map(&p.b, bm, s.head_dim, N, bm_per_kv ? s.batch * s.kv_heads : units)) {
+  const bool mapped = k_map_weight != nullptr;
+  if (mapped && (scaled || !bm_per_kv || s.features != 128)) return cudaErrorInvalidValue;
+  if (!make_map(&p.a, a, mapped ? s.head_dim : s.features, N, mapped ? kv_units : units) ||
+      !make_map(&p.b, bm, s.head_dim, N, bm_per_kv ? kv_units : units) ||
+      !make_map(&p.w, k_map_weight, 64, s.head_dim, s.q_heads)) {
     return cudaErrorNotSupported;  // the caller runs the mma.sync pass instead
   }
   p.denom = row_denom;
@@ -2150,11 +2338,19 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
   p.b_per_kv = bm_per_kv;
   p.all_units = all_units;
   p.skip_last = skip_last;
+  const int blocks = units * plan.segments;
+  if (mapped) {
+    return with_sizes(s.head_dim, 128, [&](auto d, auto) {
+      constexpr int kD = decltype(d)::value;
+      return launch_smem(state_pass_wg_kernel<kD, 128, false, true>, blocks, 384,
+                         SpLayout<kD, 128, true>::kSmemBytes, p, stream);
+    });
+  }
   return with_sizes(s.head_dim, s.features, [&](auto d, auto f) {
     constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
-    return launch_smem(
-        scaled ? state_pass_wg_kernel<kD, kF, true> : state_pass_wg_kernel<kD, kF, false>,
-        units * plan.segments, 128 * (1 + kF / 64), SpLayout<kD, kF>::kSmemBytes, p, stream);
+    return launch_smem(scaled ? state_pass_wg_kernel<kD, kF, true, false>
+                              : state_pass_wg_kernel<kD, kF, false, false>,
+                       blocks, 128 * (1 + kF / 64), SpLayout<kD, kF>::kSmemBytes, p, stream);
   });
 }
 
@@ -2174,10 +2370,14 @@ cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t 
   const int units = s.batch * s.q_heads, kv_units = s.batch * s.kv_heads;
   const int D = s.head_dim, F = s.features, N = s.seq_len;
   const bool linear = s.mode != static_cast<int>(KernelMode::kWindowOnly) || a.window_drop;
+  const bool mapped = a.w_q != nullptr;
+  if (mapped && (a.w_k == nullptr || F != 128)) return cudaErrorInvalidValue;
   if (!make_map(&p.q, a.q, D, N, units) || !make_map(&p.k, a.k, D, N, kv_units) ||
       !make_map(&p.v, a.v, D, N, kv_units) || !make_map(&p.y, a.y, D, N, units) ||
-      !make_map(&p.phi_q, linear ? a.phi_q : nullptr, F, N, units) ||
-      !make_map(&p.phi_k, linear ? a.phi_k : nullptr, F, N, units)) {
+      !make_map(&p.phi_q, linear && !mapped ? a.phi_q : nullptr, F, N, units) ||
+      !make_map(&p.phi_k, linear && !mapped ? a.phi_k : nullptr, F, N, units) ||
+      !make_map(&p.w_q, linear ? a.w_q : nullptr, 64, D, s.q_heads) ||
+      !make_map(&p.w_k, linear ? a.w_k : nullptr, 64, D, s.q_heads)) {
     return cudaErrorNotSupported;  // e.g. a view not 16-byte aligned: the caller falls back
   }
   p.s = s;
@@ -2192,7 +2392,13 @@ cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t 
   p.segment_len = a.segment_len;
   return with_sizes(D, F, [&](auto d, auto f) {
     constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
-    return launch_smem(forward_wg_kernel<kD, kF>, units * a.segments, kWgThreads,
+    if constexpr (kF == 128) {
+      if (mapped) {
+        return launch_smem(forward_wg_kernel<kD, kF, true>, units * a.segments, kWgThreads,
+                           Layout<kD, kF, true>::kSmemBytes, p, stream);
+      }
+    }
+    return launch_smem(forward_wg_kernel<kD, kF, false>, units * a.segments, kWgThreads,
                        Layout<kD, kF>::kSmemBytes, p, stream);
   });
 }

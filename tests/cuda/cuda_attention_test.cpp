@@ -17,6 +17,7 @@
 #include "kernels/attention.hpp"
 #include "kernels/cuda/cuda_attention.hpp"
 #include "kernels/cuda/hybrid_attention_launch.hpp"
+#include "kernels/feature_map.hpp"
 #endif
 
 namespace {
@@ -712,6 +713,83 @@ TEST(CudaAttention, DecodeMatchesParallelBf16) {
   check_decode(c, 90, 44);
 }
 
+// phi = [softmax(x W), softmax(-x W)] clamped at 1e-12 (the hedgehog map without bias) in the
+// precision of x: x [B, H, N, D], W [H, D, p].
+Tensor hedgehog(const Tensor& x, const Tensor& w) {
+  const Tensor r = torch::matmul(x, w.unsqueeze(0));
+  return torch::cat({torch::softmax(r, -1), torch::softmax(-r, -1)}, -1)
+      .clamp_min(hk::kFeatureClampMin);
+}
+
+// The forward that computes the hedgehog maps in its kernels (phi never in memory) against the
+// float64 reference fed with the maps in float64.
+void check_hedgehog_maps(Case c, uint64_t seed) {
+  c.F = 128;
+  c.dtype = torch::kBFloat16;
+  SCOPED_TRACE(c.name());
+  const Data d = make_data(c, seed);
+  const auto o = d.q.options().dtype(torch::kFloat);
+  const double spread = 1.5 / std::sqrt(static_cast<double>(c.D));  // projections of order 1.5
+  const Tensor w_q = (torch::randn({c.Hq, c.D, 64}, o) * spread).to(torch::kBFloat16);
+  const Tensor w_k = (torch::randn({c.Hq, c.D, 64}, o) * spread).to(torch::kBFloat16);
+  const Tensor omega = c.mode == hk::AttentionMode::hybrid ? d.omega : Tensor();
+  hk::AttentionInputs in{d.q, d.k, d.v, Tensor(), Tensor(), omega, d.drop};
+  std::string why;
+  ASSERT_TRUE(hc::supports_hedgehog_maps(in, w_q, w_k, options_of(c), &why)) << why;
+  poison_allocator();
+  const Tensor y = hc::attention_with_hedgehog_maps(in, w_q, w_k, options_of(c)).y;
+  ASSERT_TRUE(all_finite(y)) << "unwritten or non-finite output";
+
+  auto f64 = [](const Tensor& t) { return t.to(torch::kDouble); };
+  const Tensor k_per_q = f64(d.k).repeat_interleave(c.Hq / c.Hkv, 1);
+  const RefOut ref =
+      reference(c, f64(d.q), f64(d.k), f64(d.v), hedgehog(f64(d.q), f64(w_q)),
+                hedgehog(k_per_q, f64(w_k)), omega.defined() ? f64(omega) : Tensor(), d.drop);
+  EXPECT_LT(rel_err(y, ref.y), c.tol()) << "y";
+}
+
+TEST(CudaAttention, ForwardComputesHedgehogMaps) {
+  HL_REQUIRE_GPU();
+  Case c = bf16_head_case(300);  // GQA (4 q heads on 2 kv heads), non-overlap w = 64
+  c.drop = true;
+  check_hedgehog_maps(c, 60);
+  c.N = 40;  // shorter than the window
+  check_hedgehog_maps(c, 61);
+  c.B = 1;
+  c.N = 1000;  // several segments: the chunk-state pass computes phi_k too
+  check_hedgehog_maps(c, 62);
+  c.overlap = true;
+  c.affine = true;
+  c.w = 48;
+  check_hedgehog_maps(c, 63);
+  c.mode = hk::AttentionMode::linear_only;
+  c.drop = false;
+  check_hedgehog_maps(c, 64);
+  c = bf16_head_case(333);
+  c.D = 64;
+  c.drop = true;
+  check_hedgehog_maps(c, 65);
+}
+
+TEST(CudaAttention, HedgehogMapsSayWhyNot) {
+  HL_REQUIRE_GPU();
+  const Case c = bf16_head_case(100);
+  const Data d = make_data(c, 66);
+  const auto o = d.q.options();
+  hk::AttentionInputs in{d.q.to(torch::kFloat), d.k.to(torch::kFloat), d.v.to(torch::kFloat)};
+  in.window_factor_logits = d.omega;
+  const Tensor w = torch::randn({c.Hq, c.D, 64}, o);
+  std::string why;
+  EXPECT_FALSE(hc::supports_hedgehog_maps(in, w, w, options_of(c), &why));
+  EXPECT_NE(why.find("bf16"), std::string::npos) << why;
+  in = hk::AttentionInputs{d.q, d.k, d.v, Tensor(), Tensor(), d.omega};
+  const Tensor narrow = torch::randn({c.Hq, c.D, 32}, o);
+  EXPECT_FALSE(hc::supports_hedgehog_maps(in, narrow, narrow, options_of(c), &why));
+  EXPECT_NE(why.find("[Hq, D, 64]"), std::string::npos) << why;
+  EXPECT_THROW(hc::attention_with_hedgehog_maps(in, narrow, narrow, options_of(c)),
+               std::invalid_argument);
+}
+
 // The raw kernels' inputs for fixed window factors c_w = 0.3, c_l = 0.7.
 hc::RawInputs fixed_factor_inputs(const Case& c, const Data& d) {
   const auto f32 = d.q.options().dtype(torch::kFloat);
@@ -763,6 +841,14 @@ TEST(CudaAttention, SanitizerSmall) {
   const hc::RawGrads g = hc::backward_raw(in, o, f, torch::randn_like(d.q));
   EXPECT_TRUE(all_finite(g.dk));
   EXPECT_TRUE(all_finite(g.dphi_k));
+  // The same forward computing the hedgehog maps in its kernels (state pass and forward).
+  hc::RawInputs mapped = in;
+  mapped.phi_q = mapped.phi_k = Tensor();
+  mapped.map_q = torch::randn({c.Hq, c.D, 64}, d.q.options()) / std::sqrt(double(c.D));
+  mapped.map_k = torch::randn_like(mapped.map_q);
+  const hc::RawForward fm = hc::forward_raw(mapped, o);
+  EXPECT_EQ(fm.plan.segments, 2);
+  EXPECT_TRUE(all_finite(fm.y));
 }
 
 #endif  // HL_WITH_CUDA_KERNELS
