@@ -21,6 +21,13 @@ bool supports(const detail::Problem& problem);
 AttentionOutput attention(const detail::Problem& problem);
 bool supports(const AttentionInputs& inputs, const AttentionOptions& options, std::string* why);
 AttentionOutput attention(const AttentionInputs& inputs, const AttentionOptions& options);
+bool supports_hedgehog_maps(const AttentionInputs& inputs, const torch::Tensor& map_q_weight,
+                            const torch::Tensor& map_k_weight, const AttentionOptions& options,
+                            std::string* why);
+AttentionOutput attention_with_hedgehog_maps(const AttentionInputs& inputs,
+                                             const torch::Tensor& map_q_weight,
+                                             const torch::Tensor& map_k_weight,
+                                             const AttentionOptions& options);
 }  // namespace hl::kernels::cuda
 #endif
 
@@ -164,6 +171,56 @@ AttentionOutput attention(const AttentionInputs& inputs, const AttentionOptions&
   }
   out.backend = backend;
   return out;
+}
+
+AttentionInputs with_feature_maps(AttentionInputs inputs, FeatureMapImpl& map_q,
+                                  FeatureMapImpl& map_k) {
+  const auto groups = inputs.q.size(1) / inputs.k.size(1);
+  const torch::Tensor k_per_query_head =
+      groups == 1 ? inputs.k : inputs.k.repeat_interleave(groups, 1);
+  const auto dtype = inputs.q.scalar_type();
+  inputs.phi_q = map_q.forward(inputs.q.to(map_q.weight.scalar_type())).to(dtype);
+  inputs.phi_k = map_k.forward(k_per_query_head.to(map_k.weight.scalar_type())).to(dtype);
+  return inputs;
+}
+
+namespace {
+
+// Whether the fused forward may compute both maps itself (the kernels still check the shape).
+[[maybe_unused]] bool fused_maps_apply(const AttentionInputs& in, const FeatureMapImpl& map_q,
+                                       const FeatureMapImpl& map_k,
+                                       const AttentionOptions& options) {
+  for (const FeatureMapImpl* map : {&map_q, &map_k}) {
+    if (map->options().kind != FeatureMapKind::hedgehog || map->bias.defined() ||
+        map->projection_dim() != 64) {
+      return false;
+    }
+  }
+  const bool graph =
+      torch::GradMode::is_enabled() &&
+      (in.q.requires_grad() || in.k.requires_grad() || in.v.requires_grad() ||
+       map_q.weight.requires_grad() || map_k.weight.requires_grad() ||
+       (in.window_factor_logits.defined() && in.window_factor_logits.requires_grad()));
+  return !graph && in.q.is_cuda() &&
+         (options.backend == Backend::automatic || options.backend == Backend::cuda);
+}
+
+}  // namespace
+
+AttentionOutput attention_with_feature_maps(const AttentionInputs& inputs, FeatureMapImpl& map_q,
+                                            FeatureMapImpl& map_k,
+                                            const AttentionOptions& options) {
+  if (inputs.phi_q.defined() || inputs.phi_k.defined()) {
+    throw std::invalid_argument(
+        "attention_with_feature_maps: phi_q and phi_k come from the maps, pass them undefined");
+  }
+#ifdef HL_WITH_CUDA_KERNELS
+  if (fused_maps_apply(inputs, map_q, map_k, options) &&
+      cuda::supports_hedgehog_maps(inputs, map_q.weight, map_k.weight, options, nullptr)) {
+    return cuda::attention_with_hedgehog_maps(inputs, map_q.weight, map_k.weight, options);
+  }
+#endif
+  return attention(with_feature_maps(inputs, map_q, map_k), options);
 }
 
 }  // namespace hl::kernels

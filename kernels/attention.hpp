@@ -101,6 +101,19 @@ struct AttentionOutput {
 /// want_weights needs the reference backend: automatic picks it, chunked/cuda throw.
 AttentionOutput attention(const AttentionInputs& inputs, const AttentionOptions& options);
 
+/// `inputs` with phi_q = map_q(q) and phi_k = map_k(k repeated to the query heads): the maps act
+/// after GQA repetition with one weight per query head (DESIGN §1), each in its weight's dtype,
+/// and phi comes back in q's dtype.
+AttentionInputs with_feature_maps(AttentionInputs inputs, FeatureMapImpl& map_q,
+                                  FeatureMapImpl& map_k);
+
+/// attention(with_feature_maps(inputs, map_q, map_k), options), except that on CUDA without a
+/// graph to build (no grad mode, or nothing requires grad) hedgehog maps without bias and with
+/// p = 64 are computed inside the fused forward where its kernels take the shape, so that phi
+/// never goes through memory. inputs.phi_q and phi_k must be undefined.
+AttentionOutput attention_with_feature_maps(const AttentionInputs& inputs, FeatureMapImpl& map_q,
+                                            FeatureMapImpl& map_k, const AttentionOptions& options);
+
 /// Decode state of one layer; its size does not grow with the context.
 /// A default-constructed state is empty (position 0): decode_step allocates on first use.
 struct RecurrentState {

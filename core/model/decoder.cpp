@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "core/model/autocast.hpp"
 #include "core/model/rope.hpp"
@@ -144,13 +145,7 @@ kernels::AttentionInputs AttentionImpl::converted_inputs(const torch::Tensor& q,
                                                          const torch::Tensor& v) {
   kernels::AttentionInputs inputs{q, k, v};
   inputs.window_factor_logits = window_factors;
-  // Feature maps act after GQA repetition, with one weight per query head (DESIGN §1).
-  torch::Tensor k_per_query_head =
-      heads_ == kv_heads_ ? k : k.repeat_interleave(heads_ / kv_heads_, 1);
-  auto dtype = feature_map_q->weight.scalar_type();
-  inputs.phi_q = feature_map_q->forward(q.to(dtype)).to(q.scalar_type());
-  inputs.phi_k = feature_map_k->forward(k_per_query_head.to(dtype)).to(q.scalar_type());
-  return inputs;
+  return kernels::with_feature_maps(std::move(inputs), *feature_map_q, *feature_map_k);
 }
 
 kernels::AttentionOptions AttentionImpl::base_options(int64_t sequence_length) const {
@@ -229,9 +224,16 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   attention_options.backend = options.backend;
   attention_options.want_stats = options.want_usage && needs_features(mode);
   kernels::AttentionInputs inputs{q, k, v};
-  if (needs_features(mode)) inputs = converted_inputs(q, k, v);
   if (mode == AttentionMode::hybrid) inputs.window_drop = drop;
-  kernels::AttentionOutput out = kernels::attention(inputs, attention_options);
+  kernels::AttentionOutput out;
+  if (needs_features(mode)) {
+    // Evaluation on a Hopper GPU computes hedgehog maps inside the fused forward.
+    inputs.window_factor_logits = window_factors;
+    out = kernels::attention_with_feature_maps(inputs, *feature_map_q, *feature_map_k,
+                                               attention_options);
+  } else {
+    out = kernels::attention(inputs, attention_options);
+  }
   if (attention_options.want_stats && options.usage)
     if (auto usage = summarise_usage(layer_index_, out, conversion_.window))
       options.usage->push_back(std::move(*usage));

@@ -771,6 +771,36 @@ TEST(CudaAttention, ForwardComputesHedgehogMaps) {
   check_hedgehog_maps(c, 65);
 }
 
+// The dispatch: without a graph to build, hedgehog maps reach the kernels that compute them;
+// with one (training), the maps run first so that autograd reaches their weights.
+TEST(CudaAttention, AttentionWithFeatureMapsDispatch) {
+  HL_REQUIRE_GPU();
+  const Case c = bf16_head_case(500);
+  const Data d = make_data(c, 67);
+  hk::FeatureMapOptions map;
+  map.heads = c.Hq;
+  map.head_dim = c.D;
+  map.feature_dim = 64;
+  map.init = hk::FeatureMapInit::kaiming_uniform;
+  hk::FeatureMap map_q(map), map_k(map);
+  map_q->to(torch::kCUDA);
+  map_k->to(torch::kCUDA);
+  const hk::AttentionInputs in{d.q, d.k, d.v, Tensor(), Tensor(), d.omega};
+  const hk::AttentionOptions o = options_of(c);
+  const Tensor want = hk::attention(hk::with_feature_maps(in, *map_q, *map_k), o).y.detach();
+  {
+    const torch::NoGradGuard no_grad;
+    const hk::AttentionOutput fused = hk::attention_with_feature_maps(in, *map_q, *map_k, o);
+    EXPECT_EQ(fused.backend, hk::Backend::cuda);
+    EXPECT_LT(rel_err(fused.y, want), c.tol());
+  }
+  const Tensor trained = hk::attention_with_feature_maps(in, *map_q, *map_k, o).y;
+  ASSERT_TRUE(trained.requires_grad()) << "the maps' weights must get a gradient";
+  trained.to(torch::kFloat).sum().backward();
+  EXPECT_TRUE(map_q->weight.grad().defined());
+  EXPECT_LT(rel_err(trained, want), 1e-6);  // the same ops as the reference path
+}
+
 TEST(CudaAttention, HedgehogMapsSayWhyNot) {
   HL_REQUIRE_GPU();
   const Case c = bf16_head_case(100);

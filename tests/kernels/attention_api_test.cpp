@@ -192,5 +192,40 @@ TEST_F(ApiFixture, RecurrentMisuseIsRejected) {
   EXPECT_EQ(state.position, 6);  // failed steps leave the state alone
 }
 
+// with_feature_maps applies the q map to q and the k map to k repeated to the query heads
+// (GQA: 3 q heads on 1 kv head), in the maps' dtype with phi in q's; attention_with_feature_maps
+// is attention() on those inputs.
+TEST(AttentionApi, AttentionWithFeatureMapsAppliesThemAfterGqaRepetition) {
+  constexpr int64_t kHeads = 3, kDim = 6;
+  torch::manual_seed(8);
+  FeatureMapOptions map;
+  map.heads = kHeads;
+  map.head_dim = kDim;
+  map.feature_dim = 4;
+  map.init = FeatureMapInit::kaiming_uniform;
+  FeatureMap map_q(map), map_k(map);  // float32 weights, double activations
+  AttentionInputs in;
+  in.q = torch::randn({2, kHeads, 40, kDim}, torch::kDouble);
+  in.k = torch::randn({2, 1, 40, kDim}, torch::kDouble);
+  in.v = torch::randn({2, 1, 40, kDim}, torch::kDouble);
+  in.window_factor_logits = torch::randn({kHeads}, torch::kDouble);
+  const AttentionInputs mapped = with_feature_maps(in, *map_q, *map_k);
+  ASSERT_EQ(mapped.phi_q.scalar_type(), torch::kDouble);
+  const torch::Tensor k_rep = in.k.expand({2, kHeads, 40, kDim});
+  EXPECT_TRUE(
+      torch::allclose(mapped.phi_q, map_q->forward(in.q.to(torch::kFloat)).to(torch::kDouble)));
+  EXPECT_TRUE(
+      torch::allclose(mapped.phi_k, map_k->forward(k_rep.to(torch::kFloat)).to(torch::kDouble)));
+  EXPECT_EQ(mapped.phi_k.size(1), kHeads);
+
+  AttentionOptions options;
+  options.mode = AttentionMode::hybrid;
+  options.window = 8;
+  const torch::Tensor want = attention(mapped, options).y;
+  const torch::Tensor got = attention_with_feature_maps(in, *map_q, *map_k, options).y;
+  EXPECT_TRUE(torch::allclose(got, want, 1e-12, 1e-12));
+  EXPECT_THROW(attention_with_feature_maps(mapped, *map_q, *map_k, options), std::invalid_argument);
+}
+
 }  // namespace
 }  // namespace hl::kernels::test
