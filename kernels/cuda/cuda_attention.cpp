@@ -10,6 +10,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace hl::kernels::cuda {
 namespace {
@@ -382,11 +383,12 @@ bool supports(const AttentionInputs& in, const AttentionOptions& options, std::s
   return reason == nullptr;
 }
 
-AttentionOutput attention(const AttentionInputs& in, const AttentionOptions& options) {
-  detail::validate(in, options, "attention");
-  std::string why;
-  if (!supports(in, options, &why)) throw std::invalid_argument("cuda attention: " + why);
-  const int64_t B = in.q.size(0), H = in.q.size(1), N = in.q.size(2);
+namespace {
+
+// The raw kernels' q, k, v, drops and factors c_w, c_l of a call (no phi), and its options.
+std::pair<RawInputs, RawOptions> raw_call(const AttentionInputs& in,
+                                          const AttentionOptions& options) {
+  const int64_t B = in.q.size(0), H = in.q.size(1);
   // In fp32, so that bf16 inputs do not round g_h.
   const auto coef = detail::branch_coefficients(
       options.mode, options,
@@ -396,11 +398,6 @@ AttentionOutput attention(const AttentionInputs& in, const AttentionOptions& opt
   raw.q = in.q;
   raw.k = in.k;
   raw.v = in.v;
-  const bool linear = options.mode != AttentionMode::window_only || in.window_drop.defined();
-  if (linear) {
-    raw.phi_q = in.phi_q;
-    raw.phi_k = in.phi_k;
-  }
   raw.coef_window = coefficient_matrix(coef.window, B, H);
   raw.coef_linear = coefficient_matrix(coef.linear, B, H);
   if (in.window_drop.defined()) raw.window_drop = in.window_drop.to(torch::kUInt8);
@@ -409,8 +406,22 @@ AttentionOutput attention(const AttentionInputs& in, const AttentionOptions& opt
   o.window = options.window;
   o.overlap = options.overlap;
   o.scale = options.scale.value_or(1.0 / std::sqrt(static_cast<double>(in.q.size(3))));
+  return {raw, o};
+}
+
+}  // namespace
+
+AttentionOutput attention(const AttentionInputs& in, const AttentionOptions& options) {
+  detail::validate(in, options, "attention");
+  std::string why;
+  if (!supports(in, options, &why)) throw std::invalid_argument("cuda attention: " + why);
+  auto [raw, o] = raw_call(in, options);
+  if (options.mode != AttentionMode::window_only || in.window_drop.defined()) {
+    raw.phi_q = in.phi_q;
+    raw.phi_k = in.phi_k;
+  }
   o.want_stats = options.want_stats;
-  return run(raw, o, B, H, N);
+  return run(raw, o, in.q.size(0), in.q.size(1), in.q.size(2));
 }
 
 namespace {
@@ -464,25 +475,9 @@ AttentionOutput attention_with_hedgehog_maps(const AttentionInputs& in, const Te
     throw std::invalid_argument("cuda attention with hedgehog maps: " + why);
   const torch::NoGradGuard no_grad;
   const c10::cuda::CUDAGuard guard(in.q.device());
-  const int64_t B = in.q.size(0), H = in.q.size(1);
-  const auto coef = detail::branch_coefficients(
-      options.mode, options,
-      in.window_factor_logits.defined() ? in.window_factor_logits.to(torch::kFloat) : Tensor(),
-      in.window_drop, B, H, in.q.options().dtype(torch::kFloat));
-  RawInputs raw;
-  raw.q = in.q;
-  raw.k = in.k;
-  raw.v = in.v;
+  auto [raw, o] = raw_call(in, options);
   raw.map_q = w_q.to(torch::kBFloat16);
   raw.map_k = w_k.to(torch::kBFloat16);
-  raw.coef_window = coefficient_matrix(coef.window, B, H);
-  raw.coef_linear = coefficient_matrix(coef.linear, B, H);
-  if (in.window_drop.defined()) raw.window_drop = in.window_drop.to(torch::kUInt8);
-  RawOptions o;
-  o.mode = kernel_mode(options.mode);
-  o.window = options.window;
-  o.overlap = options.overlap;
-  o.scale = options.scale.value_or(1.0 / std::sqrt(static_cast<double>(in.q.size(3))));
   AttentionOutput out;
   out.y = forward_raw(raw, o).y;
   out.backend = Backend::cuda;

@@ -18,6 +18,8 @@
 // - state (warpgroup 2): S (F x D) and z in fp32 registers. While the consumer works on tile t
 //   it folds the next chunk into S, then writes c_l S (bf16) and c_l z for tile t + 1's query.
 // The chunk-state pass gives each segment its start state (and the backward its reverse state).
+// Forward only, the hedgehog feature maps can run inside the forward and the chunk-state pass
+// (kMap): phi_q and phi_k are computed from q, k and the maps' weights instead of read.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -194,7 +196,7 @@ struct Barriers {
   uint64_t* s_full;    // S and z written for the next query
   uint64_t* s_empty;   // the query has read them
   uint64_t* w_full;    // kMap: W_q and W_k landed
-  uint64_t* pk_ready;  // kMap: [2] phi_k of the chunk in that ring entry computed
+  uint64_t* pk_ready;  // kMap: [2] the t-th chunk's phi_k is in ring entry t % 2
 };
 
 // Chunk c (-1, 0, 1, ...) of a segment sits in slot (c + 1) % kSlots; `use` counts the slot's
