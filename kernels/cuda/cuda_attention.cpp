@@ -386,6 +386,16 @@ bool supports(const AttentionInputs& in, const AttentionOptions& options, std::s
 namespace {
 
 // The raw kernels' q, k, v, drops and factors c_w, c_l of a call (no phi), and its options.
+// The raw kernels' options of a call.
+RawOptions raw_options(const AttentionInputs& in, const AttentionOptions& options) {
+  RawOptions o;
+  o.mode = kernel_mode(options.mode);
+  o.window = options.window;
+  o.overlap = options.overlap;
+  o.scale = options.scale.value_or(1.0 / std::sqrt(static_cast<double>(in.q.size(3))));
+  return o;
+}
+
 std::pair<RawInputs, RawOptions> raw_call(const AttentionInputs& in,
                                           const AttentionOptions& options) {
   const int64_t B = in.q.size(0), H = in.q.size(1);
@@ -401,12 +411,7 @@ std::pair<RawInputs, RawOptions> raw_call(const AttentionInputs& in,
   raw.coef_window = coefficient_matrix(coef.window, B, H);
   raw.coef_linear = coefficient_matrix(coef.linear, B, H);
   if (in.window_drop.defined()) raw.window_drop = in.window_drop.to(torch::kUInt8);
-  RawOptions o;
-  o.mode = kernel_mode(options.mode);
-  o.window = options.window;
-  o.overlap = options.overlap;
-  o.scale = options.scale.value_or(1.0 / std::sqrt(static_cast<double>(in.q.size(3))));
-  return {raw, o};
+  return {raw, raw_options(in, options)};
 }
 
 }  // namespace
@@ -441,17 +446,11 @@ const char* hedgehog_maps_unsupported(const AttentionInputs& in, const Tensor& w
     }
     if (w->device() != in.q.device()) return "the maps' weights are not on q's device";
   }
-  ProblemShape s;
-  s.batch = static_cast<int>(in.q.size(0));
-  s.q_heads = static_cast<int>(in.q.size(1));
-  s.kv_heads = static_cast<int>(in.k.size(1));
-  s.seq_len = static_cast<int>(in.q.size(2));
-  s.head_dim = static_cast<int>(in.q.size(3));
-  s.features = 128;
-  s.window = static_cast<int>(options.window);
-  s.mode = kernel_mode(options.mode);
-  s.overlap = options.overlap;
-  s.dtype = KernelDType::kBFloat16;
+  RawInputs sizes;  // what shape_of reads: q, k and the map that sets F
+  sizes.q = in.q;
+  sizes.k = in.k;
+  sizes.map_q = w_q;
+  const ProblemShape s = shape_of(sizes, raw_options(in, options));
   if (!forward_computes_maps(s, pick_plan(0, s.batch * s.q_heads, s.seq_len))) {
     return "the maps are computed only by the Hopper forward (D 64 or 128, w = 64, or w <= 64 "
            "with overlap, linear_only or window_only, an sm_90 GPU)";
