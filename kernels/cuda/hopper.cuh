@@ -259,19 +259,6 @@ __device__ inline void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate ? 1 : 0), "n"(TB));
 }
 
-/// D[64 x 8] = A[64 x 16] B[16 x 8] (+ D when accumulate) with A in registers and B in shared
-/// memory; TB: B is N-major.
-template <int TB>
-__device__ inline void wgmma_rs_n8(float (&d)[4], const uint32_t (&a)[4], uint64_t desc_b,
-                                   bool accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "%8, p, 1, 1, %10;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate ? 1 : 0), "n"(TB));
-}
-
 /// wgmma_ss_n<N> with N = 8, 64 or 128 (accumulator of N / 2 registers).
 template <int N, int TA, int TB>
 __device__ inline void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,

@@ -19,7 +19,8 @@
 //   it folds the next chunk into S, then writes c_l S (bf16) and c_l z for tile t + 1's query.
 // The chunk-state pass gives each segment its start state (and the backward its reverse state).
 // Forward only, the hedgehog feature maps can run inside the forward and the chunk-state pass
-// (kMap): phi_q and phi_k are computed from q, k and the maps' weights instead of read.
+// (kMap): the state warpgroup computes phi_q and phi_k from q, k and the maps' weights (the
+// consumer is the busier of the two) instead of the producer loading them.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -41,9 +42,10 @@ constexpr int kSlots = 3;            // chunk ring: two in use, one landing
 
 // Shared memory of one block for head dim D and F features (offsets from a 1024-byte aligned
 // base). A 64-row tile of width W is W / 64 column blocks. kMap (the hedgehog feature maps
-// computed in the kernel): no phi_k in the slots but a two-entry ring of it, computed from k by
-// the state warpgroup; no phi_q tile (the consumer keeps phi_q in registers); the maps' weights
-// W_q and W_k ([D][64], N-major) instead.
+// computed in the kernel): no phi_k in the slots but a two-entry ring of it, and the phi_q tile,
+// both computed by the state warpgroup from k and q; the maps' weights W_q and W_k ([D][64],
+// N-major); no alignment slack (the kernel checks that the base is 1024-aligned), as 1 KB more
+// would not fit.
 template <int D, int F, bool kMap = false>
 struct Layout {
   static constexpr int kKOff = 0;  // in a slot: k, then v, then phi_k (not kMap)
@@ -53,8 +55,8 @@ struct Layout {
   static constexpr int kSlotBytes = kPkOff + (kMap ? 0 : kPkBytes);
   static constexpr int kPkRingOff = kSlots * kSlotBytes;  // kMap: the t-th chunk in entry t % 2
   static constexpr int kQOff = kPkRingOff + (kMap ? 2 * kPkBytes : 0);
-  static constexpr int kPqOff = kQOff + D / 64 * kBlock;                // not kMap
-  static constexpr int kWqOff = kPqOff + (kMap ? 0 : F / 64 * kBlock);  // kMap: W_q, then W_k
+  static constexpr int kPqOff = kQOff + D / 64 * kBlock;
+  static constexpr int kWqOff = kPqOff + F / 64 * kBlock;  // kMap: W_q, then W_k
   static constexpr int kWkOff = kWqOff + (kMap ? D / 64 * kBlock : 0);
   static constexpr int kSOff = kWkOff + (kMap ? D / 64 * kBlock : 0);  // S in bf16, N-major:
   static constexpr int kSBlock = F * 128;                              // [D / 64][F][64]
@@ -62,7 +64,7 @@ struct Layout {
   static constexpr int kZBytes = F * 16;
   static constexpr bool kZFloat = false;  // z as the bf16 operand above, not F floats
   static constexpr int kBarOff = kZOff + kZBytes;
-  static constexpr int kSmemBytes = kBarOff + 16 * 8 + 1024;  // + slack to align the base
+  static constexpr int kSmemBytes = kBarOff + 16 * 8 + (kMap ? 0 : 1024);  // + slack to align
   static_assert(!kMap || F == 128, "the fused hedgehog maps project to p = 64 (F = 128)");
 };
 constexpr int kWgThreads = 384;
@@ -128,50 +130,47 @@ __device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* a
   }
 }
 
-// The hedgehog feature map's activation (kernels/feature_map.hpp) on a 64 x 64 C-layout
-// accumulator of projections r, a quad of lanes per row: pos = softmax(r) and r = softmax(-r)
-// along each row, both clamped below at 1e-12 as the unfused map.
-__device__ inline void hedgehog_pair(float (&r)[32], float (&pos)[32]) {
-  constexpr float kLog2e = 1.4426950408889634f;
-  float hi[2] = {-INFINITY, -INFINITY}, lo[2] = {INFINITY, INFINITY};
+// Half of the hedgehog feature map's activation (kernels/feature_map.hpp) in place on a 64 x 64
+// C-layout accumulator of projections r, a quad of lanes per row: r = softmax(r) along each row
+// (kNeg: softmax(-r)), clamped below at 1e-12 as the unfused map.
+template <bool kNeg>
+__device__ inline void hedgehog_half(float (&r)[32]) {
+  constexpr float kScale = kNeg ? -1.4426950408889634f : 1.4426950408889634f;  // base 2
+  float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
   for (int i = 0; i < 32; ++i) {
     const int h = (i >> 1) & 1;  // row la or la + 8
-    hi[h] = fmaxf(hi[h], r[i]);
-    lo[h] = fminf(lo[h], r[i]);
+    mx[h] = fmaxf(mx[h], r[i] * kScale);
   }
+  float sum[2] = {0.f, 0.f};
 #pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      hi[h] = fmaxf(hi[h], __shfl_xor_sync(kFullMask, hi[h], off));
-      lo[h] = fminf(lo[h], __shfl_xor_sync(kFullMask, lo[h], off));
-    }
+  for (int h = 0; h < 2; ++h) {
+    mx[h] = fmaxf(mx[h], __shfl_xor_sync(kFullMask, mx[h], 1));
+    mx[h] = fmaxf(mx[h], __shfl_xor_sync(kFullMask, mx[h], 2));
   }
-  float sp[2] = {0.f, 0.f}, sn[2] = {0.f, 0.f};
 #pragma unroll
   for (int i = 0; i < 32; ++i) {
     const int h = (i >> 1) & 1;
-    pos[i] = fast_exp2((r[i] - hi[h]) * kLog2e);
-    r[i] = fast_exp2((lo[h] - r[i]) * kLog2e);
-    sp[h] += pos[i];
-    sn[h] += r[i];
+    r[i] = fast_exp2(fmaf(r[i], kScale, -mx[h]));
+    sum[h] += r[i];
   }
 #pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      sp[h] += __shfl_xor_sync(kFullMask, sp[h], off);
-      sn[h] += __shfl_xor_sync(kFullMask, sn[h], off);
-    }
+  for (int h = 0; h < 2; ++h) {
+    sum[h] += __shfl_xor_sync(kFullMask, sum[h], 1);
+    sum[h] = 1.f / (sum[h] + __shfl_xor_sync(kFullMask, sum[h], 2));
   }
-  const float ip[2] = {1.f / sp[0], 1.f / sp[1]}, in[2] = {1.f / sn[0], 1.f / sn[1]};
 #pragma unroll
-  for (int i = 0; i < 32; ++i) {
-    const int h = (i >> 1) & 1;
-    pos[i] = fmaxf(pos[i] * ip[h], 1e-12f);
-    r[i] = fmaxf(r[i] * in[h], 1e-12f);
-  }
+  for (int i = 0; i < 32; ++i)
+    r[i] = fmaxf(r[i] * sum[(i >> 1) & 1], 1e-12f);
+}
+
+// Both halves: pos = softmax(r), r = softmax(-r).
+__device__ inline void hedgehog_pair(float (&r)[32], float (&pos)[32]) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i)
+    pos[i] = r[i];
+  hedgehog_half<false>(pos);
+  hedgehog_half<true>(r);
 }
 
 // r = x W over a 64-row tile: x K-major at shared address `x_addr` (D / 64 column blocks), W the
@@ -330,10 +329,10 @@ __device__ void produce(const WgParams& p, const UnitMode& um, uint8_t* smem, co
   load_chunk<D, F, L, WgParams, kMap>(p, um, smem, bar, unit, kv_unit, r_begin, -1);
   for (int t = 0; t < tiles; ++t) {
     load_chunk<D, F, L, WgParams, kMap>(p, um, smem, bar, unit, kv_unit, r_begin, t);
-    // q and phi_q are single buffers; the consumer frees each as soon as its products are done.
-    // With kMap phi_q comes from q, so every unit reads q.
+    // q and phi_q are single buffers, freed as soon as the products that read them are done.
+    // With kMap the state warpgroup computes phi_q from q.
     const int row = r_begin + t * kRows;
-    if (kMap || um.use_window) {
+    if (um.use_window || (kMap && um.use_linear)) {
       if (t > 0) mbar_wait(bar.q_empty, (t - 1) & 1);
       mbar_expect_bytes(bar.q_full, D / 64 * kBlock);
       for (int b = 0; b < D / 64; ++b)
@@ -350,7 +349,7 @@ __device__ void produce(const WgParams& p, const UnitMode& um, uint8_t* smem, co
 
 // kWindow / kLinear: the branches of this unit, as template arguments so that every wgmma is
 // issued unconditionally within its instantiation (a conditional issue serialises them). kMap:
-// phi_q = hedgehog(q W_q) in registers, phi_k from the state warpgroup's ring.
+// phi_q and phi_k come from the state warpgroup (phi_k from its ring).
 template <int D, int F, bool kWindow, bool kLinear, bool kMap>
 __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
                         int unit, int r_begin, int r_end, int tiles) {
@@ -385,18 +384,9 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     // and the state query c_l phi_q S, c_l phi_q . z (the state warpgroup publishes S and z
     // times c_l), after which phi_q and S are free.
     float sc[2][32], lin[32], o[D / 2], zd[4];
-    float rq[32];  // kMap: q W_q, then softmax(-q W_q)
     wgmma_fence();
-    if constexpr (kMap && kLinear) {
-      if (t == 0) mbar_wait(bar.w_full, 0);
-      mbar_wait(bar.q_full, t & 1);
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks)
-        wgmma_ss_n64<0, 1>(rq, k_major(q_addr, ks), n_major(sbase + L::kWqOff, ks, kBlock), ks > 0);
-      wgmma_commit();
-    }
     if constexpr (kWindow) {
-      if (!(kMap && kLinear)) mbar_wait(bar.q_full, t & 1);
+      mbar_wait(bar.q_full, t & 1);
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const uint32_t slot = sbase + slots[c] * L::kSlotBytes;
@@ -406,42 +396,17 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
       }
       wgmma_commit();
     }
-    if constexpr (kMap && kLinear) {
-      // phi_q as the A fragments of the linear products: k-steps 0-3 softmax(q W_q), 4-7
-      // softmax(-q W_q), each from C tiles 2 kk and 2 kk + 1 as P below.
-      wgmma_wait<kWindow ? 1 : 0>();
-      if (!kWindow) mbar_arrive(bar.q_empty);
-      float pos[32];
-      hedgehog_pair(rq, pos);
-      uint32_t pq[F / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          pq[kk][r] = pack_bf16(pos[8 * kk + 2 * r], pos[8 * kk + 2 * r + 1]);
-          pq[4 + kk][r] = pack_bf16(rq[8 * kk + 2 * r], rq[8 * kk + 2 * r + 1]);
-        }
-      }
-      // phi_k of the chunk of unfolded linear keys, the state warpgroup's t-th (ring entry t % 2).
-      mbar_wait(bar.pk_ready + (t & 1), (t >> 1) & 1);
-      const uint32_t pk_addr = sbase + L::kPkRingOff + (t & 1) * L::kPkBytes;
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < F / 16; ++ks)
-        wgmma_rs_n64<0>(lin, pq[ks], k_major(pk_addr, ks), ks > 0);
-      mbar_wait(bar.s_full, t & 1);
-#pragma unroll
-      for (int ks = 0; ks < F / 16; ++ks) {
-        wgmma_rs<D, 1>(o, pq[ks], n_major(sbase + L::kSOff, ks, L::kSBlock), ks > 0);
-        wgmma_rs_n8<0>(zd, pq[ks], interleaved_desc(sbase + L::kZOff + ks * 256, 128, 256), ks > 0);
-      }
-      wgmma_commit();
-    } else if constexpr (kLinear) {
+    if constexpr (kLinear) {
       mbar_wait(bar.pq_full, t & 1);
-      const uint32_t slot = sbase + (lin_c == 0 ? slots[0] : slots[1]) * L::kSlotBytes;
+      uint32_t pk_addr = sbase + (lin_c == 0 ? slots[0] : slots[1]) * L::kSlotBytes + L::kPkOff;
+      if constexpr (kMap) {
+        // phi_k of the chunk of unfolded linear keys, the state warpgroup's t-th (entry t % 2).
+        mbar_wait(bar.pk_ready + (t & 1), (t >> 1) & 1);
+        pk_addr = sbase + L::kPkRingOff + (t & 1) * L::kPkBytes;
+      }
 #pragma unroll
       for (int ks = 0; ks < F / 16; ++ks)
-        wgmma_ss_n64<0, 0>(lin, k_major(pq_addr, ks), k_major(slot + L::kPkOff, ks), ks > 0);
+        wgmma_ss_n64<0, 0>(lin, k_major(pq_addr, ks), k_major(pk_addr, ks), ks > 0);
       mbar_wait(bar.s_full, t & 1);
 #pragma unroll
       for (int ks = 0; ks < F / 16; ++ks) {
@@ -525,7 +490,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     }
     if constexpr (kLinear) {
       wgmma_wait<0>();
-      if constexpr (!kMap) mbar_arrive(bar.pq_empty);
+      mbar_arrive(bar.pq_empty);
       mbar_arrive(bar.s_empty);
       // Linear keys outside the state: [s_lo, row - lin_lag].
       const int s_lo = t == 0 ? r_begin - um.state_lag : kbase + kRows * lin_c;
@@ -693,15 +658,25 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
     const uint8_t* pk = smem + slot * L::kSlotBytes + L::kPkOff;
     if constexpr (kMap) {
       if (t == 0) mbar_wait(bar.w_full, 0);
+      // phi_q of tile t into its tile, then phi_k into ring entry t % 2: softmax(x W) in the
+      // first 64 columns, softmax(-x W) in the next, as the consumer's wgmma reads them.
       float r[32], pos[32];
+      auto stage_map = [&](uint32_t out, uint64_t* ready) {
+        hedgehog_pair(r, pos);
+        stage_tile<64>(out, pos, 1.f, 1.f, st);
+        stage_tile<64>(out + kBlock, r, 1.f, 1.f, st);
+        fence_async_shared();  // the consumer's wgmma reads the tile
+        named_barrier(2, 128);
+        if (st == 0) mbar_arrive(ready);
+      };
+      mbar_wait(bar.q_full, t & 1);
+      project_tile<D>(r, sbase + L::kQOff, sbase + L::kWqOff);
+      mbar_arrive(bar.q_empty);
+      if (t > 0) mbar_wait(bar.pq_empty, (t - 1) & 1);
+      stage_map(sbase + L::kPqOff, bar.pq_full);
       project_tile<D>(r, sbase + slot * L::kSlotBytes + L::kKOff, sbase + L::kWkOff);
-      hedgehog_pair(r, pos);
       pk = smem + L::kPkRingOff + (t & 1) * L::kPkBytes;
-      stage_tile<64>(shared_address(pk), pos, 1.f, 1.f, st);
-      stage_tile<64>(shared_address(pk) + kBlock, r, 1.f, 1.f, st);
-      fence_async_shared();  // the consumer's wgmma reads the entry
-      named_barrier(2, 128);
-      if (st == 0) mbar_arrive(bar.pk_ready + (t & 1));
+      stage_map(shared_address(pk), bar.pk_ready + (t & 1));
     }
     // The first fold takes the keys of chunk -1 that the start state does not hold.
     const int lo = c < 0 ? max(r_begin - um.state_lag, 0) : kbase;
@@ -745,6 +720,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   await_previous_kernel();
   using L = Layout<D, F, kMap>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
+  // The kMap layout has no slack for aligning the base (observed aligned on sm_90).
+  if (kMap && (shared_address(smem_raw) & 1023) != 0) __trap();
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   const Barriers bar = ring_barriers(bars);
@@ -768,7 +745,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       mbar_init(bar.chunk_empty + i, um.use_linear ? 129 : 1);
     }
     mbar_init(bar.q_full, 1);
-    mbar_init(bar.q_empty, 128);
+    // The consumer's scores and, with kMap, the state warpgroup's projection read q.
+    mbar_init(bar.q_empty, (um.use_window || !kMap ? 128 : 0) + (kMap && um.use_linear ? 128 : 0));
     mbar_init(bar.pq_full, 1);
     mbar_init(bar.pq_empty, 128);
     mbar_init(bar.s_full, 128);
@@ -799,7 +777,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     else
       consume<D, F, true, true, kMap>(p, um, smem, bar, unit, r_begin, r_end, tiles);
   } else {
-    // kMap: the state warpgroup also holds the projection and its activation. The block's
+    // kMap: the state warpgroup also holds the projections and their activations. The block's
     // registers are fixed at launch (168 a thread): growing takes only what the producer gave
     // back, so 24 + 256 + 224 is the most (232 waited forever: a hang, H200 call 2).
     regs_grow<kMap ? 224 : 216>();
@@ -948,14 +926,14 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
     const uint8_t* a_block = base + h * kBlock;
     if constexpr (kMap) {
       if (c == 0) mbar_wait(w_full, 0);
-      float r[32], pos[32];
+      float r[32];
       project_tile<D>(r, shared_address(base), shared_address(smem + L::kWOff));
-      hedgehog_pair(r, pos);
-      a_block = smem + L::kScratchOff + (2 * h + (c & 1)) * kBlock;
       if (h == 0)
-        stage_tile<64>(shared_address(a_block), pos, 1.f, 1.f, ct);
+        hedgehog_half<false>(r);
       else
-        stage_tile<64>(shared_address(a_block), r, 1.f, 1.f, ct);
+        hedgehog_half<true>(r);
+      a_block = smem + L::kScratchOff + (2 * h + (c & 1)) * kBlock;
+      stage_tile<64>(shared_address(a_block), r, 1.f, 1.f, ct);
       named_barrier(1 + h, 128);
     }
     uint32_t a[4][4];  // a^T: k-step kk (16 rows)
