@@ -286,31 +286,37 @@ __device__ inline void publish_state(uint32_t s_addr, uint32_t s_block, uint8_t*
   // that the state needs.
   uint32_t base = s_addr + (16 * warp + g8) * 128 + 4 * t4;
   asm volatile("" : "+r"(base));
+  // With coef = 1 (the query kernel's and kMap's unscaled state) the products fold away.
+  auto store = [&](float k) {
 #pragma unroll
-  for (int h = 0; h < F / 64; ++h) {
+    for (int h = 0; h < F / 64; ++h) {
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      // Rows f and f + 8 of the 64-column block n / 8, chunk n % 8 swizzled by f % 8 = g8.
-      const uint32_t at = base + h * 64 * 128 + (n / 8) * s_block + (((n % 8) ^ g8) * 16);
-      st_shared_u32(at, pack_bf16(coef * acc[h][4 * n], coef * acc[h][4 * n + 1]));
-      st_shared_u32(at + 8 * 128, pack_bf16(coef * acc[h][4 * n + 2], coef * acc[h][4 * n + 3]));
-    }
+      for (int n = 0; n < D / 8; ++n) {
+        // Rows f and f + 8 of the 64-column block n / 8, chunk n % 8 swizzled by f % 8 = g8.
+        const uint32_t at = base + h * 64 * 128 + (n / 8) * s_block + (((n % 8) ^ g8) * 16);
+        st_shared_u32(at, pack_bf16(k * acc[h][4 * n], k * acc[h][4 * n + 1]));
+        st_shared_u32(at + 8 * 128, pack_bf16(k * acc[h][4 * n + 2], k * acc[h][4 * n + 3]));
+      }
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float zs = zp[h][r];
-      zs += __shfl_xor_sync(kFullMask, zs, 1);
-      zs += __shfl_xor_sync(kFullMask, zs, 2);
-      const int f = 64 * h + 16 * warp + g8 + 8 * r;
-      if (t4 == 0) {
-        if constexpr (kZFloat) {
-          reinterpret_cast<float*>(z)[f] = coef * zs;
-        } else {
-          *reinterpret_cast<bf16*>(z + (f / 8) * 128 + (f % 8) * 2) =
-              __float2bfloat16_rn(coef * zs);
+      for (int r = 0; r < 2; ++r) {
+        float zs = zp[h][r];
+        zs += __shfl_xor_sync(kFullMask, zs, 1);
+        zs += __shfl_xor_sync(kFullMask, zs, 2);
+        const int f = 64 * h + 16 * warp + g8 + 8 * r;
+        if (t4 == 0) {
+          if constexpr (kZFloat) {
+            reinterpret_cast<float*>(z)[f] = k * zs;
+          } else {
+            *reinterpret_cast<bf16*>(z + (f / 8) * 128 + (f % 8) * 2) = __float2bfloat16_rn(k * zs);
+          }
         }
       }
     }
-  }
+  };
+  if (coef == 1.f)
+    store(1.f);
+  else
+    store(coef);
   fence_async_shared();
 }
 
@@ -362,7 +368,8 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
   const int g8 = lane / 4;
   const int t4 = lane % 4;
   const float coef_w = p.coef_window[unit];
-  const float coef_l = p.coef_linear[unit];
+  // kMap's phi_q comes times c_l (and S, z without it), so its linear scores carry c_l already.
+  const float coef_l = kMap ? 1.f : p.coef_linear[unit];
   const float scale_log2 = s.scale * 1.4426950408889634f;
   const uint32_t sbase = shared_address(smem);
   using L = Layout<D, F, kMap>;
@@ -622,8 +629,9 @@ __device__ inline void fold_chunk(float (&acc)[H][D / 2], uint32_t (&a)[4][H][4]
 // Shared with the backward's linear query kernel: L names the ring slots (kSlotBytes, kVOff,
 // kPkOff) and the published state (kSOff, kSBlock, kZOff, kZFloat); P has the segment start states
 // (segments, states). S and z are published times `coef` (c_l for the forward's query). kMap:
-// phi_k of each chunk is computed here first (hedgehog(k W_k) into the ring entry the consumer
-// reads too), also for the last tile, whose chunk is not folded.
+// phi_q of each tile (times coef instead of S and z) and phi_k of each chunk are computed here
+// first (hedgehog(x W) into the phi_q tile and the ring entry the consumer reads too), phi_k
+// also for the last tile, whose chunk is not folded.
 template <int D, int F, typename L, typename P, bool kMap = false>
 __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
                            int r_begin, int tiles, float coef) {
@@ -639,8 +647,8 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
       acc, zp, p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (F * D + F) : nullptr,
       warp, g8, t4);
   auto publish = [&]() {
-    publish_state<D, F, L::kZFloat>(sbase + L::kSOff, L::kSBlock, smem + L::kZOff, acc, zp, coef,
-                                    warp, g8, t4);
+    publish_state<D, F, L::kZFloat>(sbase + L::kSOff, L::kSBlock, smem + L::kZOff, acc, zp,
+                                    kMap ? 1.f : coef, warp, g8, t4);
     mbar_arrive(bar.s_full);
   };
 
@@ -661,10 +669,10 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
       // phi_q of tile t into its tile, then phi_k into ring entry t % 2: softmax(x W) in the
       // first 64 columns, softmax(-x W) in the next, as the consumer's wgmma reads them.
       float r[32], pos[32];
-      auto stage_map = [&](uint32_t out, uint64_t* ready) {
+      auto stage_map = [&](uint32_t out, uint64_t* ready, float k) {
         hedgehog_pair(r, pos);
-        stage_tile<64>(out, pos, 1.f, 1.f, st);
-        stage_tile<64>(out + kBlock, r, 1.f, 1.f, st);
+        stage_tile<64>(out, pos, k, k, st);
+        stage_tile<64>(out + kBlock, r, k, k, st);
         fence_async_shared();  // the consumer's wgmma reads the tile
         named_barrier(2, 128);
         if (st == 0) mbar_arrive(ready);
@@ -673,10 +681,10 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
       project_tile<D>(r, sbase + L::kQOff, sbase + L::kWqOff);
       mbar_arrive(bar.q_empty);
       if (t > 0) mbar_wait(bar.pq_empty, (t - 1) & 1);
-      stage_map(sbase + L::kPqOff, bar.pq_full);
+      stage_map(sbase + L::kPqOff, bar.pq_full, coef);
       project_tile<D>(r, sbase + slot * L::kSlotBytes + L::kKOff, sbase + L::kWkOff);
       pk = smem + L::kPkRingOff + (t & 1) * L::kPkBytes;
-      stage_map(shared_address(pk), bar.pk_ready + (t & 1));
+      stage_map(shared_address(pk), bar.pk_ready + (t & 1), 1.f);
     }
     // The first fold takes the keys of chunk -1 that the start state does not hold.
     const int lo = c < 0 ? max(r_begin - um.state_lag, 0) : kbase;
@@ -769,7 +777,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     regs_shrink<24>();
     if (threadIdx.x == 0) produce<D, F, kMap>(p, um, smem, bar, unit, kv_unit, r_begin, tiles);
   } else if (group == 1) {
-    regs_grow<256>();
+    regs_grow<kMap ? 240 : 256>();
     if (!um.use_linear)
       consume<D, F, true, false, kMap>(p, um, smem, bar, unit, r_begin, r_end, tiles);
     else if (!um.use_window)
@@ -777,10 +785,11 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     else
       consume<D, F, true, true, kMap>(p, um, smem, bar, unit, r_begin, r_end, tiles);
   } else {
-    // kMap: the state warpgroup also holds the projections and their activations. The block's
-    // registers are fixed at launch (168 a thread): growing takes only what the producer gave
-    // back, so 24 + 256 + 224 is the most (232 waited forever: a hang, H200 call 2).
-    regs_grow<kMap ? 224 : 216>();
+    // kMap: the state warpgroup also holds the projections and their activations, so it gets
+    // what the consumer can spare. The block's registers are fixed at launch (168 a thread):
+    // growing takes only what the producer gave back, so the two sum to at most 480 (24 + 256
+    // + 232 waited forever: a hang, H200 call 2 of session 9).
+    regs_grow<kMap ? 240 : 216>();
     if (um.use_linear) {
       keep_state<D, F, L, WgParams, kMap>(p, um, smem, bar, r_begin, tiles, p.coef_linear[unit]);
     }
