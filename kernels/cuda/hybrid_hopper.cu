@@ -130,11 +130,11 @@ __device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* a
   }
 }
 
-// Half of the hedgehog feature map's activation (kernels/feature_map.hpp) in place on a 64 x 64
-// C-layout accumulator of projections r, a quad of lanes per row: r = softmax(r) along each row
-// (kNeg: softmax(-r)), clamped below at 1e-12 as the unfused map.
+// Half of the hedgehog feature map's activation (kernels/feature_map.hpp) on a 64 x 64 C-layout
+// accumulator of projections r, a quad of lanes per row: out = softmax(r) along each row (kNeg:
+// softmax(-r)), clamped below at 1e-12 as the unfused map. out may be r.
 template <bool kNeg>
-__device__ inline void hedgehog_half(float (&r)[32]) {
+__device__ inline void hedgehog_half(const float (&r)[32], float (&out)[32]) {
   constexpr float kScale = kNeg ? -1.4426950408889634f : 1.4426950408889634f;  // base 2
   float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -151,8 +151,8 @@ __device__ inline void hedgehog_half(float (&r)[32]) {
 #pragma unroll
   for (int i = 0; i < 32; ++i) {
     const int h = (i >> 1) & 1;
-    r[i] = fast_exp2(fmaf(r[i], kScale, -mx[h]));
-    sum[h] += r[i];
+    out[i] = fast_exp2(fmaf(r[i], kScale, -mx[h]));
+    sum[h] += out[i];
   }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -161,16 +161,13 @@ __device__ inline void hedgehog_half(float (&r)[32]) {
   }
 #pragma unroll
   for (int i = 0; i < 32; ++i)
-    r[i] = fmaxf(r[i] * sum[(i >> 1) & 1], 1e-12f);
+    out[i] = fmaxf(out[i] * sum[(i >> 1) & 1], 1e-12f);
 }
 
 // Both halves: pos = softmax(r), r = softmax(-r).
 __device__ inline void hedgehog_pair(float (&r)[32], float (&pos)[32]) {
-#pragma unroll
-  for (int i = 0; i < 32; ++i)
-    pos[i] = r[i];
-  hedgehog_half<false>(pos);
-  hedgehog_half<true>(r);
+  hedgehog_half<false>(r, pos);
+  hedgehog_half<true>(r, r);
 }
 
 // r = x W over a 64-row tile: x K-major at shared address `x_addr` (D / 64 column blocks), W the
@@ -874,6 +871,7 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
 
   const int group = threadIdx.x / 128;
   if (group == 0) {
+    if constexpr (kMap) regs_shrink<24>();  // the projections' two accumulators need the rest
     if (kScaled && threadIdx.x >= 64) {
       // Warps 2-3: row r of each chunk's denom and weight factors (plain loads).
       const int r = threadIdx.x - 64;
@@ -916,6 +914,7 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
     return;
   }
 
+  if constexpr (kMap) regs_grow<240>();
   const int h = group - 1;  // rows [64 h, 64 h + 64) of S
   const int ct = threadIdx.x - 128 * group;
   const int warp = ct / 32;
@@ -924,27 +923,12 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
   const int t4 = lane % 4;
   const uint32_t sbase = shared_address(smem);
   float acc[D / 2], zp[2] = {0.f, 0.f};
-  for (int c = 0; c < chunks; ++c) {
+  // acc += a^T b over chunk c, with column block h of a at `a_block`; waits for every wgmma in
+  // flight, then gives the stage back.
+  auto fold = [&](int c, const uint8_t* a_block) {
     const int stage = c % kSpStages;
-    mbar_wait(full + stage, (c / kSpStages) & 1);
     const uint8_t* base = smem + stage * L::kStageBytes;
     const int row0 = begin + c * kRows;
-    // Column block h of a: the stage's, or with kMap this warpgroup's half of hedgehog(k W_k),
-    // in one of two scratch blocks (a block is rewritten only after every thread has passed
-    // the next chunk's barrier, so after its reads of this one).
-    const uint8_t* a_block = base + h * kBlock;
-    if constexpr (kMap) {
-      if (c == 0) mbar_wait(w_full, 0);
-      float r[32];
-      project_tile<D>(r, shared_address(base), shared_address(smem + L::kWOff));
-      if (h == 0)
-        hedgehog_half<false>(r);
-      else
-        hedgehog_half<true>(r);
-      a_block = smem + L::kScratchOff + (2 * h + (c & 1)) * kBlock;
-      stage_tile<64>(shared_address(a_block), r, 1.f, 1.f, ct);
-      named_barrier(1 + h, 128);
-    }
     uint32_t a[4][4];  // a^T: k-step kk (16 rows)
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -984,6 +968,52 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
     wgmma_commit();
     wgmma_wait<0>();
     mbar_arrive(empty + stage);
+  };
+  if constexpr (kMap) {
+    // This warpgroup's half of hedgehog(k W_k) into one of two scratch blocks (a block is
+    // rewritten only after every thread has passed the next chunk's barrier, so after its reads
+    // of this one). The projection of chunk c + 1 runs while chunk c's activation does: two
+    // accumulators, the loop unrolled by two so that each stays in registers.
+    auto project = [&](float(&r)[32], int c) {
+      const int stage = c % kSpStages;
+      mbar_wait(full + stage, (c / kSpStages) & 1);
+      const uint32_t x_addr = sbase + stage * L::kStageBytes, w_addr = sbase + L::kWOff;
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks)
+        wgmma_ss_n64<0, 1>(r, k_major(x_addr, ks), n_major(w_addr, ks, kBlock), ks > 0);
+      wgmma_commit();
+    };
+    // The activation writes registers of its own: ordinary instructions that wrote an
+    // accumulator would serialise the wgmma in flight.
+    auto step = [&](const float(&r)[32], float(&r_next)[32], int c) {
+      if (c + 1 < chunks) project(r_next, c + 1);
+      float phi[32];
+      if (h == 0)
+        hedgehog_half<false>(r, phi);
+      else
+        hedgehog_half<true>(r, phi);
+      const uint8_t* a_block = smem + L::kScratchOff + (2 * h + (c & 1)) * kBlock;
+      stage_tile<64>(shared_address(a_block), phi, 1.f, 1.f, ct);
+      named_barrier(1 + h, 128);
+      fold(c, a_block);  // also waits for chunk c + 1's projection
+    };
+    float ra[32], rb[32];
+    if (chunks > 0) {
+      mbar_wait(w_full, 0);
+      project(ra, 0);
+      wgmma_wait<0>();
+    }
+    for (int c = 0; c < chunks; c += 2) {
+      step(ra, rb, c);
+      if (c + 1 < chunks) step(rb, ra, c + 1);
+    }
+  } else {
+    for (int c = 0; c < chunks; ++c) {
+      const int stage = c % kSpStages;
+      mbar_wait(full + stage, (c / kSpStages) & 1);
+      fold(c, smem + stage * L::kStageBytes + h * kBlock);
+    }
   }
   if (chunks == 0) {
 #pragma unroll
