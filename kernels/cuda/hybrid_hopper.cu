@@ -19,8 +19,9 @@
 //   it folds the next chunk into S, then writes c_l S (bf16) and c_l z for tile t + 1's query.
 // The chunk-state pass gives each segment its start state (and the backward its reverse state).
 // Forward only, the hedgehog feature maps can run inside the forward and the chunk-state pass
-// (kMap): the state warpgroup computes phi_q and phi_k from q, k and the maps' weights (the
-// consumer is the busier of the two) instead of the producer loading them.
+// (kMap): the state warpgroup computes phi_q (times c_l, S and z then unscaled) and phi_k from
+// q, k and the maps' weights instead of the producer loading them, so that the consumer runs
+// the products of the unmapped kernel.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -386,7 +387,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     // the wgmma groups run without serialising. Groups complete in order: first the scores
     // q k^T over both chunks (q is then free), then phi_q phi_k^T over the chunk with linear keys
     // and the state query c_l phi_q S, c_l phi_q . z (the state warpgroup publishes S and z
-    // times c_l), after which phi_q and S are free.
+    // times c_l, or with kMap phi_q times c_l), after which phi_q and S are free.
     float sc[2][32], lin[32], o[D / 2], zd[4];
     wgmma_fence();
     if constexpr (kWindow) {
@@ -666,10 +667,10 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
       // phi_q of tile t into its tile, then phi_k into ring entry t % 2: softmax(x W) in the
       // first 64 columns, softmax(-x W) in the next, as the consumer's wgmma reads them.
       float r[32], pos[32];
-      auto stage_map = [&](uint32_t out, uint64_t* ready, float k) {
+      auto stage_map = [&](uint32_t out, uint64_t* ready, float scale) {
         hedgehog_pair(r, pos);
-        stage_tile<64>(out, pos, k, k, st);
-        stage_tile<64>(out + kBlock, r, k, k, st);
+        stage_tile<64>(out, pos, scale, scale, st);
+        stage_tile<64>(out + kBlock, r, scale, scale, st);
         fence_async_shared();  // the consumer's wgmma reads the tile
         named_barrier(2, 128);
         if (st == 0) mbar_arrive(ready);
