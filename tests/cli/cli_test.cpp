@@ -1,6 +1,7 @@
 // hybridlab-cli as a user runs it: a real process, its exit status and its messages.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -95,6 +96,30 @@ TEST(Cli, RunRejectsAMissingBaseModelBeforeRecordingAnything) {
   Outcome list = run_cli("runs list --db " + (dir / "runs.sqlite").string());
   EXPECT_EQ(list.status, 2) << list.output;  // no database was created
   hl::remove_tree(dir);
+}
+
+TEST(Cli, BenchAttentionTimesEachCpuBackendWithPhiGivenAndWithMaps) {
+  Outcome bench = run_cli("bench attention --seq 96 --repeats 1");
+  ASSERT_EQ(bench.status, 0) << bench.output;
+  for (const char* backend : {"reference", "chunked"}) {
+    for (const char* phi : {"given", "hedgehog"}) {
+      const std::string row = "      96  " + std::string(backend);
+      size_t at = bench.output.find(row);
+      bool found = false;
+      for (; at != std::string::npos && !found; at = bench.output.find(row, at + 1)) {
+        const std::string line = bench.output.substr(at, bench.output.find('\n', at) - at);
+        char name[32], kind[32];
+        double forward = 0, both = 0;
+        found =
+            std::sscanf(line.c_str(), " 96 %31s %31s %lf %lf", name, kind, &forward, &both) == 4 &&
+            std::string(kind) == phi && forward > 0 && both > 0;
+      }
+      EXPECT_TRUE(found) << backend << " " << phi << "\n" << bench.output;
+    }
+  }
+  Outcome bad = run_cli("bench attention --seq 0");
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_NE(bad.output.find("--seq"), std::string::npos) << bad.output;
 }
 
 }  // namespace
