@@ -184,12 +184,12 @@ AttentionInputs with_feature_maps(AttentionInputs inputs, FeatureMapImpl& map_q,
   return inputs;
 }
 
+#ifdef HL_WITH_CUDA_KERNELS
 namespace {
 
 // Whether the fused forward may compute both maps itself (the kernels still check the shape).
-[[maybe_unused]] bool fused_maps_apply(const AttentionInputs& in, const FeatureMapImpl& map_q,
-                                       const FeatureMapImpl& map_k,
-                                       const AttentionOptions& options) {
+bool fused_maps_apply(const AttentionInputs& in, const FeatureMapImpl& map_q,
+                      const FeatureMapImpl& map_k, const AttentionOptions& options) {
   for (const FeatureMapImpl* map : {&map_q, &map_k}) {
     if (map->options().kind != FeatureMapKind::hedgehog || map->bias.defined() ||
         map->projection_dim() != 64) {
@@ -206,6 +206,7 @@ namespace {
 }
 
 }  // namespace
+#endif
 
 AttentionOutput attention_with_feature_maps(const AttentionInputs& inputs, FeatureMapImpl& map_q,
                                             FeatureMapImpl& map_k,

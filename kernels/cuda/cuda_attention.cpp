@@ -385,7 +385,6 @@ bool supports(const AttentionInputs& in, const AttentionOptions& options, std::s
 
 namespace {
 
-// The raw kernels' q, k, v, drops and factors c_w, c_l of a call (no phi), and its options.
 // The raw kernels' options of a call.
 RawOptions raw_options(const AttentionInputs& in, const AttentionOptions& options) {
   RawOptions o;
@@ -396,6 +395,7 @@ RawOptions raw_options(const AttentionInputs& in, const AttentionOptions& option
   return o;
 }
 
+// The raw kernels' q, k, v, drops and factors c_w, c_l of a call (no phi), and its options.
 std::pair<RawInputs, RawOptions> raw_call(const AttentionInputs& in,
                                           const AttentionOptions& options) {
   const int64_t B = in.q.size(0), H = in.q.size(1);

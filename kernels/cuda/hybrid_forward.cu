@@ -429,35 +429,6 @@ bool forward_computes_maps(const ProblemShape& shape, const SegmentPlan& plan) {
          detail::state_pass_wg_takes(detail::make_shape(shape));
 }
 
-namespace {
-
-// launch_forward with the hedgehog maps computed in the kernels: the Hopper chunk-state pass and
-// forward only (no other kernel computes the maps).
-cudaError_t launch_forward_mapped(const detail::Shape& s, const ForwardArgs& a,
-                                  const SegmentPlan& plan, cudaStream_t stream) {
-  using namespace detail;
-  const int units = s.batch * s.q_heads;
-  if (plan.segments > 1) {
-    if (a.segment_states == nullptr) return cudaErrorInvalidValue;
-    cudaError_t err = run_state_pass_wg(s, a.k, a.v, nullptr, nullptr, true, a.window_drop,
-                                        a.segment_states, plan, -1, -1, s.seq_len, false,
-                                        /*skip_last=*/true, stream, a.map_k_weight);
-    if (err != cudaSuccess) return err;
-    err = run_scan(s, a.window_drop, a.segment_states, units, plan.segments, 0, nullptr, nullptr,
-                   false, stream);
-    if (err != cudaSuccess) return err;
-  }
-  TcForwardArgs ta{
-      a.q,           a.k, a.v,       nullptr,     nullptr,      a.coef_window,    a.coef_linear,
-      a.window_drop, a.y, a.row_max, a.row_denom, a.row_argmax, a.segment_states, plan.segments,
-      plan.length};
-  ta.w_q = a.map_q_weight;
-  ta.w_k = a.map_k_weight;
-  return run_forward_wg(s, ta, stream);
-}
-
-}  // namespace
-
 int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream_ptr) {
   using namespace detail;
   if (unsupported_reason(shape) != nullptr) return static_cast<int>(cudaErrorInvalidValue);
@@ -466,12 +437,12 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
   const int units = s.batch * s.q_heads;
   SegmentPlan plan = a.plan;
   if (plan.segments < 1 || plan.length < 1) plan = SegmentPlan{1, s.seq_len};
-  if (a.map_q_weight != nullptr || a.map_k_weight != nullptr) {
-    if (a.map_q_weight == nullptr || a.map_k_weight == nullptr || a.branch_stats != nullptr ||
-        !forward_computes_maps(shape, plan)) {
-      return static_cast<int>(cudaErrorNotSupported);
-    }
-    return static_cast<int>(launch_forward_mapped(s, a, plan, stream));
+  // With the maps' weights only the Hopper chunk-state pass and forward run: they compute phi
+  // from k and q themselves (forward_computes_maps implies the tensor-core Hopper path below).
+  const bool mapped = a.map_q_weight != nullptr || a.map_k_weight != nullptr;
+  if (mapped && (a.map_q_weight == nullptr || a.map_k_weight == nullptr ||
+                 a.branch_stats != nullptr || !forward_computes_maps(shape, plan))) {
+    return static_cast<int>(cudaErrorNotSupported);
   }
   // bf16 without branch statistics runs on the tensor cores; fp32 (the 1e-5 path), the
   // statistics and shapes whose tiles do not fit in shared memory stay on the CUDA cores.
@@ -481,7 +452,10 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
   if (plan.segments > 1) {
     if (a.segment_states == nullptr) return static_cast<int>(cudaErrorInvalidValue);
     cudaError_t err =
-        tensor_cores
+        mapped ? run_state_pass_wg(s, a.k, a.v, nullptr, nullptr, true, a.window_drop,
+                                   a.segment_states, plan, -1, -1, s.seq_len, false,
+                                   /*skip_last=*/true, stream, a.map_k_weight)
+        : tensor_cores
             ? run_state_pass_tc(s, a.phi_k, a.v, nullptr, nullptr, true, a.window_drop,
                                 a.segment_states, plan, -1, -1, s.seq_len, false,
                                 /*skip_last=*/true, stream)
@@ -493,13 +467,15 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
     if (err != cudaSuccess) return static_cast<int>(err);
   }
   if (tensor_cores) {
-    const TcForwardArgs ta{
+    TcForwardArgs ta{
         a.q,           a.k, a.v,       a.phi_q,     a.phi_k,      a.coef_window,    a.coef_linear,
         a.window_drop, a.y, a.row_max, a.row_denom, a.row_argmax, a.segment_states, plan.segments,
         plan.length};
+    ta.w_q = a.map_q_weight;
+    ta.w_k = a.map_k_weight;
     if (hopper) {
       const cudaError_t err = run_forward_wg(s, ta, stream);
-      if (err != cudaErrorNotSupported) return static_cast<int>(err);
+      if (err != cudaErrorNotSupported || mapped) return static_cast<int>(err);
     }
     return static_cast<int>(run_forward_tc(s, ta, stream));
   }
