@@ -1452,7 +1452,7 @@ struct QueryLayout {
   static constexpr int kZOff = kSOff + D / 64 * kSBlock;  // z: F floats
   static constexpr bool kZFloat = true;
   static constexpr int kBarOff = kZOff + F * 4;
-  static constexpr int kSmemBytes = kBarOff + 16 * 8 + 1024;
+  static constexpr int kSmemBytes = kBarOff + 2 * kSlots * 8 + 11 * 8 + 1024;
 };
 
 struct QueryParams {
@@ -1475,10 +1475,14 @@ struct QueryParams {
 };
 
 // The forward's Barriers (q_full / q_empty for q, pq_* for phi_q) and those of dy and y.
+// dy and y have barriers of their own so that the next tile's dy loads while this tile's dq
+// still uses y's buffer, and its products start before y lands.
 struct QueryBarriers {
   Barriers base;
-  uint64_t* dy_full;   // dy and y of the tile
-  uint64_t* dy_empty;  // the tile is done with dy and with y's buffer (q, then dq, included)
+  uint64_t* dy_full;   // dy of the tile
+  uint64_t* dy_empty;  // the tile's products are done with dy
+  uint64_t* y_full;    // y of the tile
+  uint64_t* y_empty;   // the tile is done with y's buffer (q, then dq, included)
   uint64_t* y_free;    // dl is taken: q may go into y's buffer
 };
 
@@ -1493,17 +1497,19 @@ __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t*
     load_chunk<D, F, L>(p, um, smem, bar, unit, kv_unit, r_begin, t);
     const int row = r_begin + t * kRows;
     if (t > 0) mbar_wait(qb.dy_empty, (t - 1) & 1);
-    mbar_expect_bytes(qb.dy_full, 2 * D / 64 * kBlock);
-    for (int b = 0; b < D / 64; ++b) {
+    mbar_expect_bytes(qb.dy_full, D / 64 * kBlock);
+    for (int b = 0; b < D / 64; ++b)
       tma_load_3d(smem + L::kDyOff + b * kBlock, &p.dy, b * 64, row, unit, qb.dy_full);
-      tma_load_3d(smem + L::kYqOff + b * kBlock, &p.y, b * 64, row, unit, qb.dy_full);
-    }
     if (um.use_linear) {
       if (t > 0) mbar_wait(bar.pq_empty, (t - 1) & 1);
       mbar_expect_bytes(bar.pq_full, F / 64 * kBlock);
       for (int b = 0; b < F / 64; ++b)
         tma_load_3d(smem + L::kPqOff + b * kBlock, &p.phi_q, b * 64, row, unit, bar.pq_full);
     }
+    if (t > 0) mbar_wait(qb.y_empty, (t - 1) & 1);
+    mbar_expect_bytes(qb.y_full, D / 64 * kBlock);
+    for (int b = 0; b < D / 64; ++b)
+      tma_load_3d(smem + L::kYqOff + b * kBlock, &p.y, b * 64, row, unit, qb.y_full);
     if (um.use_window) {
       mbar_wait(qb.y_free, t & 1);
       mbar_expect_bytes(bar.q_full, D / 64 * kBlock);
@@ -1544,33 +1550,58 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     const bool in_a = ia < r_end, in_b = ib < r_end;
     const int kbase = t0 - kRows;
     const int slots[2] = {slot_of(t - 1), slot_of(t)};  // chunks t - 1 and t
-    const float inv_a = in_a ? 1.f / p.row_denom[row0 + ia] : 0.f;
-    const float inv_b = in_b ? 1.f / p.row_denom[row0 + ib] : 0.f;
-
-    // dl = dy . y of rows la, lb: this lane takes the 16-byte column chunks t4, t4 + 4, ...
-    mbar_wait(qb.dy_full, t & 1);
-    float dl_a = 0.f, dl_b = 0.f;
-#pragma unroll
-    for (int c = t4; c < D / 8; c += 4) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const uint32_t off = swizzled_offset(r == 0 ? la : lb, 8 * c, kBlock);
-        const uint4 d4 = *reinterpret_cast<const uint4*>(smem + L::kDyOff + off);
-        const uint4 y4 = *reinterpret_cast<const uint4*>(smem + L::kYqOff + off);
-        const float sum = dot_bf16x2(d4.x, y4.x) + dot_bf16x2(d4.y, y4.y) + dot_bf16x2(d4.z, y4.z) +
-                          dot_bf16x2(d4.w, y4.w);
-        if (r == 0)
-          dl_a += sum;
-        else
-          dl_b += sum;
+    // The forward's row values, loaded now and taken by shuffles where they are used, so that
+    // the tile's products hide the loads' latency (ncu, session 11: waiting on them took ~10%
+    // of the consumer's time) in two registers: lanes t4 = 0 / 1 of each quad hold D and the
+    // argmax of rows la / lb, lanes 2 / 3 their max.
+    const int quad = lane & ~3;
+    float row_value = 0.f;
+    int row_argmax = -1;
+    {
+      const bool b = (t4 & 1) != 0;
+      if (b ? in_b : in_a) {
+        const size_t at = row0 + (b ? ib : ia);
+        row_value = t4 < 2 ? p.row_denom[at] : kWindow ? p.row_max[at] : 0.f;
+        if (kWindow && kDq && t4 < 2) row_argmax = p.row_argmax[at];
       }
     }
+    float inv_a = 0.f, inv_b = 0.f;
+    auto take_inv = [&] {
+      const float den_a = __shfl_sync(kFullMask, row_value, quad);
+      const float den_b = __shfl_sync(kFullMask, row_value, quad + 1);
+      inv_a = in_a ? 1.f / den_a : 0.f;
+      inv_b = in_b ? 1.f / den_b : 0.f;
+    };
+
+    // dl = dy . y of rows la, lb (this lane takes the 16-byte column chunks t4, t4 + 4, ...),
+    // then y's buffer may take q. The linear part runs it while its first products are issued.
+    float dl_a = 0.f, dl_b = 0.f;
+    auto take_dl = [&] {
+      mbar_wait(qb.y_full, t & 1);
 #pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      dl_a += __shfl_xor_sync(kFullMask, dl_a, off);
-      dl_b += __shfl_xor_sync(kFullMask, dl_b, off);
-    }
-    mbar_arrive(qb.y_free);
+      for (int c = t4; c < D / 8; c += 4) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const uint32_t off = swizzled_offset(r == 0 ? la : lb, 8 * c, kBlock);
+          const uint4 d4 = *reinterpret_cast<const uint4*>(smem + L::kDyOff + off);
+          const uint4 y4 = *reinterpret_cast<const uint4*>(smem + L::kYqOff + off);
+          const float sum = dot_bf16x2(d4.x, y4.x) + dot_bf16x2(d4.y, y4.y) +
+                            dot_bf16x2(d4.z, y4.z) + dot_bf16x2(d4.w, y4.w);
+          if (r == 0)
+            dl_a += sum;
+          else
+            dl_b += sum;
+        }
+      }
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        dl_a += __shfl_xor_sync(kFullMask, dl_a, off);
+        dl_b += __shfl_xor_sync(kFullMask, dl_b, off);
+      }
+      mbar_arrive(qb.y_free);
+    };
+    mbar_wait(qb.dy_full, t & 1);
+    if constexpr (!kLinear) take_dl();
     mbar_wait(bar.chunk_full + slots[0], use_of(t - 1) & 1);
     mbar_wait(bar.chunk_full + slots[1], use_of(t) & 1);
 
@@ -1580,7 +1611,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       float acc[F / 2], pl[32], dv[32];
       mbar_wait(bar.pq_full, t & 1);
       mbar_wait(bar.s_full, t & 1);
-      // acc starts from - dl z; P takes phi_q . z; both read z before S and z are handed back.
+      // P takes phi_q . z; acc = S dy, then - dl z once dl is known (both read z before S and z
+      // are handed back).
       const float* z = reinterpret_cast<const float*>(smem + L::kZOff);
 #pragma unroll
       for (int n = 0; n < F / 8; ++n) {
@@ -1592,16 +1624,12 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
             *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(lb, f, kBlock)));
         p_a += qa.x * zf.x + qa.y * zf.y;
         p_b += qv.x * zf.x + qv.y * zf.y;
-        acc[4 * n] = -dl_a * zf.x;
-        acc[4 * n + 1] = -dl_a * zf.y;
-        acc[4 * n + 2] = -dl_b * zf.x;
-        acc[4 * n + 3] = -dl_b * zf.y;
       }
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
         wgmma_ss<F, 0, 0>(acc, k_major(dy_addr, ks),
-                          k_major_blocks(sbase + L::kSOff, ks, L::kSBlock), true);
+                          k_major_blocks(sbase + L::kSOff, ks, L::kSBlock), ks > 0);
       }
       wgmma_commit();
 #pragma unroll
@@ -1611,7 +1639,16 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       for (int ks = 0; ks < D / 16; ++ks)
         wgmma_ss_n64<0, 0>(dv, k_major(dy_addr, ks), k_major(lin + L::kVOff, ks), ks > 0);
       wgmma_commit();
+      take_dl();
       wgmma_wait<1>();
+#pragma unroll
+      for (int n = 0; n < F / 8; ++n) {
+        const float2 zf = *reinterpret_cast<const float2*>(z + 8 * n + 2 * t4);
+        acc[4 * n] = fmaf(-dl_a, zf.x, acc[4 * n]);
+        acc[4 * n + 1] = fmaf(-dl_a, zf.y, acc[4 * n + 1]);
+        acc[4 * n + 2] = fmaf(-dl_b, zf.x, acc[4 * n + 2]);
+        acc[4 * n + 3] = fmaf(-dl_b, zf.y, acc[4 * n + 3]);
+      }
       mbar_arrive(bar.s_empty);
 
       // L1 from the state: phi_q . (S dy - dl z) + dl P_state.
@@ -1680,6 +1717,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       p_b += ps_b;
       wgmma_wait<0>();
       // dphi_q through phi_q's buffer (its products are done) and a TMA store.
+      take_inv();
       named_barrier(1, 128);
       store_tile<F>(&p.dphi_q, smem + L::kPqOff, acc, coef_l * inv_a, coef_l * inv_b, t0, unit, ct);
       if (ct == 0) mbar_arrive(bar.pq_empty);
@@ -1690,10 +1728,11 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     float dq[D / 2];
     if constexpr (kWindow) {
       const int w = s.window;
-      const float m_a = in_a ? p.row_max[row0 + ia] * 1.4426950408889634f : 0.f;
-      const float m_b = in_b ? p.row_max[row0 + ib] * 1.4426950408889634f : 0.f;
-      if (in_a) am_a = p.row_argmax[row0 + ia];
-      if (in_b) am_b = p.row_argmax[row0 + ib];
+      if constexpr (!kLinear) take_inv();
+      const float m_a = __shfl_sync(kFullMask, row_value, quad + 2) * 1.4426950408889634f;
+      const float m_b = __shfl_sync(kFullMask, row_value, quad + 3) * 1.4426950408889634f;
+      am_a = __shfl_sync(kFullMask, row_argmax, quad);
+      am_b = __shfl_sync(kFullMask, row_argmax, quad + 1);
       mbar_wait(bar.q_full, t & 1);
       // Per chunk c: q k^T and dy v^T (one wgmma group), then the weights e and, for dq,
       // ds = c_w e (dy . v - dl) / D as the register operand of ds k.
@@ -1765,7 +1804,9 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         e_b += __shfl_xor_sync(kFullMask, e_b, off);
       }
     }
-    mbar_arrive(bar.chunk_empty + slots[0]);  // the last tile that reads chunk t - 1
+    mbar_arrive(qb.dy_empty);
+    // Chunk t - 1 stays until dq has read its keys.
+    if (!kDq || !kWindow) mbar_arrive(bar.chunk_empty + slots[0]);  // the last tile reading it
 
     // The row values; dq with its G_i k_m term.
     const float delta_a = (coef_w * w1_a + coef_l * l1_a) * inv_a;
@@ -1775,30 +1816,62 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     // dq through y's buffer (q is read by now) and a TMA store; then the buffer and dy go back.
     named_barrier(1, 128);
     if constexpr (kDq) {
-      const bf16* kb = p.k_rows + static_cast<size_t>(kv_unit_of(s, unit)) * N * D;
+      if constexpr (!kWindow) {
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const int col = 8 * n + 2 * t4;
-        if constexpr (!kWindow) {
-          dq[4 * n] = dq[4 * n + 1] = dq[4 * n + 2] = dq[4 * n + 3] = 0.f;
-        } else {
-          if (am_a >= 0) {
-            const float2 kk = unpack_bf16(__ldg(
-                reinterpret_cast<const unsigned int*>(kb + static_cast<size_t>(am_a) * D + col)));
-            dq[4 * n] -= gate_a * kk.x;
-            dq[4 * n + 1] -= gate_a * kk.y;
+        for (int n = 0; n < D / 2; ++n)
+          dq[n] = 0.f;
+      } else {
+        // k_m lies in the window, so in chunk t - 1 or t of the ring: its row's 128-byte lines
+        // of 64 columns, swizzled by row % 8 (the slots are 1024-aligned). A row without a
+        // gradient through its max (am < 0) reads row 0 of chunk t times zero. The global copy
+        // is for an argmax outside the ring, which the forward does not write.
+        auto ring_row = [&](int am) {
+          const int local = am - kbase;
+          if (am < 0) return slots[1] * L::kSlotBytes + L::kKOff;
+          return local >= 0 && local < 2 * kRows
+                     ? slots[local / kRows] * L::kSlotBytes + L::kKOff + (local % kRows) * 128
+                     : -1;
+        };
+        const int ring_a = ring_row(am_a), ring_b = ring_row(am_b);
+        if (ring_a >= 0 && ring_b >= 0) {
+          const float ga = am_a >= 0 ? gate_a : 0.f, gb = am_b >= 0 ? gate_b : 0.f;
+          const int sa = (ring_a / 128) % 8, sb = (ring_b / 128) % 8;
+#pragma unroll
+          for (int n = 0; n < D / 8; ++n) {
+            const int col_at = (n / 8) * kBlock + 4 * t4;
+            const float2 ka = unpack_bf16(
+                *reinterpret_cast<const uint32_t*>(smem + ring_a + col_at + (((n % 8) ^ sa) * 16)));
+            const float2 kb = unpack_bf16(
+                *reinterpret_cast<const uint32_t*>(smem + ring_b + col_at + (((n % 8) ^ sb) * 16)));
+            dq[4 * n] -= ga * ka.x;
+            dq[4 * n + 1] -= ga * ka.y;
+            dq[4 * n + 2] -= gb * kb.x;
+            dq[4 * n + 3] -= gb * kb.y;
           }
-          if (am_b >= 0) {
-            const float2 kk = unpack_bf16(__ldg(
-                reinterpret_cast<const unsigned int*>(kb + static_cast<size_t>(am_b) * D + col)));
-            dq[4 * n + 2] -= gate_b * kk.x;
-            dq[4 * n + 3] -= gate_b * kk.y;
+        } else {
+          const bf16* kg = p.k_rows + static_cast<size_t>(kv_unit_of(s, unit)) * N * D;
+#pragma unroll
+          for (int n = 0; n < D / 8; ++n) {
+            const int col = 8 * n + 2 * t4;
+            if (am_a >= 0) {
+              const float2 kk = unpack_bf16(
+                  __ldg(reinterpret_cast<const unsigned int*>(kg + size_t(am_a) * D + col)));
+              dq[4 * n] -= gate_a * kk.x;
+              dq[4 * n + 1] -= gate_a * kk.y;
+            }
+            if (am_b >= 0) {
+              const float2 kk = unpack_bf16(
+                  __ldg(reinterpret_cast<const unsigned int*>(kg + size_t(am_b) * D + col)));
+              dq[4 * n + 2] -= gate_b * kk.x;
+              dq[4 * n + 3] -= gate_b * kk.y;
+            }
           }
         }
+        mbar_arrive(bar.chunk_empty + slots[0]);
       }
       store_tile<D>(&p.dq, smem + L::kYqOff, dq, s.scale, s.scale, t0, unit, ct);
     }
-    if (ct == 0) mbar_arrive(qb.dy_empty);
+    if (ct == 0) mbar_arrive(qb.y_empty);
     if (!kLinear && p.dphi_q_rows != nullptr) {  // a window-only unit among dropped ones
       bf16* dpq = p.dphi_q_rows + row0 * F;
       for (int n = 0; n < F / 8; ++n) {
@@ -1833,7 +1906,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   const Barriers bar = ring_barriers(bars);
-  const QueryBarriers qb{bar, bars + 2 * kSlots + 6, bars + 2 * kSlots + 7, bars + 2 * kSlots + 8};
+  uint64_t* const qbars = bars + 2 * kSlots + 6;
+  const QueryBarriers qb{bar, qbars, qbars + 1, qbars + 2, qbars + 3, qbars + 4};
   const Shape& s = p.s;
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
@@ -1847,13 +1921,15 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       mbar_init(bar.chunk_full + i, 1);
       mbar_init(bar.chunk_empty + i, um.use_linear ? 256 : 128);  // consumer (+ state)
     }
-    mbar_init(bar.q_full, 1);  // q's buffer is given back through dy_empty, not q_empty
+    mbar_init(bar.q_full, 1);  // q's buffer is given back through y_empty, not q_empty
     mbar_init(bar.pq_full, 1);
     mbar_init(bar.pq_empty, 1);  // after the dphi_q store has read the buffer
     mbar_init(bar.s_full, 128);
     mbar_init(bar.s_empty, 128);
     mbar_init(qb.dy_full, 1);
-    mbar_init(qb.dy_empty, 1);  // after the dq store has read y's buffer
+    mbar_init(qb.dy_empty, 128);
+    mbar_init(qb.y_full, 1);
+    mbar_init(qb.y_empty, 1);  // after the dq store has read y's buffer
     mbar_init(qb.y_free, 128);
     mbar_init_fence();
   }
