@@ -1058,10 +1058,12 @@ constexpr int kKeySlots = 2;
 
 template <int D, int F>
 struct KeyLayout {
-  static constexpr int kPkOff = D / 64 * kBlock;  // in a slot: v, phi_k, phi_q, dy, factors
+  // In a slot: v, phi_k, phi_q, dy, the window part of dv (when this step adds into dv), factors.
+  static constexpr int kPkOff = D / 64 * kBlock;
   static constexpr int kPqOff = kPkOff + F / 64 * kBlock;
   static constexpr int kDyOff = kPqOff + F / 64 * kBlock;
-  static constexpr int kFactorOff = kDyOff + D / 64 * kBlock;
+  static constexpr int kDvOff = kDyOff + D / 64 * kBlock;
+  static constexpr int kFactorOff = kDvOff + D / 64 * kBlock;
   static constexpr int kSlotBytes = (kFactorOff + 2 * 256 + 1023) / 1024 * 1024;
   static constexpr int kUOff = kKeySlots * kSlotBytes;  // c_l U: [D / 64][F rows][64]
   static constexpr int kUBlock = F * 128;
@@ -1071,7 +1073,7 @@ struct KeyLayout {
 };
 
 struct KeyParams {
-  CUtensorMap v, phi_k, phi_q, dy, dphi_k_out;
+  CUtensorMap v, phi_k, phi_q, dy, dphi_k_out, dv_window;  // dv_window: dv as the window left it
   Shape s;
   const float* coef_linear;
   const uint8_t* window_drop;
@@ -1166,6 +1168,11 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     }
   }
 
+  // The group's last linear head adds the sum of the linear parts into dv, which holds the window
+  // part by now: the producer loads that tile into the step's slot.
+  auto adds_into_dv = [&](int step) {
+    return kDv && p.dv != nullptr && step >= (linear_heads - 1) * tiles;
+  };
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
     regs_shrink<40>();
@@ -1178,10 +1185,15 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         uint8_t* base = smem + slot * L::kSlotBytes;
         const int k0 = s_begin + c * kRows;
         const int r0 = k0 + (um.lin_lag > 0 ? kRows : 0);
-        mbar_expect_bytes(bar.full + slot, bytes);
+        const bool with_dv = adds_into_dv(step);
+        mbar_expect_bytes(bar.full + slot, bytes + (with_dv ? D / 64 * kBlock : 0));
         for (int b = 0; b < D / 64; ++b) {
           tma_load_3d(base + b * kBlock, &p.v, b * 64, k0, kv_unit, bar.full + slot);
           tma_load_3d(base + L::kDyOff + b * kBlock, &p.dy, b * 64, r0, unit, bar.full + slot);
+          if (with_dv) {
+            tma_load_3d(base + L::kDvOff + b * kBlock, &p.dv_window, b * 64, k0, kv_unit,
+                        bar.full + slot);
+          }
         }
         for (int b = 0; b < F / 64; ++b) {
           tma_load_3d(base + L::kPkOff + b * kBlock, &p.phi_k, b * 64, k0, unit, bar.full + slot);
@@ -1291,13 +1303,25 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       named_barrier(1, 128);
       store_tile<F>(&p.dphi_k_out, smem + slot * L::kSlotBytes + L::kPkOff, apk, 1.f, 1.f, k0, unit,
                     ct);
+      // The window part of this thread's dv entries, out of the slot before it goes back.
+      const bool into_dv = adds_into_dv(step);
+      __nv_bfloat162 window[2][kDv ? D / 8 : 1];
+      if (into_dv) {
+        const uint8_t* dv_tile = smem + slot * L::kSlotBytes + L::kDvOff;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          const int col = 8 * n + 2 * t4;
+          window[0][n] = *reinterpret_cast<const __nv_bfloat162*>(
+              dv_tile + swizzled_offset(warp * 16 + g8, col, kBlock));
+          window[1][n] = *reinterpret_cast<const __nv_bfloat162*>(
+              dv_tile + swizzled_offset(warp * 16 + g8 + 8, col, kBlock));
+        }
+      }
       mbar_arrive(bar.empty + slot);  // thread 0 only after the store has read the block
 
       if constexpr (!kDv) return;
       // dv_linear summed over the group's heads.
       const bool first_head = step < tiles;  // the group's first head with a linear branch
-      // The group's last linear head adds the sum into dv, which holds the window part by now.
-      const bool into_dv = p.dv != nullptr && step >= (linear_heads - 1) * tiles;
       float* dvl = p.dv_linear + static_cast<size_t>(kv_unit) * N * D;
       bf16* dvo = p.dv + static_cast<size_t>(kv_unit) * N * D;
       auto dv_at = [&](int j, int col) {
@@ -1321,16 +1345,6 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           av[4 * n + 1] += before[0][n].y;
           av[4 * n + 2] += before[1][n].x;
           av[4 * n + 3] += before[1][n].y;
-        }
-      }
-      // The window part of this thread's dv entries, all loads issued before the first use.
-      __nv_bfloat162 window[2][D / 8];
-      if (into_dv) {
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-          const int col = 8 * n + 2 * t4;
-          window[0][n] = ja < s_end ? *dv_at(ja, col) : __nv_bfloat162{};
-          window[1][n] = jb < s_end ? *dv_at(jb, col) : __nv_bfloat162{};
         }
       }
       auto put = [&](int j, int col, float x, float y, __nv_bfloat162 w) {
@@ -2129,6 +2143,13 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
   const float scale_log2 = s.scale * 1.4426950408889634f;
   float dk[D / 2], dv[D / 2];
   int kv_waited = -1;
+  // A step's dk and dv products run while the next step's scores are issued: its slot goes back
+  // once they are done, at the next step or at the tile's end.
+  int pending = -1;  // the step whose dk and dv products may still run
+  auto give_back = [&] {
+    if (pending >= 0) mbar_arrive(bar.empty + pending % kWkSlots);
+    pending = -1;
+  };
   for_each_wk_step(
       p, kv_unit, tiles,
       [&](int step, int c, int unit, int chunk, bool first) {
@@ -2153,6 +2174,8 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
           wgmma_ss_n64<0, 0>(dpt, k_major(v_addr, ks), k_major(dy_addr, ks), ks > 0);
         }
         wgmma_commit();
+        wgmma_wait<1>();
+        give_back();
         wgmma_wait<0>();
         const int k0 = s_begin + c * kRows;
         const int ja = k0 + warp * 16 + g8, jb = ja + 8;
@@ -2188,11 +2211,12 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
           wgmma_rs<D, 1>(dv, apw[kk], n_major(dy_addr, kk, kBlock), !first || kk > 0);
         }
         wgmma_commit();
-        wgmma_wait<0>();
-        mbar_arrive(bar.empty + step % kWkSlots);
+        pending = step;
       },
       [&](int c, int steps) {
         const int buf = c % 2;
+        wgmma_wait<0>();
+        give_back();
         if (steps == 0) {
           mbar_wait(bar.kv_full + buf, (c / 2) & 1);
 #pragma unroll
@@ -2316,7 +2340,8 @@ cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream
   const int D = s.head_dim, F = s.features, N = s.seq_len;
   if (!make_map(&p.v, a.v, D, N, kv_units) || !make_map(&p.phi_k, a.phi_k, F, N, units) ||
       !make_map(&p.phi_q, a.phi_q, F, N, units) || !make_map(&p.dy, a.dy, D, N, units) ||
-      !make_map(&p.dphi_k_out, a.dphi_k, F, N, units)) {
+      !make_map(&p.dphi_k_out, a.dphi_k, F, N, units) ||
+      !make_map(&p.dv_window, a.dv, D, N, kv_units)) {
     return cudaErrorNotSupported;
   }
   p.s = s;
