@@ -296,8 +296,9 @@ RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForwar
     g.dphi_q = pick(out ? &out->dphi_q : nullptr, in.phi_q);
     g.dphi_k = pick(out ? &out->dphi_k : nullptr, in.phi_k);
   }
-  const Tensor row_grad_window = torch::empty({rows}, f32);
-  const Tensor row_grad_linear = torch::empty({rows}, f32);
+  // The two coefficient gradients' row terms side by side: one reduction sums both.
+  const Tensor row_grads = torch::empty({2, rows}, f32);
+  const Tensor row_grad_window = row_grads[0], row_grad_linear = row_grads[1];
   const Tensor row_delta = torch::empty({rows}, f32);
   const Tensor row_gate = torch::empty({rows}, f32);
   const SegmentPlan key_plan = pick_plan(o.key_segments, s.batch * s.kv_heads, s.seq_len);
@@ -340,8 +341,9 @@ RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForwar
   a.key_grads = o.key_grads;
   a.query_grads = o.query_grads;
   check_launch(launch_backward(s, a, stream_of(in.q)), "backward");
-  g.dcoef_window = row_grad_window.view({s.batch, s.q_heads, s.seq_len}).sum(-1);
-  g.dcoef_linear = row_grad_linear.view({s.batch, s.q_heads, s.seq_len}).sum(-1);
+  const Tensor coef_grads = row_grads.view({2, s.batch, s.q_heads, s.seq_len}).sum(-1);
+  g.dcoef_window = coef_grads[0];
+  g.dcoef_linear = coef_grads[1];
   return g;
 }
 

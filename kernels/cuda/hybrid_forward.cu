@@ -318,43 +318,60 @@ struct ScanParams {
   bool all_units;
 };
 
+__device__ inline void add_to(float& acc, float x) {
+  acc += x;
+}
+__device__ inline void add_to(float4& acc, float4 x) {
+  acc.x += x.x;
+  acc.y += x.y;
+  acc.z += x.z;
+  acc.w += x.w;
+}
+
+// T: float, or float4 where the state size is a multiple of 4 (idx then counts float4s), so that
+// the scan is one wave of blocks.
+template <typename T>
 __global__ void scan_kernel(ScanParams p) {
   await_previous_kernel();
+  constexpr int kWidth = sizeof(T) / sizeof(float);
   const int unit = blockIdx.y;
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= p.size) return;
+  const int size = p.size / kWidth;
+  if (idx >= size) return;
   if (!p.all_units && !unit_mode(p.s, p.window_drop, unit).use_linear) return;
-  float* base = p.states + static_cast<size_t>(unit) * p.segments * p.size + idx;
-  if (p.direction == 2) {
-    float acc = 0.f;
-    for (int sg = 0; sg < p.segments; ++sg)
-      acc += base[static_cast<size_t>(sg) * p.size];
-    const int FD = p.s.features * p.s.head_dim;
-    if (idx < FD) {
-      p.total_S[static_cast<size_t>(unit) * FD + idx] = acc;
-    } else {
-      p.total_z[static_cast<size_t>(unit) * p.s.features + idx - FD] = acc;
+  T* base = reinterpret_cast<T*>(p.states + static_cast<size_t>(unit) * p.segments * p.size) + idx;
+  if constexpr (kWidth == 1) {
+    if (p.direction == 2) {
+      float acc = 0.f;
+      for (int sg = 0; sg < p.segments; ++sg)
+        acc += base[static_cast<size_t>(sg) * size];
+      const int FD = p.s.features * p.s.head_dim;
+      if (idx < FD) {
+        p.total_S[static_cast<size_t>(unit) * FD + idx] = acc;
+      } else {
+        p.total_z[static_cast<size_t>(unit) * p.s.features + idx - FD] = acc;
+      }
+      return;
     }
-    return;
   }
   // Eight segments' loads are issued before their stores: one memory round trip per group.
   constexpr int kGroup = 8;
-  float acc = 0.f;
+  T acc{};
   for (int step0 = 0; step0 < p.segments; step0 += kGroup) {
-    float mine[kGroup];
+    T mine[kGroup];
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
       const int step = step0 + u;
       const int sg = p.direction == 0 ? step : p.segments - 1 - step;
-      mine[u] = step < p.segments ? base[static_cast<size_t>(sg) * p.size] : 0.f;
+      mine[u] = step < p.segments ? base[static_cast<size_t>(sg) * size] : T{};
     }
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
       const int step = step0 + u;
       if (step < p.segments) {
         const int sg = p.direction == 0 ? step : p.segments - 1 - step;
-        base[static_cast<size_t>(sg) * p.size] = acc;
-        acc += mine[u];
+        base[static_cast<size_t>(sg) * size] = acc;
+        add_to(acc, mine[u]);
       }
     }
   }
@@ -412,8 +429,12 @@ cudaError_t run_scan(const Shape& s, const uint8_t* window_drop, float* states, 
                      cudaStream_t stream) {
   const int size = s.features * s.head_dim + s.features;
   ScanParams sp{s, window_drop, states, segments, size, direction, total_S, total_z, all_units};
-  dim3 grid((size + 255) / 256, units);
-  return launch_chained(scan_kernel, grid, dim3(256), 0, stream, sp);
+  if (direction != 2 && size % 4 == 0 && reinterpret_cast<uintptr_t>(states) % 16 == 0) {
+    return launch_chained(scan_kernel<float4>, dim3((size / 4 + 255) / 256, units), dim3(256), 0,
+                          stream, sp);
+  }
+  return launch_chained(scan_kernel<float>, dim3((size + 255) / 256, units), dim3(256), 0, stream,
+                        sp);
 }
 
 }  // namespace detail
