@@ -1466,7 +1466,8 @@ struct QueryLayout {
   static constexpr int kZOff = kSOff + D / 64 * kSBlock;  // z: F floats
   static constexpr bool kZFloat = true;
   static constexpr int kBarOff = kZOff + F * 4;
-  static constexpr int kSmemBytes = kBarOff + 2 * kSlots * 8 + 11 * 8 + 1024;
+  // The ring's barriers, the six of q, phi_q and S, and QueryBarriers' five.
+  static constexpr int kSmemBytes = kBarOff + (2 * kSlots + 6 + 5) * 8 + 1024;
 };
 
 struct QueryParams {
@@ -1565,9 +1566,9 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     const int kbase = t0 - kRows;
     const int slots[2] = {slot_of(t - 1), slot_of(t)};  // chunks t - 1 and t
     // The forward's row values, loaded now and taken by shuffles where they are used, so that
-    // the tile's products hide the loads' latency (ncu, session 11: waiting on them took ~10%
-    // of the consumer's time) in two registers: lanes t4 = 0 / 1 of each quad hold D and the
-    // argmax of rows la / lb, lanes 2 / 3 their max.
+    // the tile's products hide the loads' latency (waiting on them took ~10% of the consumer's
+    // time, bench/KERNEL_NOTES.md session 11). Two registers: lanes t4 = 0 / 1 of each quad hold
+    // D and the argmax of rows la / lb, lanes 2 / 3 their max.
     const int quad = lane & ~3;
     float row_value = 0.f;
     int row_argmax = -1;
@@ -1827,7 +1828,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     const float delta_b = (coef_w * w1_b + coef_l * l1_b) * inv_b;
     const float gw_a = (w1_a - delta_a * e_a) * inv_a, gw_b = (w1_b - delta_b * e_b) * inv_b;
     const float gate_a = coef_w * gw_a, gate_b = coef_w * gw_b;
-    // dq through y's buffer (q is read by now) and a TMA store; then the buffer and dy go back.
+    // dq through y's buffer (q is read by now) and a TMA store; then the buffer goes back.
     named_barrier(1, 128);
     if constexpr (kDq) {
       if constexpr (!kWindow) {
@@ -1868,14 +1869,14 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
           for (int n = 0; n < D / 8; ++n) {
             const int col = 8 * n + 2 * t4;
             if (am_a >= 0) {
-              const float2 kk = unpack_bf16(
-                  __ldg(reinterpret_cast<const unsigned int*>(kg + size_t(am_a) * D + col)));
+              const float2 kk = unpack_bf16(__ldg(
+                  reinterpret_cast<const unsigned int*>(kg + static_cast<size_t>(am_a) * D + col)));
               dq[4 * n] -= gate_a * kk.x;
               dq[4 * n + 1] -= gate_a * kk.y;
             }
             if (am_b >= 0) {
-              const float2 kk = unpack_bf16(
-                  __ldg(reinterpret_cast<const unsigned int*>(kg + size_t(am_b) * D + col)));
+              const float2 kk = unpack_bf16(__ldg(
+                  reinterpret_cast<const unsigned int*>(kg + static_cast<size_t>(am_b) * D + col)));
               dq[4 * n + 2] -= gate_b * kk.x;
               dq[4 * n + 3] -= gate_b * kk.y;
             }
@@ -2144,7 +2145,8 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
   float dk[D / 2], dv[D / 2];
   int kv_waited = -1;
   // A step's dk and dv products run while the next step's scores are issued: its slot goes back
-  // once they are done, at the next step or at the tile's end.
+  // once they are done, at the next step or at the tile's end. Their register operands (ads,
+  // apw) are rewritten only after the wait that retires them.
   int pending = -1;  // the step whose dk and dv products may still run
   auto give_back = [&] {
     if (pending >= 0) mbar_arrive(bar.empty + pending % kWkSlots);
