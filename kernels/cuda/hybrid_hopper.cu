@@ -171,15 +171,21 @@ __device__ inline void hedgehog_pair(float (&r)[32], float (&pos)[32]) {
   hedgehog_half<true>(r, r);
 }
 
-// r = x W over a 64-row tile: x K-major at shared address `x_addr` (D / 64 column blocks), W the
-// map's [D][64] weight N-major at `w_addr`; waits for the product.
+// Issues r = x W over a 64-row tile: x K-major at shared address `x_addr` (D / 64 column
+// blocks), W the map's [D][64] weight N-major at `w_addr`; one wgmma group.
 template <int D>
-__device__ inline void project_tile(float (&r)[32], uint32_t x_addr, uint32_t w_addr) {
+__device__ inline void issue_projection(float (&r)[32], uint32_t x_addr, uint32_t w_addr) {
   wgmma_fence();
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks)
     wgmma_ss_n64<0, 1>(r, k_major(x_addr, ks), n_major(w_addr, ks, kBlock), ks > 0);
   wgmma_commit();
+}
+
+// The same, waiting for the product.
+template <int D>
+__device__ inline void project_tile(float (&r)[32], uint32_t x_addr, uint32_t w_addr) {
+  issue_projection<D>(r, x_addr, w_addr);
   wgmma_wait<0>();
 }
 
@@ -978,12 +984,7 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
     auto project = [&](float(&r)[32], int c) {
       const int stage = c % kSpStages;
       mbar_wait(full + stage, (c / kSpStages) & 1);
-      const uint32_t x_addr = sbase + stage * L::kStageBytes, w_addr = sbase + L::kWOff;
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks)
-        wgmma_ss_n64<0, 1>(r, k_major(x_addr, ks), n_major(w_addr, ks, kBlock), ks > 0);
-      wgmma_commit();
+      issue_projection<D>(r, sbase + stage * L::kStageBytes, sbase + L::kWOff);
     };
     // The activation writes registers of its own: ordinary instructions that wrote an
     // accumulator would serialise the wgmma in flight.
