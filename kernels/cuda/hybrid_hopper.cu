@@ -440,59 +440,62 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     float m_a = 0.f, m_b = 0.f, wsum_a = 0.f, wsum_b = 0.f, lsum_a = 0.f, lsum_b = 0.f;
     int am_a = -1, am_b = -1;
     if constexpr (kWindow) {
+      // Row r sees key j iff 0 <= r - j < min(w, r + 1). Element i of chunk c is key
+      // j = kbase + 2 t4 + e with e a constant once unrolled, so the test is two compares of
+      // constants against per-row registers: before < e <= last, last the offset of key r.
+      // Masked scores become -inf (their exponential is 0 and they never equal a finite max);
+      // the max is taken on the raw scores (scale > 0), the scale goes into the exponential's fma.
+      const int last_a = ia - kbase - 2 * t4, last_b = last_a + 8;
+      const int before_a = last_a - min(w, ia + 1), before_b = last_b - min(w, ib + 1);
       float mx_a = -INFINITY, mx_b = -INFINITY;
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
 #pragma unroll
         for (int i = 0; i < 32; ++i) {
-          const int j = kbase + c * 64 + (i / 4) * 8 + 2 * t4 + (i & 1);
-          const int row = (i & 2) ? ib : ia;
-          const float v = sc[c][i] * scale_log2;
+          const int e = c * 64 + (i / 4) * 8 + (i & 1);
+          const bool in = (i & 2) ? e <= last_b && e > before_b : e <= last_a && e > before_a;
+          const float v = in ? sc[c][i] : -INFINITY;
           sc[c][i] = v;
-          const bool in = j <= row && j > row - w && j >= 0;
-          if (i & 2) {
-            if (in && v > mx_b) {
-              mx_b = v;
-              am_b = j;
-            }
-          } else if (in && v > mx_a) {
-            mx_a = v;
-            am_a = j;
-          }
+          if (i & 2)
+            mx_b = fmaxf(mx_b, v);
+          else
+            mx_a = fmaxf(mx_a, v);
         }
       }
 #pragma unroll
       for (int off = 1; off <= 2; off <<= 1) {
-        const float oa = __shfl_xor_sync(kFullMask, mx_a, off);
-        const int ja = __shfl_xor_sync(kFullMask, am_a, off);
-        if (oa > mx_a || (oa == mx_a && ja >= 0 && (am_a < 0 || ja < am_a))) {
-          mx_a = oa;
-          am_a = ja;
-        }
-        const float ob = __shfl_xor_sync(kFullMask, mx_b, off);
-        const int jb = __shfl_xor_sync(kFullMask, am_b, off);
-        if (ob > mx_b || (ob == mx_b && jb >= 0 && (am_b < 0 || jb < am_b))) {
-          mx_b = ob;
-          am_b = jb;
-        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(kFullMask, mx_a, off));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(kFullMask, mx_b, off));
       }
-      m_a = mx_a == -INFINITY ? 0.f : mx_a;
-      m_b = mx_b == -INFINITY ? 0.f : mx_b;
+      m_a = mx_a == -INFINITY ? 0.f : mx_a * scale_log2;
+      m_b = mx_b == -INFINITY ? 0.f : mx_b * scale_log2;
+      // Backwards, so that the argmax is the smallest key of the row with the max score.
+      int ea = 1 << 30, eb = 1 << 30;
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
+      for (int c = 1; c >= 0; --c) {
 #pragma unroll
-        for (int i = 0; i < 32; ++i) {
-          const int j = kbase + c * 64 + (i / 4) * 8 + 2 * t4 + (i & 1);
-          const int row = (i & 2) ? ib : ia;
-          const bool in = j <= row && j > row - w && j >= 0;
-          const float ex = in ? fast_exp2(sc[c][i] - ((i & 2) ? m_b : m_a)) : 0.f;
-          if (i & 2)
+        for (int i = 31; i >= 0; --i) {
+          const int e = c * 64 + (i / 4) * 8 + (i & 1);
+          const float ex = fast_exp2(fmaf(sc[c][i], scale_log2, (i & 2) ? -m_b : -m_a));
+          if (i & 2) {
             wsum_b += ex;
-          else
+            eb = sc[c][i] == mx_b ? e : eb;
+          } else {
             wsum_a += ex;
+            ea = sc[c][i] == mx_a ? e : ea;
+          }
           sc[c][i] = coef_w * ex;
         }
       }
+      ea += 2 * t4;  // key offsets from kbase, taken to the quad's smallest
+      eb += 2 * t4;
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        ea = min(ea, __shfl_xor_sync(kFullMask, ea, off));
+        eb = min(eb, __shfl_xor_sync(kFullMask, eb, off));
+      }
+      am_a = mx_a == -INFINITY ? -1 : kbase + ea;
+      am_b = mx_b == -INFINITY ? -1 : kbase + eb;
     }
     if constexpr (!kWindow) {
 #pragma unroll
@@ -506,11 +509,14 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
       // Linear keys outside the state: [s_lo, row - lin_lag].
       const int s_lo = t == 0 ? r_begin - um.state_lag : kbase + kRows * lin_c;
       auto add_linear = [&](float(&pc)[32], int j0) {
+        // As the window's test: key j = j0 + 2 t4 + e, e a constant, lies in
+        // [max(s_lo, 0), row - lin_lag] iff lo <= e <= hi_a (hi_b).
+        const int lo = max(s_lo, 0) - j0 - 2 * t4;
+        const int hi_a = ia - um.lin_lag - j0 - 2 * t4, hi_b = hi_a + 8;
 #pragma unroll
         for (int i = 0; i < 32; ++i) {
-          const int j = j0 + (i / 4) * 8 + 2 * t4 + (i & 1);
-          const int row = (i & 2) ? ib : ia;
-          const bool in = j >= s_lo && j >= 0 && j <= row - um.lin_lag;
+          const int e = (i / 4) * 8 + (i & 1);
+          const bool in = e >= lo && e <= ((i & 2) ? hi_b : hi_a);
           const float pv = in ? lin[i] : 0.f;
           if (i & 2)
             lsum_b += pv;
@@ -1683,6 +1689,9 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       // The unfolded linear keys: [s_lo, row - lin_lag] within the chunk.
       const int s_lo = t == 0 ? r_begin - um.state_lag : kbase + kRows * lin_c;
       const int j0 = kbase + kRows * lin_c;
+      // The forward's linear test: key j0 + 2 t4 + e in [max(s_lo, 0), row - lin_lag].
+      const int lo = max(s_lo, 0) - j0 - 2 * t4;
+      const int hi_a = ia - um.lin_lag - j0 - 2 * t4, hi_b = ib - um.lin_lag - j0 - 2 * t4;
       float ls_a = 0.f, ls_b = 0.f, ps_a = 0.f, ps_b = 0.f;  // this lane's part of the chunk sums
       uint32_t adu[4][4];
 #pragma unroll
@@ -1693,10 +1702,9 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int i = 8 * kk + 2 * r + e;
-            const int j = j0 + (i / 4) * 8 + 2 * t4 + (i & 1);
+            const int off = (i / 4) * 8 + (i & 1);
             const bool top = (i & 2) == 0;
-            const int row = top ? ia : ib;
-            const bool in = j >= s_lo && j >= 0 && j <= row - um.lin_lag;
+            const bool in = off >= lo && off <= (top ? hi_a : hi_b);
             const float pv = in ? pl[i] : 0.f;
             if (top) {
               ls_a += pv * dv[i];
@@ -1749,6 +1757,10 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       const float m_b = __shfl_sync(kFullMask, row_value, quad + 3) * 1.4426950408889634f;
       am_a = __shfl_sync(kFullMask, row_argmax, quad);
       am_b = __shfl_sync(kFullMask, row_argmax, quad + 1);
+      // The forward's window test: key kbase + 2 t4 + off is in the window iff
+      // before < off <= last.
+      const int last_a = ia - kbase - 2 * t4, last_b = ib - kbase - 2 * t4;
+      const int before_a = last_a - min(w, ia + 1), before_b = last_b - min(w, ib + 1);
       mbar_wait(bar.q_full, t & 1);
       // Per chunk c: q k^T and dy v^T (one wgmma group), then the weights e and, for dq,
       // ds = c_w e (dy . v - dl) / D as the register operand of ds k.
@@ -1772,11 +1784,11 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int i = 8 * kk + 2 * r + e;
-              const int j = kbase + c * kRows + (i / 4) * 8 + 2 * t4 + (i & 1);
+              const int off = c * kRows + (i / 4) * 8 + (i & 1);
               const bool top = (i & 2) == 0;
-              const int row = top ? ia : ib;
-              const bool in = j <= row && j > row - w && j >= 0;
-              const float ex = in ? fast_exp2(sc[c][i] * scale_log2 - (top ? m_a : m_b)) : 0.f;
+              const bool in =
+                  top ? off <= last_a && off > before_a : off <= last_b && off > before_b;
+              const float ex = in ? fast_exp2(fmaf(sc[c][i], scale_log2, top ? -m_a : -m_b)) : 0.f;
               if (top) {
                 w1_a += ex * dyv[c][i];
                 e_a += ex;
@@ -2183,6 +2195,10 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
         const int k0 = s_begin + c * kRows;
         const int ja = k0 + warp * 16 + g8, jb = ja + 8;
         const int i0 = s_begin + chunk * kRows;
+        // Row i0 + 2 t4 + off sees key j iff from <= off < to (j <= i < j + w, both below N).
+        const int from_a = ja - i0 - 2 * t4, from_b = from_a + 8;
+        const int to_a = ja < N ? min(ja + w, N) - i0 - 2 * t4 : from_a;
+        const int to_b = jb < N ? min(jb + w, N) - i0 - 2 * t4 : from_b;
         uint32_t ads[4][4], apw[4][4];
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
@@ -2192,11 +2208,11 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int idx = 8 * kk + 2 * r + e;
-              const int il = (idx / 4) * 8 + 2 * t4 + (idx & 1);
-              const int i = i0 + il;
+              const int off = (idx / 4) * 8 + (idx & 1);
+              const int il = off + 2 * t4;
               const int j = (idx & 2) ? jb : ja;
-              const bool in = i >= j && i < j + w && i < N && j < N;
-              const float ex = in ? fast_exp2(st[idx] * scale_log2 - fac[il]) : 0.f;
+              const bool in = (idx & 2) ? off >= from_b && off < to_b : off >= from_a && off < to_a;
+              const float ex = in ? fast_exp2(fmaf(st[idx], scale_log2, -fac[il])) : 0.f;
               const float inv = fac[kRows + il];
               const bool at_max = in && reinterpret_cast<const int*>(fac)[4 * kRows + il] == j;
               ds[e] = coef_w * ex * (dpt[idx] - fac[2 * kRows + il]) * inv -
