@@ -139,12 +139,11 @@ __device__ inline void fma4(float4& acc, float c, float4 x) {
   acc.w = fmaf(c, x.w, acc.w);
 }
 
+// Two blocks fit an SM (at most 128 registers a thread), so that the launcher's clusters of four
+// all start at once (at 150 registers they took two waves on an H200: 9.9 against 5.9 us) and a
+// lone block's heads may outnumber the SMs; C = 2 spills 200 bytes at 128 and runs one per SM.
 template <typename T, int C, int D>
-__global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) {
-  __shared__ float sq[128];            // q * scale
-  __shared__ float spq[256];           // phi_q
-  __shared__ float sa[256];            // phi_k of the folded key (this block's rows)
-  __shared__ float sv[128];            // its value
+__global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(DecodeParams p) {
   __shared__ float ssc[kMaxRingKeys];  // scores of this block's ring keys
   __shared__ float spl[kMaxRingKeys];  // c_l p_j of this block's ring keys
   __shared__ float4 sacc[2][16][32];   // per row-group partial numerators (window, linear)
@@ -209,17 +208,23 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
                                s.mode == static_cast<int>(KernelMode::kLinearOnly) ||
                                (s.overlap && s.mode != static_cast<int>(KernelMode::kWindowOnly));
 
+  const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
   // Every global load that depends on nothing is issued first, so that the block waits for
   // memory about once: its S rows, z entries, ring keys and values (the first kAhead of each).
   float* S = has_state ? p.st.S + static_cast<size_t>(unit) * F * D : nullptr;
   float* z = has_state ? p.st.z + static_cast<size_t>(unit) * F : nullptr;
+  // Each thread reads what it uses straight from memory (no staging through shared memory and
+  // a barrier): its S rows with their phi_q and folded phi_k entries.
   float4 rows[kRowsInFlight];
+  float pq_of[kRowsInFlight], pk_of[kRowsInFlight];
   auto load_state_rows = [&](int f0) {
 #pragma unroll
     for (int u = 0; u < kRowsInFlight; ++u) {
       const int f = f0 + u * groups;
-      rows[u] =
-          f < f_end ? load4(S + static_cast<size_t>(f) * D + e4) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const bool in = f < f_end;
+      rows[u] = in ? load4(S + static_cast<size_t>(f) * D + e4) : make_float4(0.f, 0.f, 0.f, 0.f);
+      pq_of[u] = in ? to_float(pq_new[f]) : 0.f;
+      pk_of[u] = in && fold ? to_float(pk_ring[static_cast<size_t>(slot) * F + f]) : 0.f;
     }
   };
   if (has_state) load_state_rows(f_begin + rg);
@@ -232,7 +237,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   auto store_state_row = [&](int u, int f) {
     *reinterpret_cast<float4*>(S + static_cast<size_t>(f) * D + e4) = rows[u];
   };
-  const float z_old = has_state && tid < f_end - f_begin ? z[f_begin + tid] : 0.f;
+  // Thread tid < F / C updates z entry f_begin + tid and takes its part of phi_q . z.
+  const bool z_lane = has_state && tid < f_end - f_begin;
+  const float z_old = z_lane ? z[f_begin + tid] : 0.f;
+  const float z_pq = z_lane ? to_float(pq_new[f_begin + tid]) : 0.f;
+  const float z_pk =
+      z_lane && fold ? to_float(pk_ring[static_cast<size_t>(slot) * F + f_begin + tid]) : 0.f;
+  // The folded key's value (this thread's columns) and q (lane's columns, for the scores).
+  const float4 fv = fold ? load4(v_ring + static_cast<size_t>(slot) * D + e4) : zero4;
+  const float4 q4 = lane * 4 < D ? load4(q_new + lane * 4) : zero4;
   // What the ring slot receives at the end, loaded now: the new key and value (warp 0, four
   // columns a lane) and this block's phi_k rows.
   const bool ring_lane = warp == 0 && lane * 4 < D;
@@ -254,7 +267,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     if (slot_jj >= w) slot_jj -= w;
     return ring + static_cast<size_t>(slot_jj) * width;
   };
-  const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
   // Scores: warp `warp` takes keys warp, warp + 8, ...; lane holds 4 columns of k (D <= 128)
   // and 8 of phi_k (F <= 256).
   auto key_piece = [&](int jj) {
@@ -281,28 +293,26 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     v_ahead[u] = value_piece(rg + u * groups);
   }
 
-  for (int e = tid; e < D; e += kDecodeThreads) {
-    sq[e] = to_float(q_new[e]) * s.scale;
-    sv[e] = fold ? to_float(v_ring[static_cast<size_t>(slot) * D + e]) : 0.f;
+  // The ring linear scores' phi_q (lane's columns), only in the modes that have them.
+  float4 pq4[2] = {zero4, zero4};
+  if (has_state && may_ring_linear) {
+    if (lane * 4 < F) pq4[0] = load4(pq_new + lane * 4);
+    if (lane * 4 + 128 < F) pq4[1] = load4(pq_new + lane * 4 + 128);
   }
-  if (has_state) {
-    for (int f = tid; f < F; f += kDecodeThreads)
-      spq[f] = to_float(pq_new[f]);
-    for (int f = f_begin + tid; f < f_end; f += kDecodeThreads)
-      sa[f - f_begin] = fold ? to_float(pk_ring[static_cast<size_t>(slot) * F + f]) : 0.f;
-  }
-  __syncthreads();
-  // This block no longer reads kv ring slot `slot` (its value is in sv). With the kv group
-  // spread over several clusters, take a ticket now and look at it at the end: the last of
-  // the group's readers rewrites the slot.
+  // With the kv group spread over several clusters, take a ticket once this block has read kv
+  // ring slot `slot` (the fold's value, fv) and look at it at the end: the last of the group's
+  // readers rewrites the slot.
   unsigned int ticket = 0;
-  if (group > 1 && tid == 0) ticket = atomicAdd(g_ring_turns + kv_unit % kRingTurns, 1u);
+  if (group > 1) {
+    // The barrier's predicate reads fv, so every thread's load of the slot has returned.
+    __syncthreads_or(fv.x + fv.y + fv.z + fv.w != 0.f);
+    if (tid == 0) ticket = atomicAdd(g_ring_turns + kv_unit % kRingTurns, 1u);
+  }
 
   // State rows: fold key t - w, then c_l phi_q S (numerator) and phi_q . z (denominator).
   float4 lin = zero4;
   float z_new = 0.f;
   if (has_state) {
-    const float4 fv = make_float4(sv[e4], sv[e4 + 1], sv[e4 + 2], sv[e4 + 3]);
     for (int f0 = f_begin + rg; f0 < f_end; f0 += kRowsInFlight * groups) {
       if (f0 != f_begin + rg) load_state_rows(f0);
 #pragma unroll
@@ -310,10 +320,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
         const int f = f0 + u * groups;
         if (f >= f_end) break;
         if (fold) {
-          fma4(rows[u], sa[f - f_begin], fv);
+          fma4(rows[u], pk_of[u], fv);
           if (f0 != last_f0) store_state_row(u, f);
         }
-        fma4(lin, spq[f], rows[u]);
+        fma4(lin, pq_of[u], rows[u]);
       }
     }
     const float lin_coef = um.use_linear ? cl : 0.f;
@@ -322,9 +332,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     lin.z *= lin_coef;
     lin.w *= lin_coef;
     float dz = 0.f;
-    if (tid < f_end - f_begin) {
-      z_new = z_old + sa[tid];  // sa is 0 when nothing is folded
-      dz = spq[f_begin + tid] * z_new;
+    if (z_lane) {
+      z_new = z_old + z_pk;  // z_pk is 0 when nothing is folded
+      dz = z_pq * z_new;
     }
     dz = warp_sum(dz);
     if (lane == 0) sdz[warp] = dz;
@@ -333,20 +343,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   // Scores of this block's ring keys, one warp per key: the first kAhead keys of each warp
   // from the early loads (constant indices keep them in registers), the rest (only when
   // w > 64) loaded here.
+  // Lanes past D or F hold zeros in q4, pq4 and the pieces.
+  auto dot4 = [](float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; };
   auto score = [&](int jj, float4 k4, float4 p4a, float4 p4b) {
-    float acc = 0.f, pacc = 0.f;
-    const int e = lane * 4;
-    if (e < D) acc = sq[e] * k4.x + sq[e + 1] * k4.y + sq[e + 2] * k4.z + sq[e + 3] * k4.w;
-    if (ring_linear) {
-      if (e < F)
-        pacc = spq[e] * p4a.x + spq[e + 1] * p4a.y + spq[e + 2] * p4a.z + spq[e + 3] * p4a.w;
-      if (e + 128 < F) {
-        pacc += spq[e + 128] * p4b.x + spq[e + 129] * p4b.y + spq[e + 130] * p4b.z +
-                spq[e + 131] * p4b.w;
-      }
-    }
-    acc = warp_sum(acc);
-    pacc = warp_sum(pacc);
+    const float acc = warp_sum(dot4(q4, k4)) * s.scale;
+    // ring_linear is the same for the whole block: a uniform branch.
+    const float pacc = ring_linear ? warp_sum(dot4(pq4[0], p4a) + dot4(pq4[1], p4b)) : 0.f;
     if (lane == 0) {
       ssc[jj] = acc;
       spl[jj] = ring_linear ? cl * pacc : 0.f;
