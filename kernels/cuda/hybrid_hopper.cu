@@ -86,12 +86,12 @@ struct WgParams {
 
 // K-major operand (rows of 128 bf16 as two column blocks), k-step ks of 16 columns.
 __device__ inline uint64_t k_major(uint32_t base, int ks) {
-  return swizzled_desc(base + (ks / 4) * kBlock + (ks % 4) * 32, 16, 1024);
+  return desc_plus(swizzled_desc(base, 16, 1024), (ks / 4) * kBlock + (ks % 4) * 32);
 }
 
 // N-major operand whose 64-column blocks are `lead` bytes apart, k-step ks of 16 rows.
 __device__ inline uint64_t n_major(uint32_t base, int ks, uint32_t lead) {
-  return swizzled_desc(base + ks * 16 * 128, lead, 1024);
+  return desc_plus(swizzled_desc(base, lead, 1024), ks * 16 * 128);
 }
 
 // Byte offset of element (row, col) in a tile of 64-column swizzled blocks `block` bytes apart.
@@ -424,7 +424,8 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
         wgmma_ss<D, 0, 1>(o, k_major(pq_addr, ks), n_major(sbase + L::kSOff, ks, L::kSBlock),
                           ks > 0);
         wgmma_ss_n8<0, 0>(zd, k_major(pq_addr, ks),
-                          interleaved_desc(sbase + L::kZOff + ks * 256, 128, 256), ks > 0);
+                          desc_plus(interleaved_desc(sbase + L::kZOff, 128, 256), ks * 256),
+                          ks > 0);
       }
       wgmma_commit();
     }
@@ -1102,7 +1103,7 @@ struct KeyBarriers {
 
 // K-major operand whose 64-column blocks are `block` bytes apart, k-step ks of 16 columns.
 __device__ inline uint64_t k_major_blocks(uint32_t base, int ks, int block) {
-  return swizzled_desc(base + (ks / 4) * block + (ks % 4) * 32, 16, 1024);
+  return desc_plus(swizzled_desc(base, 16, 1024), (ks / 4) * block + (ks % 4) * 32);
 }
 
 // The steps every role walks: the group's q heads with a linear branch, each over the key
