@@ -446,6 +446,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
       // constants against per-row registers: before < e <= last, last the offset of key r.
       // Masked scores become -inf (their exponential is 0 and they never equal a finite max);
       // the max is taken on the raw scores (scale > 0), the scale goes into the exponential's fma.
+      // In chunk 0, e <= 57 < 58 <= last: only the lower bound is tested.
       const int last_a = ia - kbase - 2 * t4, last_b = last_a + 8;
       const int before_a = last_a - min(w, ia + 1), before_b = last_b - min(w, ib + 1);
       float mx_a = -INFINITY, mx_b = -INFINITY;
@@ -454,7 +455,8 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
 #pragma unroll
         for (int i = 0; i < 32; ++i) {
           const int e = c * 64 + (i / 4) * 8 + (i & 1);
-          const bool in = (i & 2) ? e <= last_b && e > before_b : e <= last_a && e > before_a;
+          const bool in = (i & 2) ? (c == 0 || e <= last_b) && e > before_b
+                                  : (c == 0 || e <= last_a) && e > before_a;
           const float v = in ? sc[c][i] : -INFINITY;
           sc[c][i] = v;
           if (i & 2)
@@ -1759,7 +1761,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       am_a = __shfl_sync(kFullMask, row_argmax, quad);
       am_b = __shfl_sync(kFullMask, row_argmax, quad + 1);
       // The forward's window test: key kbase + 2 t4 + off is in the window iff
-      // before < off <= last.
+      // before < off <= last (the upper bound holds throughout chunk 0).
       const int last_a = ia - kbase - 2 * t4, last_b = ib - kbase - 2 * t4;
       const int before_a = last_a - min(w, ia + 1), before_b = last_b - min(w, ib + 1);
       mbar_wait(bar.q_full, t & 1);
@@ -1777,6 +1779,10 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         wgmma_commit();
       };
       auto weigh = [&](int c, uint32_t(&ads)[4][4]) {
+        // ds = c_w e (dy . v - dl) / D as e (dy . v x - dl x) with x = c_w / D: a product and an
+        // fma.
+        const float x_a = coef_w * inv_a, x_b = coef_w * inv_b;
+        const float dlx_a = dl_a * x_a, dlx_b = dl_b * x_b;
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
@@ -1787,8 +1793,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
               const int i = 8 * kk + 2 * r + e;
               const int off = c * kRows + (i / 4) * 8 + (i & 1);
               const bool top = (i & 2) == 0;
-              const bool in =
-                  top ? off <= last_a && off > before_a : off <= last_b && off > before_b;
+              const bool in = top ? (c == 0 || off <= last_a) && off > before_a
+                                  : (c == 0 || off <= last_b) && off > before_b;
               const float ex = in ? fast_exp2(fmaf(sc[c][i], scale_log2, top ? -m_a : -m_b)) : 0.f;
               if (top) {
                 w1_a += ex * dyv[c][i];
@@ -1797,7 +1803,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
                 w1_b += ex * dyv[c][i];
                 e_b += ex;
               }
-              ds[e] = coef_w * ex * (dyv[c][i] - (top ? dl_a : dl_b)) * (top ? inv_a : inv_b);
+              ds[e] = ex * fmaf(dyv[c][i], top ? x_a : x_b, top ? -dlx_a : -dlx_b);
             }
             ads[kk][r] = pack_bf16(ds[0], ds[1]);
           }
