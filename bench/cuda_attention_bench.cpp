@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/graph_steps.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/cuda/cuda_attention.hpp"
 #include "kernels/feature_map.hpp"
@@ -257,8 +258,8 @@ void BM_HedgehogFeatureMap(benchmark::State& state) {
 }
 
 // One decode step per layer at position 4096 (past the window), replayed from a CUDA graph
-// of 32 steps so that launch gaps do not count. Second argument: blocks per head (0: the
-// launcher's choice for this GPU).
+// of 32 steps so that launch gaps do not count (bench/graph_steps.hpp). Second argument: blocks per
+// head (0: the launcher's choice for this GPU).
 void BM_FusedDecode(benchmark::State& state) {
   if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
   const int64_t B = state.range(0);
@@ -305,48 +306,25 @@ void BM_FusedDecode(benchmark::State& state) {
   st.phik_ring = pkr.data_ptr();
   cudaStream_t stream;
   cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-  constexpr int kSteps = 32;
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
   const int rc = hc::launch_decode(s, a, st, stream);
   if (rc != 0 || cudaStreamSynchronize(stream) != cudaSuccess) {
     cudaStreamDestroy(stream);
     const std::string why = std::string("decode launch failed: ") + hc::error_string(rc);
     return state.SkipWithError(why.c_str());
   }
-  cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
-  for (int i = 0; i < kSteps; ++i)
-    hc::launch_decode(s, a, st, stream);
-  cudaStreamEndCapture(stream, &graph);
-  cudaGraphInstantiate(&exec, graph, 0);
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
   for (auto _ : state) {
-    for (int i = 0; i < 200; ++i)  // ~60 ms: clocks up before timing
-      cudaGraphLaunch(exec, stream);
-    std::vector<double> times;
-    for (int r = 0; r < 20; ++r) {
-      cudaEventRecord(start, stream);
-      cudaGraphLaunch(exec, stream);
-      cudaEventRecord(stop, stream);
-      cudaEventSynchronize(stop);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, start, stop);
-      times.push_back(ms * 1e3 / kSteps);
+    const double us = hl::bench::graph_step_us(
+        [&](cudaStream_t on) { hc::launch_decode(s, a, st, on); }, 32, stream);
+    if (us < 0) {
+      state.SkipWithError("decode graph capture failed");
+      break;
     }
-    std::sort(times.begin(), times.end());
-    const double us = times[times.size() / 2];
     const double heads = static_cast<double>(B) * kHeads;
     const double bytes = heads * (2.0 * kFeatures * kDim * 4 + 2.0 * kFeatures * 4 +
                                   kWindow * (2.0 * kDim + kFeatures) * 2);
     const double flops = heads * (4.0 * kFeatures * kDim + 4.0 * kWindow * kDim);
     report(state, us, bytes, flops);
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
 }
 
