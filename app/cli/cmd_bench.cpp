@@ -129,7 +129,7 @@ int cmd_bench(const Args& args) {
           std::printf("%8lld  %-10s %-9s %14.3f %14.3f\n", (long long)n,
                       std::string(kernels::to_string(backend)).c_str(), phi, median_ms(forward),
                       median_ms(both));
-        } catch (const std::exception& error) {
+        } catch (const std::exception&) {
           std::printf("%8lld  %-10s %-9s %29s\n", (long long)n,
                       std::string(kernels::to_string(backend)).c_str(), phi, "not available");
         }

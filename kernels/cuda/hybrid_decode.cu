@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
     for (int u = 0; u < kRowsInFlight; ++u) {
       const int f = f0 + u * groups;
       const bool in = f < f_end;
-      rows[u] = in ? load4(S + static_cast<size_t>(f) * D + e4) : make_float4(0.f, 0.f, 0.f, 0.f);
+      rows[u] = in ? load4(S + static_cast<size_t>(f) * D + e4) : zero4;
       pq_of[u] = in ? to_float(pq_new[f]) : 0.f;
       pk_of[u] = in && fold ? to_float(pk_ring[static_cast<size_t>(slot) * F + f]) : 0.f;
     }
@@ -342,8 +342,7 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
 
   // Scores of this block's ring keys, one warp per key: the first kAhead keys of each warp
   // from the early loads (constant indices keep them in registers), the rest (only when
-  // w > 64) loaded here.
-  // Lanes past D or F hold zeros in q4, pq4 and the pieces.
+  // w > 64) loaded here. Lanes past D or F hold zeros in q4, pq4 and the pieces.
   auto dot4 = [](float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; };
   auto score = [&](int jj, float4 k4, float4 p4a, float4 p4b) {
     const float acc = warp_sum(dot4(q4, k4)) * s.scale;
