@@ -382,6 +382,38 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
   // chunk t when lin_lag = 0 (the state warpgroup folds one chunk later or earlier).
   const int lin_c = um.lin_lag > 0 ? 0 : 1;
 
+  // Tile t's window scores q k^T over chunks t - 1 and t, one wgmma group: tile 0's before the
+  // loop, tile t + 1's at the end of tile t once P v is done, so that they run while tile t's y
+  // is staged and stored. After the last tile the group is issued all the same, on whatever the
+  // buffers hold, and dropped: a wgmma issued under a condition would serialise the others.
+  // kMap issues them at the top of each tile instead: there q is freed only once the state
+  // warpgroup has projected it too, and the early issue measured 4% slower (438-447 against
+  // 460-465 us at B1 16K, H200).
+  constexpr bool kEarly = !kMap;
+  float sc[2][32];
+  auto issue_scores = [&](int t) {
+    if (t < tiles) {
+      mbar_wait(bar.chunk_full + slot_of(t - 1), use_of(t - 1) & 1);
+      mbar_wait(bar.chunk_full + slot_of(t), use_of(t) & 1);
+      mbar_wait(bar.q_full, t & 1);
+    }
+    // The first k-step overwrites sc: its old values are dead here, not carried round the loop
+    // (live through P v and the y store, they spilled).
+#pragma unroll
+    for (int i = 0; i < 32; ++i)
+      asm volatile("" : "=f"(sc[0][i]), "=f"(sc[1][i]));
+    wgmma_fence();
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const uint32_t slot = sbase + slot_of(t - 1 + c) * L::kSlotBytes;
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks)
+        wgmma_ss_n64<0, 0>(sc[c], k_major(q_addr, ks), k_major(slot, ks), ks > 0);
+    }
+    wgmma_commit();
+  };
+  if constexpr (kWindow && kEarly) issue_scores(0);
+
   for (int t = 0; t < tiles; ++t) {
     const int t0 = r_begin + t * kRows;
     const int kbase = t0 - kRows;                       // first key of chunk t - 1
@@ -390,23 +422,23 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     mbar_wait(bar.chunk_full + slots[1], use_of(t) & 1);
 
     // Accumulators are never written by ordinary instructions (the first k-step overwrites), so
-    // the wgmma groups run without serialising. Groups complete in order: first the scores
-    // q k^T over both chunks (q is then free), then phi_q phi_k^T over the chunk with linear keys
-    // and the state query c_l phi_q S, c_l phi_q . z (the state warpgroup publishes S and z
-    // times c_l, or with kMap phi_q times c_l), after which phi_q and S are free.
-    float sc[2][32], lin[32], o[D / 2], zd[4];
-    wgmma_fence();
-    if constexpr (kWindow) {
-      mbar_wait(bar.q_full, t & 1);
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const uint32_t slot = sbase + slots[c] * L::kSlotBytes;
-#pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks)
-          wgmma_ss_n64<0, 0>(sc[c], k_major(q_addr, ks), k_major(slot, ks), ks > 0);
-      }
-      wgmma_commit();
+    // the wgmma groups run without serialising. The scores, issued before this tile, are waited
+    // for first (q is then free): the group after them writes o, which tile t - 1's y was read
+    // from while they ran. Then phi_q phi_k^T over the chunk with linear keys and the state
+    // query c_l phi_q S, c_l phi_q . z (the state warpgroup publishes S and z times c_l, or with
+    // kMap phi_q times c_l) run during the window's softmax; after them phi_q and S are free.
+    if constexpr (kWindow && !kEarly) issue_scores(t);
+    if constexpr (kWindow && kEarly) {
+      wgmma_wait<0>();
+      mbar_arrive(bar.q_empty);
     }
+    // Tile t - 1's y store has been in flight since the end of that tile: once it has read
+    // chunk t - 2's slot (where y was staged), the slot goes back to the producer.
+    if (kEarly && t > 0 && ct == 0) {
+      bulk_wait_read();
+      mbar_arrive(bar.chunk_empty + slot_of(t - 2));
+    }
+    float lin[32], o[D / 2], zd[4];
     if constexpr (kLinear) {
       mbar_wait(bar.pq_full, t & 1);
       uint32_t pk_addr = sbase + (lin_c == 0 ? slots[0] : slots[1]) * L::kSlotBytes + L::kPkOff;
@@ -415,6 +447,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
         mbar_wait(bar.pk_ready + (t & 1), (t >> 1) & 1);
         pk_addr = sbase + L::kPkRingOff + (t & 1) * L::kPkBytes;
       }
+      wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < F / 16; ++ks)
         wgmma_ss_n64<0, 0>(lin, k_major(pq_addr, ks), k_major(pk_addr, ks), ks > 0);
@@ -429,11 +462,8 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
       }
       wgmma_commit();
     }
-    if constexpr (kWindow) {
-      if constexpr (kLinear)
-        wgmma_wait<1>();
-      else
-        wgmma_wait<0>();
+    if constexpr (kWindow && !kEarly) {
+      wgmma_wait<kLinear ? 1 : 0>();
       mbar_arrive(bar.q_empty);
     }
 
@@ -561,8 +591,8 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
       }
     }
     wgmma_commit();
-    wgmma_wait<0>();
 
+    // The denominators while P v runs.
 #pragma unroll
     for (int off = 1; off <= 2; off <<= 1) {
       wsum_a += __shfl_xor_sync(kFullMask, wsum_a, off);
@@ -581,6 +611,9 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
       den_a = coef_w * wsum_a + coef_l * lsum_a + z_a;
       den_b = coef_w * wsum_b + coef_l * lsum_b + z_b;
     }
+    wgmma_wait<0>();
+    if constexpr (kWindow && kEarly) issue_scores(t + 1);
+
     const float inv_a = 1.f / den_a, inv_b = 1.f / den_b;
     // y goes out through shared memory and one TMA store: the keys of chunk t - 1 (free since
     // this tile's scores) hold it in the swizzled layout of the y tensor map. Segments are whole
@@ -601,8 +634,11 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
         for (int b = 0; b < D / 64; ++b)
           tma_store_3d(&p.y, smem + slots[0] * L::kSlotBytes + b * kBlock, b * 64, t0, unit);
         bulk_commit();
-        bulk_wait_read();
-        mbar_arrive(bar.chunk_empty + slots[0]);  // the last tile that reads chunk t - 1
+        // With kEarly the next tile waits for the store to have read the slot.
+        if constexpr (!kEarly) {
+          bulk_wait_read();
+          mbar_arrive(bar.chunk_empty + slots[0]);  // the last tile that reads chunk t - 1
+        }
       }
     }
     if (t4 == 0) {
@@ -621,6 +657,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
       }
     }
   }
+  wgmma_wait<0>();
   if (ct == 0) bulk_wait();  // the last y stores are complete before the block ends
 }
 
