@@ -1,7 +1,8 @@
 // GPU benchmark of the fused hybrid-attention kernels next to the LibTorch path of the
 // dispatch (Backend::chunked on CUDA tensors). Shapes of issue 5: B1 H32 d128 W64 F128 bf16 at
 // N = 4K, 16K, 64K and B8 N4K. Each case: warm-up, then the median of CUDA-event timings of
-// single calls; counters are microseconds, achieved GB/s (bytes model below) and TFLOP/s.
+// single calls (queued as do_bench queues them, see median_us); counters are microseconds,
+// achieved GB/s (bytes model below) and TFLOP/s.
 // Results go in bench/RESULTS.md ("Attention (CUDA)"); FlexAttention/SDPA come from
 // bench/flex_baseline.py in the same device call (scripts/gpu-kernels.sh).
 #include <ATen/cuda/CUDAContext.h>
@@ -54,26 +55,37 @@ Inputs make_inputs(int64_t B, int64_t N, int64_t kv_heads = kHeads) {
   return in;
 }
 
-// Median of `reps` event-timed calls after `warmup` calls, in microseconds.
+// Median of `reps` event-timed calls after `warmup` calls, in microseconds, timed as
+// triton.testing.do_bench times the FlexAttention baseline: the repetitions are queued back to
+// back with no synchronisation between them (the host prepares call i + 1 while the GPU runs
+// call i, so that the events time the GPU's work, not the host's), each after a 256 MB write
+// that flushes L2.
 double median_us(const std::function<void()>& fn, int warmup, int reps) {
   for (int i = 0; i < warmup; ++i)
     fn();
+  static const Tensor flush =
+      torch::empty({256 << 20}, torch::TensorOptions().device(torch::kCUDA).dtype(torch::kByte));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
+  std::vector<cudaEvent_t> start(reps), stop(reps);
+  for (int i = 0; i < reps; ++i) {
+    cudaEventCreate(&start[i]);
+    cudaEventCreate(&stop[i]);
+  }
+  for (int i = 0; i < reps; ++i) {
+    cudaMemsetAsync(flush.data_ptr(), 0, flush.numel(), stream);
+    cudaEventRecord(start[i], stream);
+    fn();
+    cudaEventRecord(stop[i], stream);
+  }
+  cudaStreamSynchronize(stream);
   std::vector<double> times;
   for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(start, stream);
-    fn();
-    cudaEventRecord(stop, stream);
-    cudaEventSynchronize(stop);
     float ms = 0;
-    cudaEventElapsedTime(&ms, start, stop);
+    cudaEventElapsedTime(&ms, start[i], stop[i]);
     times.push_back(ms * 1e3);
+    cudaEventDestroy(start[i]);
+    cudaEventDestroy(stop[i]);
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
 }
