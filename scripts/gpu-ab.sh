@@ -13,6 +13,7 @@ cd "$root"
 if [ "${1:-}" = "--prepare" ]; then
   [ $# -ge 2 ] || { echo "gpu-ab: --prepare needs a commit" >&2; exit 2; }
   name="${3:-base}"
+  [ "$name" != new ] || { echo "gpu-ab: \"new\" names the working tree" >&2; exit 2; }
   rm -rf ".ab/$name" && mkdir -p ".ab/$name" && git archive "$2" | tar -x -C ".ab/$name"
   echo "gpu-ab: .ab/$name is $(git rev-parse --short "$2")"
   exit 0
