@@ -84,9 +84,10 @@ struct WgParams {
   int segments, segment_len;
 };
 
-// K-major operand (rows of 128 bf16 as two column blocks), k-step ks of 16 columns.
-__device__ inline uint64_t k_major(uint32_t base, int ks) {
-  return desc_plus(swizzled_desc(base, 16, 1024), (ks / 4) * kBlock + (ks % 4) * 32);
+// K-major operand whose 64-column blocks are `block` bytes apart (by default adjacent: rows of
+// 128 bf16 as two column blocks), k-step ks of 16 columns.
+__device__ inline uint64_t k_major(uint32_t base, int ks, int block = kBlock) {
+  return desc_plus(swizzled_desc(base, 16, 1024), (ks / 4) * block + (ks % 4) * 32);
 }
 
 // N-major operand whose 64-column blocks are `lead` bytes apart, k-step ks of 16 rows.
@@ -1140,11 +1141,6 @@ struct KeyBarriers {
   uint64_t* u_empty;
 };
 
-// K-major operand whose 64-column blocks are `block` bytes apart, k-step ks of 16 columns.
-__device__ inline uint64_t k_major_blocks(uint32_t base, int ks, int block) {
-  return desc_plus(swizzled_desc(base, 16, 1024), (ks / 4) * block + (ks % 4) * 32);
-}
-
 // The steps every role walks: the group's q heads with a linear branch, each over the key
 // tiles from the top down. `visit(step, unit, um, c, first_tile)` is called per step.
 template <typename Visit>
@@ -1299,7 +1295,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
         wgmma_ss_n64<0, 0>(dvs, k_major(base, ks), k_major(base + L::kDyOff, ks), ks > 0);
-        wgmma_ss<F, 0, 0>(apk, k_major(base, ks), k_major_blocks(u_addr, ks, L::kUBlock), true);
+        wgmma_ss<F, 0, 0>(apk, k_major(base, ks), k_major(u_addr, ks, L::kUBlock), true);
       }
 #pragma unroll
       for (int ks = 0; ks < F / 16; ++ks) {
@@ -1690,8 +1686,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
-        wgmma_ss<F, 0, 0>(acc, k_major(dy_addr, ks),
-                          k_major_blocks(sbase + L::kSOff, ks, L::kSBlock), ks > 0);
+        wgmma_ss<F, 0, 0>(acc, k_major(dy_addr, ks), k_major(sbase + L::kSOff, ks, L::kSBlock),
+                          ks > 0);
       }
       wgmma_commit();
 #pragma unroll
