@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/cuda/hopper.cuh"
 #include "kernels/cuda/hybrid_attention_launch.hpp"
@@ -142,7 +143,10 @@ __device__ inline void fma4(float4& acc, float c, float4 x) {
 // Two blocks fit an SM (at most 128 registers a thread), so that the launcher's clusters of four
 // all start at once (at 150 registers they took two waves on an H200: 9.9 against 5.9 us) and a
 // lone block's heads may outnumber the SMs; C = 2 spills 200 bytes at 128 and runs one per SM.
-template <typename T, int C, int D>
+// kF: the feature count when fixed at compile time (0: p.s.features), so that each thread holds
+// only the S rows it owns and the loads for F > 128 drop out: fewer registers, so that every
+// up-front load is in flight at once under the 128-register cap.
+template <typename T, int C, int D, int kF>
 __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(DecodeParams p) {
   __shared__ float ssc[kMaxRingKeys];  // scores of this block's ring keys
   __shared__ float spl[kMaxRingKeys];  // c_l p_j of this block's ring keys
@@ -153,7 +157,7 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
 
   const cg::cluster_group cluster = cg::this_cluster();
   const Shape& s = p.s;
-  const int F = s.features, w = s.window;
+  const int F = kF > 0 ? kF : s.features, w = s.window;
   const int rank = C == 1 ? 0 : static_cast<int>(cluster.block_rank());
   const int unit = blockIdx.x / C;
   const int group = p.group;
@@ -183,6 +187,9 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
   constexpr int groups = kDecodeThreads / quads;
   const int e4 = (tid % quads) * 4;
   const int rg = tid / quads;
+  // S rows a thread loads before using the first: all of its rows when F is fixed (up to 8).
+  constexpr int rows_in_flight =
+      kF > 0 ? std::clamp(kF / C / groups, 1, kRowsInFlight) : kRowsInFlight;
 
   // The step is launched with programmatic stream serialization: the next kernel may start its
   // set-up now, and everything above overlapped the previous kernel's end. From here on the
@@ -215,11 +222,11 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
   float* z = has_state ? p.st.z + static_cast<size_t>(unit) * F : nullptr;
   // Each thread reads what it uses straight from memory (no staging through shared memory and
   // a barrier): its S rows with their phi_q and folded phi_k entries.
-  float4 rows[kRowsInFlight];
-  float pq_of[kRowsInFlight], pk_of[kRowsInFlight];
+  float4 rows[rows_in_flight];
+  float pq_of[rows_in_flight], pk_of[rows_in_flight];
   auto load_state_rows = [&](int f0) {
 #pragma unroll
-    for (int u = 0; u < kRowsInFlight; ++u) {
+    for (int u = 0; u < rows_in_flight; ++u) {
       const int f = f0 + u * groups;
       const bool in = f < f_end;
       rows[u] = in ? load4(S + static_cast<size_t>(f) * D + e4) : zero4;
@@ -233,7 +240,7 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
   // exchange has no such fence, and whether the order still matters is not measured.
   const int last_f0 =
       f_begin + rg +
-      (f_end - f_begin - rg - 1) / (kRowsInFlight * groups) * (kRowsInFlight * groups);
+      (f_end - f_begin - rg - 1) / (rows_in_flight * groups) * (rows_in_flight * groups);
   auto store_state_row = [&](int u, int f) {
     *reinterpret_cast<float4*>(S + static_cast<size_t>(f) * D + e4) = rows[u];
   };
@@ -313,10 +320,10 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
   float4 lin = zero4;
   float z_new = 0.f;
   if (has_state) {
-    for (int f0 = f_begin + rg; f0 < f_end; f0 += kRowsInFlight * groups) {
+    for (int f0 = f_begin + rg; f0 < f_end; f0 += rows_in_flight * groups) {
       if (f0 != f_begin + rg) load_state_rows(f0);
 #pragma unroll
-      for (int u = 0; u < kRowsInFlight; ++u) {
+      for (int u = 0; u < rows_in_flight; ++u) {
         const int f = f0 + u * groups;
         if (f >= f_end) break;
         if (fold) {
@@ -464,7 +471,7 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
 
   if (fold) {
 #pragma unroll
-    for (int u = 0; u < kRowsInFlight; ++u) {
+    for (int u = 0; u < rows_in_flight; ++u) {
       const int f = last_f0 + u * groups;
       if (f < f_end) store_state_row(u, f);
     }
@@ -491,8 +498,16 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
 template <typename T, int C>
 cudaError_t launch_decode_t(const DecodeParams& dp, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(dp.s.batch * dp.s.q_heads * dp.cluster));
-  return launch_chained(dp.s.head_dim == 64 ? decode_kernel<T, C, 64> : decode_kernel<T, C, 128>,
-                        grid, dim3(kDecodeThreads), 0, stream, dp, dp.cluster);
+  // F = 128 (the hedgehog map's 2 x 64) is fixed at compile time for bf16, the timed case.
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if (dp.s.features == 128) {
+      return launch_chained(
+          dp.s.head_dim == 64 ? decode_kernel<T, C, 64, 128> : decode_kernel<T, C, 128, 128>, grid,
+          dim3(kDecodeThreads), 0, stream, dp, dp.cluster);
+    }
+  }
+  auto kernel = dp.s.head_dim == 64 ? decode_kernel<T, C, 64, 0> : decode_kernel<T, C, 128, 0>;
+  return launch_chained(kernel, grid, dim3(kDecodeThreads), 0, stream, dp, dp.cluster);
 }
 
 template <typename T>

@@ -711,6 +711,8 @@ TEST(CudaAttention, DecodeMatchesParallelBf16) {
   check_decode(c, 130, 41, /*dispatch=*/true);
   c.drop = true;
   check_decode(c, 90, 44);
+  c.D = 64;  // the other head dim of the kernel with F fixed at 128
+  check_decode(c, 70, 45);
 }
 
 // phi = [softmax(x W), softmax(-x W)] clamped at 1e-12 (the hedgehog map without bias) in the
