@@ -235,15 +235,6 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
     }
   };
   if (has_state) load_state_rows(f_begin + rg);
-  // The last pass's folded rows are stored at the end, after the exchange of partials: moved
-  // there while a merge barrier's release waited for pending stores (session 7); the st.async
-  // exchange has no such fence, and whether the order still matters is not measured.
-  const int last_f0 =
-      f_begin + rg +
-      (f_end - f_begin - rg - 1) / (rows_in_flight * groups) * (rows_in_flight * groups);
-  auto store_state_row = [&](int u, int f) {
-    *reinterpret_cast<float4*>(S + static_cast<size_t>(f) * D + e4) = rows[u];
-  };
   // Thread tid < F / C updates z entry f_begin + tid and takes its part of phi_q . z.
   const bool z_lane = has_state && tid < f_end - f_begin;
   const float z_old = z_lane ? z[f_begin + tid] : 0.f;
@@ -318,7 +309,6 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
 
   // State rows: fold key t - w, then c_l phi_q S (numerator) and phi_q . z (denominator).
   float4 lin = zero4;
-  float z_new = 0.f;
   if (has_state) {
     for (int f0 = f_begin + rg; f0 < f_end; f0 += rows_in_flight * groups) {
       if (f0 != f_begin + rg) load_state_rows(f0);
@@ -327,8 +317,10 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
         const int f = f0 + u * groups;
         if (f >= f_end) break;
         if (fold) {
+          // Stored now, so that the stores drain while the step goes on (each thread owns its
+          // rows: nothing else reads them).
           fma4(rows[u], pk_of[u], fv);
-          if (f0 != last_f0) store_state_row(u, f);
+          *reinterpret_cast<float4*>(S + static_cast<size_t>(f) * D + e4) = rows[u];
         }
         fma4(lin, pq_of[u], rows[u]);
       }
@@ -340,7 +332,8 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
     lin.w *= lin_coef;
     float dz = 0.f;
     if (z_lane) {
-      z_new = z_old + z_pk;  // z_pk is 0 when nothing is folded
+      const float z_new = z_old + z_pk;  // z_pk is 0 when nothing is folded
+      if (fold) z[f_begin + tid] = z_new;
       dz = z_pq * z_new;
     }
     dz = warp_sum(dz);
@@ -368,6 +361,10 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
   for (int jj = warp + ahead * kDecodeWarps; jj < nk_mine; jj += kDecodeWarps)
     score(jj, key_piece(jj), phik_piece(jj, 0), phik_piece(jj, 1));
   __syncthreads();
+  // Every thread of the block has folded its rows, so the phi_k rows of the folded key (slot
+  // t % w) are read: the new key's take their place.
+  if (has_state && tid < f_end - f_begin)
+    pk_ring[static_cast<size_t>(slot) * F + f_begin + tid] = pk_in;
 
   // Every warp derives this block's window max and sums from the scores (warp reductions:
   // cheaper than another barrier).
@@ -469,19 +466,7 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
     static_cast<T*>(p.y)[static_cast<size_t>(unit) * D + d] = static_cast<T>(num / den);
   }
 
-  if (fold) {
-#pragma unroll
-    for (int u = 0; u < rows_in_flight; ++u) {
-      const int f = last_f0 + u * groups;
-      if (f < f_end) store_state_row(u, f);
-    }
-    if (tid < f_end - f_begin) z[f_begin + tid] = z_new;
-  }
-
-  // The new key enters slot t % w (read above only as the folded key, t - w); each block
-  // rewrites the phi_k rows it read.
-  if (has_state && tid < f_end - f_begin)
-    pk_ring[static_cast<size_t>(slot) * F + f_begin + tid] = pk_in;
+  // The new key enters slot t % w (read above only as the folded key, t - w).
   if (warp == 0) {
     bool writer = rank == 0;  // group 1: every reader is in this cluster and past the merge
     if (group > 1) {
