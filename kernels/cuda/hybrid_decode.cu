@@ -133,6 +133,33 @@ struct alignas(4 * sizeof(T)) Quad {
   T e[4];
 };
 
+// The four elements at p where `in`, else zeros, as stored: one predicated load (a branch
+// around a load and its bf16 widening made each such load wait for its data before the next
+// was issued), widened where used.
+__device__ inline Quad<float> quad_if(bool in, const float* p) {
+  Quad<float> r;
+  asm("{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n"
+      " mov.b32 %2, 0;\n mov.b32 %3, 0;\n @p ld.global.v4.f32 {%0, %1, %2, %3}, [%4];\n}\n"
+      : "=f"(r.e[0]), "=f"(r.e[1]), "=f"(r.e[2]), "=f"(r.e[3])
+      : "l"(p), "r"(static_cast<int>(in)));
+  return r;
+}
+__device__ inline Quad<__nv_bfloat16> quad_if(bool in, const __nv_bfloat16* p) {
+  uint2 raw;
+  asm("{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n"
+      " @p ld.global.v2.u32 {%0, %1}, [%2];\n}\n"
+      : "=r"(raw.x), "=r"(raw.y)
+      : "l"(p), "r"(static_cast<int>(in)));
+  return *reinterpret_cast<const Quad<__nv_bfloat16>*>(&raw);
+}
+__device__ inline float4 widen(const Quad<float>& x) {
+  return make_float4(x.e[0], x.e[1], x.e[2], x.e[3]);
+}
+__device__ inline float4 widen(const Quad<__nv_bfloat16>& x) {
+  return make_float4(__bfloat162float(x.e[0]), __bfloat162float(x.e[1]), __bfloat162float(x.e[2]),
+                     __bfloat162float(x.e[3]));
+}
+
 __device__ inline void fma4(float4& acc, float c, float4 x) {
   acc.x = fmaf(c, x.x, acc.x);
   acc.y = fmaf(c, x.y, acc.y);
@@ -242,7 +269,7 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
   const float z_pk =
       z_lane && fold ? to_float(pk_ring[static_cast<size_t>(slot) * F + f_begin + tid]) : 0.f;
   // The folded key's value (this thread's columns) and q (lane's columns, for the scores).
-  const float4 fv = fold ? load4(v_ring + static_cast<size_t>(slot) * D + e4) : zero4;
+  const float4 fv = widen(quad_if(fold, v_ring + static_cast<size_t>(slot) * D + e4));
   const float4 q4 = lane * 4 < D ? load4(q_new + lane * 4) : zero4;
   // What the ring slot receives at the end, loaded now: the new key and value (warp 0, four
   // columns a lane) and this block's phi_k rows.
@@ -260,29 +287,26 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
   while (first_slot >= w)
     first_slot -= w;
   auto ring_row = [&](const T* fresh, const T* ring, int jj, int width) {
-    if (j0 + rank + jj * C == t) return fresh;
-    int slot_jj = first_slot + jj * C;  // < 2w: jj * C <= w
-    if (slot_jj >= w) slot_jj -= w;
-    return ring + static_cast<size_t>(slot_jj) * width;
+    int slot_jj = first_slot + jj * C;  // < 2w where jj is one of this block's keys
+    slot_jj -= slot_jj >= w ? w : 0;
+    return j0 + rank + jj * C == t ? fresh : ring + slot_jj * width;
   };
   // Scores: warp `warp` takes keys warp, warp + 8, ...; lane holds 4 columns of k (D <= 128)
   // and 8 of phi_k (F <= 256).
   auto key_piece = [&](int jj) {
-    return may_window && jj < nk_mine && lane * 4 < D
-               ? load4(ring_row(k_new, k_ring, jj, D) + lane * 4)
-               : zero4;
+    return quad_if(may_window && jj < nk_mine && lane * 4 < D,
+                   ring_row(k_new, k_ring, jj, D) + lane * 4);
   };
   auto phik_piece = [&](int jj, int half) {
     const int f = lane * 4 + half * 128;
-    return may_ring_linear && jj < nk_mine && f < F ? load4(ring_row(pk_new, pk_ring, jj, F) + f)
-                                                    : zero4;
+    return quad_if(may_ring_linear && jj < nk_mine && f < F, ring_row(pk_new, pk_ring, jj, F) + f);
   };
   // Weighted values: row group rg takes keys rg, rg + groups, ...
   auto value_piece = [&](int jj) {
-    return jj < nk_mine ? load4(ring_row(v_new, v_ring, jj, D) + e4) : zero4;
+    return quad_if(jj < nk_mine, ring_row(v_new, v_ring, jj, D) + e4);
   };
   constexpr int ahead = kAhead<C>;
-  float4 k_ahead[ahead], pk_ahead[ahead][2], v_ahead[ahead];
+  Quad<T> k_ahead[ahead], pk_ahead[ahead][2], v_ahead[ahead];
 #pragma unroll
   for (int u = 0; u < ahead; ++u) {
     k_ahead[u] = key_piece(warp + u * kDecodeWarps);
@@ -292,11 +316,9 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
   }
 
   // The ring linear scores' phi_q (lane's columns), only in the modes that have them.
-  float4 pq4[2] = {zero4, zero4};
-  if (has_state && may_ring_linear) {
-    if (lane * 4 < F) pq4[0] = load4(pq_new + lane * 4);
-    if (lane * 4 + 128 < F) pq4[1] = load4(pq_new + lane * 4 + 128);
-  }
+  const bool pq_lane = has_state && may_ring_linear;
+  const float4 pq4[2] = {widen(quad_if(pq_lane && lane * 4 < F, pq_new + lane * 4)),
+                         widen(quad_if(pq_lane && lane * 4 + 128 < F, pq_new + lane * 4 + 128))};
   // With the kv group spread over several clusters, take a ticket once this block has read kv
   // ring slot `slot` (the fold's value, fv) and look at it at the end: the last of the group's
   // readers rewrites the slot.
@@ -356,10 +378,10 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
 #pragma unroll
   for (int u = 0; u < ahead; ++u) {
     const int jj = warp + u * kDecodeWarps;
-    if (jj < nk_mine) score(jj, k_ahead[u], pk_ahead[u][0], pk_ahead[u][1]);
+    if (jj < nk_mine) score(jj, widen(k_ahead[u]), widen(pk_ahead[u][0]), widen(pk_ahead[u][1]));
   }
   for (int jj = warp + ahead * kDecodeWarps; jj < nk_mine; jj += kDecodeWarps)
-    score(jj, key_piece(jj), phik_piece(jj, 0), phik_piece(jj, 1));
+    score(jj, widen(key_piece(jj)), widen(phik_piece(jj, 0)), widen(phik_piece(jj, 1)));
   __syncthreads();
   // Every thread of the block has folded its rows, so the phi_k rows of the folded key (slot
   // t % w) are read: the new key's take their place.
@@ -392,10 +414,10 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
 #pragma unroll
   for (int u = 0; u < ahead; ++u) {
     const int jj = rg + u * groups;
-    if (jj < nk_mine) weigh(jj, v_ahead[u]);
+    if (jj < nk_mine) weigh(jj, widen(v_ahead[u]));
   }
   for (int jj = rg + ahead * groups; jj < nk_mine; jj += groups)
-    weigh(jj, value_piece(jj));
+    weigh(jj, widen(value_piece(jj)));
   sacc[0][rg][e4 / 4] = win;
   sacc[1][rg][e4 / 4] = lin;
   float dz_block = 0.f;
