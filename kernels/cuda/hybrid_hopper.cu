@@ -1253,9 +1253,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         const float inv = row < N ? 1.f / p.row_denom[at] : 0.f;
         const float delta = row < N ? p.row_delta[at] : 0.f;
         if (use > 0) mbar_wait(bar.empty + slot, (use - 1) & 1);
-        float* fac = reinterpret_cast<float*>(smem + slot * L::kSlotBytes + L::kFactorOff);
-        fac[r] = inv;
-        fac[kRows + r] = delta;
+        // (1 / D, delta) of a row side by side: a pair of rows is one 16-byte load.
+        reinterpret_cast<float2*>(smem + slot * L::kSlotBytes + L::kFactorOff)[r] =
+            make_float2(inv, delta);
         mbar_arrive(bar.full + slot);
       });
     }
@@ -1310,27 +1310,35 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       wgmma_wait<0>();
       mbar_arrive(bar.u_empty);
 
-      // du and p / D of key rows ja, jb (this thread's accumulator rows) and rows i of the chunk.
-      const float* fac =
-          reinterpret_cast<const float*>(smem + slot * L::kSlotBytes + L::kFactorOff);
+      // du and p / D of key rows ja, jb (this thread's accumulator rows) and rows i of the chunk:
+      // element i is row r0 + il, il = 8 (i / 4) + 2 t4 + (i & 1), which sees key j iff
+      // j + lin_lag <= row < min(s_hi, N); each pair of rows' (1 / D, delta) is loaded once.
+      const float4* fac =
+          reinterpret_cast<const float4*>(smem + slot * L::kSlotBytes + L::kFactorOff);
       const int ja = k0 + warp * 16 + g8, jb = ja + 8;
-#pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        const int il = (i / 4) * 8 + 2 * t4 + (i & 1);
-        const int row = r0 + il;
-        const int j = (i & 2) ? jb : ja;
-        const bool in = row >= j + um.lin_lag && row < s_hi && row < N;
-        const float inv = fac[il];
-        dvs[i] = in ? coef_l * (dvs[i] - fac[kRows + il]) * inv : 0.f;
-        if constexpr (kDv) pt[i] = in ? coef_l * pt[i] * inv : 0.f;
-      }
+      const int lo_a = ja + um.lin_lag - r0 - 2 * t4, lo_b = lo_a + 8;
+      const int hi = min(s_hi, N) - r0 - 2 * t4;
       uint32_t adu[4][4], apw[4][4];
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          adu[kk][r] = pack_bf16(dvs[8 * kk + 2 * r], dvs[8 * kk + 2 * r + 1]);
-          if constexpr (kDv) apw[kk][r] = pack_bf16(pt[8 * kk + 2 * r], pt[8 * kk + 2 * r + 1]);
+        for (int h = 0; h < 2; ++h) {
+          const int pair = 2 * kk + h;
+          const float4 f = fac[4 * pair + t4];  // rows 8 pair + 2 t4 and the next
+          const float x[2] = {coef_l * f.x, coef_l * f.z}, delta[2] = {f.y, f.w};
+#pragma unroll
+          for (int r = 2 * h; r < 2 * h + 2; ++r) {
+            float du[2], pw[2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int i = 8 * kk + 2 * r + e, off = 8 * pair + e;
+              const bool in = off >= ((r & 1) ? lo_b : lo_a) && off < hi;
+              du[e] = in ? (dvs[i] - delta[e]) * x[e] : 0.f;
+              pw[e] = kDv && in ? pt[i] * x[e] : 0.f;
+            }
+            adu[kk][r] = pack_bf16(du[0], du[1]);
+            if constexpr (kDv) apw[kk][r] = pack_bf16(pw[0], pw[1]);
+          }
         }
       }
       wgmma_fence();
@@ -1441,8 +1449,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       const int r0 = s_begin + c * kRows + (um.lin_lag > 0 ? kRows : 0);
       const int s_hi = top ? s_end + um.state_lag : N;  // rows from here on are in U already
       const uint8_t* pq = smem + slot * L::kSlotBytes + L::kPqOff;
-      const float* fac =
-          reinterpret_cast<const float*>(smem + slot * L::kSlotBytes + L::kFactorOff);
+      const float2* fac =
+          reinterpret_cast<const float2*>(smem + slot * L::kSlotBytes + L::kFactorOff);
       uint32_t a[4][H][4];  // A = (phi_q / D)^T: k-step kk (16 rows), half h
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
@@ -1456,9 +1464,10 @@ __global__ void __launch_bounds__(kWgThreads, 1)
             const int il = 16 * kk + 2 * t4 + (r / 2) * 8;
             const int row = r0 + il;
             float2 x = unpack_bf16(a[kk][h][r]);
-            x.x *= row < s_hi ? fac[il] : 0.f;
-            x.y *= row + 1 < s_hi ? fac[il + 1] : 0.f;
-            up[h][r % 2] += x.x * fac[kRows + il] + x.y * fac[kRows + il + 1];
+            const float4 f = *reinterpret_cast<const float4*>(fac + il);  // rows il, il + 1
+            x.x *= row < s_hi ? f.x : 0.f;
+            x.y *= row + 1 < s_hi ? f.z : 0.f;
+            up[h][r % 2] += x.x * f.y + x.y * f.w;
             a[kk][h][r] = pack_bf16(x.x, x.y);
           }
         }
@@ -2041,9 +2050,10 @@ template <int D>
 struct WkLayout {
   static constexpr int kKvBytes = 2 * D / 64 * kBlock;  // k, then v
   static constexpr int kVOff = D / 64 * kBlock;
-  static constexpr int kDyOff = D / 64 * kBlock;  // in a slot: q, then dy, then factors
-  static constexpr int kFactorOff = 2 * D / 64 * kBlock;
-  static constexpr int kSlotBytes = kFactorOff + 5 * 256;
+  static constexpr int kDyOff = D / 64 * kBlock;          // in a slot: q, then dy, then factors
+  static constexpr int kFactorOff = 2 * D / 64 * kBlock;  // float4 per row, then the argmaxes
+  static constexpr int kArgmaxOff = kFactorOff + kRows * 16;
+  static constexpr int kSlotBytes = kArgmaxOff + kRows * 4;
   static constexpr int kSlotsOff = 2 * kKvBytes;
   static constexpr int kBarOff = kSlotsOff + kWkSlots * ((kSlotBytes + 1023) / 1024 * 1024);
   static constexpr int kSlotStride = (kSlotBytes + 1023) / 1024 * 1024;
@@ -2159,7 +2169,8 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
           },
           no_tile);
     } else if (threadIdx.x >= 64) {
-      // Warps 2-3: row r of each chunk's values (max in log2 units, 1 / D, delta, G, argmax).
+      // Warps 2-3: row r of each chunk's values (max in log2 units, c_w / D, delta, G) as one
+      // float4, and its argmax.
       const int r = threadIdx.x - 64;
       for_each_wk_step(
           p, kv_unit, tiles,
@@ -2169,17 +2180,14 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
             const size_t at = static_cast<size_t>(unit) * N + row;
             const bool ok = row < N;
             const float m = ok ? p.row_max[at] * 1.4426950408889634f : 0.f;
-            const float inv = ok ? 1.f / p.row_denom[at] : 0.f;
+            const float x = ok ? p.coef_window[unit] / p.row_denom[at] : 0.f;
             const float delta = ok ? p.row_delta[at] : 0.f;
             const float gate = ok ? p.row_gate_grad[at] : 0.f;
             const int am = ok ? p.row_argmax[at] : -1;
             if (use > 0) mbar_wait(bar.empty + step % kWkSlots, (use - 1) & 1);
-            float* fac = reinterpret_cast<float*>(slot_base(step) + L::kFactorOff);
-            fac[r] = m;
-            fac[kRows + r] = inv;
-            fac[2 * kRows + r] = delta;
-            fac[3 * kRows + r] = gate;
-            reinterpret_cast<int*>(fac)[4 * kRows + r] = am;
+            uint8_t* base = slot_base(step);
+            reinterpret_cast<float4*>(base + L::kFactorOff)[r] = make_float4(m, x, delta, gate);
+            reinterpret_cast<int*>(base + L::kArgmaxOff)[r] = am;
             mbar_arrive(bar.full + step % kWkSlots);
           },
           no_tile);
@@ -2218,8 +2226,8 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
         const uint32_t k_addr = sbase + buf * L::kKvBytes, v_addr = k_addr + L::kVOff;
         const uint32_t q_addr = sbase + L::kSlotsOff + (step % kWkSlots) * L::kSlotStride;
         const uint32_t dy_addr = q_addr + L::kDyOff;
-        const float* fac = reinterpret_cast<const float*>(slot_base(step) + L::kFactorOff);
-        const float coef_w = p.coef_window[unit];
+        const float4* fac = reinterpret_cast<const float4*>(slot_base(step) + L::kFactorOff);
+        const int* fam = reinterpret_cast<const int*>(slot_base(step) + L::kArgmaxOff);
         mbar_wait(bar.full + step % kWkSlots, (step / kWkSlots) & 1);
         float st[32], dpt[32];
         wgmma_fence();
@@ -2239,28 +2247,32 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
         const int from_a = ja - i0 - 2 * t4, from_b = from_a + 8;
         const int to_a = ja < N ? min(ja + w, N) - i0 - 2 * t4 : from_a;
         const int to_b = jb < N ? min(jb + w, N) - i0 - 2 * t4 : from_b;
+        // Element (kk, r, e) is row il = 8 (2 kk + r / 2) + 2 t4 + e of the chunk and key ja
+        // (r even) or jb: each pair of rows' values is loaded once, for both keys.
         uint32_t ads[4][4], apw[4][4];
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            float ds[2], pw[2];
+          for (int h = 0; h < 2; ++h) {
+            const int off0 = (2 * kk + h) * 8, il = off0 + 2 * t4;
+            const float4 f[2] = {fac[il], fac[il + 1]};
+            const int2 am = *reinterpret_cast<const int2*>(fam + il);
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const int idx = 8 * kk + 2 * r + e;
-              const int off = (idx / 4) * 8 + (idx & 1);
-              const int il = off + 2 * t4;
-              const int j = (idx & 2) ? jb : ja;
-              const bool in = (idx & 2) ? off >= from_b && off < to_b : off >= from_a && off < to_a;
-              const float ex = in ? fast_exp2(fmaf(st[idx], scale_log2, -fac[il])) : 0.f;
-              const float inv = fac[kRows + il];
-              const bool at_max = in && reinterpret_cast<const int*>(fac)[4 * kRows + il] == j;
-              ds[e] = coef_w * ex * (dpt[idx] - fac[2 * kRows + il]) * inv -
-                      (at_max ? fac[3 * kRows + il] : 0.f);
-              pw[e] = coef_w * ex * inv;
+            for (int r = 2 * h; r < 2 * h + 2; ++r) {
+              const bool b = (r & 1) != 0;
+              float ds[2], pw[2];
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int idx = 8 * kk + 2 * r + e, off = off0 + e;
+                const bool in = b ? off >= from_b && off < to_b : off >= from_a && off < to_a;
+                const float ex = in ? fast_exp2(fmaf(st[idx], scale_log2, -f[e].x)) : 0.f;
+                const bool at_max = in && (e == 0 ? am.x : am.y) == (b ? jb : ja);
+                pw[e] = ex * f[e].y;  // c_w e / D
+                ds[e] = fmaf(pw[e], dpt[idx] - f[e].z, at_max ? -f[e].w : 0.f);
+              }
+              ads[kk][r] = pack_bf16(ds[0], ds[1]);
+              apw[kk][r] = pack_bf16(pw[0], pw[1]);
             }
-            ads[kk][r] = pack_bf16(ds[0], ds[1]);
-            apw[kk][r] = pack_bf16(pw[0], pw[1]);
           }
         }
         wgmma_fence();
