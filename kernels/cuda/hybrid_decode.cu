@@ -135,10 +135,12 @@ struct alignas(4 * sizeof(T)) Quad {
 
 // The four elements at p where `in`, else zeros, as stored: one predicated load (a branch
 // around a load and its bf16 widening made each such load wait for its data before the next
-// was issued), widened where used.
+// was issued), widened where used. Volatile, so that the compiler keeps it after
+// griddepcontrol.wait (a plain asm without memory operands could be hoisted above it).
 __device__ inline Quad<float> quad_if(bool in, const float* p) {
   Quad<float> r;
-  asm("{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n"
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n"
       " mov.b32 %2, 0;\n mov.b32 %3, 0;\n @p ld.global.v4.f32 {%0, %1, %2, %3}, [%4];\n}\n"
       : "=f"(r.e[0]), "=f"(r.e[1]), "=f"(r.e[2]), "=f"(r.e[3])
       : "l"(p), "r"(static_cast<int>(in)));
@@ -146,7 +148,8 @@ __device__ inline Quad<float> quad_if(bool in, const float* p) {
 }
 __device__ inline Quad<__nv_bfloat16> quad_if(bool in, const __nv_bfloat16* p) {
   uint2 raw;
-  asm("{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n"
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n"
       " @p ld.global.v2.u32 {%0, %1}, [%2];\n}\n"
       : "=r"(raw.x), "=r"(raw.y)
       : "l"(p), "r"(static_cast<int>(in)));
