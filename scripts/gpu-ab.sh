@@ -24,21 +24,16 @@ filter="${1:-BM_FusedForward/}"
 [ -d .ab/base ] || { echo "gpu-ab: no .ab/base (run --prepare here and carry .ab)" >&2; exit 2; }
 # The trees build side by side: each build's time goes mostly to a few long translation units.
 scripts/gpu-build.sh --target hl_bench_cuda_attention >/tmp/gpu-ab-new.log 2>&1 &
-pids=($!)
-trees=()
+pids=($!) trees=() logs=(/tmp/gpu-ab-new.log)
 for dir in .ab/*/; do
   name="$(basename "$dir")"
   ln -sfn "$root/.deps" "$dir/.deps"
   (cd "$dir" && HL_BUILD_DIR="/tmp/gpu-ab-$name" HL_DEPS_PREFIX="/tmp/hl-deps-$name" \
     scripts/gpu-build.sh --target hl_bench_cuda_attention >"/tmp/gpu-ab-$name.log" 2>&1) &
-  pids+=($!)
-  trees+=("$name")
+  pids+=($!) trees+=("$name") logs+=("/tmp/gpu-ab-$name.log")
 done
 for i in "${!pids[@]}"; do
-  wait "${pids[$i]}" && continue
-  log=/tmp/gpu-ab-new.log
-  [ "$i" = 0 ] || log="/tmp/gpu-ab-${trees[$((i - 1))]}.log"
-  echo "gpu-ab: build failed ($log)"; tail -n 30 "$log"; exit 1
+  wait "${pids[$i]}" || { echo "gpu-ab: build failed (${logs[$i]})"; tail -n 30 "${logs[$i]}"; exit 1; }
 done
 trees+=(new)
 export LD_LIBRARY_PATH="/tmp/hl-deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
