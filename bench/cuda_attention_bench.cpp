@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -116,9 +117,12 @@ void report(benchmark::State& state, double us, double bytes, double flops) {
   state.counters["TFLOP/s"] = flops / (us * 1e-6) / 1e12;
 }
 
+// HL_BENCH_KEY_SEGMENTS overrides the backward's key segments (0 or unset: fill the chip), to
+// time the key kernels on fewer SMs.
 hc::RawOptions kernel_options() {
   hc::RawOptions o;
   o.window = kWindow;
+  if (const char* env = std::getenv("HL_BENCH_KEY_SEGMENTS")) o.key_segments = std::atoi(env);
   return o;
 }
 

@@ -116,14 +116,14 @@ __device__ inline void stage_tile(uint32_t tile, const float* acc, float fa, flo
 }
 
 // stage_tile, then one TMA store per block of rows [row, row + 64); thread ct == 0 waits until
-// the stores have read the tile. The caller's named barrier 1 (the consumer's 128 threads) must
-// come after its own last read of the buffer.
+// the stores have read the tile. The caller's named barrier `barrier` (its warpgroup's 128
+// threads) must come after its own last read of the buffer.
 template <int W>
 __device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* acc, float fa,
-                           float fb, int row, int unit, int ct) {
+                           float fb, int row, int unit, int ct, int barrier = 1) {
   stage_tile<W>(shared_address(tile), acc, fa, fb, ct);
   fence_async_shared();
-  named_barrier(1, 128);
+  named_barrier(barrier, 128);
   if (ct == 0) {
     for (int b = 0; b < W / 64; ++b)
       tma_store_3d(map, tile + b * kBlock, b * 64, row, unit);
@@ -677,7 +677,39 @@ __device__ inline void fold_chunk(float (&acc)[H][D / 2], uint32_t (&a)[4][H][4]
   wgmma_wait<0>();
 }
 
-// Shared with the backward's linear query kernel: L names the ring slots (kSlotBytes, kVOff,
+// The state warpgroup's fold of the chunk's keys [lo, kbase + 64) (phi_k's block at `pk`, v's at
+// shared address `v_addr`): acc += phi_k^T v, zp += the keys' phi_k.
+template <int D, int H>
+__device__ inline void fold_keys(float (&acc)[H][D / 2], float (&zp)[H][2], const uint8_t* pk,
+                                 uint32_t v_addr, int kbase, int lo, int warp, int lane) {
+  const int t4 = lane % 4;
+  uint32_t a[4][H][4];  // A = phi_k^T: k-step kk (16 keys), row half h
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+      const int key = 16 * kk + (lane % 8) + (lane / 16) * 8;
+      const int f = 64 * h + 16 * warp + ((lane / 8) % 2) * 8;
+      ldsm_x4_t(a[kk][h], reinterpret_cast<const bf16*>(pk + swizzled_offset(key, f, kBlock)));
+      if (lo > kbase) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int j = kbase + 16 * kk + 2 * t4 + (r / 2) * 8;
+          const uint32_t keep = (j >= lo ? 0xFFFFu : 0u) | (j + 1 >= lo ? 0xFFFF0000u : 0u);
+          a[kk][h][r] &= keep;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const float2 x = unpack_bf16(a[kk][h][r]);
+        zp[h][r % 2] += x.x + x.y;
+      }
+    }
+  }
+  fold_chunk<D, H>(acc, a, v_addr);
+}
+
+// The forward's state warpgroup. L names the ring slots (kSlotBytes, kVOff,
 // kPkOff) and the published state (kSOff, kSBlock, kZOff, kZFloat); P has the segment start states
 // (segments, states). S and z are published times `coef` (c_l for the forward's query). kMap:
 // phi_q of each tile (times coef instead of S and z) and phi_k of each chunk are computed here
@@ -739,32 +771,8 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
     }
     // The first fold takes the keys of chunk -1 that the start state does not hold.
     const int lo = c < 0 ? max(r_begin - um.state_lag, 0) : kbase;
-    if (needed && lo < kbase + kRows) {
-      uint32_t a[4][H][4];  // A = phi_k^T: k-step kk (16 keys), row half h
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-        for (int h = 0; h < H; ++h) {
-          const int key = 16 * kk + (lane % 8) + (lane / 16) * 8;
-          const int f = 64 * h + 16 * warp + ((lane / 8) % 2) * 8;
-          ldsm_x4_t(a[kk][h], reinterpret_cast<const bf16*>(pk + swizzled_offset(key, f, kBlock)));
-          if (lo > kbase) {
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-              const int j = kbase + 16 * kk + 2 * t4 + (r / 2) * 8;
-              const uint32_t keep = (j >= lo ? 0xFFFFu : 0u) | (j + 1 >= lo ? 0xFFFF0000u : 0u);
-              a[kk][h][r] &= keep;
-            }
-          }
-#pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            const float2 x = unpack_bf16(a[kk][h][r]);
-            zp[h][r % 2] += x.x + x.y;
-          }
-        }
-      }
-      fold_chunk<D, H>(acc, a, sbase + slot * L::kSlotBytes + L::kVOff);
-    }
+    if (needed && lo < kbase + kRows)
+      fold_keys<D, H>(acc, zp, pk, sbase + slot * L::kSlotBytes + L::kVOff, kbase, lo, warp, lane);
     mbar_arrive(bar.chunk_empty + slot);
     if (needed) {
       mbar_wait(bar.s_empty, t & 1);
@@ -1495,9 +1503,11 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 // (c_w W1 + c_l L1) / D, G = c_w (W1 - delta E) / D and (L1 - delta P) / D.
 // Roles as in the forward. The producer loads each chunk's k, v, phi_k into the ring and each
 // tile's dy, y and phi_q, and q into y's buffer once dl is taken (so that D = F = 128 fits in
-// shared memory); the consumer runs the linear products, then the window's, and writes dphi_q
-// and dq through phi_q's and y's buffers and TMA stores; the state warpgroup is the forward's
-// keep_state with S and z unscaled and z in fp32.
+// shared memory); the consumer runs the linear chunk's products and du, hands du to the state
+// warpgroup, runs the window's products and writes dq through y's buffer and a TMA store; the
+// state warpgroup keeps S and z (unscaled, z in fp32) and accumulates and stores dphi_q
+// (keep_query_state), so that the consumer's chain per tile is shorter by the S dy and du phi_k
+// products and their waits.
 
 __device__ inline float dot_bf16x2(uint32_t a, uint32_t b) {
   const float2 x = unpack_bf16(a), y = unpack_bf16(b);
@@ -1515,11 +1525,14 @@ struct QueryLayout {
   static constexpr int kYqOff = kDyOff + D / 64 * kBlock;  // y, then q
   static constexpr int kSOff = kYqOff + D / 64 * kBlock;   // S in bf16, as the forward's
   static constexpr int kSBlock = F * 128;
+  static constexpr int kDuOff = kSOff;  // du (64 rows x 64 keys) once S dy has read S
   static constexpr int kZOff = kSOff + D / 64 * kSBlock;  // z: F floats
   static constexpr bool kZFloat = true;
-  static constexpr int kBarOff = kZOff + F * 4;
-  // The ring's barriers, the six of q, phi_q and S, and QueryBarriers' five.
-  static constexpr int kSmemBytes = kBarOff + (2 * kSlots + 6 + 5) * 8 + 1024;
+  static constexpr int kRowsOff = kZOff + F * 4;  // per row: dl, 1 / D, phi_q . S dy, P_state
+  static constexpr int kBarOff = kRowsOff + 4 * kRows * 4;
+  // The ring's barriers, the six of q, phi_q and S (S's two unused here), and QueryBarriers' nine.
+  static constexpr int kSmemBytes = kBarOff + (2 * kSlots + 6 + 9) * 8 + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "QueryLayout: more shared memory than a Hopper SM has");
 };
 
 struct QueryParams {
@@ -1546,11 +1559,15 @@ struct QueryParams {
 // still uses y's buffer, and its products start before y lands.
 struct QueryBarriers {
   Barriers base;
-  uint64_t* dy_full;   // dy of the tile
-  uint64_t* dy_empty;  // the tile's products are done with dy
-  uint64_t* y_full;    // y of the tile
-  uint64_t* y_empty;   // the tile is done with y's buffer (q, then dq, included)
-  uint64_t* y_free;    // dl is taken: q may go into y's buffer
+  uint64_t* dy_full;        // dy of the tile
+  uint64_t* dy_empty;       // the tile's products are done with dy
+  uint64_t* y_full;         // y of the tile
+  uint64_t* y_empty;        // the tile is done with y's buffer (q, then dq, included)
+  uint64_t* y_free;         // dl is taken: q may go into y's buffer
+  uint64_t* du_free;        // the state warpgroup's S dy has read S: du may go into its buffer
+  uint64_t* lin_in_full;    // du, dl and 1 / D of the tile are written (consumer to state)
+  uint64_t* lin_out_full;   // phi_q . S dy and P_state of the tile (state to consumer)
+  uint64_t* lin_out_empty;  // the consumer has read them
 };
 
 template <int D, int F>
@@ -1672,33 +1689,14 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     mbar_wait(bar.chunk_full + slots[0], use_of(t - 1) & 1);
     mbar_wait(bar.chunk_full + slots[1], use_of(t) & 1);
 
-    float l1_a = 0.f, l1_b = 0.f, p_a = 0.f, p_b = 0.f;
+    // The linear part's chunk sums of this lane (L1 = phi_q . S dy + ls, P = P_state + ps); the
+    // state warpgroup adds its terms at the tile's end.
+    float ls_a = 0.f, ls_b = 0.f, ps_a = 0.f, ps_b = 0.f;
     if constexpr (kLinear) {
       const uint32_t lin = sbase + slots[lin_c] * L::kSlotBytes;
-      float acc[F / 2], pl[32], dv[32];
+      float pl[32], dv[32];
       mbar_wait(bar.pq_full, t & 1);
-      mbar_wait(bar.s_full, t & 1);
-      // P takes phi_q . z; acc = S dy, then - dl z once dl is known (both read z before S and z
-      // are handed back).
-      const float* z = reinterpret_cast<const float*>(smem + L::kZOff);
-#pragma unroll
-      for (int n = 0; n < F / 8; ++n) {
-        const int f = 8 * n + 2 * t4;
-        const float2 zf = *reinterpret_cast<const float2*>(z + f);
-        const float2 qa = unpack_bf16(
-            *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(la, f, kBlock)));
-        const float2 qv = unpack_bf16(
-            *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(lb, f, kBlock)));
-        p_a += qa.x * zf.x + qa.y * zf.y;
-        p_b += qv.x * zf.x + qv.y * zf.y;
-      }
       wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        wgmma_ss<F, 0, 0>(acc, k_major(dy_addr, ks), k_major(sbase + L::kSOff, ks, L::kSBlock),
-                          ks > 0);
-      }
-      wgmma_commit();
 #pragma unroll
       for (int ks = 0; ks < F / 16; ++ks)
         wgmma_ss_n64<0, 0>(pl, k_major(pq_addr, ks), k_major(lin + L::kPkOff, ks), ks > 0);
@@ -1707,28 +1705,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         wgmma_ss_n64<0, 0>(dv, k_major(dy_addr, ks), k_major(lin + L::kVOff, ks), ks > 0);
       wgmma_commit();
       take_dl();
-      wgmma_wait<1>();
-#pragma unroll
-      for (int n = 0; n < F / 8; ++n) {
-        const float2 zf = *reinterpret_cast<const float2*>(z + 8 * n + 2 * t4);
-        acc[4 * n] = fmaf(-dl_a, zf.x, acc[4 * n]);
-        acc[4 * n + 1] = fmaf(-dl_a, zf.y, acc[4 * n + 1]);
-        acc[4 * n + 2] = fmaf(-dl_b, zf.x, acc[4 * n + 2]);
-        acc[4 * n + 3] = fmaf(-dl_b, zf.y, acc[4 * n + 3]);
-      }
-      mbar_arrive(bar.s_empty);
-
-      // L1 from the state: phi_q . (S dy - dl z) + dl P_state.
-#pragma unroll
-      for (int n = 0; n < F / 8; ++n) {
-        const int f = 8 * n + 2 * t4;
-        const float2 qa = unpack_bf16(
-            *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(la, f, kBlock)));
-        const float2 qv = unpack_bf16(
-            *reinterpret_cast<const uint32_t*>(smem + L::kPqOff + swizzled_offset(lb, f, kBlock)));
-        l1_a += qa.x * acc[4 * n] + qa.y * acc[4 * n + 1];
-        l1_b += qv.x * acc[4 * n + 2] + qv.y * acc[4 * n + 3];
-      }
+      take_inv();
       wgmma_wait<0>();
 
       // The unfolded linear keys: [s_lo, row - lin_lag] within the chunk.
@@ -1737,7 +1714,6 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       // The forward's linear test: key j0 + 2 t4 + e in [max(s_lo, 0), row - lin_lag].
       const int lo = max(s_lo, 0) - j0 - 2 * t4;
       const int hi_a = ia - um.lin_lag - j0 - 2 * t4, hi_b = ib - um.lin_lag - j0 - 2 * t4;
-      float ls_a = 0.f, ls_b = 0.f, ps_a = 0.f, ps_b = 0.f;  // this lane's part of the chunk sums
       uint32_t adu[4][4];
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
@@ -1763,33 +1739,34 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
           adu[kk][r] = pack_bf16(du[0], du[1]);
         }
       }
-      wgmma_fence();
+      // du (the A operand of du phi_k, K-major), dl and 1 / D to the state warpgroup, which
+      // accumulates dphi_q; du goes into S's buffer once its S dy has read it.
+      mbar_wait(qb.du_free, t & 1);
+      const uint32_t du_addr = sbase + L::kDuOff;
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_rs<F, 1>(acc, adu[kk], n_major(lin + L::kPkOff, kk, kBlock), true);
-      wgmma_commit();
-      l1_a += ls_a;
-      l1_b += ls_b;
+      for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int key = 16 * kk + 8 * (r / 2) + 2 * t4;
+          st_shared_u32(du_addr + swizzled_offset((r & 1) ? lb : la, key, kBlock), adu[kk][r]);
+        }
+      }
+      if (t4 == 0) {
+        float* rows = reinterpret_cast<float*>(smem + L::kRowsOff);
+        rows[la] = dl_a;
+        rows[lb] = dl_b;
+        rows[kRows + la] = inv_a;
+        rows[kRows + lb] = inv_b;
+      }
+      fence_async_shared();
+      mbar_arrive(qb.lin_in_full);
 #pragma unroll
       for (int off = 1; off <= 2; off <<= 1) {
-        l1_a += __shfl_xor_sync(kFullMask, l1_a, off);
-        l1_b += __shfl_xor_sync(kFullMask, l1_b, off);
-        p_a += __shfl_xor_sync(kFullMask, p_a, off);
-        p_b += __shfl_xor_sync(kFullMask, p_b, off);
+        ls_a += __shfl_xor_sync(kFullMask, ls_a, off);
+        ls_b += __shfl_xor_sync(kFullMask, ls_b, off);
         ps_a += __shfl_xor_sync(kFullMask, ps_a, off);
         ps_b += __shfl_xor_sync(kFullMask, ps_b, off);
       }
-      // phi_q . (- dl z) went into l1 through acc; P_state = p before the chunk sums.
-      l1_a += dl_a * p_a;
-      l1_b += dl_b * p_b;
-      p_a += ps_a;
-      p_b += ps_b;
-      wgmma_wait<0>();
-      // dphi_q through phi_q's buffer (its products are done) and a TMA store.
-      take_inv();
-      named_barrier(1, 128);
-      store_tile<F>(&p.dphi_q, smem + L::kPqOff, acc, coef_l * inv_a, coef_l * inv_b, t0, unit, ct);
-      if (ct == 0) mbar_arrive(bar.pq_empty);
     }
 
     float w1_a = 0.f, w1_b = 0.f, e_a = 0.f, e_b = 0.f;
@@ -1886,6 +1863,16 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     if (!kDq || !kWindow) mbar_arrive(bar.chunk_empty + slots[0]);  // the last tile reading it
 
     // The row values; dq with its G_i k_m term.
+    float l1_a = 0.f, l1_b = 0.f, p_a = 0.f, p_b = 0.f;
+    if constexpr (kLinear) {
+      mbar_wait(qb.lin_out_full, t & 1);
+      const float* rows = reinterpret_cast<const float*>(smem + L::kRowsOff);
+      l1_a = rows[2 * kRows + la] + ls_a;
+      l1_b = rows[2 * kRows + lb] + ls_b;
+      p_a = rows[3 * kRows + la] + ps_a;
+      p_b = rows[3 * kRows + lb] + ps_b;
+      mbar_arrive(qb.lin_out_empty);
+    }
     const float delta_a = (coef_w * w1_a + coef_l * l1_a) * inv_a;
     const float delta_b = (coef_w * w1_b + coef_l * l1_b) * inv_b;
     const float gw_a = (w1_a - delta_a * e_a) * inv_a, gw_b = (w1_b - delta_b * e_b) * inv_b;
@@ -1974,6 +1961,135 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
   }
 }
 
+// The query kernel's state warpgroup: S and z (unscaled, z in fp32) as keep_state keeps them, and
+// dphi_q of each tile, so that the consumer holds no F-wide accumulator. Per tile: the fold of
+// the tile's linear chunk into S's registers (for the next tile), S dy from the published S, the
+// row values phi_q . S dy and P_state = phi_q . z for the consumer; once the consumer has handed
+// over du, dl and 1 / D: + du phi_k - dl z and the store; then the next S.
+template <int D, int F>
+__device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8_t* smem,
+                                 const QueryBarriers& qb, int unit, int r_begin, int tiles) {
+  using L = QueryLayout<D, F>;
+  constexpr int H = F / 64;  // 64-row halves of S
+  const Barriers& bar = qb.base;
+  const int st = threadIdx.x - 256;
+  const int warp = st / 32;
+  const int lane = st % 32;
+  const int g8 = lane / 4;
+  const int t4 = lane % 4;
+  const int la = warp * 16 + g8, lb = la + 8;
+  const uint32_t sbase = shared_address(smem);
+  const uint32_t dy_addr = sbase + L::kDyOff;
+  const float coef_l = p.coef_linear[unit];
+  float* rows = reinterpret_cast<float*>(smem + L::kRowsOff);
+  const float* z = reinterpret_cast<const float*>(smem + L::kZOff);
+  float acc[H][D / 2], zp[H][2];
+  load_state<D, F>(
+      acc, zp, p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (F * D + F) : nullptr,
+      warp, g8, t4);
+  auto publish = [&]() {
+    publish_state<D, F, L::kZFloat>(sbase + L::kSOff, L::kSBlock, smem + L::kZOff, acc, zp, 1.f,
+                                    warp, g8, t4);
+    named_barrier(2, 128);  // all of S is written before this warpgroup's wgmma reads it
+  };
+
+  // The tile's linear chunk is the one folded after it: chunk t - 1 (lin_lag = 64) or t (0), so
+  // chunk -1 is never read in the second case.
+  const int lag_chunks = um.lin_lag > 0 ? 1 : 0;
+  if (lag_chunks == 0) mbar_arrive(bar.chunk_empty + slot_of(-1));
+  publish();
+  for (int t = 0; t < tiles; ++t) {
+    const int c = t - lag_chunks;
+    const int slot = slot_of(c);
+    const uint32_t chunk = sbase + slot * L::kSlotBytes;
+    // The fold for the next tile first, while no dphi_q accumulator is live (S's registers only
+    // change; the published S stays); the first takes the keys of chunk -1 that the start state
+    // does not hold.
+    mbar_wait(bar.chunk_full + slot, use_of(c) & 1);
+    const bool needed = t + 1 < tiles;
+    const int kbase = r_begin + c * kRows;
+    const int lo = c < 0 ? max(r_begin - um.state_lag, 0) : kbase;
+    if (needed && lo < kbase + kRows) {
+      fold_keys<D, H>(acc, zp, smem + slot * L::kSlotBytes + L::kPkOff, chunk + L::kVOff, kbase, lo,
+                      warp, lane);
+    }
+    float dpq[F / 2];
+    mbar_wait(qb.dy_full, t & 1);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      wgmma_ss<F, 0, 0>(dpq, k_major(dy_addr, ks), k_major(sbase + L::kSOff, ks, L::kSBlock),
+                        ks > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    mbar_arrive(qb.du_free);
+
+    // The row values phi_q . S dy and P_state = phi_q . z for the consumer; dpq is only read
+    // between its two products (rewriting it there costs ptxas copies of the accumulator).
+    mbar_wait(bar.pq_full, t & 1);
+    // phi_q's row addresses from an opaque base: hoisted out of the tile loop they would hold
+    // registers that S and dphi_q need.
+    uint32_t row_off = L::kPqOff + la * 128 + 4 * t4;
+    asm volatile("" : "+r"(row_off));
+    const uint8_t* pq_a = smem + row_off;
+    float a1_a = 0.f, a1_b = 0.f, p_a = 0.f, p_b = 0.f;
+#pragma unroll
+    for (int n = 0; n < F / 8; ++n) {
+      const float2 zf = *reinterpret_cast<const float2*>(z + 8 * n + 2 * t4);
+      const uint8_t* at = pq_a + (n / 8) * kBlock + (((n % 8) ^ g8) * 16);  // swizzled_offset
+      const float2 qa = unpack_bf16(*reinterpret_cast<const uint32_t*>(at));
+      const float2 qv = unpack_bf16(*reinterpret_cast<const uint32_t*>(at + 8 * 128));
+      p_a += qa.x * zf.x + qa.y * zf.y;
+      p_b += qv.x * zf.x + qv.y * zf.y;
+      a1_a += qa.x * dpq[4 * n] + qa.y * dpq[4 * n + 1];
+      a1_b += qv.x * dpq[4 * n + 2] + qv.y * dpq[4 * n + 3];
+    }
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      a1_a += __shfl_xor_sync(kFullMask, a1_a, off);
+      a1_b += __shfl_xor_sync(kFullMask, a1_b, off);
+      p_a += __shfl_xor_sync(kFullMask, p_a, off);
+      p_b += __shfl_xor_sync(kFullMask, p_b, off);
+    }
+    if (t > 0) mbar_wait(qb.lin_out_empty, (t - 1) & 1);
+    if (t4 == 0) {
+      rows[2 * kRows + la] = a1_a;
+      rows[2 * kRows + lb] = a1_b;
+      rows[3 * kRows + la] = p_a;
+      rows[3 * kRows + lb] = p_b;
+    }
+    mbar_arrive(qb.lin_out_full);
+
+    mbar_wait(qb.lin_in_full, t & 1);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      wgmma_ss<F, 0, 1>(dpq, k_major(sbase + L::kDuOff, kk), n_major(chunk + L::kPkOff, kk, kBlock),
+                        true);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    const float dl_a = rows[la], dl_b = rows[lb];
+    const float inv_a = rows[kRows + la], inv_b = rows[kRows + lb];
+#pragma unroll
+    for (int n = 0; n < F / 8; ++n) {
+      const float2 zf = *reinterpret_cast<const float2*>(z + 8 * n + 2 * t4);
+      dpq[4 * n] = fmaf(-dl_a, zf.x, dpq[4 * n]);
+      dpq[4 * n + 1] = fmaf(-dl_a, zf.y, dpq[4 * n + 1]);
+      dpq[4 * n + 2] = fmaf(-dl_b, zf.x, dpq[4 * n + 2]);
+      dpq[4 * n + 3] = fmaf(-dl_b, zf.y, dpq[4 * n + 3]);
+    }
+    // dphi_q through phi_q's buffer (every product reading it is done) and a TMA store.
+    store_tile<F>(&p.dphi_q, smem + L::kPqOff, dpq, coef_l * inv_a, coef_l * inv_b,
+                  r_begin + t * kRows, unit, st, 2);
+    if (st == 0) mbar_arrive(bar.pq_empty);
+
+    mbar_arrive(bar.chunk_empty + slot);
+    if (needed) publish();
+  }
+}
+
 template <int D, int F, bool kDq>
 __global__ void __launch_bounds__(kWgThreads, 1)
     query_wg_kernel(const __grid_constant__ QueryParams p) {
@@ -1984,7 +2100,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   const Barriers bar = ring_barriers(bars);
   uint64_t* const qbars = bars + 2 * kSlots + 6;
-  const QueryBarriers qb{bar, qbars, qbars + 1, qbars + 2, qbars + 3, qbars + 4};
+  const QueryBarriers qb{bar,       qbars,     qbars + 1, qbars + 2, qbars + 3,
+                         qbars + 4, qbars + 5, qbars + 6, qbars + 7, qbars + 8};
   const Shape& s = p.s;
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
@@ -2001,13 +2118,15 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     mbar_init(bar.q_full, 1);  // q's buffer is given back through y_empty, not q_empty
     mbar_init(bar.pq_full, 1);
     mbar_init(bar.pq_empty, 1);  // after the dphi_q store has read the buffer
-    mbar_init(bar.s_full, 128);
-    mbar_init(bar.s_empty, 128);
     mbar_init(qb.dy_full, 1);
     mbar_init(qb.dy_empty, 128);
     mbar_init(qb.y_full, 1);
     mbar_init(qb.y_empty, 1);  // after the dq store has read y's buffer
     mbar_init(qb.y_free, 128);
+    mbar_init(qb.du_free, 128);
+    mbar_init(qb.lin_in_full, 128);
+    mbar_init(qb.lin_out_full, 128);
+    mbar_init(qb.lin_out_empty, 128);
     mbar_init_fence();
   }
   __syncthreads();
@@ -2019,7 +2138,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       produce_query<D, F>(p, um, smem, qb, unit, kv_unit_of(s, unit), r_begin, tiles);
     }
   } else if (group == 1) {
-    regs_grow<256>();
+    // 24 + 240 + 240 registers a thread: setmaxnreg takes from the 168 x 384 the launch gave, and
+    // a larger sum would leave a warpgroup waiting for registers forever.
+    regs_grow<240>();
     if (!um.use_linear)
       consume_query<D, F, true, false, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
     else if (!um.use_window)
@@ -2027,8 +2148,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     else
       consume_query<D, F, true, true, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
   } else {
-    regs_grow<216>();
-    if (um.use_linear) keep_state<D, F, L>(p, um, smem, bar, r_begin, tiles, 1.f);
+    regs_grow<240>();
+    if (um.use_linear) keep_query_state<D, F>(p, um, smem, qb, unit, r_begin, tiles);
   }
 }
 
