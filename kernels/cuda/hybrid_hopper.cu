@@ -1106,9 +1106,10 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
 // where the sums run over the one 64-row chunk that sees the tile outside U (chunk c + 1 with
 // lin_lag = 64, chunk c with lin_lag = 0), masked to i >= j + lin_lag. Roles as in the forward:
 // the producer loads v, phi_k (key tile) and phi_q, dy (row chunk) into two ring slots, two of
-// its warps copy 1 / D and delta of the row chunk; the consumer runs the four products; the
-// state warpgroup folds the row chunk into U after the tile and publishes c_l U (bf16, one
-// buffer read K-major for v U^T and N-major for phi_k U) and c_l u (fp32).
+// its warps copy 1 / D and delta of the row chunk; the consumer runs v dy^T, p^T and phi_k U for
+// dv and hands du to the state warpgroup, which runs dphi_k's two products and its store, folds
+// the row chunk into U after the tile and publishes c_l U (bf16, one buffer read K-major for
+// v U^T and N-major for phi_k U) and c_l u (fp32).
 
 constexpr int kKeySlots = 2;
 
@@ -1123,9 +1124,11 @@ struct KeyLayout {
   static constexpr int kSlotBytes = (kFactorOff + 2 * 256 + 1023) / 1024 * 1024;
   static constexpr int kUOff = kKeySlots * kSlotBytes;  // c_l U: [D / 64][F rows][64]
   static constexpr int kUBlock = F * 128;
-  static constexpr int kSmallUOff = kUOff + D / 64 * kUBlock;  // c_l u, F floats
-  static constexpr int kBarOff = kSmallUOff + F * 4;
+  static constexpr int kSmallUOff = kUOff + D / 64 * kUBlock;               // c_l u, F floats
+  static constexpr int kDuOff = (kSmallUOff + F * 4 + 1023) / 1024 * 1024;  // du: 64 keys x 64 rows
+  static constexpr int kBarOff = kDuOff + kBlock;
   static constexpr int kSmemBytes = kBarOff + 8 * 8 + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "KeyLayout: more shared memory than a Hopper SM has");
 };
 
 struct KeyParams {
@@ -1147,6 +1150,8 @@ struct KeyBarriers {
   uint64_t* empty;  // [kKeySlots]
   uint64_t* u_full;
   uint64_t* u_empty;
+  uint64_t* du_full;  // the step's du is written (consumer to state warpgroup)
+  uint64_t* du_free;  // the state warpgroup's du phi_q has read it
 };
 
 // The steps every role walks: the group's q heads with a linear branch, each over the key
@@ -1175,7 +1180,12 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
-  const KeyBarriers bar{bars, bars + kKeySlots, bars + 2 * kKeySlots, bars + 2 * kKeySlots + 1};
+  const KeyBarriers bar{bars,
+                        bars + kKeySlots,
+                        bars + 2 * kKeySlots,
+                        bars + 2 * kKeySlots + 1,
+                        bars + 2 * kKeySlots + 2,
+                        bars + 2 * kKeySlots + 3};
   const Shape& s = p.s;
   const int N = s.seq_len;
   const int kv_unit = blockIdx.x / p.key_segments;
@@ -1189,10 +1199,12 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   if (threadIdx.x == 0) {
     for (int i = 0; i < kKeySlots; ++i) {
       mbar_init(bar.full + i, 1 + kRows);  // the TMA arrival + the factor copies
-      mbar_init(bar.empty + i, 256);       // consumer (after its store) and state warpgroups
+      mbar_init(bar.empty + i, 256);       // consumer and state (after its store) warpgroups
     }
     mbar_init(bar.u_full, 128);
     mbar_init(bar.u_empty, 128);
+    mbar_init(bar.du_full, 128);
+    mbar_init(bar.du_free, 128);
     mbar_init_fence();
   }
   __syncthreads();
@@ -1280,7 +1292,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   const float* small_u = reinterpret_cast<const float*>(smem + L::kSmallUOff);
 
   if (wg == 1) {
-    regs_grow<256>();
+    regs_grow<216>();
     for_each_step(p, kv_unit, tiles, [&](int step, int unit, const UnitMode& um, int c, bool top) {
       const int slot = step % kKeySlots;
       const float coef_l = p.coef_linear[unit];
@@ -1291,20 +1303,11 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       const uint32_t base = sbase + slot * L::kSlotBytes;
       mbar_wait(bar.full + slot, (step / kKeySlots) & 1);
       mbar_wait(bar.u_full, step & 1);
-      float dvs[32], pt[32], apk[F / 2], av[kDv ? D / 2 : 1];
-      // dphi_k starts from - c_l u: read now, since u is republished once U is given back.
-#pragma unroll
-      for (int n = 0; n < F / 8; ++n) {
-        const int col = 8 * n + 2 * t4;
-        apk[4 * n] = apk[4 * n + 2] = -small_u[col];
-        apk[4 * n + 1] = apk[4 * n + 3] = -small_u[col + 1];
-      }
+      float dvs[32], pt[32], av[kDv ? D / 2 : 1];
       wgmma_fence();
 #pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
+      for (int ks = 0; ks < D / 16; ++ks)
         wgmma_ss_n64<0, 0>(dvs, k_major(base, ks), k_major(base + L::kDyOff, ks), ks > 0);
-        wgmma_ss<F, 0, 0>(apk, k_major(base, ks), k_major(u_addr, ks, L::kUBlock), true);
-      }
 #pragma unroll
       for (int ks = 0; ks < F / 16; ++ks) {
         if constexpr (kDv) {  // p_ij and phi_k U only feed dv
@@ -1349,19 +1352,28 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           }
         }
       }
-      wgmma_fence();
+      // du (the A operand of du phi_q, K-major) to the state warpgroup, which accumulates dphi_k.
+      if (step > 0) mbar_wait(bar.du_free, (step - 1) & 1);
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        wgmma_rs<F, 1>(apk, adu[kk], n_major(base + L::kPqOff, kk, kBlock), true);
-        if constexpr (kDv) wgmma_rs<D, 1>(av, apw[kk], n_major(base + L::kDyOff, kk, kBlock), true);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int row = 16 * kk + 8 * (r / 2) + 2 * t4;
+          st_shared_u32(
+              sbase + L::kDuOff + swizzled_offset(warp * 16 + g8 + 8 * (r & 1), row, kBlock),
+              adu[kk][r]);
+        }
       }
-      wgmma_commit();
-      wgmma_wait<0>();
-      // dphi_k through the slot's phi_k block (only the products above read it) and a TMA store;
-      // key segments are whole tiles, so the box stays within this block's rows.
-      named_barrier(1, 128);
-      store_tile<F>(&p.dphi_k_out, smem + slot * L::kSlotBytes + L::kPkOff, apk, 1.f, 1.f, k0, unit,
-                    ct);
+      fence_async_shared();
+      mbar_arrive(bar.du_full);
+      if constexpr (kDv) {
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wgmma_rs<D, 1>(av, apw[kk], n_major(base + L::kDyOff, kk, kBlock), true);
+        wgmma_commit();
+        wgmma_wait<0>();
+      }
       // The window part of this thread's dv entries, out of the slot before it goes back.
       const bool into_dv = adds_into_dv(step);
       __nv_bfloat162 window[2][kDv ? D / 8 : 1];
@@ -1376,7 +1388,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
               dv_tile + swizzled_offset(warp * 16 + g8 + 8, col, kBlock));
         }
       }
-      mbar_arrive(bar.empty + slot);  // thread 0 only after the store has read the block
+      mbar_arrive(bar.empty + slot);
 
       if constexpr (!kDv) return;
       // dv_linear summed over the group's heads.
@@ -1425,8 +1437,10 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     return;
   }
 
-  // State warpgroup: U (F x D) and u in fp32 accumulators, as the forward's S.
-  regs_grow<208>();
+  // State warpgroup: U (F x D) and u in fp32 accumulators, as the forward's S, and dphi_k of each
+  // step (so that the consumer holds no F-wide accumulator). 40 + 216 + 248 registers a thread:
+  // setmaxnreg takes from the 168 x 384 the launch gave.
+  regs_grow<248>();
   constexpr int H = F / 64;
   float acc[H][D / 2], up[H][2];
   float coef_l = 0.f;
@@ -1482,7 +1496,37 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       }
       fold_chunk<D, H>(acc, a, sbase + slot * L::kSlotBytes + L::kDyOff);
     }
-    mbar_arrive(bar.empty + slot);
+    // dphi_k = - c_l u + v (c_l U)^T + du phi_q from the published U (the fold above changed only
+    // this warpgroup's registers), once the consumer has handed over du.
+    const uint32_t base = sbase + slot * L::kSlotBytes;
+    mbar_wait(bar.u_full, step & 1);  // every warp of this warpgroup has published U and u
+    float apk[F / 2];
+#pragma unroll
+    for (int n = 0; n < F / 8; ++n) {
+      const int col = 8 * n + 2 * t4;
+      apk[4 * n] = apk[4 * n + 2] = -small_u[col];
+      apk[4 * n + 1] = apk[4 * n + 3] = -small_u[col + 1];
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks)
+      wgmma_ss<F, 0, 0>(apk, k_major(base, ks), k_major(u_addr, ks, L::kUBlock), true);
+    wgmma_commit();
+    mbar_wait(bar.du_full, step & 1);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      wgmma_ss<F, 0, 1>(apk, k_major(sbase + L::kDuOff, kk), n_major(base + L::kPqOff, kk, kBlock),
+                        true);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    mbar_arrive(bar.du_free);
+    // dphi_k through the slot's phi_k block (the consumer's products reading it were done before
+    // it handed over du) and a TMA store; key segments are whole tiles, so the box stays within
+    // this block's rows.
+    store_tile<F>(&p.dphi_k_out, smem + slot * L::kSlotBytes + L::kPkOff, apk, 1.f, 1.f,
+                  s_begin + c * kRows, unit, ct, 2);
+    mbar_arrive(bar.empty + slot);  // thread 0 only after the store has read the block
     if (needed) {
       mbar_wait(bar.u_empty, step & 1);
       publish();
