@@ -677,35 +677,46 @@ __device__ inline void fold_chunk(float (&acc)[H][D / 2], uint32_t (&a)[4][H][4]
   wgmma_wait<0>();
 }
 
+// A = X^T for a state warpgroup's fold: the chunk's 64-row block of F columns at `src` read
+// transposed by ldmatrix into k-step kk (16 rows), half h of the F rows; `adjust(a[kk][h], kk, h)`
+// then masks or scales each fragment (its registers hold rows 16 kk + 2 t4 (+ 1) and + 8).
+template <int H, typename Adjust>
+__device__ inline void load_fold_operand(uint32_t (&a)[4][H][4], const uint8_t* src, int warp,
+                                         int lane, Adjust adjust) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+      const int row = 16 * kk + (lane % 8) + (lane / 16) * 8;
+      const int f = 64 * h + 16 * warp + ((lane / 8) % 2) * 8;
+      ldsm_x4_t(a[kk][h], reinterpret_cast<const bf16*>(src + swizzled_offset(row, f, kBlock)));
+      adjust(a[kk][h], kk, h);
+    }
+  }
+}
+
 // The state warpgroup's fold of the chunk's keys [lo, kbase + 64) (phi_k's block at `pk`, v's at
 // shared address `v_addr`): acc += phi_k^T v, zp += the keys' phi_k.
 template <int D, int H>
 __device__ inline void fold_keys(float (&acc)[H][D / 2], float (&zp)[H][2], const uint8_t* pk,
                                  uint32_t v_addr, int kbase, int lo, int warp, int lane) {
   const int t4 = lane % 4;
-  uint32_t a[4][H][4];  // A = phi_k^T: k-step kk (16 keys), row half h
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-    for (int h = 0; h < H; ++h) {
-      const int key = 16 * kk + (lane % 8) + (lane / 16) * 8;
-      const int f = 64 * h + 16 * warp + ((lane / 8) % 2) * 8;
-      ldsm_x4_t(a[kk][h], reinterpret_cast<const bf16*>(pk + swizzled_offset(key, f, kBlock)));
-      if (lo > kbase) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int j = kbase + 16 * kk + 2 * t4 + (r / 2) * 8;
-          const uint32_t keep = (j >= lo ? 0xFFFFu : 0u) | (j + 1 >= lo ? 0xFFFF0000u : 0u);
-          a[kk][h][r] &= keep;
-        }
-      }
+  uint32_t a[4][H][4];  // A = phi_k^T
+  load_fold_operand<H>(a, pk, warp, lane, [&](uint32_t(&frag)[4], int kk, int h) {
+    if (lo > kbase) {
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        const float2 x = unpack_bf16(a[kk][h][r]);
-        zp[h][r % 2] += x.x + x.y;
+        const int j = kbase + 16 * kk + 2 * t4 + (r / 2) * 8;
+        const uint32_t keep = (j >= lo ? 0xFFFFu : 0u) | (j + 1 >= lo ? 0xFFFF0000u : 0u);
+        frag[r] &= keep;
       }
     }
-  }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float2 x = unpack_bf16(frag[r]);
+      zp[h][r % 2] += x.x + x.y;
+    }
+  });
   fold_chunk<D, H>(acc, a, v_addr);
 }
 
@@ -1473,27 +1484,20 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       const uint8_t* pq = smem + slot * L::kSlotBytes + L::kPqOff;
       const float2* fac =
           reinterpret_cast<const float2*>(smem + slot * L::kSlotBytes + L::kFactorOff);
-      uint32_t a[4][H][4];  // A = (phi_q / D)^T: k-step kk (16 rows), half h
+      uint32_t a[4][H][4];  // A = (phi_q / D)^T
+      load_fold_operand<H>(a, pq, warp, lane, [&](uint32_t(&frag)[4], int kk, int h) {
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-        for (int h = 0; h < H; ++h) {
-          const int key = 16 * kk + (lane % 8) + (lane / 16) * 8;
-          const int f = 64 * h + 16 * warp + ((lane / 8) % 2) * 8;
-          ldsm_x4_t(a[kk][h], reinterpret_cast<const bf16*>(pq + swizzled_offset(key, f, kBlock)));
-#pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            const int il = 16 * kk + 2 * t4 + (r / 2) * 8;
-            const int row = r0 + il;
-            float2 x = unpack_bf16(a[kk][h][r]);
-            const float4 f = *reinterpret_cast<const float4*>(fac + il);  // rows il, il + 1
-            x.x *= row < s_hi ? f.x : 0.f;
-            x.y *= row + 1 < s_hi ? f.z : 0.f;
-            up[h][r % 2] += x.x * f.y + x.y * f.w;
-            a[kk][h][r] = pack_bf16(x.x, x.y);
-          }
+        for (int r = 0; r < 4; ++r) {
+          const int il = 16 * kk + 2 * t4 + (r / 2) * 8;
+          const int row = r0 + il;
+          float2 x = unpack_bf16(frag[r]);
+          const float4 f = *reinterpret_cast<const float4*>(fac + il);  // rows il, il + 1
+          x.x *= row < s_hi ? f.x : 0.f;
+          x.y *= row + 1 < s_hi ? f.z : 0.f;
+          up[h][r % 2] += x.x * f.y + x.y * f.w;
+          frag[r] = pack_bf16(x.x, x.y);
         }
-      }
+      });
       fold_chunk<D, H>(acc, a, sbase + slot * L::kSlotBytes + L::kDyOff);
     }
     // dphi_k = - c_l u + v (c_l U)^T + du phi_q from the published U (the fold above changed only
