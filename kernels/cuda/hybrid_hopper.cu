@@ -70,6 +70,13 @@ struct Layout {
 };
 constexpr int kWgThreads = 384;
 
+// setmaxnreg only moves registers between a block's warpgroups: the launch gives each thread
+// 65536 / threads of them (168 at 384 threads), and warpgroups whose counts sum to more wait
+// forever (a hang: session 9 call 2, session 15 call 5). Each kernel checks its split with this.
+constexpr bool regs_fit(int threads, int sum) {
+  return sum <= 65536 / threads / 8 * 8 * (threads / 128);
+}
+
 struct WgParams {
   CUtensorMap q, k, v, phi_q, phi_k, y;  // (column, row, unit), boxes of 64 x 64
   CUtensorMap w_q, w_k;                  // kMap: the maps' weights [Hq][D][64]
@@ -842,12 +849,17 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   fence_async_shared();
   __syncthreads();
 
+  // kMap: the state warpgroup also holds the projections and their activations, so it gets what
+  // the consumer can spare.
+  constexpr int kConsumerRegs = kMap ? 240 : 256, kStateRegs = kMap ? 240 : 216;
+  static_assert(regs_fit(kWgThreads, 24 + kConsumerRegs + kStateRegs),
+                "registers over the launch's");
   const int group = threadIdx.x / 128;
   if (group == 0) {
     regs_shrink<24>();
     if (threadIdx.x == 0) produce<D, F, kMap>(p, um, smem, bar, unit, kv_unit, r_begin, tiles);
   } else if (group == 1) {
-    regs_grow<kMap ? 240 : 256>();
+    regs_grow<kConsumerRegs>();
     if (!um.use_linear)
       consume<D, F, true, false, kMap>(p, um, smem, bar, unit, r_begin, r_end, tiles);
     else if (!um.use_window)
@@ -855,11 +867,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     else
       consume<D, F, true, true, kMap>(p, um, smem, bar, unit, r_begin, r_end, tiles);
   } else {
-    // kMap: the state warpgroup also holds the projections and their activations, so it gets
-    // what the consumer can spare. The block's registers are fixed at launch (168 a thread):
-    // growing takes only what the producer gave back, so the two sum to at most 480 (24 + 256
-    // + 232 waited forever: a hang, H200 call 2 of session 9).
-    regs_grow<kMap ? 240 : 216>();
+    regs_grow<kStateRegs>();
     if (um.use_linear) {
       keep_state<D, F, L, WgParams, kMap>(p, um, smem, bar, r_begin, tiles, p.coef_linear[unit]);
     }
@@ -907,6 +915,8 @@ struct SpParams {
 template <int D, int F, bool kScaled, bool kMap>
 __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
     state_pass_wg_kernel(const __grid_constant__ SpParams p) {
+  static_assert(!kMap || regs_fit(128 * (1 + F / 64), 24 + 240 * (F / 64)),
+                "registers over the launch's");
   await_previous_kernel();
   using L = SpLayout<D, F, kMap>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
@@ -1247,9 +1257,13 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   auto adds_into_dv = [&](int step) {
     return kDv && p.dv != nullptr && step >= (linear_heads - 1) * tiles;
   };
+  // The state warpgroup holds U and dphi_k, the consumer dv.
+  constexpr int kProducerRegs = 40, kConsumerRegs = 216, kStateRegs = 248;
+  static_assert(regs_fit(kWgThreads, kProducerRegs + kConsumerRegs + kStateRegs),
+                "registers over the launch's");
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
-    regs_shrink<40>();
+    regs_shrink<kProducerRegs>();
     if (threadIdx.x == 0) {
       constexpr uint32_t bytes = 2 * (D / 64 + F / 64) * kBlock;
       for_each_step(p, kv_unit, tiles, [&](int step, int unit, const UnitMode& um, int c, bool) {
@@ -1303,7 +1317,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   const float* small_u = reinterpret_cast<const float*>(smem + L::kSmallUOff);
 
   if (wg == 1) {
-    regs_grow<216>();
+    regs_grow<kConsumerRegs>();
     for_each_step(p, kv_unit, tiles, [&](int step, int unit, const UnitMode& um, int c, bool top) {
       const int slot = step % kKeySlots;
       const float coef_l = p.coef_linear[unit];
@@ -1449,9 +1463,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   }
 
   // State warpgroup: U (F x D) and u in fp32 accumulators, as the forward's S, and dphi_k of each
-  // step (so that the consumer holds no F-wide accumulator). 40 + 216 + 248 registers a thread:
-  // setmaxnreg takes from the 168 x 384 the launch gave.
-  regs_grow<248>();
+  // step (so that the consumer holds no F-wide accumulator).
+  regs_grow<kStateRegs>();
   constexpr int H = F / 64;
   float acc[H][D / 2], up[H][2];
   float coef_l = 0.f;
@@ -2179,6 +2192,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   }
   __syncthreads();
 
+  constexpr int kConsumerRegs = 240, kStateRegs = 240;  // the state also holds dphi_q
+  static_assert(regs_fit(kWgThreads, 24 + kConsumerRegs + kStateRegs),
+                "registers over the launch's");
   const int group = threadIdx.x / 128;
   if (group == 0) {
     regs_shrink<24>();
@@ -2186,9 +2202,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       produce_query<D, F>(p, um, smem, qb, unit, kv_unit_of(s, unit), r_begin, tiles);
     }
   } else if (group == 1) {
-    // 24 + 240 + 240 registers a thread: setmaxnreg takes from the 168 x 384 the launch gave, and
-    // a larger sum would leave a warpgroup waiting for registers forever.
-    regs_grow<240>();
+    regs_grow<kConsumerRegs>();
     if (!um.use_linear)
       consume_query<D, F, true, false, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
     else if (!um.use_window)
@@ -2196,7 +2210,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     else
       consume_query<D, F, true, true, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
   } else {
-    regs_grow<240>();
+    regs_grow<kStateRegs>();
     if (um.use_linear) keep_query_state<D, F>(p, um, smem, qb, unit, r_begin, tiles);
   }
 }
@@ -2306,8 +2320,10 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
   };
   auto no_tile = [](int, int) {};
 
+  constexpr int kProducerRegs = 40, kConsumerRegs = 256;
+  static_assert(regs_fit(256, kProducerRegs + kConsumerRegs), "registers over the launch's");
   if (threadIdx.x < 128) {
-    regs_shrink<40>();
+    regs_shrink<kProducerRegs>();
     if (threadIdx.x == 0) {
       for (int c = 0; c < tiles; ++c) {
         const int buf = c % 2;
@@ -2364,7 +2380,7 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
     return;
   }
 
-  regs_grow<256>();
+  regs_grow<kConsumerRegs>();
   const int ct = threadIdx.x - 128;
   const int warp = ct / 32;
   const int lane = ct % 32;
