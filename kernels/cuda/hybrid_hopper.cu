@@ -139,6 +139,29 @@ __device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* a
   }
 }
 
+// A warpgroup's wgmma A operand in registers (k-step kk, register r: row 16 warp + g8, + 8 for
+// odd r, columns 16 kk + 8 (r / 2) + 2 t4 and the next) into the 64 x 64 bf16 K-major swizzled
+// tile at shared address `tile`, where another warpgroup's wgmma_from_tile reads it.
+__device__ inline void stage_operand(uint32_t tile, const uint32_t (&a)[4][4], int warp, int g8,
+                                     int t4) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int col = 16 * kk + 8 * (r / 2) + 2 * t4;
+      st_shared_u32(tile + swizzled_offset(16 * warp + g8 + 8 * (r & 1), col, kBlock), a[kk][r]);
+    }
+  }
+}
+
+// acc += A B over K = 64: A the tile stage_operand wrote, B N-major at `b_addr` (issue only).
+template <int N>
+__device__ inline void wgmma_from_tile(float (&acc)[N / 2], uint32_t tile, uint32_t b_addr) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+    wgmma_ss<N, 0, 1>(acc, k_major(tile, kk), n_major(b_addr, kk, kBlock), true);
+}
+
 // Half of the hedgehog feature map's activation (kernels/feature_map.hpp) on a 64 x 64 C-layout
 // accumulator of projections r, a quad of lanes per row: out = softmax(r) along each row (kNeg:
 // softmax(-r)), clamped below at 1e-12 as the unfused map. out may be r.
@@ -1379,16 +1402,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       }
       // du (the A operand of du phi_q, K-major) to the state warpgroup, which accumulates dphi_k.
       if (step > 0) mbar_wait(bar.du_free, (step - 1) & 1);
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int row = 16 * kk + 8 * (r / 2) + 2 * t4;
-          st_shared_u32(
-              sbase + L::kDuOff + swizzled_offset(warp * 16 + g8 + 8 * (r & 1), row, kBlock),
-              adu[kk][r]);
-        }
-      }
+      stage_operand(sbase + L::kDuOff, adu, warp, g8, t4);
       fence_async_shared();
       mbar_arrive(bar.du_full);
       if constexpr (kDv) {
@@ -1530,11 +1544,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       wgmma_ss<F, 0, 0>(apk, k_major(base, ks), k_major(u_addr, ks, L::kUBlock), true);
     wgmma_commit();
     mbar_wait(bar.du_full, step & 1);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      wgmma_ss<F, 0, 1>(apk, k_major(sbase + L::kDuOff, kk), n_major(base + L::kPqOff, kk, kBlock),
-                        true);
-    }
+    wgmma_from_tile<F>(apk, sbase + L::kDuOff, base + L::kPqOff);
     wgmma_commit();
     wgmma_wait<0>();
     mbar_arrive(bar.du_free);
@@ -1803,15 +1813,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       // du (the A operand of du phi_k, K-major), dl and 1 / D to the state warpgroup, which
       // accumulates dphi_q; du goes into S's buffer once its S dy has read it.
       mbar_wait(qb.du_free, t & 1);
-      const uint32_t du_addr = sbase + L::kDuOff;
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int key = 16 * kk + 8 * (r / 2) + 2 * t4;
-          st_shared_u32(du_addr + swizzled_offset((r & 1) ? lb : la, key, kBlock), adu[kk][r]);
-        }
-      }
+      stage_operand(sbase + L::kDuOff, adu, warp, g8, t4);
       if (t4 == 0) {
         float* rows = reinterpret_cast<float*>(smem + L::kRowsOff);
         rows[la] = dl_a;
@@ -2124,11 +2126,7 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
 
     mbar_wait(qb.lin_in_full, t & 1);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      wgmma_ss<F, 0, 1>(dpq, k_major(sbase + L::kDuOff, kk), n_major(chunk + L::kPkOff, kk, kBlock),
-                        true);
-    }
+    wgmma_from_tile<F>(dpq, sbase + L::kDuOff, chunk + L::kPkOff);
     wgmma_commit();
     wgmma_wait<0>();
     const float dl_a = rows[la], dl_b = rows[lb];
