@@ -139,6 +139,15 @@ __device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* a
   }
 }
 
+// Sums each of xs over the quad of lanes that holds a row of a C fragment, the shuffles of all
+// of them issued together at each step.
+template <typename... T>
+__device__ inline void quad_sum(T&... xs) {
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1)
+    ((xs += __shfl_xor_sync(kFullMask, xs, off)), ...);
+}
+
 // A warpgroup's wgmma A operand in registers (k-step kk, register r: row 16 warp + g8, + 8 for
 // odd r, columns 16 kk + 8 (r / 2) + 2 t4 and the next) into the 64 x 64 bf16 K-major swizzled
 // tile at shared address `tile`, where another warpgroup's wgmma_from_tile reads it.
@@ -624,13 +633,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     wgmma_commit();
 
     // The denominators while P v runs.
-#pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      wsum_a += __shfl_xor_sync(kFullMask, wsum_a, off);
-      wsum_b += __shfl_xor_sync(kFullMask, wsum_b, off);
-      lsum_a += __shfl_xor_sync(kFullMask, lsum_a, off);
-      lsum_b += __shfl_xor_sync(kFullMask, lsum_b, off);
-    }
+    quad_sum(wsum_a, wsum_b, lsum_a, lsum_b);
     float den_a, den_b;
     if constexpr (!kWindow) {
       den_a = coef_l * lsum_a + z_a + s.eps;
@@ -725,6 +728,23 @@ __device__ inline void load_fold_operand(uint32_t (&a)[4][H][4], const uint8_t* 
   }
 }
 
+// The start of the forward's and the query kernel's state warpgroups: S and z at the
+// segment's start (zero for the first segment), and chunk -1's ring slot given back at once where
+// no tile folds it (lin_lag = 0). Returns how many chunks the fold lags the tile (1 or 0).
+template <int D, int F, typename P>
+__device__ inline int start_state(const P& p, const UnitMode& um, const Barriers& bar,
+                                  float (&acc)[F / 64][D / 2], float (&zp)[F / 64][2], int warp,
+                                  int g8, int t4) {
+  load_state<D, F>(
+      acc, zp, p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (F * D + F) : nullptr,
+      warp, g8, t4);
+  // Tile t + 1's query needs the keys before t0 (lin_lag = 64: chunk t - 1 folded) or before
+  // t0 + 64 (lin_lag = 0: chunk t folded). In the second case chunk -1 is never folded.
+  const int lag_chunks = um.lin_lag > 0 ? 1 : 0;
+  if (lag_chunks == 0) mbar_arrive(bar.chunk_empty + slot_of(-1));
+  return lag_chunks;
+}
+
 // The state warpgroup's fold of the chunk's keys [lo, kbase + 64) (phi_k's block at `pk`, v's at
 // shared address `v_addr`): acc += phi_k^T v, zp += the keys' phi_k.
 template <int D, int H>
@@ -767,19 +787,12 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
   const int t4 = lane % 4;
   const uint32_t sbase = shared_address(smem);
   float acc[H][D / 2], zp[H][2];
-  load_state<D, F>(
-      acc, zp, p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (F * D + F) : nullptr,
-      warp, g8, t4);
+  const int lag_chunks = start_state<D, F>(p, um, bar, acc, zp, warp, g8, t4);
   auto publish = [&]() {
     publish_state<D, F, L::kZFloat>(sbase + L::kSOff, L::kSBlock, smem + L::kZOff, acc, zp,
                                     kMap ? 1.f : coef, warp, g8, t4);
     mbar_arrive(bar.s_full);
   };
-
-  // Tile t + 1's query needs the keys before t0 (lin_lag = 64: chunk t - 1 folded) or before
-  // t0 + 64 (lin_lag = 0: chunk t folded). In the second case chunk -1 is never folded.
-  const int lag_chunks = um.lin_lag > 0 ? 1 : 0;
-  if (lag_chunks == 0) mbar_arrive(bar.chunk_empty + slot_of(-1));
   publish();
   for (int t = 0; t < tiles; ++t) {
     const int c = t - lag_chunks;
@@ -1748,11 +1761,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
             dl_b += sum;
         }
       }
-#pragma unroll
-      for (int off = 1; off <= 2; off <<= 1) {
-        dl_a += __shfl_xor_sync(kFullMask, dl_a, off);
-        dl_b += __shfl_xor_sync(kFullMask, dl_b, off);
-      }
+      quad_sum(dl_a, dl_b);
       mbar_arrive(qb.y_free);
     };
     mbar_wait(qb.dy_full, t & 1);
@@ -1823,13 +1832,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       }
       fence_async_shared();
       mbar_arrive(qb.lin_in_full);
-#pragma unroll
-      for (int off = 1; off <= 2; off <<= 1) {
-        ls_a += __shfl_xor_sync(kFullMask, ls_a, off);
-        ls_b += __shfl_xor_sync(kFullMask, ls_b, off);
-        ps_a += __shfl_xor_sync(kFullMask, ps_a, off);
-        ps_b += __shfl_xor_sync(kFullMask, ps_b, off);
-      }
+      quad_sum(ls_a, ls_b, ps_a, ps_b);
     }
 
     float w1_a = 0.f, w1_b = 0.f, e_a = 0.f, e_b = 0.f;
@@ -1913,13 +1916,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         }
         wgmma_wait<0>();
       }
-#pragma unroll
-      for (int off = 1; off <= 2; off <<= 1) {
-        w1_a += __shfl_xor_sync(kFullMask, w1_a, off);
-        w1_b += __shfl_xor_sync(kFullMask, w1_b, off);
-        e_a += __shfl_xor_sync(kFullMask, e_a, off);
-        e_b += __shfl_xor_sync(kFullMask, e_b, off);
-      }
+      quad_sum(w1_a, w1_b, e_a, e_b);
     }
     mbar_arrive(qb.dy_empty);
     // Chunk t - 1 stays until dq has read its keys.
@@ -2047,31 +2044,24 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
   float* rows = reinterpret_cast<float*>(smem + L::kRowsOff);
   const float* z = reinterpret_cast<const float*>(smem + L::kZOff);
   float acc[H][D / 2], zp[H][2];
-  load_state<D, F>(
-      acc, zp, p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (F * D + F) : nullptr,
-      warp, g8, t4);
+  // The tile's linear chunk is the one folded after it (chunk t - lag_chunks).
+  const int lag_chunks = start_state<D, F>(p, um, bar, acc, zp, warp, g8, t4);
   auto publish = [&]() {
     publish_state<D, F, L::kZFloat>(sbase + L::kSOff, L::kSBlock, smem + L::kZOff, acc, zp, 1.f,
                                     warp, g8, t4);
     named_barrier(2, 128);  // all of S is written before this warpgroup's wgmma reads it
   };
-
-  // The tile's linear chunk is the one folded after it: chunk t - 1 (lin_lag = 64) or t (0), so
-  // chunk -1 is never read in the second case.
-  const int lag_chunks = um.lin_lag > 0 ? 1 : 0;
-  if (lag_chunks == 0) mbar_arrive(bar.chunk_empty + slot_of(-1));
   publish();
   for (int t = 0; t < tiles; ++t) {
     const int c = t - lag_chunks;
     const int slot = slot_of(c);
     const uint32_t chunk = sbase + slot * L::kSlotBytes;
     // The fold for the next tile first, while no dphi_q accumulator is live (S's registers only
-    // change; the published S stays); the first takes the keys of chunk -1 that the start state
-    // does not hold.
+    // change; the published S stays).
     mbar_wait(bar.chunk_full + slot, use_of(c) & 1);
     const bool needed = t + 1 < tiles;
     const int kbase = r_begin + c * kRows;
-    const int lo = c < 0 ? max(r_begin - um.state_lag, 0) : kbase;
+    const int lo = c < 0 ? max(r_begin - um.state_lag, 0) : kbase;  // as keep_state's
     if (needed && lo < kbase + kRows) {
       fold_keys<D, H>(acc, zp, smem + slot * L::kSlotBytes + L::kPkOff, chunk + L::kVOff, kbase, lo,
                       warp, lane);
@@ -2108,13 +2098,7 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
       a1_a += qa.x * dpq[4 * n] + qa.y * dpq[4 * n + 1];
       a1_b += qv.x * dpq[4 * n + 2] + qv.y * dpq[4 * n + 3];
     }
-#pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      a1_a += __shfl_xor_sync(kFullMask, a1_a, off);
-      a1_b += __shfl_xor_sync(kFullMask, a1_b, off);
-      p_a += __shfl_xor_sync(kFullMask, p_a, off);
-      p_b += __shfl_xor_sync(kFullMask, p_b, off);
-    }
+    quad_sum(a1_a, a1_b, p_a, p_b);
     if (t > 0) mbar_wait(qb.lin_out_empty, (t - 1) & 1);
     if (t4 == 0) {
       rows[2 * kRows + la] = a1_a;
