@@ -2206,8 +2206,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 //   dv_j = sum_i c_w e_ij / D_i dy_i + (the linear part, summed by the linear key kernel)
 // The producer loads the key tile's k and v (two buffers) and each step's q and dy chunk (a ring
 // of three slots), two of its warps copy the chunk's row values; the consumer warpgroup holds
-// dk and dv in wgmma accumulators (keys as rows) and runs k q^T, v dy^T, then ds q and p dy
-// with ds and p as register operands; the tile leaves through TMA stores from its k, v buffers.
+// dk in wgmma accumulators (keys as rows) and runs k q^T, v dy^T, then ds q with ds as a
+// register operand, and hands p (bf16, two buffers) to the dv warpgroup, which holds dv and
+// runs p dy; the tile leaves through TMA stores from its k and v buffers.
 
 constexpr int kWkSlots = 3;
 
@@ -2220,9 +2221,11 @@ struct WkLayout {
   static constexpr int kArgmaxOff = kFactorOff + kRows * 16;
   static constexpr int kSlotBytes = kArgmaxOff + kRows * 4;
   static constexpr int kSlotsOff = 2 * kKvBytes;
-  static constexpr int kBarOff = kSlotsOff + kWkSlots * ((kSlotBytes + 1023) / 1024 * 1024);
   static constexpr int kSlotStride = (kSlotBytes + 1023) / 1024 * 1024;
+  static constexpr int kPwOff = kSlotsOff + kWkSlots * kSlotStride;  // [2] c_w e / D, 64 x 64
+  static constexpr int kBarOff = kPwOff + 2 * kBlock;
   static constexpr int kSmemBytes = kBarOff + 16 * 8 + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "WkLayout: more shared memory than a Hopper SM has");
 };
 
 struct WkParams {
@@ -2241,9 +2244,12 @@ struct WkParams {
 
 struct WkBarriers {
   uint64_t* kv_full;   // [2]
-  uint64_t* kv_empty;  // [2]
+  uint64_t* kv_empty;  // [2]: the consumer and the dv warpgroup have stored dk and dv
   uint64_t* full;      // [kWkSlots]
-  uint64_t* empty;     // [kWkSlots]
+  uint64_t* empty;     // [kWkSlots]: the consumer's ds q and the dv warpgroup's pw dy are done
+  uint64_t* pw_full;   // [2]: the step's pw is written (consumer to dv warpgroup)
+  uint64_t* pw_free;   // [2]: its pw dy is done
+  uint64_t* v_done;    // [2]: the consumer's products of the tile have read v
 };
 
 // The steps every role walks: per key tile c, the group's q heads with a window, each over the
@@ -2269,13 +2275,20 @@ __device__ void for_each_wk_step(const WkParams& p, int kv_unit, int tiles, Visi
 }
 
 template <int D>
-__global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_constant__ WkParams p) {
+__global__ void __launch_bounds__(kWgThreads, 1)
+    window_key_wg_kernel(const __grid_constant__ WkParams p) {
   await_previous_kernel();
   using L = WkLayout<D>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
-  const WkBarriers bar{bars, bars + 2, bars + 4, bars + 4 + kWkSlots};
+  const WkBarriers bar{bars,
+                       bars + 2,
+                       bars + 4,
+                       bars + 4 + kWkSlots,
+                       bars + 4 + 2 * kWkSlots,
+                       bars + 6 + 2 * kWkSlots,
+                       bars + 8 + 2 * kWkSlots};
   const Shape& s = p.s;
   const int N = s.seq_len;
   const int kv_unit = blockIdx.x / p.key_segments;
@@ -2288,11 +2301,14 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
   if (threadIdx.x == 0) {
     for (int i = 0; i < 2; ++i) {
       mbar_init(bar.kv_full + i, 1);
-      mbar_init(bar.kv_empty + i, 128);
+      mbar_init(bar.kv_empty + i, 256);
+      mbar_init(bar.pw_full + i, 128);
+      mbar_init(bar.pw_free + i, 128);
+      mbar_init(bar.v_done + i, 128);
     }
     for (int i = 0; i < kWkSlots; ++i) {
       mbar_init(bar.full + i, 1 + kRows);  // the TMA arrival + the factor copies
-      mbar_init(bar.empty + i, 128);
+      mbar_init(bar.empty + i, 256);
     }
     mbar_init_fence();
   }
@@ -2302,8 +2318,9 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
   };
   auto no_tile = [](int, int) {};
 
-  constexpr int kProducerRegs = 40, kConsumerRegs = 256;
-  static_assert(regs_fit(256, kProducerRegs + kConsumerRegs), "registers over the launch's");
+  constexpr int kProducerRegs = 40, kConsumerRegs = 240, kDvRegs = 224;
+  static_assert(regs_fit(kWgThreads, kProducerRegs + kConsumerRegs + kDvRegs),
+                "registers over the launch's");
   if (threadIdx.x < 128) {
     regs_shrink<kProducerRegs>();
     if (threadIdx.x == 0) {
@@ -2362,20 +2379,83 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
     return;
   }
 
-  regs_grow<kConsumerRegs>();
-  const int ct = threadIdx.x - 128;
+  const int ct = threadIdx.x % 128;
   const int warp = ct / 32;
   const int lane = ct % 32;
   const int g8 = lane / 4;
   const int t4 = lane % 4;
+  if (threadIdx.x >= 256) {
+    // The dv warpgroup: dv += pw dy per step, pw (keys x rows, K-major) from the consumer; at the
+    // tile's end the linear part when given and the store through the tile's v buffer.
+    regs_grow<kDvRegs>();
+    float dv[D / 2];
+    for_each_wk_step(
+        p, kv_unit, tiles,
+        [&](int step, int, int, int, bool first) {
+          const uint32_t dy_addr = shared_address(slot_base(step)) + L::kDyOff;
+          mbar_wait(bar.full + step % kWkSlots, (step / kWkSlots) & 1);
+          mbar_wait(bar.pw_full + step % 2, (step / 2) & 1);
+          const uint32_t pw_addr = shared_address(smem) + L::kPwOff + (step % 2) * kBlock;
+          if (first) {
+#pragma unroll
+            for (int i = 0; i < D / 2; ++i)
+              dv[i] = 0.f;
+          }
+          wgmma_fence();
+          wgmma_from_tile<D>(dv, pw_addr, dy_addr);
+          wgmma_commit();
+          wgmma_wait<0>();
+          mbar_arrive(bar.pw_free + step % 2);
+          mbar_arrive(bar.empty + step % kWkSlots);
+        },
+        [&](int c, int steps) {
+          const int buf = c % 2;
+          if (steps == 0) {
+#pragma unroll
+            for (int i = 0; i < D / 2; ++i)
+              dv[i] = 0.f;
+          }
+          const int k0 = s_begin + c * kRows;
+          if (p.dv_linear != nullptr) {
+            const float* dvl = p.dv_linear + static_cast<size_t>(kv_unit) * N * D;
+            const int ja = k0 + warp * 16 + g8, jb = ja + 8;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+              const int col = 8 * n + 2 * t4;
+              if (ja < N) {
+                const float2 x =
+                    *reinterpret_cast<const float2*>(dvl + static_cast<size_t>(ja) * D + col);
+                dv[4 * n] += x.x;
+                dv[4 * n + 1] += x.y;
+              }
+              if (jb < N) {
+                const float2 x =
+                    *reinterpret_cast<const float2*>(dvl + static_cast<size_t>(jb) * D + col);
+                dv[4 * n + 2] += x.x;
+                dv[4 * n + 3] += x.y;
+              }
+            }
+          }
+          // dv through the tile's v buffer once the consumer's products have read it (which
+          // also means the buffer landed) and a TMA store.
+          mbar_wait(bar.v_done + buf, (c / 2) & 1);
+          store_tile<D>(&p.dv, smem + buf * L::kKvBytes + L::kVOff, dv, 1.f, 1.f, k0, kv_unit, ct,
+                        2);
+          mbar_arrive(bar.kv_empty + buf);  // thread 0 only after the store has read the tile
+        });
+    if (ct == 0) bulk_wait();
+    return;
+  }
+
+  regs_grow<kConsumerRegs>();
   const int w = s.window;
   const float scale_log2 = s.scale * 1.4426950408889634f;
-  float dk[D / 2], dv[D / 2];
+  float dk[D / 2];
   int kv_waited = -1;
-  // A step's dk and dv products run while the next step's scores are issued: its slot goes back
-  // once they are done, at the next step or at the tile's end. Their register operands (ads,
-  // apw) are rewritten only after the wait that retires them.
-  int pending = -1;  // the step whose dk and dv products may still run
+  // A step's dk product runs while the next step's scores are issued: its slot goes back once
+  // it is done, at the next step or at the tile's end. Its register operand (ads) is rewritten
+  // only after the wait that retires it.
+  int pending = -1;  // the step whose dk product may still run
   auto give_back = [&] {
     if (pending >= 0) mbar_arrive(bar.empty + pending % kWkSlots);
     pending = -1;
@@ -2442,12 +2522,15 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
             }
           }
         }
+        // pw (the A operand of pw dy, K-major) to the dv warpgroup.
+        if (step >= 2) mbar_wait(bar.pw_free + step % 2, (step / 2 - 1) & 1);
+        stage_operand(sbase + L::kPwOff + (step % 2) * kBlock, apw, warp, g8, t4);
+        fence_async_shared();
+        mbar_arrive(bar.pw_full + step % 2);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
+        for (int kk = 0; kk < 4; ++kk)
           wgmma_rs<D, 1>(dk, ads[kk], n_major(q_addr, kk, kBlock), !first || kk > 0);
-          wgmma_rs<D, 1>(dv, apw[kk], n_major(dy_addr, kk, kBlock), !first || kk > 0);
-        }
         wgmma_commit();
         pending = step;
       },
@@ -2459,35 +2542,14 @@ __global__ void __launch_bounds__(256, 1) window_key_wg_kernel(const __grid_cons
           mbar_wait(bar.kv_full + buf, (c / 2) & 1);
 #pragma unroll
           for (int i = 0; i < D / 2; ++i)
-            dk[i] = dv[i] = 0.f;
+            dk[i] = 0.f;
         }
+        mbar_arrive(bar.v_done + buf);  // the tile's products have read k and v
+        // dk through the tile's k buffer and a TMA store.
         const int k0 = s_begin + c * kRows;
-        if (p.dv_linear != nullptr) {
-          const float* dvl = p.dv_linear + static_cast<size_t>(kv_unit) * N * D;
-          const int ja = k0 + warp * 16 + g8, jb = ja + 8;
-#pragma unroll
-          for (int n = 0; n < D / 8; ++n) {
-            const int col = 8 * n + 2 * t4;
-            if (ja < N) {
-              const float2 x =
-                  *reinterpret_cast<const float2*>(dvl + static_cast<size_t>(ja) * D + col);
-              dv[4 * n] += x.x;
-              dv[4 * n + 1] += x.y;
-            }
-            if (jb < N) {
-              const float2 x =
-                  *reinterpret_cast<const float2*>(dvl + static_cast<size_t>(jb) * D + col);
-              dv[4 * n + 2] += x.x;
-              dv[4 * n + 3] += x.y;
-            }
-          }
-        }
-        // dk and dv through the tile's k and v buffers (read by now) and TMA stores.
         named_barrier(1, 128);
-        uint8_t* kv = smem + buf * L::kKvBytes;
-        store_tile<D>(&p.dk, kv, dk, s.scale, s.scale, k0, kv_unit, ct);
-        store_tile<D>(&p.dv, kv + L::kVOff, dv, 1.f, 1.f, k0, kv_unit, ct);
-        mbar_arrive(bar.kv_empty + buf);  // thread 0 only after the stores have read the tile
+        store_tile<D>(&p.dk, smem + buf * L::kKvBytes, dk, s.scale, s.scale, k0, kv_unit, ct);
+        mbar_arrive(bar.kv_empty + buf);  // thread 0 only after the store has read the tile
       });
   if (ct == 0) bulk_wait();
 }
@@ -2657,10 +2719,10 @@ cudaError_t run_window_key_wg(const Shape& s, const WindowKeyArgs& a, cudaStream
   p.dv_linear = a.dv_linear;
   p.key_segments = a.key_plan.segments;
   p.key_len = a.key_plan.length;
-  return D == 64 ? launch_smem(window_key_wg_kernel<64>, kv_units * a.key_plan.segments, 256,
+  return D == 64 ? launch_smem(window_key_wg_kernel<64>, kv_units * a.key_plan.segments, kWgThreads,
                                WkLayout<64>::kSmemBytes, p, stream)
-                 : launch_smem(window_key_wg_kernel<128>, kv_units * a.key_plan.segments, 256,
-                               WkLayout<128>::kSmemBytes, p, stream);
+                 : launch_smem(window_key_wg_kernel<128>, kv_units * a.key_plan.segments,
+                               kWgThreads, WkLayout<128>::kSmemBytes, p, stream);
 }
 
 bool state_pass_wg_takes(const Shape& s) {
