@@ -1773,7 +1773,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     // state warpgroup adds its terms at the tile's end.
     float ls_a = 0.f, ls_b = 0.f, ps_a = 0.f, ps_b = 0.f;
     if constexpr (kLinear) {
-      const uint32_t lin = sbase + slots[lin_c] * L::kSlotBytes;
+      const uint32_t lin = sbase + (lin_c == 0 ? slots[0] : slots[1]) * L::kSlotBytes;
       float pl[32], dv[32];
       mbar_wait(bar.pq_full, t & 1);
       wgmma_fence();
@@ -1952,8 +1952,11 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         auto ring_row = [&](int am) {
           const int local = am - kbase;
           if (am < 0) return slots[1] * L::kSlotBytes + L::kKOff;
+          // A select, not slots[local / kRows]: a dynamically indexed array lives in local
+          // memory, whose loads wait on L2 here (session 16 item 2).
+          const int slot = local >= kRows ? slots[1] : slots[0];
           return local >= 0 && local < 2 * kRows
-                     ? slots[local / kRows] * L::kSlotBytes + L::kKOff + (local % kRows) * 128
+                     ? slot * L::kSlotBytes + L::kKOff + (local % kRows) * 128
                      : -1;
         };
         const int ring_a = ring_row(am_a), ring_b = ring_row(am_b);
