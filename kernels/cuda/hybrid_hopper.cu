@@ -1853,21 +1853,28 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       // Per chunk c: q k^T and dy v^T (one wgmma group), then the weights e and, for dq,
       // ds = c_w e (dy . v - dl) / D as the register operand of ds k.
       float sc[2][32], dyv[2][32];
-      auto scores = [&](int c) {
-        const uint32_t slot = sbase + slots[c] * L::kSlotBytes;
+      auto scores = [&](float(&s_acc)[32], float(&dv_acc)[32], uint32_t slot) {
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks) {
-          wgmma_ss_n64<0, 0>(sc[c], k_major(q_addr, ks), k_major(slot + L::kKOff, ks), ks > 0);
-          wgmma_ss_n64<0, 0>(dyv[c], k_major(dy_addr, ks), k_major(slot + L::kVOff, ks), ks > 0);
+          wgmma_ss_n64<0, 0>(s_acc, k_major(q_addr, ks), k_major(slot + L::kKOff, ks), ks > 0);
+          wgmma_ss_n64<0, 0>(dv_acc, k_major(dy_addr, ks), k_major(slot + L::kVOff, ks), ks > 0);
         }
         wgmma_commit();
       };
-      auto weigh = [&](int c, uint32_t(&ads)[4][4]) {
+      auto chunk_slot = [&](int c) {
+        return sbase + (c == 0 ? slots[0] : slots[1]) * L::kSlotBytes;
+      };
+      // Chunk c's key at offset off (within the chunk) is in row a's window iff
+      // before_a - 64 c < off <= hi_a (last_a - 64 c; no upper bound in chunk 0).
+      auto weigh = [&](int c, const float(&s_acc)[32], const float(&dv_acc)[32],
+                       uint32_t(&ads)[4][4]) {
         // ds = c_w e (dy . v - dl) / D as e (dy . v x - dl x) with x = c_w / D: a product and an
         // fma.
         const float x_a = coef_w * inv_a, x_b = coef_w * inv_b;
         const float dlx_a = dl_a * x_a, dlx_b = dl_b * x_b;
+        const int lo_a = before_a - c * kRows, lo_b = before_b - c * kRows;
+        const int hi_a = c == 0 ? kRows : last_a - kRows, hi_b = c == 0 ? kRows : last_b - kRows;
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
@@ -1876,19 +1883,18 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int i = 8 * kk + 2 * r + e;
-              const int off = c * kRows + (i / 4) * 8 + (i & 1);
+              const int off = (i / 4) * 8 + (i & 1);
               const bool top = (i & 2) == 0;
-              const bool in = top ? (c == 0 || off <= last_a) && off > before_a
-                                  : (c == 0 || off <= last_b) && off > before_b;
-              const float ex = in ? fast_exp2(fmaf(sc[c][i], scale_log2, top ? -m_a : -m_b)) : 0.f;
+              const bool in = top ? off <= hi_a && off > lo_a : off <= hi_b && off > lo_b;
+              const float ex = in ? fast_exp2(fmaf(s_acc[i], scale_log2, top ? -m_a : -m_b)) : 0.f;
               if (top) {
-                w1_a += ex * dyv[c][i];
+                w1_a += ex * dv_acc[i];
                 e_a += ex;
               } else {
-                w1_b += ex * dyv[c][i];
+                w1_b += ex * dv_acc[i];
                 e_b += ex;
               }
-              ds[e] = ex * fmaf(dyv[c][i], top ? x_a : x_b, top ? -dlx_a : -dlx_b);
+              ds[e] = ex * fmaf(dv_acc[i], top ? x_a : x_b, top ? -dlx_a : -dlx_b);
             }
             ads[kk][r] = pack_bf16(ds[0], ds[1]);
           }
@@ -1896,18 +1902,21 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       };
       uint32_t ads[4][4];
       if constexpr (!kDq) {  // both chunks' products in flight at once
-        scores(0);
-        scores(1);
+        scores(sc[0], dyv[0], chunk_slot(0));
+        scores(sc[1], dyv[1], chunk_slot(1));
         wgmma_wait<0>();
-        weigh(0, ads);
-        weigh(1, ads);
-      } else {  // ds k of chunk 0 runs while chunk 1's scores are issued
-#pragma unroll
+        weigh(0, sc[0], dyv[0], ads);
+        weigh(1, sc[1], dyv[1], ads);
+      } else {
+        // ds k of chunk 0 runs while chunk 1's scores are issued. One loop body for both chunks
+        // (not unrolled): the consumer's loop is fetch-bound (bench/KERNEL_NOTES.md session 16
+        // item 5).
+#pragma unroll 1
         for (int c = 0; c < 2; ++c) {
-          scores(c);
+          scores(sc[0], dyv[0], chunk_slot(c));
           wgmma_wait<0>();
-          weigh(c, ads);
-          const uint32_t k_addr = sbase + slots[c] * L::kSlotBytes + L::kKOff;
+          weigh(c, sc[0], dyv[0], ads);
+          const uint32_t k_addr = chunk_slot(c) + L::kKOff;
           wgmma_fence();
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk)
