@@ -1962,7 +1962,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
           const int local = am - kbase;
           if (am < 0) return slots[1] * L::kSlotBytes + L::kKOff;
           // A select, not slots[local / kRows]: a dynamically indexed array lives in local
-          // memory, whose loads wait on L2 here (session 16 item 2).
+          // memory, whose loads wait on L2 here (bench/KERNEL_NOTES.md session 16 items 2-3).
           const int slot = local >= kRows ? slots[1] : slots[0];
           return local >= 0 && local < 2 * kRows
                      ? slot * L::kSlotBytes + L::kKOff + (local % kRows) * 128
