@@ -17,10 +17,10 @@ kernel="$1" filter="$2" launches="${3:-3}"
 out="${OUT:-$root/out}"
 mkdir -p "$out"
 build="${HL_BUILD_DIR:-$root/build-gpu}"
-if [ ! -x "$build/bench/hl_bench_cuda_attention" ]; then
-  scripts/gpu-build.sh --target hl_bench_cuda_attention >"$out/ncu-build.log" 2>&1 ||
-    { tail -n 30 "$out/ncu-build.log"; exit 1; }
-fi
+# Always (incremental, seconds when up to date): a benchmark left by an earlier call may have
+# been built from another tree (session 16 profiled a reverted variant that way).
+scripts/gpu-build.sh --target hl_bench_cuda_attention >"$out/ncu-build.log" 2>&1 ||
+  { tail -n 30 "$out/ncu-build.log"; exit 1; }
 name="$(echo "$kernel" | tr -c 'A-Za-z0-9_\n' '_')"
 rep="$out/$name"
 timeout 400 ncu ${NCU_ARGS:-} --set full --import-source no -k "regex:$kernel" -c "$launches" -f -o "$rep" \
