@@ -1718,6 +1718,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     const bool in_a = ia < r_end, in_b = ib < r_end;
     const int kbase = t0 - kRows;
     const int slots[2] = {slot_of(t - 1), slot_of(t)};  // chunks t - 1 and t
+    // Chunk c's slot address by a select (a dynamically indexed array lives in local memory).
+    auto chunk_slot = [&](int c) { return sbase + (c == 0 ? slots[0] : slots[1]) * L::kSlotBytes; };
     // The forward's row values, loaded now and taken by shuffles where they are used, so that
     // the tile's products hide the loads' latency (waiting on them took ~10% of the consumer's
     // time, bench/KERNEL_NOTES.md session 11). Two registers: lanes t4 = 0 / 1 of each quad hold
@@ -1773,7 +1775,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     // state warpgroup adds its terms at the tile's end.
     float ls_a = 0.f, ls_b = 0.f, ps_a = 0.f, ps_b = 0.f;
     if constexpr (kLinear) {
-      const uint32_t lin = sbase + (lin_c == 0 ? slots[0] : slots[1]) * L::kSlotBytes;
+      const uint32_t lin = chunk_slot(lin_c);
       float pl[32], dv[32];
       mbar_wait(bar.pq_full, t & 1);
       wgmma_fence();
@@ -1861,9 +1863,6 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
           wgmma_ss_n64<0, 0>(dv_acc, k_major(dy_addr, ks), k_major(slot + L::kVOff, ks), ks > 0);
         }
         wgmma_commit();
-      };
-      auto chunk_slot = [&](int c) {
-        return sbase + (c == 0 ? slots[0] : slots[1]) * L::kSlotBytes;
       };
       // Chunk c's key at offset off (within the chunk) is in row a's window iff
       // before_a - 64 c < off <= hi_a (last_a - 64 c; no upper bound in chunk 0).
