@@ -1774,9 +1774,14 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     // The linear part's chunk sums of this lane (L1 = phi_q . S dy + ls, P = P_state + ps); the
     // state warpgroup adds its terms at the tile's end.
     float ls_a = 0.f, ls_b = 0.f, ps_a = 0.f, ps_b = 0.f;
+    // Scores and dy v^T per window chunk. The linear part's dy v^T goes into dyv[0]: where its
+    // chunk is the window's chunk 0 (lin_c = 0, the non-overlap hybrid), the window part takes
+    // it from there instead of computing it again.
+    float sc[2][32], dyv[2][32];
     if constexpr (kLinear) {
       const uint32_t lin = chunk_slot(lin_c);
-      float pl[32], dv[32];
+      float pl[32];
+      float(&dv)[32] = dyv[0];
       mbar_wait(bar.pq_full, t & 1);
       wgmma_fence();
 #pragma unroll
@@ -1852,15 +1857,19 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       const int last_a = ia - kbase - 2 * t4, last_b = ib - kbase - 2 * t4;
       const int before_a = last_a - min(w, ia + 1), before_b = last_b - min(w, ib + 1);
       mbar_wait(bar.q_full, t & 1);
-      // Per chunk c: q k^T and dy v^T (one wgmma group), then the weights e and, for dq,
-      // ds = c_w e (dy . v - dl) / D as the register operand of ds k.
-      float sc[2][32], dyv[2][32];
-      auto scores = [&](float(&s_acc)[32], float(&dv_acc)[32], uint32_t slot) {
+      // Per chunk c: q k^T and dy v^T (one wgmma group; dy v^T not where the linear part left
+      // it in dyv[0]), then the weights e and, for dq, ds = c_w e (dy . v - dl) / D as the
+      // register operand of ds k.
+      auto scores = [&](float(&s_acc)[32], float(&dv_acc)[32], uint32_t slot, int c) {
+        const bool with_dv = !(kLinear && lin_c == 0 && c == 0);
         wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) {
+        for (int ks = 0; ks < D / 16; ++ks)
           wgmma_ss_n64<0, 0>(s_acc, k_major(q_addr, ks), k_major(slot + L::kKOff, ks), ks > 0);
-          wgmma_ss_n64<0, 0>(dv_acc, k_major(dy_addr, ks), k_major(slot + L::kVOff, ks), ks > 0);
+        if (with_dv) {
+#pragma unroll
+          for (int ks = 0; ks < D / 16; ++ks)
+            wgmma_ss_n64<0, 0>(dv_acc, k_major(dy_addr, ks), k_major(slot + L::kVOff, ks), ks > 0);
         }
         wgmma_commit();
       };
@@ -1901,8 +1910,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       };
       uint32_t ads[4][4];
       if constexpr (!kDq) {  // both chunks' products in flight at once
-        scores(sc[0], dyv[0], chunk_slot(0));
-        scores(sc[1], dyv[1], chunk_slot(1));
+        scores(sc[0], dyv[0], chunk_slot(0), 0);
+        scores(sc[1], dyv[1], chunk_slot(1), 1);
         wgmma_wait<0>();
         weigh(0, sc[0], dyv[0], ads);
         weigh(1, sc[1], dyv[1], ads);
@@ -1912,7 +1921,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         // item 5).
 #pragma unroll 1
         for (int c = 0; c < 2; ++c) {
-          scores(sc[0], dyv[0], chunk_slot(c));
+          scores(sc[0], dyv[0], chunk_slot(c), c);
           wgmma_wait<0>();
           weigh(c, sc[0], dyv[0], ads);
           const uint32_t k_addr = chunk_slot(c) + L::kKOff;
