@@ -265,11 +265,11 @@ __device__ inline Barriers ring_barriers(uint64_t* bars) {
                   bars + 2 * kSlots + 7};
 }
 
-// The producer's load of chunk c (k where the unit has a window, v, phi_k where it has a linear
-// branch; with kMap k for either branch and no phi_k) into its ring slot, once the slot's previous
-// chunk is given back. L names the slot layout (kSlotBytes, kKOff, kVOff, kPkOff); P has the
-// tensor maps k, v, phi_k.
-template <int D, int F, typename L, typename P, bool kMap = false>
+// The producer's load of chunk c (k where the unit has a window, v unless kWithV is false, phi_k
+// where it has a linear branch; with kMap k for either branch and no phi_k) into its ring slot,
+// once the slot's previous chunk is given back. L names the slot layout (kSlotBytes, kKOff, kVOff,
+// kPkOff); P has the tensor maps k, v, phi_k.
+template <int D, int F, typename L, typename P, bool kMap = false, bool kWithV = true>
 __device__ void load_chunk(const P& p, const UnitMode& um, uint8_t* smem, const Barriers& bar,
                            int unit, int kv_unit, int r_begin, int c) {
   const int slot = slot_of(c);
@@ -280,10 +280,11 @@ __device__ void load_chunk(const P& p, const UnitMode& um, uint8_t* smem, const 
   const int row = r_begin + c * kRows;
   const bool k_wanted = um.use_window || (kMap && um.use_linear);
   const bool pk_wanted = !kMap && um.use_linear;
-  mbar_expect_bytes(full, kBlock * ((1 + k_wanted) * (D / 64) + (pk_wanted ? F / 64 : 0)));
+  mbar_expect_bytes(full, kBlock * ((kWithV + k_wanted) * (D / 64) + (pk_wanted ? F / 64 : 0)));
   for (int b = 0; b < D / 64; ++b) {
     if (k_wanted) tma_load_3d(base + L::kKOff + b * kBlock, &p.k, b * 64, row, kv_unit, full);
-    tma_load_3d(base + L::kVOff + b * kBlock, &p.v, b * 64, row, kv_unit, full);
+    if constexpr (kWithV)
+      tma_load_3d(base + L::kVOff + b * kBlock, &p.v, b * 64, row, kv_unit, full);
   }
   if (pk_wanted) {
     for (int b = 0; b < F / 64; ++b)
@@ -1600,22 +1601,29 @@ __device__ inline float dot_bf16x2(uint32_t a, uint32_t b) {
 
 template <int D, int F>
 struct QueryLayout {
-  static constexpr int kKOff = 0;  // in a slot: k, v, phi_k
-  static constexpr int kVOff = D / 64 * kBlock;
-  static constexpr int kPkOff = kVOff + D / 64 * kBlock;
+  // The chunk ring holds k and phi_k; v has a ring of its own with two slots, as a tile gives
+  // chunk t - 1's v back early (after the linear part or the window's first chunk), and the
+  // 16 KB this saves give y a buffer of its own.
+  static constexpr int kKOff = 0;  // in a slot: k, phi_k
+  static constexpr int kPkOff = D / 64 * kBlock;
   static constexpr int kSlotBytes = kPkOff + F / 64 * kBlock;
-  static constexpr int kPqOff = kSlots * kSlotBytes;
+  static constexpr int kVSlots = 2;
+  static constexpr int kVRingOff = kSlots * kSlotBytes;
+  static constexpr int kVSlotBytes = D / 64 * kBlock;
+  static constexpr int kPqOff = kVRingOff + kVSlots * kVSlotBytes;
   static constexpr int kDyOff = kPqOff + F / 64 * kBlock;
-  static constexpr int kYqOff = kDyOff + D / 64 * kBlock;  // y, then q
-  static constexpr int kSOff = kYqOff + D / 64 * kBlock;   // S in bf16, as the forward's
+  static constexpr int kYOff = kDyOff + D / 64 * kBlock;
+  static constexpr int kQOff = kYOff + D / 64 * kBlock;  // q, then dq on its way out
+  static constexpr int kSOff = kQOff + D / 64 * kBlock;  // S in bf16, as the forward's
   static constexpr int kSBlock = F * 128;
   static constexpr int kDuOff = kSOff;  // du (64 rows x 64 keys) once S dy has read S
   static constexpr int kZOff = kSOff + D / 64 * kSBlock;  // z: F floats
   static constexpr bool kZFloat = true;
   static constexpr int kRowsOff = kZOff + F * 4;  // per row: dl, 1 / D, phi_q . S dy, P_state
   static constexpr int kBarOff = kRowsOff + 4 * kRows * 4;
-  // The ring's barriers, the six of q, phi_q and S (S's two unused here), and QueryBarriers' nine.
-  static constexpr int kSmemBytes = kBarOff + (2 * kSlots + 6 + 9) * 8 + 1024;
+  // The ring's barriers, the six of q, phi_q and S (S's two unused here), QueryBarriers' eight
+  // and the v ring's four.
+  static constexpr int kSmemBytes = kBarOff + (2 * kSlots + 6 + 8 + 2 * kVSlots) * 8 + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "QueryLayout: more shared memory than a Hopper SM has");
 };
 
@@ -1638,21 +1646,33 @@ struct QueryParams {
   float* row_gate_grad;
 };
 
-// The forward's Barriers (q_full / q_empty for q, pq_* for phi_q) and those of dy and y.
-// dy and y have barriers of their own so that the next tile's dy loads while this tile's dq
-// still uses y's buffer, and its products start before y lands.
+// The forward's Barriers (q_full / q_empty for q and then dq, pq_* for phi_q), those of dy and y,
+// and the v ring's. dy and y have barriers of their own so that the next tile's dy loads while
+// this tile's dq is still on its way out, and its products start before y lands.
 struct QueryBarriers {
   Barriers base;
   uint64_t* dy_full;        // dy of the tile
   uint64_t* dy_empty;       // the tile's products are done with dy
   uint64_t* y_full;         // y of the tile
-  uint64_t* y_empty;        // the tile is done with y's buffer (q, then dq, included)
-  uint64_t* y_free;         // dl is taken: q may go into y's buffer
+  uint64_t* y_empty;        // dl is taken
   uint64_t* du_free;        // the state warpgroup's S dy has read S: du may go into its buffer
   uint64_t* lin_in_full;    // du, dl and 1 / D of the tile are written (consumer to state)
   uint64_t* lin_out_full;   // phi_q . S dy and P_state of the tile (state to consumer)
   uint64_t* lin_out_empty;  // the consumer has read them
+  uint64_t* v_full;         // [kVSlots] chunk c's v landed in slot (c + 1) % kVSlots
+  uint64_t* v_empty;        // [kVSlots] consumer and state are done with it
 };
+
+// Chunk c's slot in the v ring and how often that slot was filled before (waits take parity
+// use & 1), as slot_of / use_of for the chunk ring.
+template <int kVSlots>
+__device__ inline int v_slot_of(int c) {
+  return (c + 1) % kVSlots;
+}
+template <int kVSlots>
+__device__ inline uint32_t v_use_of(int c) {
+  return static_cast<uint32_t>((c + 1) / kVSlots);
+}
 
 template <int D, int F>
 __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t* smem,
@@ -1660,10 +1680,29 @@ __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t*
                               int tiles) {
   using L = QueryLayout<D, F>;
   const Barriers& bar = qb.base;
-  load_chunk<D, F, L>(p, um, smem, bar, unit, kv_unit, r_begin, -1);
+  auto load_v = [&](int c) {
+    const int slot = v_slot_of<L::kVSlots>(c);
+    const uint32_t use = v_use_of<L::kVSlots>(c);
+    if (use > 0) mbar_wait(qb.v_empty + slot, (use - 1) & 1);
+    mbar_expect_bytes(qb.v_full + slot, D / 64 * kBlock);
+    uint8_t* base = smem + L::kVRingOff + slot * L::kVSlotBytes;
+    for (int b = 0; b < D / 64; ++b) {
+      tma_load_3d(base + b * kBlock, &p.v, b * 64, r_begin + c * kRows, kv_unit, qb.v_full + slot);
+    }
+  };
+  load_chunk<D, F, L, QueryParams, false, false>(p, um, smem, bar, unit, kv_unit, r_begin, -1);
+  load_v(-1);
+  // In the order in which tile t - 1 gives the buffers back: the chunk slot (tile t - 2), y (dl
+  // taken), v (chunk t - 2's last reader), dy (the products), phi_q (the dphi_q store) and q (the
+  // dq store).
   for (int t = 0; t < tiles; ++t) {
-    load_chunk<D, F, L>(p, um, smem, bar, unit, kv_unit, r_begin, t);
+    load_chunk<D, F, L, QueryParams, false, false>(p, um, smem, bar, unit, kv_unit, r_begin, t);
     const int row = r_begin + t * kRows;
+    if (t > 0) mbar_wait(qb.y_empty, (t - 1) & 1);
+    mbar_expect_bytes(qb.y_full, D / 64 * kBlock);
+    for (int b = 0; b < D / 64; ++b)
+      tma_load_3d(smem + L::kYOff + b * kBlock, &p.y, b * 64, row, unit, qb.y_full);
+    load_v(t);
     if (t > 0) mbar_wait(qb.dy_empty, (t - 1) & 1);
     mbar_expect_bytes(qb.dy_full, D / 64 * kBlock);
     for (int b = 0; b < D / 64; ++b)
@@ -1674,15 +1713,11 @@ __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t*
       for (int b = 0; b < F / 64; ++b)
         tma_load_3d(smem + L::kPqOff + b * kBlock, &p.phi_q, b * 64, row, unit, bar.pq_full);
     }
-    if (t > 0) mbar_wait(qb.y_empty, (t - 1) & 1);
-    mbar_expect_bytes(qb.y_full, D / 64 * kBlock);
-    for (int b = 0; b < D / 64; ++b)
-      tma_load_3d(smem + L::kYqOff + b * kBlock, &p.y, b * 64, row, unit, qb.y_full);
     if (um.use_window) {
-      mbar_wait(qb.y_free, t & 1);
+      if (t > 0) mbar_wait(bar.q_empty, (t - 1) & 1);
       mbar_expect_bytes(bar.q_full, D / 64 * kBlock);
       for (int b = 0; b < D / 64; ++b)
-        tma_load_3d(smem + L::kYqOff + b * kBlock, &p.q, b * 64, row, unit, bar.q_full);
+        tma_load_3d(smem + L::kQOff + b * kBlock, &p.q, b * 64, row, unit, bar.q_full);
     }
   }
 }
@@ -1708,7 +1743,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
   const float scale_log2 = s.scale * 1.4426950408889634f;
   const uint32_t sbase = shared_address(smem);
   const uint32_t pq_addr = sbase + L::kPqOff, dy_addr = sbase + L::kDyOff;
-  const uint32_t q_addr = sbase + L::kYqOff;
+  const uint32_t q_addr = sbase + L::kQOff;
   const int lin_c = um.lin_lag > 0 ? 0 : 1;  // the chunk of unfolded linear keys, as consume
   const size_t row0 = static_cast<size_t>(unit) * N;
 
@@ -1720,6 +1755,10 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     const int slots[2] = {slot_of(t - 1), slot_of(t)};  // chunks t - 1 and t
     // Chunk c's slot address by a select (a dynamically indexed array lives in local memory).
     auto chunk_slot = [&](int c) { return sbase + (c == 0 ? slots[0] : slots[1]) * L::kSlotBytes; };
+    // Chunk t - 1 + c's v: slot (t + c) % 2 of the v ring, v_slot_of's form with fewer registers.
+    auto chunk_v = [&](int c) { return sbase + L::kVRingOff + ((t + c) & 1) * L::kVSlotBytes; };
+    auto give_v_prev = [&] { mbar_arrive(qb.v_empty + (t & 1)); };
+    static_assert(L::kVSlots == 2, "chunk_v takes slots by parity");
     // The forward's row values, loaded now and taken by shuffles where they are used, so that
     // the tile's products hide the loads' latency (waiting on them took ~10% of the consumer's
     // time, bench/KERNEL_NOTES.md session 11). Two registers: lanes t4 = 0 / 1 of each quad hold
@@ -1744,7 +1783,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     };
 
     // dl = dy . y of rows la, lb (this lane takes the 16-byte column chunks t4, t4 + 4, ...),
-    // then y's buffer may take q. The linear part runs it while its first products are issued.
+    // then y's buffer takes the next tile's y. The linear part runs it while its first products
+    // are issued.
     float dl_a = 0.f, dl_b = 0.f;
     auto take_dl = [&] {
       mbar_wait(qb.y_full, t & 1);
@@ -1754,7 +1794,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         for (int r = 0; r < 2; ++r) {
           const uint32_t off = swizzled_offset(r == 0 ? la : lb, 8 * c, kBlock);
           const uint4 d4 = *reinterpret_cast<const uint4*>(smem + L::kDyOff + off);
-          const uint4 y4 = *reinterpret_cast<const uint4*>(smem + L::kYqOff + off);
+          const uint4 y4 = *reinterpret_cast<const uint4*>(smem + L::kYOff + off);
           const float sum = dot_bf16x2(d4.x, y4.x) + dot_bf16x2(d4.y, y4.y) +
                             dot_bf16x2(d4.z, y4.z) + dot_bf16x2(d4.w, y4.w);
           if (r == 0)
@@ -1764,12 +1804,14 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         }
       }
       quad_sum(dl_a, dl_b);
-      mbar_arrive(qb.y_free);
+      mbar_arrive(qb.y_empty);
     };
     mbar_wait(qb.dy_full, t & 1);
     if constexpr (!kLinear) take_dl();
     mbar_wait(bar.chunk_full + slots[0], use_of(t - 1) & 1);
     mbar_wait(bar.chunk_full + slots[1], use_of(t) & 1);
+    mbar_wait(qb.v_full + (t & 1), v_use_of<L::kVSlots>(t - 1) & 1);
+    mbar_wait(qb.v_full + ((t + 1) & 1), v_use_of<L::kVSlots>(t) & 1);
 
     // The linear part's chunk sums of this lane (L1 = phi_q . S dy + ls, P = P_state + ps); the
     // state warpgroup adds its terms at the tile's end.
@@ -1789,11 +1831,13 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         wgmma_ss_n64<0, 0>(pl, k_major(pq_addr, ks), k_major(lin + L::kPkOff, ks), ks > 0);
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks)
-        wgmma_ss_n64<0, 0>(dv, k_major(dy_addr, ks), k_major(lin + L::kVOff, ks), ks > 0);
+        wgmma_ss_n64<0, 0>(dv, k_major(dy_addr, ks), k_major(chunk_v(lin_c), ks), ks > 0);
       wgmma_commit();
       take_dl();
       take_inv();
       wgmma_wait<0>();
+      // Chunk t - 1's v has no reader after this unless the window's chunk 0 computes dy v^T.
+      if (!kWindow || lin_c == 0) give_v_prev();
 
       // The unfolded linear keys: [s_lo, row - lin_lag] within the chunk.
       const int s_lo = t == 0 ? r_begin - um.state_lag : kbase + kRows * lin_c;
@@ -1860,16 +1904,17 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       // Per chunk c: q k^T and dy v^T (one wgmma group; dy v^T not where the linear part left
       // it in dyv[0]), then the weights e and, for dq, ds = c_w e (dy . v - dl) / D as the
       // register operand of ds k.
-      auto scores = [&](float(&s_acc)[32], float(&dv_acc)[32], uint32_t slot, int c) {
+      auto scores = [&](float(&s_acc)[32], float(&dv_acc)[32], int c) {
         const bool with_dv = !(kLinear && lin_c == 0 && c == 0);
+        const uint32_t k_addr = chunk_slot(c) + L::kKOff, v_addr = chunk_v(c);
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks)
-          wgmma_ss_n64<0, 0>(s_acc, k_major(q_addr, ks), k_major(slot + L::kKOff, ks), ks > 0);
+          wgmma_ss_n64<0, 0>(s_acc, k_major(q_addr, ks), k_major(k_addr, ks), ks > 0);
         if (with_dv) {
 #pragma unroll
           for (int ks = 0; ks < D / 16; ++ks)
-            wgmma_ss_n64<0, 0>(dv_acc, k_major(dy_addr, ks), k_major(slot + L::kVOff, ks), ks > 0);
+            wgmma_ss_n64<0, 0>(dv_acc, k_major(dy_addr, ks), k_major(v_addr, ks), ks > 0);
         }
         wgmma_commit();
       };
@@ -1910,9 +1955,10 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       };
       uint32_t ads[4][4];
       if constexpr (!kDq) {  // both chunks' products in flight at once
-        scores(sc[0], dyv[0], chunk_slot(0), 0);
-        scores(sc[1], dyv[1], chunk_slot(1), 1);
+        scores(sc[0], dyv[0], 0);
+        scores(sc[1], dyv[1], 1);
         wgmma_wait<0>();
+        if (!(kLinear && lin_c == 0)) give_v_prev();
         weigh(0, sc[0], dyv[0], ads);
         weigh(1, sc[1], dyv[1], ads);
       } else {
@@ -1921,7 +1967,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         // item 5).
 #pragma unroll 1
         for (int c = 0; c < 2; ++c) {
-          scores(sc[0], dyv[0], chunk_slot(c), c);
+          scores(sc[0], dyv[0], c);
           wgmma_wait<0>();
           weigh(c, sc[0], dyv[0], ads);
           const uint32_t k_addr = chunk_slot(c) + L::kKOff;
@@ -1932,6 +1978,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
           wgmma_commit();
         }
         wgmma_wait<0>();
+        if (!(kLinear && lin_c == 0)) give_v_prev();  // here, not in the loop: in it, it spills
       }
       quad_sum(w1_a, w1_b, e_a, e_b);
     }
@@ -1954,7 +2001,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     const float delta_b = (coef_w * w1_b + coef_l * l1_b) * inv_b;
     const float gw_a = (w1_a - delta_a * e_a) * inv_a, gw_b = (w1_b - delta_b * e_b) * inv_b;
     const float gate_a = coef_w * gw_a, gate_b = coef_w * gw_b;
-    // dq through y's buffer (q is read by now) and a TMA store; then the buffer goes back.
+    // dq through q's buffer (q is read by now) and a TMA store; then the buffer goes back.
     named_barrier(1, 128);
     if constexpr (kDq) {
       if constexpr (!kWindow) {
@@ -2013,9 +2060,9 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         }
         mbar_arrive(bar.chunk_empty + slots[0]);
       }
-      store_tile<D>(&p.dq, smem + L::kYqOff, dq, s.scale, s.scale, t0, unit, ct);
+      store_tile<D>(&p.dq, smem + L::kQOff, dq, s.scale, s.scale, t0, unit, ct);
     }
-    if (ct == 0) mbar_arrive(qb.y_empty);
+    if (ct == 0) mbar_arrive(bar.q_empty);
     if (!kLinear && p.dphi_q_rows != nullptr) {  // a window-only unit among dropped ones
       bf16* dpq = p.dphi_q_rows + row0 * F;
       for (int n = 0; n < F / 8; ++n) {
@@ -2066,6 +2113,7 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
   float acc[H][D / 2], zp[H][2];
   // The tile's linear chunk is the one folded after it (chunk t - lag_chunks).
   const int lag_chunks = start_state<D, F>(p, um, bar, acc, zp, warp, g8, t4);
+  if (lag_chunks == 0) mbar_arrive(qb.v_empty + v_slot_of<L::kVSlots>(-1));  // as start_state's
   auto publish = [&]() {
     publish_state<D, F, L::kZFloat>(sbase + L::kSOff, L::kSBlock, smem + L::kZOff, acc, zp, 1.f,
                                     warp, g8, t4);
@@ -2078,14 +2126,17 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
     const uint32_t chunk = sbase + slot * L::kSlotBytes;
     // The fold for the next tile first, while no dphi_q accumulator is live (S's registers only
     // change; the published S stays).
+    const int vslot = v_slot_of<L::kVSlots>(c);
     mbar_wait(bar.chunk_full + slot, use_of(c) & 1);
+    mbar_wait(qb.v_full + vslot, v_use_of<L::kVSlots>(c) & 1);
     const bool needed = t + 1 < tiles;
     const int kbase = r_begin + c * kRows;
     const int lo = c < 0 ? max(r_begin - um.state_lag, 0) : kbase;  // as keep_state's
     if (needed && lo < kbase + kRows) {
-      fold_keys<D, H>(acc, zp, smem + slot * L::kSlotBytes + L::kPkOff, chunk + L::kVOff, kbase, lo,
-                      warp, lane);
+      fold_keys<D, H>(acc, zp, smem + slot * L::kSlotBytes + L::kPkOff,
+                      sbase + L::kVRingOff + vslot * L::kVSlotBytes, kbase, lo, warp, lane);
     }
+    mbar_arrive(qb.v_empty + vslot);
     float dpq[F / 2];
     mbar_wait(qb.dy_full, t & 1);
     wgmma_fence();
@@ -2163,8 +2214,17 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   const Barriers bar = ring_barriers(bars);
   uint64_t* const qbars = bars + 2 * kSlots + 6;
-  const QueryBarriers qb{bar,       qbars,     qbars + 1, qbars + 2, qbars + 3,
-                         qbars + 4, qbars + 5, qbars + 6, qbars + 7, qbars + 8};
+  const QueryBarriers qb{bar,
+                         qbars,
+                         qbars + 1,
+                         qbars + 2,
+                         qbars + 3,
+                         qbars + 4,
+                         qbars + 5,
+                         qbars + 6,
+                         qbars + 7,
+                         qbars + 8,
+                         qbars + 8 + L::kVSlots};
   const Shape& s = p.s;
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
@@ -2178,14 +2238,18 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       mbar_init(bar.chunk_full + i, 1);
       mbar_init(bar.chunk_empty + i, um.use_linear ? 256 : 128);  // consumer (+ state)
     }
-    mbar_init(bar.q_full, 1);  // q's buffer is given back through y_empty, not q_empty
+    for (int i = 0; i < L::kVSlots; ++i) {
+      mbar_init(qb.v_full + i, 1);
+      mbar_init(qb.v_empty + i, um.use_linear ? 256 : 128);
+    }
+    mbar_init(bar.q_full, 1);
+    mbar_init(bar.q_empty, 1);  // after the dq store has read q's buffer
     mbar_init(bar.pq_full, 1);
     mbar_init(bar.pq_empty, 1);  // after the dphi_q store has read the buffer
     mbar_init(qb.dy_full, 1);
     mbar_init(qb.dy_empty, 128);
     mbar_init(qb.y_full, 1);
-    mbar_init(qb.y_empty, 1);  // after the dq store has read y's buffer
-    mbar_init(qb.y_free, 128);
+    mbar_init(qb.y_empty, 128);
     mbar_init(qb.du_free, 128);
     mbar_init(qb.lin_in_full, 128);
     mbar_init(qb.lin_out_full, 128);
