@@ -1427,30 +1427,13 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         wgmma_commit();
         wgmma_wait<0>();
       }
-      // The window part of this thread's dv entries, out of the slot before it goes back.
-      const bool into_dv = adds_into_dv(step);
-      __nv_bfloat162 window[2][kDv ? D / 8 : 1];
-      if (into_dv) {
-        const uint8_t* dv_tile = smem + slot * L::kSlotBytes + L::kDvOff;
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-          const int col = 8 * n + 2 * t4;
-          window[0][n] = *reinterpret_cast<const __nv_bfloat162*>(
-              dv_tile + swizzled_offset(warp * 16 + g8, col, kBlock));
-          window[1][n] = *reinterpret_cast<const __nv_bfloat162*>(
-              dv_tile + swizzled_offset(warp * 16 + g8 + 8, col, kBlock));
-        }
+      if constexpr (!kDv) {
+        mbar_arrive(bar.empty + slot);
+        return;
       }
-      mbar_arrive(bar.empty + slot);
-
-      if constexpr (!kDv) return;
       // dv_linear summed over the group's heads.
       const bool first_head = step < tiles;  // the group's first head with a linear branch
       float* dvl = p.dv_linear + static_cast<size_t>(kv_unit) * N * D;
-      bf16* dvo = p.dv + static_cast<size_t>(kv_unit) * N * D;
-      auto dv_at = [&](int j, int col) {
-        return reinterpret_cast<__nv_bfloat162*>(dvo + static_cast<size_t>(j) * D + col);
-      };
       auto partial_at = [&](int j, int col) {
         return reinterpret_cast<float2*>(dvl + static_cast<size_t>(j) * D + col);
       };
@@ -1471,20 +1454,34 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           av[4 * n + 3] += before[1][n].y;
         }
       }
-      auto put = [&](int j, int col, float x, float y, __nv_bfloat162 w) {
-        if (j >= s_end) return;
-        if (into_dv) {
-          const float2 wf = __bfloat1622float2(w);
-          *dv_at(j, col) = __floats2bfloat162_rn(wf.x + x, wf.y + y);
-        } else {
-          *partial_at(j, col) = make_float2(x, y);
+      if (adds_into_dv(step)) {
+        // dv = the window part (in the slot) + the linear part, written over the window part
+        // (each thread rewrites the entries it read) and out through a TMA store: stores of row
+        // pieces from registers cost far more (bench/KERNEL_NOTES.md session 16 item 4). Key
+        // segments are whole tiles, so the box stays within this block's rows.
+        uint8_t* dv_tile = smem + slot * L::kSlotBytes + L::kDvOff;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          const int col = 8 * n + 2 * t4;
+          const float2 wa = unpack_bf16(*reinterpret_cast<const uint32_t*>(
+              dv_tile + swizzled_offset(warp * 16 + g8, col, kBlock)));
+          const float2 wb = unpack_bf16(*reinterpret_cast<const uint32_t*>(
+              dv_tile + swizzled_offset(warp * 16 + g8 + 8, col, kBlock)));
+          av[4 * n] += wa.x;
+          av[4 * n + 1] += wa.y;
+          av[4 * n + 2] += wb.x;
+          av[4 * n + 3] += wb.y;
         }
-      };
+        store_tile<D>(&p.dv_window, dv_tile, av, 1.f, 1.f, k0, kv_unit, ct);
+        mbar_arrive(bar.empty + slot);  // thread 0 only after the store has read the tile
+        return;
+      }
+      mbar_arrive(bar.empty + slot);
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
         const int col = 8 * n + 2 * t4;
-        put(ja, col, av[4 * n], av[4 * n + 1], window[0][n]);
-        put(jb, col, av[4 * n + 2], av[4 * n + 3], window[1][n]);
+        if (ja < s_end) *partial_at(ja, col) = make_float2(av[4 * n], av[4 * n + 1]);
+        if (jb < s_end) *partial_at(jb, col) = make_float2(av[4 * n + 2], av[4 * n + 3]);
       }
     });
     return;
