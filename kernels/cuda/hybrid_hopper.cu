@@ -1539,7 +1539,10 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       fold_chunk<D, H>(acc, a, sbase + slot * L::kSlotBytes + L::kDyOff);
     }
     // dphi_k = - c_l u + v (c_l U)^T + du phi_q from the published U (the fold above changed only
-    // this warpgroup's registers), once the consumer has handed over du.
+    // this warpgroup's registers). The U terms first, then the next step's U is published (once
+    // the consumer has read this one), and only then du phi_q, which waits for the consumer's
+    // du: publishing after it kept the consumer waiting for U in ~a third of its samples
+    // (bench/KERNEL_NOTES.md session 17).
     const uint32_t base = sbase + slot * L::kSlotBytes;
     mbar_wait(bar.u_full, step & 1);  // every warp of this warpgroup has published U and u
     float apk[F / 2];
@@ -1554,6 +1557,12 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     for (int ks = 0; ks < D / 16; ++ks)
       wgmma_ss<F, 0, 0>(apk, k_major(base, ks), k_major(u_addr, ks, L::kUBlock), true);
     wgmma_commit();
+    wgmma_wait<0>();
+    if (needed) {
+      mbar_wait(bar.u_empty, step & 1);
+      named_barrier(2, 128);  // every warp has read u (apk's start) before it is rewritten
+      publish();
+    }
     mbar_wait(bar.du_full, step & 1);
     wgmma_from_tile<F>(apk, sbase + L::kDuOff, base + L::kPqOff);
     wgmma_commit();
@@ -1565,10 +1574,6 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     store_tile<F>(&p.dphi_k_out, smem + slot * L::kSlotBytes + L::kPkOff, apk, 1.f, 1.f,
                   s_begin + c * kRows, unit, ct, 2);
     mbar_arrive(bar.empty + slot);  // thread 0 only after the store has read the block
-    if (needed) {
-      mbar_wait(bar.u_empty, step & 1);
-      publish();
-    }
   });
 }
 
