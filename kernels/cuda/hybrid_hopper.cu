@@ -1588,13 +1588,12 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 //           needs a gradient dq_i = scale (sum_j c_w e_ij (dy_i . v_j - dl_i) / D_i k_j - G_i k_m);
 // then the row values the key side and the coefficient gradients read: the exact delta
 // (c_w W1 + c_l L1) / D, G = c_w (W1 - delta E) / D and (L1 - delta P) / D.
-// Roles as in the forward. The producer loads each chunk's k, v, phi_k into the ring and each
-// tile's dy, y and phi_q, and q into y's buffer once dl is taken (so that D = F = 128 fits in
-// shared memory); the consumer runs the linear chunk's products and du, hands du to the state
-// warpgroup, runs the window's products and writes dq through y's buffer and a TMA store; the
-// state warpgroup keeps S and z (unscaled, z in fp32) and accumulates and stores dphi_q
-// (keep_query_state), so that the consumer's chain per tile is shorter by the S dy and du phi_k
-// products and their waits.
+// Roles as in the forward. The producer loads each chunk's k and phi_k into the ring, its v into
+// a two-slot ring of its own, and each tile's dy, y, phi_q and q, a tile ahead; the consumer runs
+// the linear chunk's products and du, hands du to the state warpgroup, runs the window's products
+// and writes dq through q's buffer and a TMA store; the state warpgroup keeps S and z (unscaled,
+// z in fp32) and accumulates and stores dphi_q (keep_query_state), so that the consumer's chain
+// per tile is shorter by the S dy and du phi_k products and their waits.
 
 __device__ inline float dot_bf16x2(uint32_t a, uint32_t b) {
   const float2 x = unpack_bf16(a), y = unpack_bf16(b);
