@@ -1190,7 +1190,8 @@ struct KeyLayout {
 };
 
 struct KeyParams {
-  CUtensorMap v, phi_k, phi_q, dy, dphi_k_out, dv_window;  // dv_window: dv as the window left it
+  // dv_window: dv, as the window key kernel left it where loaded, the sum where stored.
+  CUtensorMap v, phi_k, phi_q, dy, dphi_k_out, dv_window;
   Shape s;
   const float* coef_linear;
   const uint8_t* window_drop;
@@ -1200,7 +1201,8 @@ struct KeyParams {
   int key_segments, key_len;
   bf16* dphi_k;
   float* dv_linear;  // [kv units, N, D], summed over the group's q heads
-  bf16* dv;          // or null; else the group's last linear head adds the sum into dv
+  bf16* dv;          // null: dv_linear only; else the group's last linear head adds the sum
+                     // into dv (through dv_window)
 };
 
 struct KeyBarriers {
