@@ -17,11 +17,11 @@ kernel="$1" filter="$2" launches="${3:-3}"
 out="${OUT:-$root/out}"
 mkdir -p "$out"
 build="${HL_BUILD_DIR:-$root/build-gpu}"
+name="$(echo "$kernel" | tr -c 'A-Za-z0-9_\n' '_')"
 # Always (incremental, seconds when up to date): a benchmark left by an earlier call may have
 # been built from another tree (session 16 profiled a reverted variant that way).
-scripts/gpu-build.sh --target hl_bench_cuda_attention >"$out/ncu-build.log" 2>&1 ||
-  { tail -n 30 "$out/ncu-build.log"; exit 1; }
-name="$(echo "$kernel" | tr -c 'A-Za-z0-9_\n' '_')"
+scripts/gpu-build.sh --target hl_bench_cuda_attention >"$out/$name-build.log" 2>&1 ||
+  { tail -n 30 "$out/$name-build.log"; exit 1; }
 rep="$out/$name"
 timeout 400 ncu ${NCU_ARGS:-} --set full --import-source no -k "regex:$kernel" -c "$launches" -f -o "$rep" \
   "$build/bench/hl_bench_cuda_attention" --benchmark_filter="$filter" >"$out/$name-run.log" 2>&1 ||
@@ -33,8 +33,9 @@ ncu --import "$rep.ncu-rep" --page source --csv --print-source sass >"$out/$name
 # Top stall lines, then the kernel's regions with their stall reasons and instruction mix
 # ($SASS_PER: divide the counts by this, e.g. tiles x warps of the profiled launch).
 python3 scripts/sass_summary.py "$out/$name-sass.csv" ${SASS_PER:+--per "$SASS_PER"}
-# At most 8 files come back from a device call: the details page, the SASS table and the run's
-# log go back as one archive, and the report itself (large) only with NCU_KEEP_REP=1.
-(cd "$out" && tar czf "$name.tar.gz" "$name-details.txt" "$name-sass.csv" "$name-run.log" &&
-  rm -f "$name-details.txt" "$name-sass.csv" "$name-run.log")
+# At most 8 files come back from a device call: the details page, the SASS table, the run's and
+# the build's logs go back as one archive (one file per profiled kernel, so that several fit in a
+# call), and the report itself (large) only with NCU_KEEP_REP=1.
+(cd "$out" && tar czf "$name.tar.gz" "$name-details.txt" "$name-sass.csv" "$name-run.log" \
+  "$name-build.log" && rm -f "$name-details.txt" "$name-sass.csv" "$name-run.log" "$name-build.log")
 [ "${NCU_KEEP_REP:-0}" = 1 ] || rm -f "$rep.ncu-rep"
