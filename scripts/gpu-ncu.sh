@@ -32,7 +32,9 @@ grep -E "^  [A-Za-z]|Duration|Throughput|Registers|Occupancy|Stall|Warp Cycles|I
 ncu --import "$rep.ncu-rep" --page source --csv --print-source sass >"$out/$name-sass.csv" 2>&1
 # Top stall lines, then the kernel's regions with their stall reasons and instruction mix
 # ($SASS_PER: divide the counts by this, e.g. tiles x warps of the profiled launch).
-python3 scripts/sass_summary.py "$out/$name-sass.csv" ${SASS_PER:+--per "$SASS_PER"}
+# ($SASS_BARS: the kernel's mbarrier layout as OFFSET:NAME,..., see scripts/sass_summary.py.)
+python3 scripts/sass_summary.py "$out/$name-sass.csv" ${SASS_PER:+--per "$SASS_PER"} \
+  ${SASS_BARS:+--bars "$SASS_BARS"}
 # At most 8 files come back from a device call: the details page, the SASS table, the run's and
 # the build's logs go back as one archive (one file per profiled kernel, so that several fit in a
 # call), and the report itself (large) only with NCU_KEEP_REP=1.

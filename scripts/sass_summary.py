@@ -3,12 +3,16 @@
 scripts/gpu-ncu.sh writes it) and prints where a kernel's time goes:
 
 - the lines with the most warp-stall samples, each with the mbarrier its wait loop polls;
+- the samples of every mbarrier's wait loops, by the barrier's shared-memory offset, named when
+  --bars gives the kernel's barrier layout (OFFSET:NAME,NAME,... for consecutive 8-byte
+  barriers from OFFSET, e.g. 0x32c00:full0,full1,empty0,empty1,u_full; a wait whose slot is in
+  a register shows its array's first barrier);
 - the kernel cut into regions (runs of executed code: a warpgroup role's loop, the out-of-line
   wait loops), each with its share of samples, its main stall reasons and its instruction mix
   (executed warp instructions by opcode), optionally per unit of work (--per N divides the counts
   by N, e.g. tiles times warps).
 
-    scripts/sass_summary.py KERNEL-sass.csv [--top 40] [--per N]
+    scripts/sass_summary.py KERNEL-sass.csv [--top 40] [--per N] [--bars OFFSET:NAME,...]
 """
 import argparse
 import collections
@@ -44,7 +48,12 @@ def main():
     parser.add_argument("csv")
     parser.add_argument("--top", type=int, default=40, help="lines with the most samples")
     parser.add_argument("--per", type=float, default=0, help="divide instruction counts by this")
+    parser.add_argument("--bars", default="", help="OFFSET:NAME,NAME,... of 8-byte mbarriers")
     args = parser.parse_args()
+    names = {}
+    if args.bars:
+        base, _, listed = args.bars.partition(":")
+        names = {int(base, 16) + 8 * i: n for i, n in enumerate(listed.split(",")) if n}
     header, body = read_table(args.csv)
     if header is None:
         print("no source table")
@@ -61,14 +70,37 @@ def main():
     print(f"{len(body)} SASS lines, {total:.0f} stall samples; top lines, each with the mbarrier")
     print("wait at its branch target or the instruction before it (a wait loop's branch names it):")
     by_address = {r[address]: r for r in body}
-    for index in sorted(range(len(body)), key=lambda i: -number(body[i][samples]))[:args.top]:
+
+    def polled(index):
+        """The wait line's note (its branch target or the line before it) and the offset of the
+        mbarrier it polls, or None."""
         row = body[index]
         target = re.search(r"BRA (0x[0-9a-f]+)", row[source])
         note = by_address.get(target.group(1), [""] * len(header))[source] if target else ""
         if "TRYWAIT" not in note:
-            note = body[index - 1][source] if index > 0 else ""
+            note = row[source] if "TRYWAIT" in row[source] else body[index - 1][source] if index else ""
+        offset = re.search(r"TRYWAIT.*\+0x([0-9a-f]+)\]", note)
+        return note, int(offset.group(1), 16) if offset else None
+
+    def barrier(offset):
+        return f"{offset:#x}" + (f" ({names[offset]})" if offset in names else "")
+
+    for index in sorted(range(len(body)), key=lambda i: -number(body[i][samples]))[:args.top]:
+        row = body[index]
+        note, offset = polled(index)
         share = 100 * number(row[samples]) / total
-        print(f"{share:5.1f}%  {row[address]}  {row[source][:70]:70s} | {note.strip()[:60]}")
+        name = f" {names[offset]}" if offset in names else ""
+        print(f"{share:5.1f}%  {row[address]}  {row[source][:70]:70s} | {note.strip()[:60]}{name}")
+
+    waits = collections.Counter()
+    for index, row in enumerate(body):
+        offset = polled(index)[1]
+        if offset is not None:
+            waits[offset] += number(row[samples])
+    print("\nsamples in each mbarrier's wait loops (offset in shared memory):")
+    for offset, count in waits.most_common():
+        if count >= 0.001 * total:
+            print(f"{100 * count / total:5.1f}%  {barrier(offset)}")
 
     if executed is None:
         return
