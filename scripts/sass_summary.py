@@ -77,8 +77,10 @@ def main():
         row = body[index]
         target = re.search(r"BRA (0x[0-9a-f]+)", row[source])
         note = by_address.get(target.group(1), [""] * len(header))[source] if target else ""
-        if "TRYWAIT" not in note:
-            note = row[source] if "TRYWAIT" in row[source] else body[index - 1][source] if index else ""
+        if "TRYWAIT" in row[source]:
+            note = row[source]
+        elif "TRYWAIT" not in note:
+            note = body[index - 1][source] if index > 0 else ""
         offset = re.search(r"TRYWAIT.*\+0x([0-9a-f]+)\]", note)
         return note, int(offset.group(1), 16) if offset else None
 
