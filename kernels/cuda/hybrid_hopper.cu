@@ -242,13 +242,16 @@ struct Barriers {
   uint64_t* pk_ready;  // kMap: [2] the t-th chunk's phi_k is in ring entry t % 2
 };
 
-// Chunk c (-1, 0, 1, ...) of a segment sits in slot (c + 1) % kSlots; `use` counts the slot's
-// fills, so waits on its barriers take parity use & 1.
+// Chunk c (-1, 0, 1, ...) of a segment sits in slot (c + 1) % kRing of its ring (the chunk
+// ring's kSlots, or the query kernel's v ring); `use` counts the slot's fills, so waits on its
+// barriers take parity use & 1.
+template <int kRing = kSlots>
 __device__ inline int slot_of(int c) {
-  return (c + 1) % kSlots;
+  return (c + 1) % kRing;
 }
+template <int kRing = kSlots>
 __device__ inline uint32_t use_of(int c) {
-  return static_cast<uint32_t>((c + 1) / kSlots);
+  return static_cast<uint32_t>((c + 1) / kRing);
 }
 
 // The forward's barriers laid out from `bars`.
@@ -1666,17 +1669,6 @@ struct QueryBarriers {
   uint64_t* v_empty;        // [kVSlots] consumer and state are done with it
 };
 
-// Chunk c's slot in the v ring and how often that slot was filled before (waits take parity
-// use & 1), as slot_of / use_of for the chunk ring.
-template <int kVSlots>
-__device__ inline int v_slot_of(int c) {
-  return (c + 1) % kVSlots;
-}
-template <int kVSlots>
-__device__ inline uint32_t v_use_of(int c) {
-  return static_cast<uint32_t>((c + 1) / kVSlots);
-}
-
 template <int D, int F>
 __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t* smem,
                               const QueryBarriers& qb, int unit, int kv_unit, int r_begin,
@@ -1684,8 +1676,8 @@ __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t*
   using L = QueryLayout<D, F>;
   const Barriers& bar = qb.base;
   auto load_v = [&](int c) {
-    const int slot = v_slot_of<L::kVSlots>(c);
-    const uint32_t use = v_use_of<L::kVSlots>(c);
+    const int slot = slot_of<L::kVSlots>(c);
+    const uint32_t use = use_of<L::kVSlots>(c);
     if (use > 0) mbar_wait(qb.v_empty + slot, (use - 1) & 1);
     mbar_expect_bytes(qb.v_full + slot, D / 64 * kBlock);
     uint8_t* base = smem + L::kVRingOff + slot * L::kVSlotBytes;
@@ -1758,7 +1750,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     const int slots[2] = {slot_of(t - 1), slot_of(t)};  // chunks t - 1 and t
     // Chunk c's slot address by a select (a dynamically indexed array lives in local memory).
     auto chunk_slot = [&](int c) { return sbase + (c == 0 ? slots[0] : slots[1]) * L::kSlotBytes; };
-    // Chunk t - 1 + c's v: slot (t + c) % 2 of the v ring, v_slot_of's form with fewer registers.
+    // Chunk t - 1 + c's v: slot (t + c) % 2 of the v ring, slot_of's form with fewer registers.
     auto chunk_v = [&](int c) { return sbase + L::kVRingOff + ((t + c) & 1) * L::kVSlotBytes; };
     auto give_v_prev = [&] { mbar_arrive(qb.v_empty + (t & 1)); };
     static_assert(L::kVSlots == 2, "chunk_v takes slots by parity");
@@ -1813,15 +1805,17 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     if constexpr (!kLinear) take_dl();
     mbar_wait(bar.chunk_full + slots[0], use_of(t - 1) & 1);
     mbar_wait(bar.chunk_full + slots[1], use_of(t) & 1);
-    mbar_wait(qb.v_full + (t & 1), v_use_of<L::kVSlots>(t - 1) & 1);
-    mbar_wait(qb.v_full + ((t + 1) & 1), v_use_of<L::kVSlots>(t) & 1);
+    mbar_wait(qb.v_full + (t & 1), use_of<L::kVSlots>(t - 1) & 1);
+    mbar_wait(qb.v_full + ((t + 1) & 1), use_of<L::kVSlots>(t) & 1);
 
     // The linear part's chunk sums of this lane (L1 = phi_q . S dy + ls, P = P_state + ps); the
     // state warpgroup adds its terms at the tile's end.
     float ls_a = 0.f, ls_b = 0.f, ps_a = 0.f, ps_b = 0.f;
     // Scores and dy v^T per window chunk. The linear part's dy v^T goes into dyv[0]: where its
-    // chunk is the window's chunk 0 (lin_c = 0, the non-overlap hybrid), the window part takes
-    // it from there instead of computing it again.
+    // chunk is the window's chunk 0 (kLinear and lin_c = 0, the non-overlap hybrid), the window
+    // part takes it from there instead of computing it again, and the linear part is the last
+    // reader of chunk t - 1's v (give_v_prev below, in one of the two parts). The condition is
+    // spelled out where used: a flag for it changed the kernels' register allocation.
     float sc[2][32], dyv[2][32];
     if constexpr (kLinear) {
       const uint32_t lin = chunk_slot(lin_c);
@@ -1839,7 +1833,6 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       take_dl();
       take_inv();
       wgmma_wait<0>();
-      // Chunk t - 1's v has no reader after this unless the window's chunk 0 computes dy v^T.
       if (!kWindow || lin_c == 0) give_v_prev();
 
       // The unfolded linear keys: [s_lo, row - lin_lag] within the chunk.
@@ -2116,7 +2109,7 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
   float acc[H][D / 2], zp[H][2];
   // The tile's linear chunk is the one folded after it (chunk t - lag_chunks).
   const int lag_chunks = start_state<D, F>(p, um, bar, acc, zp, warp, g8, t4);
-  if (lag_chunks == 0) mbar_arrive(qb.v_empty + v_slot_of<L::kVSlots>(-1));  // as start_state's
+  if (lag_chunks == 0) mbar_arrive(qb.v_empty + slot_of<L::kVSlots>(-1));  // as start_state's
   auto publish = [&]() {
     publish_state<D, F, L::kZFloat>(sbase + L::kSOff, L::kSBlock, smem + L::kZOff, acc, zp, 1.f,
                                     warp, g8, t4);
@@ -2129,9 +2122,9 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
     const uint32_t chunk = sbase + slot * L::kSlotBytes;
     // The fold for the next tile first, while no dphi_q accumulator is live (S's registers only
     // change; the published S stays).
-    const int vslot = v_slot_of<L::kVSlots>(c);
+    const int vslot = slot_of<L::kVSlots>(c);
     mbar_wait(bar.chunk_full + slot, use_of(c) & 1);
-    mbar_wait(qb.v_full + vslot, v_use_of<L::kVSlots>(c) & 1);
+    mbar_wait(qb.v_full + vslot, use_of<L::kVSlots>(c) & 1);
     const bool needed = t + 1 < tiles;
     const int kbase = r_begin + c * kRows;
     const int lo = c < 0 ? max(r_begin - um.state_lag, 0) : kbase;  // as keep_state's
