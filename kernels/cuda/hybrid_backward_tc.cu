@@ -926,10 +926,11 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
   };
   if (linear) {
     if (key_plan.segments > 1) {
-      // U at the start of each key segment = rows after it: segment sums, then a suffix scan.
+      // U at the start of each key segment = rows after it: segment sums (not the first's, which
+      // the suffix scan never reads), then the scan.
       err = run_state_pass_tc(s, a.phi_q, a.dy, a.row_denom, a.row_delta, false, a.window_drop,
                               a.reverse_states, key_plan, -1, +1, s.seq_len, false,
-                              /*skip_last=*/false, stream);
+                              /*skip=*/0, stream);
       if (err != cudaSuccess) return err;
       err = run_scan(s, a.window_drop, a.reverse_states, s.batch * s.q_heads, key_plan.segments, 1,
                      nullptr, nullptr, false, stream);

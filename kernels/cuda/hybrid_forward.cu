@@ -475,11 +475,11 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
     cudaError_t err =
         mapped ? run_state_pass_wg(s, a.k, a.v, nullptr, nullptr, true, a.window_drop,
                                    a.segment_states, plan, -1, -1, s.seq_len, false,
-                                   /*skip_last=*/true, stream, a.map_k_weight)
+                                   /*skip=*/plan.segments - 1, stream, a.map_k_weight)
         : tensor_cores
             ? run_state_pass_tc(s, a.phi_k, a.v, nullptr, nullptr, true, a.window_drop,
                                 a.segment_states, plan, -1, -1, s.seq_len, false,
-                                /*skip_last=*/true, stream)
+                                /*skip=*/plan.segments - 1, stream)
             : run_state_pass(s, shape.dtype, a.phi_k, a.v, true, nullptr, nullptr, a.window_drop,
                              a.segment_states, plan, -1, -1, s.seq_len, false, stream);
     if (err != cudaSuccess) return static_cast<int>(err);
@@ -555,7 +555,7 @@ int launch_prefill_state(const ProblemShape& shape, const void* phi_k, const voi
   cudaError_t err = shape.dtype == KernelDType::kBFloat16
                         ? run_state_pass_tc(s, phi_k, v, nullptr, nullptr, true, nullptr, workspace,
                                             plan, 0, -1, range_end, true,
-                                            /*skip_last=*/false, stream)
+                                            /*skip=*/-1, stream)
                         : run_state_pass(s, shape.dtype, phi_k, v, true, nullptr, nullptr, nullptr,
                                          workspace, plan, 0, -1, range_end, true, stream);
   if (err != cudaSuccess) return static_cast<int>(err);

@@ -444,7 +444,8 @@ struct TcStateParams {
   float* out;  // [units, segments, F * D + F]
   int segments, segment_len;
   int fixed_lag, lag_sign, range_end;
-  bool all_units, skip_last;
+  bool all_units;
+  int skip;  // a segment whose sum no scan reads, or -1
 };
 
 // S = sum_r a_r b_r^T (F x kSpCols, kSpCols = D) and z = sum_r a_r over one segment's rows;
@@ -466,7 +467,7 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
 
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
-  if (p.skip_last && seg == p.segments - 1) return;
+  if (seg == p.skip) return;
   const int h = unit % s.q_heads;
   const int bt = unit / s.q_heads;
   const int kv_unit = bt * s.kv_heads + h / (s.q_heads / s.kv_heads);
@@ -681,11 +682,11 @@ cudaError_t run_forward_tc(const Shape& s, const TcForwardArgs& a, cudaStream_t 
 cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm, const float* row_denom,
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
-                              int range_end, bool all_units, bool skip_last, cudaStream_t stream) {
+                              int range_end, bool all_units, int skip, cudaStream_t stream) {
   if (state_pass_wg_takes(s)) {
     const cudaError_t err =
         run_state_pass_wg(s, a, bm, row_denom, row_weight, bm_per_kv, window_drop, out, plan,
-                          fixed_lag, lag_sign, range_end, all_units, skip_last, stream);
+                          fixed_lag, lag_sign, range_end, all_units, skip, stream);
     if (err != cudaErrorNotSupported) return err;
   }
   TcStateParams sp{s,
@@ -702,7 +703,7 @@ cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm, con
                    lag_sign,
                    range_end,
                    all_units,
-                   skip_last};
+                   skip};
   // Every value column in one block: each a row is read once (H100, B1 H32 16K: 107 us against
   // 115 us with two 64-column blocks).
   const int cols = s.head_dim;

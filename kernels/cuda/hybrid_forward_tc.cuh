@@ -59,7 +59,7 @@ bool state_pass_wg_takes(const Shape& s);
 cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, const float* row_denom,
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
-                              int range_end, bool all_units, bool skip_last, cudaStream_t stream,
+                              int range_end, bool all_units, int skip, cudaStream_t stream,
                               const void* k_map_weight = nullptr);
 
 /// Inputs of the backward's linear key pass on Hopper (see hybrid_backward_tc.cu for the terms).
@@ -146,11 +146,11 @@ bool linear_key_wg_takes(const Shape& s, const SegmentPlan& key_plan);
 cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream_t stream);
 
 /// run_state_pass for bf16 on the tensor cores (row_weight is run_state_pass's row_delta and is
-/// required when row_denom is given); `skip_last` leaves the last segment's sum unwritten (an
-/// exclusive prefix scan never reads it).
+/// required when row_denom is given); segment `skip` (or none: -1) is left unwritten, as the
+/// scan that follows never reads it (the last for a prefix scan, the first for a suffix scan).
 cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm, const float* row_denom,
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
-                              int range_end, bool all_units, bool skip_last, cudaStream_t stream);
+                              int range_end, bool all_units, int skip, cudaStream_t stream);
 
 }  // namespace hl::kernels::cuda::detail

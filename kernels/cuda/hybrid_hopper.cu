@@ -949,7 +949,8 @@ struct SpParams {
   const uint8_t* window_drop;
   float* out;  // [units * segments, F * D + F]
   int segments, segment_len, fixed_lag, lag_sign, range_end;
-  bool b_per_kv, all_units, skip_last;
+  bool b_per_kv, all_units;
+  int skip;  // as run_state_pass_tc's
 };
 
 template <int D, int F, bool kScaled, bool kMap>
@@ -969,7 +970,7 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
   const int N = s.seq_len;
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
-  if (p.skip_last && seg == p.segments - 1) return;
+  if (seg == p.skip) return;
   const UnitMode um = unit_mode(s, p.window_drop, unit);
   if (!p.all_units && !um.use_linear) return;
   const int b_unit =
@@ -2813,7 +2814,7 @@ bool state_pass_wg_takes(const Shape& s) {
 cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, const float* row_denom,
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
-                              int range_end, bool all_units, bool skip_last, cudaStream_t stream,
+                              int range_end, bool all_units, int skip, cudaStream_t stream,
                               const void* k_map_weight) {
   SpParams p{};
   const int units = s.batch * s.q_heads, N = s.seq_len;
@@ -2838,7 +2839,7 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
   p.range_end = range_end;
   p.b_per_kv = bm_per_kv;
   p.all_units = all_units;
-  p.skip_last = skip_last;
+  p.skip = skip;
   const int blocks = units * plan.segments;
   if (mapped) {
     return with_sizes(s.head_dim, 128, [&](auto d, auto) {
