@@ -2434,8 +2434,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           },
           no_tile);
     } else if (threadIdx.x >= 64) {
-      // Warps 2-3: row r of each chunk's values (max in log2 units, c_w / D, delta, G) as one
-      // float4, and its argmax.
+      // Warps 2-3: row r of each chunk's values as one float4 (the max in log2 units less
+      // log2(c_w / D), so that the exponential is c_w e / D; delta; G), and its argmax. Rows past
+      // N get an infinite max: their weights are zero.
       const int r = threadIdx.x - 64;
       for_each_wk_step(
           p, kv_unit, tiles,
@@ -2444,14 +2445,15 @@ __global__ void __launch_bounds__(kWgThreads, 1)
             const int row = s_begin + chunk * kRows + r;
             const size_t at = static_cast<size_t>(unit) * N + row;
             const bool ok = row < N;
-            const float m = ok ? p.row_max[at] * 1.4426950408889634f : 0.f;
-            const float x = ok ? p.coef_window[unit] / p.row_denom[at] : 0.f;
+            const float m = ok ? p.row_max[at] * 1.4426950408889634f -
+                                     __log2f(p.coef_window[unit] / p.row_denom[at])
+                               : INFINITY;
             const float delta = ok ? p.row_delta[at] : 0.f;
             const float gate = ok ? p.row_gate_grad[at] : 0.f;
             const int am = ok ? p.row_argmax[at] : -1;
             if (use > 0) mbar_wait(bar.empty + step % kWkSlots, (use - 1) & 1);
             uint8_t* base = slot_base(step);
-            reinterpret_cast<float4*>(base + L::kFactorOff)[r] = make_float4(m, x, delta, gate);
+            reinterpret_cast<float4*>(base + L::kFactorOff)[r] = make_float4(m, 0.f, delta, gate);
             reinterpret_cast<int*>(base + L::kArgmaxOff)[r] = am;
             mbar_arrive(bar.full + step % kWkSlots);
           },
@@ -2593,9 +2595,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
               for (int e = 0; e < 2; ++e) {
                 const int idx = 8 * kk + 2 * r + e, off = off0 + e;
                 const bool in = b ? off >= from_b && off < to_b : off >= from_a && off < to_a;
-                const float ex = in ? fast_exp2(fmaf(st[idx], scale_log2, -f[e].x)) : 0.f;
-                const bool at_max = in && (e == 0 ? am.x : am.y) == (b ? jb : ja);
-                pw[e] = ex * f[e].y;  // c_w e / D
+                // c_w e / D; a row's argmax is a key of its window, so at_max implies in.
+                pw[e] = in ? fast_exp2(fmaf(st[idx], scale_log2, -f[e].x)) : 0.f;
+                const bool at_max = (e == 0 ? am.x : am.y) == (b ? jb : ja);
                 ds[e] = fmaf(pw[e], dpt[idx] - f[e].z, at_max ? -f[e].w : 0.f);
               }
               ads[kk][r] = pack_bf16(ds[0], ds[1]);
