@@ -2435,8 +2435,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           no_tile);
     } else if (threadIdx.x >= 64) {
       // Warps 2-3: row r of each chunk's values as one float4 (the max in log2 units less
-      // log2(c_w / D), so that the exponential is c_w e / D; delta; G), and its argmax. Rows past
-      // N get an infinite max: their weights are zero.
+      // log2(c_w / D), so that the exponential is c_w e / D; unused; delta; G), and its argmax.
+      // Rows past N get an infinite max: their weights are zero.
       const int r = threadIdx.x - 64;
       for_each_wk_step(
           p, kv_unit, tiles,
