@@ -296,9 +296,8 @@ RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForwar
     g.dphi_q = pick(out ? &out->dphi_q : nullptr, in.phi_q);
     g.dphi_k = pick(out ? &out->dphi_k : nullptr, in.phi_k);
   }
-  // The two coefficient gradients' row terms side by side: one reduction sums both.
-  const Tensor row_grads = torch::empty({2, rows}, f32);
-  const Tensor row_grad_window = row_grads[0], row_grad_linear = row_grads[1];
+  const Tensor row_grads = torch::empty({2, rows}, f32);  // the terms that dc_w, dc_l sum
+  const Tensor coef_grads = torch::empty({2, s.batch, s.q_heads}, f32);
   const Tensor row_delta = torch::empty({rows}, f32);
   const Tensor row_gate = torch::empty({rows}, f32);
   const SegmentPlan key_plan = pick_plan(o.key_segments, s.batch * s.kv_heads, s.seq_len);
@@ -331,8 +330,9 @@ RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForwar
   a.dv = g.dv.data_ptr();
   a.dphi_q = g.dphi_q.defined() ? g.dphi_q.data_ptr() : nullptr;
   a.dphi_k = g.dphi_k.defined() ? g.dphi_k.data_ptr() : nullptr;
-  a.row_grad_window = row_grad_window.data_ptr<float>();
-  a.row_grad_linear = row_grad_linear.data_ptr<float>();
+  a.row_grad_window = row_grads[0].data_ptr<float>();
+  a.row_grad_linear = row_grads[1].data_ptr<float>();
+  a.coef_grads = coef_grads.data_ptr<float>();
   a.row_delta = row_delta.data_ptr<float>();
   a.row_gate_grad = row_gate.data_ptr<float>();
   a.reverse_states = rws > 0 ? reverse.data_ptr<float>() : nullptr;
@@ -341,7 +341,6 @@ RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForwar
   a.key_grads = o.key_grads;
   a.query_grads = o.query_grads;
   check_launch(launch_backward(s, a, stream_of(in.q)), "backward");
-  const Tensor coef_grads = row_grads.view({2, s.batch, s.q_heads, s.seq_len}).sum(-1);
   g.dcoef_window = coef_grads[0];
   g.dcoef_linear = coef_grads[1];
   return g;

@@ -93,7 +93,7 @@ bool forward_computes_maps(const ProblemShape& shape, const SegmentPlan& plan);
 /// linear-only or window-only), no branch statistics, an sm_90 GPU.
 bool forward_uses_hopper_kernel(const ProblemShape& shape, const SegmentPlan& plan);
 
-/// Backward pass: dq, dk, dv, dphi_q, dphi_k and per-row terms of dc_w, dc_l.
+/// Backward pass: dq, dk, dv, dphi_q, dphi_k, dc_w and dc_l (and their per-row terms).
 struct BackwardArgs {
   const void* q = nullptr;
   const void* k = nullptr;
@@ -117,6 +117,7 @@ struct BackwardArgs {
   void* dphi_k = nullptr;
   float* row_grad_window = nullptr;  ///< [B, Hq, N]: sum_j e_ij du_ij; dc_w = its sum over N
   float* row_grad_linear = nullptr;  ///< [B, Hq, N]: sum_j p_ij du_ij; dc_l = its sum over N
+  float* coef_grads = nullptr;       ///< [2, B, Hq]: dc_w, dc_l (null: the row terms only)
   float* row_delta = nullptr;        ///< workspace [B, Hq, N]
   float* row_gate_grad = nullptr;    ///< workspace [B, Hq, N]
   float* reverse_states = nullptr;   ///< workspace for key_plan (null when segments == 1)

@@ -13,6 +13,7 @@
 // U = sum phi_q (dy / D)^T, u = sum phi_q Delta / D (dphi_k_j gets l (U v_j - u), dv_j gets
 // l U^T phi_k_j). GQA: one key-pass block serves every q head of its kv head in turn and
 // sums dk, dv without atomics.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -544,10 +545,58 @@ bool backward_uses_hopper_window_key_kernel(const ProblemShape& shape,
          detail::window_key_wg_takes(s, detail::backward_tc_key_plan(key_plan, s.seq_len));
 }
 
-int launch_backward(const ProblemShape& shape, const BackwardArgs& a, void* stream_ptr) {
-  using namespace detail;
-  if (unsupported_reason(shape) != nullptr) return static_cast<int>(cudaErrorInvalidValue);
-  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+namespace detail {
+namespace {
+
+// dc_w and dc_l: output o of 2 x units sums its unit's N row terms. A cluster of kSumBlocks
+// blocks splits the rows; block 0 adds their partial sums in rank order, so that the result is
+// the same in every run (atomics would add in the order the blocks finish).
+constexpr int kSumBlocks = 8, kSumThreads = 256;
+
+struct CoefSumParams {
+  const float* window_rows;
+  const float* linear_rows;
+  float* out;
+  int units, n;
+};
+
+__global__ void __launch_bounds__(kSumThreads) coef_sum_kernel(const CoefSumParams p) {
+  namespace cg = cooperative_groups;
+  await_previous_kernel();
+  __shared__ double warp_sums[kSumThreads / 32];
+  __shared__ double partial;
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int part = static_cast<int>(cluster.block_rank());
+  const int o = blockIdx.x / kSumBlocks;
+  const float* rows = o < p.units ? p.window_rows + static_cast<size_t>(o) * p.n
+                                  : p.linear_rows + static_cast<size_t>(o - p.units) * p.n;
+  const int begin = static_cast<int>(static_cast<int64_t>(p.n) * part / kSumBlocks);
+  const int end = static_cast<int>(static_cast<int64_t>(p.n) * (part + 1) / kSumBlocks);
+  double sum = 0.0;
+  for (int i = begin + threadIdx.x; i < end; i += kSumThreads)
+    sum += rows[i];
+  for (int offset = 16; offset > 0; offset /= 2)
+    sum += __shfl_xor_sync(~0u, sum, offset);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int w = 0; w < kSumThreads / 32; ++w)
+      t += warp_sums[w];
+    partial = t;
+  }
+  cluster.sync();
+  if (part == 0 && threadIdx.x == 0) {
+    double t = 0.0;
+    for (int b = 0; b < kSumBlocks; ++b)
+      t += *cluster.map_shared_rank(&partial, b);
+    p.out[o] = static_cast<float>(t);
+  }
+  cluster.sync();  // every partial stays until block 0 has read it
+}
+
+cudaError_t backward_kernels(const ProblemShape& shape, const BackwardArgs& a,
+                             cudaStream_t stream) {
   const Shape s = make_shape(shape);
   SegmentPlan fplan = a.forward_plan;
   if (fplan.segments < 1 || fplan.length < 1) fplan = SegmentPlan{1, s.seq_len};
@@ -556,13 +605,13 @@ int launch_backward(const ProblemShape& shape, const BackwardArgs& a, void* stre
   if ((fplan.segments > 1 && a.forward_states == nullptr) ||
       (kplan.segments > 1 && a.reverse_states == nullptr) ||
       (s.q_heads != s.kv_heads && a.dkv_accum == nullptr)) {
-    return static_cast<int>(cudaErrorInvalidValue);
+    return cudaErrorInvalidValue;
   }
   // bf16 runs on the tensor cores where the tiles fit; fp32 (the 1e-5 path) stays here.
   const bool linear = a.phi_q != nullptr;
   if (shape.dtype == KernelDType::kBFloat16 && (!linear || a.dkv_accum != nullptr) &&
       backward_tc_fits(s, linear)) {
-    return static_cast<int>(run_backward_tc(s, a, backward_tc_key_plan(kplan, s.seq_len), stream));
+    return run_backward_tc(s, a, backward_tc_key_plan(kplan, s.seq_len), stream);
   }
   BackwardParams bp{s,
                     a.q,
@@ -595,17 +644,33 @@ int launch_backward(const ProblemShape& shape, const BackwardArgs& a, void* stre
                     kplan.length,
                     a.dkv_accum};
   cudaError_t err = dispatch_backward(bp, shape.dtype, 0, stream);
-  if (err != cudaSuccess) return static_cast<int>(err);
+  if (err != cudaSuccess) return err;
   if (kplan.segments > 1) {
     // U at the start of each key segment = rows after it: segment sums, then a suffix scan.
     err = run_state_pass(s, shape.dtype, a.phi_q, a.dy, false, a.row_denom, a.row_delta,
                          a.window_drop, a.reverse_states, kplan, -1, +1, s.seq_len, false, stream);
-    if (err != cudaSuccess) return static_cast<int>(err);
+    if (err != cudaSuccess) return err;
     err = run_scan(s, a.window_drop, a.reverse_states, s.batch * s.q_heads, kplan.segments, 1,
                    nullptr, nullptr, false, stream);
-    if (err != cudaSuccess) return static_cast<int>(err);
+    if (err != cudaSuccess) return err;
   }
-  return static_cast<int>(dispatch_backward(bp, shape.dtype, 1, stream));
+  return dispatch_backward(bp, shape.dtype, 1, stream);
+}
+
+}  // namespace
+}  // namespace detail
+
+int launch_backward(const ProblemShape& shape, const BackwardArgs& a, void* stream_ptr) {
+  using namespace detail;
+  if (unsupported_reason(shape) != nullptr) return static_cast<int>(cudaErrorInvalidValue);
+  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  cudaError_t err = backward_kernels(shape, a, stream);
+  if (err != cudaSuccess || a.coef_grads == nullptr) return static_cast<int>(err);
+  const int units = shape.batch * shape.q_heads;
+  const CoefSumParams p{a.row_grad_window, a.row_grad_linear, a.coef_grads, units, shape.seq_len};
+  err = launch_chained(coef_sum_kernel, dim3(2 * units * kSumBlocks), dim3(kSumThreads), 0, stream,
+                       p, kSumBlocks);
+  return static_cast<int>(err);
 }
 
 }  // namespace hl::kernels::cuda
