@@ -142,6 +142,17 @@ __device__ inline uint64_t desc_plus(uint64_t desc, uint32_t bytes) {
   return (desc & 0xFFFFFFFF00000000ull) | lo;
 }
 
+/// K-major operand at `base` whose 64-column blocks are `block` bytes apart (by default
+/// adjacent 64 x 64 blocks: rows of 128 bf16 as two column blocks), k-step ks of 16 columns.
+__device__ inline uint64_t k_major(uint32_t base, int ks, int block = 64 * 128) {
+  return desc_plus(swizzled_desc(base, 16, 1024), (ks / 4) * block + (ks % 4) * 32);
+}
+
+/// N-major operand at `base` whose 64-column blocks are `lead` bytes apart, k-step ks of 16 rows.
+__device__ inline uint64_t n_major(uint32_t base, int ks, uint32_t lead) {
+  return desc_plus(swizzled_desc(base, lead, 1024), ks * 16 * 128);
+}
+
 /// Descriptor of an unswizzled K-major operand of 8 x 8 core matrices (128 contiguous bytes
 /// each): `lead` = bytes between core matrices along K, `stride` = along M or N.
 __device__ inline uint64_t interleaved_desc(uint32_t addr, uint32_t lead, uint32_t stride) {

@@ -91,17 +91,6 @@ struct WgParams {
   int segments, segment_len;
 };
 
-// K-major operand whose 64-column blocks are `block` bytes apart (by default adjacent: rows of
-// 128 bf16 as two column blocks), k-step ks of 16 columns.
-__device__ inline uint64_t k_major(uint32_t base, int ks, int block = kBlock) {
-  return desc_plus(swizzled_desc(base, 16, 1024), (ks / 4) * block + (ks % 4) * 32);
-}
-
-// N-major operand whose 64-column blocks are `lead` bytes apart, k-step ks of 16 rows.
-__device__ inline uint64_t n_major(uint32_t base, int ks, uint32_t lead) {
-  return desc_plus(swizzled_desc(base, lead, 1024), ks * 16 * 128);
-}
-
 // Byte offset of element (row, col) in a tile of 64-column swizzled blocks `block` bytes apart.
 __device__ inline uint32_t swizzled_offset(int row, int col, int block) {
   return (col / 64) * block + row * 128 + ((((col % 64) / 8) ^ (row % 8)) * 16) + (col % 8) * 2;
