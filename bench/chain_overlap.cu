@@ -3,12 +3,12 @@
 // loops over a step shaped like the window part of the backward's consumers, from shared memory
 // only (no loads, so only issue, latency and the tensor cores count): two 64 x 64 products over
 // K = 128 (q k^T and dy v^T), a wait, per score element the exponential, a window test, the two
-// row sums and ds = e (dP x - dl x) packed to bf16 (kWork > 1: the exponent kWork - 1 more times,
-// for heavier elementwise work), then ds k into a 64 x 128 accumulator with ds as the register
-// operand, left in flight into the next step. One block per SM with 1, 2 or 3
-// such warpgroups (at 3 the compiler has 168 registers a thread and serialises the products,
-// as a third heavy warpgroup in a real kernel would be). Built as hl_bench_chain_overlap
-// wherever nvcc is; run on the GPU machine, no arguments.
+// row sums and ds = e (dP x - dl x) packed to bf16 (kWork > 1: the exponential kWork - 1 more
+// times, for heavier elementwise work), then ds k into a 64 x 128 accumulator with ds as the
+// register operand, left in flight into the next step. One block per SM with 1, 2 or 3 such
+// warpgroups (at 3 the compiler has 168 registers a thread and serialises the products, as a
+// third heavy warpgroup in a real kernel would be). Built as hl_bench_chain_overlap wherever nvcc
+// is; run on the GPU machine, no arguments.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(128 * kGroups, 1) chain_kernel(const ChainPara
           const int off = (i / 4) * 8 + (i & 1) + 2 * (ct % 4);
           float ex = fast_exp2(fmaf(s[i], p.scale, -p.m));
 #pragma unroll
-          for (int extra = 1; extra < kWork; ++extra)  // heavier steps: the exponent again
+          for (int extra = 1; extra < kWork; ++extra)  // heavier steps: the exponential again
             ex = fast_exp2(fmaf(ex, p.scale, fmaf(dp[i], p.x, -p.m)));
           ex = off > p.lo && off <= p.hi ? ex : 0.f;
           e_sum += ex;
