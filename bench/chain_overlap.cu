@@ -22,8 +22,7 @@ namespace {
 
 using namespace hl::kernels::cuda::detail;
 
-constexpr int kColumnBlock = 64 * 128;         // one 64 x 64 bf16 block of a swizzled tile
-constexpr int kTile = 2 * kColumnBlock;        // 64 rows x 128 columns
+constexpr int kTile = 2 * kColumnBlockBytes;   // 64 rows x 128 columns
 constexpr int kOperandBytes = 5 * kTile;       // q, k, dy, v (K-major), k again (N-major)
 constexpr int kSmemBytes = 200 * 1024 + 1024;  // more than half an SM's: one block per SM
 constexpr int kSteps = 2000, kLaunches = 5;
@@ -90,7 +89,7 @@ __global__ void __launch_bounds__(128 * kGroups, 1) chain_kernel(const ChainPara
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
-      wgmma_rs<128, 1>(acc, ds[kk], n_major(k_rows, kk, kColumnBlock), true);
+      wgmma_rs<128, 1>(acc, ds[kk], n_major(k_rows, kk, kColumnBlockBytes), true);
     wgmma_commit();
   }
   wgmma_wait<0>();

@@ -91,8 +91,8 @@ def main():
         row = body[index]
         note, offset = polled(index)
         share = 100 * number(row[samples]) / total
-        name = f" {names[offset]}" if offset in names else ""
-        print(f"{share:5.1f}%  {row[address]}  {row[source][:70]:70s} | {note.strip()[:60]}{name}")
+        print(f"{share:5.1f}%  {row[address]}  {row[source][:70]:70s} | "
+              f"{note.strip()[:60]} {names.get(offset, '')}".rstrip())
 
     waits = collections.Counter()
     for index, row in enumerate(body):

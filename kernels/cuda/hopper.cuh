@@ -142,9 +142,12 @@ __device__ inline uint64_t desc_plus(uint64_t desc, uint32_t bytes) {
   return (desc & 0xFFFFFFFF00000000ull) | lo;
 }
 
+/// Bytes of one 64 x 64 bf16 column block of a swizzled tile (64 rows of 128 bytes).
+constexpr int kColumnBlockBytes = 64 * 128;
+
 /// K-major operand at `base` whose 64-column blocks are `block` bytes apart (by default
-/// adjacent 64 x 64 blocks: rows of 128 bf16 as two column blocks), k-step ks of 16 columns.
-__device__ inline uint64_t k_major(uint32_t base, int ks, int block = 64 * 128) {
+/// adjacent: rows of 128 bf16 as two column blocks), k-step ks of 16 columns.
+__device__ inline uint64_t k_major(uint32_t base, int ks, int block = kColumnBlockBytes) {
   return desc_plus(swizzled_desc(base, 16, 1024), (ks / 4) * block + (ks % 4) * 32);
 }
 
