@@ -1350,6 +1350,30 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 
   if (wg == 1) {
     regs_grow<kConsumerRegs>();
+    // dv_linear summed over the group's heads: a head after the first starts each tile from the
+    // earlier heads' fp32 sum, which this thread wrote (the same rows and columns) and loads into
+    // av at the end of the step before, so that the loads land under that step's barrier waits
+    // and products instead of stalling the dv products (GQA only).
+    float av[kDv ? D / 2 : 1];
+    float* dvl = kDv ? p.dv_linear + static_cast<size_t>(kv_unit) * N * D : nullptr;
+    auto partial_at = [&](int j, int col) {
+      return reinterpret_cast<float2*>(dvl + static_cast<size_t>(j) * D + col);
+    };
+    const int key_row = warp * 16 + g8;  // this thread's rows of a tile: key_row, key_row + 8
+    auto load_partial = [&](int next_step, int c) {
+      if (!kDv || next_step < tiles || next_step >= linear_heads * tiles) return;
+      const int ja = s_begin + c * kRows + key_row, jb = ja + 8;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const int col = 8 * n + 2 * t4;
+        const float2 a = ja < s_end ? *partial_at(ja, col) : make_float2(0.f, 0.f);
+        const float2 b = jb < s_end ? *partial_at(jb, col) : make_float2(0.f, 0.f);
+        av[4 * n] = a.x;
+        av[4 * n + 1] = a.y;
+        av[4 * n + 2] = b.x;
+        av[4 * n + 3] = b.y;
+      }
+    };
     for_each_step(p, kv_unit, tiles, [&](int step, int unit, const UnitMode& um, int c, bool top) {
       const int slot = step % kKeySlots;
       const float coef_l = p.coef_linear[unit];
@@ -1358,21 +1382,25 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       // Rows already in U at the top tile: those from s_end + state_lag on.
       const int s_hi = top ? s_end + um.state_lag : N;
       const uint32_t base = sbase + slot * L::kSlotBytes;
+      const bool first_head = step < tiles;  // the group's first head with a linear branch
       mbar_wait(bar.full + slot, (step / kKeySlots) & 1);
       mbar_wait(bar.u_full, step & 1);
-      float dvs[32], pt[32], av[kDv ? D / 2 : 1];
+      float dvs[32], pt[32];
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks)
         wgmma_ss_n64<0, 0>(dvs, k_major(base, ks), k_major(base + L::kDyOff, ks), ks > 0);
+      if constexpr (kDv) {  // p_ij and phi_k U only feed dv
 #pragma unroll
-      for (int ks = 0; ks < F / 16; ++ks) {
-        if constexpr (kDv) {  // p_ij and phi_k U only feed dv
+        for (int ks = 0; ks < F / 16; ++ks)
           wgmma_ss_n64<0, 0>(pt, k_major(base + L::kPkOff, ks), k_major(base + L::kPqOff, ks),
                              ks > 0);
+        wgmma_commit();
+        wgmma_fence();  // after the loads into av (a later head's) have landed
+#pragma unroll
+        for (int ks = 0; ks < F / 16; ++ks)
           wgmma_ss<D, 0, 1>(av, k_major(base + L::kPkOff, ks), n_major(u_addr, ks, L::kUBlock),
-                            ks > 0);
-        }
+                            ks > 0 || !first_head);
       }
       wgmma_commit();
       wgmma_wait<0>();
@@ -1383,7 +1411,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       // j + lin_lag <= row < min(s_hi, N); each pair of rows' (1 / D, delta) is loaded once.
       const float4* fac =
           reinterpret_cast<const float4*>(smem + slot * L::kSlotBytes + L::kFactorOff);
-      const int ja = k0 + warp * 16 + g8, jb = ja + 8;
+      const int ja = k0 + key_row, jb = ja + 8;
       const int lo_a = ja + um.lin_lag - r0 - 2 * t4, lo_b = lo_a + 8;
       const int hi = min(s_hi, N) - r0 - 2 * t4;
       uint32_t adu[4][4], apw[4][4];
@@ -1426,29 +1454,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         mbar_arrive(bar.empty + slot);
         return;
       }
-      // dv_linear summed over the group's heads.
-      const bool first_head = step < tiles;  // the group's first head with a linear branch
-      float* dvl = p.dv_linear + static_cast<size_t>(kv_unit) * N * D;
-      auto partial_at = [&](int j, int col) {
-        return reinterpret_cast<float2*>(dvl + static_cast<size_t>(j) * D + col);
-      };
-      if (!first_head) {
-        // The fp32 sums of the group's earlier heads, all loads issued before the first add.
-        float2 before[2][D / 8];
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-          const int col = 8 * n + 2 * t4;
-          before[0][n] = ja < s_end ? *partial_at(ja, col) : make_float2(0.f, 0.f);
-          before[1][n] = jb < s_end ? *partial_at(jb, col) : make_float2(0.f, 0.f);
-        }
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-          av[4 * n] += before[0][n].x;
-          av[4 * n + 1] += before[0][n].y;
-          av[4 * n + 2] += before[1][n].x;
-          av[4 * n + 3] += before[1][n].y;
-        }
-      }
+      const int next_c = c == 0 ? tiles - 1 : c - 1;  // the next step's tile
       if (adds_into_dv(step)) {
         // dv = the window part (in the slot) + the linear part, written over the window part
         // (each thread rewrites the entries it read) and out through a TMA store: stores of row
@@ -1469,6 +1475,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         }
         store_tile<D>(&p.dv_window, dv_tile, av, 1.f, 1.f, k0, kv_unit, ct);
         mbar_arrive(bar.empty + slot);  // thread 0 only after the store has read the tile
+        load_partial(step + 1, next_c);
         return;
       }
       mbar_arrive(bar.empty + slot);
@@ -1478,6 +1485,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         if (ja < s_end) *partial_at(ja, col) = make_float2(av[4 * n], av[4 * n + 1]);
         if (jb < s_end) *partial_at(jb, col) = make_float2(av[4 * n + 2], av[4 * n + 3]);
       }
+      load_partial(step + 1, next_c);
     });
     return;
   }

@@ -459,6 +459,15 @@ TEST(CudaAttention, HopperForwardBf16) {
   c.F = 64;
   c.mode = hk::AttentionMode::linear_only;
   check(c, 87);
+  // Four q heads per kv head: the linear key kernel carries dv's sum over the group through its
+  // fp32 partials (the first head writes them, the middle ones read and rewrite them, the last
+  // adds them into dv), over key segments of several tiles.
+  c = bf16_head_case(1100);
+  c.B = 1;
+  c.Hq = 8;
+  c.Hkv = 2;
+  c.drop = true;
+  check(c, 88);
 }
 
 // The softmax teacher on CUDA tensors goes to PyTorch's fused attention through the dispatch;
