@@ -635,14 +635,17 @@ void (*pick_forward_kernel(int F))(TcForwardParams) {
 
 }  // namespace
 
-int max_dynamic_smem() {
-  int device = 0, bytes = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 0;
-  if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
-      cudaSuccess) {
+int device_attribute(cudaDeviceAttr attr) {
+  int device = 0, value = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&value, attr, device) != cudaSuccess) {
     return 0;
   }
-  return bytes;
+  return value;
+}
+
+int max_dynamic_smem() {
+  return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
 }
 
 bool forward_tc_fits(const Shape& s) {

@@ -939,7 +939,9 @@ struct SpParams {
   float* out;  // [units * segments, F * D + F]
   int segments, segment_len, fixed_lag, lag_sign, range_end;
   bool b_per_kv, all_units;
-  int skip;  // as run_state_pass_tc's
+  int skip;             // as run_state_pass_tc's
+  int per_block;        // consecutive segments a block sums (each written on its own)
+  int blocks_per_unit;  // ceil(segments / per_block)
 };
 
 template <int D, int F, bool kScaled, bool kMap>
@@ -957,9 +959,9 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
 
   const Shape& s = p.s;
   const int N = s.seq_len;
-  const int unit = blockIdx.x / p.segments;
-  const int seg = blockIdx.x - unit * p.segments;
-  if (seg == p.skip) return;
+  const int unit = blockIdx.x / p.blocks_per_unit;
+  const int seg_first = (blockIdx.x - unit * p.blocks_per_unit) * p.per_block;
+  const int seg_stop = min(p.segments, seg_first + p.per_block);
   const UnitMode um = unit_mode(s, p.window_drop, unit);
   if (!p.all_units && !um.use_linear) return;
   const int b_unit =
@@ -967,10 +969,21 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
                  : unit;
   const int lag = p.fixed_lag >= 0 ? p.fixed_lag : um.state_lag;
   const int shift = p.lag_sign * lag;
-  const int begin = max(0, seg * p.segment_len + shift);
-  const int end =
-      seg == p.segments - 1 ? p.range_end : min(p.range_end, (seg + 1) * p.segment_len + shift);
-  const int chunks = end > begin ? (end - begin + kRows - 1) / kRows : 0;
+  // The block's segments in order: visit(seg, begin, end, chunks, ring), rows [begin, end) in
+  // `chunks` chunks whose first takes the ring's stage `ring` (the block's chunks before it), so
+  // that every role streams all of the block's chunks through one ring.
+  auto for_each_segment = [&](auto visit) {
+    int ring = 0;
+    for (int seg = seg_first; seg < seg_stop; ++seg) {
+      if (seg == p.skip) continue;
+      const int begin = max(0, seg * p.segment_len + shift);
+      const int end =
+          seg == p.segments - 1 ? p.range_end : min(p.range_end, (seg + 1) * p.segment_len + shift);
+      const int chunks = end > begin ? (end - begin + kRows - 1) / kRows : 0;
+      visit(seg, begin, end, chunks, ring);
+      ring += chunks;
+    }
+  };
 
   if (threadIdx.x == 0) {
     for (int i = 0; i < kSpStages; ++i) {
@@ -990,40 +1003,44 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
       const int r = threadIdx.x - 64;
       const float* denom = p.denom + static_cast<size_t>(unit) * N;
       const float* weight = p.weight + static_cast<size_t>(unit) * N;
-      for (int c = 0; c < chunks; ++c) {
-        const int stage = c % kSpStages;
-        const uint32_t use = c / kSpStages;
-        const int row = begin + c * kRows + r;
-        const float d = row < N ? denom[row] : 0.f;
-        const float w = row < N ? weight[row] : 0.f;
-        if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
-        float* fac = reinterpret_cast<float*>(smem + stage * L::kStageBytes + L::kFactorOff);
-        fac[r] = d;
-        fac[kRows + r] = w;
-        mbar_arrive(full + stage);
-      }
+      for_each_segment([&](int, int begin, int, int chunks, int ring) {
+        for (int c = 0; c < chunks; ++c) {
+          const int stage = (ring + c) % kSpStages;
+          const uint32_t use = (ring + c) / kSpStages;
+          const int row = begin + c * kRows + r;
+          const float d = row < N ? denom[row] : 0.f;
+          const float w = row < N ? weight[row] : 0.f;
+          if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
+          float* fac = reinterpret_cast<float*>(smem + stage * L::kStageBytes + L::kFactorOff);
+          fac[r] = d;
+          fac[kRows + r] = w;
+          mbar_arrive(full + stage);
+        }
+      });
       return;
     }
     if (threadIdx.x != 0) return;
     constexpr int a_blocks = (kMap ? D : F) / 64;
     constexpr uint32_t bytes = (a_blocks + D / 64) * kBlock;
-    if (kMap && chunks > 0) {  // no copy may still be landing when the block ends
-      mbar_expect_bytes(w_full, D / 64 * kBlock);
-      for (int b = 0; b < D / 64; ++b)
-        tma_load_3d(smem + L::kWOff + b * kBlock, &p.w, 0, b * 64, unit % s.q_heads, w_full);
-    }
-    for (int c = 0; c < chunks; ++c) {
-      const int stage = c % kSpStages;
-      const uint32_t use = c / kSpStages;
-      if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
-      uint8_t* base = smem + stage * L::kStageBytes;
-      const int row = begin + c * kRows;
-      mbar_expect_bytes(full + stage, bytes);
-      for (int b = 0; b < a_blocks; ++b)
-        tma_load_3d(base + b * kBlock, &p.a, b * 64, row, kMap ? b_unit : unit, full + stage);
-      for (int b = 0; b < D / 64; ++b)
-        tma_load_3d(base + L::kBOff + b * kBlock, &p.b, b * 64, row, b_unit, full + stage);
-    }
+    for_each_segment([&](int, int begin, int, int chunks, int ring) {
+      if (kMap && ring == 0 && chunks > 0) {  // no copy may still be landing when the block ends
+        mbar_expect_bytes(w_full, D / 64 * kBlock);
+        for (int b = 0; b < D / 64; ++b)
+          tma_load_3d(smem + L::kWOff + b * kBlock, &p.w, 0, b * 64, unit % s.q_heads, w_full);
+      }
+      for (int c = 0; c < chunks; ++c) {
+        const int stage = (ring + c) % kSpStages;
+        const uint32_t use = (ring + c) / kSpStages;
+        if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
+        uint8_t* base = smem + stage * L::kStageBytes;
+        const int row = begin + c * kRows;
+        mbar_expect_bytes(full + stage, bytes);
+        for (int b = 0; b < a_blocks; ++b)
+          tma_load_3d(base + b * kBlock, &p.a, b * 64, row, kMap ? b_unit : unit, full + stage);
+        for (int b = 0; b < D / 64; ++b)
+          tma_load_3d(base + L::kBOff + b * kBlock, &p.b, b * 64, row, b_unit, full + stage);
+      }
+    });
     return;
   }
 
@@ -1035,11 +1052,12 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
   const int g8 = lane / 4;
   const int t4 = lane % 4;
   const uint32_t sbase = shared_address(smem);
-  float acc[D / 2], zp[2] = {0.f, 0.f};
-  // acc += a^T b over chunk c, with column block h of a at `a_block`; waits for every wgmma in
-  // flight, then gives the stage back.
-  auto fold = [&](int c, const uint8_t* a_block) {
-    const int stage = c % kSpStages;
+  float acc[D / 2], zp[2];
+  // acc += a^T b over chunk c of rows [begin, end) (the block's chunk g, so the ring's stage
+  // g % kSpStages), with column block h of a at `a_block`; chunk 0 starts the sum. Waits for every
+  // wgmma in flight, then gives the stage back.
+  auto fold = [&](int g, int c, int begin, int end, const uint8_t* a_block) {
+    const int stage = g % kSpStages;
     const uint8_t* base = smem + stage * L::kStageBytes;
     const int row0 = begin + c * kRows;
     uint32_t a[4][4];  // a^T: k-step kk (16 rows)
@@ -1082,68 +1100,72 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
     wgmma_wait<0>();
     mbar_arrive(empty + stage);
   };
-  if constexpr (kMap) {
-    // This warpgroup's half of hedgehog(k W_k) into one of two scratch blocks (a block is
-    // rewritten only after every thread has passed the next chunk's barrier, so after its reads
-    // of this one). The projection of chunk c + 1 runs while chunk c's activation does: two
-    // accumulators, the loop unrolled by two so that each stays in registers.
-    auto project = [&](float(&r)[32], int c) {
-      const int stage = c % kSpStages;
-      mbar_wait(full + stage, (c / kSpStages) & 1);
-      issue_projection<D>(r, sbase + stage * L::kStageBytes, sbase + L::kWOff);
-    };
-    // The activation writes registers of its own: ordinary instructions that wrote an
-    // accumulator would serialise the wgmma in flight.
-    auto step = [&](const float(&r)[32], float(&r_next)[32], int c) {
-      if (c + 1 < chunks) project(r_next, c + 1);
-      float phi[32];
-      if (h == 0)
-        hedgehog_half<false>(r, phi);
-      else
-        hedgehog_half<true>(r, phi);
-      const uint8_t* a_block = smem + L::kScratchOff + (2 * h + (c & 1)) * kBlock;
-      stage_tile<64>(shared_address(a_block), phi, 1.f, 1.f, ct);
-      named_barrier(1 + h, 128);
-      fold(c, a_block);  // also waits for chunk c + 1's projection
-    };
-    float ra[32], rb[32];
-    if (chunks > 0) {
-      mbar_wait(w_full, 0);
-      project(ra, 0);
-      wgmma_wait<0>();
+  for_each_segment([&](int seg, int begin, int end, int chunks, int ring) {
+    zp[0] = zp[1] = 0.f;
+    if constexpr (kMap) {
+      // One segment a block (run_state_pass_wg), so ring = 0. This warpgroup's half of
+      // hedgehog(k W_k) into one of two scratch blocks (a block is rewritten only after every
+      // thread has passed the next chunk's barrier, so after its reads of this one). The
+      // projection of chunk c + 1 runs while chunk c's activation does: two accumulators, the
+      // loop unrolled by two so that each stays in registers.
+      auto project = [&](float(&r)[32], int c) {
+        const int stage = c % kSpStages;
+        mbar_wait(full + stage, (c / kSpStages) & 1);
+        issue_projection<D>(r, sbase + stage * L::kStageBytes, sbase + L::kWOff);
+      };
+      // The activation writes registers of its own: ordinary instructions that wrote an
+      // accumulator would serialise the wgmma in flight.
+      auto step = [&](const float(&r)[32], float(&r_next)[32], int c) {
+        if (c + 1 < chunks) project(r_next, c + 1);
+        float phi[32];
+        if (h == 0)
+          hedgehog_half<false>(r, phi);
+        else
+          hedgehog_half<true>(r, phi);
+        const uint8_t* a_block = smem + L::kScratchOff + (2 * h + (c & 1)) * kBlock;
+        stage_tile<64>(shared_address(a_block), phi, 1.f, 1.f, ct);
+        named_barrier(1 + h, 128);
+        fold(c, c, begin, end, a_block);  // also waits for chunk c + 1's projection
+      };
+      float ra[32], rb[32];
+      if (chunks > 0) {
+        mbar_wait(w_full, 0);
+        project(ra, 0);
+        wgmma_wait<0>();
+      }
+      for (int c = 0; c < chunks; c += 2) {
+        step(ra, rb, c);
+        if (c + 1 < chunks) step(rb, ra, c + 1);
+      }
+    } else {
+      for (int c = 0; c < chunks; ++c) {
+        const int stage = (ring + c) % kSpStages;
+        mbar_wait(full + stage, ((ring + c) / kSpStages) & 1);
+        fold(ring + c, c, begin, end, smem + stage * L::kStageBytes + h * kBlock);
+      }
     }
-    for (int c = 0; c < chunks; c += 2) {
-      step(ra, rb, c);
-      if (c + 1 < chunks) step(rb, ra, c + 1);
+    if (chunks == 0) {
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i)
+        acc[i] = 0.f;
     }
-  } else {
-    for (int c = 0; c < chunks; ++c) {
-      const int stage = c % kSpStages;
-      mbar_wait(full + stage, (c / kSpStages) & 1);
-      fold(c, smem + stage * L::kStageBytes + h * kBlock);
+    float* out = p.out + (static_cast<size_t>(unit) * p.segments + seg) * (F * D + F);
+    const int fa = 64 * h + 16 * warp + g8;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const int col = 8 * n + 2 * t4;
+      *reinterpret_cast<float2*>(out + fa * D + col) = make_float2(acc[4 * n], acc[4 * n + 1]);
+      *reinterpret_cast<float2*>(out + (fa + 8) * D + col) =
+          make_float2(acc[4 * n + 2], acc[4 * n + 3]);
     }
-  }
-  if (chunks == 0) {
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i)
-      acc[i] = 0.f;
-  }
-  float* out = p.out + static_cast<size_t>(blockIdx.x) * (F * D + F);
-  const int fa = 64 * h + 16 * warp + g8;
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    const int col = 8 * n + 2 * t4;
-    *reinterpret_cast<float2*>(out + fa * D + col) = make_float2(acc[4 * n], acc[4 * n + 1]);
-    *reinterpret_cast<float2*>(out + (fa + 8) * D + col) =
-        make_float2(acc[4 * n + 2], acc[4 * n + 3]);
-  }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float z = zp[r];
-    z += __shfl_xor_sync(kFullMask, z, 1);
-    z += __shfl_xor_sync(kFullMask, z, 2);
-    if (t4 == 0) out[F * D + fa + 8 * r] = z;
-  }
+    for (int r = 0; r < 2; ++r) {
+      float z = zp[r];
+      z += __shfl_xor_sync(kFullMask, z, 1);
+      z += __shfl_xor_sync(kFullMask, z, 2);
+      if (t4 == 0) out[F * D + fa + 8 * r] = z;
+    }
+  });
 }
 
 // ---- linear key kernel of the backward -----------------------------------------------------
@@ -2670,13 +2692,8 @@ bool make_map(CUtensorMap* map, const void* base, int cols, int rows, int units)
 
 // An sm_90 GPU with the shared memory of the largest layout and the TMA descriptor encoder.
 bool hopper_device() {
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-    return false;
-  }
-  return major == 9 && max_dynamic_smem() >= Layout<128, 128>::kSmemBytes &&
-         encode_tiled() != nullptr;
+  return device_attribute(cudaDevAttrComputeCapabilityMajor) == 9 &&
+         max_dynamic_smem() >= Layout<128, 128>::kSmemBytes && encode_tiled() != nullptr;
 }
 
 // Launches `kernel` with `smem` bytes of dynamic shared memory; cudaErrorNotSupported where the
@@ -2839,7 +2856,12 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
   p.b_per_kv = bm_per_kv;
   p.all_units = all_units;
   p.skip = skip;
-  const int blocks = units * plan.segments;
+  // Short segments several to a block, so that the blocks are one wave (GQA's reverse pass: 16
+  // key segments of 32 q heads): each block streams its segments' chunks through one ring.
+  const int sms = std::max(1, device_attribute(cudaDevAttrMultiProcessorCount));
+  p.per_block = mapped ? 1 : std::max(1, (units * plan.segments + sms - 1) / sms);
+  p.blocks_per_unit = (plan.segments + p.per_block - 1) / p.per_block;
+  const int blocks = units * p.blocks_per_unit;
   if (mapped) {
     return with_sizes(s.head_dim, 128, [&](auto d, auto) {
       constexpr int kD = decltype(d)::value;

@@ -324,6 +324,9 @@ __device__ inline void init_state(bf16* hi, bf16* lo, float* zs, const float* in
     zs[f] = init != nullptr ? init[F * D + f] : 0.f;
 }
 
+/// An attribute of the current device (0 if unknown).
+int device_attribute(cudaDeviceAttr attr);
+
 /// Largest dynamic shared memory a block may opt into on the current device (0 if unknown).
 int max_dynamic_smem();
 
