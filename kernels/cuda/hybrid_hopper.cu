@@ -1418,7 +1418,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           wgmma_ss_n64<0, 0>(pt, k_major(base + L::kPkOff, ks), k_major(base + L::kPqOff, ks),
                              ks > 0);
         wgmma_commit();
-        wgmma_fence();  // after the loads into av (a later head's) have landed
+        // The av products wait for a later head's loads into av; the products above run
+        // meanwhile.
+        wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < F / 16; ++ks)
           wgmma_ss<D, 0, 1>(av, k_major(base + L::kPkOff, ks), n_major(u_addr, ks, L::kUBlock),
