@@ -575,8 +575,7 @@ __global__ void __launch_bounds__(kSumThreads) coef_sum_kernel(const CoefSumPara
   double sum = 0.0;
   for (int i = begin + threadIdx.x; i < end; i += kSumThreads)
     sum += rows[i];
-  for (int offset = 16; offset > 0; offset /= 2)
-    sum += __shfl_xor_sync(~0u, sum, offset);
+  sum = warp_sum(sum);
   if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
   __syncthreads();
   if (threadIdx.x == 0) {

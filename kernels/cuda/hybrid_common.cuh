@@ -126,6 +126,14 @@ __device__ inline float to_float(__nv_bfloat16 x) {
   return __bfloat162float(x);
 }
 
+/// Sum over the 32 lanes of a warp (float or double).
+template <typename T>
+__device__ inline T warp_sum(T x) {
+  for (int o = 16; o > 0; o >>= 1)
+    x += __shfl_xor_sync(kFullMask, x, o);
+  return x;
+}
+
 /// Sum over the 8 lanes that own one row.
 __device__ inline float row_sum(float x) {
   x += __shfl_xor_sync(kFullMask, x, 1);

@@ -79,12 +79,6 @@ __device__ inline float warp_max(float x) {
   return x;
 }
 
-__device__ inline float warp_sum(float x) {
-  for (int o = 16; o > 0; o >>= 1)
-    x += __shfl_xor_sync(kFullMask, x, o);
-  return x;
-}
-
 // The cluster barrier as two halves, so that work can sit between arrive and wait (it only
 // orders the inbox barriers' initialisation before the first send).
 __device__ inline void cluster_arrive_relaxed() {
