@@ -946,11 +946,9 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
         if (err != cudaSuccess) return err;
         dv_sum = a.dv;
       }
-      const LinearKeyArgs la{a.v,         a.phi_k,       a.phi_q,
-                             a.dy,        a.coef_linear, a.window_drop,
-                             a.row_denom, a.row_delta,   a.reverse_states,
-                             key_plan,    a.dphi_k,      a.key_grads ? p.dv_linear : nullptr,
-                             dv_sum};
+      const LinearKeyArgs la{
+          a.v,         a.phi_k,     a.phi_q,          a.dy,     a.coef_linear, a.window_drop,
+          a.row_denom, a.row_delta, a.reverse_states, key_plan, a.dphi_k,      dv_sum};
       err = run_linear_key_wg(s, la, stream);
       if (err == cudaSuccess && dv_sum != nullptr) return cudaSuccess;
     }

@@ -75,8 +75,7 @@ struct LinearKeyArgs {
   const float* rev_states;
   SegmentPlan key_plan;
   void* dphi_k;
-  float* dv_linear;  ///< fp32 workspace for the group's sum, or null (no dv wanted)
-  void* dv;          ///< or null; else dv holds the window part and the linear part is added
+  void* dv;  ///< null: no dv wanted; else dv holds the window part and each head adds its part
 };
 
 /// Inputs of the backward's query pass on Hopper (dq, dphi_q and the row values the window

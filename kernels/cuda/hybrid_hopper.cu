@@ -1205,8 +1205,8 @@ struct KeyLayout {
 };
 
 struct KeyParams {
-  // dv_window: dv, as the window key kernel left it where loaded, the sum where stored.
-  CUtensorMap v, phi_k, phi_q, dy, dphi_k_out, dv_window;
+  // dv: the window part and the earlier heads' linear parts where loaded, the sum where stored.
+  CUtensorMap v, phi_k, phi_q, dy, dphi_k_out, dv;
   Shape s;
   const float* coef_linear;
   const uint8_t* window_drop;
@@ -1215,9 +1215,6 @@ struct KeyParams {
   const float* rev_states;  // U, u at the top of each key segment (key_segments > 1)
   int key_segments, key_len;
   bf16* dphi_k;
-  float* dv_linear;  // [kv units, N, D], summed over the group's q heads
-  bf16* dv;          // null: dv_linear only; else the group's last linear head adds the sum
-                     // into dv (through dv_window)
 };
 
 struct KeyBarriers {
@@ -1246,7 +1243,7 @@ __device__ void for_each_step(const KeyParams& p, int kv_unit, int tiles, Visit 
   }
 }
 
-// kDv: also the linear part of dv (p.dv_linear); attention transfer (v frozen) goes without.
+// kDv: also adds the linear part into dv; attention transfer (v frozen) goes without.
 template <int D, int F, bool kDv>
 __global__ void __launch_bounds__(kWgThreads, 1)
     linear_key_wg_kernel(const __grid_constant__ KeyParams p) {
@@ -1297,20 +1294,17 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       for (int i = threadIdx.x; i < (s_end - s_begin) * F; i += kWgThreads)
         p.dphi_k[(static_cast<size_t>(unit) * N + s_begin) * F + i] = __float2bfloat16_rn(0.f);
     }
-    if (linear_heads == 0) {
-      if (kDv && p.dv == nullptr) {
-        for (int i = threadIdx.x; i < (s_end - s_begin) * D; i += kWgThreads)
-          p.dv_linear[(static_cast<size_t>(kv_unit) * N + s_begin) * D + i] = 0.f;
-      }
-      return;
-    }
+    if (linear_heads == 0) return;
   }
 
-  // The group's last linear head adds the sum of the linear parts into dv, which holds the window
-  // part by now: the producer loads that tile into the step's slot.
-  auto adds_into_dv = [&](int step) {
-    return kDv && p.dv != nullptr && step >= (linear_heads - 1) * tiles;
-  };
+  // Each linear head adds its part into dv in turn (bf16 in memory between heads, as dv), which
+  // holds the window part by now: the producer loads the step's dv tile into its slot. With
+  // several heads, the next reloads a tile `tiles` steps after storing it, so the store must be
+  // complete by then, not only have read the slot: the consumer's thread 0 completes its stores
+  // before each new one, and the producer, which waits for step s - 2 to give its slot back,
+  // then finds those up to step s - 3 complete. Shorter segments complete each store before the
+  // slot goes back, and with one tile the producer also waits for the step before.
+  const bool reloads = kDv && linear_heads > 1;
   // The state warpgroup holds U and dphi_k, the consumer dv.
   constexpr int kProducerRegs = 40, kConsumerRegs = 216, kStateRegs = 248;
   static_assert(regs_fit(kWgThreads, kProducerRegs + kConsumerRegs + kStateRegs),
@@ -1327,14 +1321,14 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         uint8_t* base = smem + slot * L::kSlotBytes;
         const int k0 = s_begin + c * kRows;
         const int r0 = k0 + (um.lin_lag > 0 ? kRows : 0);
-        const bool with_dv = adds_into_dv(step);
-        mbar_expect_bytes(bar.full + slot, bytes + (with_dv ? D / 64 * kBlock : 0));
+        if (reloads && tiles == 1 && step > 0)
+          mbar_wait(bar.empty + (step - 1) % kKeySlots, ((step - 1) / kKeySlots) & 1);
+        mbar_expect_bytes(bar.full + slot, bytes + (kDv ? D / 64 * kBlock : 0));
         for (int b = 0; b < D / 64; ++b) {
           tma_load_3d(base + b * kBlock, &p.v, b * 64, k0, kv_unit, bar.full + slot);
           tma_load_3d(base + L::kDyOff + b * kBlock, &p.dy, b * 64, r0, unit, bar.full + slot);
-          if (with_dv) {
-            tma_load_3d(base + L::kDvOff + b * kBlock, &p.dv_window, b * 64, k0, kv_unit,
-                        bar.full + slot);
+          if (kDv) {
+            tma_load_3d(base + L::kDvOff + b * kBlock, &p.dv, b * 64, k0, kv_unit, bar.full + slot);
           }
         }
         for (int b = 0; b < F / 64; ++b) {
@@ -1372,30 +1366,6 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 
   if (wg == 1) {
     regs_grow<kConsumerRegs>();
-    // dv_linear summed over the group's heads: a head after the first starts each tile from the
-    // earlier heads' fp32 sum, which this thread wrote (the same rows and columns) and loads into
-    // av at the end of the step before, so that the loads land under that step's barrier waits
-    // and products instead of stalling the dv products (GQA only).
-    float av[kDv ? D / 2 : 1];
-    float* dvl = kDv ? p.dv_linear + static_cast<size_t>(kv_unit) * N * D : nullptr;
-    auto partial_at = [&](int j, int col) {
-      return reinterpret_cast<float2*>(dvl + static_cast<size_t>(j) * D + col);
-    };
-    const int key_row = warp * 16 + g8;  // this thread's rows of a tile: key_row, key_row + 8
-    auto load_partial = [&](int next_step, int c) {
-      if (!kDv || next_step < tiles || next_step >= linear_heads * tiles) return;
-      const int ja = s_begin + c * kRows + key_row, jb = ja + 8;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const int col = 8 * n + 2 * t4;
-        const float2 a = ja < s_end ? *partial_at(ja, col) : make_float2(0.f, 0.f);
-        const float2 b = jb < s_end ? *partial_at(jb, col) : make_float2(0.f, 0.f);
-        av[4 * n] = a.x;
-        av[4 * n + 1] = a.y;
-        av[4 * n + 2] = b.x;
-        av[4 * n + 3] = b.y;
-      }
-    };
     for_each_step(p, kv_unit, tiles, [&](int step, int unit, const UnitMode& um, int c, bool top) {
       const int slot = step % kKeySlots;
       const float coef_l = p.coef_linear[unit];
@@ -1404,38 +1374,32 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       // Rows already in U at the top tile: those from s_end + state_lag on.
       const int s_hi = top ? s_end + um.state_lag : N;
       const uint32_t base = sbase + slot * L::kSlotBytes;
-      const bool first_head = step < tiles;  // the group's first head with a linear branch
       mbar_wait(bar.full + slot, (step / kKeySlots) & 1);
       mbar_wait(bar.u_full, step & 1);
-      float dvs[32], pt[32];
+      float dvs[32], pt[32], av[kDv ? D / 2 : 1];
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks)
         wgmma_ss_n64<0, 0>(dvs, k_major(base, ks), k_major(base + L::kDyOff, ks), ks > 0);
-      if constexpr (kDv) {  // p_ij and phi_k U only feed dv
 #pragma unroll
-        for (int ks = 0; ks < F / 16; ++ks)
+      for (int ks = 0; ks < F / 16; ++ks) {
+        if constexpr (kDv) {  // p_ij and phi_k U only feed dv
           wgmma_ss_n64<0, 0>(pt, k_major(base + L::kPkOff, ks), k_major(base + L::kPqOff, ks),
                              ks > 0);
-        wgmma_commit();
-        // The av products wait for a later head's loads into av; the products above run
-        // meanwhile.
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < F / 16; ++ks)
           wgmma_ss<D, 0, 1>(av, k_major(base + L::kPkOff, ks), n_major(u_addr, ks, L::kUBlock),
-                            ks > 0 || !first_head);
+                            ks > 0);
+        }
       }
       wgmma_commit();
       wgmma_wait<0>();
       mbar_arrive(bar.u_empty);
 
-      // du and p / D of key rows ja, jb (this thread's accumulator rows) and rows i of the chunk:
-      // element i is row r0 + il, il = 8 (i / 4) + 2 t4 + (i & 1), which sees key j iff
-      // j + lin_lag <= row < min(s_hi, N); each pair of rows' (1 / D, delta) is loaded once.
+      // du and p / D of key rows ja, ja + 8 (this thread's accumulator rows) and rows i of the
+      // chunk: element i is row r0 + il, il = 8 (i / 4) + 2 t4 + (i & 1), which sees key j iff j +
+      // lin_lag <= row < min(s_hi, N); each pair of rows' (1 / D, delta) is loaded once.
       const float4* fac =
           reinterpret_cast<const float4*>(smem + slot * L::kSlotBytes + L::kFactorOff);
-      const int ja = k0 + key_row, jb = ja + 8;
+      const int ja = k0 + warp * 16 + g8;
       const int lo_a = ja + um.lin_lag - r0 - 2 * t4, lo_b = lo_a + 8;
       const int hi = min(s_hi, N) - r0 - 2 * t4;
       uint32_t adu[4][4], apw[4][4];
@@ -1478,38 +1442,28 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         mbar_arrive(bar.empty + slot);
         return;
       }
-      const int next_c = c == 0 ? tiles - 1 : c - 1;  // the next step's tile
-      if (adds_into_dv(step)) {
-        // dv = the window part (in the slot) + the linear part, written over the window part
-        // (each thread rewrites the entries it read) and out through a TMA store: stores of row
-        // pieces from registers cost far more (bench/KERNEL_NOTES.md session 16 item 4). Key
-        // segments are whole tiles, so the box stays within this block's rows.
-        uint8_t* dv_tile = smem + slot * L::kSlotBytes + L::kDvOff;
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-          const int col = 8 * n + 2 * t4;
-          const float2 wa = unpack_bf16(*reinterpret_cast<const uint32_t*>(
-              dv_tile + swizzled_offset(warp * 16 + g8, col, kBlock)));
-          const float2 wb = unpack_bf16(*reinterpret_cast<const uint32_t*>(
-              dv_tile + swizzled_offset(warp * 16 + g8 + 8, col, kBlock)));
-          av[4 * n] += wa.x;
-          av[4 * n + 1] += wa.y;
-          av[4 * n + 2] += wb.x;
-          av[4 * n + 3] += wb.y;
-        }
-        store_tile<D>(&p.dv_window, dv_tile, av, 1.f, 1.f, k0, kv_unit, ct);
-        mbar_arrive(bar.empty + slot);  // thread 0 only after the store has read the tile
-        load_partial(step + 1, next_c);
-        return;
-      }
-      mbar_arrive(bar.empty + slot);
+      // dv = what dv holds (the window part, and the group's earlier heads' linear parts) + this
+      // head's linear part, written over the slot's copy (each thread rewrites the entries it
+      // read) and out through a TMA store: stores of row pieces from registers cost far more
+      // (bench/KERNEL_NOTES.md session 16 item 4). Key segments are whole tiles, so the box stays
+      // within this block's rows.
+      uint8_t* dv_tile = smem + slot * L::kSlotBytes + L::kDvOff;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
         const int col = 8 * n + 2 * t4;
-        if (ja < s_end) *partial_at(ja, col) = make_float2(av[4 * n], av[4 * n + 1]);
-        if (jb < s_end) *partial_at(jb, col) = make_float2(av[4 * n + 2], av[4 * n + 3]);
+        const float2 wa = unpack_bf16(*reinterpret_cast<const uint32_t*>(
+            dv_tile + swizzled_offset(warp * 16 + g8, col, kBlock)));
+        const float2 wb = unpack_bf16(*reinterpret_cast<const uint32_t*>(
+            dv_tile + swizzled_offset(warp * 16 + g8 + 8, col, kBlock)));
+        av[4 * n] += wa.x;
+        av[4 * n + 1] += wa.y;
+        av[4 * n + 2] += wb.x;
+        av[4 * n + 3] += wb.y;
       }
-      load_partial(step + 1, next_c);
+      if (reloads && ct == 0) bulk_wait();
+      store_tile<D>(&p.dv, dv_tile, av, 1.f, 1.f, k0, kv_unit, ct);
+      if (reloads && tiles < 3 && ct == 0) bulk_wait();
+      mbar_arrive(bar.empty + slot);  // thread 0 only after the store has read the tile
     });
     return;
   }
@@ -2739,8 +2693,7 @@ cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream
   const int D = s.head_dim, F = s.features, N = s.seq_len;
   if (!make_map(&p.v, a.v, D, N, kv_units) || !make_map(&p.phi_k, a.phi_k, F, N, units) ||
       !make_map(&p.phi_q, a.phi_q, F, N, units) || !make_map(&p.dy, a.dy, D, N, units) ||
-      !make_map(&p.dphi_k_out, a.dphi_k, F, N, units) ||
-      !make_map(&p.dv_window, a.dv, D, N, kv_units)) {
+      !make_map(&p.dphi_k_out, a.dphi_k, F, N, units) || !make_map(&p.dv, a.dv, D, N, kv_units)) {
     return cudaErrorNotSupported;
   }
   p.s = s;
@@ -2752,14 +2705,11 @@ cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream
   p.key_segments = a.key_plan.segments;
   p.key_len = a.key_plan.length;
   p.dphi_k = static_cast<bf16*>(a.dphi_k);
-  p.dv_linear = a.dv_linear;
-  p.dv = static_cast<bf16*>(a.dv);
   return with_sizes(D, F, [&](auto d, auto f) {
     constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
-    return launch_smem(a.dv_linear != nullptr ? linear_key_wg_kernel<kD, kF, true>
-                                              : linear_key_wg_kernel<kD, kF, false>,
-                       kv_units * a.key_plan.segments, kWgThreads, KeyLayout<kD, kF>::kSmemBytes, p,
-                       stream);
+    return launch_smem(
+        a.dv != nullptr ? linear_key_wg_kernel<kD, kF, true> : linear_key_wg_kernel<kD, kF, false>,
+        kv_units * a.key_plan.segments, kWgThreads, KeyLayout<kD, kF>::kSmemBytes, p, stream);
   });
 }
 

@@ -459,9 +459,8 @@ TEST(CudaAttention, HopperForwardBf16) {
   c.F = 64;
   c.mode = hk::AttentionMode::linear_only;
   check(c, 87);
-  // Four q heads per kv head: the linear key kernel carries dv's sum over the group through its
-  // fp32 partials (the first head writes them, the middle ones read and rewrite them, the last
-  // adds them into dv), over key segments of several tiles.
+  // Four q heads per kv head: in the linear key kernel each head adds its part into dv in turn
+  // (the next head reloads a tile two steps after it was stored: key segments of two tiles).
   c = bf16_head_case(1100);
   c.B = 1;
   c.Hq = 8;
@@ -515,6 +514,7 @@ void check_forced_splits(const Case& c, int forward_segments, int key_segments, 
                          uint64_t seed) {
   SCOPED_TRACE(c.name() + " segments " + std::to_string(forward_segments) + " / " +
                std::to_string(key_segments));
+  ASSERT_TRUE(c.affine) << "the coefficients below are the affine mixture's";
   const Data d = make_data(c, seed);
   const Tensor g = torch::sigmoid(d.omega.to(torch::kFloat)).view({1, c.Hq}).expand({c.B, c.Hq});
   const Tensor dropped = d.drop.to(torch::kFloat);
@@ -594,6 +594,21 @@ TEST(CudaAttention, SegmentsSeveralToAPassBlockBf16) {
   c.drop = true;
   c.affine = true;
   check_forced_splits(c, 63, 63, /*want_stats=*/false, 27);
+}
+
+// Four q heads per kv head over key segments of 6 and 18 tiles: each head of the group adds its
+// part of dv into dv in turn, reloading tiles that the head before stored (segments of one and
+// two tiles are in the tests above).
+TEST(CudaAttention, GqaHeadsAddIntoDvInTurnBf16) {
+  HL_REQUIRE_GPU();
+  Case c = bf16_head_case(1100);
+  c.B = 1;
+  c.Hq = 8;
+  c.Hkv = 2;
+  c.drop = true;
+  c.affine = true;
+  check_forced_splits(c, 4, 3, /*want_stats=*/false, 28);
+  check_forced_splits(c, 4, 1, /*want_stats=*/false, 29);
 }
 
 TEST(CudaAttention, UnsupportedShapesSayWhy) {
