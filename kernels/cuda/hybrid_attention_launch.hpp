@@ -55,7 +55,8 @@ SegmentPlan plan_segments(int units, int seq_len, int sm_count);
 /// At most `segments` segments of equal length (a multiple of 64) covering seq_len rows.
 SegmentPlan make_segment_plan(int seq_len, int segments);
 
-/// Floats of one chunk-state workspace: units * segments * (F * D + F).
+/// Floats of one chunk-state workspace: 2 * units * segments * (F * D + F) (the states each
+/// segment starts with, and the segments' own sums).
 size_t state_workspace_floats(const ProblemShape& shape, int units, const SegmentPlan& plan);
 
 /// Forward pass (training and prefill). Writes y and the row statistics that backward needs.
@@ -108,7 +109,8 @@ struct BackwardArgs {
   const float* row_max = nullptr;
   const float* row_denom = nullptr;
   const int32_t* row_argmax = nullptr;
-  const float* forward_states = nullptr;  ///< ForwardArgs::segment_states of the same call
+  /// ForwardArgs::segment_states of the same call (the backward may scan its sums again)
+  float* forward_states = nullptr;
   SegmentPlan forward_plan;
   void* dq = nullptr;
   void* dk = nullptr;

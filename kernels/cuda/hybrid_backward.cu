@@ -642,15 +642,22 @@ cudaError_t backward_kernels(const ProblemShape& shape, const BackwardArgs& a,
                     kplan.segments,
                     kplan.length,
                     a.dkv_accum};
-  cudaError_t err = dispatch_backward(bp, shape.dtype, 0, stream);
+  // The forward's states from its segment sums again: a Hopper forward may have skipped the scan.
+  cudaError_t err = cudaSuccess;
+  if (fplan.segments > 1) {
+    err = run_scan(
+        s, a.window_drop, segment_sums(a.forward_states, s, s.batch * s.q_heads, fplan.segments),
+        a.forward_states, s.batch * s.q_heads, fplan.segments, 0, nullptr, nullptr, false, stream);
+  }
+  if (err == cudaSuccess) err = dispatch_backward(bp, shape.dtype, 0, stream);
   if (err != cudaSuccess) return err;
   if (kplan.segments > 1) {
     // U at the start of each key segment = rows after it: segment sums, then a suffix scan.
     err = run_state_pass(s, shape.dtype, a.phi_q, a.dy, false, a.row_denom, a.row_delta,
                          a.window_drop, a.reverse_states, kplan, -1, +1, s.seq_len, false, stream);
     if (err != cudaSuccess) return err;
-    err = run_scan(s, a.window_drop, a.reverse_states, s.batch * s.q_heads, kplan.segments, 1,
-                   nullptr, nullptr, false, stream);
+    err = run_scan(s, a.window_drop, a.reverse_states, a.reverse_states, s.batch * s.q_heads,
+                   kplan.segments, 1, nullptr, nullptr, false, stream);
     if (err != cudaSuccess) return err;
   }
   return dispatch_backward(bp, shape.dtype, 1, stream);

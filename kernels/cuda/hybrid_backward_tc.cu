@@ -864,10 +864,15 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
                      (s.seq_len + kTcRows - 1) / kTcRows,
                      key_rows_of(s)};
   const bool d64 = s.head_dim == 64;
-  cudaError_t err = cudaSuccess;
-  // The query side: one warp-specialised kernel on Hopper, else the linear and window query
-  // kernels above.
-  err = cudaErrorNotSupported;
+  const int units = s.batch * s.q_heads;
+  // The forward's segment sums (segment_sums): the Hopper query kernel adds those before its
+  // segment itself where there are few, as the Hopper forward does; the other kernels read the
+  // scan's states, which the forward may have skipped, so they scan again.
+  const int forward_segments = a.forward_plan.segments;
+  float* forward_sums =
+      forward_segments > 1 ? segment_sums(a.forward_states, s, units, forward_segments) : nullptr;
+  const bool sum_forward = forward_segments > 1 && forward_segments <= kMaxSummedSegments;
+  cudaError_t err = cudaErrorNotSupported;
   if (forward_wg_takes(s, a.forward_plan)) {
     const QueryArgs qa{a.q,
                        a.k,
@@ -882,7 +887,8 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
                        a.row_max,
                        a.row_denom,
                        a.row_argmax,
-                       a.forward_states,
+                       sum_forward ? forward_sums : a.forward_states,
+                       sum_forward,
                        a.forward_plan,
                        a.query_grads ? a.dq : nullptr,
                        a.dphi_q,
@@ -893,7 +899,10 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     err = run_query_wg(s, qa, stream);
   }
   if (err == cudaErrorNotSupported) {
-    err = cudaSuccess;
+    err = forward_segments > 1 ? run_scan(s, a.window_drop, forward_sums, a.forward_states, units,
+                                          forward_segments, 0, nullptr, nullptr, false, stream)
+                               : cudaSuccess;
+    if (err != cudaSuccess) return err;
     if (linear)
       err = d64 ? launch_linear_f<64>(p, true, stream) : launch_linear_f<128>(p, true, stream);
     if (err != cudaSuccess) return err;
@@ -925,19 +934,28 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
                : launch(window_key_kernel<128>, k_blocks, wk, wp, stream);
   };
   if (linear) {
-    if (key_plan.segments > 1) {
-      // U at the start of each key segment = rows after it: segment sums (not the first's, which
-      // the suffix scan never reads), then the scan.
+    // U at the start of each key segment = rows after it: segment sums (not the first's, which
+    // no suffix reads), then a suffix scan, or, on Hopper with few segments, the linear key
+    // kernel adds the sums after its segment itself.
+    const int key_segments = key_plan.segments;
+    float* key_sums = nullptr;
+    const bool hopper_key = linear_key_wg_takes(s, key_plan);
+    const bool sum_keys = hopper_key && key_segments <= kMaxSummedSegments;
+    auto scan = [&] {
+      return key_segments > 1 ? run_scan(s, a.window_drop, key_sums, a.reverse_states, units,
+                                         key_segments, 1, nullptr, nullptr, false, stream)
+                              : cudaSuccess;
+    };
+    if (key_segments > 1) {
+      key_sums = segment_sums(a.reverse_states, s, units, key_segments);
       err = run_state_pass_tc(s, a.phi_q, a.dy, a.row_denom, a.row_delta, false, a.window_drop,
-                              a.reverse_states, key_plan, -1, +1, s.seq_len, false,
+                              key_sums, key_plan, -1, +1, s.seq_len, false,
                               /*skip=*/0, stream);
-      if (err != cudaSuccess) return err;
-      err = run_scan(s, a.window_drop, a.reverse_states, s.batch * s.q_heads, key_plan.segments, 1,
-                     nullptr, nullptr, false, stream);
+      if (err == cudaSuccess && !sum_keys) err = scan();
       if (err != cudaSuccess) return err;
     }
     err = cudaErrorNotSupported;
-    if (linear_key_wg_takes(s, key_plan)) {
+    if (hopper_key) {
       // With dk and dv wanted, the window key kernel runs first and this one adds the linear
       // part into dv, so that the linear part never makes an fp32 round trip through memory.
       void* dv_sum = nullptr;
@@ -946,11 +964,18 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
         if (err != cudaSuccess) return err;
         dv_sum = a.dv;
       }
-      const LinearKeyArgs la{
-          a.v,         a.phi_k,     a.phi_q,          a.dy,     a.coef_linear, a.window_drop,
-          a.row_denom, a.row_delta, a.reverse_states, key_plan, a.dphi_k,      dv_sum};
+      const bool summed = sum_keys && key_segments > 1;
+      const LinearKeyArgs la{a.v,         a.phi_k,       a.phi_q,
+                             a.dy,        a.coef_linear, a.window_drop,
+                             a.row_denom, a.row_delta,   summed ? key_sums : a.reverse_states,
+                             summed,      key_plan,      a.dphi_k,
+                             dv_sum};
       err = run_linear_key_wg(s, la, stream);
       if (err == cudaSuccess && dv_sum != nullptr) return cudaSuccess;
+      if (err == cudaErrorNotSupported && sum_keys) {
+        const cudaError_t e = scan();  // the kernels below read the scan's states
+        if (e != cudaSuccess) return e;
+      }
     }
     if (err == cudaErrorNotSupported)
       err = d64 ? launch_linear_f<64>(p, false, stream) : launch_linear_f<128>(p, false, stream);

@@ -565,7 +565,7 @@ SegmentPlan make_segment_plan(int seq_len, int segments) {
 
 size_t state_workspace_floats(const ProblemShape& shape, int units, const SegmentPlan& plan) {
   if (plan.segments <= 1) return 0;
-  return static_cast<size_t>(units) * plan.segments *
+  return 2 * static_cast<size_t>(units) * plan.segments *
          (static_cast<size_t>(shape.features) * shape.head_dim + shape.features);
 }
 

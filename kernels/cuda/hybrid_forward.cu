@@ -309,10 +309,11 @@ __global__ void __launch_bounds__(kThreads, 1) state_pass_kernel(StatePassParams
 struct ScanParams {
   Shape s;
   const uint8_t* window_drop;
-  float* states;  // [units, segments, size]
+  const float* sums;  // [units, segments, size]
+  float* states;      // [units, segments, size]; may be sums
   int segments;
   int size;
-  int direction;   // 0: exclusive prefix in place, 1: exclusive suffix in place, 2: total
+  int direction;   // 0: exclusive prefix, 1: exclusive suffix, 2: total
   float* total_S;  // direction 2: [units, F * D]
   float* total_z;  // direction 2: [units, F]
   bool all_units;
@@ -339,12 +340,14 @@ __global__ void scan_kernel(ScanParams p) {
   const int size = p.size / kWidth;
   if (idx >= size) return;
   if (!p.all_units && !unit_mode(p.s, p.window_drop, unit).use_linear) return;
-  T* base = reinterpret_cast<T*>(p.states + static_cast<size_t>(unit) * p.segments * p.size) + idx;
+  const size_t unit_at = static_cast<size_t>(unit) * p.segments * p.size;
+  const T* in = reinterpret_cast<const T*>(p.sums + unit_at) + idx;
+  T* base = reinterpret_cast<T*>(p.states + unit_at) + idx;
   if constexpr (kWidth == 1) {
     if (p.direction == 2) {
       float acc = 0.f;
       for (int sg = 0; sg < p.segments; ++sg)
-        acc += base[static_cast<size_t>(sg) * size];
+        acc += in[static_cast<size_t>(sg) * size];
       const int FD = p.s.features * p.s.head_dim;
       if (idx < FD) {
         p.total_S[static_cast<size_t>(unit) * FD + idx] = acc;
@@ -363,7 +366,7 @@ __global__ void scan_kernel(ScanParams p) {
     for (int u = 0; u < kGroup; ++u) {
       const int step = step0 + u;
       const int sg = p.direction == 0 ? step : p.segments - 1 - step;
-      mine[u] = step < p.segments ? base[static_cast<size_t>(sg) * size] : T{};
+      mine[u] = step < p.segments ? in[static_cast<size_t>(sg) * size] : T{};
     }
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
@@ -424,12 +427,14 @@ cudaError_t run_state_pass(const Shape& s, KernelDType dtype, const void* a, con
               : launch_state_pass_t<128, float>(sp, units, stream);
 }
 
-cudaError_t run_scan(const Shape& s, const uint8_t* window_drop, float* states, int units,
-                     int segments, int direction, float* total_S, float* total_z, bool all_units,
-                     cudaStream_t stream) {
+cudaError_t run_scan(const Shape& s, const uint8_t* window_drop, const float* sums, float* states,
+                     int units, int segments, int direction, float* total_S, float* total_z,
+                     bool all_units, cudaStream_t stream) {
   const int size = s.features * s.head_dim + s.features;
-  ScanParams sp{s, window_drop, states, segments, size, direction, total_S, total_z, all_units};
-  if (direction != 2 && size % 4 == 0 && reinterpret_cast<uintptr_t>(states) % 16 == 0) {
+  ScanParams sp{s,    window_drop, sums,    states,  segments,
+                size, direction,   total_S, total_z, all_units};
+  if (direction != 2 && size % 4 == 0 && reinterpret_cast<uintptr_t>(states) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(sums) % 16 == 0) {
     return launch_chained(scan_kernel<float4>, dim3((size / 4 + 255) / 256, units), dim3(256), 0,
                           stream, sp);
   }
@@ -470,21 +475,29 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
   const bool tensor_cores =
       shape.dtype == KernelDType::kBFloat16 && a.branch_stats == nullptr && forward_tc_fits(s);
   const bool hopper = a.branch_stats == nullptr && forward_uses_hopper_kernel(shape, plan);
+  // The passes write each segment's sum into the workspace's second half; the scan turns them
+  // into start states in its first half, which the Hopper forward skips where it adds the few
+  // sums before its segment itself (the sums stay for the backward either way).
+  float* sums = nullptr;
+  const bool sum_in_kernel = hopper && plan.segments <= kMaxSummedSegments;
+  auto scan = [&] {
+    return run_scan(s, a.window_drop, sums, a.segment_states, units, plan.segments, 0, nullptr,
+                    nullptr, false, stream);
+  };
   if (plan.segments > 1) {
     if (a.segment_states == nullptr) return static_cast<int>(cudaErrorInvalidValue);
+    sums = segment_sums(a.segment_states, s, units, plan.segments);
     cudaError_t err =
-        mapped ? run_state_pass_wg(s, a.k, a.v, nullptr, nullptr, true, a.window_drop,
-                                   a.segment_states, plan, -1, -1, s.seq_len, false,
+        mapped ? run_state_pass_wg(s, a.k, a.v, nullptr, nullptr, true, a.window_drop, sums, plan,
+                                   -1, -1, s.seq_len, false,
                                    /*skip=*/plan.segments - 1, stream, a.map_k_weight)
         : tensor_cores
-            ? run_state_pass_tc(s, a.phi_k, a.v, nullptr, nullptr, true, a.window_drop,
-                                a.segment_states, plan, -1, -1, s.seq_len, false,
+            ? run_state_pass_tc(s, a.phi_k, a.v, nullptr, nullptr, true, a.window_drop, sums, plan,
+                                -1, -1, s.seq_len, false,
                                 /*skip=*/plan.segments - 1, stream)
             : run_state_pass(s, shape.dtype, a.phi_k, a.v, true, nullptr, nullptr, a.window_drop,
-                             a.segment_states, plan, -1, -1, s.seq_len, false, stream);
-    if (err != cudaSuccess) return static_cast<int>(err);
-    err = run_scan(s, a.window_drop, a.segment_states, units, plan.segments, 0, nullptr, nullptr,
-                   false, stream);
+                             sums, plan, -1, -1, s.seq_len, false, stream);
+    if (err == cudaSuccess && !sum_in_kernel) err = scan();
     if (err != cudaSuccess) return static_cast<int>(err);
   }
   if (tensor_cores) {
@@ -495,8 +508,17 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
     ta.w_q = a.map_q_weight;
     ta.w_k = a.map_k_weight;
     if (hopper) {
-      const cudaError_t err = run_forward_wg(s, ta, stream);
+      TcForwardArgs wa = ta;
+      if (sum_in_kernel && plan.segments > 1) {
+        wa.states = sums;
+        wa.sum_states = true;
+      }
+      cudaError_t err = run_forward_wg(s, wa, stream);
       if (err != cudaErrorNotSupported || mapped) return static_cast<int>(err);
+      if (sum_in_kernel && plan.segments > 1) {
+        err = scan();
+        if (err != cudaSuccess) return static_cast<int>(err);
+      }
     }
     return static_cast<int>(run_forward_tc(s, ta, stream));
   }
@@ -559,8 +581,8 @@ int launch_prefill_state(const ProblemShape& shape, const void* phi_k, const voi
                         : run_state_pass(s, shape.dtype, phi_k, v, true, nullptr, nullptr, nullptr,
                                          workspace, plan, 0, -1, range_end, true, stream);
   if (err != cudaSuccess) return static_cast<int>(err);
-  err = run_scan(s, nullptr, workspace, s.batch * s.q_heads, plan.segments, 2, state.S, state.z,
-                 true, stream);
+  err = run_scan(s, nullptr, workspace, workspace, s.batch * s.q_heads, plan.segments, 2, state.S,
+                 state.z, true, stream);
   return static_cast<int>(err);
 }
 

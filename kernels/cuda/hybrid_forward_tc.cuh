@@ -30,6 +30,9 @@ struct TcForwardArgs {
   /// phi_q and phi_k itself and phi_q, phi_k above are not read.
   const void* w_q = nullptr;
   const void* w_k = nullptr;
+  /// run_forward_wg only: `states` holds each segment's own sum, and the kernel adds those
+  /// before its segment itself (at most kMaxSummedSegments segments).
+  bool sum_states = false;
 };
 
 /// Whether the tensor-core forward's shared memory fits this shape on the current device.
@@ -73,6 +76,7 @@ struct LinearKeyArgs {
   const float* row_denom;
   const float* row_delta;
   const float* rev_states;
+  bool sum_states;  ///< rev_states holds each segment's own sum (see TcForwardArgs)
   SegmentPlan key_plan;
   void* dphi_k;
   void* dv;  ///< null: no dv wanted; else dv holds the window part and each head adds its part
@@ -96,6 +100,7 @@ struct QueryArgs {
   const float* row_denom;
   const int32_t* row_argmax;
   const float* fwd_states;
+  bool sum_states;  ///< fwd_states holds each segment's own sum (see TcForwardArgs)
   SegmentPlan plan;
   void* dq;  ///< null: q needs no gradient
   void* dphi_q;

@@ -88,6 +88,7 @@ struct WgParams {
   float* row_denom;
   int32_t* row_argmax;
   const float* states;
+  bool sum_states;  // see start_state
   int segments, segment_len;
 };
 
@@ -284,30 +285,38 @@ __device__ void load_chunk(const P& p, const UnitMode& um, uint8_t* smem, const 
   }
 }
 
-// A running state (S or U, F x D, and z or u) from `start` ([F][D] then [F], fp32), or zero where
-// start is null, into the state warpgroup's accumulators: acc[h] holds rows [64 h, 64 h + 64),
-// this thread rows f = 64 h + 16 warp + g8 (+ 8), and zp[h][0 / 1] the z partial sums of them.
+// A running state (S or U, F x D, and z or u) into the state warpgroup's accumulators: the sum of
+// `count` consecutive states from `start` (each [F][D] then [F], fp32), zero where count is 0.
+// acc[h] holds rows [64 h, 64 h + 64), this thread rows f = 64 h + 16 warp + g8 (+ 8), and
+// zp[h][0 / 1] the z partial sums of them.
 template <int D, int F>
 __device__ inline void load_state(float (&acc)[F / 64][D / 2], float (&zp)[F / 64][2],
-                                  const float* start, int warp, int g8, int t4) {
+                                  const float* start, int count, int warp, int g8, int t4) {
 #pragma unroll
   for (int h = 0; h < F / 64; ++h) {
-    const int fa = 64 * h + 16 * warp + g8;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      float2 va = make_float2(0.f, 0.f), vb = va;
-      if (start != nullptr) {
-        va = *reinterpret_cast<const float2*>(start + fa * D + 8 * n + 2 * t4);
-        vb = *reinterpret_cast<const float2*>(start + (fa + 8) * D + 8 * n + 2 * t4);
+    for (int i = 0; i < D / 2; ++i)
+      acc[h][i] = 0.f;
+    zp[h][0] = zp[h][1] = 0.f;
+  }
+  for (int k = 0; k < count; ++k, start += F * D + F) {
+#pragma unroll
+    for (int h = 0; h < F / 64; ++h) {
+      const int fa = 64 * h + 16 * warp + g8;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const float2 va = *reinterpret_cast<const float2*>(start + fa * D + 8 * n + 2 * t4);
+        const float2 vb = *reinterpret_cast<const float2*>(start + (fa + 8) * D + 8 * n + 2 * t4);
+        acc[h][4 * n] += va.x;
+        acc[h][4 * n + 1] += va.y;
+        acc[h][4 * n + 2] += vb.x;
+        acc[h][4 * n + 3] += vb.y;
       }
-      acc[h][4 * n] = va.x;
-      acc[h][4 * n + 1] = va.y;
-      acc[h][4 * n + 2] = vb.x;
-      acc[h][4 * n + 3] = vb.y;
+      if (t4 == 0) {
+        zp[h][0] += start[F * D + fa];
+        zp[h][1] += start[F * D + fa + 8];
+      }
     }
-    const bool first = start != nullptr && t4 == 0;
-    zp[h][0] = first ? start[F * D + fa] : 0.f;
-    zp[h][1] = first ? start[F * D + fa + 8] : 0.f;
   }
 }
 
@@ -728,9 +737,12 @@ template <int D, int F, typename P>
 __device__ inline int start_state(const P& p, const UnitMode& um, const Barriers& bar,
                                   float (&acc)[F / 64][D / 2], float (&zp)[F / 64][2], int warp,
                                   int g8, int t4) {
-  load_state<D, F>(
-      acc, zp, p.segments > 1 ? p.states + static_cast<size_t>(blockIdx.x) * (F * D + F) : nullptr,
-      warp, g8, t4);
+  // With sum_states, `states` holds each segment's own key sum and the state is those before
+  // this block's segment; else the scan's result, the state itself.
+  const int seg = blockIdx.x % p.segments;
+  const size_t first = p.sum_states ? blockIdx.x - seg : blockIdx.x;
+  load_state<D, F>(acc, zp, p.states + first * (F * D + F),
+                   p.segments == 1 ? 0 : (p.sum_states ? seg : 1), warp, g8, t4);
   // Tile t + 1's query needs the keys before t0 (lin_lag = 64: chunk t - 1 folded) or before
   // t0 + 64 (lin_lag = 0: chunk t folded). In the second case chunk -1 is never folded.
   const int lag_chunks = um.lin_lag > 0 ? 1 : 0;
@@ -1212,7 +1224,8 @@ struct KeyParams {
   const uint8_t* window_drop;
   const float* row_denom;
   const float* row_delta;
-  const float* rev_states;  // U, u at the top of each key segment (key_segments > 1)
+  const float* rev_states;  // U, u at the top of each key segment (key_segments > 1), or
+  bool sum_states;          // with sum_states each segment's own sum, the later ones added here
   int key_segments, key_len;
   bf16* dphi_k;
 };
@@ -1486,12 +1499,11 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       // A new head: U and u from the reverse pass (rows from s_end + state_lag on), or zero.
       prev_unit = unit;
       coef_l = p.coef_linear[unit];
-      load_state<D, F>(
-          acc, up,
-          p.key_segments > 1
-              ? p.rev_states + (static_cast<size_t>(unit) * p.key_segments + seg) * (F * D + F)
-              : nullptr,
-          warp, g8, t4);
+      const size_t first =
+          static_cast<size_t>(unit) * p.key_segments + seg + (p.sum_states ? 1 : 0);
+      load_state<D, F>(acc, up, p.rev_states + first * (F * D + F),
+                       p.key_segments == 1 ? 0 : (p.sum_states ? p.key_segments - 1 - seg : 1),
+                       warp, g8, t4);
       if (step > 0) mbar_wait(bar.u_empty, (step - 1) & 1);
       publish();
     }
@@ -1620,6 +1632,7 @@ struct QueryParams {
   const int32_t* row_argmax;
   const bf16* k_rows;   // k as a plain pointer, for the G_i k_m term of dq
   const float* states;  // S, z at the start of each forward segment (segments > 1)
+  bool sum_states;      // states holds the segments' own sums (see start_state)
   int segments, segment_len;
   bf16* dphi_q_rows;  // dphi_q as a plain pointer, for the zeros of window-only units
   float* row_grad_window;
@@ -2702,6 +2715,7 @@ cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream
   p.row_denom = a.row_denom;
   p.row_delta = a.row_delta;
   p.rev_states = a.rev_states;
+  p.sum_states = a.sum_states;
   p.key_segments = a.key_plan.segments;
   p.key_len = a.key_plan.length;
   p.dphi_k = static_cast<bf16*>(a.dphi_k);
@@ -2733,6 +2747,7 @@ cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream
   p.row_argmax = a.row_argmax;
   p.k_rows = static_cast<const bf16*>(a.k);
   p.states = a.fwd_states;
+  p.sum_states = a.sum_states;
   p.segments = a.plan.segments;
   p.segment_len = a.plan.length;
   p.dphi_q_rows = static_cast<bf16*>(a.dphi_q);
@@ -2863,6 +2878,7 @@ cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t 
   p.row_denom = a.row_denom;
   p.row_argmax = a.row_argmax;
   p.states = a.states;
+  p.sum_states = a.sum_states;
   p.segments = a.segments;
   p.segment_len = a.segment_len;
   return with_sizes(D, F, [&](auto d, auto f) {

@@ -19,10 +19,24 @@ cudaError_t run_state_pass(const Shape& s, KernelDType dtype, const void* a, con
                            int fixed_lag, int lag_sign, int range_end, bool all_units,
                            cudaStream_t stream);
 
-/// Over the segments of each unit: 0 = exclusive prefix in place, 1 = exclusive suffix in
-/// place, 2 = total written to total_S [units, F * D] and total_z [units, F].
-cudaError_t run_scan(const Shape& s, const uint8_t* window_drop, float* states, int units,
-                     int segments, int direction, float* total_S, float* total_z, bool all_units,
-                     cudaStream_t stream);
+/// Over the segments' sums of each unit: 0 = exclusive prefix into `states`, 1 = exclusive
+/// suffix into `states` (which may be `sums`), 2 = total written to total_S [units, F * D] and
+/// total_z [units, F].
+cudaError_t run_scan(const Shape& s, const uint8_t* window_drop, const float* sums, float* states,
+                     int units, int segments, int direction, float* total_S, float* total_z,
+                     bool all_units, cudaStream_t stream);
+
+/// A chunk-state workspace (state_workspace_floats) holds the states each segment starts with,
+/// then the segments' own sums, which the chunk-state passes write and the scans read: this
+/// returns the second half.
+inline float* segment_sums(float* workspace, const Shape& s, int units, int segments) {
+  return workspace + static_cast<size_t>(units) * segments * (s.features * s.head_dim + s.features);
+}
+
+/// Up to this many segments, the Hopper kernels add the segment sums before (forward, query) or
+/// after (linear key) their own themselves instead of reading a scan's result: the scan kernel
+/// and the wait for it cost ~7 us at B1 16K, the few loads from L2 at a block's start less
+/// (bench/KERNEL_NOTES.md session 21).
+constexpr int kMaxSummedSegments = 4;
 
 }  // namespace hl::kernels::cuda::detail
