@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call for the fused CUDA attention kernels: build, GPU tests, compute-sanitizer
 # (memcheck, racecheck) on small shapes, the C++ benchmark and the FlexAttention/SDPA
-# baselines on the same card. Logs go to $OUT (or ./out): summary.txt, tests.log and the JSON
-# results as files, the raw logs packed into logs.tar.gz; a short summary is printed last.
+# baselines on the same card. Logs go to $OUT (or ./out): summary.txt, tests.xml (with the
+# errors the tests record) and the JSON results as files, the raw logs packed into logs.tar.gz;
+# a short summary is printed last.
 #
 #   scripts/gpu-kernels.sh [--no-sanitize] [--no-bench] [--no-flex] [--skip-sdpa-64k]
 #                          [--bench-filter REGEX] [--profile REGEX]
@@ -60,7 +61,8 @@ note "$(stamp) build ok"
 build="${HL_BUILD_DIR:-$root/build-gpu}"
 
 # The tests take seconds; a kernel that hangs must not eat the device time of the whole call.
-timeout 180 "$build/tests/hl_test_cuda" --gtest_brief=1 >"$out/tests.log" 2>&1
+timeout 180 "$build/tests/hl_test_cuda" --gtest_brief=1 --gtest_output="xml:$out/tests.xml" \
+  >"$out/tests.log" 2>&1
 rc=$?
 note "$(stamp) tests rc=$rc: $(grep -E '^\[  (PASSED|FAILED)|tests? ran' "$out/tests.log" | tr '\n' ' ')"
 grep -E "Failure|Expected|Which is|rel_err|error|trace|FAILED" "$out/tests.log" | head -n 40
