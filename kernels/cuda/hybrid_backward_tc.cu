@@ -899,9 +899,11 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     err = run_query_wg(s, qa, stream);
   }
   if (err == cudaErrorNotSupported) {
-    err = forward_segments > 1 ? run_scan(s, a.window_drop, forward_sums, a.forward_states, units,
-                                          forward_segments, 0, nullptr, nullptr, false, stream)
-                               : cudaSuccess;
+    err = cudaSuccess;
+    if (forward_segments > 1) {
+      err = run_scan(s, a.window_drop, forward_sums, a.forward_states, units, forward_segments, 0,
+                     nullptr, nullptr, false, stream);
+    }
     if (err != cudaSuccess) return err;
     if (linear)
       err = d64 ? launch_linear_f<64>(p, true, stream) : launch_linear_f<128>(p, true, stream);
@@ -940,11 +942,10 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     const int key_segments = key_plan.segments;
     float* key_sums = nullptr;
     const bool hopper_key = linear_key_wg_takes(s, key_plan);
-    const bool sum_keys = hopper_key && key_segments <= kMaxSummedSegments;
+    const bool sum_keys = hopper_key && key_segments > 1 && key_segments <= kMaxSummedSegments;
     auto scan = [&] {
-      return key_segments > 1 ? run_scan(s, a.window_drop, key_sums, a.reverse_states, units,
-                                         key_segments, 1, nullptr, nullptr, false, stream)
-                              : cudaSuccess;
+      return run_scan(s, a.window_drop, key_sums, a.reverse_states, units, key_segments, 1, nullptr,
+                      nullptr, false, stream);
     };
     if (key_segments > 1) {
       key_sums = segment_sums(a.reverse_states, s, units, key_segments);
@@ -964,11 +965,10 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
         if (err != cudaSuccess) return err;
         dv_sum = a.dv;
       }
-      const bool summed = sum_keys && key_segments > 1;
       const LinearKeyArgs la{a.v,         a.phi_k,       a.phi_q,
                              a.dy,        a.coef_linear, a.window_drop,
-                             a.row_denom, a.row_delta,   summed ? key_sums : a.reverse_states,
-                             summed,      key_plan,      a.dphi_k,
+                             a.row_denom, a.row_delta,   sum_keys ? key_sums : a.reverse_states,
+                             sum_keys,    key_plan,      a.dphi_k,
                              dv_sum};
       err = run_linear_key_wg(s, la, stream);
       if (err == cudaSuccess && dv_sum != nullptr) return cudaSuccess;

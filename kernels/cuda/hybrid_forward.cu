@@ -479,7 +479,7 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
   // into start states in its first half, which the Hopper forward skips where it adds the few
   // sums before its segment itself (the sums stay for the backward either way).
   float* sums = nullptr;
-  const bool sum_in_kernel = hopper && plan.segments <= kMaxSummedSegments;
+  const bool sum_in_kernel = hopper && plan.segments > 1 && plan.segments <= kMaxSummedSegments;
   auto scan = [&] {
     return run_scan(s, a.window_drop, sums, a.segment_states, units, plan.segments, 0, nullptr,
                     nullptr, false, stream);
@@ -509,13 +509,13 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
     ta.w_k = a.map_k_weight;
     if (hopper) {
       TcForwardArgs wa = ta;
-      if (sum_in_kernel && plan.segments > 1) {
+      if (sum_in_kernel) {
         wa.states = sums;
         wa.sum_states = true;
       }
       cudaError_t err = run_forward_wg(s, wa, stream);
       if (err != cudaErrorNotSupported || mapped) return static_cast<int>(err);
-      if (sum_in_kernel && plan.segments > 1) {
+      if (sum_in_kernel) {
         err = scan();
         if (err != cudaSuccess) return static_cast<int>(err);
       }

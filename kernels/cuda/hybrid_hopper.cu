@@ -1224,8 +1224,10 @@ struct KeyParams {
   const uint8_t* window_drop;
   const float* row_denom;
   const float* row_delta;
-  const float* rev_states;  // U, u at the top of each key segment (key_segments > 1), or
-  bool sum_states;          // with sum_states each segment's own sum, the later ones added here
+  // U, u at the top of each key segment (key_segments > 1); with sum_states each segment's own
+  // sum instead, and the kernel adds those after its segment.
+  const float* rev_states;
+  bool sum_states;
   int key_segments, key_len;
   bf16* dphi_k;
 };
