@@ -37,9 +37,9 @@
 namespace hl::kernels::cuda::detail {
 namespace {
 
-constexpr int kRows = 64;            // rows of a tile, keys of a chunk
-constexpr int kBlock = kRows * 128;  // one 64 x 64 bf16 column block (8 KB)
-constexpr int kSlots = 3;            // chunk ring: two in use, one landing
+constexpr int kRows = 64;                  // rows of a tile, keys of a chunk
+constexpr int kBlock = kColumnBlockBytes;  // one 64 x 64 bf16 column block (8 KB)
+constexpr int kSlots = 3;                  // chunk ring: two in use, one landing
 
 // Shared memory of one block for head dim D and F features (offsets from a 1024-byte aligned
 // base). A 64-row tile of width W is W / 64 column blocks. kMap (the hedgehog feature maps
