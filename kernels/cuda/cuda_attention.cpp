@@ -46,6 +46,25 @@ Tensor dense(const Tensor& t) {
   return c;
 }
 
+// An output the caller hands in (tests poison theirs) is written in place, so it must already be
+// what `dense` would make of it; otherwise a new tensor like `like`.
+Tensor output_like(const Tensor* given, const Tensor& like, const char* name) {
+  if (given == nullptr || !given->defined()) return torch::empty_like(like);
+  if (given->sizes() != like.sizes() || given->scalar_type() != like.scalar_type() ||
+      given->device() != like.device()) {
+    throw std::invalid_argument(c10::str("cuda attention: ", name, " must be ", like.sizes(), " ",
+                                         like.scalar_type(), " on ", like.device(), ", got ",
+                                         given->sizes(), " ", given->scalar_type(), " on ",
+                                         given->device()));
+  }
+  if (!given->is_contiguous() || reinterpret_cast<uintptr_t>(given->data_ptr()) % 16 != 0) {
+    throw std::invalid_argument(c10::str("cuda attention: ", name,
+                                         " must be contiguous and 16-byte aligned (the kernels "
+                                         "write it in place)"));
+  }
+  return *given;
+}
+
 const void* ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr() : nullptr;
 }
@@ -237,10 +256,7 @@ RawForward forward_raw(const RawInputs& raw, const RawOptions& o, Tensor y_out) 
   const auto f32 = in.q.options().dtype(torch::kFloat);
   const int64_t rows = static_cast<int64_t>(s.batch) * s.q_heads * s.seq_len;
   RawForward f;
-  f.y = y_out.defined() ? y_out : torch::empty_like(in.q);
-  TORCH_CHECK(
-      f.y.is_contiguous() && f.y.sizes() == in.q.sizes() && f.y.scalar_type() == in.q.scalar_type(),
-      "forward_raw: y_out must be a contiguous tensor like q");
+  f.y = output_like(&y_out, in.q, "y_out");
   f.row_max = torch::empty({rows}, f32);
   f.row_denom = torch::empty({rows}, f32);
   f.row_argmax = torch::empty({rows}, f32.dtype(torch::kInt));
@@ -285,16 +301,13 @@ RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForwar
   const Tensor dy = dense(dy_in);
   const auto f32 = in.q.options().dtype(torch::kFloat);
   const int64_t rows = static_cast<int64_t>(s.batch) * s.q_heads * s.seq_len;
-  auto pick = [](const Tensor* given, const Tensor& like) {
-    return given != nullptr && given->defined() ? *given : torch::empty_like(like);
-  };
   RawGrads g;
-  g.dq = pick(out ? &out->dq : nullptr, in.q);
-  g.dk = pick(out ? &out->dk : nullptr, in.k);
-  g.dv = pick(out ? &out->dv : nullptr, in.v);
+  g.dq = output_like(out ? &out->dq : nullptr, in.q, "dq");
+  g.dk = output_like(out ? &out->dk : nullptr, in.k, "dk");
+  g.dv = output_like(out ? &out->dv : nullptr, in.v, "dv");
   if (in.phi_q.defined()) {
-    g.dphi_q = pick(out ? &out->dphi_q : nullptr, in.phi_q);
-    g.dphi_k = pick(out ? &out->dphi_k : nullptr, in.phi_k);
+    g.dphi_q = output_like(out ? &out->dphi_q : nullptr, in.phi_q, "dphi_q");
+    g.dphi_k = output_like(out ? &out->dphi_k : nullptr, in.phi_k, "dphi_k");
   }
   const Tensor row_grads = torch::empty({2, rows}, f32);  // the terms that dc_w, dc_l sum
   const Tensor coef_grads = torch::empty({2, s.batch, s.q_heads}, f32);

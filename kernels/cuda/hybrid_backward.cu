@@ -548,42 +548,22 @@ bool backward_uses_hopper_window_key_kernel(const ProblemShape& shape,
 namespace detail {
 namespace {
 
-// dc_w and dc_l: output o of 2 x units sums its unit's N row terms. A cluster of kSumBlocks
-// blocks splits the rows; block 0 adds their partial sums in rank order, so that the result is
-// the same in every run (atomics would add in the order the blocks finish).
+// dc_w and dc_l (CoefSumParams): a cluster of kSumBlocks blocks splits each output's rows; block 0
+// adds their partial sums in rank order, so that the result is the same in every run (atomics
+// would add in the order the blocks finish).
 constexpr int kSumBlocks = 8, kSumThreads = 256;
-
-struct CoefSumParams {
-  const float* window_rows;
-  const float* linear_rows;
-  float* out;
-  int units, n;
-};
 
 __global__ void __launch_bounds__(kSumThreads) coef_sum_kernel(const CoefSumParams p) {
   namespace cg = cooperative_groups;
   await_previous_kernel();
-  __shared__ double warp_sums[kSumThreads / 32];
   __shared__ double partial;
   const cg::cluster_group cluster = cg::this_cluster();
   const int part = static_cast<int>(cluster.block_rank());
   const int o = blockIdx.x / kSumBlocks;
-  const float* rows = o < p.units ? p.window_rows + static_cast<size_t>(o) * p.n
-                                  : p.linear_rows + static_cast<size_t>(o - p.units) * p.n;
   const int begin = static_cast<int>(static_cast<int64_t>(p.n) * part / kSumBlocks);
   const int end = static_cast<int>(static_cast<int64_t>(p.n) * (part + 1) / kSumBlocks);
-  double sum = 0.0;
-  for (int i = begin + threadIdx.x; i < end; i += kSumThreads)
-    sum += rows[i];
-  sum = warp_sum(sum);
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double t = 0.0;
-    for (int w = 0; w < kSumThreads / 32; ++w)
-      t += warp_sums[w];
-    partial = t;
-  }
+  const double t = coef_rows_sum(p, o, begin, end);
+  if (threadIdx.x == 0) partial = t;
   cluster.sync();
   if (part == 0 && threadIdx.x == 0) {
     double t = 0.0;
@@ -594,8 +574,18 @@ __global__ void __launch_bounds__(kSumThreads) coef_sum_kernel(const CoefSumPara
   cluster.sync();  // every partial stays until block 0 has read it
 }
 
+}  // namespace
+
+cudaError_t run_coef_sum(const CoefSumParams& p, cudaStream_t stream) {
+  return launch_chained(coef_sum_kernel, dim3(2 * p.units * kSumBlocks), dim3(kSumThreads), 0,
+                        stream, p, kSumBlocks);
+}
+
+namespace {
+
+// The backward's kernels, dc_w and dc_l (`coef`) among them where given.
 cudaError_t backward_kernels(const ProblemShape& shape, const BackwardArgs& a,
-                             cudaStream_t stream) {
+                             const CoefSumParams* coef, cudaStream_t stream) {
   const Shape s = make_shape(shape);
   SegmentPlan fplan = a.forward_plan;
   if (fplan.segments < 1 || fplan.length < 1) fplan = SegmentPlan{1, s.seq_len};
@@ -610,7 +600,10 @@ cudaError_t backward_kernels(const ProblemShape& shape, const BackwardArgs& a,
   const bool linear = a.phi_q != nullptr;
   if (shape.dtype == KernelDType::kBFloat16 && (!linear || a.dkv_accum != nullptr) &&
       backward_tc_fits(s, linear)) {
-    return run_backward_tc(s, a, backward_tc_key_plan(kplan, s.seq_len), stream);
+    bool summed = false;
+    const cudaError_t err =
+        run_backward_tc(s, a, backward_tc_key_plan(kplan, s.seq_len), coef, &summed, stream);
+    return err == cudaSuccess && coef != nullptr && !summed ? run_coef_sum(*coef, stream) : err;
   }
   BackwardParams bp{s,
                     a.q,
@@ -660,7 +653,8 @@ cudaError_t backward_kernels(const ProblemShape& shape, const BackwardArgs& a,
                    kplan.segments, 1, nullptr, nullptr, false, stream);
     if (err != cudaSuccess) return err;
   }
-  return dispatch_backward(bp, shape.dtype, 1, stream);
+  err = dispatch_backward(bp, shape.dtype, 1, stream);
+  return err == cudaSuccess && coef != nullptr ? run_coef_sum(*coef, stream) : err;
 }
 
 }  // namespace
@@ -670,13 +664,10 @@ int launch_backward(const ProblemShape& shape, const BackwardArgs& a, void* stre
   using namespace detail;
   if (unsupported_reason(shape) != nullptr) return static_cast<int>(cudaErrorInvalidValue);
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  cudaError_t err = backward_kernels(shape, a, stream);
-  if (err != cudaSuccess || a.coef_grads == nullptr) return static_cast<int>(err);
-  const int units = shape.batch * shape.q_heads;
-  const CoefSumParams p{a.row_grad_window, a.row_grad_linear, a.coef_grads, units, shape.seq_len};
-  err = launch_chained(coef_sum_kernel, dim3(2 * units * kSumBlocks), dim3(kSumThreads), 0, stream,
-                       p, kSumBlocks);
-  return static_cast<int>(err);
+  const CoefSumParams coef{a.row_grad_window, a.row_grad_linear, a.coef_grads,
+                           shape.batch * shape.q_heads, shape.seq_len};
+  return static_cast<int>(
+      backward_kernels(shape, a, a.coef_grads != nullptr ? &coef : nullptr, stream));
 }
 
 }  // namespace hl::kernels::cuda

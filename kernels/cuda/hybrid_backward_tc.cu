@@ -829,7 +829,7 @@ SegmentPlan backward_tc_key_plan(const SegmentPlan& plan, int seq_len) {
 }
 
 cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const SegmentPlan& key_plan,
-                            cudaStream_t stream) {
+                            const CoefSumParams* coef, bool* coef_summed, cudaStream_t stream) {
   const bool linear = a.phi_q != nullptr;
   TcBackwardParams p{s,
                      static_cast<const bf16*>(a.q),
@@ -949,9 +949,12 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     };
     if (key_segments > 1) {
       key_sums = segment_sums(a.reverse_states, s, units, key_segments);
+      // dc_w, dc_l beside the pass (its row terms are the query side's, done by now), instead of
+      // a kernel of their own after the backward (~7 us at B1 16K, KERNEL_NOTES session 21).
       err = run_state_pass_tc(s, a.phi_q, a.dy, a.row_denom, a.row_delta, false, a.window_drop,
                               key_sums, key_plan, -1, +1, s.seq_len, false,
-                              /*skip=*/0, stream);
+                              /*skip=*/0, stream, coef);
+      *coef_summed = coef != nullptr;
       if (err == cudaSuccess && !sum_keys) err = scan();
       if (err != cudaSuccess) return err;
     }

@@ -17,8 +17,9 @@ bool backward_tc_fits(const Shape& s, bool linear);
 SegmentPlan backward_tc_key_plan(const SegmentPlan& plan, int seq_len);
 
 /// The tensor-core backward. `a.dkv_accum` must hold B * Hkv * N * D floats when the problem
-/// has feature maps; `key_plan` comes from backward_tc_key_plan.
+/// has feature maps; `key_plan` comes from backward_tc_key_plan. Where it runs a reverse
+/// chunk-state pass, that pass also sums `coef` (if given) and *coef_summed is set.
 cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const SegmentPlan& key_plan,
-                            cudaStream_t stream);
+                            const CoefSumParams* coef, bool* coef_summed, cudaStream_t stream);
 
 }  // namespace hl::kernels::cuda::detail

@@ -134,6 +134,35 @@ __device__ inline T warp_sum(T x) {
   return x;
 }
 
+/// dc_w and dc_l: output o of 2 x units sums its unit's n row terms (the window's for o < units,
+/// then the linear's).
+struct CoefSumParams {
+  const float* window_rows;
+  const float* linear_rows;
+  float* out;
+  int units, n;
+};
+
+/// Rows [begin, end) of output o's terms summed in double over the block (blockDim.x a multiple
+/// of 32), in a fixed order; the result is thread 0's.
+__device__ inline double coef_rows_sum(const CoefSumParams& p, int o, int begin, int end) {
+  __shared__ double warp_sums[32];
+  const float* rows = o < p.units ? p.window_rows + static_cast<size_t>(o) * p.n
+                                  : p.linear_rows + static_cast<size_t>(o - p.units) * p.n;
+  double sum = 0.0;
+  for (int i = begin + static_cast<int>(threadIdx.x); i < end; i += blockDim.x)
+    sum += rows[i];
+  sum = warp_sum(sum);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+  __syncthreads();
+  double t = 0.0;
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w)
+      t += warp_sums[w];
+  }
+  return t;
+}
+
 /// Sum over the 8 lanes that own one row.
 __device__ inline float row_sum(float x) {
   x += __shfl_xor_sync(kFullMask, x, 1);

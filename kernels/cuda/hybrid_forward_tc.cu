@@ -21,6 +21,7 @@
 #include "kernels/cuda/hybrid_attention_launch.hpp"
 #include "kernels/cuda/hybrid_common.cuh"
 #include "kernels/cuda/hybrid_forward_tc.cuh"
+#include "kernels/cuda/hybrid_internal.cuh"
 #include "kernels/cuda/hybrid_tc_common.cuh"
 
 namespace hl::kernels::cuda::detail {
@@ -685,11 +686,12 @@ cudaError_t run_forward_tc(const Shape& s, const TcForwardArgs& a, cudaStream_t 
 cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm, const float* row_denom,
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
-                              int range_end, bool all_units, int skip, cudaStream_t stream) {
+                              int range_end, bool all_units, int skip, cudaStream_t stream,
+                              const CoefSumParams* coef) {
   if (state_pass_wg_takes(s)) {
     const cudaError_t err =
         run_state_pass_wg(s, a, bm, row_denom, row_weight, bm_per_kv, window_drop, out, plan,
-                          fixed_lag, lag_sign, range_end, all_units, skip, stream);
+                          fixed_lag, lag_sign, range_end, all_units, skip, stream, nullptr, coef);
     if (err != cudaErrorNotSupported) return err;
   }
   TcStateParams sp{s,
@@ -722,7 +724,8 @@ cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm, con
   if (err != cudaSuccess) return err;
   const int units = s.batch * s.q_heads;
   kernel<<<units * plan.segments, kSpThreads, smem, stream>>>(sp);
-  return cudaGetLastError();
+  err = cudaGetLastError();
+  return err == cudaSuccess && coef != nullptr ? run_coef_sum(*coef, stream) : err;
 }
 
 }  // namespace hl::kernels::cuda::detail

@@ -32,6 +32,7 @@
 #include "kernels/cuda/hopper.cuh"
 #include "kernels/cuda/hybrid_common.cuh"
 #include "kernels/cuda/hybrid_forward_tc.cuh"
+#include "kernels/cuda/hybrid_internal.cuh"
 #include "kernels/cuda/hybrid_tc_common.cuh"
 
 namespace hl::kernels::cuda::detail {
@@ -954,6 +955,8 @@ struct SpParams {
   int skip;             // as run_state_pass_tc's
   int per_block;        // consecutive segments a block sums (each written on its own)
   int blocks_per_unit;  // ceil(segments / per_block)
+  int pass_blocks;      // units * blocks_per_unit; blocks after them sum `coef`'s outputs
+  CoefSumParams coef;
 };
 
 template <int D, int F, bool kScaled, bool kMap>
@@ -962,6 +965,14 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
   static_assert(!kMap || regs_fit(128 * (1 + F / 64), 24 + 240 * (F / 64)),
                 "registers over the launch's");
   await_previous_kernel();
+  if constexpr (!kMap) {
+    if (static_cast<int>(blockIdx.x) >= p.pass_blocks) {  // dc_w, dc_l beside the pass
+      const int o = blockIdx.x - p.pass_blocks;
+      const double t = coef_rows_sum(p.coef, o, 0, p.coef.n);
+      if (threadIdx.x == 0) p.coef.out[o] = static_cast<float>(t);
+      return;
+    }
+  }
   using L = SpLayout<D, F, kMap>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
@@ -2800,13 +2811,14 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
                               int range_end, bool all_units, int skip, cudaStream_t stream,
-                              const void* k_map_weight) {
+                              const void* k_map_weight, const CoefSumParams* coef) {
   SpParams p{};
   const int units = s.batch * s.q_heads, N = s.seq_len;
   const int kv_units = s.batch * s.kv_heads;
   const bool scaled = row_denom != nullptr;
   const bool mapped = k_map_weight != nullptr;
-  if (mapped && (scaled || !bm_per_kv || s.features != 128)) return cudaErrorInvalidValue;
+  if (mapped && (scaled || !bm_per_kv || s.features != 128 || coef != nullptr))
+    return cudaErrorInvalidValue;
   if (!make_map(&p.a, a, mapped ? s.head_dim : s.features, N, mapped ? kv_units : units) ||
       !make_map(&p.b, bm, s.head_dim, N, bm_per_kv ? kv_units : units) ||
       !make_map(&p.w, k_map_weight, 64, s.head_dim, s.q_heads)) {
@@ -2830,7 +2842,19 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
   const int sms = std::max(1, device_attribute(cudaDevAttrMultiProcessorCount));
   p.per_block = mapped ? 1 : std::max(1, (units * plan.segments + sms - 1) / sms);
   p.blocks_per_unit = (plan.segments + p.per_block - 1) / p.per_block;
-  const int blocks = units * p.blocks_per_unit;
+  p.pass_blocks = units * p.blocks_per_unit;
+  // dc_w, dc_l (2 x units outputs) as blocks of this launch where the SMs the pass leaves idle
+  // take them in two rounds at most; else the sum kernel after the pass (GQA's fills the chip).
+  // A block whose one segment is the skipped one returns at once.
+  const bool skips_blocks = p.per_block == 1 && skip >= 0 && skip < plan.segments;
+  const int working_blocks = p.pass_blocks - (skips_blocks ? units : 0);
+  const bool coef_beside = coef != nullptr && sms - working_blocks >= coef->units;
+  const int blocks = p.pass_blocks + (coef_beside ? 2 * coef->units : 0);
+  if (coef_beside) p.coef = *coef;
+  auto then_coef = [&](cudaError_t err) {
+    return err == cudaSuccess && coef != nullptr && !coef_beside ? run_coef_sum(*coef, stream)
+                                                                 : err;
+  };
   if (mapped) {
     return with_sizes(s.head_dim, 128, [&](auto d, auto) {
       constexpr int kD = decltype(d)::value;
@@ -2838,12 +2862,12 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
                          SpLayout<kD, 128, true>::kSmemBytes, p, stream);
     });
   }
-  return with_sizes(s.head_dim, s.features, [&](auto d, auto f) {
+  return then_coef(with_sizes(s.head_dim, s.features, [&](auto d, auto f) {
     constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
     return launch_smem(scaled ? state_pass_wg_kernel<kD, kF, true, false>
                               : state_pass_wg_kernel<kD, kF, false, false>,
                        blocks, 128 * (1 + kF / 64), SpLayout<kD, kF>::kSmemBytes, p, stream);
-  });
+  }));
 }
 
 bool forward_wg_takes(const Shape& s, const SegmentPlan& plan) {

@@ -26,6 +26,9 @@ cudaError_t run_scan(const Shape& s, const uint8_t* window_drop, const float* su
                      int units, int segments, int direction, float* total_S, float* total_z,
                      bool all_units, cudaStream_t stream);
 
+/// dc_w and dc_l into p.out by the sum kernel (hybrid_backward.cu), deterministic.
+cudaError_t run_coef_sum(const CoefSumParams& p, cudaStream_t stream);
+
 /// A chunk-state workspace (state_workspace_floats) holds the states each segment starts with,
 /// then the segments' own sums, which the chunk-state passes write and the scans read: this
 /// returns the second half.

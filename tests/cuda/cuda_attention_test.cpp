@@ -883,6 +883,48 @@ hc::RawInputs fixed_factor_inputs(const Case& c, const Data& d) {
   return raw_inputs(d, torch::full({c.B, c.Hq}, 0.3, f32), torch::full({c.B, c.Hq}, 0.7, f32));
 }
 
+// Outputs handed to the raw entry points are written in place by kernels that need them dense
+// and 16-byte aligned: any other view is refused with its name, before any kernel runs.
+TEST(CudaAttention, GivenOutputsMustBeDenseAndAligned) {
+  HL_REQUIRE_GPU();
+  Case c = bf16_head_case(300);
+  c.B = 1;
+  c.Hq = 2;
+  c.Hkv = 1;
+  c.drop = true;
+  const Data d = make_data(c, 31);
+  const hc::RawInputs in = fixed_factor_inputs(c, d);
+  hc::RawOptions o;
+  o.window = c.w;
+  // Whether `run` throws std::invalid_argument whose message holds `needle`.
+  auto refused = [](auto&& run, const std::string& needle) {
+    try {
+      run();
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what()).find(needle) != std::string::npos;
+    }
+    return false;
+  };
+  const Tensor wide_y = torch::empty({c.B, c.Hq, c.N, c.D + 8}, d.q.options());
+  EXPECT_TRUE(refused([&] { hc::forward_raw(in, o, wide_y); }, "y_out must be"));
+  const hc::RawForward f = hc::forward_raw(in, o);
+  hc::RawGrads out;
+  // Dense but 4 bytes off 16-byte alignment: the kernels' 16-byte stores there would fault.
+  out.dq =
+      torch::empty({d.q.numel() + 2}, d.q.options()).narrow(0, 2, d.q.numel()).view(d.q.sizes());
+  const Tensor dy = torch::randn_like(d.q);
+  EXPECT_TRUE(refused([&] { hc::backward_raw(in, o, f, dy, &out); },
+                      "dq must be contiguous and 16-byte aligned"));
+  out.dq = torch::empty_like(d.q);
+  out.dphi_k = torch::empty_like(d.phi_k).transpose(2, 3).contiguous().transpose(2, 3);
+  EXPECT_TRUE(refused([&] { hc::backward_raw(in, o, f, dy, &out); }, "dphi_k must be contiguous"));
+  // The refused calls launched nothing: the device is still usable and the defaults still work.
+  out.dphi_k = Tensor();
+  const hc::RawGrads g = hc::backward_raw(in, o, f, dy, &out);
+  EXPECT_TRUE(all_finite(g.dq));
+  EXPECT_TRUE(all_finite(g.dphi_k));
+}
+
 // Small shapes for compute-sanitizer (scripts/gpu-kernels.sh runs memcheck and racecheck on
 // tests named Sanitizer*): every kernel, segment splits, GQA, bf16, a few decode steps.
 TEST(CudaAttention, SanitizerSmall) {
