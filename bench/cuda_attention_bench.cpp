@@ -7,6 +7,7 @@
 // bench/flex_baseline.py in the same device call (scripts/gpu-kernels.sh).
 #include <ATen/cuda/CUDAContext.h>
 #include <benchmark/benchmark.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 #include <torch/torch.h>
@@ -181,16 +182,24 @@ void fused_forward_backward(benchmark::State& state, bool qkv_grads, int64_t kv_
   hc::RawOptions o = kernel_options();
   o.query_grads = o.key_grads = qkv_grads;
   const Tensor dy = torch::randn_like(in.raw.q);
+  auto step = [&] {
+    const hc::RawForward f = hc::forward_raw(in.raw, o);
+    hc::backward_raw(in.raw, o, f, dy);
+  };
   for (auto _ : state) {
-    const double us = median_us(
-        [&] {
-          const hc::RawForward f = hc::forward_raw(in.raw, o);
-          hc::backward_raw(in.raw, o, f, dy);
-        },
-        2, 10);
+    const double us = median_us(step, 2, 10);
     report(state, us, forward_bytes(in.B, in.N, kv_heads) + backward_bytes(in.B, in.N, kv_heads),
            3.0 * forward_flops(in.B, in.N));
   }
+  // What one step allocates at its peak beyond the inputs: the forward's outputs and
+  // workspaces, the gradients and the backward's workspaces.
+  namespace alloc = c10::cuda::CUDACachingAllocator;
+  const c10::DeviceIndex device = in.raw.q.device().index();
+  const int64_t before = alloc::getDeviceStats(device).allocated_bytes[0].current;
+  alloc::resetPeakStats(device);
+  step();
+  const int64_t peak = alloc::getDeviceStats(device).allocated_bytes[0].peak;
+  state.counters["step_peak_MB"] = static_cast<double>(peak - before) / 1e6;
 }
 
 void BM_FusedForwardBackward(benchmark::State& state) {

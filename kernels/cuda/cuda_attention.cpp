@@ -316,12 +316,9 @@ RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForwar
   const SegmentPlan key_plan = pick_plan(o.key_segments, s.batch * s.kv_heads, s.seq_len);
   const size_t rws = state_workspace_floats(s, s.batch * s.q_heads, key_plan);
   const Tensor reverse = torch::empty({static_cast<int64_t>(std::max<size_t>(rws, 1))}, f32);
-  // GQA sums dk, dv over the group here; the bf16 tensor-core path keeps the linear part of dv.
-  Tensor accum;
-  if (s.q_heads != s.kv_heads || s.dtype == KernelDType::kBFloat16) {
-    accum = torch::empty(
-        {s.q_heads != s.kv_heads ? 2 : 1, s.batch, s.kv_heads, s.seq_len, s.head_dim}, f32);
-  }
+  const size_t accum_floats = backward_accum_floats(s, key_plan, in.phi_q.defined());
+  const Tensor accum =
+      accum_floats > 0 ? torch::empty({static_cast<int64_t>(accum_floats)}, f32) : Tensor();
   BackwardArgs a;
   a.q = ptr(in.q);
   a.k = ptr(in.k);

@@ -123,8 +123,7 @@ struct BackwardArgs {
   float* row_delta = nullptr;        ///< workspace [B, Hq, N]
   float* row_gate_grad = nullptr;    ///< workspace [B, Hq, N]
   float* reverse_states = nullptr;   ///< workspace for key_plan (null when segments == 1)
-  float* dkv_accum = nullptr;        ///< fp32 workspace [2, B, Hkv, N, D] when Hq > Hkv; bf16 needs
-                                     ///< [B, Hkv, N, D] at least (else the CUDA-core backward runs)
+  float* dkv_accum = nullptr;        ///< fp32 workspace of backward_accum_floats (or null if 0)
   SegmentPlan key_plan;              ///< split of the key pass, units = B * Hkv
   bool key_grads = true;    ///< false: dk, dv may be left unwritten (k, v need no gradient)
   bool query_grads = true;  ///< false: dq may be left unwritten (q needs no gradient)
@@ -134,6 +133,10 @@ int launch_backward(const ProblemShape& shape, const BackwardArgs& args, void* s
 /// Whether launch_backward (bf16, with its workspace) takes the warp-specialised Hopper kernel
 /// for dphi_k and the linear part of dv: D and F of 64 or 128, lin_lag 0 or 64, an sm_90 GPU.
 bool backward_uses_hopper_key_kernel(const ProblemShape& shape, const SegmentPlan& key_plan);
+
+/// Floats of BackwardArgs::dkv_accum that launch_backward needs, 0 for none: dk and dv summed
+/// over a GQA group on the CUDA cores, or bf16's linear part of dv off the Hopper key kernel.
+size_t backward_accum_floats(const ProblemShape& shape, const SegmentPlan& key_plan, bool linear);
 
 /// Whether launch_backward (bf16, key gradients wanted) takes the warp-specialised Hopper kernel
 /// for dk and dv: D of 64 or 128, w <= 64, an sm_90 GPU.

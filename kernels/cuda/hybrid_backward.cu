@@ -537,6 +537,16 @@ bool backward_uses_hopper_key_kernel(const ProblemShape& shape, const SegmentPla
          detail::linear_key_wg_takes(s, detail::backward_tc_key_plan(key_plan, s.seq_len));
 }
 
+size_t backward_accum_floats(const ProblemShape& shape, const SegmentPlan& key_plan, bool linear) {
+  const detail::Shape s = detail::make_shape(shape);
+  const size_t one = static_cast<size_t>(shape.batch) * shape.kv_heads * shape.seq_len *
+                     static_cast<size_t>(shape.head_dim);
+  if (shape.dtype != KernelDType::kBFloat16 || !detail::backward_tc_fits(s, linear))
+    return shape.q_heads != shape.kv_heads ? 2 * one : 0;  // dk, dv summed over the group
+  // The tensor cores' linear part of dv, unless the Hopper key kernel adds it into dv itself.
+  return linear && !backward_uses_hopper_key_kernel(shape, key_plan) ? one : 0;
+}
+
 bool backward_uses_hopper_window_key_kernel(const ProblemShape& shape,
                                             const SegmentPlan& key_plan) {
   const detail::Shape s = detail::make_shape(shape);
@@ -591,15 +601,14 @@ cudaError_t backward_kernels(const ProblemShape& shape, const BackwardArgs& a,
   if (fplan.segments < 1 || fplan.length < 1) fplan = SegmentPlan{1, s.seq_len};
   SegmentPlan kplan = a.key_plan;
   if (kplan.segments < 1 || kplan.length < 1) kplan = SegmentPlan{1, s.seq_len};
+  const bool linear = a.phi_q != nullptr;
   if ((fplan.segments > 1 && a.forward_states == nullptr) ||
       (kplan.segments > 1 && a.reverse_states == nullptr) ||
-      (s.q_heads != s.kv_heads && a.dkv_accum == nullptr)) {
+      (a.dkv_accum == nullptr && backward_accum_floats(shape, kplan, linear) > 0)) {
     return cudaErrorInvalidValue;
   }
   // bf16 runs on the tensor cores where the tiles fit; fp32 (the 1e-5 path) stays here.
-  const bool linear = a.phi_q != nullptr;
-  if (shape.dtype == KernelDType::kBFloat16 && (!linear || a.dkv_accum != nullptr) &&
-      backward_tc_fits(s, linear)) {
+  if (shape.dtype == KernelDType::kBFloat16 && backward_tc_fits(s, linear)) {
     bool summed = false;
     const cudaError_t err =
         run_backward_tc(s, a, backward_tc_key_plan(kplan, s.seq_len), coef, &summed, stream);

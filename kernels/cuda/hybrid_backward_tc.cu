@@ -980,8 +980,11 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
         if (e != cudaSuccess) return e;
       }
     }
-    if (err == cudaErrorNotSupported)
+    if (err == cudaErrorNotSupported) {
+      // Its workspace was sized for the Hopper key kernel (backward_accum_floats).
+      if (p.dv_linear == nullptr) return cudaErrorNotSupported;
       err = d64 ? launch_linear_f<64>(p, false, stream) : launch_linear_f<128>(p, false, stream);
+    }
     if (err != cudaSuccess) return err;
   }
   if (!a.key_grads) return cudaSuccess;  // the window key kernel only makes dk and dv

@@ -409,6 +409,11 @@ TEST(CudaAttention, HopperForwardBf16) {
     return hc::backward_uses_hopper_key_kernel(
         s, hc::plan_segments(s.batch * s.kv_heads, s.seq_len, props->multiProcessorCount));
   };
+  auto accum_floats = [&](const Case& c) {
+    const hc::ProblemShape s = shape_of(c);
+    return hc::backward_accum_floats(
+        s, hc::plan_segments(s.batch * s.kv_heads, s.seq_len, props->multiProcessorCount), true);
+  };
   auto window_key_kernel_takes = [&](const Case& c) {
     const hc::ProblemShape s = shape_of(c);
     return hc::backward_uses_hopper_window_key_kernel(
@@ -420,6 +425,8 @@ TEST(CudaAttention, HopperForwardBf16) {
       EXPECT_TRUE(window_key_kernel_takes(c)) << c.name();
       if (c.mode != hk::AttentionMode::window_only) {
         EXPECT_TRUE(key_kernel_takes(c)) << c.name();
+        // The Hopper key kernel adds the linear part into dv: no fp32 workspace for it.
+        EXPECT_EQ(accum_floats(c), 0u) << c.name();
       }
     }
     check_forward_backward(c, seed, via_inputs);
