@@ -154,12 +154,13 @@ __device__ inline void stage_operand(uint32_t tile, const uint32_t (&a)[4][4], i
   }
 }
 
-// acc += A B over K = 64: A the tile stage_operand wrote, B N-major at `b_addr` (issue only).
+// acc (+)= A B over K = 64: A the tile stage_operand wrote, B N-major at `b_addr` (issue only).
 template <int N>
-__device__ inline void wgmma_from_tile(float (&acc)[N / 2], uint32_t tile, uint32_t b_addr) {
+__device__ inline void wgmma_from_tile(float (&acc)[N / 2], uint32_t tile, uint32_t b_addr,
+                                       bool accumulate = true) {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
-    wgmma_ss<N, 0, 1>(acc, k_major(tile, kk), n_major(b_addr, kk, kBlock), true);
+    wgmma_ss<N, 0, 1>(acc, k_major(tile, kk), n_major(b_addr, kk, kBlock), accumulate || kk > 0);
 }
 
 // Half of the hedgehog feature map's activation (kernels/feature_map.hpp) on a 64 x 64 C-layout
@@ -1624,6 +1625,10 @@ struct QueryLayout {
   static constexpr int kSOff = kQOff + D / 64 * kBlock;  // S in bf16, as the forward's
   static constexpr int kSBlock = F * 128;
   static constexpr int kDuOff = kSOff;  // du (64 rows x 64 keys) once S dy has read S
+  // ds (64 rows x 128 keys) behind du, for the state warpgroup's dq, then dq on its way out; where
+  // S's buffer has room for both (D = F = 128), else the consumer keeps dq.
+  static constexpr int kDsOff = kSOff + kBlock;
+  static constexpr bool kDqInState = kDsOff + 2 * kBlock <= kSOff + D / 64 * kSBlock;
   static constexpr int kZOff = kSOff + D / 64 * kSBlock;  // z: F floats
   static constexpr bool kZFloat = true;
   static constexpr int kRowsOff = kZOff + F * 4;  // per row: dl, 1 / D, phi_q . S dy, P_state
@@ -1669,6 +1674,7 @@ struct QueryBarriers {
   uint64_t* lin_out_empty;  // the consumer has read them
   uint64_t* v_full;         // [kVSlots] chunk c's v landed in slot (c + 1) % kVSlots
   uint64_t* v_empty;        // [kVSlots] consumer and state are done with it
+  uint64_t* ds_full;        // ds of the tile staged for the state warpgroup's dq (kDqInState)
 };
 
 template <int D, int F>
@@ -1726,6 +1732,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
                               const QueryBarriers& qb, int unit, int r_begin, int r_end,
                               int tiles) {
   using L = QueryLayout<D, F>;
+  // dq by the state warpgroup from ds staged in shared memory, the G_i k_m term folded into ds.
+  constexpr bool kDqInState = kDq && kWindow && kLinear && L::kDqInState;
   const Barriers& bar = qb.base;
   const Shape& s = p.s;
   const int N = s.seq_len;
@@ -1887,6 +1895,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     float w1_a = 0.f, w1_b = 0.f, e_a = 0.f, e_b = 0.f;
     int am_a = -1, am_b = -1;
     float dq[D / 2];
+    uint32_t ads[4][4], ads1[4][4];  // ds of chunks 0 and 1 (ads1: kDqInState)
     if constexpr (kWindow) {
       const int w = s.window;
       if constexpr (!kLinear) take_inv();
@@ -1951,8 +1960,18 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
           }
         }
       };
-      uint32_t ads[4][4];
-      if constexpr (!kDq) {  // both chunks' products in flight at once
+      if constexpr (kDqInState) {
+        // Both chunks' products in flight at once; chunk 0's weights under chunk 1's products.
+        scores(sc[0], dyv[0], 0);
+        scores(sc[1], dyv[1], 1);
+        wgmma_wait<1>();
+        weigh(0, sc[0], dyv[0], ads);
+        wgmma_wait<0>();
+        named_barrier(1, 128);  // every warp's products have read q: the next tile's may load
+        if (ct == 0) mbar_arrive(bar.q_empty);
+        if (!(kLinear && lin_c == 0)) give_v_prev();
+        weigh(1, sc[1], dyv[1], ads1);
+      } else if constexpr (!kDq) {  // both chunks' products in flight at once
         scores(sc[0], dyv[0], 0);
         scores(sc[1], dyv[1], 1);
         wgmma_wait<0>();
@@ -1999,9 +2018,24 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     const float delta_b = (coef_w * w1_b + coef_l * l1_b) * inv_b;
     const float gw_a = (w1_a - delta_a * e_a) * inv_a, gw_b = (w1_b - delta_b * e_b) * inv_b;
     const float gate_a = coef_w * gw_a, gate_b = coef_w * gw_b;
+    if constexpr (kDqInState) {
+      // ds to the state warpgroup, with - G_i added at key m = argmax_i: dq_i = scale (sum_j ds_ij
+      // k_j - G_i k_m). The forward's argmax lies in row i's window, so in chunk t - 1 or t.
+      stage_operand(sbase + L::kDsOff, ads, warp, g8, t4);
+      stage_operand(sbase + L::kDsOff + kBlock, ads1, warp, g8, t4);
+      __syncwarp();  // the quad's lanes wrote the row's keys
+      const int am = t4 == 0 ? am_a : am_b;
+      if (t4 < 2 && am >= 0 && am - kbase < 2 * kRows) {
+        bf16* e = reinterpret_cast<bf16*>(smem + L::kDsOff +
+                                          swizzled_offset(t4 == 0 ? la : lb, am - kbase, kBlock));
+        *e = __float2bfloat16(__bfloat162float(*e) - (t4 == 0 ? gate_a : gate_b));
+      }
+      fence_async_shared();
+      mbar_arrive(qb.ds_full);
+    }
     // dq through q's buffer (q is read by now) and a TMA store; then the buffer goes back.
-    named_barrier(1, 128);
-    if constexpr (kDq) {
+    if constexpr (!kDqInState) named_barrier(1, 128);
+    if constexpr (kDq && !kDqInState) {
       if constexpr (!kWindow) {
 #pragma unroll
         for (int n = 0; n < D / 2; ++n)
@@ -2060,7 +2094,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       }
       store_tile<D>(&p.dq, smem + L::kQOff, dq, s.scale, s.scale, t0, unit, ct);
     }
-    if (ct == 0) mbar_arrive(bar.q_empty);
+    if (!kDqInState && ct == 0) mbar_arrive(bar.q_empty);
     if (!kLinear && p.dphi_q_rows != nullptr) {  // a window-only unit among dropped ones
       bf16* dpq = p.dphi_q_rows + row0 * F;
       for (int n = 0; n < F / 8; ++n) {
@@ -2091,7 +2125,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
 // the tile's linear chunk into S's registers (for the next tile), S dy from the published S, the
 // row values phi_q . S dy and P_state = phi_q . z for the consumer; once the consumer has handed
 // over du, dl and 1 / D: + du phi_k - dl z and the store; then the next S.
-template <int D, int F>
+template <int D, int F, bool kDq>
 __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8_t* smem,
                                  const QueryBarriers& qb, int unit, int r_begin, int tiles) {
   using L = QueryLayout<D, F>;
@@ -2197,6 +2231,28 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
                   r_begin + t * kRows, unit, st, 2);
     if (st == 0) mbar_arrive(bar.pq_empty);
 
+    if constexpr (kDq && L::kDqInState) {
+      if (um.use_window) {  // dq = scale ds k from the consumer's ds (consume_query)
+        mbar_wait(qb.ds_full, t & 1);
+        float dq[D / 2];
+        wgmma_fence();
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int kc = t - 1 + c;
+          mbar_wait(bar.chunk_full + slot_of(kc), use_of(kc) & 1);  // k of chunks t - 1 and t
+          wgmma_from_tile<D>(dq, sbase + L::kDsOff + c * kBlock,
+                             sbase + slot_of(kc) * L::kSlotBytes + L::kKOff, c > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        mbar_arrive(bar.chunk_empty + slot_of(t - 1));  // its last reader
+        named_barrier(2, 128);  // every warp's products have read ds: dq goes over it
+        store_tile<D>(&p.dq, smem + L::kDsOff, dq, p.s.scale, p.s.scale, r_begin + t * kRows, unit,
+                      st, 2);
+        named_barrier(2, 128);  // the store has read the buffer before S is published over it
+      }
+    }
+
     mbar_arrive(bar.chunk_empty + slot);
     if (needed) publish();
   }
@@ -2222,7 +2278,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
                          qbars + 6,
                          qbars + 7,
                          qbars + 8,
-                         qbars + 8 + L::kVSlots};
+                         qbars + 8 + L::kVSlots,
+                         bar.s_full};  // S's barriers are free here
   const Shape& s = p.s;
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
@@ -2252,6 +2309,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     mbar_init(qb.lin_in_full, 128);
     mbar_init(qb.lin_out_full, 128);
     mbar_init(qb.lin_out_empty, 128);
+    mbar_init(qb.ds_full, 128);
     mbar_init_fence();
   }
   __syncthreads();
@@ -2275,7 +2333,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       consume_query<D, F, true, true, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
   } else {
     regs_grow<kStateRegs>();
-    if (um.use_linear) keep_query_state<D, F>(p, um, smem, qb, unit, r_begin, tiles);
+    if (um.use_linear) keep_query_state<D, F, kDq>(p, um, smem, qb, unit, r_begin, tiles);
   }
 }
 
