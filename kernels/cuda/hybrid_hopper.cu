@@ -1598,9 +1598,11 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 // Roles as in the forward. The producer loads each chunk's k and phi_k into the ring, its v into
 // a two-slot ring of its own, and each tile's dy, y, phi_q and q, a tile ahead; the consumer runs
 // the linear chunk's products and du, hands du to the state warpgroup, runs the window's products
-// and writes dq through q's buffer and a TMA store; the state warpgroup keeps S and z (unscaled,
-// z in fp32) and accumulates and stores dphi_q (keep_query_state), so that the consumer's chain
-// per tile is shorter by the S dy and du phi_k products and their waits.
+// and weights; the state warpgroup keeps S and z (unscaled, z in fp32) and accumulates and stores
+// dphi_q (keep_query_state), so that the consumer's chain per tile is shorter by the S dy and du
+// phi_k products and their waits. dq: where S's buffer holds ds beside du (D = F = 128), the
+// consumer stages ds with the G_i k_m term folded in and the state warpgroup runs ds k and the
+// store (kDqInState); elsewhere the consumer does, storing through q's buffer.
 
 __device__ inline float dot_bf16x2(uint32_t a, uint32_t b) {
   const float2 x = unpack_bf16(a), y = unpack_bf16(b);
@@ -2124,7 +2126,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
 // dphi_q of each tile, so that the consumer holds no F-wide accumulator. Per tile: the fold of
 // the tile's linear chunk into S's registers (for the next tile), S dy from the published S, the
 // row values phi_q . S dy and P_state = phi_q . z for the consumer; once the consumer has handed
-// over du, dl and 1 / D: + du phi_k - dl z and the store; then the next S.
+// over du, dl and 1 / D: + du phi_k - dl z and the store; with kDqInState, dq from the staged ds;
+// then the next S.
 template <int D, int F, bool kDq>
 __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8_t* smem,
                                  const QueryBarriers& qb, int unit, int r_begin, int tiles) {
