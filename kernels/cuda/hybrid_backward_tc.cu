@@ -949,8 +949,8 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     };
     if (key_segments > 1) {
       key_sums = segment_sums(a.reverse_states, s, units, key_segments);
-      // dc_w, dc_l beside the pass (its row terms are the query side's, done by now), instead of
-      // a kernel of their own after the backward (~7 us at B1 16K, KERNEL_NOTES session 21).
+      // dc_w, dc_l with the pass (their row terms are the query side's, done by now): beside its
+      // blocks where it leaves SMs idle, else right after it (bench/KERNEL_NOTES.md session 22).
       err = run_state_pass_tc(s, a.phi_q, a.dy, a.row_denom, a.row_delta, false, a.window_drop,
                               key_sums, key_plan, -1, +1, s.seq_len, false,
                               /*skip=*/0, stream, coef);

@@ -153,8 +153,8 @@ cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream
 /// run_state_pass for bf16 on the tensor cores (row_weight is run_state_pass's row_delta and is
 /// required when row_denom is given); segment `skip` (or none: -1) is left unwritten, as the
 /// scan that follows never reads it (the last for a prefix scan, the first for a suffix scan).
-/// With `coef` it also sums dc_w and dc_l: in blocks of the Hopper pass's own launch, which
-/// run beside the pass's blocks, else with the sum kernel after the pass.
+/// With `coef` it also sums dc_w and dc_l: in blocks of the Hopper pass's own launch where the
+/// pass leaves SMs idle, else with the sum kernel right after the pass.
 cudaError_t run_state_pass_tc(const Shape& s, const void* a, const void* bm, const float* row_denom,
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,

@@ -84,6 +84,16 @@ Case bf16_head_case(int64_t N) {
   return c;
 }
 
+// The smallest Hopper shape the tests run: two q heads on one kv head, a dropped head among them.
+Case small_hopper_case(int64_t N) {
+  Case c = bf16_head_case(N);
+  c.B = 1;
+  c.Hq = 2;
+  c.Hkv = 1;
+  c.drop = true;
+  return c;
+}
+
 struct Data {
   Tensor q, k, v, phi_q, phi_k, omega, drop;
 };
@@ -894,11 +904,7 @@ hc::RawInputs fixed_factor_inputs(const Case& c, const Data& d) {
 // and 16-byte aligned: any other view is refused with its name, before any kernel runs.
 TEST(CudaAttention, GivenOutputsMustBeDenseAndAligned) {
   HL_REQUIRE_GPU();
-  Case c = bf16_head_case(300);
-  c.B = 1;
-  c.Hq = 2;
-  c.Hkv = 1;
-  c.drop = true;
+  const Case c = small_hopper_case(300);
   const Data d = make_data(c, 31);
   const hc::RawInputs in = fixed_factor_inputs(c, d);
   hc::RawOptions o;
@@ -960,11 +966,7 @@ TEST(CudaAttention, SanitizerSmall) {
     check_decode(c, 20, 51);
   }
   // The Hopper kernels (TMA, mbarriers, wgmma): two segments each way, a dropped head.
-  Case c = bf16_head_case(200);
-  c.B = 1;
-  c.Hq = 2;
-  c.Hkv = 1;
-  c.drop = true;
+  const Case c = small_hopper_case(200);
   const Data d = make_data(c, 52);
   const hc::RawInputs in = fixed_factor_inputs(c, d);
   hc::RawOptions o;
