@@ -871,7 +871,7 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
   const int forward_segments = a.forward_plan.segments;
   float* forward_sums =
       forward_segments > 1 ? segment_sums(a.forward_states, s, units, forward_segments) : nullptr;
-  const bool sum_forward = forward_segments > 1 && forward_segments <= kMaxSummedSegments;
+  const bool sum_forward = sums_in_kernel(forward_segments);
   cudaError_t err = cudaErrorNotSupported;
   if (forward_wg_takes(s, a.forward_plan)) {
     const QueryArgs qa{a.q,
@@ -942,7 +942,7 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     const int key_segments = key_plan.segments;
     float* key_sums = nullptr;
     const bool hopper_key = linear_key_wg_takes(s, key_plan);
-    const bool sum_keys = hopper_key && key_segments > 1 && key_segments <= kMaxSummedSegments;
+    const bool sum_keys = hopper_key && sums_in_kernel(key_segments);
     auto scan = [&] {
       return run_scan(s, a.window_drop, key_sums, a.reverse_states, units, key_segments, 1, nullptr,
                       nullptr, false, stream);

@@ -430,7 +430,7 @@ cudaError_t run_state_pass(const Shape& s, KernelDType dtype, const void* a, con
 cudaError_t run_scan(const Shape& s, const uint8_t* window_drop, const float* sums, float* states,
                      int units, int segments, int direction, float* total_S, float* total_z,
                      bool all_units, cudaStream_t stream) {
-  const int size = s.features * s.head_dim + s.features;
+  const int size = segment_state_floats(s);
   ScanParams sp{s,    window_drop, sums,    states,  segments,
                 size, direction,   total_S, total_z, all_units};
   if (direction != 2 && size % 4 == 0 && reinterpret_cast<uintptr_t>(states) % 16 == 0 &&
@@ -479,7 +479,7 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
   // into start states in its first half, which the Hopper forward skips where it adds the few
   // sums before its segment itself (the sums stay for the backward either way).
   float* sums = nullptr;
-  const bool sum_in_kernel = hopper && plan.segments > 1 && plan.segments <= kMaxSummedSegments;
+  const bool hopper_sums = hopper && sums_in_kernel(plan.segments);
   auto scan = [&] {
     return run_scan(s, a.window_drop, sums, a.segment_states, units, plan.segments, 0, nullptr,
                     nullptr, false, stream);
@@ -497,7 +497,7 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
                                 /*skip=*/plan.segments - 1, stream)
             : run_state_pass(s, shape.dtype, a.phi_k, a.v, true, nullptr, nullptr, a.window_drop,
                              sums, plan, -1, -1, s.seq_len, false, stream);
-    if (err == cudaSuccess && !sum_in_kernel) err = scan();
+    if (err == cudaSuccess && !hopper_sums) err = scan();
     if (err != cudaSuccess) return static_cast<int>(err);
   }
   if (tensor_cores) {
@@ -509,13 +509,13 @@ int launch_forward(const ProblemShape& shape, const ForwardArgs& a, void* stream
     ta.w_k = a.map_k_weight;
     if (hopper) {
       TcForwardArgs wa = ta;
-      if (sum_in_kernel) {
+      if (hopper_sums) {
         wa.states = sums;
         wa.sum_states = true;
       }
       cudaError_t err = run_forward_wg(s, wa, stream);
       if (err != cudaErrorNotSupported || mapped) return static_cast<int>(err);
-      if (sum_in_kernel) {
+      if (hopper_sums) {
         err = scan();
         if (err != cudaSuccess) return static_cast<int>(err);
       }

@@ -29,11 +29,16 @@ cudaError_t run_scan(const Shape& s, const uint8_t* window_drop, const float* su
 /// dc_w and dc_l into p.out by the sum kernel (hybrid_backward.cu), deterministic.
 cudaError_t run_coef_sum(const CoefSumParams& p, cudaStream_t stream);
 
+/// Floats of one segment's state: S [F][D], then z [F].
+inline int segment_state_floats(const Shape& s) {
+  return s.features * s.head_dim + s.features;
+}
+
 /// A chunk-state workspace (state_workspace_floats) holds the states each segment starts with,
 /// then the segments' own sums, which the chunk-state passes write and the scans read: this
 /// returns the second half.
 inline float* segment_sums(float* workspace, const Shape& s, int units, int segments) {
-  return workspace + static_cast<size_t>(units) * segments * (s.features * s.head_dim + s.features);
+  return workspace + static_cast<size_t>(units) * segments * segment_state_floats(s);
 }
 
 /// Up to this many segments, the Hopper kernels add the segment sums before (forward, query) or
@@ -41,5 +46,11 @@ inline float* segment_sums(float* workspace, const Shape& s, int units, int segm
 /// and the wait for it cost ~7 us at B1 16K, the few loads from L2 at a block's start less
 /// (bench/KERNEL_NOTES.md session 21).
 constexpr int kMaxSummedSegments = 4;
+
+/// Whether a Hopper kernel over a plan of `segments` adds the segment sums itself (the forward
+/// and the backward decide by this one rule, so that the backward knows what the forward left).
+inline bool sums_in_kernel(int segments) {
+  return segments > 1 && segments <= kMaxSummedSegments;
+}
 
 }  // namespace hl::kernels::cuda::detail

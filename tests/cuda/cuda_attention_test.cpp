@@ -84,12 +84,14 @@ Case bf16_head_case(int64_t N) {
   return c;
 }
 
-// The smallest Hopper shape the tests run: two q heads on one kv head, a dropped head among them.
-Case small_hopper_case(int64_t N) {
+// The benchmarks' head shape at batch 1 with hq q heads on hkv kv heads, a dropped head among
+// them: (2, 1) is the smallest Hopper shape the tests run, (8, 2) the GQA case whose heads add
+// into dv in turn in the linear key kernel.
+Case dropped_head_case(int64_t N, int64_t hq, int64_t hkv) {
   Case c = bf16_head_case(N);
   c.B = 1;
-  c.Hq = 2;
-  c.Hkv = 1;
+  c.Hq = hq;
+  c.Hkv = hkv;
   c.drop = true;
   return c;
 }
@@ -479,11 +481,7 @@ TEST(CudaAttention, HopperForwardBf16) {
   check(c, 87);
   // Four q heads per kv head: in the linear key kernel each head adds its part into dv in turn
   // (the next head reloads a tile two steps after it was stored: key segments of two tiles).
-  c = bf16_head_case(1100);
-  c.B = 1;
-  c.Hq = 8;
-  c.Hkv = 2;
-  c.drop = true;
+  c = dropped_head_case(1100, 8, 2);
   check(c, 88);
 }
 
@@ -629,11 +627,7 @@ TEST(CudaAttention, SegmentsSeveralToAPassBlockBf16) {
 // two tiles are in the tests above).
 TEST(CudaAttention, GqaHeadsAddIntoDvInTurnBf16) {
   HL_REQUIRE_GPU();
-  Case c = bf16_head_case(1100);
-  c.B = 1;
-  c.Hq = 8;
-  c.Hkv = 2;
-  c.drop = true;
+  Case c = dropped_head_case(1100, 8, 2);
   c.affine = true;
   check_forced_splits(c, 4, 3, /*want_stats=*/false, 28);
   check_forced_splits(c, 4, 1, /*want_stats=*/false, 29);
@@ -904,7 +898,7 @@ hc::RawInputs fixed_factor_inputs(const Case& c, const Data& d) {
 // and 16-byte aligned: any other view is refused with its name, before any kernel runs.
 TEST(CudaAttention, GivenOutputsMustBeDenseAndAligned) {
   HL_REQUIRE_GPU();
-  const Case c = small_hopper_case(300);
+  const Case c = dropped_head_case(300, 2, 1);
   const Data d = make_data(c, 31);
   const hc::RawInputs in = fixed_factor_inputs(c, d);
   hc::RawOptions o;
@@ -966,7 +960,7 @@ TEST(CudaAttention, SanitizerSmall) {
     check_decode(c, 20, 51);
   }
   // The Hopper kernels (TMA, mbarriers, wgmma): two segments each way, a dropped head.
-  const Case c = small_hopper_case(200);
+  const Case c = dropped_head_case(200, 2, 1);
   const Data d = make_data(c, 52);
   const hc::RawInputs in = fixed_factor_inputs(c, d);
   hc::RawOptions o;
