@@ -9,7 +9,7 @@
 #                          [--bench-filter REGEX] [--profile REGEX]
 # --profile times every kernel of the benchmarks matching REGEX under ncu (one metric,
 # clocks left alone) and prints the mean per kernel name.
-# Needs .deps (carried) for scripts/gpu-build.sh.
+# Needs .deps (carried) for scripts/gpu-build.sh. HL_TEST_TIMEOUT: seconds for the GPU tests (180).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -61,7 +61,7 @@ note "$(stamp) build ok"
 build="${HL_BUILD_DIR:-$root/build-gpu}"
 
 # The tests take seconds; a kernel that hangs must not eat the device time of the whole call.
-timeout 180 "$build/tests/hl_test_cuda" --gtest_brief=1 --gtest_output="xml:$out/tests.xml" \
+timeout "${HL_TEST_TIMEOUT:-180}" "$build/tests/hl_test_cuda" --gtest_brief=1 --gtest_output="xml:$out/tests.xml" \
   >"$out/tests.log" 2>&1
 rc=$?
 note "$(stamp) tests rc=$rc: $(grep -E '^\[  (PASSED|FAILED)|tests? ran' "$out/tests.log" | tr '\n' ' ')"

@@ -1626,18 +1626,20 @@ struct QueryLayout {
   static constexpr int kQOff = kYOff + D / 64 * kBlock;  // q, then dq on its way out
   static constexpr int kSOff = kQOff + D / 64 * kBlock;  // S in bf16, as the forward's
   static constexpr int kSBlock = F * 128;
-  static constexpr int kDuOff = kSOff;  // du (64 rows x 64 keys) once S dy has read S
-  // ds (64 rows x 128 keys) behind du, for the state warpgroup's dq, then dq on its way out; where
-  // S's buffer has room for both (D = F = 128), else the consumer keeps dq.
+  // du (64 rows x 64 keys) in y's buffer once dl is taken, so that the consumer never waits for
+  // the state warpgroup's S dy; y's next load waits for du phi_k instead.
+  static constexpr int kDuOff = kYOff;
+  // ds (64 rows x 128 keys) in S's buffer, for the state warpgroup's dq, then dq on its way out;
+  // where S's buffer has room (D = F = 128), else the consumer keeps dq.
   static constexpr int kDsOff = kSOff + kBlock;
   static constexpr bool kDqInState = kDsOff + 2 * kBlock <= kSOff + D / 64 * kSBlock;
   static constexpr int kZOff = kSOff + D / 64 * kSBlock;  // z: F floats
   static constexpr bool kZFloat = true;
   static constexpr int kRowsOff = kZOff + F * 4;  // per row: dl, 1 / D, phi_q . S dy, P_state
   static constexpr int kBarOff = kRowsOff + 4 * kRows * 4;
-  // The ring's barriers, the six of q, phi_q and S (S's two unused here), QueryBarriers' eight
-  // and the v ring's four.
-  static constexpr int kSmemBytes = kBarOff + (2 * kSlots + 6 + 8 + 2 * kVSlots) * 8 + 1024;
+  // The ring's barriers, the six of q, phi_q and S (S's full one as ds_full), QueryBarriers'
+  // seven and the v ring's four.
+  static constexpr int kSmemBytes = kBarOff + (2 * kSlots + 6 + 7 + 2 * kVSlots) * 8 + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "QueryLayout: more shared memory than a Hopper SM has");
 };
 
@@ -1667,10 +1669,9 @@ struct QueryParams {
 struct QueryBarriers {
   Barriers base;
   uint64_t* dy_full;        // dy of the tile
-  uint64_t* dy_empty;       // the tile's products are done with dy
+  uint64_t* dy_empty;       // the tile's products (consumer's and state's S dy) are done with dy
   uint64_t* y_full;         // y of the tile
-  uint64_t* y_empty;        // dl is taken
-  uint64_t* du_free;        // the state warpgroup's S dy has read S: du may go into its buffer
+  uint64_t* y_empty;        // dl is taken and (linear units) du phi_k has read du from the buffer
   uint64_t* lin_in_full;    // du, dl and 1 / D of the tile are written (consumer to state)
   uint64_t* lin_out_full;   // phi_q . S dy and P_state of the tile (state to consumer)
   uint64_t* lin_out_empty;  // the consumer has read them
@@ -1697,21 +1698,22 @@ __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t*
   };
   load_chunk<D, F, L, QueryParams, false, false>(p, um, smem, bar, unit, kv_unit, r_begin, -1);
   load_v(-1);
-  // In the order in which tile t - 1 gives the buffers back: the chunk slot (tile t - 2), y (dl
-  // taken), v (chunk t - 2's last reader), dy (the products), phi_q (the dphi_q store) and q (the
-  // dq store).
+  // In the order in which tile t - 1 gives the buffers back: the chunk slot (tile t - 2), v
+  // (chunk t - 2's last reader), dy (the products and S dy), y (du phi_k, or dl taken), phi_q (the
+  // dphi_q store) and q (the dq store).
   for (int t = 0; t < tiles; ++t) {
     load_chunk<D, F, L, QueryParams, false, false>(p, um, smem, bar, unit, kv_unit, r_begin, t);
     const int row = r_begin + t * kRows;
-    if (t > 0) mbar_wait(qb.y_empty, (t - 1) & 1);
-    mbar_expect_bytes(qb.y_full, D / 64 * kBlock);
-    for (int b = 0; b < D / 64; ++b)
-      tma_load_3d(smem + L::kYOff + b * kBlock, &p.y, b * 64, row, unit, qb.y_full);
     load_v(t);
     if (t > 0) mbar_wait(qb.dy_empty, (t - 1) & 1);
     mbar_expect_bytes(qb.dy_full, D / 64 * kBlock);
     for (int b = 0; b < D / 64; ++b)
       tma_load_3d(smem + L::kDyOff + b * kBlock, &p.dy, b * 64, row, unit, qb.dy_full);
+    // y's buffer goes back once dl is taken, or (linear units) once du phi_k has read du there.
+    if (t > 0) mbar_wait(qb.y_empty, (t - 1) & 1);
+    mbar_expect_bytes(qb.y_full, D / 64 * kBlock);
+    for (int b = 0; b < D / 64; ++b)
+      tma_load_3d(smem + L::kYOff + b * kBlock, &p.y, b * 64, row, unit, qb.y_full);
     if (um.use_linear) {
       if (t > 0) mbar_wait(bar.pq_empty, (t - 1) & 1);
       mbar_expect_bytes(bar.pq_full, F / 64 * kBlock);
@@ -1811,7 +1813,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         }
       }
       quad_sum(dl_a, dl_b);
-      mbar_arrive(qb.y_empty);
+      if constexpr (!kLinear) mbar_arrive(qb.y_empty);  // else du goes there (kDuOff)
     };
     mbar_wait(qb.dy_full, t & 1);
     if constexpr (!kLinear) take_dl();
@@ -1879,8 +1881,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         }
       }
       // du (the A operand of du phi_k, K-major), dl and 1 / D to the state warpgroup, which
-      // accumulates dphi_q; du goes into S's buffer once its S dy has read it.
-      mbar_wait(qb.du_free, t & 1);
+      // accumulates dphi_q; du goes into y's buffer, whose y take_dl has read.
+      __syncwarp();  // the warp's lanes have read y's rows (take_dl) that du goes over
       stage_operand(sbase + L::kDuOff, adu, warp, g8, t4);
       if (t4 == 0) {
         float* rows = reinterpret_cast<float*>(smem + L::kRowsOff);
@@ -2022,7 +2024,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     const float gate_a = coef_w * gw_a, gate_b = coef_w * gw_b;
     if constexpr (kDqInState) {
       // ds to the state warpgroup, with - G_i added at key m = argmax_i: dq_i = scale (sum_j ds_ij
-      // k_j - G_i k_m). The forward's argmax lies in row i's window, so in chunk t - 1 or t.
+      // k_j - G_i k_m). The forward's argmax lies in row i's window, so in chunk t - 1 or t. S's
+      // buffer is free: the state's S dy read it before lin_out_full.
       stage_operand(sbase + L::kDsOff, ads, warp, g8, t4);
       stage_operand(sbase + L::kDsOff + kBlock, ads1, warp, g8, t4);
       __syncwarp();  // the quad's lanes wrote the row's keys
@@ -2182,7 +2185,7 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
     }
     wgmma_commit();
     wgmma_wait<0>();
-    mbar_arrive(qb.du_free);
+    mbar_arrive(qb.dy_empty);  // the next tile's dy may load (the consumer's products also done)
 
     // The row values phi_q . S dy and P_state = phi_q . z for the consumer; dpq is only read
     // between its two products (rewriting it there costs ptxas copies of the accumulator).
@@ -2221,6 +2224,9 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
     wgmma_wait<0>();
     const float dl_a = rows[la], dl_b = rows[lb];
     const float inv_a = rows[kRows + la], inv_b = rows[kRows + lb];
+    // du and the tile's dl, 1 / D are read: the next tile's y may load over du, and the consumer,
+    // which writes the next dl, 1 / D only once it has taken dl from that y, may overwrite them.
+    mbar_arrive(qb.y_empty);
 #pragma unroll
     for (int n = 0; n < F / 8; ++n) {
       const float2 zf = *reinterpret_cast<const float2*>(z + 8 * n + 2 * t4);
@@ -2271,17 +2277,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   const Barriers bar = ring_barriers(bars);
   uint64_t* const qbars = bars + 2 * kSlots + 6;
-  const QueryBarriers qb{bar,
-                         qbars,
-                         qbars + 1,
-                         qbars + 2,
-                         qbars + 3,
-                         qbars + 4,
-                         qbars + 5,
-                         qbars + 6,
-                         qbars + 7,
-                         qbars + 8,
-                         qbars + 8 + L::kVSlots,
+  const QueryBarriers qb{bar,       qbars,     qbars + 1, qbars + 2, qbars + 3,
+                         qbars + 4, qbars + 5, qbars + 6, qbars + 7, qbars + 7 + L::kVSlots,
                          bar.s_full};  // S's barriers are free here
   const Shape& s = p.s;
   const int unit = blockIdx.x / p.segments;
@@ -2305,10 +2302,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     mbar_init(bar.pq_full, 1);
     mbar_init(bar.pq_empty, 1);  // after the dphi_q store has read the buffer
     mbar_init(qb.dy_full, 1);
-    mbar_init(qb.dy_empty, 128);
+    mbar_init(qb.dy_empty, um.use_linear ? 256 : 128);  // consumer (+ state)
     mbar_init(qb.y_full, 1);
     mbar_init(qb.y_empty, 128);
-    mbar_init(qb.du_free, 128);
     mbar_init(qb.lin_in_full, 128);
     mbar_init(qb.lin_out_full, 128);
     mbar_init(qb.lin_out_empty, 128);
