@@ -1600,9 +1600,10 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 // the linear chunk's products and du, hands du to the state warpgroup, runs the window's products
 // and weights; the state warpgroup keeps S and z (unscaled, z in fp32) and accumulates and stores
 // dphi_q (keep_query_state), so that the consumer's chain per tile is shorter by the S dy and du
-// phi_k products and their waits. dq: where S's buffer holds ds beside du (D = F = 128), the
-// consumer stages ds with the G_i k_m term folded in and the state warpgroup runs ds k and the
-// store (kDqInState); elsewhere the consumer does, storing through q's buffer.
+// phi_k products and their waits. du goes to the state warpgroup through y's buffer. dq: where
+// S's buffer has room for ds (D = F = 128), the consumer stages ds with the G_i k_m term folded in
+// and the state warpgroup runs ds k and the store (kDqInState); elsewhere the consumer does,
+// storing through q's buffer.
 
 __device__ inline float dot_bf16x2(uint32_t a, uint32_t b) {
   const float2 x = unpack_bf16(a), y = unpack_bf16(b);
