@@ -5,8 +5,10 @@
 #
 #   here:            scripts/gpu-ab.sh --prepare COMMIT [NAME]   # unpacks COMMIT into .ab/NAME
 #                                                                # (default base)
-#   on the device:   scripts/gpu-ab.sh [--rounds N] [FILTER]   (carry .deps and .ab)
+#   on the device:   scripts/gpu-ab.sh [--tests] [--rounds N] [FILTER]   (carry .deps and .ab)
 # FILTER is a --benchmark_filter regex (default: the fused forward); prints "NAME BENCH us=".
+# --tests also builds and runs every tree's GPU tests first (HL_TEST_TIMEOUT seconds, 60) and
+# leaves the trees whose tests fail or hang out of the timing.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -18,18 +20,26 @@ if [ "${1:-}" = "--prepare" ]; then
   echo "gpu-ab: .ab/$name is $(git rev-parse --short "$2")"
   exit 0
 fi
-rounds=2
-if [ "${1:-}" = "--rounds" ]; then rounds="$2"; shift 2; fi
+rounds=2 tests=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) rounds="$2"; shift 2 ;;
+    --tests) tests=1; shift ;;
+    *) break ;;
+  esac
+done
 filter="${1:-BM_FusedForward/}"
+targets=(--target hl_bench_cuda_attention)
+[ "$tests" = 0 ] || targets+=(--target hl_test_cuda)
 [ -d .ab/base ] || { echo "gpu-ab: no .ab/base (run --prepare here and carry .ab)" >&2; exit 2; }
 # The trees build side by side: each build's time goes mostly to a few long translation units.
-scripts/gpu-build.sh --target hl_bench_cuda_attention >/tmp/gpu-ab-new.log 2>&1 &
+scripts/gpu-build.sh "${targets[@]}" >/tmp/gpu-ab-new.log 2>&1 &
 pids=($!) trees=() logs=(/tmp/gpu-ab-new.log)
 for dir in .ab/*/; do
   name="$(basename "$dir")"
   ln -sfn "$root/.deps" "$dir/.deps"
   (cd "$dir" && HL_BUILD_DIR="/tmp/gpu-ab-$name" HL_DEPS_PREFIX="/tmp/hl-deps-$name" \
-    scripts/gpu-build.sh --target hl_bench_cuda_attention >"/tmp/gpu-ab-$name.log" 2>&1) &
+    scripts/gpu-build.sh "${targets[@]}" >"/tmp/gpu-ab-$name.log" 2>&1) &
   pids+=($!) trees+=("$name") logs+=("/tmp/gpu-ab-$name.log")
 done
 for i in "${!pids[@]}"; do
@@ -37,11 +47,23 @@ for i in "${!pids[@]}"; do
 done
 trees+=(new)
 export LD_LIBRARY_PATH="/tmp/hl-deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+build_of() { [ "$1" = new ] && echo "${HL_BUILD_DIR:-$root/build-gpu}" || echo "/tmp/gpu-ab-$1"; }
+if [ "$tests" = 1 ]; then
+  passed=()
+  for which in "${trees[@]}"; do
+    timeout "${HL_TEST_TIMEOUT:-60}" "$(build_of "$which")/tests/hl_test_cuda" --gtest_brief=1 \
+      >"/tmp/gpu-ab-tests-$which.log" 2>&1
+    rc=$?
+    echo "gpu-ab: $which tests rc=$rc $(grep -E '^\[  (PASSED|FAILED)' "/tmp/gpu-ab-tests-$which.log" | tr '\n' ' ')"
+    if [ "$rc" = 0 ]; then passed+=("$which"); else grep -E "Failure|FAILED" "/tmp/gpu-ab-tests-$which.log" | head -n 5; fi
+  done
+  trees=("${passed[@]}")
+fi
 for ((round = 1; round <= rounds; ++round)); do
   for which in "${trees[@]}"; do
-    bench="/tmp/gpu-ab-$which/bench/hl_bench_cuda_attention"
-    [ "$which" = new ] && bench="${HL_BUILD_DIR:-$root/build-gpu}/bench/hl_bench_cuda_attention"
-    "$bench" --benchmark_filter="$filter" 2>&1 | grep -E "^BM_" |
+    # A kernel that hangs must not take the rest of the call with it.
+    timeout 180 "$(build_of "$which")/bench/hl_bench_cuda_attention" --benchmark_filter="$filter" 2>&1 |
+      grep -E "^BM_" |
       awk -v w="$which" '{ for (i = 2; i <= NF; ++i) if ($i ~ /us=/) print w, $1, $i }'
   done
 done
