@@ -114,11 +114,13 @@ __device__ inline void stage_tile(uint32_t tile, const float* acc, float fa, flo
 }
 
 // stage_tile, then one TMA store per block of rows [row, row + 64); thread ct == 0 waits until
-// the stores have read the tile. The caller's named barrier `barrier` (its warpgroup's 128
-// threads) must come after its own last read of the buffer.
+// the stores have read the tile (unless wait_read is false: then the caller's thread 0 calls
+// bulk_wait_read before the tile is written again). The caller's named barrier `barrier` (its
+// warpgroup's 128 threads) must come after its own last read of the buffer.
 template <int W>
 __device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* acc, float fa,
-                           float fb, int row, int unit, int ct, int barrier = 1) {
+                           float fb, int row, int unit, int ct, int barrier = 1,
+                           bool wait_read = true) {
   stage_tile<W>(shared_address(tile), acc, fa, fb, ct);
   fence_async_shared();
   named_barrier(barrier, 128);
@@ -126,7 +128,7 @@ __device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* a
     for (int b = 0; b < W / 64; ++b)
       tma_store_3d(map, tile + b * kBlock, b * 64, row, unit);
     bulk_commit();
-    bulk_wait_read();
+    if (wait_read) bulk_wait_read();
   }
 }
 
@@ -1630,9 +1632,12 @@ struct QueryLayout {
   // du (64 rows x 64 keys) in y's buffer once dl is taken, so that the consumer never waits for
   // the state warpgroup's S dy; y's next load waits for du phi_k instead.
   static constexpr int kDuOff = kYOff;
-  // ds (64 rows x 128 keys) in S's buffer, for the state warpgroup's dq, then dq on its way out;
-  // where S's buffer has room (D = F = 128), else the consumer keeps dq.
-  static constexpr int kDsOff = kSOff + kBlock;
+  // S's buffer between S dy and the next publish: dphi_q (64 rows x F) on its way out, so that
+  // phi_q's buffer goes back once read; behind it ds (64 rows x 128 keys) for the state
+  // warpgroup's dq, then dq on its way out, where there is room (D = F = 128), else the consumer
+  // keeps dq.
+  static constexpr int kPqStageOff = kSOff;
+  static constexpr int kDsOff = kSOff + F / 64 * kBlock;
   static constexpr bool kDqInState = kDsOff + 2 * kBlock <= kSOff + D / 64 * kSBlock;
   static constexpr int kZOff = kSOff + D / 64 * kSBlock;  // z: F floats
   static constexpr bool kZFloat = true;
@@ -1700,8 +1705,8 @@ __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t*
   load_chunk<D, F, L, QueryParams, false, false>(p, um, smem, bar, unit, kv_unit, r_begin, -1);
   load_v(-1);
   // In the order in which tile t - 1 gives the buffers back: the chunk slot (tile t - 2), v
-  // (chunk t - 2's last reader), dy (the products and S dy), y (du phi_k, or dl taken), phi_q (the
-  // dphi_q store) and q (the dq store).
+  // (chunk t - 2's last reader), dy (the products and S dy), phi_q (its product and the row
+  // values), y (du phi_k, or dl taken) and q (its products, or the dq store).
   for (int t = 0; t < tiles; ++t) {
     load_chunk<D, F, L, QueryParams, false, false>(p, um, smem, bar, unit, kv_unit, r_begin, t);
     const int row = r_begin + t * kRows;
@@ -1710,17 +1715,17 @@ __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t*
     mbar_expect_bytes(qb.dy_full, D / 64 * kBlock);
     for (int b = 0; b < D / 64; ++b)
       tma_load_3d(smem + L::kDyOff + b * kBlock, &p.dy, b * 64, row, unit, qb.dy_full);
-    // y's buffer goes back once dl is taken, or (linear units) once du phi_k has read du there.
-    if (t > 0) mbar_wait(qb.y_empty, (t - 1) & 1);
-    mbar_expect_bytes(qb.y_full, D / 64 * kBlock);
-    for (int b = 0; b < D / 64; ++b)
-      tma_load_3d(smem + L::kYOff + b * kBlock, &p.y, b * 64, row, unit, qb.y_full);
     if (um.use_linear) {
       if (t > 0) mbar_wait(bar.pq_empty, (t - 1) & 1);
       mbar_expect_bytes(bar.pq_full, F / 64 * kBlock);
       for (int b = 0; b < F / 64; ++b)
         tma_load_3d(smem + L::kPqOff + b * kBlock, &p.phi_q, b * 64, row, unit, bar.pq_full);
     }
+    // y's buffer goes back once dl is taken, or (linear units) once du phi_k has read du there.
+    if (t > 0) mbar_wait(qb.y_empty, (t - 1) & 1);
+    mbar_expect_bytes(qb.y_full, D / 64 * kBlock);
+    for (int b = 0; b < D / 64; ++b)
+      tma_load_3d(smem + L::kYOff + b * kBlock, &p.y, b * 64, row, unit, qb.y_full);
     if (um.use_window) {
       if (t > 0) mbar_wait(bar.q_empty, (t - 1) & 1);
       mbar_expect_bytes(bar.q_full, D / 64 * kBlock);
@@ -1848,6 +1853,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       take_dl();
       take_inv();
       wgmma_wait<0>();
+      if (lane == 0) mbar_arrive(bar.pq_empty);  // this warp is done with phi_q
       if (!kWindow || lin_c == 0) give_v_prev();
 
       // The unfolded linear keys: [s_lo, row - lin_lag] within the chunk.
@@ -1972,6 +1978,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         wgmma_wait<1>();
         weigh(0, sc[0], dyv[0], ads);
         wgmma_wait<0>();
+        // The products were dy's last reads here.
+        mbar_arrive(qb.dy_empty);
         named_barrier(1, 128);  // every warp's products have read q: the next tile's may load
         if (ct == 0) mbar_arrive(bar.q_empty);
         if (!(kLinear && lin_c == 0)) give_v_prev();
@@ -2004,7 +2012,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       }
       quad_sum(w1_a, w1_b, e_a, e_b);
     }
-    mbar_arrive(qb.dy_empty);
+    if constexpr (!kDqInState) mbar_arrive(qb.dy_empty);
     // Chunk t - 1 stays until dq has read its keys.
     if (!kDq || !kWindow) mbar_arrive(bar.chunk_empty + slots[0]);  // the last tile reading it
 
@@ -2208,6 +2216,8 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
       a1_a += qa.x * dpq[4 * n] + qa.y * dpq[4 * n + 1];
       a1_b += qv.x * dpq[4 * n + 2] + qv.y * dpq[4 * n + 3];
     }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar.pq_empty);  // this warp is done with phi_q
     quad_sum(a1_a, a1_b, p_a, p_b);
     if (t > 0) mbar_wait(qb.lin_out_empty, (t - 1) & 1);
     if (t4 == 0) {
@@ -2236,10 +2246,10 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
       dpq[4 * n + 2] = fmaf(-dl_b, zf.x, dpq[4 * n + 2]);
       dpq[4 * n + 3] = fmaf(-dl_b, zf.y, dpq[4 * n + 3]);
     }
-    // dphi_q through phi_q's buffer (every product reading it is done) and a TMA store.
-    store_tile<F>(&p.dphi_q, smem + L::kPqOff, dpq, coef_l * inv_a, coef_l * inv_b,
-                  r_begin + t * kRows, unit, st, 2);
-    if (st == 0) mbar_arrive(bar.pq_empty);
+    // dphi_q through S's buffer (S dy has read S) and a TMA store, whose read is waited for only
+    // before the next publish: warp 0 does not hold up ds k (a warpgroup-wide product) meanwhile.
+    store_tile<F>(&p.dphi_q, smem + L::kPqStageOff, dpq, coef_l * inv_a, coef_l * inv_b,
+                  r_begin + t * kRows, unit, st, 2, false);
 
     if constexpr (kDq && L::kDqInState) {
       if (um.use_window) {  // dq = scale ds k from the consumer's ds (consume_query)
@@ -2259,9 +2269,11 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
         named_barrier(2, 128);  // every warp's products have read ds: dq goes over it
         store_tile<D>(&p.dq, smem + L::kDsOff, dq, p.s.scale, p.s.scale, r_begin + t * kRows, unit,
                       st, 2);
-        named_barrier(2, 128);  // the store has read the buffer before S is published over it
       }
     }
+    // The stores have read S's buffer before S goes over it.
+    if (st == 0) bulk_wait_read();
+    if (needed) named_barrier(2, 128);
 
     mbar_arrive(bar.chunk_empty + slot);
     if (needed) publish();
@@ -2301,7 +2313,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     mbar_init(bar.q_full, 1);
     mbar_init(bar.q_empty, 1);  // after the dq store has read q's buffer
     mbar_init(bar.pq_full, 1);
-    mbar_init(bar.pq_empty, 1);  // after the dphi_q store has read the buffer
+    mbar_init(bar.pq_empty, 8);  // lane 0 of each consumer and state warp, once done with it
     mbar_init(qb.dy_full, 1);
     mbar_init(qb.dy_empty, um.use_linear ? 256 : 128);  // consumer (+ state)
     mbar_init(qb.y_full, 1);
