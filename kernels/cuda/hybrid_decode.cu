@@ -30,6 +30,7 @@
 #include "kernels/cuda/hopper.cuh"
 #include "kernels/cuda/hybrid_attention_launch.hpp"
 #include "kernels/cuda/hybrid_common.cuh"
+#include "kernels/cuda/hybrid_internal.cuh"
 
 namespace hl::kernels::cuda {
 namespace detail {
@@ -566,7 +567,7 @@ SegmentPlan make_segment_plan(int seq_len, int segments) {
 size_t state_workspace_floats(const ProblemShape& shape, int units, const SegmentPlan& plan) {
   if (plan.segments <= 1) return 0;
   return 2 * static_cast<size_t>(units) * plan.segments *
-         (static_cast<size_t>(shape.features) * shape.head_dim + shape.features);
+         detail::segment_state_floats(detail::make_shape(shape));
 }
 
 int decode_cluster_size(const ProblemShape& shape, int sm_count) {

@@ -289,13 +289,19 @@ __device__ void load_chunk(const P& p, const UnitMode& um, uint8_t* smem, const 
   }
 }
 
-// A running state (S or U, F x D, and z or u) into the state warpgroup's accumulators: the sum of
-// `count` consecutive states from `start` (each [F][D] then [F], fp32), zero where count is 0.
-// acc[h] holds rows [64 h, 64 h + 64), this thread rows f = 64 h + 16 warp + g8 (+ 8), and
-// zp[h][0 / 1] the z partial sums of them.
+// The running state (S or U, F x D, and z or u) that segment `seg` of a unit starts with, into
+// the state warpgroup's accumulators, from the unit's `segments` entries at `unit_states` (each
+// [F][D] then [F], fp32): the scan's entry of the segment itself, or with `sums` (each entry a
+// segment's own sum) the sum of the entries before it (or after it, for a `suffix`); zero with
+// one segment. acc[h] holds rows [64 h, 64 h + 64), this thread rows f = 64 h + 16 warp + g8
+// (+ 8), and zp[h][0 / 1] the z partial sums of them.
 template <int D, int F>
 __device__ inline void load_state(float (&acc)[F / 64][D / 2], float (&zp)[F / 64][2],
-                                  const float* start, int count, int warp, int g8, int t4) {
+                                  const float* unit_states, int seg, int segments, bool sums,
+                                  bool suffix, int warp, int g8, int t4) {
+  const int count = segments == 1 ? 0 : (sums ? (suffix ? segments - 1 - seg : seg) : 1);
+  const float* start =
+      unit_states + static_cast<size_t>(sums ? (suffix ? seg + 1 : 0) : seg) * (F * D + F);
 #pragma unroll
   for (int h = 0; h < F / 64; ++h) {
 #pragma unroll
@@ -744,9 +750,8 @@ __device__ inline int start_state(const P& p, const UnitMode& um, const Barriers
   // With sum_states, `states` holds each segment's own key sum and the state is those before
   // this block's segment; else the scan's result, the state itself.
   const int seg = blockIdx.x % p.segments;
-  const size_t first = p.sum_states ? blockIdx.x - seg : blockIdx.x;
-  load_state<D, F>(acc, zp, p.states + first * (F * D + F),
-                   p.segments == 1 ? 0 : (p.sum_states ? seg : 1), warp, g8, t4);
+  load_state<D, F>(acc, zp, p.states + static_cast<size_t>(blockIdx.x - seg) * (F * D + F), seg,
+                   p.segments, p.sum_states, false, warp, g8, t4);
   // Tile t + 1's query needs the keys before t0 (lin_lag = 64: chunk t - 1 folded) or before
   // t0 + 64 (lin_lag = 0: chunk t folded). In the second case chunk -1 is never folded.
   const int lag_chunks = um.lin_lag > 0 ? 1 : 0;
@@ -1515,11 +1520,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       // A new head: U and u from the reverse pass (rows from s_end + state_lag on), or zero.
       prev_unit = unit;
       coef_l = p.coef_linear[unit];
-      const size_t first =
-          static_cast<size_t>(unit) * p.key_segments + seg + (p.sum_states ? 1 : 0);
-      load_state<D, F>(acc, up, p.rev_states + first * (F * D + F),
-                       p.key_segments == 1 ? 0 : (p.sum_states ? p.key_segments - 1 - seg : 1),
-                       warp, g8, t4);
+      load_state<D, F>(acc, up,
+                       p.rev_states + static_cast<size_t>(unit) * p.key_segments * (F * D + F), seg,
+                       p.key_segments, p.sum_states, true, warp, g8, t4);
       if (step > 0) mbar_wait(bar.u_empty, (step - 1) & 1);
       publish();
     }
