@@ -132,6 +132,28 @@ __device__ void store_tile(const CUtensorMap* map, uint8_t* tile, const float* a
   }
 }
 
+// The empty barrier of a buffer that a store_tile(wait_read = false) is reading: the other
+// threads arrive at once, thread 0 only at its next release(), once the read is done. Called
+// after the warpgroup has issued its next products, so that warp 0 does not hold them up for the
+// time the TMA takes to read the tile.
+struct PendingStore {
+  uint64_t* empty = nullptr;
+  __device__ void hold(uint64_t* bar, int ct) {
+    if (ct != 0) {
+      mbar_arrive(bar);
+      return;
+    }
+    release();
+    empty = bar;
+  }
+  __device__ void release() {
+    if (empty == nullptr) return;
+    bulk_wait_read();
+    mbar_arrive(empty);
+    empty = nullptr;
+  }
+};
+
 // Sums each of xs over the quad of lanes that holds a row of a C fragment, the shuffles of all
 // of them issued together at each step.
 template <typename... T>
@@ -1509,6 +1531,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   float acc[H][D / 2], up[H][2];
   float coef_l = 0.f;
   int prev_unit = -1;
+  PendingStore pk_store;
   auto publish = [&]() {
     publish_state<D, F, true>(u_addr, L::kUBlock, smem + L::kSmallUOff, acc, up, coef_l, warp, g8,
                               t4);
@@ -1556,6 +1579,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     // du: publishing after it kept the consumer waiting for U in ~a third of its samples
     // (bench/KERNEL_NOTES.md session 17).
     const uint32_t base = sbase + slot * L::kSlotBytes;
+    // The previous step's dphi_k store has had the fold's time to read its block.
+    pk_store.release();
     mbar_wait(bar.u_full, step & 1);  // every warp of this warpgroup has published U and u
     float apk[F / 2];
 #pragma unroll
@@ -1584,9 +1609,12 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     // it handed over du) and a TMA store; key segments are whole tiles, so the box stays within
     // this block's rows.
     store_tile<F>(&p.dphi_k_out, smem + slot * L::kSlotBytes + L::kPkOff, apk, 1.f, 1.f,
-                  s_begin + c * kRows, unit, ct, 2);
-    mbar_arrive(bar.empty + slot);  // thread 0 only after the store has read the block
+                  s_begin + c * kRows, unit, ct, 2, false);
+    pk_store.hold(bar.empty + slot, ct);
+    // With one tile and reloads the producer waits for this slot before loading the next step's.
+    if (reloads && tiles == 1) pk_store.release();
   });
+  if (ct == 0) bulk_wait();
 }
 
 // ---- query kernel of the backward ----------------------------------------------------------
@@ -2546,6 +2574,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     // tile's end the linear part when given and the store through the tile's v buffer.
     regs_grow<kDvRegs>();
     float dv[D / 2];
+    PendingStore dv_store;
     for_each_wk_step(
         p, kv_unit, tiles,
         [&](int step, int, int, int, bool first) {
@@ -2561,6 +2590,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           wgmma_fence();
           wgmma_from_tile<D>(dv, pw_addr, dy_addr);
           wgmma_commit();
+          dv_store.release();
           wgmma_wait<0>();
           mbar_arrive(bar.pw_free + step % 2);
           mbar_arrive(bar.empty + step % kWkSlots);
@@ -2597,8 +2627,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           // also means the buffer landed) and a TMA store.
           mbar_wait(bar.v_done + buf, (c / 2) & 1);
           store_tile<D>(&p.dv, smem + buf * L::kKvBytes + L::kVOff, dv, 1.f, 1.f, k0, kv_unit, ct,
-                        2);
-          mbar_arrive(bar.kv_empty + buf);  // thread 0 only after the store has read the tile
+                        2, false);
+          dv_store.hold(bar.kv_empty + buf, ct);
         });
     if (ct == 0) bulk_wait();
     return;
@@ -2613,6 +2643,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   // it is done, at the next step or at the tile's end. Its register operand (ads) is rewritten
   // only after the wait that retires it.
   int pending = -1;  // the step whose dk product may still run
+  PendingStore dk_store;
   auto give_back = [&] {
     if (pending >= 0) mbar_arrive(bar.empty + pending % kWkSlots);
     pending = -1;
@@ -2641,6 +2672,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           wgmma_ss_n64<0, 0>(dpt, k_major(v_addr, ks), k_major(dy_addr, ks), ks > 0);
         }
         wgmma_commit();
+        dk_store.release();
         wgmma_wait<1>();
         give_back();
         wgmma_wait<0>();
@@ -2705,8 +2737,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         // dk through the tile's k buffer and a TMA store.
         const int k0 = s_begin + c * kRows;
         named_barrier(1, 128);
-        store_tile<D>(&p.dk, smem + buf * L::kKvBytes, dk, s.scale, s.scale, k0, kv_unit, ct);
-        mbar_arrive(bar.kv_empty + buf);  // thread 0 only after the store has read the tile
+        store_tile<D>(&p.dk, smem + buf * L::kKvBytes, dk, s.scale, s.scale, k0, kv_unit, ct, 1,
+                      false);
+        dk_store.hold(bar.kv_empty + buf, ct);
       });
   if (ct == 0) bulk_wait();
 }
