@@ -11,7 +11,7 @@
 //                  the group's q heads): dphi_k and the linear part of dv (fp32 workspace);
 //   window key    (per kv unit and tile, summing the group's q heads in registers): dk, and dv.
 // On Hopper the two query kernels (as one) and the linear key kernel run as warp-specialised TMA
-// + wgmma kernels where their shapes allow (hybrid_hopper.cu); these remain for the other shapes.
+// + wgmma kernels where their shapes allow (hybrid_hopper_*.cu); these remain for the other shapes.
 // dq and dphi_q use delta~ = dy . y from the stored bf16 y (as flash attention does); the
 // coefficient rows, G_i and the key side use the exact delta, because dc_w and dc_l are
 // differences that the rounding of y would swamp.

@@ -41,9 +41,9 @@ bool forward_tc_fits(const Shape& s);
 /// The tensor-core forward (bf16, no branch statistics).
 cudaError_t run_forward_tc(const Shape& s, const TcForwardArgs& a, cudaStream_t stream);
 
-/// Whether the warp-specialised Hopper forward (hybrid_hopper.cu) takes this shape and split:
-/// D and F of 64 or 128, w = 64 (w <= 64 unless non-overlap hybrid), segments of whole 64-row
-/// tiles, an sm_90 device.
+/// Whether the warp-specialised Hopper forward (hybrid_hopper_forward.cu) takes this shape and
+/// split: D and F of 64 or 128, w = 64 (w <= 64 unless non-overlap hybrid), segments of whole
+/// 64-row tiles, an sm_90 device.
 bool forward_wg_takes(const Shape& s, const SegmentPlan& plan);
 
 /// The Hopper forward (bf16, no branch statistics); same arguments as run_forward_tc;
@@ -51,7 +51,7 @@ bool forward_wg_takes(const Shape& s, const SegmentPlan& plan);
 /// run_forward_tc).
 cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t stream);
 
-/// Whether the Hopper chunk-state pass (hybrid_hopper.cu) takes this shape: D and F of 64
+/// Whether the Hopper chunk-state pass (hybrid_hopper_forward.cu) takes this shape: D and F of 64
 /// or 128 on an sm_90 device. run_state_pass_tc hands such shapes to it.
 bool state_pass_wg_takes(const Shape& s);
 
