@@ -32,14 +32,21 @@ filter="${1:-BM_FusedForward/}"
 targets=(--target hl_bench_cuda_attention)
 [ "$tests" = 0 ] || targets+=(--target hl_test_cuda)
 [ -d .ab/base ] || { echo "gpu-ab: no .ab/base (run --prepare here and carry .ab)" >&2; exit 2; }
-# The trees build side by side: each build's time goes mostly to a few long translation units.
-scripts/gpu-build.sh "${targets[@]}" >/tmp/gpu-ab-new.log 2>&1 &
-pids=($!) trees=() logs=(/tmp/gpu-ab-new.log)
+ls .deps/debs/*.deb >/dev/null 2>&1 || { echo "gpu-ab: no .deps/debs (carry .deps)" >&2; exit 2; }
+# The working tree builds first (seconds where gpu-kernels.sh has built it), then the others side
+# by side. Every tree builds inside itself against one deps prefix, so that with ccache
+# (scripts/gpu-build.sh) each compiles only the files in which it differs.
+export HL_DEPS_PREFIX=/tmp/hl-deps HL_DEPS_UNPACKED=1 HL_CCACHE_BASEDIR="$root"
+mkdir -p "$HL_DEPS_PREFIX" && for deb in .deps/debs/*.deb; do dpkg -x "$deb" "$HL_DEPS_PREFIX"; done
+scripts/gpu-build.sh "${targets[@]}" >/tmp/gpu-ab-new.log 2>&1 ||
+  { echo "gpu-ab: build failed (/tmp/gpu-ab-new.log)"; tail -n 30 /tmp/gpu-ab-new.log; exit 1; }
+pids=() trees=() logs=()
 for dir in .ab/*/; do
   name="$(basename "$dir")"
   ln -sfn "$root/.deps" "$dir/.deps"
-  (cd "$dir" && HL_BUILD_DIR="/tmp/gpu-ab-$name" HL_DEPS_PREFIX="/tmp/hl-deps-$name" \
-    scripts/gpu-build.sh "${targets[@]}" >"/tmp/gpu-ab-$name.log" 2>&1) &
+  # This tree's gpu-build.sh for every tree: the prepared trees' own may predate ccache.
+  HL_SOURCE_DIR="$root/.ab/$name" HL_BUILD_DIR="$root/.ab/$name/build-gpu" \
+    scripts/gpu-build.sh "${targets[@]}" >"/tmp/gpu-ab-$name.log" 2>&1 &
   pids+=($!) trees+=("$name") logs+=("/tmp/gpu-ab-$name.log")
 done
 for i in "${!pids[@]}"; do
@@ -47,7 +54,7 @@ for i in "${!pids[@]}"; do
 done
 trees+=(new)
 export LD_LIBRARY_PATH="/tmp/hl-deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-build_of() { [ "$1" = new ] && echo "${HL_BUILD_DIR:-$root/build-gpu}" || echo "/tmp/gpu-ab-$1"; }
+build_of() { [ "$1" = new ] && echo "${HL_BUILD_DIR:-$root/build-gpu}" || echo "$root/.ab/$1/build-gpu"; }
 if [ "$tests" = 1 ]; then
   passed=()
   for which in "${trees[@]}"; do
