@@ -53,7 +53,9 @@ for i in "${!pids[@]}"; do
   wait "${pids[$i]}" || { echo "gpu-ab: build failed (${logs[$i]})"; tail -n 30 "${logs[$i]}"; exit 1; }
 done
 trees+=(new)
-export LD_LIBRARY_PATH="/tmp/hl-deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$HL_DEPS_PREFIX/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+CCACHE_DIR="${HL_CCACHE_DIR:-/tmp/hl-ccache}" "$HL_DEPS_PREFIX/usr/bin/ccache" -s 2>/dev/null |
+  grep -E "^ *(Hits|Misses):" | tr -s ' ' | sed 's/^/gpu-ab: ccache/'
 build_of() { [ "$1" = new ] && echo "${HL_BUILD_DIR:-$root/build-gpu}" || echo "$root/.ab/$1/build-gpu"; }
 if [ "$tests" = 1 ]; then
   passed=()
