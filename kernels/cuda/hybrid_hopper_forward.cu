@@ -1,9 +1,9 @@
 // Warp-specialised bf16 kernels of hybrid attention for Hopper (DESIGN §1): TMA loads, wgmma,
 // the linear state in fp32 registers. This file: the forward, then the chunk-state pass; the
 // backward's query kernel and key kernels are in hybrid_hopper_query.cu and hybrid_hopper_keys.cu,
-// their shared building blocks in hybrid_hopper.cuh. They take D and F
-// of 64 or 128 with w = 64 (non-overlap hybrid) or w <= 64 (overlap, linear-only, window-only);
-// other shapes keep the mma.sync kernels (hybrid_forward_tc.cu, hybrid_backward_tc.cu).
+// their shared building blocks in hybrid_hopper.cuh. They take D and F of 64 or 128 with w = 64
+// (non-overlap hybrid) or w <= 64 (overlap, linear-only, window-only); other shapes keep the
+// mma.sync kernels (hybrid_forward_tc.cu, hybrid_backward_tc.cu).
 //
 // The forward: a block of three warpgroups owns one segment of one (batch, q head) unit and walks
 // it in 64-row tiles. Tile t (rows [t0, t0 + 64)) sees the keys of chunk t - 1 and chunk t (64 keys
