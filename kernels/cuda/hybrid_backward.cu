@@ -82,9 +82,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_query_kernel(BackwardPar
 
   const int unit = blockIdx.x / p.fwd_segments;
   const int seg = blockIdx.x - unit * p.fwd_segments;
-  const int h = unit % s.q_heads;
-  const int b = unit / s.q_heads;
-  const int kv_unit = b * s.kv_heads + h / (s.q_heads / s.kv_heads);
+  const int kv_unit = kv_unit_of(s, unit);
   const int row = threadIdx.x / kLanesPerRow;
   const int lr = threadIdx.x % kLanesPerRow;
   const UnitMode um = unit_mode(s, p.window_drop, unit);

@@ -61,9 +61,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardParams p) {
 
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
-  const int h = unit % s.q_heads;
-  const int b = unit / s.q_heads;
-  const int kv_unit = b * s.kv_heads + h / (s.q_heads / s.kv_heads);
+  const int kv_unit = kv_unit_of(s, unit);
   const int row = threadIdx.x / kLanesPerRow;
   const int lr = threadIdx.x % kLanesPerRow;
 
@@ -268,9 +266,7 @@ __global__ void __launch_bounds__(kThreads, 1) state_pass_kernel(StatePassParams
 
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
-  const int h = unit % s.q_heads;
-  const int b = unit / s.q_heads;
-  const int kv_unit = b * s.kv_heads + h / (s.q_heads / s.kv_heads);
+  const int kv_unit = kv_unit_of(s, unit);
   const UnitMode um = unit_mode(s, p.window_drop, unit);
   if (!p.all_units && !um.use_linear) return;
   const int lag = p.fixed_lag >= 0 ? p.fixed_lag : um.state_lag;

@@ -99,9 +99,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) forward_tc_kernel(TcForwardPara
 
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
-  const int h = unit % s.q_heads;
-  const int b = unit / s.q_heads;
-  const int kv_unit = b * s.kv_heads + h / (s.q_heads / s.kv_heads);
+  const int kv_unit = kv_unit_of(s, unit);
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   const int lane = tid % 32;
@@ -469,9 +467,7 @@ __global__ void __launch_bounds__(kSpThreads) state_pass_tc_kernel(TcStateParams
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
   if (seg == p.skip) return;
-  const int h = unit % s.q_heads;
-  const int bt = unit / s.q_heads;
-  const int kv_unit = bt * s.kv_heads + h / (s.q_heads / s.kv_heads);
+  const int kv_unit = kv_unit_of(s, unit);
   const UnitMode um = unit_mode(s, p.window_drop, unit);
   if (!p.all_units && !um.use_linear) return;
   const int lag = p.fixed_lag >= 0 ? p.fixed_lag : um.state_lag;

@@ -318,15 +318,7 @@ __device__ void consume(const WgParams& p, const UnitMode& um, uint8_t* smem, co
     // this tile's scores) hold it in the swizzled layout of the y tensor map. Segments are whole
     // tiles, so the box never reaches into another block's rows; rows past N are dropped.
     {
-      // Rows ra and ra + 8 (ra % 8 = g8), chunk n % 8 of column block n / 8, swizzled by g8.
-      uint32_t row_base = sbase + slots[0] * L::kSlotBytes + (warp * 16 + g8) * 128 + 4 * t4;
-      asm volatile("" : "+r"(row_base));  // rebuilt per tile, not hoisted into registers
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const uint32_t at = row_base + (n / 8) * kBlock + (((n % 8) ^ g8) * 16);
-        st_shared_u32(at, pack_bf16(o[4 * n] * inv_a, o[4 * n + 1] * inv_a));
-        st_shared_u32(at + 8 * 128, pack_bf16(o[4 * n + 2] * inv_b, o[4 * n + 3] * inv_b));
-      }
+      stage_tile<D>(sbase + slots[0] * L::kSlotBytes, o, inv_a, inv_b, ct);
       fence_async_shared();
       named_barrier(1, 128);
       if (ct == 0) {
@@ -440,9 +432,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   const Shape& s = p.s;
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
-  const int h = unit % s.q_heads;
-  const int b = unit / s.q_heads;
-  const int kv_unit = b * s.kv_heads + h / (s.q_heads / s.kv_heads);
+  const int kv_unit = kv_unit_of(s, unit);
   const UnitMode um = unit_mode(s, p.window_drop, unit);
   const int r_begin = seg * p.segment_len;
   const int r_end = min(s.seq_len, r_begin + p.segment_len);
