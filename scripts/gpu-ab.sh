@@ -32,14 +32,13 @@ filter="${1:-BM_FusedForward/}"
 targets=(--target hl_bench_cuda_attention)
 [ "$tests" = 0 ] || targets+=(--target hl_test_cuda)
 [ -d .ab/base ] || { echo "gpu-ab: no .ab/base (run --prepare here and carry .ab)" >&2; exit 2; }
-ls .deps/debs/*.deb >/dev/null 2>&1 || { echo "gpu-ab: no .deps/debs (carry .deps)" >&2; exit 2; }
-# The working tree builds first (seconds where gpu-kernels.sh has built it), then the others side
-# by side. Every tree builds inside itself against one deps prefix, so that with ccache
-# (scripts/gpu-build.sh) each compiles only the files in which it differs.
-export HL_DEPS_PREFIX=/tmp/hl-deps HL_DEPS_UNPACKED=1 HL_CCACHE_BASEDIR="$root"
-mkdir -p "$HL_DEPS_PREFIX" && for deb in .deps/debs/*.deb; do dpkg -x "$deb" "$HL_DEPS_PREFIX"; done
+# The working tree builds first (it unpacks the deps; seconds where gpu-kernels.sh has built it),
+# then the others side by side. Every tree builds inside itself against that one deps prefix, so
+# that with ccache (scripts/gpu-build.sh) each compiles only the files in which it differs.
+export HL_DEPS_PREFIX=/tmp/hl-deps HL_CCACHE_BASEDIR="$root"
 scripts/gpu-build.sh "${targets[@]}" >/tmp/gpu-ab-new.log 2>&1 ||
   { echo "gpu-ab: build failed (/tmp/gpu-ab-new.log)"; tail -n 30 /tmp/gpu-ab-new.log; exit 1; }
+export HL_DEPS_UNPACKED=1
 pids=() trees=() logs=()
 for dir in .ab/*/; do
   name="$(basename "$dir")"
