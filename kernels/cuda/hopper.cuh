@@ -25,6 +25,17 @@ __device__ inline void st_shared_u32(uint32_t addr, uint32_t value) {
   asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(value) : "memory");
 }
 
+/// Stores four 8 x 8 bf16 matrices transposed (stmatrix .trans): register k holds matrix k's
+/// element pair at row lane / 4, columns 2 (lane % 4) and + 1 (a C fragment's pair); lane l
+/// gives the shared address of row l % 8 of matrix l / 8 as stored, which is its column l % 8.
+__device__ inline void stsm_x4_trans(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2,
+                                     uint32_t r3) {
+  asm volatile(
+      "stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
+      "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+      : "memory");
+}
+
 // ---- mbarriers --------------------------------------------------------------------------
 
 __device__ inline void mbar_init(uint64_t* bar, int count) {
@@ -192,6 +203,21 @@ __device__ inline void wgmma_ss_n8(float (&d)[4], uint64_t desc_a, uint64_t desc
       : "l"(desc_a), "l"(desc_b), "r"(accumulate ? 1 : 0), "n"(TA), "n"(TB));
 }
 
+/// D[64 x 32] = A[64 x 16] B[16 x 32] (+ D when accumulate) with A and B in shared memory; TA: A is
+/// M-major, TB: B is N-major.
+template <int TA, int TB>
+__device__ inline void wgmma_ss_n32(float (&d)[16], uint64_t desc_a, uint64_t desc_b,
+                                    bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, "
+      "%9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, %20;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate ? 1 : 0), "n"(TA), "n"(TB));
+}
+
 /// D[64 x 64] = A[64 x 16] B[16 x 64] (+ D when accumulate) with A and B in shared memory; TA: A is
 /// M-major, TB: B is N-major.
 template <int TA, int TB>
@@ -282,28 +308,47 @@ __device__ inline void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate ? 1 : 0), "n"(TB));
 }
 
-/// wgmma_ss_n<N> with N = 8, 64 or 128 (accumulator of N / 2 registers).
+/// D[64 x 32] = A[64 x 16] B[16 x 32] (+ D when accumulate) with A in registers (each warp's 16
+/// rows as an m16n8k16 A fragment) and B in shared memory; TB: B is N-major.
+template <int TB>
+__device__ inline void wgmma_rs_n32(float (&d)[16], const uint32_t (&a)[4], uint64_t desc_b,
+                                    bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, "
+      "%9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate ? 1 : 0), "n"(TB));
+}
+
+/// wgmma_ss_n<N> with N = 8, 32, 64 or 128 (accumulator of N / 2 registers).
 template <int N, int TA, int TB>
 __device__ inline void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
                                 bool accumulate) {
   if constexpr (N == 8) {
     wgmma_ss_n8<TA, TB>(d, desc_a, desc_b, accumulate);
+  } else if constexpr (N == 32) {
+    wgmma_ss_n32<TA, TB>(d, desc_a, desc_b, accumulate);
   } else if constexpr (N == 64) {
     wgmma_ss_n64<TA, TB>(d, desc_a, desc_b, accumulate);
   } else {
-    static_assert(N == 128, "wgmma_ss: N is 8, 64 or 128");
+    static_assert(N == 128, "wgmma_ss: N is 8, 32, 64 or 128");
     wgmma_ss_n128<TA, TB>(d, desc_a, desc_b, accumulate);
   }
 }
 
-/// wgmma_rs_n<N> with N = 64 or 128.
+/// wgmma_rs_n<N> with N = 32, 64 or 128.
 template <int N, int TB>
 __device__ inline void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b,
                                 bool accumulate) {
-  if constexpr (N == 64) {
+  if constexpr (N == 32) {
+    wgmma_rs_n32<TB>(d, a, desc_b, accumulate);
+  } else if constexpr (N == 64) {
     wgmma_rs_n64<TB>(d, a, desc_b, accumulate);
   } else {
-    static_assert(N == 128, "wgmma_rs: N is 64 or 128");
+    static_assert(N == 128, "wgmma_rs: N is 32, 64 or 128");
     wgmma_rs_n128<TB>(d, a, desc_b, accumulate);
   }
 }
