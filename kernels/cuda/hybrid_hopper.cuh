@@ -478,14 +478,16 @@ inline EncodeTiled encode_tiled() {
   return fn;
 }
 
-// A [units, rows, cols] bf16 tensor as 64 x 64 boxes, 128-byte swizzled.
-inline bool make_map(CUtensorMap* map, const void* base, int cols, int rows, int units) {
+// A [units, rows, cols] bf16 tensor as boxes of 64 columns and `box_rows` rows, 128-byte
+// swizzled.
+inline bool make_map(CUtensorMap* map, const void* base, int cols, int rows, int units,
+                     int box_rows = kRows) {
   if (base == nullptr) return true;  // a branch the launch does not use
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows),
                               static_cast<cuuint64_t>(units)};
   const cuuint64_t strides[2] = {cols * sizeof(bf16),
                                  static_cast<cuuint64_t>(rows) * cols * sizeof(bf16)};
-  const cuuint32_t box[3] = {64, kRows, 1};
+  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(box_rows), 1};
   const cuuint32_t unit_strides[3] = {1, 1, 1};
   return encode_tiled()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims,
                         strides, box, unit_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
