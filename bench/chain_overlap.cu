@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "bench/cuda_timing.cuh"
 #include "kernels/cuda/hopper.cuh"
 #include "kernels/cuda/hybrid_tc_common.cuh"
 
@@ -108,23 +109,12 @@ double launch_us(const ChainParams& p, int sms) {
       cudaSuccess) {
     return -1.0;
   }
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<float> ms;
-  for (int i = 0; i <= kLaunches; ++i) {  // the first launch warms up
-    cudaEventRecord(start);
-    kernel<<<sms, 128 * kGroups, kSmemBytes>>>(p);
-    cudaEventRecord(stop);
-    if (cudaEventSynchronize(stop) != cudaSuccess) return -1.0;
-    float t = 0.f;
-    cudaEventElapsedTime(&t, start, stop);
-    if (i > 0) ms.push_back(t);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return 1e3 * ms[ms.size() / 2];
+  return hl::bench::median_launch_us(
+      [&] {
+        kernel<<<sms, 128 * kGroups, kSmemBytes>>>(p);
+        return true;
+      },
+      kLaunches);
 }
 
 template <int kGroups, int kWork>

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda_timing.cuh"
 #include "kernels/cuda/hybrid_hopper.cuh"
 
 namespace {
@@ -837,26 +838,11 @@ void time_shape(int units, int N, int segments) {
   const int key_len = (N + segments - 1) / segments;
   std::vector<float> states(static_cast<size_t>(units) * segments * (F * D + F), 0.f);
   Device dev = upload_problem(pr, states);
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<float> ms;
-  for (int i = 0; i <= 10; ++i) {  // the first launch warms up
-    cudaEventRecord(start);
-    if (!launch(pr, dev, segments, key_len, 0.088f)) break;
-    cudaEventRecord(stop);
-    if (cudaEventSynchronize(stop) != cudaSuccess) {
-      std::printf("fused_key_proto: %s\n", cudaGetErrorString(cudaGetLastError()));
-      break;
-    }
-    float t = 0.f;
-    cudaEventElapsedTime(&t, start, stop);
-    if (i > 0) ms.push_back(t);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  if (!ms.empty()) {
-    std::sort(ms.begin(), ms.end());
+  const std::vector<float> ms =
+      hl::bench::launch_times_ms([&] { return launch(pr, dev, segments, key_len, 0.088f); }, 10);
+  if (ms.empty()) {
+    std::printf("fused_key_proto: %s\n", cudaGetErrorString(cudaGetLastError()));
+  } else {
     std::printf("time units %d N %d segments %d: median %.1f us (min %.1f, max %.1f) over %zu\n",
                 units, N, segments, 1e3 * ms[ms.size() / 2], 1e3 * ms.front(), 1e3 * ms.back(),
                 ms.size());

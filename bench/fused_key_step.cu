@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bench/cuda_timing.cuh"
 #include "kernels/cuda/hybrid_hopper.cuh"  // swizzled_offset, load_fold_operand, hopper.cuh
 
 namespace {
@@ -475,26 +476,16 @@ __global__ void __launch_bounds__(512, 1) step_kernel(const StepParams p) {
 // Median ns per 64-key block of one launch on every SM; false when CUDA fails.
 bool report(void (*kernel)(StepParams), const char* name, const StepParams& p, int sms) {
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<float> ms;
-  for (int i = 0; i <= 5; ++i) {  // the first launch warms up
-    cudaEventRecord(start);
-    kernel<<<sms, 512, kSmemBytes>>>(p);
-    cudaEventRecord(stop);
-    if (cudaEventSynchronize(stop) != cudaSuccess) {
-      std::printf("%s: CUDA error %s\n", name, cudaGetErrorString(cudaGetLastError()));
-      return false;
-    }
-    float t = 0.f;
-    cudaEventElapsedTime(&t, start, stop);
-    if (i > 0) ms.push_back(t);
+  const double us = hl::bench::median_launch_us(
+      [&] {
+        kernel<<<sms, 512, kSmemBytes>>>(p);
+        return true;
+      },
+      5);
+  if (us < 0) {
+    std::printf("%s: CUDA error %s\n", name, cudaGetErrorString(cudaGetLastError()));
+    return false;
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  const double us = 1e3 * ms[ms.size() / 2];
   // Per 64-key block: 16.8 MFLOP of products (the fold's 2.1 included).
   std::printf("%-45s %d blocks an SM in %.1f us: %.0f ns a block, %.0f TFLOP/s\n", name, p.blocks,
               us, 1e3 * us / p.blocks, 16.8e6 * p.blocks * sms / us * 1e-6);

@@ -18,6 +18,7 @@
 #include <random>
 #include <vector>
 
+#include "bench/cuda_timing.cuh"
 #include "kernels/cuda/hybrid_hopper.cuh"  // swizzled_offset, and hopper.cuh
 
 namespace {
@@ -161,7 +162,6 @@ __global__ void __launch_bounds__(128, 1) check_kernel(const CheckParams p) {
 float bf16_round(float x) {
   return __bfloat162float(__float2bfloat16_rn(x));
 }
-
 
 double rel_error(const std::vector<float>& out, const std::vector<double>& ref) {
   double num = 0, den = 0;
@@ -321,23 +321,16 @@ void report_rate(const char* name, int sms, float* out) {
   auto kernel = rate_kernel<kKind>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kRateSmem);
   constexpr int kN = kKind == Kind::kSsN64 ? 64 : kKind == Kind::kSsN128 ? 128 : 32;
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<float> ms;
-  for (int i = 0; i <= 5; ++i) {  // the first launch warms up
-    cudaEventRecord(start);
-    kernel<<<sms, 256, kRateSmem>>>(out, kRounds);
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float t = 0.f;
-    cudaEventElapsedTime(&t, start, stop);
-    if (i > 0) ms.push_back(t);
+  const double us = hl::bench::median_launch_us(
+      [&] {
+        kernel<<<sms, 256, kRateSmem>>>(out, kRounds);
+        return true;
+      },
+      5);
+  if (us < 0) {
+    std::printf("rate %s: CUDA error %s\n", name, cudaGetErrorString(cudaGetLastError()));
+    return;
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  const double us = 1e3 * ms[ms.size() / 2];
   const double flop = 2.0 * 64 * kN * 16 * 8 * kRounds * 2 * sms;  // two warpgroups an SM
   std::printf("rate %-40s %8.1f us  %6.1f TFLOP/s  %5.1f ns per k-step\n", name, us,
               flop / us * 1e-6, 1e3 * us / (8.0 * kRounds));
