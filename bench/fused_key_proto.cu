@@ -85,7 +85,7 @@ struct FkBarriers {
 };
 
 // Chunk x (of 64 rows from the segment's start; the top block's upper chunk is T) sits in row
-// slot x % 3 and phi_q slot x % 2; `use` counts the fills of its slot.
+// slot x % 3 and phi_q slot x % 2.
 __device__ inline int row_slot(int x) {
   return x % 3;
 }
@@ -137,8 +137,8 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
     mbar_init(bar.stage_empty, 256);
     mbar_init_fence();
   }
-  // Cycles one thread of each role spends waiting, by what it waits for (see the host's
-  // print_profile), and in all.
+  // Cycles one thread of each role spends waiting, by what it waits for (named in time_shape),
+  // and in all.
   unsigned long long* prof = reinterpret_cast<unsigned long long*>(smem + kProfOff);
   if (threadIdx.x < 32) prof[threadIdx.x] = 0;
   __syncthreads();
