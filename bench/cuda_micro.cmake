@@ -3,6 +3,9 @@
 function(hl_add_cuda_micro name)
   add_executable(hl_bench_${name} ${PROJECT_SOURCE_DIR}/bench/${name}.cu)
   target_include_directories(hl_bench_${name} PRIVATE ${PROJECT_SOURCE_DIR})
+  # Beside the other benchmarks: <build>/bench/hl_bench_<name>.
+  set_target_properties(hl_bench_${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY
+                                                    ${PROJECT_BINARY_DIR}/bench)
 endfunction()
 # The decode step's time floor (kernels that do less and less of its work).
 hl_add_cuda_micro(launch_floor)
