@@ -15,13 +15,14 @@
 #include <cstdio>
 #include <vector>
 
-#include "bench/cuda_timing.cuh"
+#include "bench/cuda_bench.cuh"
 #include "kernels/cuda/hopper.cuh"
 #include "kernels/cuda/hybrid_tc_common.cuh"
 
 namespace {
 
 using namespace hl::kernels::cuda::detail;
+using namespace hl::bench;
 
 constexpr int kTile = 2 * kColumnBlockBytes;   // 64 rows x 128 columns
 constexpr int kOperandBytes = 5 * kTile;       // q, k, dy, v (K-major), k again (N-major)
@@ -38,7 +39,7 @@ struct ChainParams {
 template <int kGroups, int kWork>
 __global__ void __launch_bounds__(128 * kGroups, 1) chain_kernel(const ChainParams p) {
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint8_t* smem = align_1024(smem_raw);
   // Small values: the timing does not depend on them, but the sum written at the end should be
   // finite so that a broken product shows.
   auto* words = reinterpret_cast<uint32_t*>(smem);
@@ -109,7 +110,7 @@ double launch_us(const ChainParams& p, int sms) {
       cudaSuccess) {
     return -1.0;
   }
-  return hl::bench::median_launch_us(
+  return median_launch_us(
       [&] {
         kernel<<<sms, 128 * kGroups, kSmemBytes>>>(p);
         return true;

@@ -30,12 +30,13 @@
 #include <string>
 #include <vector>
 
-#include "bench/cuda_timing.cuh"
+#include "bench/cuda_bench.cuh"
 #include "kernels/cuda/hybrid_hopper.cuh"
 
 namespace {
 
 using namespace hl::kernels::cuda::detail;
+using namespace hl::bench;
 
 constexpr int D = 128, F = 128, kW = 64;
 constexpr int kBlk = kColumnBlockBytes;  // 64 rows of 128 bytes
@@ -90,25 +91,9 @@ __device__ inline int row_slot(int x) {
   return x % 3;
 }
 
-// Rows [16 w + g8 (+ 8)] of an m64n32 C fragment (rows M x 32 keys) into [key][row]-major
-// staging (128-byte rows, 64-column blocks `block` apart) by stmatrix .trans, times `scale`.
-__device__ inline void stage_trans(uint32_t tile, const float (&acc)[16], float scale, int col0,
-                                   int warp, int lane, int block) {
-#pragma unroll
-  for (int pair = 0; pair < 2; ++pair) {
-    const int m = lane / 8, n = 2 * pair + m / 2, hf = m % 2;
-    const int i0 = 8 * pair;
-    stsm_x4_trans(tile + swizzled_offset(8 * n + lane % 8, col0 + 16 * warp + 8 * hf, block),
-                  pack_bf16(acc[i0] * scale, acc[i0 + 1] * scale),
-                  pack_bf16(acc[i0 + 2] * scale, acc[i0 + 3] * scale),
-                  pack_bf16(acc[i0 + 4] * scale, acc[i0 + 5] * scale),
-                  pack_bf16(acc[i0 + 6] * scale, acc[i0 + 7] * scale));
-  }
-}
-
 __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant__ FkParams p) {
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint8_t* smem = align_1024(smem_raw);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kBarOff);
   const FkBarriers bar{bars,      bars + 2,  bars + 4,  bars + 7, bars + 10,
                        bars + 12, bars + 14, bars + 15, bars + 16};
@@ -349,11 +334,11 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
         if (hs > 0) mbar_wait(bar.stage_empty, (hs - 1) & 1);
         timed(1, 3, t0);
         const uint32_t st = sbase + kStageOff;
-        stage_trans(st, pw0, 1.f, 0, warp, lane, kBlk);
-        stage_trans(st + kHalfBlk, pw1, 1.f, 0, warp, lane, kBlk);
-        stage_trans(st + 2 * kHalfBlk, du, 1.f, 0, warp, lane, kBlk);
-        stage_trans(kb + kKOff, ds0, 1.f, 0, warp, lane, kBlk);
-        stage_trans(kb + kKOff + kHalfBlk, ds1, 1.f, 0, warp, lane, kBlk);
+        stage_trans_n32(st, pw0, 1.f, 0, warp, lane, kBlk);
+        stage_trans_n32(st + kHalfBlk, pw1, 1.f, 0, warp, lane, kBlk);
+        stage_trans_n32(st + 2 * kHalfBlk, du, 1.f, 0, warp, lane, kBlk);
+        stage_trans_n32(kb + kKOff, ds0, 1.f, 0, warp, lane, kBlk);
+        stage_trans_n32(kb + kKOff + kHalfBlk, ds1, 1.f, 0, warp, lane, kBlk);
         fence_async_shared();
         mbar_arrive(bar.stage_full);
       }
@@ -400,20 +385,7 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
   // between barriers of both key-side warpgroups: the first once both are done with the copy.
   auto publish = [&] {
     named_barrier(1, 256);
-    const int m = lane / 8, r = 8 * (m % 2) + lane % 8;  // this lane's row of matrix m
-    const uint32_t rows = sbase + kUOff + (f0 + 16 * warp) * 128;
-    const float* x = u[0];
-#pragma unroll
-    for (int n = 0; n < 16; n += 2) {
-      const int col = n + m / 2;  // matrices (n, rows 0-7), (n, 8-15), (n + 1, 0-7), (n + 1, 8-15)
-      const uint32_t at = rows + r * 128 + (col / 8) * kUBlock + (((col % 8) ^ (r % 8)) * 16);
-      asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(at),
-                   "r"(pack_bf16(coef_l * x[4 * n], coef_l * x[4 * n + 1])),
-                   "r"(pack_bf16(coef_l * x[4 * n + 2], coef_l * x[4 * n + 3])),
-                   "r"(pack_bf16(coef_l * x[4 * n + 4], coef_l * x[4 * n + 5])),
-                   "r"(pack_bf16(coef_l * x[4 * n + 6], coef_l * x[4 * n + 7]))
-                   : "memory");
-    }
+    publish_rows_stsm(sbase + kUOff + (f0 + 16 * warp) * 128, u[0], coef_l, lane, kUBlock);
     float za = up[0][0], zb = up[0][1];
     quad_sum(za, zb);
     if (t4 == 0) {
@@ -554,8 +526,8 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       const uint32_t out = kb + (dv_side ? kVOff : kKOff);
 #pragma unroll
       for (int mb = 0; mb < 2; ++mb)
-        stage_trans(out, acc[mb], dv_side ? 1.f : p.scale, 64 * mb, warp, lane, kHalfBlk);
-      stage_trans(kb + kPkOff, dpk, 1.f, f0, warp, lane, kHalfBlk);
+        stage_trans_n32(out, acc[mb], dv_side ? 1.f : p.scale, 64 * mb, warp, lane, kHalfBlk);
+      stage_trans_n32(kb + kPkOff, dpk, 1.f, f0, warp, lane, kHalfBlk);
       fence_async_shared();
       mbar_arrive(bar.out_full + h);  // the store thread sends them
       timed(wg, 4, t0);
@@ -566,10 +538,6 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
 }
 
 // ---- host side ----------------------------------------------------------------------------
-
-float bf16_round(float x) {
-  return __bfloat162float(__float2bfloat16_rn(x));
-}
 
 struct Problem {
   int units, N;
@@ -680,21 +648,6 @@ std::vector<float> segment_states(const Problem& pr, int segments, int key_len) 
   return out;
 }
 
-template <typename T>
-T* upload(const std::vector<T>& x) {
-  T* dev = nullptr;
-  cudaMalloc(&dev, x.size() * sizeof(T));
-  cudaMemcpy(dev, x.data(), x.size() * sizeof(T), cudaMemcpyHostToDevice);
-  return dev;
-}
-
-bf16* upload_bf16(const std::vector<float>& x) {
-  std::vector<bf16> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i)
-    y[i] = __float2bfloat16_rn(x[i]);
-  return upload(y);
-}
-
 struct Device {
   bf16 *q, *k, *v, *dy, *phi_q, *phi_k, *dk, *dv, *dpk;
   float *row_max, *row_denom, *row_delta, *row_gate, *coef_w, *coef_l, *states;
@@ -742,12 +695,12 @@ bool launch(const Problem& pr, const Device& dev, int segments, int key_len, flo
 
 Device upload_problem(const Problem& pr, const std::vector<float>& states) {
   Device dev{};
-  dev.q = upload_bf16(pr.q);
-  dev.k = upload_bf16(pr.k);
-  dev.v = upload_bf16(pr.v);
-  dev.dy = upload_bf16(pr.dy);
-  dev.phi_q = upload_bf16(pr.phi_q);
-  dev.phi_k = upload_bf16(pr.phi_k);
+  dev.q = to_device_bf16(pr.q);
+  dev.k = to_device_bf16(pr.k);
+  dev.v = to_device_bf16(pr.v);
+  dev.dy = to_device_bf16(pr.dy);
+  dev.phi_q = to_device_bf16(pr.phi_q);
+  dev.phi_k = to_device_bf16(pr.phi_k);
   const size_t n = pr.q.size() * sizeof(bf16);
   cudaMalloc(&dev.dk, n);
   cudaMalloc(&dev.dv, n);
@@ -755,14 +708,14 @@ Device upload_problem(const Problem& pr, const std::vector<float>& states) {
   cudaMemset(dev.dk, 0xFF, n);  // NaN: rows left unwritten show
   cudaMemset(dev.dv, 0xFF, n);
   cudaMemset(dev.dpk, 0xFF, n);
-  dev.row_max = upload(pr.row_max);
-  dev.row_denom = upload(pr.row_denom);
-  dev.row_delta = upload(pr.row_delta);
-  dev.row_gate = upload(pr.row_gate);
-  dev.row_argmax = upload(pr.row_argmax);
-  dev.coef_w = upload(pr.coef_w);
-  dev.coef_l = upload(pr.coef_l);
-  dev.states = states.empty() ? nullptr : upload(states);
+  dev.row_max = to_device(pr.row_max);
+  dev.row_denom = to_device(pr.row_denom);
+  dev.row_delta = to_device(pr.row_delta);
+  dev.row_gate = to_device(pr.row_gate);
+  dev.row_argmax = to_device(pr.row_argmax);
+  dev.coef_w = to_device(pr.coef_w);
+  dev.coef_l = to_device(pr.coef_l);
+  dev.states = states.empty() ? nullptr : to_device(states);
   return dev;
 }
 
@@ -777,16 +730,6 @@ void free_device(Device& dev) {
         static_cast<void*>(dev.states), static_cast<void*>(dev.row_argmax)}) {
     cudaFree(x);
   }
-}
-
-double rel_error(const std::vector<bf16>& out, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double o = __bfloat162float(out[i]);
-    num += (o - ref[i]) * (o - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / den);  // NaN when an entry was left unwritten
 }
 
 bool check(int units, int N, int segments, int key_len, uint32_t seed) {
@@ -839,7 +782,7 @@ void time_shape(int units, int N, int segments) {
   std::vector<float> states(static_cast<size_t>(units) * segments * (F * D + F), 0.f);
   Device dev = upload_problem(pr, states);
   const std::vector<float> ms =
-      hl::bench::launch_times_ms([&] { return launch(pr, dev, segments, key_len, 0.088f); }, 10);
+      launch_times_ms([&] { return launch(pr, dev, segments, key_len, 0.088f); }, 10);
   if (ms.empty()) {
     std::printf("fused_key_proto: %s\n", cudaGetErrorString(cudaGetLastError()));
   } else {

@@ -25,12 +25,13 @@
 #include <cstdlib>
 #include <vector>
 
-#include "bench/cuda_timing.cuh"
+#include "bench/cuda_bench.cuh"
 #include "kernels/cuda/hybrid_hopper.cuh"  // swizzled_offset, load_fold_operand, hopper.cuh
 
 namespace {
 
 using namespace hl::kernels::cuda::detail;
+using namespace hl::bench;
 
 constexpr int kBlk = kColumnBlockBytes;  // 64 rows of 128 bytes
 constexpr int kUBlock = 128 * 128;       // U's copy: 128 feature rows of one 64-column block
@@ -82,43 +83,6 @@ __device__ inline void bulk_store(void* dst, uint32_t src, uint32_t bytes) {
                : "memory");
 }
 
-// An m64n32 C fragment (16 values of rows x 32 columns) as bf16 into a [column][row] tile of
-// 128-byte rows at `tile` (rows 64 mb + ... of the fragment become columns of the tile).
-__device__ inline void stage_trans(uint32_t tile, const uint32_t (&packed)[8], int col0, int warp,
-                                   int lane, int block) {
-#pragma unroll
-  for (int pair = 0; pair < 2; ++pair) {
-    const int m = lane / 8, n = 2 * pair + m / 2, hf = m % 2;
-    stsm_x4_trans(tile + swizzled_offset(8 * n + lane % 8, col0 + 16 * warp + 8 * hf, block),
-                  packed[4 * pair], packed[4 * pair + 1], packed[4 * pair + 2],
-                  packed[4 * pair + 3]);
-  }
-}
-
-// U's rows [16 w, 16 w + 16) of an m64n128 C fragment (fp32) as bf16 into U's copy at `rows`
-// (the copy's row 16 w of this half; 64-column blocks `block` apart) by stmatrix: eight x4
-// stores a thread where publish_state makes 64 st.shared.
-__device__ inline void publish_by_stsm(uint32_t rows, const float (&acc)[64], int lane, int block) {
-  const int m = lane / 8, r = 8 * (m % 2) + lane % 8;  // this lane's row of matrix m
-#pragma unroll
-  for (int n = 0; n < 16; n += 2) {
-    const int col = n + m / 2;  // matrices (n, rows 0-7), (n, 8-15), (n + 1, 0-7), (n + 1, 8-15)
-    const uint32_t at = rows + r * 128 + (col / 8) * block + (((col % 8) ^ (r % 8)) * 16);
-    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(at),
-                 "r"(pack_bf16(acc[4 * n], acc[4 * n + 1])),
-                 "r"(pack_bf16(acc[4 * n + 2], acc[4 * n + 3])),
-                 "r"(pack_bf16(acc[4 * n + 4], acc[4 * n + 5])),
-                 "r"(pack_bf16(acc[4 * n + 6], acc[4 * n + 7]))
-                 : "memory");
-  }
-}
-
-__device__ inline void pack16(uint32_t (&p)[8], const float (&acc)[16], float scale) {
-#pragma unroll
-  for (int i = 0; i < 8; ++i)
-    p[i] = pack_bf16(acc[2 * i] * scale, acc[2 * i + 1] * scale);
-}
-
 // kKeyScores: the scores in key orientation (m64n64 over the 64-key tile, a chunk's rows as N,
 // row values per element from shared memory) instead of row orientation per 32-key half.
 // kEarlyFold: at a block's end, the fold is issued right after the products that read U (U v^T,
@@ -127,7 +91,7 @@ __device__ inline void pack16(uint32_t (&p)[8], const float (&acc)[16], float sc
 template <bool kKeyScores, bool kEarlyFold, bool kStsm = false>
 __global__ void __launch_bounds__(512, 1) step_kernel(const StepParams p) {
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint8_t* smem = align_1024(smem_raw);
   auto* words = reinterpret_cast<uint32_t*>(smem);
   for (int i = threadIdx.x; i < kBarOff / 4; i += blockDim.x)
     words[i] = pack_bf16(0.01f * (i % 7) - 0.03f, 0.01f * (i % 5) - 0.02f);
@@ -317,19 +281,13 @@ __global__ void __launch_bounds__(512, 1) step_kernel(const StepParams p) {
           pw0[i] = ex;
           ds0[i] = fmaf(ex, dp0[i] - delta, off == lim ? -gate : 0.f);
         }
-        uint32_t pk[8];
         if (h > 0) mbar_wait(stage_empty, (h - 1) & 1);
         const uint32_t st = sbase + kStage;
-        pack16(pk, pw0, 1.f);
-        stage_trans(st, pk, 0, warp, lane, kBlk);
-        pack16(pk, pw1, 1.f);
-        stage_trans(st + kHalfTile, pk, 0, warp, lane, kBlk);
-        pack16(pk, ds0, 1.f);
-        stage_trans(st + 2 * kHalfTile, pk, 0, warp, lane, kBlk);
-        pack16(pk, ds1, 1.f);
-        stage_trans(st + 3 * kHalfTile, pk, 0, warp, lane, kBlk);
-        pack16(pk, du, 1.f);
-        stage_trans(st + 4 * kHalfTile, pk, 0, warp, lane, kBlk);
+        stage_trans_n32(st, pw0, 1.f, 0, warp, lane, kBlk);
+        stage_trans_n32(st + kHalfTile, pw1, 1.f, 0, warp, lane, kBlk);
+        stage_trans_n32(st + 2 * kHalfTile, ds0, 1.f, 0, warp, lane, kBlk);
+        stage_trans_n32(st + 3 * kHalfTile, ds1, 1.f, 0, warp, lane, kBlk);
+        stage_trans_n32(st + 4 * kHalfTile, du, 1.f, 0, warp, lane, kBlk);
         fence_async_shared();
         mbar_arrive(stage_full);
       }
@@ -367,7 +325,7 @@ __global__ void __launch_bounds__(512, 1) step_kernel(const StepParams p) {
       named_barrier(1, 256);  // both sides' reads of U's copy are done
       float zero[1][2] = {{0.f, 0.f}};
       if (kStsm && !(p.skip & kSkipFold)) {
-        publish_by_stsm(sbase + kU + (f0 + 16 * warp) * 128, u[0], lane, kUBlock);
+        publish_rows_stsm(sbase + kU + (f0 + 16 * warp) * 128, u[0], 1.f, lane, kUBlock);
         fence_async_shared();
       } else if (!(p.skip & kSkipFold)) {
         publish_state<128, 64, true>(sbase + kU + f0 * 128, kUBlock, smem + kZOff + (wg - 2) * 256,
@@ -442,14 +400,10 @@ __global__ void __launch_bounds__(512, 1) step_kernel(const StepParams p) {
       if (!(p.skip & kSkipOutputs)) {
         if (ct == 0) bulk_wait_read();
         named_barrier(2 + (wg - 2), 128);  // the previous half's stores have read the staging
-        uint32_t pk[8];
 #pragma unroll
-        for (int mb = 0; mb < 2; ++mb) {
-          pack16(pk, acc[mb], 1.f);
-          stage_trans(out, pk, 64 * mb, warp, lane, kHalfTile);
-        }
-        pack16(pk, dpk, 1.f);
-        stage_trans(out + 2 * kHalfTile, pk, 0, warp, lane, kHalfTile);
+        for (int mb = 0; mb < 2; ++mb)
+          stage_trans_n32(out, acc[mb], 1.f, 64 * mb, warp, lane, kHalfTile);
+        stage_trans_n32(out + 2 * kHalfTile, dpk, 1.f, 0, warp, lane, kHalfTile);
         fence_async_shared();
         named_barrier(2 + (wg - 2), 128);
         if (ct == 0) {
@@ -476,7 +430,7 @@ __global__ void __launch_bounds__(512, 1) step_kernel(const StepParams p) {
 // Median ns per 64-key block of one launch on every SM; false when CUDA fails.
 bool report(void (*kernel)(StepParams), const char* name, const StepParams& p, int sms) {
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-  const double us = hl::bench::median_launch_us(
+  const double us = median_launch_us(
       [&] {
         kernel<<<sms, 512, kSmemBytes>>>(p);
         return true;

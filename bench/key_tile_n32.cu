@@ -18,12 +18,13 @@
 #include <random>
 #include <vector>
 
-#include "bench/cuda_timing.cuh"
+#include "bench/cuda_bench.cuh"
 #include "kernels/cuda/hybrid_hopper.cuh"  // swizzled_offset, and hopper.cuh
 
 namespace {
 
 using namespace hl::kernels::cuda::detail;
+using namespace hl::bench;
 
 constexpr int kBlk = kColumnBlockBytes;  // 64 rows of 128 bytes
 constexpr int kUBlock = 128 * 128;       // U's copy: 128 feature rows of one 64-column block
@@ -70,7 +71,7 @@ __device__ void put_tile(uint8_t* smem, int off, const bf16* src, int rows, int 
 
 __global__ void __launch_bounds__(128, 1) check_kernel(const CheckParams p) {
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint8_t* smem = align_1024(smem_raw);
   const int ct = threadIdx.x;
   put_tile(smem, kQ, p.q, 64, kBlk);
   put_tile(smem, kK, p.k, 64, kBlk);
@@ -82,23 +83,14 @@ __global__ void __launch_bounds__(128, 1) check_kernel(const CheckParams p) {
         __float2bfloat16_rn(p.u[e]);
   }
   // ds^T of each half from ds's C fragment (rows x 32 keys), as a scores warpgroup would stage
-  // it: matrix (n, hf) holds rows 16 w + 8 hf + (0..7) and keys 8 n + (0..7); lane l addresses
-  // key 8 n + l % 8 of matrix l / 8, whose 8 rows are 16 contiguous bytes of that key's row.
+  // it.
   const int warp = ct / 32, lane = ct % 32;
   for (int h = 0; h < 2; ++h) {
     float d[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i)
       d[i] = p.ds[c_row(ct, i) * 64 + 32 * h + c_col(ct, i)];
-    const uint32_t base = shared_address(smem + kDsT + h * kDsTBytes);
-#pragma unroll
-    for (int pair = 0; pair < 2; ++pair) {  // n = 2 pair and 2 pair + 1
-      const int m = lane / 8, n = 2 * pair + m / 2, hf = m % 2;
-      const uint32_t at = base + swizzled_offset(8 * n + lane % 8, 16 * warp + 8 * hf, kBlk);
-      const int i0 = 8 * pair;
-      stsm_x4_trans(at, pack_bf16(d[i0], d[i0 + 1]), pack_bf16(d[i0 + 2], d[i0 + 3]),
-                    pack_bf16(d[i0 + 4], d[i0 + 5]), pack_bf16(d[i0 + 6], d[i0 + 7]));
-    }
+    stage_trans_n32(shared_address(smem + kDsT + h * kDsTBytes), d, 1.f, 0, warp, lane, kBlk);
   }
   fence_async_shared();  // the generic writes before the tensor cores read them
   __syncthreads();
@@ -159,27 +151,6 @@ __global__ void __launch_bounds__(128, 1) check_kernel(const CheckParams p) {
 
 // ---- the check's host side ----------------------------------------------------------------
 
-float bf16_round(float x) {
-  return __bfloat162float(__float2bfloat16_rn(x));
-}
-
-double rel_error(const std::vector<float>& out, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    num += (out[i] - ref[i]) * (out[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / den);
-}
-
-template <typename T>
-T* to_device(const std::vector<T>& host) {
-  T* dev = nullptr;
-  cudaMalloc(&dev, host.size() * sizeof(T));
-  cudaMemcpy(dev, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
-  return dev;
-}
-
 bool run_check() {
   std::mt19937 gen(20261129);
   std::uniform_real_distribution<float> dist(-1.f, 1.f);
@@ -195,14 +166,8 @@ bool run_check() {
   const std::vector<float> q = random_values(64 * 128), k = random_values(64 * 128),
                            v = random_values(64 * 128), pk = random_values(64 * 128),
                            u = random_values(128 * 128), ds = random_values(64 * 64);
-  auto as_bf16 = [](const std::vector<float>& x) {
-    std::vector<bf16> y(x.size());
-    for (size_t i = 0; i < x.size(); ++i)
-      y[i] = __float2bfloat16_rn(x[i]);
-    return y;
-  };
-  std::vector<bf16*> inputs = {to_device(as_bf16(q)), to_device(as_bf16(k)), to_device(as_bf16(v)),
-                               to_device(as_bf16(pk))};
+  std::vector<bf16*> inputs = {to_device_bf16(q), to_device_bf16(k), to_device_bf16(v),
+                               to_device_bf16(pk)};
   float* u_dev = to_device(u);
   float* ds_dev = to_device(ds);
   std::vector<float> s(2 * 64 * 32), dk_t(2 * 128 * 32), dv_t(2 * 128 * 32), dpk_t(2 * 64 * 32);
@@ -284,7 +249,7 @@ constexpr int kRounds = 4000;
 template <Kind kKind>
 __global__ void __launch_bounds__(256, 1) rate_kernel(float* out, int rounds) {
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint8_t* smem = align_1024(smem_raw);
   auto* words = reinterpret_cast<uint32_t*>(smem);
   for (int i = threadIdx.x; i < 64 * 1024 / 4; i += blockDim.x)
     words[i] = pack_bf16(0.01f * (i % 7) - 0.03f, 0.01f * (i % 5) - 0.02f);
@@ -321,7 +286,7 @@ void report_rate(const char* name, int sms, float* out) {
   auto kernel = rate_kernel<kKind>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kRateSmem);
   constexpr int kN = kKind == Kind::kSsN64 ? 64 : kKind == Kind::kSsN128 ? 128 : 32;
-  const double us = hl::bench::median_launch_us(
+  const double us = median_launch_us(
       [&] {
         kernel<<<sms, 256, kRateSmem>>>(out, kRounds);
         return true;

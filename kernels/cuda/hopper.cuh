@@ -21,6 +21,12 @@ __device__ inline uint32_t shared_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+/// The first 1024-byte aligned address at or after `raw` in shared memory: 128-byte swizzled
+/// tiles need that alignment, so layouts leave 1 KB of slack for it.
+__device__ inline uint8_t* align_1024(uint8_t* raw) {
+  return raw + ((1024 - (shared_address(raw) & 1023)) & 1023);
+}
+
 __device__ inline void st_shared_u32(uint32_t addr, uint32_t value) {
   asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(value) : "memory");
 }

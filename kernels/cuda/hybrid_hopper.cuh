@@ -97,6 +97,45 @@ __device__ inline void stage_tile(uint32_t tile, const float* acc, float fa, flo
   }
 }
 
+// An m64n32 C fragment (rows 16 warp + g8 (+ 8), 32 columns), times `scale`, in bf16 and
+// transposed by stmatrix .trans into a [column][row] tile of 128-byte rows at shared address
+// `tile`: fragment row r lands in tile column col0 + r (64-column blocks `block` apart). The
+// key side of the fused key kernel stages ds^T, pw^T and its outputs so (bench/fused_key_*).
+__device__ inline void stage_trans_n32(uint32_t tile, const float (&acc)[16], float scale, int col0,
+                                       int warp, int lane, int block) {
+#pragma unroll
+  for (int pair = 0; pair < 2; ++pair) {
+    // Matrices (n, rows 0-7), (n, 8-15), (n + 1, 0-7), (n + 1, 8-15) for n = 2 pair; lane l
+    // addresses column 8 n + l % 8 of matrix l / 8, whose 8 rows are 16 contiguous bytes.
+    const int m = lane / 8, n = 2 * pair + m / 2, hf = m % 2;
+    const int i0 = 8 * pair;
+    stsm_x4_trans(tile + swizzled_offset(8 * n + lane % 8, col0 + 16 * warp + 8 * hf, block),
+                  pack_bf16(acc[i0] * scale, acc[i0 + 1] * scale),
+                  pack_bf16(acc[i0 + 2] * scale, acc[i0 + 3] * scale),
+                  pack_bf16(acc[i0 + 4] * scale, acc[i0 + 5] * scale),
+                  pack_bf16(acc[i0 + 6] * scale, acc[i0 + 7] * scale));
+  }
+}
+
+// Rows [16 warp, 16 warp + 16) of an m64n128 C fragment, times `scale`, in bf16 by stmatrix
+// into the N-major tile whose row 16 warp is at shared address `rows` (64-column blocks `block`
+// apart): eight x4 stores a thread where publish_state makes 64 st.shared.
+__device__ inline void publish_rows_stsm(uint32_t rows, const float (&acc)[64], float scale,
+                                         int lane, int block) {
+  const int m = lane / 8, r = 8 * (m % 2) + lane % 8;  // this lane's row of matrix m
+#pragma unroll
+  for (int n = 0; n < 16; n += 2) {
+    const int col = n + m / 2;  // matrices (n, rows 0-7), (n, 8-15), (n + 1, 0-7), (n + 1, 8-15)
+    const uint32_t at = rows + r * 128 + (col / 8) * block + (((col % 8) ^ (r % 8)) * 16);
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(at),
+                 "r"(pack_bf16(scale * acc[4 * n], scale * acc[4 * n + 1])),
+                 "r"(pack_bf16(scale * acc[4 * n + 2], scale * acc[4 * n + 3])),
+                 "r"(pack_bf16(scale * acc[4 * n + 4], scale * acc[4 * n + 5])),
+                 "r"(pack_bf16(scale * acc[4 * n + 6], scale * acc[4 * n + 7]))
+                 : "memory");
+  }
+}
+
 // stage_tile, then one TMA store per block of rows [row, row + 64); thread ct == 0 waits until
 // the stores have read the tile (unless wait_read is false: then the caller's thread 0 calls
 // bulk_wait_read before the tile is written again). The caller's named barrier `barrier` (its

@@ -425,7 +425,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   // The kMap layout has no slack for aligning the base (observed aligned on sm_90).
   if (kMap && (shared_address(smem_raw) & 1023) != 0) __trap();
-  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint8_t* smem = align_1024(smem_raw);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   const Barriers bar = ring_barriers(bars);
 
@@ -549,7 +549,7 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
   }
   using L = SpLayout<D, F, kMap>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint8_t* smem = align_1024(smem_raw);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   uint64_t* empty = full + kSpStages;
   uint64_t* w_full = empty + kSpStages;

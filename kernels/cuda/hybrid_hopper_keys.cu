@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   await_previous_kernel();
   using L = KeyLayout<D, F>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint8_t* smem = align_1024(smem_raw);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   const KeyBarriers bar{bars,
                         bars + kKeySlots,
@@ -486,7 +486,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   await_previous_kernel();
   using L = WkLayout<D>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
+  uint8_t* smem = align_1024(smem_raw);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOff);
   const WkBarriers bar{bars,
                        bars + 2,
