@@ -91,6 +91,10 @@ __device__ inline int row_slot(int x) {
   return x % 3;
 }
 
+// Registers a thread of the scores and of each key-side warpgroup (the producer keeps 24).
+constexpr int kScoresRegs = 176, kKeyRegs = 152;
+static_assert(regs_fit(512, 24 + kScoresRegs + 2 * kKeyRegs), "more registers than an SM has");
+
 __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant__ FkParams p) {
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = align_1024(smem_raw);
@@ -245,7 +249,7 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
 
   if (wg == 1) {
     // ---- scores warpgroup ----
-    regs_grow<168>();
+    regs_grow<kScoresRegs>();
     const float scale_log2 = p.scale * 1.4426950408889634f;
     const int la = 16 * warp + g8;  // this thread's rows la, la + 8 of each chunk
     for (int bi = 0; bi < T; ++bi) {
@@ -352,10 +356,10 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
     return;
   }
 
-  // ---- key side: wg 2 holds U's rows 0-63 and dv^T, wg 3 rows 64-127 and dk^T ----
-  regs_grow<160>();
-  const bool dv_side = wg == 2;
-  const int f0 = dv_side ? 0 : 64;
+  // ---- key sides: wg 2 + mb holds U's rows 64 mb-64 mb + 63 and rows 64 mb-64 mb + 63 of dv^T,
+  // dk^T and dphi_k^T, so that both run the same products ----
+  regs_grow<kKeyRegs>();
+  const int mb = wg - 2, f0 = 64 * mb;
   float u[1][64], up[1][2];  // U's rows f0 + 16 w + g8 (+ 8) and their u partial sums
   {
     // U, u at the segment's top from the reverse pass (zero for the last segment).
@@ -419,7 +423,7 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       mbar_wait(bar.row_full + row_slot(c), ((T - c) / 3) & 1);
       mbar_wait(bar.row_full + row_slot(c + 1), ((T - c - 1) / 3) & 1);
       mbar_wait(bar.pq_full + (c + 1) % 2, (bi / 2) & 1);
-      float acc[2][16], dpk[16];
+      float dv[16], dk[16], dpk[16];
       // dphi_k^T starts at - c_l u of its rows.
       {
         const float ua = -small_u[f0 + 16 * warp + g8], ub = -small_u[f0 + 16 * warp + g8 + 8];
@@ -440,15 +444,10 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
 #pragma unroll
       for (int kk = 0; kk < 8; ++kk)
         wgmma_rs_n32<0>(dpk, ua[kk], k_major(kb + kVOff, kk, kHalfBlk), true);
-      if (dv_side) {
 #pragma unroll
-        for (int mb = 0; mb < 2; ++mb) {
-#pragma unroll
-          for (int ks = 0; ks < 8; ++ks) {  // c_l U^T phi_k^T, K = F
-            wgmma_ss_n32<1, 0>(acc[mb], n_major(sbase + kUOff + mb * kUBlock, ks, kUBlock),
-                               k_major(kb + kPkOff, ks, kHalfBlk), ks > 0);
-          }
-        }
+      for (int ks = 0; ks < 8; ++ks) {  // c_l U^T phi_k^T, K = F
+        wgmma_ss_n32<1, 0>(dv, n_major(sbase + kUOff + mb * kUBlock, ks, kUBlock),
+                           k_major(kb + kPkOff, ks, kHalfBlk), ks > 0);
       }
       if (fold) {
         // Chunk c + 1's rows below s_hi into U (A = (phi_q / D)^T, B = dy), u += phi_q delta /
@@ -482,17 +481,14 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       mbar_wait(bar.stage_full, hs & 1);
       timed(wg, 0, t0);
 #pragma unroll
-      for (int mb = 0; mb < 2; ++mb) {
+      for (int cc = 0; cc < 2; ++cc) {  // dy^T pw and q^T ds of chunk c + cc
+        const uint32_t slot = (cc ? up_slot : lo_slot) + mb * kBlk;
 #pragma unroll
-        for (int cc = 0; cc < 2; ++cc) {  // dy^T pw (dv) or q^T ds (dk) of chunk c + cc
-          const uint32_t slot = cc ? up_slot : lo_slot;
-          const uint32_t a = slot + (dv_side ? kDyOff : 0);
-          const uint32_t b = dv_side ? st + cc * kHalfBlk : kb + kKOff + cc * kHalfBlk;
-#pragma unroll
-          for (int ks = 0; ks < 4; ++ks) {
-            wgmma_ss_n32<1, 0>(acc[mb], n_major(a + mb * kBlk, ks, kBlk), k_major(b, ks),
-                               dv_side || cc > 0 || ks > 0);
-          }
+        for (int ks = 0; ks < 4; ++ks) {
+          wgmma_ss_n32<1, 0>(dv, n_major(slot + kDyOff, ks, kBlk), k_major(st + cc * kHalfBlk, ks),
+                             true);
+          wgmma_ss_n32<1, 0>(dk, n_major(slot, ks, kBlk), k_major(kb + kKOff + cc * kHalfBlk, ks),
+                             cc > 0 || ks > 0);
         }
       }
 #pragma unroll
@@ -503,7 +499,7 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       wgmma_commit();
       if (fold) {
         t0 = clock64();
-        wgmma_wait<1>();  // the fold, and the dv side's reads of U's copy
+        wgmma_wait<1>();  // the fold, and this side's reads of U's copy
         timed(wg, 1, t0);
         t0 = clock64();
         publish();
@@ -518,15 +514,13 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
         mbar_arrive(bar.pq_empty + (c + 1) % 2);
       }
       // Outputs over the half's buffers once both sides' products have read them: dv^T over v,
-      // dk^T over k (ds's place), this side's dphi_k^T columns over phi_k's block f0 / 64.
+      // dk^T over k (ds's place), dphi_k^T over phi_k, each in this side's column block mb.
       t0 = clock64();
       named_barrier(1, 256);
       timed(wg, 3, t0);
       t0 = clock64();
-      const uint32_t out = kb + (dv_side ? kVOff : kKOff);
-#pragma unroll
-      for (int mb = 0; mb < 2; ++mb)
-        stage_trans_n32(out, acc[mb], dv_side ? 1.f : p.scale, 64 * mb, warp, lane, kHalfBlk);
+      stage_trans_n32(kb + kVOff, dv, 1.f, f0, warp, lane, kHalfBlk);
+      stage_trans_n32(kb + kKOff, dk, p.scale, f0, warp, lane, kHalfBlk);
       stage_trans_n32(kb + kPkOff, dpk, 1.f, f0, warp, lane, kHalfBlk);
       fence_async_shared();
       mbar_arrive(bar.out_full + h);  // the store thread sends them
