@@ -82,13 +82,21 @@ struct FkBarriers {
   uint64_t *row_full, *row_empty;  // [3] row slots (q, dy, row values)
   uint64_t *pq_full, *pq_empty;    // [2] phi_q slots
   uint64_t *stage_full, *stage_empty;
-  uint64_t* out_full;  // [2] both key sides' outputs staged over key buffer h
+  uint64_t* out_full;  // [2] both key sides' outputs of half h staged (out_base)
 };
 
 // Chunk x (of 64 rows from the segment's start; the top block's upper chunk is T) sits in row
 // slot x % 3 and phi_q slot x % 2.
 __device__ inline int row_slot(int x) {
   return x % 3;
+}
+
+// Where half h of the block whose lower chunk is c stages its outputs (dk, dv, dphi_k at the key
+// buffer's k, v, phi_k offsets): half 0 over its key buffer, half 1 over the upper chunk's row
+// slot, which nothing reads after that half's products and fold, so that key buffer 1 goes back
+// to the producer before the stores rather than after.
+__device__ inline uint32_t out_base(uint32_t sbase, int h, int c) {
+  return sbase + (h == 0 ? 0 : kRowOff + row_slot(c + 1) * kRowSlot);
 }
 
 // Registers a thread of the scores and of each key-side warpgroup (the producer keeps 24).
@@ -113,14 +121,16 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
   if (threadIdx.x == 0) {
     for (int i = 0; i < 2; ++i) {
       mbar_init(bar.key_full + i, 1);
-      mbar_init(bar.key_empty + i, 1);  // the store thread, once the stores have read it
+      // Buffer 0: the store thread, once its stores have read it; buffer 1: a key-side thread
+      // after the output barrier (the second half's outputs go over the upper row chunk).
+      mbar_init(bar.key_empty + i, 1);
       mbar_init(bar.out_full + i, 256);
       mbar_init(bar.pq_full + i, 1);
       mbar_init(bar.pq_empty + i, 384);
     }
     for (int i = 0; i < 3; ++i) {
       mbar_init(bar.row_full + i, 1 + kRows);  // the TMA arrival + the row values' copies
-      mbar_init(bar.row_empty + i, 384);
+      mbar_init(bar.row_empty + i, 129);  // the scores warpgroup and the store thread
     }
     mbar_init(bar.stage_full, 128);
     mbar_init(bar.stage_empty, 256);
@@ -202,14 +212,16 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       }
       finish_profile(0);
     } else if (threadIdx.x == 32) {
-      // The store thread: each half's outputs, once both key sides have staged them over the
-      // half's key buffer, by TMA; the buffer goes back as soon as the stores have read it. The
-      // key sides never wait for a store (a thread waits only for its own bulk stores).
+      // The store thread: each half's outputs, once both key sides have staged them, by TMA;
+      // their place (key buffer 0 or the upper row slot) goes back as soon as the stores have
+      // read it. The key sides never wait for a store (a thread waits only for its own bulk
+      // stores).
       for (int bi = 0; bi < T; ++bi) {
+        const int c = T - 1 - bi;
         for (int h = 0; h < 2; ++h) {
           mbar_wait(bar.out_full + h, bi & 1);
-          const int key0 = chunk_row0(T - 1 - bi) + 32 * h;
-          uint8_t* base = smem + h * kKeyBuf;
+          const int key0 = chunk_row0(c) + 32 * h;
+          uint8_t* base = smem + (out_base(sbase, h, c) - sbase);
           for (int b = 0; b < 2; ++b) {
             tma_store_3d(&p.dk, base + kKOff + b * kHalfBlk, 64 * b, key0, unit);
             tma_store_3d(&p.dv, base + kVOff + b * kHalfBlk, 64 * b, key0, unit);
@@ -217,9 +229,10 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
           }
           bulk_commit();
           bulk_wait_read();
-          mbar_arrive(bar.key_empty + h);
+          mbar_arrive(h == 0 ? bar.key_empty : bar.row_empty + row_slot(c + 1));
         }
       }
+      mbar_arrive(bar.row_empty + row_slot(0));
       bulk_wait();
     } else if (threadIdx.x >= 64) {
       // Warps 2-3: row r of each chunk's values (mx = the max in log2 units less log2(c_w /
@@ -509,25 +522,24 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       wgmma_wait<0>();
       timed(wg, 1, t0);
       mbar_arrive(bar.stage_empty);
-      if (h == 1) {  // chunk c + 1 and its phi_q: this side is done with them
-        mbar_arrive(bar.row_empty + row_slot(c + 1));
-        mbar_arrive(bar.pq_empty + (c + 1) % 2);
-      }
-      // Outputs over the half's buffers once both sides' products have read them: dv^T over v,
-      // dk^T over k (ds's place), dphi_k^T over phi_k, each in this side's column block mb.
+      if (h == 1) mbar_arrive(bar.pq_empty + (c + 1) % 2);  // this side is done with phi_q
+      // Outputs once both sides' products have read the half's keys and (half 1) the upper
+      // chunk: dv^T at v's offset, dk^T at k's, dphi_k^T at phi_k's, each in this side's
+      // column block mb.
       t0 = clock64();
       named_barrier(1, 256);
       timed(wg, 3, t0);
+      if (h == 1 && threadIdx.x == 256) mbar_arrive(bar.key_empty + 1);
       t0 = clock64();
-      stage_trans_n32(kb + kVOff, dv, 1.f, f0, warp, lane, kHalfBlk);
-      stage_trans_n32(kb + kKOff, dk, p.scale, f0, warp, lane, kHalfBlk);
-      stage_trans_n32(kb + kPkOff, dpk, 1.f, f0, warp, lane, kHalfBlk);
+      const uint32_t out = out_base(sbase, h, c);
+      stage_trans_n32(out + kVOff, dv, 1.f, f0, warp, lane, kHalfBlk);
+      stage_trans_n32(out + kKOff, dk, p.scale, f0, warp, lane, kHalfBlk);
+      stage_trans_n32(out + kPkOff, dpk, 1.f, f0, warp, lane, kHalfBlk);
       fence_async_shared();
       mbar_arrive(bar.out_full + h);  // the store thread sends them
       timed(wg, 4, t0);
     }
   }
-  mbar_arrive(bar.row_empty + row_slot(0));
   finish_profile(wg);
 }
 
