@@ -100,7 +100,7 @@ __device__ inline uint32_t out_base(uint32_t sbase, int h, int c) {
 }
 
 // Registers a thread of the scores and of each key-side warpgroup (the producer keeps 24).
-constexpr int kScoresRegs = 176, kKeyRegs = 152;
+constexpr int kScoresRegs = 168, kKeyRegs = 160;
 static_assert(regs_fit(512, 24 + kScoresRegs + 2 * kKeyRegs), "more registers than an SM has");
 
 __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant__ FkParams p) {
@@ -415,6 +415,9 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
   };
   publish();
   const float* small_u = reinterpret_cast<const float*>(smem + kSmallUOff);
+  // Out here: a division's slow path is a call, which inside a product's pipeline stage makes
+  // ptxas serialise every product of the kernel (C7515).
+  const float inv_coef_l = 1.f / coef_l;
   const uint32_t st = sbase + kStageOff;
   for (int bi = 0; bi < T; ++bi) {
     const int c = T - 1 - bi;
@@ -444,19 +447,14 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
         for (int i = 0; i < 16; ++i)
           dpk[i] = ((i / 2) & 1) ? ub : ua;
       }
-      // A = c_l U of this side's rows, packed whole before the first product (ptxas otherwise
-      // waits for each product before packing the next k-step: C7517).
-      uint32_t ua[8][4];
-#pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-          ua[kk][r] = pack_bf16(coef_l * u[0][8 * kk + 2 * r], coef_l * u[0][8 * kk + 2 * r + 1]);
-      }
+      // c_l U v^T with A = this side's rows of U's bf16 copy (K-major there): from registers it
+      // would hold 32 more a thread through the products, more than the side has.
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < 8; ++kk)
-        wgmma_rs_n32<0>(dpk, ua[kk], k_major(kb + kVOff, kk, kHalfBlk), true);
+      for (int kk = 0; kk < 8; ++kk) {
+        wgmma_ss_n32<0, 0>(dpk, k_major(sbase + kUOff + f0 * 128, kk, kUBlock),
+                           k_major(kb + kVOff, kk, kHalfBlk), true);
+      }
 #pragma unroll
       for (int ks = 0; ks < 8; ++ks) {  // c_l U^T phi_k^T, K = F
         wgmma_ss_n32<1, 0>(dv, n_major(sbase + kUOff + mb * kUBlock, ks, kUBlock),
@@ -478,8 +476,8 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
                                  float2 x = unpack_bf16(frag[r]);
                                  const float4 fa = rv[il],
                                               fb = rv[il + 1];  // x_l = c_l / D: c_l divided out
-                                 x.x *= r0 + il < s_hi ? fa.y / coef_l : 0.f;
-                                 x.y *= r0 + il + 1 < s_hi ? fb.y / coef_l : 0.f;
+                                 x.x *= r0 + il < s_hi ? fa.y * inv_coef_l : 0.f;
+                                 x.y *= r0 + il + 1 < s_hi ? fb.y * inv_coef_l : 0.f;
                                  up[0][r % 2] += x.x * fa.z + x.y * fb.z;
                                  frag[r] = pack_bf16(x.x, x.y);
                                }
@@ -488,11 +486,22 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk)
           wgmma_rs<D, 1>(u[0], a[kk][0], n_major(up_slot + kDyOff, kk, kBlk), true);
+        // Waited for inside the branch: with a product in flight where the branches join,
+        // ptxas injects a fence on one path and serialises every product of the kernel (C7519,
+        // then C7515 or C7520).
+        wgmma_commit();
+        wgmma_wait<0>();
       }
+      // Done with before the staged tiles' products (after a fence of their own, for the same
+      // reason), so that the fold's operand need not fit beside their accumulators (C7511).
       wgmma_commit();
+      t0 = clock64();
+      wgmma_wait<0>();
+      timed(wg, 1, t0);
       t0 = clock64();
       mbar_wait(bar.stage_full, hs & 1);
       timed(wg, 0, t0);
+      wgmma_fence();
 #pragma unroll
       for (int cc = 0; cc < 2; ++cc) {  // dy^T pw and q^T ds of chunk c + cc
         const uint32_t slot = (cc ? up_slot : lo_slot) + mb * kBlk;
@@ -511,9 +520,6 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       }
       wgmma_commit();
       if (fold) {
-        t0 = clock64();
-        wgmma_wait<1>();  // the fold, and this side's reads of U's copy
-        timed(wg, 1, t0);
         t0 = clock64();
         publish();
         timed(wg, 2, t0);
