@@ -15,5 +15,3 @@ hl_add_cuda_micro(chain_overlap)
 hl_add_cuda_micro(key_tile_n32)
 # That kernel's per-block compute in its three warpgroups, timed on its own.
 hl_add_cuda_micro(fused_key_step)
-# A prototype of that kernel (MHA, w = 64, D = F = 128): checked against float64, then timed.
-hl_add_cuda_micro(fused_key_proto)

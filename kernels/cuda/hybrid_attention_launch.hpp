@@ -142,6 +142,11 @@ size_t backward_accum_floats(const ProblemShape& shape, const SegmentPlan& key_p
 /// for dk and dv: D of 64 or 128, w <= 64, an sm_90 GPU.
 bool backward_uses_hopper_window_key_kernel(const ProblemShape& shape, const SegmentPlan& key_plan);
 
+/// Whether launch_backward (bf16, key gradients wanted, no window dropped) takes the fused Hopper
+/// kernel for dk, dv and dphi_k in place of the window and linear key kernels: MHA, the
+/// non-overlapping hybrid with w = 64, D = F = 128, an sm_90 GPU.
+bool backward_uses_hopper_fused_key_kernel(const ProblemShape& shape, const SegmentPlan& key_plan);
+
 /// Recurrent state for decode, as kernels/attention.hpp's RecurrentState but with S and z in
 /// fp32: per (batch, q head) S [F, D] and z [F] over the keys j <= t - w that left the window
 /// (in every mode; overlap and linear-only add the ring keys' linear terms at each step); ring

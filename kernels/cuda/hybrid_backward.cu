@@ -553,6 +553,13 @@ bool backward_uses_hopper_window_key_kernel(const ProblemShape& shape,
          detail::window_key_wg_takes(s, detail::backward_tc_key_plan(key_plan, s.seq_len));
 }
 
+bool backward_uses_hopper_fused_key_kernel(const ProblemShape& shape, const SegmentPlan& key_plan) {
+  const detail::Shape s = detail::make_shape(shape);
+  return unsupported_reason(shape) == nullptr && shape.dtype == KernelDType::kBFloat16 &&
+         detail::backward_tc_fits(s, true) &&
+         detail::fused_key_wg_takes(s, detail::backward_tc_key_plan(key_plan, s.seq_len), nullptr);
+}
+
 namespace detail {
 namespace {
 

@@ -959,6 +959,21 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
       if (err != cudaSuccess) return err;
     }
     err = cudaErrorNotSupported;
+    if (hopper_key && a.key_grads && fused_key_wg_takes(s, key_plan, a.window_drop)) {
+      // dk, dv and dphi_k in one pass (the shapes of the benchmarks).
+      const FusedKeyArgs fa{a.q,           a.k,
+                            a.v,           a.dy,
+                            a.phi_q,       a.phi_k,
+                            a.coef_window, a.coef_linear,
+                            a.row_max,     a.row_denom,
+                            a.row_delta,   a.row_gate_grad,
+                            a.row_argmax,  sum_keys ? key_sums : a.reverse_states,
+                            sum_keys,      key_plan,
+                            a.dk,          a.dv,
+                            a.dphi_k};
+      err = run_fused_key_wg(s, fa, stream);
+      if (err != cudaErrorNotSupported) return err;
+    }
     if (hopper_key) {
       // With dk and dv wanted, the window key kernel runs first and this one adds the linear
       // part into dv, so that the linear part never makes an fp32 round trip through memory.

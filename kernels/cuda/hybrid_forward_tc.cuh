@@ -66,6 +66,37 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
                               const void* k_map_weight = nullptr,
                               const CoefSumParams* coef = nullptr);
 
+/// Inputs of the backward's fused key pass on Hopper: dk, dv and dphi_k in one kernel.
+struct FusedKeyArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* dy;
+  const void* phi_q;
+  const void* phi_k;
+  const float* coef_window;
+  const float* coef_linear;
+  const float* row_max;
+  const float* row_denom;
+  const float* row_delta;
+  const float* row_gate_grad;
+  const int32_t* row_argmax;
+  const float* rev_states;
+  bool sum_states;  ///< rev_states holds each segment's own sum (see TcForwardArgs)
+  SegmentPlan key_plan;
+  void* dk;
+  void* dv;
+  void* dphi_k;
+};
+
+/// Whether the Hopper fused key kernel takes this shape: MHA, the non-overlapping hybrid with
+/// w = 64 and no dropped window, D = F = 128, key segments of whole 64-row tiles, sm_90.
+bool fused_key_wg_takes(const Shape& s, const SegmentPlan& key_plan, const uint8_t* window_drop);
+
+/// dk, dv and dphi_k on Hopper in one kernel; cudaErrorNotSupported when a TMA descriptor cannot
+/// describe the tensors or the shared memory does not fit.
+cudaError_t run_fused_key_wg(const Shape& s, const FusedKeyArgs& a, cudaStream_t stream);
+
 /// Inputs of the backward's linear key pass on Hopper (see hybrid_backward_tc.cu for the terms).
 struct LinearKeyArgs {
   const void* v;

@@ -338,15 +338,17 @@ __device__ void load_chunk(const P& p, const UnitMode& um, uint8_t* smem, const 
 // the state warpgroup's accumulators, from the unit's `segments` entries at `unit_states` (each
 // [F][D] then [F], fp32): the scan's entry of the segment itself, or with `sums` (each entry a
 // segment's own sum) the sum of the entries before it (or after it, for a `suffix`); zero with
-// one segment. acc[h] holds rows [64 h, 64 h + 64), this thread rows f = 64 h + 16 warp + g8
-// (+ 8), and zp[h][0 / 1] the z partial sums of them.
-template <int D, int F>
+// one segment. acc[h] holds rows [f0 + 64 h, f0 + 64 h + 64), this thread rows f = f0 + 64 h +
+// 16 warp + g8 (+ 8), and zp[h][0 / 1] the z partial sums of them; the entries have kStateF rows
+// (F of them but where a warpgroup holds only F of a larger state's rows).
+template <int D, int F, int kStateF = F>
 __device__ inline void load_state(float (&acc)[F / 64][D / 2], float (&zp)[F / 64][2],
                                   const float* unit_states, int seg, int segments, bool sums,
-                                  bool suffix, int warp, int g8, int t4) {
+                                  bool suffix, int warp, int g8, int t4, int f0 = 0) {
+  constexpr int kStride = kStateF * D + kStateF;
   const int count = segments == 1 ? 0 : (sums ? (suffix ? segments - 1 - seg : seg) : 1);
   const float* start =
-      unit_states + static_cast<size_t>(sums ? (suffix ? seg + 1 : 0) : seg) * (F * D + F);
+      unit_states + static_cast<size_t>(sums ? (suffix ? seg + 1 : 0) : seg) * kStride;
 #pragma unroll
   for (int h = 0; h < F / 64; ++h) {
 #pragma unroll
@@ -354,10 +356,10 @@ __device__ inline void load_state(float (&acc)[F / 64][D / 2], float (&zp)[F / 6
       acc[h][i] = 0.f;
     zp[h][0] = zp[h][1] = 0.f;
   }
-  for (int k = 0; k < count; ++k, start += F * D + F) {
+  for (int k = 0; k < count; ++k, start += kStride) {
 #pragma unroll
     for (int h = 0; h < F / 64; ++h) {
-      const int fa = 64 * h + 16 * warp + g8;
+      const int fa = f0 + 64 * h + 16 * warp + g8;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
         const float2 va = *reinterpret_cast<const float2*>(start + fa * D + 8 * n + 2 * t4);
@@ -368,8 +370,8 @@ __device__ inline void load_state(float (&acc)[F / 64][D / 2], float (&zp)[F / 6
         acc[h][4 * n + 3] += vb.y;
       }
       if (t4 == 0) {
-        zp[h][0] += start[F * D + fa];
-        zp[h][1] += start[F * D + fa + 8];
+        zp[h][0] += start[kStateF * D + fa];
+        zp[h][1] += start[kStateF * D + fa + 8];
       }
     }
   }

@@ -520,7 +520,7 @@ hc::RawInputs raw_inputs(const Data& d, const Tensor& coef_window, const Tensor&
   in.phi_k = d.phi_k;
   in.coef_window = coef_window;
   in.coef_linear = coef_linear;
-  in.window_drop = d.drop.to(torch::kUInt8);
+  if (d.drop.defined()) in.window_drop = d.drop.to(torch::kUInt8);
   return in;
 }
 
@@ -533,7 +533,7 @@ void check_forced_splits(const Case& c, int forward_segments, int key_segments, 
   ASSERT_TRUE(c.affine) << "the coefficients below are the affine mixture's";
   const Data d = make_data(c, seed);
   const Tensor g = torch::sigmoid(d.omega.to(torch::kFloat)).view({1, c.Hq}).expand({c.B, c.Hq});
-  const Tensor dropped = d.drop.to(torch::kFloat);
+  const Tensor dropped = d.drop.defined() ? d.drop.to(torch::kFloat) : torch::zeros_like(g);
   const hc::RawInputs in = raw_inputs(d, (g * (1 - dropped)).contiguous(),
                                       ((1 - g) * (1 - dropped) + dropped).contiguous());
   hc::RawOptions o;
@@ -591,7 +591,7 @@ void check_forced_splits(const Case& c, int forward_segments, int key_segments, 
   }
   // d omega through the coefficients: dc_w dg/domega (1 - drop) - dc_l dg/domega (1 - drop).
   const Tensor gg = torch::sigmoid(d.omega.to(torch::kDouble));
-  const Tensor kept = 1 - d.drop.to(torch::kDouble);
+  const Tensor kept = 1 - dropped.to(torch::kDouble);
   const Tensor domega =
       ((grads.dcoef_window.to(torch::kDouble) - grads.dcoef_linear.to(torch::kDouble)) * kept * gg *
        (1 - gg))
@@ -631,6 +631,59 @@ TEST(CudaAttention, GqaHeadsAddIntoDvInTurnBf16) {
   c.affine = true;
   check_forced_splits(c, 4, 3, /*want_stats=*/false, 28);
   check_forced_splits(c, 4, 1, /*want_stats=*/false, 29);
+}
+
+// The fused Hopper key kernel (dk, dv and dphi_k in one pass) takes MHA, the non-overlapping
+// hybrid with w = 64, D = F = 128 and no dropped window: against the float64 reference at a
+// length under w, an odd length and one key segment, and key segments of 1 to 16 tiles (the
+// states after each segment summed in the kernel or scanned); then against the window and linear
+// key kernels, which the same inputs take with a window-drop mask of zeros.
+TEST(CudaAttention, FusedKeyKernelBf16) {
+  HL_REQUIRE_GPU();
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  Case c = bf16_head_case(40);
+  c.Hkv = c.Hq;
+  c.affine = true;
+  if (props->major == 9) {
+    hc::ProblemShape s;
+    s.batch = static_cast<int>(c.B);
+    s.q_heads = s.kv_heads = static_cast<int>(c.Hq);
+    s.seq_len = 2048;
+    s.head_dim = s.features = 128;
+    s.window = 64;
+    s.dtype = hc::KernelDType::kBFloat16;
+    const hc::SegmentPlan plan = hc::plan_segments(s.batch * s.kv_heads, s.seq_len, 132);
+    EXPECT_TRUE(hc::backward_uses_hopper_fused_key_kernel(s, plan));
+    s.kv_heads = s.q_heads / 2;  // GQA stays on the two kernels
+    EXPECT_FALSE(hc::backward_uses_hopper_fused_key_kernel(s, plan));
+  }
+  check_forward_backward(c, 90, via_inputs);
+  c.N = 453;
+  check_forced_splits(c, 1, 1, /*want_stats=*/false, 91);
+  c.N = 2048;
+  check_forced_splits(c, 4, 2, /*want_stats=*/false, 92);
+  check_forced_splits(c, 4, 16, /*want_stats=*/false, 93);
+
+  // The same gradients through both key paths.
+  c.N = 777;
+  const Data d = make_data(c, 94);
+  auto grads = [&](const Tensor& drop) {
+    auto leaf = [](const Tensor& t) { return t.detach().clone().requires_grad_(true); };
+    Tensor k = leaf(d.k), v = leaf(d.v), pk = leaf(d.phi_k);
+    hk::AttentionInputs in{d.q, k, v, d.phi_q, pk, d.omega, drop};
+    const hk::AttentionOutput out = hc::attention(in, options_of(c));
+    torch::manual_seed(95);
+    out.y.backward(torch::randn_like(out.y));
+    return std::vector<Tensor>{k.grad(), v.grad(), pk.grad()};
+  };
+  const std::vector<Tensor> fused = grads(Tensor());
+  const std::vector<Tensor> two =
+      grads(torch::zeros({c.B, c.Hq}, d.q.options().dtype(torch::kBool)));
+  const char* names[] = {"dk", "dv", "dphi_k"};
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(all_finite(fused[i])) << names[i];
+    EXPECT_LT(rel_err(fused[i], two[i]), c.tol()) << names[i];
+  }
 }
 
 TEST(CudaAttention, UnsupportedShapesSayWhy) {
@@ -981,6 +1034,17 @@ TEST(CudaAttention, SanitizerSmall) {
   const hc::RawForward fm = hc::forward_raw(mapped, o);
   EXPECT_EQ(fm.plan.segments, 2);
   EXPECT_TRUE(all_finite(fm.y));
+  // The fused key kernel: MHA, no dropped window, two key segments.
+  Case m = bf16_head_case(200);
+  m.B = 1;
+  m.Hq = m.Hkv = 2;
+  const Data dm = make_data(m, 53);
+  const hc::RawInputs mi = fixed_factor_inputs(m, dm);
+  const hc::RawForward mf = hc::forward_raw(mi, o);
+  const hc::RawGrads mg = hc::backward_raw(mi, o, mf, torch::randn_like(dm.q));
+  EXPECT_TRUE(all_finite(mg.dk));
+  EXPECT_TRUE(all_finite(mg.dv));
+  EXPECT_TRUE(all_finite(mg.dphi_k));
 }
 
 #endif  // HL_WITH_CUDA_KERNELS

@@ -1,47 +1,35 @@
-// A prototype of the fused key kernel (bench/KERNEL_NOTES.md, "Next"): dk, dv and dphi_k of the
-// backward in one kernel, for MHA, the non-overlapping hybrid with w = 64 and D = F = 128, bf16.
-// Per (unit, key segment), 64-key blocks from the segment's top down, each as two 32-key halves:
-//   scores warpgroup: per half, row chunks c (the block's rows) and c + 1 (the next 64):
-//     S = q k_h^T, dP = dy v_h^T for both, Pl = phi_q phi_k_h^T for chunk c + 1 (m64n32), then
-//     pw (window weights c_w e / D, plus c_l p / D on chunk c + 1's linear keys), ds = pw (dP -
-//     delta) - G at the argmax, du = c_l (dP - delta) / D on the linear keys; pw and du staged
+// The backward's fused key kernel for Hopper: dk, dv and dphi_k in one pass over the rows, where
+// hybrid_hopper_keys.cu's window and linear key kernels make two (and dv a round trip between
+// them). It takes MHA, the non-overlapping hybrid with w = 64 and D = F = 128 (the benchmarks'
+// shape); the dispatch keeps the two kernels for everything else. bench/KERNEL_NOTES.md
+// (sessions 24-26) has its plan and measurements.
+//
+// Per (unit, key segment), 64-key blocks from the segment's top down, each as two 32-key halves,
+// with U = sum_i phi_q_i (dy_i / D_i)^T and u = sum_i phi_q_i delta_i / D_i over the rows past
+// the block's upper chunk (notation of hybrid_backward_tc.cu):
+//   scores warpgroup: per half, row chunks c (the block's rows) and c + 1 (the next 64): S = q
+//     k_h^T, dP = dy v_h^T for both, Pl = phi_q phi_k_h^T for chunk c + 1 (m64n32, rows as M),
+//     then pw (c_w e / D on the window, plus c_l p / D on chunk c + 1's linear keys), ds = pw (dP
+//     - delta) - G at the argmax, du = c_l (dP - delta) / D on the linear keys; pw and du staged
 //     in bf16 as [key][row] tiles (stmatrix .trans), ds over k_h (read by then);
-//   dv warpgroup (U's rows 0-63): dv^T = c_l U^T phi_k_h^T + dy_c^T pw_c + dy_c1^T pw_c1,
-//     dphi_k^T rows 0-63 = c_l (U v_h^T - u) + phi_q^T du;
-//   dk warpgroup (U's rows 64-127): dk^T = scale (q_c^T ds_c + q_c1^T ds_c1), dphi_k^T rows
-//     64-127;
-//   both: outputs staged transposed over the half's v, k and phi_k buffers, sent by a store
-//     thread of the producer warpgroup; at the block's end U += (phi_q / D)^T dy of chunk c + 1
-//     (its rows below the segment's U start), issued right after the products that read U and
-//     published (c_l U in bf16 by stmatrix, c_l u) while the others run.
-// U = sum_i phi_q_i (dy_i / D_i)^T and u = sum_i phi_q_i delta_i / D_i run over the rows past
-// chunk c + 1, as the linear key kernel's. Checked against float64 on fresh random inputs (one
-// to four key segments, N not a multiple of 64; exit 1 on failure), then timed at B1 H32 N 4K
-// and 16K (4 key segments) and B8 N 4K, with each role's waits by cause (clock64 of one thread
-// per warpgroup). The two kernels it would replace take 215 + 245 us at B1 16K (ncu, session
-// 24). Built as hl_bench_fused_key_proto wherever nvcc is; run on the GPU machine (`--check`:
-// the checks alone, for compute-sanitizer).
-#include <cuda_runtime.h>
+//   two key-side warpgroups, side mb holding U's rows 64 mb-64 mb + 63 and computing rows 64 mb-
+//     64 mb + 63 of dv^T = c_l U^T phi_k_h^T + dy_c^T pw_c + dy_c1^T pw_c1, dk^T = scale (q_c^T
+//     ds_c + q_c1^T ds_c1) and dphi_k^T = c_l (U v_h^T - u) + phi_q^T du (keys as N = 32);
+//     outputs staged transposed (half 0 over its key buffer, half 1 over the upper chunk's row
+//     slot) and sent by a store thread; after the block each side folds chunk c + 1 into its
+//     rows of U and publishes c_l U in bf16 (stmatrix) and c_l u;
+//   producer warpgroup: one thread's TMA loads (key halves in two buffers, q and dy of three row
+//     chunks, phi_q of two), two warps copying the row values, the store thread.
 
-#include <algorithm>
-#include <cmath>
-#include <cstdio>
-#include <random>
-#include <string>
-#include <vector>
-
-#include "bench/cuda_bench.cuh"
 #include "kernels/cuda/hybrid_hopper.cuh"
 
+namespace hl::kernels::cuda::detail {
 namespace {
 
-using namespace hl::kernels::cuda::detail;
-using namespace hl::bench;
-
-constexpr int D = 128, F = 128, kW = 64;
-constexpr int kBlk = kColumnBlockBytes;  // 64 rows of 128 bytes
-constexpr int kHalfBlk = 32 * 128;       // 32 rows of 128 bytes
-constexpr int kUBlock = F * 128;         // U's copy: F rows of one 64-column block
+constexpr int D = 128, F = 128, kW = 64;  // the one shape it takes (fused_key_wg_takes)
+constexpr int kBlk = kBlock;              // 64 rows of 128 bytes
+constexpr int kHalfBlk = 32 * 128;        // 32 rows of 128 bytes
+constexpr int kUBlock = F * 128;          // U's copy: F rows of one 64-column block
 // Shared memory (from a 1024-aligned base).
 constexpr int kKeyBuf = 3 * 2 * kHalfBlk;  // a key half: k, v, phi_k (32 rows x 128 each)
 constexpr int kKOff = 0, kVOff = 2 * kHalfBlk, kPkOff = 4 * kHalfBlk;  // within a key buffer
@@ -55,9 +43,8 @@ constexpr int kRvOff = kStageOff + 3 * kHalfBlk;  // three slots of row values
 constexpr int kRvSlot = kRows * 16 + kRows * 4;   // float4 (mx, x_l, delta, G), argmax
 constexpr int kSmallUOff = kRvOff + 3 * kRvSlot;  // c_l u: F floats
 constexpr int kBarOff = kSmallUOff + F * 4;
-constexpr int kBars = 24;
-constexpr int kProfOff = kBarOff + kBars * 8;  // cycle counts: 4 roles x 8 (profile)
-constexpr int kSmemBytes = kProfOff + 4 * 8 * 8 + 1024;
+constexpr int kBars = 18;
+constexpr int kSmemBytes = kBarOff + kBars * 8 + 1024;  // + slack to align
 static_assert(kSmemBytes <= 227 * 1024, "more shared memory than a Hopper SM has");
 
 struct FkParams {
@@ -71,10 +58,10 @@ struct FkParams {
   const float* row_max;
   const float* row_denom;
   const float* row_delta;
-  const float* row_gate;
-  const int* row_argmax;
-  const float* rev_states;      // [unit][segment][F * D + F]: U, u at each segment's top
-  unsigned long long* profile;  // per block 4 roles x 8 cycle counts, or null
+  const float* row_gate_grad;
+  const int32_t* row_argmax;
+  const float* rev_states;  // [unit][segment][F * D + F] (load_state, suffix)
+  bool sum_states;
 };
 
 struct FkBarriers {
@@ -99,11 +86,16 @@ __device__ inline uint32_t out_base(uint32_t sbase, int h, int c) {
   return sbase + (h == 0 ? 0 : kRowOff + row_slot(c + 1) * kRowSlot);
 }
 
+constexpr int kFkThreads = 512;
+
 // Registers a thread of the scores and of each key-side warpgroup (the producer keeps 24).
 constexpr int kScoresRegs = 168, kKeyRegs = 160;
-static_assert(regs_fit(512, 24 + kScoresRegs + 2 * kKeyRegs), "more registers than an SM has");
+static_assert(regs_fit(kFkThreads, 24 + kScoresRegs + 2 * kKeyRegs),
+              "more registers than an SM has");
 
-__global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant__ FkParams p) {
+__global__ void __launch_bounds__(kFkThreads, 1)
+    fused_key_wg_kernel(const __grid_constant__ FkParams p) {
+  await_previous_kernel();
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = align_1024(smem_raw);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kBarOff);
@@ -130,30 +122,13 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
     }
     for (int i = 0; i < 3; ++i) {
       mbar_init(bar.row_full + i, 1 + kRows);  // the TMA arrival + the row values' copies
-      mbar_init(bar.row_empty + i, 129);  // the scores warpgroup and the store thread
+      mbar_init(bar.row_empty + i, 129);       // the scores warpgroup and the store thread
     }
     mbar_init(bar.stage_full, 128);
     mbar_init(bar.stage_empty, 256);
     mbar_init_fence();
   }
-  // Cycles one thread of each role spends waiting, by what it waits for (named in time_shape),
-  // and in all.
-  unsigned long long* prof = reinterpret_cast<unsigned long long*>(smem + kProfOff);
-  if (threadIdx.x < 32) prof[threadIdx.x] = 0;
   __syncthreads();
-  const long long t_start = clock64();
-  const bool profiling = threadIdx.x % 128 == 0 && threadIdx.x < 384 + 128;
-  auto timed = [&](int role, int slot, long long t0) {
-    if (profiling) prof[8 * role + slot] += clock64() - t0;
-  };
-  auto finish_profile = [&](int role) {
-    if (!profiling) return;
-    prof[8 * role + 7] = clock64() - t_start;
-    if (p.profile != nullptr) {
-      for (int i = 0; i < 8; ++i)
-        p.profile[blockIdx.x * 32 + 8 * role + i] = prof[8 * role + i];
-    }
-  };
   const uint32_t sbase = shared_address(smem);
   const int wg = threadIdx.x / 128, ct = threadIdx.x % 128;
   const int warp = ct / 32, lane = ct % 32, g8 = lane / 4, t4 = lane % 4;
@@ -169,9 +144,7 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       // phi_q of chunk c + 1, key halves 0 and 1 of block c.
       auto load_rows = [&](int x) {
         const int fill = T - x, slot = row_slot(x);
-        const long long t0 = clock64();
         if (fill >= 3) mbar_wait(bar.row_empty + slot, ((fill - 3) / 3) & 1);
-        timed(0, 0, t0);
         mbar_expect_bytes(bar.row_full + slot, 4 * kBlk);
         uint8_t* base = smem + kRowOff + slot * kRowSlot;
         for (int b = 0; b < 2; ++b) {
@@ -186,9 +159,7 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
         load_rows(c);
         {
           const int x = c + 1, fill = bi, slot = x % 2;
-          const long long t0 = clock64();
           if (fill >= 2) mbar_wait(bar.pq_empty + slot, ((fill - 2) / 2) & 1);
-          timed(0, 1, t0);
           mbar_expect_bytes(bar.pq_full + slot, 2 * kBlk);
           for (int b = 0; b < 2; ++b) {
             tma_load_3d(smem + kPqOff + slot * 2 * kBlk + b * kBlk, &p.phi_q, 64 * b, chunk_row0(x),
@@ -196,9 +167,7 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
           }
         }
         for (int h = 0; h < 2; ++h) {
-          const long long t0 = clock64();
           if (bi >= 1) mbar_wait(bar.key_empty + h, (bi - 1) & 1);
-          timed(0, 2, t0);
           mbar_expect_bytes(bar.key_full + h, kKeyBuf);
           uint8_t* base = smem + h * kKeyBuf;
           const int key0 = chunk_row0(c) + 32 * h;
@@ -210,7 +179,6 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
           }
         }
       }
-      finish_profile(0);
     } else if (threadIdx.x == 32) {
       // The store thread: each half's outputs, once both key sides have staged them, by TMA;
       // their place (key buffer 0 or the upper row slot) goes back as soon as the stores have
@@ -248,7 +216,7 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
             ok ? p.row_max[at] * 1.4426950408889634f - __log2f(coef_w / p.row_denom[at]) : INFINITY;
         const float xl = ok ? coef_l / p.row_denom[at] : 0.f;
         const float delta = ok ? p.row_delta[at] : 0.f;
-        const float gate = ok ? p.row_gate[at] : 0.f;
+        const float gate = ok ? p.row_gate_grad[at] : 0.f;
         const int am = ok ? p.row_argmax[at] : -1;
         if (fill >= 3) mbar_wait(bar.row_empty + slot, ((fill - 3) / 3) & 1);
         uint8_t* rv = smem + kRvOff + slot * kRvSlot;
@@ -272,11 +240,9 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       const uint32_t lo_slot = sbase + kRowOff + row_slot(c) * kRowSlot;
       const uint32_t up_slot = sbase + kRowOff + row_slot(c + 1) * kRowSlot;
       const uint32_t pq = sbase + kPqOff + ((c + 1) % 2) * 2 * kBlk;
-      long long t0 = clock64();
       if (bi == 0) mbar_wait(bar.row_full + row_slot(T), 0);
       mbar_wait(bar.row_full + row_slot(c), ((T - c) / 3) & 1);
       mbar_wait(bar.pq_full + (c + 1) % 2, (bi / 2) & 1);
-      timed(1, 0, t0);
       // This thread's rows' values: chunk c rows la, la + 8 (lower) and chunk c + 1 (upper).
       const uint8_t* rv_lo = smem + kRvOff + row_slot(c) * kRvSlot;
       const uint8_t* rv_up = smem + kRvOff + row_slot(c + 1) * kRvSlot;
@@ -292,9 +258,7 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       for (int h = 0; h < 2; ++h) {
         const int hs = 2 * bi + h;  // the half's sequence number
         const uint32_t kb = sbase + h * kKeyBuf;
-        t0 = clock64();
         mbar_wait(bar.key_full + h, bi & 1);
-        timed(1, 1, t0);
         float s1[16], dp1[16], pl[16], s0[16], dp0[16];
         wgmma_fence();
 #pragma unroll
@@ -312,9 +276,7 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
                              ks > 0);
         }
         wgmma_commit();
-        t0 = clock64();
         wgmma_wait<1>();
-        timed(1, 2, t0);
         // Element i: row la + 8 ((i / 2) & 1) of the chunk, key jl = 32 h + 8 (i / 4) + 2 t4 +
         // (i & 1) of the block. Chunk c + 1 (rows k0 + 64 + il): the window iff il < jl, the
         // linear part iff il >= jl and the row is below s_hi.
@@ -347,9 +309,7 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
         }
         // The previous half's staged tiles are read; k_h is read by this warpgroup's products
         // (done), so ds goes over it.
-        t0 = clock64();
         if (hs > 0) mbar_wait(bar.stage_empty, (hs - 1) & 1);
-        timed(1, 3, t0);
         const uint32_t st = sbase + kStageOff;
         stage_trans_n32(st, pw0, 1.f, 0, warp, lane, kBlk);
         stage_trans_n32(st + kHalfBlk, pw1, 1.f, 0, warp, lane, kBlk);
@@ -365,7 +325,6 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
     }
     // The last block's lower chunk (chunk 0) is never an upper chunk: give it back too.
     mbar_arrive(bar.row_empty + row_slot(0));
-    finish_profile(1);
     return;
   }
 
@@ -374,30 +333,9 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
   regs_grow<kKeyRegs>();
   const int mb = wg - 2, f0 = 64 * mb;
   float u[1][64], up[1][2];  // U's rows f0 + 16 w + g8 (+ 8) and their u partial sums
-  {
-    // U, u at the segment's top from the reverse pass (zero for the last segment).
-#pragma unroll
-    for (int i = 0; i < 64; ++i)
-      u[0][i] = 0.f;
-    up[0][0] = up[0][1] = 0.f;
-    if (p.rev_states != nullptr && seg + 1 < p.segments) {
-      const float* st = p.rev_states + (static_cast<size_t>(unit) * p.segments + seg) * (F * D + F);
-      const int fa = f0 + 16 * warp + g8;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const float2 va = *reinterpret_cast<const float2*>(st + fa * D + 8 * n + 2 * t4);
-        const float2 vb = *reinterpret_cast<const float2*>(st + (fa + 8) * D + 8 * n + 2 * t4);
-        u[0][4 * n] = va.x;
-        u[0][4 * n + 1] = va.y;
-        u[0][4 * n + 2] = vb.x;
-        u[0][4 * n + 3] = vb.y;
-      }
-      if (t4 == 0) {
-        up[0][0] = st[F * D + fa];
-        up[0][1] = st[F * D + fa + 8];
-      }
-    }
-  }
+  // U, u at the segment's top: the rows after it (zero for the last segment).
+  load_state<D, 64, F>(u, up, p.rev_states + static_cast<size_t>(unit) * p.segments * (F * D + F),
+                       seg, p.segments, p.sum_states, true, warp, g8, t4, f0);
   // c_l U into its bf16 copy (this side's rows, by stmatrix: eight x4 stores a thread) and c_l u,
   // between barriers of both key-side warpgroups: the first once both are done with the copy.
   auto publish = [&] {
@@ -433,9 +371,7 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       const bool fold = h == 1 && c > 0;
       // The products that need no staged tile (those that read U, and the fold) go first, once
       // the half's keys have landed, while the scores warpgroup works on the half.
-      long long t0 = clock64();
       mbar_wait(bar.key_full + h, bi & 1);
-      timed(wg, 5, t0);
       mbar_wait(bar.row_full + row_slot(c), ((T - c) / 3) & 1);
       mbar_wait(bar.row_full + row_slot(c + 1), ((T - c - 1) / 3) & 1);
       mbar_wait(bar.pq_full + (c + 1) % 2, (bi / 2) & 1);
@@ -495,12 +431,8 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       // Done with before the staged tiles' products (after a fence of their own, for the same
       // reason), so that the fold's operand need not fit beside their accumulators (C7511).
       wgmma_commit();
-      t0 = clock64();
       wgmma_wait<0>();
-      timed(wg, 1, t0);
-      t0 = clock64();
       mbar_wait(bar.stage_full, hs & 1);
-      timed(wg, 0, t0);
       wgmma_fence();
 #pragma unroll
       for (int cc = 0; cc < 2; ++cc) {  // dy^T pw and q^T ds of chunk c + cc
@@ -520,337 +452,58 @@ __global__ void __launch_bounds__(512, 1) fused_key_kernel(const __grid_constant
       }
       wgmma_commit();
       if (fold) {
-        t0 = clock64();
         publish();
-        timed(wg, 2, t0);
       }
-      t0 = clock64();
       wgmma_wait<0>();
-      timed(wg, 1, t0);
       mbar_arrive(bar.stage_empty);
       if (h == 1) mbar_arrive(bar.pq_empty + (c + 1) % 2);  // this side is done with phi_q
       // Outputs once both sides' products have read the half's keys and (half 1) the upper
       // chunk: dv^T at v's offset, dk^T at k's, dphi_k^T at phi_k's, each in this side's
       // column block mb.
-      t0 = clock64();
       named_barrier(1, 256);
-      timed(wg, 3, t0);
       if (h == 1 && threadIdx.x == 256) mbar_arrive(bar.key_empty + 1);
-      t0 = clock64();
       const uint32_t out = out_base(sbase, h, c);
       stage_trans_n32(out + kVOff, dv, 1.f, f0, warp, lane, kHalfBlk);
       stage_trans_n32(out + kKOff, dk, p.scale, f0, warp, lane, kHalfBlk);
       stage_trans_n32(out + kPkOff, dpk, 1.f, f0, warp, lane, kHalfBlk);
       fence_async_shared();
       mbar_arrive(bar.out_full + h);  // the store thread sends them
-      timed(wg, 4, t0);
     }
   }
-  finish_profile(wg);
-}
-
-// ---- host side ----------------------------------------------------------------------------
-
-struct Problem {
-  int units, N;
-  std::vector<float> q, k, v, dy, phi_q, phi_k;  // [unit][N][128], bf16-exact
-  std::vector<float> row_max, row_denom, row_delta, row_gate;
-  std::vector<int> row_argmax;
-  std::vector<float> coef_w, coef_l;
-};
-
-Problem make_problem(int units, int N, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> sym(-1.f, 1.f), pos(0.05f, 1.f);
-  Problem pr{units, N};
-  auto fill = [&](std::vector<float>& x, bool positive) {
-    x.resize(static_cast<size_t>(units) * N * 128);
-    for (float& e : x)
-      e = bf16_round(positive ? pos(gen) : sym(gen));
-  };
-  fill(pr.q, false);
-  fill(pr.k, false);
-  fill(pr.v, false);
-  fill(pr.dy, false);
-  fill(pr.phi_q, true);
-  fill(pr.phi_k, true);
-  const size_t rows = static_cast<size_t>(units) * N;
-  pr.row_max.resize(rows);
-  pr.row_denom.resize(rows);
-  pr.row_delta.resize(rows);
-  pr.row_gate.resize(rows);
-  pr.row_argmax.resize(rows);
-  for (size_t r = 0; r < rows; ++r) {
-    const int i = static_cast<int>(r % N);
-    pr.row_max[r] = 2.f + sym(gen);
-    pr.row_denom[r] = 8.f + 4.f * pos(gen);
-    pr.row_delta[r] = 0.2f * sym(gen);
-    pr.row_gate[r] = 0.1f * sym(gen);
-    const int lo = std::max(0, i - kW + 1);
-    pr.row_argmax[r] = lo + static_cast<int>(gen() % (i - lo + 1));
-  }
-  for (int u = 0; u < units; ++u) {
-    pr.coef_w.push_back(0.4f + 0.5f * pos(gen));
-    pr.coef_l.push_back(0.3f + 0.5f * pos(gen));
-  }
-  return pr;
-}
-
-// dk, dv, dphi_k in float64 from the same inputs and row values (notation of the kernel).
-void reference(const Problem& pr, float scale, std::vector<double>& dk, std::vector<double>& dv,
-               std::vector<double>& dpk) {
-  const int N = pr.N;
-  dk.assign(pr.q.size(), 0.0);
-  dv.assign(pr.q.size(), 0.0);
-  dpk.assign(pr.q.size(), 0.0);
-  for (int u = 0; u < pr.units; ++u) {
-    const size_t base = static_cast<size_t>(u) * N;
-    auto at = [&](const std::vector<float>& x, int row, int col) {
-      return static_cast<double>(x[(base + row) * 128 + col]);
-    };
-    for (int j = 0; j < N; ++j) {
-      for (int i = j; i < N; ++i) {
-        const size_t r = base + i;
-        double dp = 0, s = 0, pl = 0;
-        for (int d = 0; d < 128; ++d) {
-          dp += at(pr.dy, i, d) * at(pr.v, j, d);
-          s += at(pr.q, i, d) * at(pr.k, j, d);
-          pl += at(pr.phi_q, i, d) * at(pr.phi_k, j, d);
-        }
-        const double inv = 1.0 / pr.row_denom[r];
-        if (i < j + kW) {  // window
-          const double pw = pr.coef_w[u] * std::exp(scale * s - pr.row_max[r]) * inv;
-          const double ds =
-              pw * (dp - pr.row_delta[r]) - (pr.row_argmax[r] == j ? pr.row_gate[r] : 0.0);
-          for (int d = 0; d < 128; ++d) {
-            dk[(base + j) * 128 + d] += scale * ds * at(pr.q, i, d);
-            dv[(base + j) * 128 + d] += pw * at(pr.dy, i, d);
-          }
-        } else {  // linear
-          const double cl = pr.coef_l[u];
-          for (int d = 0; d < 128; ++d) {
-            dv[(base + j) * 128 + d] += cl * pl * inv * at(pr.dy, i, d);
-            dpk[(base + j) * 128 + d] += cl * (dp - pr.row_delta[r]) * inv * at(pr.phi_q, i, d);
-          }
-        }
-      }
-    }
-  }
-}
-
-// U, u at each key segment's top: the rows from s_end + w - 1 on (the reverse pass's states).
-std::vector<float> segment_states(const Problem& pr, int segments, int key_len) {
-  std::vector<float> out(static_cast<size_t>(pr.units) * segments * (F * D + F), 0.f);
-  for (int u = 0; u < pr.units; ++u) {
-    for (int sg = 0; sg < segments; ++sg) {
-      float* st = out.data() + (static_cast<size_t>(u) * segments + sg) * (F * D + F);
-      const int from = std::min(pr.N, (sg + 1) * key_len) + kW - 1;
-      for (int i = from; i < pr.N; ++i) {
-        const size_t r = static_cast<size_t>(u) * pr.N + i;
-        const double inv = 1.0 / pr.row_denom[r];
-        for (int f = 0; f < F; ++f) {
-          const double pq = pr.phi_q[r * 128 + f] * inv;
-          for (int d = 0; d < D; ++d)
-            st[f * D + d] += static_cast<float>(pq * pr.dy[r * 128 + d]);
-          st[F * D + f] += static_cast<float>(pq * pr.row_delta[r]);
-        }
-      }
-    }
-  }
-  return out;
-}
-
-struct Device {
-  bf16 *q, *k, *v, *dy, *phi_q, *phi_k, *dk, *dv, *dpk;
-  float *row_max, *row_denom, *row_delta, *row_gate, *coef_w, *coef_l, *states;
-  int* row_argmax;
-};
-
-// Launches the kernel once; false with a message when CUDA fails.
-bool launch(const Problem& pr, const Device& dev, int segments, int key_len, float scale,
-            unsigned long long* profile = nullptr) {
-  FkParams p{};
-  const int N = pr.N, units = pr.units;
-  bool ok = make_map(&p.q, dev.q, 128, N, units) && make_map(&p.dy, dev.dy, 128, N, units) &&
-            make_map(&p.phi_q, dev.phi_q, 128, N, units) &&
-            make_map(&p.k, dev.k, 128, N, units, 32) && make_map(&p.v, dev.v, 128, N, units, 32) &&
-            make_map(&p.phi_k, dev.phi_k, 128, N, units, 32) &&
-            make_map(&p.dk, dev.dk, 128, N, units, 32) &&
-            make_map(&p.dv, dev.dv, 128, N, units, 32) &&
-            make_map(&p.dphi_k, dev.dpk, 128, N, units, 32);
-  if (!ok) {
-    std::printf("fused_key_proto: a tensor map failed\n");
-    return false;
-  }
-  p.N = N;
-  p.segments = segments;
-  p.key_len = key_len;
-  p.scale = scale;
-  p.coef_window = dev.coef_w;
-  p.coef_linear = dev.coef_l;
-  p.row_max = dev.row_max;
-  p.row_denom = dev.row_denom;
-  p.row_delta = dev.row_delta;
-  p.row_gate = dev.row_gate;
-  p.row_argmax = dev.row_argmax;
-  p.rev_states = dev.states;
-  p.profile = profile;
-  cudaFuncSetAttribute(fused_key_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-  fused_key_kernel<<<units * segments, 512, kSmemBytes>>>(p);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    std::printf("fused_key_proto: launch: %s\n", cudaGetErrorString(err));
-    return false;
-  }
-  return true;
-}
-
-Device upload_problem(const Problem& pr, const std::vector<float>& states) {
-  Device dev{};
-  dev.q = to_device_bf16(pr.q);
-  dev.k = to_device_bf16(pr.k);
-  dev.v = to_device_bf16(pr.v);
-  dev.dy = to_device_bf16(pr.dy);
-  dev.phi_q = to_device_bf16(pr.phi_q);
-  dev.phi_k = to_device_bf16(pr.phi_k);
-  const size_t n = pr.q.size() * sizeof(bf16);
-  cudaMalloc(&dev.dk, n);
-  cudaMalloc(&dev.dv, n);
-  cudaMalloc(&dev.dpk, n);
-  cudaMemset(dev.dk, 0xFF, n);  // NaN: rows left unwritten show
-  cudaMemset(dev.dv, 0xFF, n);
-  cudaMemset(dev.dpk, 0xFF, n);
-  dev.row_max = to_device(pr.row_max);
-  dev.row_denom = to_device(pr.row_denom);
-  dev.row_delta = to_device(pr.row_delta);
-  dev.row_gate = to_device(pr.row_gate);
-  dev.row_argmax = to_device(pr.row_argmax);
-  dev.coef_w = to_device(pr.coef_w);
-  dev.coef_l = to_device(pr.coef_l);
-  dev.states = states.empty() ? nullptr : to_device(states);
-  return dev;
-}
-
-void free_device(Device& dev) {
-  for (void* x :
-       {static_cast<void*>(dev.q), static_cast<void*>(dev.k), static_cast<void*>(dev.v),
-        static_cast<void*>(dev.dy), static_cast<void*>(dev.phi_q), static_cast<void*>(dev.phi_k),
-        static_cast<void*>(dev.dk), static_cast<void*>(dev.dv), static_cast<void*>(dev.dpk),
-        static_cast<void*>(dev.row_max), static_cast<void*>(dev.row_denom),
-        static_cast<void*>(dev.row_delta), static_cast<void*>(dev.row_gate),
-        static_cast<void*>(dev.coef_w), static_cast<void*>(dev.coef_l),
-        static_cast<void*>(dev.states), static_cast<void*>(dev.row_argmax)}) {
-    cudaFree(x);
-  }
-}
-
-bool check(int units, int N, int segments, int key_len, uint32_t seed) {
-  const Problem pr = make_problem(units, N, seed);
-  const float scale = 1.f / std::sqrt(128.f);
-  const std::vector<float> states =
-      segments > 1 ? segment_states(pr, segments, key_len) : std::vector<float>{};
-  Device dev = upload_problem(pr, states);
-  bool ok = launch(pr, dev, segments, key_len, scale);
-  if (ok && cudaDeviceSynchronize() != cudaSuccess) {
-    std::printf("fused_key_proto: %s\n", cudaGetErrorString(cudaGetLastError()));
-    ok = false;
-  }
-  if (ok) {
-    std::vector<double> dk, dv, dpk;
-    reference(pr, scale, dk, dv, dpk);
-    std::vector<bf16> out(pr.q.size());
-    const char* names[3] = {"dk", "dv", "dphi_k"};
-    bf16* outs[3] = {dev.dk, dev.dv, dev.dpk};
-    const std::vector<double>* refs[3] = {&dk, &dv, &dpk};
-    for (int t = 0; t < 3; ++t) {
-      cudaMemcpy(out.data(), outs[t], out.size() * sizeof(bf16), cudaMemcpyDeviceToHost);
-      const double err = rel_error(out, *refs[t]);
-      const bool pass = err < 1e-2;  // bf16 operands and outputs, fp32 accumulation
-      ok = ok && pass;
-      std::printf("check units %d N %d segments %d: %-6s rel. error %.2e %s\n", units, N, segments,
-                  names[t], err, pass ? "ok" : "FAILED");
-    }
-  }
-  free_device(dev);
-  return ok;
-}
-
-void time_shape(int units, int N, int segments) {
-  Problem pr{units, N};
-  const size_t n = static_cast<size_t>(units) * N * 128;
-  for (auto* x : {&pr.q, &pr.k, &pr.v, &pr.dy, &pr.phi_q, &pr.phi_k})
-    x->assign(n, 0.01f);
-  const size_t rows = static_cast<size_t>(units) * N;
-  pr.row_max.assign(rows, 1.f);
-  pr.row_denom.assign(rows, 8.f);
-  pr.row_delta.assign(rows, 0.1f);
-  pr.row_gate.assign(rows, 0.01f);
-  pr.row_argmax.resize(rows);
-  for (size_t r = 0; r < rows; ++r)
-    pr.row_argmax[r] = static_cast<int>(r % N);
-  pr.coef_w.assign(units, 0.5f);
-  pr.coef_l.assign(units, 0.5f);
-  const int key_len = (N + segments - 1) / segments;
-  std::vector<float> states(static_cast<size_t>(units) * segments * (F * D + F), 0.f);
-  Device dev = upload_problem(pr, states);
-  const std::vector<float> ms =
-      launch_times_ms([&] { return launch(pr, dev, segments, key_len, 0.088f); }, 10);
-  if (ms.empty()) {
-    std::printf("fused_key_proto: %s\n", cudaGetErrorString(cudaGetLastError()));
-  } else {
-    std::printf("time units %d N %d segments %d: median %.1f us (min %.1f, max %.1f) over %zu\n",
-                units, N, segments, 1e3 * ms[ms.size() / 2], 1e3 * ms.front(), 1e3 * ms.back(),
-                ms.size());
-  }
-  // Where each role's thread waits, averaged over the blocks, per 64-key block.
-  const int blocks = units * segments, per_block = (key_len + kRows - 1) / kRows;
-  unsigned long long* prof_dev = nullptr;
-  cudaMalloc(&prof_dev, sizeof(unsigned long long) * blocks * 32);
-  cudaMemset(prof_dev, 0, sizeof(unsigned long long) * blocks * 32);
-  if (launch(pr, dev, segments, key_len, 0.088f, prof_dev) &&
-      cudaDeviceSynchronize() == cudaSuccess) {
-    std::vector<unsigned long long> prof(static_cast<size_t>(blocks) * 32);
-    cudaMemcpy(prof.data(), prof_dev, prof.size() * sizeof(prof[0]), cudaMemcpyDeviceToHost);
-    const char* names[4][8] = {
-        {"row_empty", "pq_empty", "key_empty", "", "", "", "", "total"},
-        {"rows+pq full", "key_full", "own products", "stage_empty", "", "", "", "total"},
-        {"stage_full", "own products", "publish", "output barrier", "outputs", "key_full", "",
-         "total"},
-        {"stage_full", "own products", "publish", "output barrier", "outputs", "key_full", "",
-         "total"}};
-    const char* roles[4] = {"producer", "scores", "dv side", "dk side"};
-    for (int r = 0; r < 4; ++r) {
-      std::printf("profile %-9s cycles per 64-key block:", roles[r]);
-      for (int k = 0; k < 8; ++k) {
-        if (names[r][k][0] == 0) continue;
-        double sum = 0;
-        for (int b = 0; b < blocks; ++b)
-          sum += static_cast<double>(prof[b * 32 + 8 * r + k]);
-        std::printf(" %s %.0f", names[r][k], sum / blocks / per_block);
-      }
-      std::printf("\n");
-    }
-  }
-  cudaFree(prof_dev);
-  free_device(dev);
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  setvbuf(stdout, nullptr, _IONBF, 0);
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess || prop.major < 9) {
-    std::printf("fused_key_proto: needs an sm_90 GPU\n");
-    return 0;
-  }
-  std::printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
-  const bool ok = check(1, 256, 1, 256, 1) && check(2, 453, 1, 512, 2) &&
-                  check(2, 453, 2, 256, 3) && check(1, 1000, 4, 256, 4);
-  if (!ok) return 1;
-  if (argc > 1 && std::string(argv[1]) == "--check") return 0;  // e.g. under compute-sanitizer
-  time_shape(32, 16384, 4);
-  time_shape(32, 4096, 4);
-  time_shape(256, 4096, 1);
-  return 0;
+bool fused_key_wg_takes(const Shape& s, const SegmentPlan& key_plan, const uint8_t* window_drop) {
+  return s.head_dim == D && s.features == F && s.window == kW && s.q_heads == s.kv_heads &&
+         s.mode == static_cast<int>(KernelMode::kHybrid) && !s.overlap && window_drop == nullptr &&
+         key_plan.length % kRows == 0 && hopper_device();
 }
+
+cudaError_t run_fused_key_wg(const Shape& s, const FusedKeyArgs& a, cudaStream_t stream) {
+  FkParams p{};
+  const int units = s.batch * s.q_heads, N = s.seq_len;
+  if (!make_map(&p.q, a.q, D, N, units) || !make_map(&p.dy, a.dy, D, N, units) ||
+      !make_map(&p.phi_q, a.phi_q, F, N, units) || !make_map(&p.k, a.k, D, N, units, 32) ||
+      !make_map(&p.v, a.v, D, N, units, 32) || !make_map(&p.phi_k, a.phi_k, F, N, units, 32) ||
+      !make_map(&p.dk, a.dk, D, N, units, 32) || !make_map(&p.dv, a.dv, D, N, units, 32) ||
+      !make_map(&p.dphi_k, a.dphi_k, F, N, units, 32)) {
+    return cudaErrorNotSupported;
+  }
+  p.N = N;
+  p.segments = a.key_plan.segments;
+  p.key_len = a.key_plan.length;
+  p.scale = s.scale;
+  p.coef_window = a.coef_window;
+  p.coef_linear = a.coef_linear;
+  p.row_max = a.row_max;
+  p.row_denom = a.row_denom;
+  p.row_delta = a.row_delta;
+  p.row_gate_grad = a.row_gate_grad;
+  p.row_argmax = a.row_argmax;
+  p.rev_states = a.rev_states;
+  p.sum_states = a.sum_states;
+  return launch_smem(fused_key_wg_kernel, units * p.segments, kFkThreads, kSmemBytes, p, stream);
+}
+
+}  // namespace hl::kernels::cuda::detail
