@@ -13,5 +13,3 @@ hl_add_cuda_micro(launch_floor)
 hl_add_cuda_micro(chain_overlap)
 # The fused key kernel's m64n32 building blocks: checked against float64, then timed.
 hl_add_cuda_micro(key_tile_n32)
-# That kernel's per-block compute in its three warpgroups, timed on its own.
-hl_add_cuda_micro(fused_key_step)
