@@ -339,8 +339,8 @@ __device__ void load_chunk(const P& p, const UnitMode& um, uint8_t* smem, const 
 // [F][D] then [F], fp32): the scan's entry of the segment itself, or with `sums` (each entry a
 // segment's own sum) the sum of the entries before it (or after it, for a `suffix`); zero with
 // one segment. acc[h] holds rows [f0 + 64 h, f0 + 64 h + 64), this thread rows f = f0 + 64 h +
-// 16 warp + g8 (+ 8), and zp[h][0 / 1] the z partial sums of them; the entries have kStateF rows
-// (F of them but where a warpgroup holds only F of a larger state's rows).
+// 16 warp + g8 (+ 8), and zp[h][0 / 1] the z partial sums of them. A warpgroup that holds F rows
+// of a larger state passes that state's row count as kStateF and its first row as f0.
 template <int D, int F, int kStateF = F>
 __device__ inline void load_state(float (&acc)[F / 64][D / 2], float (&zp)[F / 64][2],
                                   const float* unit_states, int seg, int segments, bool sums,

@@ -27,17 +27,16 @@ namespace hl::kernels::cuda::detail {
 namespace {
 
 constexpr int D = 128, F = 128, kW = 64;  // the one shape it takes (fused_key_wg_takes)
-constexpr int kBlk = kBlock;              // 64 rows of 128 bytes
 constexpr int kHalfBlk = 32 * 128;        // 32 rows of 128 bytes
 constexpr int kUBlock = F * 128;          // U's copy: F rows of one 64-column block
 // Shared memory (from a 1024-aligned base).
 constexpr int kKeyBuf = 3 * 2 * kHalfBlk;  // a key half: k, v, phi_k (32 rows x 128 each)
 constexpr int kKOff = 0, kVOff = 2 * kHalfBlk, kPkOff = 4 * kHalfBlk;  // within a key buffer
 constexpr int kRowOff = 2 * kKeyBuf;  // three row slots: q, dy (64 rows x 128 each)
-constexpr int kRowSlot = 4 * kBlk;
-constexpr int kDyOff = 2 * kBlk;                  // within a row slot
+constexpr int kRowSlot = 4 * kBlock;
+constexpr int kDyOff = 2 * kBlock;                // within a row slot
 constexpr int kPqOff = kRowOff + 3 * kRowSlot;    // two phi_q slots
-constexpr int kUOff = kPqOff + 2 * 2 * kBlk;      // c_l U in bf16: [D / 64][F][64]
+constexpr int kUOff = kPqOff + 2 * 2 * kBlock;    // c_l U in bf16: [D / 64][F][64]
 constexpr int kStageOff = kUOff + 2 * kUBlock;    // pw_c, pw_c1, du: [32 keys][64 rows] each
 constexpr int kRvOff = kStageOff + 3 * kHalfBlk;  // three slots of row values
 constexpr int kRvSlot = kRows * 16 + kRows * 4;   // float4 (mx, x_l, delta, G), argmax
@@ -145,11 +144,11 @@ __global__ void __launch_bounds__(kFkThreads, 1)
       auto load_rows = [&](int x) {
         const int fill = T - x, slot = row_slot(x);
         if (fill >= 3) mbar_wait(bar.row_empty + slot, ((fill - 3) / 3) & 1);
-        mbar_expect_bytes(bar.row_full + slot, 4 * kBlk);
+        mbar_expect_bytes(bar.row_full + slot, 4 * kBlock);
         uint8_t* base = smem + kRowOff + slot * kRowSlot;
         for (int b = 0; b < 2; ++b) {
-          tma_load_3d(base + b * kBlk, &p.q, 64 * b, chunk_row0(x), unit, bar.row_full + slot);
-          tma_load_3d(base + kDyOff + b * kBlk, &p.dy, 64 * b, chunk_row0(x), unit,
+          tma_load_3d(base + b * kBlock, &p.q, 64 * b, chunk_row0(x), unit, bar.row_full + slot);
+          tma_load_3d(base + kDyOff + b * kBlock, &p.dy, 64 * b, chunk_row0(x), unit,
                       bar.row_full + slot);
         }
       };
@@ -160,10 +159,10 @@ __global__ void __launch_bounds__(kFkThreads, 1)
         {
           const int x = c + 1, fill = bi, slot = x % 2;
           if (fill >= 2) mbar_wait(bar.pq_empty + slot, ((fill - 2) / 2) & 1);
-          mbar_expect_bytes(bar.pq_full + slot, 2 * kBlk);
+          mbar_expect_bytes(bar.pq_full + slot, 2 * kBlock);
           for (int b = 0; b < 2; ++b) {
-            tma_load_3d(smem + kPqOff + slot * 2 * kBlk + b * kBlk, &p.phi_q, 64 * b, chunk_row0(x),
-                        unit, bar.pq_full + slot);
+            tma_load_3d(smem + kPqOff + slot * 2 * kBlock + b * kBlock, &p.phi_q, 64 * b,
+                        chunk_row0(x), unit, bar.pq_full + slot);
           }
         }
         for (int h = 0; h < 2; ++h) {
@@ -239,7 +238,7 @@ __global__ void __launch_bounds__(kFkThreads, 1)
       const int s_hi = min(bi == 0 ? s_hi_top : N, N);
       const uint32_t lo_slot = sbase + kRowOff + row_slot(c) * kRowSlot;
       const uint32_t up_slot = sbase + kRowOff + row_slot(c + 1) * kRowSlot;
-      const uint32_t pq = sbase + kPqOff + ((c + 1) % 2) * 2 * kBlk;
+      const uint32_t pq = sbase + kPqOff + ((c + 1) % 2) * 2 * kBlock;
       if (bi == 0) mbar_wait(bar.row_full + row_slot(T), 0);
       mbar_wait(bar.row_full + row_slot(c), ((T - c) / 3) & 1);
       mbar_wait(bar.pq_full + (c + 1) % 2, (bi / 2) & 1);
@@ -311,11 +310,11 @@ __global__ void __launch_bounds__(kFkThreads, 1)
         // (done), so ds goes over it.
         if (hs > 0) mbar_wait(bar.stage_empty, (hs - 1) & 1);
         const uint32_t st = sbase + kStageOff;
-        stage_trans_n32(st, pw0, 1.f, 0, warp, lane, kBlk);
-        stage_trans_n32(st + kHalfBlk, pw1, 1.f, 0, warp, lane, kBlk);
-        stage_trans_n32(st + 2 * kHalfBlk, du, 1.f, 0, warp, lane, kBlk);
-        stage_trans_n32(kb + kKOff, ds0, 1.f, 0, warp, lane, kBlk);
-        stage_trans_n32(kb + kKOff + kHalfBlk, ds1, 1.f, 0, warp, lane, kBlk);
+        stage_trans_n32(st, pw0, 1.f, 0, warp, lane, kBlock);
+        stage_trans_n32(st + kHalfBlk, pw1, 1.f, 0, warp, lane, kBlock);
+        stage_trans_n32(st + 2 * kHalfBlk, du, 1.f, 0, warp, lane, kBlock);
+        stage_trans_n32(kb + kKOff, ds0, 1.f, 0, warp, lane, kBlock);
+        stage_trans_n32(kb + kKOff + kHalfBlk, ds1, 1.f, 0, warp, lane, kBlock);
         fence_async_shared();
         mbar_arrive(bar.stage_full);
       }
@@ -362,7 +361,7 @@ __global__ void __launch_bounds__(kFkThreads, 1)
     const int k0 = chunk_row0(c);
     const uint32_t lo_slot = sbase + kRowOff + row_slot(c) * kRowSlot;
     const uint32_t up_slot = sbase + kRowOff + row_slot(c + 1) * kRowSlot;
-    const uint32_t pq = sbase + kPqOff + ((c + 1) % 2) * 2 * kBlk;
+    const uint32_t pq = sbase + kPqOff + ((c + 1) % 2) * 2 * kBlock;
     for (int h = 0; h < 2; ++h) {
       const int hs = 2 * bi + h;
       const uint32_t kb = sbase + h * kKeyBuf;
@@ -404,8 +403,8 @@ __global__ void __launch_bounds__(kFkThreads, 1)
         const float4* rv =
             reinterpret_cast<const float4*>(smem + kRvOff + row_slot(c + 1) * kRvSlot);
         uint32_t a[4][1][4];
-        load_fold_operand<1>(a, smem + kPqOff + ((c + 1) % 2) * 2 * kBlk + (f0 / 64) * kBlk, warp,
-                             lane, [&](uint32_t(&frag)[4], int kk, int) {
+        load_fold_operand<1>(a, smem + kPqOff + ((c + 1) % 2) * 2 * kBlock + (f0 / 64) * kBlock,
+                             warp, lane, [&](uint32_t(&frag)[4], int kk, int) {
 #pragma unroll
                                for (int r = 0; r < 4; ++r) {
                                  const int il = 16 * kk + 2 * t4 + (r / 2) * 8;
@@ -421,7 +420,7 @@ __global__ void __launch_bounds__(kFkThreads, 1)
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk)
-          wgmma_rs<D, 1>(u[0], a[kk][0], n_major(up_slot + kDyOff, kk, kBlk), true);
+          wgmma_rs<D, 1>(u[0], a[kk][0], n_major(up_slot + kDyOff, kk, kBlock), true);
         // Waited for inside the branch: with a product in flight where the branches join,
         // ptxas injects a fence on one path and serialises every product of the kernel (C7519,
         // then C7515 or C7520).
@@ -436,18 +435,18 @@ __global__ void __launch_bounds__(kFkThreads, 1)
       wgmma_fence();
 #pragma unroll
       for (int cc = 0; cc < 2; ++cc) {  // dy^T pw and q^T ds of chunk c + cc
-        const uint32_t slot = (cc ? up_slot : lo_slot) + mb * kBlk;
+        const uint32_t slot = (cc ? up_slot : lo_slot) + mb * kBlock;
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks) {
-          wgmma_ss_n32<1, 0>(dv, n_major(slot + kDyOff, ks, kBlk), k_major(st + cc * kHalfBlk, ks),
-                             true);
-          wgmma_ss_n32<1, 0>(dk, n_major(slot, ks, kBlk), k_major(kb + kKOff + cc * kHalfBlk, ks),
+          wgmma_ss_n32<1, 0>(dv, n_major(slot + kDyOff, ks, kBlock),
+                             k_major(st + cc * kHalfBlk, ks), true);
+          wgmma_ss_n32<1, 0>(dk, n_major(slot, ks, kBlock), k_major(kb + kKOff + cc * kHalfBlk, ks),
                              cc > 0 || ks > 0);
         }
       }
 #pragma unroll
       for (int ks = 0; ks < 4; ++ks) {  // phi_q[:, f0:f0 + 64]^T du
-        wgmma_ss_n32<1, 0>(dpk, n_major(pq + (f0 / 64) * kBlk, ks, kBlk),
+        wgmma_ss_n32<1, 0>(dpk, n_major(pq + (f0 / 64) * kBlock, ks, kBlock),
                            k_major(st + 2 * kHalfBlk, ks), true);
       }
       wgmma_commit();

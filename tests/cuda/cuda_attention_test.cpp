@@ -652,7 +652,8 @@ TEST(CudaAttention, FusedKeyKernelBf16) {
     s.head_dim = s.features = 128;
     s.window = 64;
     s.dtype = hc::KernelDType::kBFloat16;
-    const hc::SegmentPlan plan = hc::plan_segments(s.batch * s.kv_heads, s.seq_len, 132);
+    const hc::SegmentPlan plan =
+        hc::plan_segments(s.batch * s.kv_heads, s.seq_len, props->multiProcessorCount);
     EXPECT_TRUE(hc::backward_uses_hopper_fused_key_kernel(s, plan));
     s.kv_heads = s.q_heads / 2;  // GQA stays on the two kernels
     EXPECT_FALSE(hc::backward_uses_hopper_fused_key_kernel(s, plan));
