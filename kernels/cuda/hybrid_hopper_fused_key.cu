@@ -42,7 +42,7 @@ constexpr int kRvOff = kStageOff + 3 * kHalfBlk;  // three slots of row values
 constexpr int kRvSlot = kRows * 16 + kRows * 4;   // float4 (mx, x_l, delta, G), argmax
 constexpr int kSmallUOff = kRvOff + 3 * kRvSlot;  // c_l u: F floats
 constexpr int kBarOff = kSmallUOff + F * 4;
-constexpr int kBars = 18;
+constexpr int kBars = 22;
 constexpr int kSmemBytes = kBarOff + kBars * 8 + 1024;  // + slack to align
 static_assert(kSmemBytes <= 227 * 1024, "more shared memory than a Hopper SM has");
 
@@ -64,7 +64,9 @@ struct FkParams {
 };
 
 struct FkBarriers {
-  uint64_t *key_full, *key_empty;  // [2] key halves
+  // [2] key halves, k apart from v and phi_k: half 1's v and phi_k go back after the U products
+  // and the scores' products, its k (ds' place) only at the output barrier.
+  uint64_t *key_full, *key_empty, *vp_full, *vp_empty;
   uint64_t *row_full, *row_empty;  // [3] row slots (q, dy, row values)
   uint64_t *pq_full, *pq_empty;    // [2] phi_q slots
   uint64_t *stage_full, *stage_empty;
@@ -98,8 +100,8 @@ __global__ void __launch_bounds__(kFkThreads, 1)
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = align_1024(smem_raw);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kBarOff);
-  const FkBarriers bar{bars,      bars + 2,  bars + 4,  bars + 7, bars + 10,
-                       bars + 12, bars + 14, bars + 15, bars + 16};
+  const FkBarriers bar{bars,      bars + 2,  bars + 4,  bars + 6,  bars + 8, bars + 11,
+                       bars + 14, bars + 16, bars + 18, bars + 19, bars + 20};
   const int N = p.N;
   const int unit = blockIdx.x / p.segments;
   const int seg = blockIdx.x - unit * p.segments;
@@ -112,9 +114,12 @@ __global__ void __launch_bounds__(kFkThreads, 1)
   if (threadIdx.x == 0) {
     for (int i = 0; i < 2; ++i) {
       mbar_init(bar.key_full + i, 1);
-      // Buffer 0: the store thread, once its stores have read it; buffer 1: a key-side thread
-      // after the output barrier (the second half's outputs go over the upper row chunk).
+      mbar_init(bar.vp_full + i, 1);
+      // Buffer 0: the store thread, once its stores have read it; buffer 1: k by a key-side
+      // thread after the output barrier (the second half's outputs go over the upper row chunk),
+      // v and phi_k by both key sides once their U products and the scores' products are done.
       mbar_init(bar.key_empty + i, 1);
+      mbar_init(bar.vp_empty + i, i == 0 ? 1 : 256);
       mbar_init(bar.out_full + i, 256);
       mbar_init(bar.pq_full + i, 1);
       mbar_init(bar.pq_empty + i, 384);
@@ -166,16 +171,19 @@ __global__ void __launch_bounds__(kFkThreads, 1)
           }
         }
         for (int h = 0; h < 2; ++h) {
-          if (bi >= 1) mbar_wait(bar.key_empty + h, (bi - 1) & 1);
-          mbar_expect_bytes(bar.key_full + h, kKeyBuf);
           uint8_t* base = smem + h * kKeyBuf;
           const int key0 = chunk_row0(c) + 32 * h;
+          if (bi >= 1) mbar_wait(bar.vp_empty + h, (bi - 1) & 1);
+          mbar_expect_bytes(bar.vp_full + h, 2 * kBlock);
           for (int b = 0; b < 2; ++b) {
-            tma_load_3d(base + kKOff + b * kHalfBlk, &p.k, 64 * b, key0, unit, bar.key_full + h);
-            tma_load_3d(base + kVOff + b * kHalfBlk, &p.v, 64 * b, key0, unit, bar.key_full + h);
+            tma_load_3d(base + kVOff + b * kHalfBlk, &p.v, 64 * b, key0, unit, bar.vp_full + h);
             tma_load_3d(base + kPkOff + b * kHalfBlk, &p.phi_k, 64 * b, key0, unit,
-                        bar.key_full + h);
+                        bar.vp_full + h);
           }
+          if (bi >= 1) mbar_wait(bar.key_empty + h, (bi - 1) & 1);
+          mbar_expect_bytes(bar.key_full + h, kBlock);
+          for (int b = 0; b < 2; ++b)
+            tma_load_3d(base + kKOff + b * kHalfBlk, &p.k, 64 * b, key0, unit, bar.key_full + h);
         }
       }
     } else if (threadIdx.x == 32) {
@@ -196,7 +204,12 @@ __global__ void __launch_bounds__(kFkThreads, 1)
           }
           bulk_commit();
           bulk_wait_read();
-          mbar_arrive(h == 0 ? bar.key_empty : bar.row_empty + row_slot(c + 1));
+          if (h == 0) {
+            mbar_arrive(bar.key_empty);
+            mbar_arrive(bar.vp_empty);
+          } else {
+            mbar_arrive(bar.row_empty + row_slot(c + 1));
+          }
         }
       }
       mbar_arrive(bar.row_empty + row_slot(0));
@@ -257,23 +270,28 @@ __global__ void __launch_bounds__(kFkThreads, 1)
       for (int h = 0; h < 2; ++h) {
         const int hs = 2 * bi + h;  // the half's sequence number
         const uint32_t kb = sbase + h * kKeyBuf;
-        mbar_wait(bar.key_full + h, bi & 1);
+        // The products of v and phi_k first: in half 1 they land before k.
+        mbar_wait(bar.vp_full + h, bi & 1);
         float s1[16], dp1[16], pl[16], s0[16], dp0[16];
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < 8; ++ks) {
-          wgmma_ss_n32<0, 0>(s1, k_major(up_slot, ks), k_major(kb + kKOff, ks, kHalfBlk), ks > 0);
           wgmma_ss_n32<0, 0>(dp1, k_major(up_slot + kDyOff, ks), k_major(kb + kVOff, ks, kHalfBlk),
                              ks > 0);
           wgmma_ss_n32<0, 0>(pl, k_major(pq, ks), k_major(kb + kPkOff, ks, kHalfBlk), ks > 0);
-        }
-        wgmma_commit();
-#pragma unroll
-        for (int ks = 0; ks < 8; ++ks) {
-          wgmma_ss_n32<0, 0>(s0, k_major(lo_slot, ks), k_major(kb + kKOff, ks, kHalfBlk), ks > 0);
           wgmma_ss_n32<0, 0>(dp0, k_major(lo_slot + kDyOff, ks), k_major(kb + kVOff, ks, kHalfBlk),
                              ks > 0);
         }
+        wgmma_commit();
+        mbar_wait(bar.key_full + h, bi & 1);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 8; ++ks)
+          wgmma_ss_n32<0, 0>(s1, k_major(up_slot, ks), k_major(kb + kKOff, ks, kHalfBlk), ks > 0);
+        wgmma_commit();
+#pragma unroll
+        for (int ks = 0; ks < 8; ++ks)
+          wgmma_ss_n32<0, 0>(s0, k_major(lo_slot, ks), k_major(kb + kKOff, ks, kHalfBlk), ks > 0);
         wgmma_commit();
         wgmma_wait<1>();
         // Element i: row la + 8 ((i / 2) & 1) of the chunk, key jl = 32 h + 8 (i / 4) + 2 t4 +
@@ -370,7 +388,7 @@ __global__ void __launch_bounds__(kFkThreads, 1)
       const bool fold = h == 1 && c > 0;
       // The products that need no staged tile (those that read U, and the fold) go first, once
       // the half's keys have landed, while the scores warpgroup works on the half.
-      mbar_wait(bar.key_full + h, bi & 1);
+      mbar_wait(bar.vp_full + h, bi & 1);
       mbar_wait(bar.row_full + row_slot(c), ((T - c) / 3) & 1);
       mbar_wait(bar.row_full + row_slot(c + 1), ((T - c - 1) / 3) & 1);
       mbar_wait(bar.pq_full + (c + 1) % 2, (bi / 2) & 1);
@@ -431,7 +449,8 @@ __global__ void __launch_bounds__(kFkThreads, 1)
       // reason), so that the fold's operand need not fit beside their accumulators (C7511).
       wgmma_commit();
       wgmma_wait<0>();
-      mbar_wait(bar.stage_full, hs & 1);
+      mbar_wait(bar.stage_full, hs & 1);  // the scores' products are done too
+      if (h == 1) mbar_arrive(bar.vp_empty + 1);
       wgmma_fence();
 #pragma unroll
       for (int cc = 0; cc < 2; ++cc) {  // dy^T pw and q^T ds of chunk c + cc
