@@ -62,6 +62,18 @@ constexpr bool regs_fit(int threads, int sum) {
   return sum <= 65536 / threads / 8 * 8 * (threads / 128);
 }
 
+// Calls fn(window, linear) with std::bool_constant values of the branches a unit has, so that
+// a consumer is compiled once per combination (window only, linear only, both).
+template <typename Fn>
+__device__ inline void with_branches(const UnitMode& um, Fn&& fn) {
+  if (!um.use_linear)
+    fn(std::true_type{}, std::false_type{});
+  else if (!um.use_window)
+    fn(std::false_type{}, std::true_type{});
+  else
+    fn(std::true_type{}, std::true_type{});
+}
+
 struct WgParams {
   CUtensorMap q, k, v, phi_q, phi_k, y;  // (column, row, unit), boxes of 64 x 64
   CUtensorMap w_q, w_k;                  // kMap: the maps' weights [Hq][D][64]

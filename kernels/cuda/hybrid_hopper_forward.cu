@@ -476,12 +476,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     if (threadIdx.x == 0) produce<D, F, kMap>(p, um, smem, bar, unit, kv_unit, r_begin, tiles);
   } else if (group == 1) {
     regs_grow<kConsumerRegs>();
-    if (!um.use_linear)
-      consume<D, F, true, false, kMap>(p, um, smem, bar, unit, r_begin, r_end, tiles);
-    else if (!um.use_window)
-      consume<D, F, false, true, kMap>(p, um, smem, bar, unit, r_begin, r_end, tiles);
-    else
-      consume<D, F, true, true, kMap>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+    with_branches(um, [&](auto window, auto linear) {
+      consume<D, F, window, linear, kMap>(p, um, smem, bar, unit, r_begin, r_end, tiles);
+    });
   } else {
     regs_grow<kStateRegs>();
     if (um.use_linear) {

@@ -757,12 +757,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     }
   } else if (group == 1) {
     regs_grow<kConsumerRegs>();
-    if (!um.use_linear)
-      consume_query<D, F, true, false, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
-    else if (!um.use_window)
-      consume_query<D, F, false, true, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
-    else
-      consume_query<D, F, true, true, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
+    with_branches(um, [&](auto window, auto linear) {
+      consume_query<D, F, window, linear, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
+    });
   } else {
     regs_grow<kStateRegs>();
     if (um.use_linear) keep_query_state<D, F, kDq>(p, um, smem, qb, unit, r_begin, tiles);
