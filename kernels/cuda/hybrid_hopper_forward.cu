@@ -524,6 +524,7 @@ struct SpParams {
   int segments, segment_len, fixed_lag, lag_sign, range_end;
   bool b_per_kv, all_units;
   int skip;             // as run_state_pass_tc's
+  bool backwards;       // each segment's chunks last to first
   int per_block;        // consecutive segments a block sums (each written on its own)
   int blocks_per_unit;  // ceil(segments / per_block)
   int pass_blocks;      // units * blocks_per_unit; blocks after them sum `coef`'s outputs
@@ -566,6 +567,9 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
   // The block's segments in order: visit(seg, begin, end, chunks, ring), rows [begin, end) in
   // `chunks` chunks whose first takes the ring's stage `ring` (the block's chunks before it), so
   // that every role streams all of the block's chunks through one ring.
+  auto chunk_row = [&](int begin, int chunks, int c) {
+    return begin + (p.backwards ? chunks - 1 - c : c) * kRows;
+  };
   auto for_each_segment = [&](auto visit) {
     int ring = 0;
     for (int seg = seg_first; seg < seg_stop; ++seg) {
@@ -601,7 +605,7 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
         for (int c = 0; c < chunks; ++c) {
           const int stage = (ring + c) % kSpStages;
           const uint32_t use = (ring + c) / kSpStages;
-          const int row = begin + c * kRows + r;
+          const int row = chunk_row(begin, chunks, c) + r;
           const float d = row < N ? denom[row] : 0.f;
           const float w = row < N ? weight[row] : 0.f;
           if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
@@ -627,7 +631,7 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
         const uint32_t use = (ring + c) / kSpStages;
         if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
         uint8_t* base = smem + stage * L::kStageBytes;
-        const int row = begin + c * kRows;
+        const int row = chunk_row(begin, chunks, c);
         mbar_expect_bytes(full + stage, bytes);
         for (int b = 0; b < a_blocks; ++b)
           tma_load_3d(base + b * kBlock, &p.a, b * 64, row, kMap ? b_unit : unit, full + stage);
@@ -647,13 +651,12 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
   const int t4 = lane % 4;
   const uint32_t sbase = shared_address(smem);
   float acc[D / 2], zp[2];
-  // acc += a^T b over chunk c of rows [begin, end) (the block's chunk g, so the ring's stage
-  // g % kSpStages), with column block h of a at `a_block`; chunk 0 starts the sum. Waits for every
-  // wgmma in flight, then gives the stage back.
-  auto fold = [&](int g, int c, int begin, int end, const uint8_t* a_block) {
+  // acc += a^T b over the chunk of rows [row0, min(row0 + 64, end)) (the block's chunk g, so the
+  // ring's stage g % kSpStages), with column block h of a at `a_block`; a segment's chunk c = 0
+  // starts the sum. Waits for every wgmma in flight, then gives the stage back.
+  auto fold = [&](int g, int c, int row0, int end, const uint8_t* a_block) {
     const int stage = g % kSpStages;
     const uint8_t* base = smem + stage * L::kStageBytes;
-    const int row0 = begin + c * kRows;
     uint32_t a[4][4];  // a^T: k-step kk (16 rows)
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -719,7 +722,7 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
         const uint8_t* a_block = smem + L::kScratchOff + (2 * h + (c & 1)) * kBlock;
         stage_tile<64>(shared_address(a_block), phi, 1.f, 1.f, ct);
         named_barrier(1 + h, 128);
-        fold(c, c, begin, end, a_block);  // also waits for chunk c + 1's projection
+        fold(c, c, chunk_row(begin, chunks, c), end, a_block);  // waits for c + 1's projection
       };
       float ra[32], rb[32];
       if (chunks > 0) {
@@ -735,7 +738,8 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
       for (int c = 0; c < chunks; ++c) {
         const int stage = (ring + c) % kSpStages;
         mbar_wait(full + stage, ((ring + c) / kSpStages) & 1);
-        fold(ring + c, c, begin, end, smem + stage * L::kStageBytes + h * kBlock);
+        fold(ring + c, c, chunk_row(begin, chunks, c), end,
+             smem + stage * L::kStageBytes + h * kBlock);
       }
     }
     if (chunks == 0) {
@@ -799,6 +803,9 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
   p.b_per_kv = bm_per_kv;
   p.all_units = all_units;
   p.skip = skip;
+  // The forward's passes end on their segments' first rows, which the forward kernel reads first:
+  // from L2 (bench/KERNEL_NOTES.md session 27).
+  p.backwards = !scaled;
   // Short segments several to a block, so that the blocks are one wave (GQA's reverse pass: 16
   // key segments of 32 q heads): each block streams its segments' chunks through one ring.
   const int sms = std::max(1, device_attribute(cudaDevAttrMultiProcessorCount));
