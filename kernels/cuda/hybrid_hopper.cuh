@@ -471,15 +471,16 @@ __device__ inline void load_fold_operand(uint32_t (&a)[4][H][4], const uint8_t* 
 // The start of the forward's and the query kernel's state warpgroups: S and z at the
 // segment's start (zero for the first segment), and chunk -1's ring slot given back at once where
 // no tile folds it (lin_lag = 0). Returns how many chunks the fold lags the tile (1 or 0).
-template <int D, int F, typename P>
-__device__ inline int start_state(const P& p, const UnitMode& um, const Barriers& bar,
+// With sum_states, `states` holds each segment's own key sum and the state is those before this
+// block's segment; else the scan's result, the state itself.
+template <int D, int F>
+__device__ inline int start_state(const float* states, int segments, bool sum_states,
+                                  const UnitMode& um, const Barriers& bar,
                                   float (&acc)[F / 64][D / 2], float (&zp)[F / 64][2], int warp,
                                   int g8, int t4) {
-  // With sum_states, `states` holds each segment's own key sum and the state is those before
-  // this block's segment; else the scan's result, the state itself.
-  const int seg = blockIdx.x % p.segments;
-  load_state<D, F>(acc, zp, p.states + static_cast<size_t>(blockIdx.x - seg) * (F * D + F), seg,
-                   p.segments, p.sum_states, false, warp, g8, t4);
+  const int seg = blockIdx.x % segments;
+  load_state<D, F>(acc, zp, states + static_cast<size_t>(blockIdx.x - seg) * (F * D + F), seg,
+                   segments, sum_states, false, warp, g8, t4);
   // Tile t + 1's query needs the keys before t0 (lin_lag = 64: chunk t - 1 folded) or before
   // t0 + 64 (lin_lag = 0: chunk t folded). In the second case chunk -1 is never folded.
   const int lag_chunks = um.lin_lag > 0 ? 1 : 0;

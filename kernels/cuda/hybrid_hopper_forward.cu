@@ -369,7 +369,8 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
   const int t4 = lane % 4;
   const uint32_t sbase = shared_address(smem);
   float acc[H][D / 2], zp[H][2];
-  const int lag_chunks = start_state<D, F>(p, um, bar, acc, zp, warp, g8, t4);
+  const int lag_chunks =
+      start_state<D, F>(p.states, p.segments, p.sum_states, um, bar, acc, zp, warp, g8, t4);
   auto publish = [&]() {
     publish_state<D, F, L::kZFloat>(sbase + L::kSOff, L::kSBlock, smem + L::kZOff, acc, zp,
                                     kMap ? 1.f : coef, warp, g8, t4);

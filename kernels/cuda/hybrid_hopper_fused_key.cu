@@ -50,17 +50,8 @@ struct FkParams {
   CUtensorMap q, dy, phi_q;    // 64-row boxes
   CUtensorMap k, v, phi_k;     // 32-row boxes
   CUtensorMap dk, dv, dphi_k;  // 32-row boxes (stores)
-  int N, segments, key_len;
-  float scale;
-  const float* coef_window;
-  const float* coef_linear;
-  const float* row_max;
-  const float* row_denom;
-  const float* row_delta;
-  const float* row_gate_grad;
-  const int32_t* row_argmax;
-  const float* rev_states;  // [unit][segment][F * D + F] (load_state, suffix)
-  bool sum_states;
+  Shape s;
+  FusedKeyArgs a;  // rev_states: [unit][segment][F * D + F] (load_state, suffix)
 };
 
 struct FkBarriers {
@@ -102,11 +93,11 @@ __global__ void __launch_bounds__(kFkThreads, 1)
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kBarOff);
   const FkBarriers bar{bars,      bars + 2,  bars + 4,  bars + 6,  bars + 8, bars + 11,
                        bars + 14, bars + 16, bars + 18, bars + 19, bars + 20};
-  const int N = p.N;
-  const int unit = blockIdx.x / p.segments;
-  const int seg = blockIdx.x - unit * p.segments;
-  const int s_begin = seg * p.key_len;
-  const int s_end = min(N, s_begin + p.key_len);
+  const int N = p.s.seq_len;
+  const int unit = blockIdx.x / p.a.key_plan.segments;
+  const int seg = blockIdx.x - unit * p.a.key_plan.segments;
+  const int s_begin = seg * p.a.key_plan.length;
+  const int s_end = min(N, s_begin + p.a.key_plan.length);
   if (s_begin >= s_end) return;
   const int T = (s_end - s_begin + kRows - 1) / kRows;  // 64-key blocks
   const int state_lag = kW - 1;
@@ -136,7 +127,7 @@ __global__ void __launch_bounds__(kFkThreads, 1)
   const uint32_t sbase = shared_address(smem);
   const int wg = threadIdx.x / 128, ct = threadIdx.x % 128;
   const int warp = ct / 32, lane = ct % 32, g8 = lane / 4, t4 = lane % 4;
-  const float coef_w = p.coef_window[unit], coef_l = p.coef_linear[unit];
+  const float coef_w = p.a.coef_window[unit], coef_l = p.a.coef_linear[unit];
   // The chunk x a fill of a row slot brings: block bi (c = T - 1 - bi) needs chunk c (and, for
   // bi = 0, chunk T too). Fills in order: T, T - 1, T - 2, ..., 0; fill f is chunk T - f.
   auto chunk_row0 = [&](int x) { return s_begin + x * kRows; };
@@ -225,11 +216,12 @@ __global__ void __launch_bounds__(kFkThreads, 1)
         const size_t at = static_cast<size_t>(unit) * N + row;
         const bool ok = row < N;
         const float mx =
-            ok ? p.row_max[at] * 1.4426950408889634f - __log2f(coef_w / p.row_denom[at]) : INFINITY;
-        const float xl = ok ? coef_l / p.row_denom[at] : 0.f;
-        const float delta = ok ? p.row_delta[at] : 0.f;
-        const float gate = ok ? p.row_gate_grad[at] : 0.f;
-        const int am = ok ? p.row_argmax[at] : -1;
+            ok ? p.a.row_max[at] * 1.4426950408889634f - __log2f(coef_w / p.a.row_denom[at])
+               : INFINITY;
+        const float xl = ok ? coef_l / p.a.row_denom[at] : 0.f;
+        const float delta = ok ? p.a.row_delta[at] : 0.f;
+        const float gate = ok ? p.a.row_gate_grad[at] : 0.f;
+        const int am = ok ? p.a.row_argmax[at] : -1;
         if (fill >= 3) mbar_wait(bar.row_empty + slot, ((fill - 3) / 3) & 1);
         uint8_t* rv = smem + kRvOff + slot * kRvSlot;
         reinterpret_cast<float4*>(rv)[r] = make_float4(mx, xl, delta, gate);
@@ -243,7 +235,7 @@ __global__ void __launch_bounds__(kFkThreads, 1)
   if (wg == 1) {
     // ---- scores warpgroup ----
     regs_grow<kScoresRegs>();
-    const float scale_log2 = p.scale * 1.4426950408889634f;
+    const float scale_log2 = p.s.scale * 1.4426950408889634f;
     const int la = 16 * warp + g8;  // this thread's rows la, la + 8 of each chunk
     for (int bi = 0; bi < T; ++bi) {
       const int c = T - 1 - bi;
@@ -351,8 +343,9 @@ __global__ void __launch_bounds__(kFkThreads, 1)
   const int mb = wg - 2, f0 = 64 * mb;
   float u[1][64], up[1][2];  // U's rows f0 + 16 w + g8 (+ 8) and their u partial sums
   // U, u at the segment's top: the rows after it (zero for the last segment).
-  load_state<D, 64, F>(u, up, p.rev_states + static_cast<size_t>(unit) * p.segments * (F * D + F),
-                       seg, p.segments, p.sum_states, true, warp, g8, t4, f0);
+  load_state<D, 64, F>(
+      u, up, p.a.rev_states + static_cast<size_t>(unit) * p.a.key_plan.segments * (F * D + F), seg,
+      p.a.key_plan.segments, p.a.sum_states, true, warp, g8, t4, f0);
   // c_l U into its bf16 copy (this side's rows, by stmatrix: eight x4 stores a thread) and c_l u,
   // between barriers of both key-side warpgroups: the first once both are done with the copy.
   auto publish = [&] {
@@ -482,7 +475,7 @@ __global__ void __launch_bounds__(kFkThreads, 1)
       if (h == 1 && threadIdx.x == 256) mbar_arrive(bar.key_empty + 1);
       const uint32_t out = out_base(sbase, h, c);
       stage_trans_n32(out + kVOff, dv, 1.f, f0, warp, lane, kHalfBlk);
-      stage_trans_n32(out + kKOff, dk, p.scale, f0, warp, lane, kHalfBlk);
+      stage_trans_n32(out + kKOff, dk, p.s.scale, f0, warp, lane, kHalfBlk);
       stage_trans_n32(out + kPkOff, dpk, 1.f, f0, warp, lane, kHalfBlk);
       fence_async_shared();
       mbar_arrive(bar.out_full + h);  // the store thread sends them
@@ -508,20 +501,10 @@ cudaError_t run_fused_key_wg(const Shape& s, const FusedKeyArgs& a, cudaStream_t
       !make_map(&p.dphi_k, a.dphi_k, F, N, units, 32)) {
     return cudaErrorNotSupported;
   }
-  p.N = N;
-  p.segments = a.key_plan.segments;
-  p.key_len = a.key_plan.length;
-  p.scale = s.scale;
-  p.coef_window = a.coef_window;
-  p.coef_linear = a.coef_linear;
-  p.row_max = a.row_max;
-  p.row_denom = a.row_denom;
-  p.row_delta = a.row_delta;
-  p.row_gate_grad = a.row_gate_grad;
-  p.row_argmax = a.row_argmax;
-  p.rev_states = a.rev_states;
-  p.sum_states = a.sum_states;
-  return launch_smem(fused_key_wg_kernel, units * p.segments, kFkThreads, kSmemBytes, p, stream);
+  p.s = s;
+  p.a = a;
+  return launch_smem(fused_key_wg_kernel, units * a.key_plan.segments, kFkThreads, kSmemBytes, p,
+                     stream);
 }
 
 }  // namespace hl::kernels::cuda::detail

@@ -47,16 +47,9 @@ struct KeyParams {
   // dv: the window part and the earlier heads' linear parts where loaded, the sum where stored.
   CUtensorMap v, phi_k, phi_q, dy, dphi_k_out, dv;
   Shape s;
-  const float* coef_linear;
-  const uint8_t* window_drop;
-  const float* row_denom;
-  const float* row_delta;
-  // U, u at the top of each key segment (key_segments > 1); with sum_states each segment's own
-  // sum instead, and the kernel adds those after its segment.
-  const float* rev_states;
-  bool sum_states;
-  int key_segments, key_len;
-  bf16* dphi_k;
+  // rev_states: U, u at the top of each key segment (key_plan.segments > 1); with sum_states
+  // each segment's own sum instead, and the kernel adds those after its segment.
+  LinearKeyArgs a;
 };
 
 struct KeyBarriers {
@@ -78,7 +71,7 @@ __device__ void for_each_step(const KeyParams& p, int kv_unit, int tiles, Visit 
   int step = 0;
   for (int gi = 0; gi < group; ++gi) {
     const int unit = b * s.q_heads + hk * group + gi;
-    const UnitMode um = unit_mode(s, p.window_drop, unit);
+    const UnitMode um = unit_mode(s, p.a.window_drop, unit);
     if (!um.use_linear) continue;
     for (int c = tiles - 1; c >= 0; --c, ++step)
       visit(step, unit, um, c, c == tiles - 1);
@@ -102,10 +95,10 @@ __global__ void __launch_bounds__(kWgThreads, 1)
                         bars + 2 * kKeySlots + 3};
   const Shape& s = p.s;
   const int N = s.seq_len;
-  const int kv_unit = blockIdx.x / p.key_segments;
-  const int seg = blockIdx.x - kv_unit * p.key_segments;
-  const int s_begin = seg * p.key_len;
-  const int s_end = min(N, s_begin + p.key_len);
+  const int kv_unit = blockIdx.x / p.a.key_plan.segments;
+  const int seg = blockIdx.x - kv_unit * p.a.key_plan.segments;
+  const int s_begin = seg * p.a.key_plan.length;
+  const int s_end = min(N, s_begin + p.a.key_plan.length);
   if (s_begin >= s_end) return;
   const int tiles = (s_end - s_begin + kRows - 1) / kRows;
   const int group = s.q_heads / s.kv_heads;
@@ -129,12 +122,13 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     const int b = kv_unit / s.kv_heads, hk = kv_unit % s.kv_heads;
     for (int gi = 0; gi < group; ++gi) {
       const int unit = b * s.q_heads + hk * group + gi;
-      if (unit_mode(s, p.window_drop, unit).use_linear) {
+      if (unit_mode(s, p.a.window_drop, unit).use_linear) {
         ++linear_heads;
         continue;
       }
       for (int i = threadIdx.x; i < (s_end - s_begin) * F; i += kWgThreads)
-        p.dphi_k[(static_cast<size_t>(unit) * N + s_begin) * F + i] = __float2bfloat16_rn(0.f);
+        static_cast<bf16*>(p.a.dphi_k)[(static_cast<size_t>(unit) * N + s_begin) * F + i] =
+            __float2bfloat16_rn(0.f);
     }
     if (linear_heads == 0) return;
   }
@@ -185,8 +179,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         const uint32_t use = step / kKeySlots;
         const int row = s_begin + c * kRows + (um.lin_lag > 0 ? kRows : 0) + r;
         const size_t at = static_cast<size_t>(unit) * N + row;
-        const float inv = row < N ? 1.f / p.row_denom[at] : 0.f;
-        const float delta = row < N ? p.row_delta[at] : 0.f;
+        const float inv = row < N ? 1.f / p.a.row_denom[at] : 0.f;
+        const float delta = row < N ? p.a.row_delta[at] : 0.f;
         if (use > 0) mbar_wait(bar.empty + slot, (use - 1) & 1);
         // (1 / D, delta) of a row side by side: a pair of rows is one 16-byte load.
         reinterpret_cast<float2*>(smem + slot * L::kSlotBytes + L::kFactorOff)[r] =
@@ -210,7 +204,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     regs_grow<kConsumerRegs>();
     for_each_step(p, kv_unit, tiles, [&](int step, int unit, const UnitMode& um, int c, bool top) {
       const int slot = step % kKeySlots;
-      const float coef_l = p.coef_linear[unit];
+      const float coef_l = p.a.coef_linear[unit];
       const int k0 = s_begin + c * kRows;
       const int r0 = k0 + (um.lin_lag > 0 ? kRows : 0);
       // Rows already in U at the top tile: those from s_end + state_lag on.
@@ -328,10 +322,10 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     if (unit != prev_unit) {
       // A new head: U and u from the reverse pass (rows from s_end + state_lag on), or zero.
       prev_unit = unit;
-      coef_l = p.coef_linear[unit];
-      load_state<D, F>(acc, up,
-                       p.rev_states + static_cast<size_t>(unit) * p.key_segments * (F * D + F), seg,
-                       p.key_segments, p.sum_states, true, warp, g8, t4);
+      coef_l = p.a.coef_linear[unit];
+      load_state<D, F>(
+          acc, up, p.a.rev_states + static_cast<size_t>(unit) * p.a.key_plan.segments * (F * D + F),
+          seg, p.a.key_plan.segments, p.a.sum_states, true, warp, g8, t4);
       if (step > 0) mbar_wait(bar.u_empty, (step - 1) & 1);
       publish();
     }
@@ -437,15 +431,7 @@ struct WkLayout {
 struct WkParams {
   CUtensorMap q, k, v, dy, dk, dv;
   Shape s;
-  const float* coef_window;
-  const uint8_t* window_drop;
-  const float* row_max;
-  const float* row_denom;
-  const float* row_delta;
-  const float* row_gate_grad;
-  const int32_t* row_argmax;
-  const float* dv_linear;  // [kv units, N, D] fp32, or null
-  int key_segments, key_len;
+  WindowKeyArgs a;  // dv_linear: [kv units, N, D] fp32, or null
 };
 
 struct WkBarriers {
@@ -472,7 +458,7 @@ __device__ void for_each_wk_step(const WkParams& p, int kv_unit, int tiles, Visi
     int in_tile = 0;
     for (int gi = 0; gi < group; ++gi) {
       const int unit = b * s.q_heads + hk * group + gi;
-      if (!unit_mode(s, p.window_drop, unit).use_window) continue;
+      if (!unit_mode(s, p.a.window_drop, unit).use_window) continue;
       for (int r = 0; r < 2; ++r, ++step, ++in_tile)
         visit(step, c, unit, c + r, in_tile == 0);
     }
@@ -497,10 +483,10 @@ __global__ void __launch_bounds__(kWgThreads, 1)
                        bars + 8 + 2 * kWkSlots};
   const Shape& s = p.s;
   const int N = s.seq_len;
-  const int kv_unit = blockIdx.x / p.key_segments;
-  const int seg = blockIdx.x - kv_unit * p.key_segments;
-  const int s_begin = seg * p.key_len;
-  const int s_end = min(N, s_begin + p.key_len);
+  const int kv_unit = blockIdx.x / p.a.key_plan.segments;
+  const int seg = blockIdx.x - kv_unit * p.a.key_plan.segments;
+  const int s_begin = seg * p.a.key_plan.length;
+  const int s_end = min(N, s_begin + p.a.key_plan.length);
   if (s_begin >= s_end) return;
   const int tiles = (s_end - s_begin + kRows - 1) / kRows;
 
@@ -570,12 +556,12 @@ __global__ void __launch_bounds__(kWgThreads, 1)
             const int row = s_begin + chunk * kRows + r;
             const size_t at = static_cast<size_t>(unit) * N + row;
             const bool ok = row < N;
-            const float m = ok ? p.row_max[at] * 1.4426950408889634f -
-                                     __log2f(p.coef_window[unit] / p.row_denom[at])
+            const float m = ok ? p.a.row_max[at] * 1.4426950408889634f -
+                                     __log2f(p.a.coef_window[unit] / p.a.row_denom[at])
                                : INFINITY;
-            const float delta = ok ? p.row_delta[at] : 0.f;
-            const float gate = ok ? p.row_gate_grad[at] : 0.f;
-            const int am = ok ? p.row_argmax[at] : -1;
+            const float delta = ok ? p.a.row_delta[at] : 0.f;
+            const float gate = ok ? p.a.row_gate_grad[at] : 0.f;
+            const int am = ok ? p.a.row_argmax[at] : -1;
             if (use > 0) mbar_wait(bar.empty + step % kWkSlots, (use - 1) & 1);
             uint8_t* base = slot_base(step);
             reinterpret_cast<float4*>(base + L::kFactorOff)[r] = make_float4(m, 0.f, delta, gate);
@@ -626,8 +612,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
               dv[i] = 0.f;
           }
           const int k0 = s_begin + c * kRows;
-          if (p.dv_linear != nullptr) {
-            const float* dvl = p.dv_linear + static_cast<size_t>(kv_unit) * N * D;
+          if (p.a.dv_linear != nullptr) {
+            const float* dvl = p.a.dv_linear + static_cast<size_t>(kv_unit) * N * D;
             const int ja = k0 + warp * 16 + g8, jb = ja + 8;
 #pragma unroll
             for (int n = 0; n < D / 8; ++n) {
@@ -791,15 +777,7 @@ cudaError_t run_linear_key_wg(const Shape& s, const LinearKeyArgs& a, cudaStream
     return cudaErrorNotSupported;
   }
   p.s = s;
-  p.coef_linear = a.coef_linear;
-  p.window_drop = a.window_drop;
-  p.row_denom = a.row_denom;
-  p.row_delta = a.row_delta;
-  p.rev_states = a.rev_states;
-  p.sum_states = a.sum_states;
-  p.key_segments = a.key_plan.segments;
-  p.key_len = a.key_plan.length;
-  p.dphi_k = static_cast<bf16*>(a.dphi_k);
+  p.a = a;
   return with_sizes(D, F, [&](auto d, auto f) {
     constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
     return launch_smem(
@@ -818,16 +796,7 @@ cudaError_t run_window_key_wg(const Shape& s, const WindowKeyArgs& a, cudaStream
     return cudaErrorNotSupported;
   }
   p.s = s;
-  p.coef_window = a.coef_window;
-  p.window_drop = a.window_drop;
-  p.row_max = a.row_max;
-  p.row_denom = a.row_denom;
-  p.row_delta = a.row_delta;
-  p.row_gate_grad = a.row_gate_grad;
-  p.row_argmax = a.row_argmax;
-  p.dv_linear = a.dv_linear;
-  p.key_segments = a.key_plan.segments;
-  p.key_len = a.key_plan.length;
+  p.a = a;
   return D == 64 ? launch_smem(window_key_wg_kernel<64>, kv_units * a.key_plan.segments, kWgThreads,
                                WkLayout<64>::kSmemBytes, p, stream)
                  : launch_smem(window_key_wg_kernel<128>, kv_units * a.key_plan.segments,

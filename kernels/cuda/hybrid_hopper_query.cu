@@ -72,21 +72,7 @@ struct QueryLayout {
 struct QueryParams {
   CUtensorMap q, k, v, phi_k, phi_q, dy, y, dq, dphi_q;  // dq, dphi_q: stores
   Shape s;
-  const float* coef_window;
-  const float* coef_linear;
-  const uint8_t* window_drop;
-  const float* row_max;
-  const float* row_denom;
-  const int32_t* row_argmax;
-  const bf16* k_rows;   // k as a plain pointer, for the G_i k_m term of dq
-  const float* states;  // S, z at the start of each forward segment (segments > 1)
-  bool sum_states;      // states holds the segments' own sums (see start_state)
-  int segments, segment_len;
-  bf16* dphi_q_rows;  // dphi_q as a plain pointer, for the zeros of window-only units
-  float* row_grad_window;
-  float* row_grad_linear;
-  float* row_delta;
-  float* row_gate_grad;
+  QueryArgs a;  // fwd_states: S, z at the start of each forward segment (plan.segments > 1)
 };
 
 // The forward's Barriers (q_full / q_empty for q and then dq, pq_* for phi_q), those of dy and y,
@@ -173,8 +159,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
   const int g8 = lane / 4;
   const int t4 = lane % 4;
   const int la = warp * 16 + g8, lb = la + 8;  // this thread's rows in the tile
-  const float coef_w = p.coef_window[unit];
-  const float coef_l = p.coef_linear[unit];
+  const float coef_w = p.a.coef_window[unit];
+  const float coef_l = p.a.coef_linear[unit];
   const float scale_log2 = s.scale * 1.4426950408889634f;
   const uint32_t sbase = shared_address(smem);
   const uint32_t pq_addr = sbase + L::kPqOff, dy_addr = sbase + L::kDyOff;
@@ -205,8 +191,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       const bool b = (t4 & 1) != 0;
       if (b ? in_b : in_a) {
         const size_t at = row0 + (b ? ib : ia);
-        row_value = t4 < 2 ? p.row_denom[at] : kWindow ? p.row_max[at] : 0.f;
-        if (kWindow && kDq && t4 < 2) row_argmax = p.row_argmax[at];
+        row_value = t4 < 2 ? p.a.row_denom[at] : kWindow ? p.a.row_max[at] : 0.f;
+        if (kWindow && kDq && t4 < 2) row_argmax = p.a.row_argmax[at];
       }
     }
     float inv_a = 0.f, inv_b = 0.f;
@@ -506,7 +492,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
             dq[4 * n + 3] -= gb * kb.y;
           }
         } else {
-          const bf16* kg = p.k_rows + static_cast<size_t>(kv_unit_of(s, unit)) * N * D;
+          const bf16* kg =
+              static_cast<const bf16*>(p.a.k) + static_cast<size_t>(kv_unit_of(s, unit)) * N * D;
 #pragma unroll
           for (int n = 0; n < D / 8; ++n) {
             const int col = 8 * n + 2 * t4;
@@ -529,8 +516,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       store_tile<D>(&p.dq, smem + L::kQOff, dq, s.scale, s.scale, t0, unit, ct);
     }
     if (!kDqInState && ct == 0) mbar_arrive(bar.q_empty);
-    if (!kLinear && p.dphi_q_rows != nullptr) {  // a window-only unit among dropped ones
-      bf16* dpq = p.dphi_q_rows + row0 * F;
+    if (!kLinear && p.a.dphi_q != nullptr) {  // a window-only unit among dropped ones
+      bf16* dpq = static_cast<bf16*>(p.a.dphi_q) + row0 * F;
       for (int n = 0; n < F / 8; ++n) {
         const int col = 8 * n + 2 * t4;
         if (in_a) *reinterpret_cast<uint32_t*>(dpq + static_cast<size_t>(ia) * F + col) = 0u;
@@ -539,16 +526,16 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     }
     if (t4 == 0) {
       if (in_a) {
-        p.row_delta[row0 + ia] = delta_a;
-        p.row_gate_grad[row0 + ia] = gate_a;
-        p.row_grad_window[row0 + ia] = gw_a;
-        p.row_grad_linear[row0 + ia] = kLinear ? (l1_a - delta_a * p_a) * inv_a : 0.f;
+        p.a.row_delta[row0 + ia] = delta_a;
+        p.a.row_gate_grad[row0 + ia] = gate_a;
+        p.a.row_grad_window[row0 + ia] = gw_a;
+        p.a.row_grad_linear[row0 + ia] = kLinear ? (l1_a - delta_a * p_a) * inv_a : 0.f;
       }
       if (in_b) {
-        p.row_delta[row0 + ib] = delta_b;
-        p.row_gate_grad[row0 + ib] = gate_b;
-        p.row_grad_window[row0 + ib] = gw_b;
-        p.row_grad_linear[row0 + ib] = kLinear ? (l1_b - delta_b * p_b) * inv_b : 0.f;
+        p.a.row_delta[row0 + ib] = delta_b;
+        p.a.row_gate_grad[row0 + ib] = gate_b;
+        p.a.row_grad_window[row0 + ib] = gw_b;
+        p.a.row_grad_linear[row0 + ib] = kLinear ? (l1_b - delta_b * p_b) * inv_b : 0.f;
       }
     }
   }
@@ -574,12 +561,13 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
   const int la = warp * 16 + g8, lb = la + 8;
   const uint32_t sbase = shared_address(smem);
   const uint32_t dy_addr = sbase + L::kDyOff;
-  const float coef_l = p.coef_linear[unit];
+  const float coef_l = p.a.coef_linear[unit];
   float* rows = reinterpret_cast<float*>(smem + L::kRowsOff);
   const float* z = reinterpret_cast<const float*>(smem + L::kZOff);
   float acc[H][D / 2], zp[H][2];
   // The tile's linear chunk is the one folded after it (chunk t - lag_chunks).
-  const int lag_chunks = start_state<D, F>(p, um, bar, acc, zp, warp, g8, t4);
+  const int lag_chunks = start_state<D, F>(p.a.fwd_states, p.a.plan.segments, p.a.sum_states, um,
+                                           bar, acc, zp, warp, g8, t4);
   if (lag_chunks == 0) mbar_arrive(qb.v_empty + slot_of<L::kVSlots>(-1));  // as start_state's
   auto publish = [&]() {
     publish_state<D, F, L::kZFloat>(sbase + L::kSOff, L::kSBlock, smem + L::kZOff, acc, zp, 1.f,
@@ -714,11 +702,11 @@ __global__ void __launch_bounds__(kWgThreads, 1)
                          qbars + 4, qbars + 5, qbars + 6, qbars + 7, qbars + 7 + L::kVSlots,
                          bar.s_full};  // S's barriers are free here
   const Shape& s = p.s;
-  const int unit = blockIdx.x / p.segments;
-  const int seg = blockIdx.x - unit * p.segments;
-  const UnitMode um = unit_mode(s, p.window_drop, unit);
-  const int r_begin = seg * p.segment_len;
-  const int r_end = min(s.seq_len, r_begin + p.segment_len);
+  const int unit = blockIdx.x / p.a.plan.segments;
+  const int seg = blockIdx.x - unit * p.a.plan.segments;
+  const UnitMode um = unit_mode(s, p.a.window_drop, unit);
+  const int r_begin = seg * p.a.plan.length;
+  const int r_end = min(s.seq_len, r_begin + p.a.plan.length);
   const int tiles = (r_end - r_begin + kRows - 1) / kRows;
 
   if (threadIdx.x == 0) {
@@ -780,22 +768,7 @@ cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream
     return cudaErrorNotSupported;
   }
   p.s = s;
-  p.coef_window = a.coef_window;
-  p.coef_linear = a.coef_linear;
-  p.window_drop = a.window_drop;
-  p.row_max = a.row_max;
-  p.row_denom = a.row_denom;
-  p.row_argmax = a.row_argmax;
-  p.k_rows = static_cast<const bf16*>(a.k);
-  p.states = a.fwd_states;
-  p.sum_states = a.sum_states;
-  p.segments = a.plan.segments;
-  p.segment_len = a.plan.length;
-  p.dphi_q_rows = static_cast<bf16*>(a.dphi_q);
-  p.row_grad_window = a.row_grad_window;
-  p.row_grad_linear = a.row_grad_linear;
-  p.row_delta = a.row_delta;
-  p.row_gate_grad = a.row_gate_grad;
+  p.a = a;
   return with_sizes(D, F, [&](auto d, auto f) {
     constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
     return launch_smem(
