@@ -1,10 +1,13 @@
-// The fused paired activations: one warp per row of r, the row's p values spread over the
-// lanes (E per lane), max, min, both halves and their sums in registers and warp shuffles,
-// fp32 throughout. The backward recomputes the halves from r rather than reading phi back.
+// The fused paired activations, fp32 throughout; the backward recomputes the halves from r rather
+// than reading phi back. Where p is a multiple of 8, L lanes share a row, eight contiguous values
+// each: one 16-byte load a lane (bf16), log2(L) shuffles a reduction and 32 / L rows a warp, so
+// that many rows are in flight on an SM; elsewhere one warp a row, its p values spread over the
+// lanes (E per lane), max, min, both halves and their sums in registers and warp shuffles.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdint>
 
 #include "kernels/cuda/feature_map_launch.hpp"
 
@@ -146,6 +149,159 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
   }
 }
 
+// ---- eight values a lane, L lanes a row (p a multiple of 8) ----
+
+template <int L, typename Op>
+__device__ inline float group_reduce(float x, Op op) {
+#pragma unroll
+  for (int offset = L / 2; offset > 0; offset >>= 1)
+    x = op(x, __shfl_xor_sync(kAllLanes, x, offset));
+  return x;
+}
+
+__device__ inline void load8(const __nv_bfloat16* src, float (&x)[8]) {
+  const uint4 v = *reinterpret_cast<const uint4*>(src);
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
+    x[2 * i] = f.x;
+    x[2 * i + 1] = f.y;
+  }
+}
+__device__ inline void load8(const float* src, float (&x)[8]) {
+  const float4 a = *reinterpret_cast<const float4*>(src);
+  const float4 b = *reinterpret_cast<const float4*>(src + 4);
+  x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+}
+__device__ inline void store8(__nv_bfloat16* dst, const float (&x)[8]) {
+  uint32_t w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+    w[i] = *reinterpret_cast<const uint32_t*>(&v);
+  }
+  *reinterpret_cast<uint4*>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+__device__ inline void store8(float* dst, const float (&x)[8]) {
+  *reinterpret_cast<float4*>(dst) = make_float4(x[0], x[1], x[2], x[3]);
+  *reinterpret_cast<float4*>(dst + 4) = make_float4(x[4], x[5], x[6], x[7]);
+}
+
+// The row's values x at this lane's elements 8 sub-8 sub + 7 (in: the lane holds elements of a
+// row that exists), its max hi and min lo, and the pair f(r), f(-r) before the clamp (0 where
+// not in). Every lane of the warp calls it: the shuffles take the whole warp.
+template <bool kSoftmax, typename T, int L>
+__device__ inline void paired_row8(const T* r, bool in, float (&x)[8], float& hi, float& lo,
+                                   float (&plus)[8], float (&minus)[8]) {
+  hi = -INFINITY;
+  lo = INFINITY;
+  if (in) {
+    load8(r, x);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      hi = fmaxf(hi, x[i]);
+      lo = fminf(lo, x[i]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      x[i] = 0.f;
+  }
+  hi = group_reduce<L>(hi, [](float a, float b) { return fmaxf(a, b); });
+  lo = group_reduce<L>(lo, [](float a, float b) { return fminf(a, b); });
+  float sum_plus = 0.f, sum_minus = 0.f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    plus[i] = in ? expf(x[i] - hi) : 0.f;
+    minus[i] = in ? expf(lo - x[i]) : 0.f;
+    sum_plus += plus[i];
+    sum_minus += minus[i];
+  }
+  if constexpr (kSoftmax) {
+    const auto add = [](float a, float b) { return a + b; };
+    sum_plus = group_reduce<L>(sum_plus, add);
+    sum_minus = group_reduce<L>(sum_minus, add);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      plus[i] /= sum_plus;
+      minus[i] /= sum_minus;
+    }
+  }
+}
+
+// This thread's row and its lane's first element; in: both exist.
+template <int L>
+__device__ inline bool row_part(int64_t rows, int p, int64_t& row, int& e0) {
+  row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / L) + threadIdx.x / L;
+  e0 = 8 * (threadIdx.x % L);
+  return row < rows && e0 < p;
+}
+
+template <bool kSoftmax, typename T, int L>
+__global__ void __launch_bounds__(32 * kRowsPerBlock)
+    paired_forward8_kernel(const T* r, T* phi, int64_t rows, int p) {
+  int64_t row;
+  int e0;
+  const bool in = row_part<L>(rows, p, row, e0);
+  float x[8], hi, lo, plus[8], minus[8];
+  paired_row8<kSoftmax, T, L>(r + row * p + e0, in, x, hi, lo, plus, minus);
+  if (!in) return;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    plus[i] = fmaxf(plus[i], kClampMin);
+    minus[i] = fmaxf(minus[i], kClampMin);
+  }
+  store8(phi + row * 2 * p + e0, plus);
+  store8(phi + row * 2 * p + p + e0, minus);
+}
+
+// As paired_backward_kernel.
+template <bool kSoftmax, typename T, int L>
+__global__ void __launch_bounds__(32 * kRowsPerBlock)
+    paired_backward8_kernel(const T* r, const T* dphi, T* dr, int64_t rows, int p) {
+  int64_t row;
+  int e0;
+  const bool in = row_part<L>(rows, p, row, e0);
+  float x[8], hi, lo, a[8], b[8];
+  paired_row8<kSoftmax, T, L>(r + row * p + e0, in, x, hi, lo, a, b);
+  float g[8] = {}, h[8] = {};
+  if (in) {
+    load8(dphi + row * 2 * p + e0, g);
+    load8(dphi + row * 2 * p + p + e0, h);
+  }
+  float dot_a = 0.f, dot_b = 0.f, at_hi = 0.f, at_lo = 0.f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    if (a[i] < kClampMin) g[i] = 0.f;  // also where not in (a = 0)
+    if (b[i] < kClampMin) h[i] = 0.f;
+    dot_a += g[i] * a[i];
+    dot_b += h[i] * b[i];
+    at_hi += in && x[i] == hi ? 1.f : 0.f;
+    at_lo += in && x[i] == lo ? 1.f : 0.f;
+  }
+  const auto add = [](float u, float v) { return u + v; };
+  dot_a = group_reduce<L>(dot_a, add);
+  dot_b = group_reduce<L>(dot_b, add);
+  if constexpr (!kSoftmax) {
+    at_hi = group_reduce<L>(at_hi, add);
+    at_lo = group_reduce<L>(at_lo, add);
+  }
+  if (!in) return;
+  float d[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    if constexpr (kSoftmax) {
+      d[i] = a[i] * (g[i] - dot_a) - b[i] * (h[i] - dot_b);
+    } else {
+      d[i] = g[i] * a[i] - h[i] * b[i];
+      if (x[i] == hi) d[i] -= dot_a / at_hi;
+      if (x[i] == lo) d[i] += dot_b / at_lo;
+    }
+  }
+  store8(dr + row * p + e0, d);
+}
+
 struct PairedArgs {
   const void* r;
   const void* dphi;  // backward only
@@ -170,9 +326,34 @@ cudaError_t launch_typed(const PairedArgs& a, bool backward) {
   return cudaGetLastError();
 }
 
-// E = p / 32 rounded up to a power of two.
+template <bool kSoftmax, typename T, int L>
+cudaError_t launch_typed8(const PairedArgs& a, bool backward) {
+  constexpr int kRows = 32 * kRowsPerBlock / L;
+  const dim3 grid(static_cast<unsigned>((a.rows + kRows - 1) / kRows));
+  const dim3 block(32 * kRowsPerBlock);
+  const T* r = static_cast<const T*>(a.r);
+  T* out = static_cast<T*>(a.out);
+  if (backward) {
+    paired_backward8_kernel<kSoftmax, T, L>
+        <<<grid, block, 0, a.stream>>>(r, static_cast<const T*>(a.dphi), out, a.rows, a.p);
+  } else {
+    paired_forward8_kernel<kSoftmax, T, L><<<grid, block, 0, a.stream>>>(r, out, a.rows, a.p);
+  }
+  return cudaGetLastError();
+}
+
+// p a multiple of 8 and every row 16-byte aligned: L = p / 8 rounded up to a power of two (at
+// least 2); else E = p / 32 rounded up to a power of two.
 template <bool kSoftmax, typename T>
 cudaError_t launch_sized(const PairedArgs& a, bool backward) {
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  if (a.p % 8 == 0 && aligned(a.r) && aligned(a.out) && (!backward || aligned(a.dphi))) {
+    if (a.p <= 16) return launch_typed8<kSoftmax, T, 2>(a, backward);
+    if (a.p <= 32) return launch_typed8<kSoftmax, T, 4>(a, backward);
+    if (a.p <= 64) return launch_typed8<kSoftmax, T, 8>(a, backward);
+    if (a.p <= 128) return launch_typed8<kSoftmax, T, 16>(a, backward);
+    return launch_typed8<kSoftmax, T, 32>(a, backward);
+  }
   if (a.p <= 32) return launch_typed<kSoftmax, T, 1>(a, backward);
   if (a.p <= 64) return launch_typed<kSoftmax, T, 2>(a, backward);
   if (a.p <= 128) return launch_typed<kSoftmax, T, 4>(a, backward);

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <string>
 
 #include "cuda/gpu_test.hpp"
@@ -93,6 +94,26 @@ TEST(PairedActivation, SanitizerSmall) {
   HL_REQUIRE_GPU();
   check(hk::FeatureMapKind::hedgehog, 40, torch::kFloat, 3);
   check(hk::FeatureMapKind::exp, 64, torch::kBFloat16, 4);
+}
+
+// Rows that start off a 16-byte boundary (a contiguous view into a larger buffer) take the
+// one-warp-a-row kernels, whose loads need no alignment, with the same result as aligned ones.
+TEST(PairedActivation, UnalignedRowsBf16) {
+  HL_REQUIRE_GPU();
+  torch::manual_seed(9);
+  const auto gpu = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  const int64_t rows = 37, p = 64;
+  const Tensor r = (torch::randn({rows * p + 3}, gpu) * 3).narrow(0, 3, rows * p).view({rows, p});
+  ASSERT_TRUE(r.is_contiguous());
+  ASSERT_NE(reinterpret_cast<uintptr_t>(r.data_ptr()) % 16, 0u);
+  const Tensor dphi = torch::randn({rows, 2 * p}, gpu);
+  for (const auto kind : kPairedKinds) {
+    const Result got = run(r, dphi, kind, true);
+    const Result ref =
+        run(r.to(torch::kCPU, torch::kDouble), dphi.to(torch::kCPU, torch::kDouble), kind, false);
+    EXPECT_LT(rel_err(got.phi, ref.phi), 1e-2) << hk::to_string(kind);
+    EXPECT_LT(rel_err(got.dr, ref.dr), 1e-2) << hk::to_string(kind);
+  }
 }
 
 // Wider projections than the kernel takes run the LibTorch ops, with the same result.
