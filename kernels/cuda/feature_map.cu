@@ -311,35 +311,36 @@ struct PairedArgs {
   cudaStream_t stream;
 };
 
-template <bool kSoftmax, typename T, int E>
-cudaError_t launch_typed(const PairedArgs& a, bool backward) {
-  const dim3 grid(static_cast<unsigned>((a.rows + kRowsPerBlock - 1) / kRowsPerBlock));
+// The forward or the backward kernel of a pair, `rows_per_block` rows to a block of 32 *
+// kRowsPerBlock threads.
+template <typename T>
+cudaError_t launch_pair(void (*forward)(const T*, T*, int64_t, int),
+                        void (*backward_kernel)(const T*, const T*, T*, int64_t, int),
+                        int rows_per_block, const PairedArgs& a, bool backward) {
+  const dim3 grid(static_cast<unsigned>((a.rows + rows_per_block - 1) / rows_per_block));
   const dim3 block(32 * kRowsPerBlock);
   const T* r = static_cast<const T*>(a.r);
   T* out = static_cast<T*>(a.out);
   if (backward) {
-    paired_backward_kernel<kSoftmax, T, E>
-        <<<grid, block, 0, a.stream>>>(r, static_cast<const T*>(a.dphi), out, a.rows, a.p);
+    backward_kernel<<<grid, block, 0, a.stream>>>(r, static_cast<const T*>(a.dphi), out, a.rows,
+                                                  a.p);
   } else {
-    paired_forward_kernel<kSoftmax, T, E><<<grid, block, 0, a.stream>>>(r, out, a.rows, a.p);
+    forward<<<grid, block, 0, a.stream>>>(r, out, a.rows, a.p);
   }
   return cudaGetLastError();
 }
 
+template <bool kSoftmax, typename T, int E>
+cudaError_t launch_typed(const PairedArgs& a, bool backward) {
+  return launch_pair<T>(paired_forward_kernel<kSoftmax, T, E>,
+                        paired_backward_kernel<kSoftmax, T, E>, kRowsPerBlock, a, backward);
+}
+
 template <bool kSoftmax, typename T, int L>
 cudaError_t launch_typed8(const PairedArgs& a, bool backward) {
-  constexpr int kRows = 32 * kRowsPerBlock / L;
-  const dim3 grid(static_cast<unsigned>((a.rows + kRows - 1) / kRows));
-  const dim3 block(32 * kRowsPerBlock);
-  const T* r = static_cast<const T*>(a.r);
-  T* out = static_cast<T*>(a.out);
-  if (backward) {
-    paired_backward8_kernel<kSoftmax, T, L>
-        <<<grid, block, 0, a.stream>>>(r, static_cast<const T*>(a.dphi), out, a.rows, a.p);
-  } else {
-    paired_forward8_kernel<kSoftmax, T, L><<<grid, block, 0, a.stream>>>(r, out, a.rows, a.p);
-  }
-  return cudaGetLastError();
+  return launch_pair<T>(paired_forward8_kernel<kSoftmax, T, L>,
+                        paired_backward8_kernel<kSoftmax, T, L>, 32 * kRowsPerBlock / L, a,
+                        backward);
 }
 
 // p a multiple of 8 and every row 16-byte aligned: L = p / 8 rounded up to a power of two (at
