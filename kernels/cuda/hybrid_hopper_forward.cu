@@ -804,9 +804,9 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
   p.b_per_kv = bm_per_kv;
   p.all_units = all_units;
   p.skip = skip;
-  // The forward's passes end on their segments' first rows, which the forward kernel reads first:
-  // from L2 (bench/KERNEL_NOTES.md session 27).
-  p.backwards = !scaled;
+  // The forward's pass ends on its segments' first rows, which the forward kernel reads first:
+  // from L2 (bench/KERNEL_NOTES.md session 27; measured for phi given, not with the maps inside).
+  p.backwards = !scaled && !mapped;
   // Short segments several to a block, so that the blocks are one wave (GQA's reverse pass: 16
   // key segments of 32 q heads): each block streams its segments' chunks through one ring.
   const int sms = std::max(1, device_attribute(cudaDevAttrMultiProcessorCount));
