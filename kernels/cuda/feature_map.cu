@@ -35,11 +35,75 @@ __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
-template <typename Op>
-__device__ inline float warp_reduce(float x, Op op) {
-  for (int offset = 16; offset > 0; offset >>= 1)
+// op over the L lanes that share a row (L = 32: the warp).
+template <int L, typename Op>
+__device__ inline float group_reduce(float x, Op op) {
+#pragma unroll
+  for (int offset = L / 2; offset > 0; offset >>= 1)
     x = op(x, __shfl_xor_sync(kAllLanes, x, offset));
   return x;
+}
+
+// The pair f(r), f(-r) before the clamp (0 where not in(i)) from this lane's values x of a row
+// that L lanes share; hi and lo hold this lane's max and min on entry, the row's on return. Every
+// lane of the warp calls it: the shuffles take the whole warp.
+template <bool kSoftmax, int L, int N, typename In>
+__device__ inline void paired_values(const float (&x)[N], In in, float& hi, float& lo,
+                                     float (&plus)[N], float (&minus)[N]) {
+  hi = group_reduce<L>(hi, [](float a, float b) { return fmaxf(a, b); });
+  lo = group_reduce<L>(lo, [](float a, float b) { return fminf(a, b); });
+  float sum_plus = 0.f, sum_minus = 0.f;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    plus[i] = in(i) ? expf(x[i] - hi) : 0.f;
+    minus[i] = in(i) ? expf(lo - x[i]) : 0.f;
+    sum_plus += plus[i];
+    sum_minus += minus[i];
+  }
+  if constexpr (kSoftmax) {
+    const auto add = [](float a, float b) { return a + b; };
+    sum_plus = group_reduce<L>(sum_plus, add);
+    sum_minus = group_reduce<L>(sum_minus, add);
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      plus[i] /= sum_plus;
+      minus[i] /= sum_minus;
+    }
+  }
+}
+
+// The backward's sums over a row's L lanes: <g, a>, <h, b> and (exp) how many entries attain the
+// max and the min, from this lane's parts.
+struct PairedSums {
+  float dot_a, dot_b, at_hi, at_lo;
+};
+template <bool kSoftmax, int L>
+__device__ inline PairedSums reduce_sums(PairedSums s) {
+  const auto add = [](float u, float v) { return u + v; };
+  s.dot_a = group_reduce<L>(s.dot_a, add);
+  s.dot_b = group_reduce<L>(s.dot_b, add);
+  if constexpr (!kSoftmax) {
+    s.at_hi = group_reduce<L>(s.at_hi, add);
+    s.at_lo = group_reduce<L>(s.at_lo, add);
+  }
+  return s;
+}
+
+// dr of one entry. With a = f(r), b = f(-r) and g, h the gradients of their clamped copies (zero
+// where the clamp held the value):
+//   softmax: dr = a (g - <g, a>) - b (h - <h, b>)
+//   exp:     dr = g a - [x = max] <g, a> / #max - h b + [x = min] <h, b> / #min
+template <bool kSoftmax>
+__device__ inline float paired_grad(float x, float a, float b, float g, float h, float hi, float lo,
+                                    const PairedSums& s) {
+  if constexpr (kSoftmax) {
+    return a * (g - s.dot_a) - b * (h - s.dot_b);
+  } else {
+    float d = g * a - h * b;
+    if (x == hi) d -= s.dot_a / s.at_hi;
+    if (x == lo) d += s.dot_b / s.at_lo;
+    return d;
+  }
 }
 
 // One row at this lane's elements lane + 32 i: its values x (0 past p), max hi and min lo, and
@@ -58,27 +122,8 @@ __device__ inline void paired_row(const T* r, int p, int lane, float (&x)[E], fl
       lo = fminf(lo, x[i]);
     }
   }
-  hi = warp_reduce(hi, [](float a, float b) { return fmaxf(a, b); });
-  lo = warp_reduce(lo, [](float a, float b) { return fminf(a, b); });
-  float sum_plus = 0.f, sum_minus = 0.f;
-#pragma unroll
-  for (int i = 0; i < E; ++i) {
-    const bool in = lane + 32 * i < p;
-    plus[i] = in ? expf(x[i] - hi) : 0.f;
-    minus[i] = in ? expf(lo - x[i]) : 0.f;
-    sum_plus += plus[i];
-    sum_minus += minus[i];
-  }
-  if constexpr (kSoftmax) {
-    const auto add = [](float a, float b) { return a + b; };
-    sum_plus = warp_reduce(sum_plus, add);
-    sum_minus = warp_reduce(sum_minus, add);
-#pragma unroll
-    for (int i = 0; i < E; ++i) {
-      plus[i] /= sum_plus;
-      minus[i] /= sum_minus;
-    }
-  }
+  paired_values<kSoftmax, 32>(
+      x, [&](int i) { return lane + 32 * i < p; }, hi, lo, plus, minus);
 }
 
 template <bool kSoftmax, typename T, int E>
@@ -100,10 +145,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
   }
 }
 
-// With a = f(r), b = f(-r) and g, h the gradients of their clamped copies (zero where the
-// clamp held the value):
-//   softmax: dr = a (g - <g, a>) - b (h - <h, b>)
-//   exp:     dr = g a - [x = max] <g, a> / #max - h b + [x = min] <h, b> / #min
+// dr of one row, a warp a row (paired_grad).
 template <bool kSoftmax, typename T, int E>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
     paired_backward_kernel(const T* r, const T* dphi, T* dr, int64_t rows, int p) {
@@ -114,50 +156,28 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
   paired_row<kSoftmax, T, E>(r + row * p, p, lane, x, hi, lo, a, b);
   const T* grad = dphi + row * 2 * p;
   float g[E], h[E];
-  float dot_a = 0.f, dot_b = 0.f, at_hi = 0.f, at_lo = 0.f;
+  PairedSums sums{0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int i = 0; i < E; ++i) {
     const int e = lane + 32 * i;
     g[i] = e < p && a[i] >= kClampMin ? to_float(grad[e]) : 0.f;
     h[i] = e < p && b[i] >= kClampMin ? to_float(grad[p + e]) : 0.f;
-    dot_a += g[i] * a[i];
-    dot_b += h[i] * b[i];
-    at_hi += e < p && x[i] == hi ? 1.f : 0.f;
-    at_lo += e < p && x[i] == lo ? 1.f : 0.f;
+    sums.dot_a += g[i] * a[i];
+    sums.dot_b += h[i] * b[i];
+    sums.at_hi += e < p && x[i] == hi ? 1.f : 0.f;
+    sums.at_lo += e < p && x[i] == lo ? 1.f : 0.f;
   }
-  const auto add = [](float u, float v) { return u + v; };
-  dot_a = warp_reduce(dot_a, add);
-  dot_b = warp_reduce(dot_b, add);
-  if constexpr (!kSoftmax) {
-    at_hi = warp_reduce(at_hi, add);
-    at_lo = warp_reduce(at_lo, add);
-  }
+  sums = reduce_sums<kSoftmax, 32>(sums);
   T* out = dr + row * p;
 #pragma unroll
   for (int i = 0; i < E; ++i) {
     const int e = lane + 32 * i;
-    if (e >= p) continue;
-    float d;
-    if constexpr (kSoftmax) {
-      d = a[i] * (g[i] - dot_a) - b[i] * (h[i] - dot_b);
-    } else {
-      d = g[i] * a[i] - h[i] * b[i];
-      if (x[i] == hi) d -= dot_a / at_hi;
-      if (x[i] == lo) d += dot_b / at_lo;
-    }
-    out[e] = from_float<T>(d);
+    if (e < p)
+      out[e] = from_float<T>(paired_grad<kSoftmax>(x[i], a[i], b[i], g[i], h[i], hi, lo, sums));
   }
 }
 
 // ---- eight values a lane, L lanes a row (p a multiple of 8) ----
-
-template <int L, typename Op>
-__device__ inline float group_reduce(float x, Op op) {
-#pragma unroll
-  for (int offset = L / 2; offset > 0; offset >>= 1)
-    x = op(x, __shfl_xor_sync(kAllLanes, x, offset));
-  return x;
-}
 
 __device__ inline void load8(const __nv_bfloat16* src, float (&x)[8]) {
   const uint4 v = *reinterpret_cast<const uint4*>(src);
@@ -188,9 +208,8 @@ __device__ inline void store8(float* dst, const float (&x)[8]) {
   *reinterpret_cast<float4*>(dst + 4) = make_float4(x[4], x[5], x[6], x[7]);
 }
 
-// The row's values x at this lane's elements 8 sub-8 sub + 7 (in: the lane holds elements of a
-// row that exists), its max hi and min lo, and the pair f(r), f(-r) before the clamp (0 where
-// not in). Every lane of the warp calls it: the shuffles take the whole warp.
+// The row's values x at this lane's eight elements (in: they belong to a row that exists), its
+// max hi and min lo, and the pair f(r), f(-r) before the clamp (0 where not in).
 template <bool kSoftmax, typename T, int L>
 __device__ inline void paired_row8(const T* r, bool in, float (&x)[8], float& hi, float& lo,
                                    float (&plus)[8], float (&minus)[8]) {
@@ -208,26 +227,8 @@ __device__ inline void paired_row8(const T* r, bool in, float (&x)[8], float& hi
     for (int i = 0; i < 8; ++i)
       x[i] = 0.f;
   }
-  hi = group_reduce<L>(hi, [](float a, float b) { return fmaxf(a, b); });
-  lo = group_reduce<L>(lo, [](float a, float b) { return fminf(a, b); });
-  float sum_plus = 0.f, sum_minus = 0.f;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    plus[i] = in ? expf(x[i] - hi) : 0.f;
-    minus[i] = in ? expf(lo - x[i]) : 0.f;
-    sum_plus += plus[i];
-    sum_minus += minus[i];
-  }
-  if constexpr (kSoftmax) {
-    const auto add = [](float a, float b) { return a + b; };
-    sum_plus = group_reduce<L>(sum_plus, add);
-    sum_minus = group_reduce<L>(sum_minus, add);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      plus[i] /= sum_plus;
-      minus[i] /= sum_minus;
-    }
-  }
+  paired_values<kSoftmax, L>(
+      x, [in](int) { return in; }, hi, lo, plus, minus);
 }
 
 // This thread's row and its lane's first element; in: both exist.
@@ -256,7 +257,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
   store8(phi + row * 2 * p + p + e0, minus);
 }
 
-// As paired_backward_kernel.
+// dr of one row, L lanes a row (paired_grad).
 template <bool kSoftmax, typename T, int L>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
     paired_backward8_kernel(const T* r, const T* dphi, T* dr, int64_t rows, int p) {
@@ -270,35 +271,22 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
     load8(dphi + row * 2 * p + e0, g);
     load8(dphi + row * 2 * p + p + e0, h);
   }
-  float dot_a = 0.f, dot_b = 0.f, at_hi = 0.f, at_lo = 0.f;
+  PairedSums sums{0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     if (a[i] < kClampMin) g[i] = 0.f;  // also where not in (a = 0)
     if (b[i] < kClampMin) h[i] = 0.f;
-    dot_a += g[i] * a[i];
-    dot_b += h[i] * b[i];
-    at_hi += in && x[i] == hi ? 1.f : 0.f;
-    at_lo += in && x[i] == lo ? 1.f : 0.f;
+    sums.dot_a += g[i] * a[i];
+    sums.dot_b += h[i] * b[i];
+    sums.at_hi += in && x[i] == hi ? 1.f : 0.f;
+    sums.at_lo += in && x[i] == lo ? 1.f : 0.f;
   }
-  const auto add = [](float u, float v) { return u + v; };
-  dot_a = group_reduce<L>(dot_a, add);
-  dot_b = group_reduce<L>(dot_b, add);
-  if constexpr (!kSoftmax) {
-    at_hi = group_reduce<L>(at_hi, add);
-    at_lo = group_reduce<L>(at_lo, add);
-  }
+  sums = reduce_sums<kSoftmax, L>(sums);
   if (!in) return;
   float d[8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    if constexpr (kSoftmax) {
-      d[i] = a[i] * (g[i] - dot_a) - b[i] * (h[i] - dot_b);
-    } else {
-      d[i] = g[i] * a[i] - h[i] * b[i];
-      if (x[i] == hi) d[i] -= dot_a / at_hi;
-      if (x[i] == lo) d[i] += dot_b / at_lo;
-    }
-  }
+  for (int i = 0; i < 8; ++i)
+    d[i] = paired_grad<kSoftmax>(x[i], a[i], b[i], g[i], h[i], hi, lo, sums);
   store8(dr + row * p + e0, d);
 }
 
