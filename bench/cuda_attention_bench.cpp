@@ -257,28 +257,37 @@ void BM_LibTorchForwardBackward(benchmark::State& state) {
 }
 
 // The hedgehog feature map of one layer's queries (B1 H32, d = 128, p = 64, so F = 128 as in
-// the shapes above), forward and backward through autograd: the projection (LibTorch matmul)
-// then the activation, fused (second argument 1) or as LibTorch ops (0). Bytes: x in, phi out,
-// dphi in, dx out (bf16), plus the projection r written and read back each way.
+// the shapes above), forward and backward through autograd as a training step runs it (the
+// gradients start unset each time). Second argument: 0 the projection (LibTorch matmul) then the
+// activation as LibTorch ops, 1 the same with the fused activation kernels, 2 the map with its
+// projection inside one kernel each way (kernels/cuda/hedgehog_map.cu). Bytes: what 2 moves, x
+// in, phi out, x and dphi in, dx out (bf16).
 void BM_HedgehogFeatureMap(benchmark::State& state) {
   if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
   const int64_t N = state.range(0);
-  const bool fused = state.range(1) != 0;
+  const int64_t variant = state.range(1);
   constexpr int64_t kProjection = kFeatures / 2;
   const auto o = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   const Tensor x = torch::randn({1, kHeads, N, kDim}, o).requires_grad_(true);
   const Tensor w =
       (torch::randn({kHeads, kDim, kProjection}, o) / std::sqrt(double(kDim))).requires_grad_(true);
   const Tensor dphi = torch::randn({1, kHeads, N, kFeatures}, o);
+  if (variant == 2 && !hc::hedgehog_map_fusable(x, w))
+    return state.SkipWithError("the fused map needs an sm_90 GPU");
   for (auto _ : state) {
     const double us = median_us(
         [&] {
-          hk::paired_activation(torch::matmul(x, w), hk::FeatureMapKind::hedgehog, fused)
-              .backward(dphi);
+          x.mutable_grad() = Tensor();
+          w.mutable_grad() = Tensor();
+          const Tensor phi =
+              variant == 2 ? hc::hedgehog_map(x, w)
+                           : hk::paired_activation(torch::matmul(x, w),
+                                                   hk::FeatureMapKind::hedgehog, variant == 1);
+          phi.backward(dphi);
         },
         3, 20);
     const double rows = static_cast<double>(kHeads) * N;
-    report(state, us, rows * 2.0 * (2 * kDim + 2 * kFeatures + 4 * kProjection), 0.0);
+    report(state, us, rows * 2.0 * (3 * kDim + 2 * kFeatures), 0.0);
   }
 }
 
@@ -387,6 +396,7 @@ BENCHMARK(BM_LibTorchForwardBackward)
 BENCHMARK(BM_HedgehogFeatureMap)
     ->Args({16384, 0})
     ->Args({16384, 1})
+    ->Args({16384, 2})
     ->ArgNames({"N", "fused"})
     ->Apply(timed);
 BENCHMARK(BM_FusedDecode)

@@ -129,6 +129,13 @@ torch::Tensor FeatureMapImpl::forward(const torch::Tensor& x) {
   require(x.scalar_type() == weight.scalar_type(),
           std::string("input dtype ") + c10::toString(x.scalar_type()) +
               " differs from the weight's " + c10::toString(weight.scalar_type()));
+#ifdef HL_WITH_CUDA_KERNELS
+  // The projection inside the activation's kernels, each way (bf16 on Hopper, p = 64).
+  const bool hedgehog =
+      options_.kind == FeatureMapKind::hedgehog || options_.kind == FeatureMapKind::hedgehog_full;
+  if (hedgehog && !bias.defined() && cuda::hedgehog_map_fusable(x, weight))
+    return cuda::hedgehog_map(x, weight);
+#endif
   auto r = torch::matmul(x, weight);  // [B, H, N, d] x [H, d, p] -> [B, H, N, p]
   if (bias.defined()) r = r + bias.view({1, options_.heads, 1, projection_dim_});
   switch (options_.kind) {

@@ -57,6 +57,13 @@ bool paired_activation_fusable(const torch::Tensor& r);
 /// autograd (the backward recomputes f from r instead of keeping phi's halves).
 torch::Tensor paired_activation(const torch::Tensor& r, PairedActivation f);
 
+/// Whether hedgehog_map takes x and w: bf16 tensors on one sm_90 GPU, x [B, H, N, d] with d 64
+/// or 128 and w [H, d, 64] (kHedgehogMapProjection).
+bool hedgehog_map_fusable(const torch::Tensor& x, const torch::Tensor& w);
+/// The hedgehog feature map [softmax(x w), softmax(-x w)] clamped at kFeatureClampMin, with
+/// its projection, one kernel each way, with autograd (the backward recomputes x w).
+torch::Tensor hedgehog_map(const torch::Tensor& x, const torch::Tensor& w);
+
 /// Raw access for tests and benchmarks: per-unit coefficients instead of omega.
 struct RawInputs {
   torch::Tensor q, k, v;       ///< [B, Hq, N, D], [B, Hkv, N, D] x 2

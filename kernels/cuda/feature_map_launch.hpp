@@ -30,4 +30,27 @@ int launch_paired_activation_forward(const void* r, void* phi, int64_t rows, int
 int launch_paired_activation_backward(const void* r, const void* dphi, void* dr, int64_t rows,
                                       int p, PairedActivation f, KernelDType dtype, void* stream);
 
+/// Projection size p of the fused hedgehog map kernels (F = 2p = 128 features).
+inline constexpr int kHedgehogMapProjection = 64;
+
+/// Whether the current device runs the fused hedgehog map kernels (an sm_90 GPU with their shared
+/// memory) for head size `head_dim` (64 or 128).
+bool hedgehog_map_supported(int head_dim);
+
+/// Floats of launch_hedgehog_map_backward's workspace (per-block dW partials) for this shape.
+int64_t hedgehog_map_workspace_floats(int units, int64_t rows, int head_dim);
+
+/// phi [units, rows, 128] = [softmax(x W_h), softmax(-x W_h)] clamped at 1e-12, for x [units,
+/// rows, head_dim] (unit = b * heads + h) and W [heads, head_dim, 64], all dense bf16: the
+/// projection and the activation in one kernel.
+int launch_hedgehog_map_forward(const void* x, const void* w, void* phi, int units, int heads,
+                                int64_t rows, int head_dim, void* stream);
+
+/// The map's backward from x, W and dphi [units, rows, 128]: dx [units, rows, head_dim] (not
+/// computed where null) and dW [heads, head_dim, 64], all bf16; z and the softmaxes are
+/// recomputed from x. `workspace` holds hedgehog_map_workspace_floats() floats.
+int launch_hedgehog_map_backward(const void* x, const void* w, const void* dphi, void* dx, void* dw,
+                                 float* workspace, int units, int heads, int64_t rows, int head_dim,
+                                 void* stream);
+
 }  // namespace hl::kernels::cuda

@@ -224,8 +224,9 @@ __device__ inline void wgmma_from_tile(float (&acc)[N / 2], uint32_t tile, uint3
 
 // Half of the hedgehog feature map's activation (kernels/feature_map.hpp) on a 64 x 64 C-layout
 // accumulator of projections r, a quad of lanes per row: out = softmax(r) along each row (kNeg:
-// softmax(-r)), clamped below at 1e-12 as the unfused map. out may be r.
-template <bool kNeg>
+// softmax(-r)), clamped below at 1e-12 as the unfused map (unless !kClamp: the backward needs
+// the values before the clamp). out may be r.
+template <bool kNeg, bool kClamp = true>
 __device__ inline void hedgehog_half(const float (&r)[32], float (&out)[32]) {
   constexpr float kScale = kNeg ? -1.4426950408889634f : 1.4426950408889634f;  // base 2
   float mx[2] = {-INFINITY, -INFINITY};
@@ -252,8 +253,10 @@ __device__ inline void hedgehog_half(const float (&r)[32], float (&out)[32]) {
     sum[h] = 1.f / (sum[h] + __shfl_xor_sync(kFullMask, sum[h], 2));
   }
 #pragma unroll
-  for (int i = 0; i < 32; ++i)
-    out[i] = fmaxf(out[i] * sum[(i >> 1) & 1], 1e-12f);
+  for (int i = 0; i < 32; ++i) {
+    out[i] *= sum[(i >> 1) & 1];
+    if constexpr (kClamp) out[i] = fmaxf(out[i], 1e-12f);
+  }
 }
 
 // Both halves: pos = softmax(r), r = softmax(-r).
