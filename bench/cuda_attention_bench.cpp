@@ -138,8 +138,8 @@ void BM_FusedForward(benchmark::State& state) {
 }
 
 // The forward from q, k, v and two hedgehog maps' weights (p = 64, F = 128): second argument
-// 1 computes the maps inside the kernels (phi never in memory), 0 applies them first (LibTorch
-// projection and the fused activation, as FeatureMap does) and runs BM_FusedForward's kernels.
+// 1 computes the maps inside the kernels (phi never in memory), 0 applies them first (the fused
+// map with its projection, as FeatureMap does) and runs BM_FusedForward's kernels.
 // Bytes: BM_FusedForward's without phi.
 void BM_ForwardWithMaps(benchmark::State& state) {
   if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
@@ -155,9 +155,7 @@ void BM_ForwardWithMaps(benchmark::State& state) {
     raw.map_k = w_k;
   }
   const hc::RawOptions opt = kernel_options();
-  auto map = [](const Tensor& x, const Tensor& w) {
-    return hk::paired_activation(torch::matmul(x, w), hk::FeatureMapKind::hedgehog);
-  };
+  auto map = [](const Tensor& x, const Tensor& w) { return hc::hedgehog_map(x, w); };
   const torch::NoGradGuard no_grad;
   for (auto _ : state) {
     const double us = median_us(
