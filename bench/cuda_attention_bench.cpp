@@ -289,6 +289,59 @@ void BM_HedgehogFeatureMap(benchmark::State& state) {
   }
 }
 
+// One layer's hybrid attention as conversion training runs it: hedgehog maps on q and k (p = 64,
+// F = 128), the attention's forward and backward through autograd from the dispatch's front door,
+// gradients into both maps' weights and the window factors. Third argument: 1 q, k and v frozen
+// (attention transfer), 0 trainable too. Fourth: 1 the maps as FeatureMap runs them (the fused
+// map with its projection), 0 as before session 28 (LibTorch projection, fused activation).
+// Bytes and FLOPs: BM_FusedForwardBackward's model (the attention alone), for scale only.
+void BM_LayerStepWithMaps(benchmark::State& state) {
+  if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
+  const Inputs in = make_inputs(state.range(0), state.range(1));
+  const bool transfer = state.range(2) != 0, fused_maps = state.range(3) != 0;
+  hk::FeatureMapOptions mo;
+  mo.kind = hk::FeatureMapKind::hedgehog;
+  mo.heads = kHeads;
+  mo.head_dim = kDim;
+  mo.feature_dim = kFeatures / 2;
+  mo.init = hk::FeatureMapInit::kaiming_uniform;
+  hk::FeatureMap map_q(mo), map_k(mo);
+  map_q->to(torch::kCUDA, torch::kBFloat16);
+  map_k->to(torch::kCUDA, torch::kBFloat16);
+  auto input = [&](const Tensor& t) { return transfer ? t : t.detach().requires_grad_(true); };
+  hk::AttentionInputs ai{input(in.raw.q), input(in.raw.k),
+                         input(in.raw.v), Tensor(),
+                         Tensor(),        in.omega.to(torch::kBFloat16).requires_grad_(true),
+                         Tensor()};
+  hk::AttentionOptions o;
+  o.window = kWindow;
+  o.backend = hk::Backend::cuda;
+  const Tensor dy = torch::randn_like(in.raw.q);
+  std::vector<Tensor> params = {map_q->weight, map_k->weight, ai.window_factor_logits};
+  if (!transfer) params.insert(params.end(), {ai.q, ai.k, ai.v});
+  auto unfused = [](hk::FeatureMapImpl& map, const Tensor& x) {
+    return hk::paired_activation(torch::matmul(x, map.weight), hk::FeatureMapKind::hedgehog);
+  };
+  for (auto _ : state) {
+    const double us = median_us(
+        [&] {
+          for (Tensor& t : params)
+            t.mutable_grad() = Tensor();
+          if (fused_maps) {
+            hk::attention_with_feature_maps(ai, *map_q, *map_k, o).y.backward(dy);
+            return;
+          }
+          hk::AttentionInputs with_phi = ai;
+          with_phi.phi_q = unfused(*map_q, ai.q);
+          with_phi.phi_k = unfused(*map_k, ai.k);
+          hk::attention(with_phi, o).y.backward(dy);
+        },
+        3, 20);
+    report(state, us, forward_bytes(in.B, in.N) + backward_bytes(in.B, in.N),
+           3.0 * forward_flops(in.B, in.N));
+  }
+}
+
 // One decode step per layer at position 4096 (past the window), replayed from a CUDA graph
 // of 32 steps so that launch gaps do not count (bench/graph_steps.hpp). Second argument: blocks per
 // head (0: the launcher's choice for this GPU).
@@ -396,6 +449,10 @@ BENCHMARK(BM_HedgehogFeatureMap)
     ->Args({16384, 1})
     ->Args({16384, 2})
     ->ArgNames({"N", "fused"})
+    ->Apply(timed);
+BENCHMARK(BM_LayerStepWithMaps)
+    ->ArgsProduct({{1}, {4096, 16384}, {1, 0}, {1, 0}})
+    ->ArgNames({"B", "N", "transfer", "fused_maps"})
     ->Apply(timed);
 BENCHMARK(BM_FusedDecode)
     ->Args({1, 0})
