@@ -895,7 +895,8 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
                        a.row_grad_window,
                        a.row_grad_linear,
                        a.row_delta,
-                       a.row_gate_grad};
+                       a.row_gate_grad,
+                       /*window_grads=*/a.query_grads || a.key_grads};
     err = run_query_wg(s, qa, stream);
   }
   if (err == cudaErrorNotSupported) {

@@ -140,6 +140,9 @@ struct QueryArgs {
   float* row_grad_linear;
   float* row_delta;
   float* row_gate_grad;
+  /// false: neither q nor k needs a gradient (attention transfer), so hybrid units skip the
+  /// window's scores: dphi_q and every row value follow from the linear branch, y and D.
+  bool window_grads = true;
 };
 
 /// The backward's query pass on Hopper; cudaErrorNotSupported when a TMA descriptor cannot

@@ -17,6 +17,10 @@ namespace {
 //           needs a gradient dq_i = scale (sum_j c_w e_ij (dy_i . v_j - dl_i) / D_i k_j - G_i k_m);
 // then the row values the key side and the coefficient gradients read: the exact delta
 // (c_w W1 + c_l L1) / D, G = c_w (W1 - delta E) / D and (L1 - delta P) / D.
+// Without window gradients (QueryArgs::window_grads false: attention transfer) a hybrid unit
+// skips the window part (no q or k loads, no scores): delta is dl from y, and since y is
+// homogeneous of degree 0 in (c_w, c_l), c_w (W1 - delta E) + c_l (L1 - delta P) = 0 gives the
+// window's row term from the linear one.
 // Roles as in the forward. The producer loads each chunk's k and phi_k into the ring, its v into
 // a two-slot ring of its own, and each tile's dy, y, phi_q and q, a tile ahead; the consumer runs
 // the linear chunk's products and du, hands du to the state warpgroup, runs the window's products
@@ -143,10 +147,11 @@ __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t*
 
 // kWindow / kLinear: the unit's branches; kDq: q needs a gradient. As in the forward's consume,
 // template arguments keep every wgmma unconditional within its instantiation.
+// rows_from_y: a hybrid unit whose window part is skipped (window_grads false).
 template <int D, int F, bool kWindow, bool kLinear, bool kDq>
 __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t* smem,
-                              const QueryBarriers& qb, int unit, int r_begin, int r_end,
-                              int tiles) {
+                              const QueryBarriers& qb, int unit, int r_begin, int r_end, int tiles,
+                              bool rows_from_y) {
   using L = QueryLayout<D, F>;
   // dq by the state warpgroup from ds staged in shared memory, the G_i k_m term folded into ds.
   constexpr bool kDqInState = kDq && kWindow && kLinear && L::kDqInState;
@@ -433,10 +438,22 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       p_b = rows[3 * kRows + lb] + ps_b;
       mbar_arrive(qb.lin_out_empty);
     }
-    const float delta_a = (coef_w * w1_a + coef_l * l1_a) * inv_a;
-    const float delta_b = (coef_w * w1_b + coef_l * l1_b) * inv_b;
-    const float gw_a = (w1_a - delta_a * e_a) * inv_a, gw_b = (w1_b - delta_b * e_b) * inv_b;
-    const float gate_a = coef_w * gw_a, gate_b = coef_w * gw_b;
+    float delta_a = (coef_w * w1_a + coef_l * l1_a) * inv_a;
+    float delta_b = (coef_w * w1_b + coef_l * l1_b) * inv_b;
+    if (!kWindow && rows_from_y) {
+      delta_a = dl_a;
+      delta_b = dl_b;
+    }
+    const float gl_a = kLinear ? (l1_a - delta_a * p_a) * inv_a : 0.f;
+    const float gl_b = kLinear ? (l1_b - delta_b * p_b) * inv_b : 0.f;
+    float gw_a = (w1_a - delta_a * e_a) * inv_a, gw_b = (w1_b - delta_b * e_b) * inv_b;
+    if (!kWindow && rows_from_y) {
+      const float ratio = coef_w != 0.f ? -coef_l / coef_w : 0.f;
+      gw_a = ratio * gl_a;
+      gw_b = ratio * gl_b;
+    }
+    // No key side reads the gate term without window gradients.
+    const float gate_a = kWindow ? coef_w * gw_a : 0.f, gate_b = kWindow ? coef_w * gw_b : 0.f;
     if constexpr (kDqInState) {
       // ds to the state warpgroup, with - G_i added at key m = argmax_i: dq_i = scale (sum_j ds_ij
       // k_j - G_i k_m). The forward's argmax lies in row i's window, so in chunk t - 1 or t. S's
@@ -529,13 +546,13 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         p.a.row_delta[row0 + ia] = delta_a;
         p.a.row_gate_grad[row0 + ia] = gate_a;
         p.a.row_grad_window[row0 + ia] = gw_a;
-        p.a.row_grad_linear[row0 + ia] = kLinear ? (l1_a - delta_a * p_a) * inv_a : 0.f;
+        p.a.row_grad_linear[row0 + ia] = gl_a;
       }
       if (in_b) {
         p.a.row_delta[row0 + ib] = delta_b;
         p.a.row_gate_grad[row0 + ib] = gate_b;
         p.a.row_grad_window[row0 + ib] = gw_b;
-        p.a.row_grad_linear[row0 + ib] = kLinear ? (l1_b - delta_b * p_b) * inv_b : 0.f;
+        p.a.row_grad_linear[row0 + ib] = gl_b;
       }
     }
   }
@@ -704,7 +721,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   const Shape& s = p.s;
   const int unit = blockIdx.x / p.a.plan.segments;
   const int seg = blockIdx.x - unit * p.a.plan.segments;
-  const UnitMode um = unit_mode(s, p.a.window_drop, unit);
+  UnitMode um = unit_mode(s, p.a.window_drop, unit);
+  const bool rows_from_y = um.use_window && um.use_linear && !p.a.window_grads;
+  if (rows_from_y) um.use_window = false;  // lin_lag stays the hybrid's
   const int r_begin = seg * p.a.plan.length;
   const int r_end = min(s.seq_len, r_begin + p.a.plan.length);
   const int tiles = (r_end - r_begin + kRows - 1) / kRows;
@@ -746,7 +765,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   } else if (group == 1) {
     regs_grow<kConsumerRegs>();
     with_branches(um, [&](auto window, auto linear) {
-      consume_query<D, F, window, linear, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
+      consume_query<D, F, window, linear, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles,
+                                               rows_from_y);
     });
   } else {
     regs_grow<kStateRegs>();

@@ -374,7 +374,9 @@ TEST(CudaAttention, TensorCoreBackwardBf16) {
 
 // Attention transfer: q, k, v come from frozen projections, so the backward skips dq, dk, dv
 // (the tensor-core kernels for bf16, the autograd plumbing for fp32) and the feature-map and
-// window-factor gradients must not change.
+// window-factor gradients must not change. On Hopper the query kernel then skips the window's
+// scores of hybrid units (their row values from y and the linear branch): non-overlapping with
+// dropped heads, overlapping, affine factors and several segments a unit.
 TEST(CudaAttention, FrozenQkvGradients) {
   HL_REQUIRE_GPU();
   Case c = bf16_head_case(700);
@@ -382,6 +384,12 @@ TEST(CudaAttention, FrozenQkvGradients) {
   check_forward_backward(c, 17, via_inputs, /*qkv_grads=*/false);
   c.mode = hk::AttentionMode::linear_only;
   check_forward_backward(c, 18, via_inputs, /*qkv_grads=*/false);
+  c = bf16_head_case(700);
+  c.overlap = true;
+  c.affine = true;
+  check_forward_backward(c, 20, via_inputs, /*qkv_grads=*/false);
+  c = dropped_head_case(4000, 2, 1);  // the forward splits each unit into segments
+  check_forward_backward(c, 21, via_inputs, /*qkv_grads=*/false);
   c = Case{};
   c.overlap = true;
   check_forward_backward(c, 19, via_inputs, /*qkv_grads=*/false);
@@ -1027,6 +1035,13 @@ TEST(CudaAttention, SanitizerSmall) {
   const hc::RawGrads g = hc::backward_raw(in, o, f, torch::randn_like(d.q));
   EXPECT_TRUE(all_finite(g.dk));
   EXPECT_TRUE(all_finite(g.dphi_k));
+  // Attention transfer's backward: the query kernel without the window's scores.
+  hc::RawOptions frozen = o;
+  frozen.key_grads = frozen.query_grads = false;
+  const hc::RawGrads gf = hc::backward_raw(in, frozen, f, torch::randn_like(d.q));
+  EXPECT_TRUE(all_finite(gf.dphi_q));
+  EXPECT_TRUE(all_finite(gf.dphi_k));
+  EXPECT_TRUE(all_finite(gf.dcoef_window));
   // The same forward computing the hedgehog maps in its kernels (state pass and forward).
   hc::RawInputs mapped = in;
   mapped.phi_q = mapped.phi_k = Tensor();
