@@ -293,11 +293,12 @@ void BM_HedgehogFeatureMap(benchmark::State& state) {
 // F = 128), the attention's forward and backward through autograd from the dispatch's front door,
 // gradients into both maps' weights and the window factors. Third argument: 1 q, k and v frozen
 // (attention transfer), 0 trainable too. Fourth: 1 the maps as FeatureMap runs them (the fused
-// map with its projection), 0 as before session 28 (LibTorch projection, fused activation).
+// map with its projection), 0 as before session 28 (LibTorch projection, fused activation, k
+// repeated to the q heads). Fifth: kv heads (GQA below kHeads).
 // Bytes and FLOPs: BM_FusedForwardBackward's model (the attention alone), for scale only.
 void BM_LayerStepWithMaps(benchmark::State& state) {
   if (!torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
-  const Inputs in = make_inputs(state.range(0), state.range(1));
+  const Inputs in = make_inputs(state.range(0), state.range(1), state.range(4));
   const bool transfer = state.range(2) != 0, fused_maps = state.range(3) != 0;
   hk::FeatureMapOptions mo;
   mo.kind = hk::FeatureMapKind::hedgehog;
@@ -320,7 +321,8 @@ void BM_LayerStepWithMaps(benchmark::State& state) {
   std::vector<Tensor> params = {map_q->weight, map_k->weight, ai.window_factor_logits};
   if (!transfer) params.insert(params.end(), {ai.q, ai.k, ai.v});
   auto unfused = [](hk::FeatureMapImpl& map, const Tensor& x) {
-    return hk::paired_activation(torch::matmul(x, map.weight), hk::FeatureMapKind::hedgehog);
+    const Tensor per_head = x.repeat_interleave(kHeads / x.size(1), 1);
+    return hk::paired_activation(torch::matmul(per_head, map.weight), hk::FeatureMapKind::hedgehog);
   };
   for (auto _ : state) {
     const double us = median_us(
@@ -451,8 +453,9 @@ BENCHMARK(BM_HedgehogFeatureMap)
     ->ArgNames({"N", "fused"})
     ->Apply(timed);
 BENCHMARK(BM_LayerStepWithMaps)
-    ->ArgsProduct({{1}, {4096, 16384}, {1, 0}, {1, 0}})
-    ->ArgNames({"B", "N", "transfer", "fused_maps"})
+    ->ArgsProduct({{1}, {4096, 16384}, {1, 0}, {1, 0}, {kHeads}})
+    ->ArgsProduct({{1}, {16384}, {1, 0}, {1, 0}, {8}})
+    ->ArgNames({"B", "N", "transfer", "fused_maps", "Hkv"})
     ->Apply(timed);
 BENCHMARK(BM_FusedDecode)
     ->Args({1, 0})

@@ -175,12 +175,10 @@ AttentionOutput attention(const AttentionInputs& inputs, const AttentionOptions&
 
 AttentionInputs with_feature_maps(AttentionInputs inputs, FeatureMapImpl& map_q,
                                   FeatureMapImpl& map_k) {
-  const auto groups = inputs.q.size(1) / inputs.k.size(1);
-  const torch::Tensor k_per_query_head =
-      groups == 1 ? inputs.k : inputs.k.repeat_interleave(groups, 1);
+  // With GQA each kv head of k serves its group's maps (FeatureMap takes it unrepeated).
   const auto dtype = inputs.q.scalar_type();
   inputs.phi_q = map_q.forward(inputs.q.to(map_q.weight.scalar_type())).to(dtype);
-  inputs.phi_k = map_k.forward(k_per_query_head.to(map_k.weight.scalar_type())).to(dtype);
+  inputs.phi_k = map_k.forward(inputs.k.to(map_k.weight.scalar_type())).to(dtype);
   return inputs;
 }
 

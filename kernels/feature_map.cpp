@@ -122,10 +122,11 @@ int64_t FeatureMapImpl::feature_count() const {
 
 torch::Tensor FeatureMapImpl::forward(const torch::Tensor& x) {
   require(
-      x.defined() && x.dim() == 4 && x.size(1) == options_.heads && x.size(3) == options_.head_dim,
+      x.defined() && x.dim() == 4 && x.size(1) >= 1 && options_.heads % x.size(1) == 0 &&
+          x.size(3) == options_.head_dim,
       "input must be [B, H, N, d] with H = " + std::to_string(options_.heads) +
-          " and d = " + std::to_string(options_.head_dim) + ", got " +
-          (x.defined() ? shape_of(x) : std::string("an undefined tensor")));
+          " (or a divisor of it: grouped-query k) and d = " + std::to_string(options_.head_dim) +
+          ", got " + (x.defined() ? shape_of(x) : std::string("an undefined tensor")));
   require(x.scalar_type() == weight.scalar_type(),
           std::string("input dtype ") + c10::toString(x.scalar_type()) +
               " differs from the weight's " + c10::toString(weight.scalar_type()));
@@ -136,7 +137,9 @@ torch::Tensor FeatureMapImpl::forward(const torch::Tensor& x) {
   if (hedgehog && !bias.defined() && cuda::hedgehog_map_fusable(x, weight))
     return cuda::hedgehog_map(x, weight);
 #endif
-  auto r = torch::matmul(x, weight);  // [B, H, N, d] x [H, d, p] -> [B, H, N, p]
+  const int64_t group = options_.heads / x.size(1);
+  // [B, H, N, d] x [H, d, p] -> [B, H, N, p]
+  auto r = torch::matmul(group == 1 ? x : x.repeat_interleave(group, 1), weight);
   if (bias.defined()) r = r + bias.view({1, options_.heads, 1, projection_dim_});
   switch (options_.kind) {
     case FeatureMapKind::hedgehog:

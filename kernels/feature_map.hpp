@@ -43,7 +43,9 @@ class FeatureMapImpl : public torch::nn::Module {
  public:
   explicit FeatureMapImpl(const FeatureMapOptions& options);
 
-  /// x [B, H, N, d] with H = heads and d = head_dim; throws std::invalid_argument otherwise.
+  /// x [B, H, N, d] with d = head_dim and H = heads, or a divisor of heads (grouped-query k: x
+  /// head g serves maps g heads / H .. (g + 1) heads / H - 1, as if repeated); throws
+  /// std::invalid_argument otherwise.
   torch::Tensor forward(const torch::Tensor& x);
 
   /// F, the number of features forward() returns (2p for hedgehog, hedgehog_full, exp).

@@ -558,11 +558,12 @@ class HedgehogMapFunction : public torch::autograd::Function<HedgehogMapFunction
   static Tensor forward(AutogradContext* ctx, const Tensor& x_in, const Tensor& w_in) {
     const c10::cuda::CUDAGuard guard(x_in.device());
     const Tensor x = dense(x_in), w = dense(w_in);  // TMA: 16-byte aligned bases
-    const int heads = static_cast<int>(x.size(1)), units = static_cast<int>(x.size(0)) * heads;
+    const int heads = static_cast<int>(w.size(0)), units = static_cast<int>(x.size(0)) * heads;
     Tensor phi =
         torch::empty({x.size(0), heads, x.size(2), 2 * kHedgehogMapProjection}, x.options());
     check_launch(launch_hedgehog_map_forward(ptr(x), ptr(w), phi.data_ptr(), units, heads,
-                                             x.size(2), static_cast<int>(x.size(3)), stream_of(x)),
+                                             static_cast<int>(x.size(1)), x.size(2),
+                                             static_cast<int>(x.size(3)), stream_of(x)),
                  "hedgehog map");
     ctx->save_for_backward({x, w});
     return phi;
@@ -574,18 +575,24 @@ class HedgehogMapFunction : public torch::autograd::Function<HedgehogMapFunction
     const Tensor &x = saved[0], &w = saved[1];
     const c10::cuda::CUDAGuard guard(x.device());
     const Tensor dphi = dense(grads[0].to(x.scalar_type()));
-    const int heads = static_cast<int>(x.size(1)), units = static_cast<int>(x.size(0)) * heads;
-    const int d = static_cast<int>(x.size(3));
-    const Tensor dx = ctx->needs_input_grad(0) ? torch::empty_like(x) : Tensor();
+    const int heads = static_cast<int>(w.size(0)), x_heads = static_cast<int>(x.size(1));
+    const int units = static_cast<int>(x.size(0)) * heads, d = static_cast<int>(x.size(3));
+    // One gradient per map head; a grouped-query x sums its group's below.
+    const Tensor dx = ctx->needs_input_grad(0)
+                          ? torch::empty({x.size(0), heads, x.size(2), d}, x.options())
+                          : Tensor();
     Tensor dw = torch::empty_like(w);
     const Tensor workspace = torch::empty({hedgehog_map_workspace_floats(units, x.size(2), d)},
                                           x.options().dtype(torch::kFloat));
     check_launch(launch_hedgehog_map_backward(ptr(x), ptr(w), ptr(dphi),
                                               dx.defined() ? dx.data_ptr() : nullptr, dw.data_ptr(),
-                                              workspace.data_ptr<float>(), units, heads, x.size(2),
-                                              d, stream_of(x)),
+                                              workspace.data_ptr<float>(), units, heads, x_heads,
+                                              x.size(2), d, stream_of(x)),
                  "hedgehog map backward");
-    return {dx, ctx->needs_input_grad(1) ? dw : Tensor()};
+    const Tensor dx_in = !dx.defined() || x_heads == heads
+                             ? dx
+                             : dx.view({x.size(0), x_heads, heads / x_heads, x.size(2), d}).sum(2);
+    return {dx_in, ctx->needs_input_grad(1) ? dw : Tensor()};
   }
 };
 
@@ -594,16 +601,18 @@ class HedgehogMapFunction : public torch::autograd::Function<HedgehogMapFunction
 bool hedgehog_map_fusable(const Tensor& x, const Tensor& w) {
   return x.defined() && w.defined() && x.is_cuda() && w.device() == x.device() &&
          x.scalar_type() == torch::kBFloat16 && w.scalar_type() == torch::kBFloat16 &&
-         x.dim() == 4 && w.dim() == 3 && w.size(0) == x.size(1) && w.size(1) == x.size(3) &&
-         w.size(2) == kHedgehogMapProjection && x.size(2) >= 1 && x.size(2) <= INT32_MAX &&
-         x.size(0) * x.size(1) <= INT32_MAX && hedgehog_map_supported(static_cast<int>(x.size(3)));
+         x.dim() == 4 && w.dim() == 3 && x.size(1) >= 1 && w.size(0) % x.size(1) == 0 &&
+         w.size(1) == x.size(3) && w.size(2) == kHedgehogMapProjection && x.size(2) >= 1 &&
+         x.size(2) <= INT32_MAX && x.size(0) * w.size(0) <= INT32_MAX &&
+         hedgehog_map_supported(static_cast<int>(x.size(3)));
 }
 
 Tensor hedgehog_map(const Tensor& x, const Tensor& w) {
   if (!hedgehog_map_fusable(x, w)) {
     throw std::invalid_argument(
-        "cuda hedgehog_map: needs bf16 CUDA tensors x [B, H, N, d] with d 64 or 128 and w [H, d, " +
-        std::to_string(kHedgehogMapProjection) + "] on one sm_90 GPU");
+        "cuda hedgehog_map: needs bf16 CUDA tensors x [B, Hx, N, d] and w [H, d, " +
+        std::to_string(kHedgehogMapProjection) +
+        "] with d 64 or 128 and Hx dividing H, on one sm_90 GPU");
   }
   return HedgehogMapFunction::apply(x, w);
 }

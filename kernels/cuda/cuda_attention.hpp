@@ -57,11 +57,12 @@ bool paired_activation_fusable(const torch::Tensor& r);
 /// autograd (the backward recomputes f from r instead of keeping phi's halves).
 torch::Tensor paired_activation(const torch::Tensor& r, PairedActivation f);
 
-/// Whether hedgehog_map takes x and w: bf16 tensors on one sm_90 GPU, x [B, H, N, d] with d 64
-/// or 128 and w [H, d, 64] (kHedgehogMapProjection).
+/// Whether hedgehog_map takes x and w: bf16 tensors on one sm_90 GPU, x [B, Hx, N, d] with d 64
+/// or 128 and w [H, d, 64] (kHedgehogMapProjection), Hx dividing H.
 bool hedgehog_map_fusable(const torch::Tensor& x, const torch::Tensor& w);
 /// The hedgehog feature map [softmax(x w), softmax(-x w)] clamped at kFeatureClampMin, with
-/// its projection, one kernel each way, with autograd (the backward recomputes x w).
+/// its projection, one kernel each way, with autograd (the backward recomputes x w). With Hx < H
+/// (grouped-query k), x head g serves maps g H / Hx .. (g + 1) H / Hx - 1, as FeatureMap.
 torch::Tensor hedgehog_map(const torch::Tensor& x, const torch::Tensor& w);
 
 /// Raw access for tests and benchmarks: per-unit coefficients instead of omega.

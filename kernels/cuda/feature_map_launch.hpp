@@ -40,17 +40,19 @@ bool hedgehog_map_supported(int head_dim);
 /// Floats of launch_hedgehog_map_backward's workspace (per-block dW partials) for this shape.
 int64_t hedgehog_map_workspace_floats(int units, int64_t rows, int head_dim);
 
-/// phi [units, rows, 128] = [softmax(x W_h), softmax(-x W_h)] clamped at 1e-12, for x [units,
-/// rows, head_dim] (unit = b * heads + h) and W [heads, head_dim, 64], all dense bf16: the
-/// projection and the activation in one kernel.
+/// phi [units, rows, 128] = [softmax(x W_h), softmax(-x W_h)] clamped at 1e-12 for unit
+/// b * heads + h, from W [heads, head_dim, 64] and x [units / heads * x_heads, rows, head_dim]
+/// (x_heads divides heads: grouped-query k, x head h / (heads / x_heads) serving map h), all
+/// dense bf16: the projection and the activation in one kernel.
 int launch_hedgehog_map_forward(const void* x, const void* w, void* phi, int units, int heads,
-                                int64_t rows, int head_dim, void* stream);
+                                int x_heads, int64_t rows, int head_dim, void* stream);
 
-/// The map's backward from x, W and dphi [units, rows, 128]: dx [units, rows, head_dim] (not
-/// computed where null) and dW [heads, head_dim, 64], all bf16; z and the softmaxes are
-/// recomputed from x. `workspace` holds hedgehog_map_workspace_floats() floats.
+/// The map's backward from x, W and dphi [units, rows, 128]: dW [heads, head_dim, 64] and each
+/// unit's gradient of its x rows, dx [units, rows, head_dim] (not computed where null; with
+/// x_heads < heads the caller sums each group), all bf16; z and the softmaxes are recomputed from
+/// x. `workspace` holds hedgehog_map_workspace_floats() floats.
 int launch_hedgehog_map_backward(const void* x, const void* w, const void* dphi, void* dx, void* dw,
-                                 float* workspace, int units, int heads, int64_t rows, int head_dim,
-                                 void* stream);
+                                 float* workspace, int units, int heads, int x_heads, int64_t rows,
+                                 int head_dim, void* stream);
 
 }  // namespace hl::kernels::cuda

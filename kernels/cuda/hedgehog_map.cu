@@ -35,12 +35,12 @@ static_assert(regs_fit(kMapThreads, kProducerRegs + kConsumers * kConsumerRegs))
 constexpr float kClampMin = 1e-12f;
 
 struct MapParams {
-  CUtensorMap x;             // [units][rows][D]
-  CUtensorMap w;             // [heads][D][64]
-  CUtensorMap phi;           // [units][rows][128]: the forward's output, the backward's dphi
-  CUtensorMap dx;            // backward, [units][rows][D]
-  float* partials;           // backward: dW of each consumer, [blocks][kConsumers][D][64]
-  int heads, splits, tiles;  // tiles: 64-row tiles of a unit
+  CUtensorMap x;    // [x units][rows][D]: unit b heads + h reads x unit b x_heads + h / group
+  CUtensorMap w;    // [heads][D][64]
+  CUtensorMap phi;  // [units][rows][128]: the forward's output, the backward's dphi
+  CUtensorMap dx;   // backward, [units][rows][D]
+  float* partials;  // backward: dW of each consumer, [blocks][kConsumers][D][64]
+  int heads, x_heads, splits, tiles;  // tiles: 64-row tiles of a unit
 };
 
 // Offsets from the 1024-byte aligned base. A ring stage holds a tile's x (and dphi when
@@ -59,13 +59,15 @@ struct MapLayout {
   static constexpr int kSmemBytes = kBars + (2 * kStages + 1) * 8 + 1024;  // + alignment slack
 };
 
-// The block's unit and its tiles [t0, t1).
+// The block's unit, its head, the x unit it reads and its tiles [t0, t1).
 struct BlockTiles {
-  int unit, head, t0, t1;
+  int unit, head, x_unit, t0, t1;
 };
 __device__ inline BlockTiles block_tiles(const MapParams& p) {
   const int unit = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
-  return {unit, unit % p.heads, split * p.tiles / p.splits, (split + 1) * p.tiles / p.splits};
+  const int head = unit % p.heads;
+  const int x_unit = (unit / p.heads) * p.x_heads + head / (p.heads / p.x_heads);
+  return {unit, head, x_unit, split * p.tiles / p.splits, (split + 1) * p.tiles / p.splits};
 }
 
 // The producer warp's lane 0: W_h, then each tile's x (and dphi) into the ring.
@@ -82,7 +84,7 @@ __device__ void produce(const MapParams& p, const BlockTiles& bt, uint8_t* smem,
     uint8_t* stage = smem + L::kRing + s * L::kStageBytes;
     mbar_expect_bytes(full + s, L::kStageBytes);
     for (int b = 0; b < L::kXBlocks; ++b)
-      tma_load_3d(stage + b * kBlock, &p.x, 64 * b, kRows * t, bt.unit, full + s);
+      tma_load_3d(stage + b * kBlock, &p.x, 64 * b, kRows * t, bt.x_unit, full + s);
     if constexpr (kBackward) {
       for (int b = 0; b < 2; ++b)
         tma_load_3d(stage + (L::kXBlocks + b) * kBlock, &p.phi, 64 * b, kRows * t, bt.unit,
@@ -331,7 +333,7 @@ cudaError_t run(MapParams& p, const void* x, const void* w, const void* phi, voi
                 int64_t rows, bool want_dx, cudaStream_t stream) {
   using L = MapLayout<D, kBackward>;
   const int n = static_cast<int>(rows);
-  if (!make_map(&p.x, x, D, n, units) || !make_map(&p.w, w, kP, D, p.heads) ||
+  if (!make_map(&p.x, x, D, n, units / p.heads * p.x_heads) || !make_map(&p.w, w, kP, D, p.heads) ||
       !make_map(&p.phi, phi, 2 * kP, n, units) || !make_map(&p.dx, dx, D, n, units)) {
     return cudaErrorInvalidValue;
   }
@@ -344,13 +346,20 @@ cudaError_t run(MapParams& p, const void* x, const void* w, const void* phi, voi
                                L::kSmemBytes, p, stream);
 }
 
-MapParams params(int heads, int units, int64_t rows, float* partials) {
+MapParams params(int heads, int x_heads, int units, int64_t rows, float* partials) {
   MapParams p{};
   p.heads = heads;
+  p.x_heads = x_heads;
   p.splits = splits_of(units, rows);
   p.tiles = static_cast<int>((rows + kRows - 1) / kRows);
   p.partials = partials;
   return p;
+}
+
+// Whether the kernels take this shape (the device aside).
+bool valid_shape(int units, int heads, int x_heads, int64_t rows) {
+  return rows >= 1 && rows <= INT32_MAX && heads >= 1 && x_heads >= 1 && units % heads == 0 &&
+         heads % x_heads == 0;
 }
 
 }  // namespace
@@ -365,25 +374,21 @@ int64_t hedgehog_map_workspace_floats(int units, int64_t rows, int head_dim) {
 }
 
 int launch_hedgehog_map_forward(const void* x, const void* w, void* phi, int units, int heads,
-                                int64_t rows, int head_dim, void* stream) {
-  if (!hedgehog_map_supported(head_dim) || rows < 1 || rows > INT32_MAX || heads < 1 ||
-      units % heads != 0) {
+                                int x_heads, int64_t rows, int head_dim, void* stream) {
+  if (!hedgehog_map_supported(head_dim) || !valid_shape(units, heads, x_heads, rows))
     return cudaErrorInvalidValue;
-  }
-  MapParams p = params(heads, units, rows, nullptr);
+  MapParams p = params(heads, x_heads, units, rows, nullptr);
   const auto s = static_cast<cudaStream_t>(stream);
   return head_dim == 64 ? run<64, false>(p, x, w, phi, nullptr, units, rows, false, s)
                         : run<128, false>(p, x, w, phi, nullptr, units, rows, false, s);
 }
 
 int launch_hedgehog_map_backward(const void* x, const void* w, const void* dphi, void* dx, void* dw,
-                                 float* workspace, int units, int heads, int64_t rows, int head_dim,
-                                 void* stream) {
-  if (!hedgehog_map_supported(head_dim) || rows < 1 || rows > INT32_MAX || heads < 1 ||
-      units % heads != 0) {
+                                 float* workspace, int units, int heads, int x_heads, int64_t rows,
+                                 int head_dim, void* stream) {
+  if (!hedgehog_map_supported(head_dim) || !valid_shape(units, heads, x_heads, rows))
     return cudaErrorInvalidValue;
-  }
-  MapParams p = params(heads, units, rows, workspace);
+  MapParams p = params(heads, x_heads, units, rows, workspace);
   const auto s = static_cast<cudaStream_t>(stream);
   cudaError_t err = head_dim == 64
                         ? run<64, true>(p, x, w, dphi, dx, units, rows, dx != nullptr, s)

@@ -43,9 +43,12 @@ struct Grads {
   Tensor phi, dx, dw;
 };
 
-// phi and the gradients of L = sum(phi * dphi) by LibTorch's ops in float64 on the CPU.
+// phi and the gradients of L = sum(phi * dphi) by LibTorch's ops in float64 on the CPU; x with
+// fewer heads than w serves each group of maps (repeated). dx: per map head.
 Grads reference(const Tensor& x, const Tensor& w, const Tensor& dphi) {
-  const Tensor x64 = x.to(torch::kCPU, torch::kDouble).requires_grad_(true);
+  const Tensor x64 = x.to(torch::kCPU, torch::kDouble)
+                         .repeat_interleave(w.size(0) / x.size(1), 1)
+                         .requires_grad_(true);
   const Tensor w64 = w.to(torch::kCPU, torch::kDouble).requires_grad_(true);
   const Tensor phi =
       hk::paired_activation(torch::matmul(x64, w64), hk::FeatureMapKind::hedgehog, false);
@@ -53,32 +56,35 @@ Grads reference(const Tensor& x, const Tensor& w, const Tensor& dphi) {
   return {phi.detach(), x64.grad(), w64.grad()};
 }
 
-// Fresh random x [B, H, N, d] (row 3 of every head stretched so that the clamp holds there), w
-// [H, d, 64] and dphi; the launchers into NaN-filled outputs against reference(). Tolerance:
-// relative error below 1e-2 (bf16 inputs and outputs, fp32 inside).
-void check(int64_t B, int64_t H, int64_t N, int64_t d, uint64_t seed) {
+// Fresh random x [B, Hx, N, d] (row 3 of every head stretched so that the clamp holds there),
+// w [H, d, 64] and dphi; the launchers into NaN-filled outputs against reference(). dx comes
+// per map head. Tolerance: relative error below 1e-2 (bf16 inputs and outputs, fp32 inside).
+void check(int64_t B, int64_t H, int64_t N, int64_t d, uint64_t seed, int64_t Hx = 0) {
   torch::manual_seed(seed);
+  if (Hx == 0) Hx = H;
   const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
-  Tensor x = torch::randn({B, H, N, d}, bf16);
+  Tensor x = torch::randn({B, Hx, N, d}, bf16);
   x.select(2, 3).mul_(60);
   const Tensor w = torch::randn({H, d, hc::kHedgehogMapProjection}, bf16) / std::sqrt(double(d));
   const Tensor dphi = torch::randn({B, H, N, 2 * hc::kHedgehogMapProjection}, bf16);
   ASSERT_TRUE(hc::hedgehog_map_fusable(x, w));
   const int units = static_cast<int>(B * H), heads = static_cast<int>(H), dim = static_cast<int>(d);
+  const int x_heads = static_cast<int>(Hx);
   const double nan = std::nan("");
   Tensor phi = torch::full({B, H, N, 2 * hc::kHedgehogMapProjection}, nan, bf16);
-  Tensor dx = torch::full_like(x, nan), dw = torch::full_like(w, nan);
+  Tensor dx = torch::full({B, H, N, d}, nan, bf16), dw = torch::full_like(w, nan);
   const Tensor workspace = torch::full({hc::hedgehog_map_workspace_floats(units, N, dim)}, nan,
                                        bf16.dtype(torch::kFloat));
   ASSERT_EQ(hc::launch_hedgehog_map_forward(x.data_ptr(), w.data_ptr(), phi.data_ptr(), units,
-                                            heads, N, dim, stream()),
+                                            heads, x_heads, N, dim, stream()),
             0);
   ASSERT_EQ(hc::launch_hedgehog_map_backward(
                 x.data_ptr(), w.data_ptr(), dphi.data_ptr(), dx.data_ptr(), dw.data_ptr(),
-                workspace.data_ptr<float>(), units, heads, N, dim, stream()),
+                workspace.data_ptr<float>(), units, heads, x_heads, N, dim, stream()),
             0);
   const std::string what = "B " + std::to_string(B) + " H " + std::to_string(H) + " N " +
-                           std::to_string(N) + " d " + std::to_string(d);
+                           std::to_string(N) + " d " + std::to_string(d) + " Hx " +
+                           std::to_string(Hx);
   ASSERT_TRUE(all_finite(phi)) << what;
   ASSERT_TRUE(all_finite(dx)) << what;
   ASSERT_TRUE(all_finite(dw)) << what;
@@ -95,7 +101,7 @@ void check(int64_t B, int64_t H, int64_t N, int64_t d, uint64_t seed) {
   Tensor dw_only = torch::full_like(w, nan);
   ASSERT_EQ(hc::launch_hedgehog_map_backward(x.data_ptr(), w.data_ptr(), dphi.data_ptr(), nullptr,
                                              dw_only.data_ptr(), workspace.data_ptr<float>(), units,
-                                             heads, N, dim, stream()),
+                                             heads, x_heads, N, dim, stream()),
             0);
   EXPECT_TRUE(torch::equal(dw_only, dw)) << what;
 }
@@ -105,6 +111,14 @@ TEST(HedgehogMap, MatchesFloat64D128) {
   if (!hc::hedgehog_map_supported(128)) GTEST_SKIP() << "needs an sm_90 GPU";
   check(2, 8, 4200, 128, 1);  // 16 units over the SMs: several tiles a block, partial last tile
   check(1, 3, 37, 128, 2);    // one partial tile a unit
+}
+
+// Grouped-query k: 8 maps on 2 kv heads (Llama's 4 q heads a kv head), 3 maps on one.
+TEST(HedgehogMap, GroupedQueryInput) {
+  HL_REQUIRE_GPU();
+  if (!hc::hedgehog_map_supported(128)) GTEST_SKIP() << "needs an sm_90 GPU";
+  check(2, 8, 1000, 128, 7, /*Hx=*/2);
+  check(1, 3, 130, 64, 8, /*Hx=*/1);
 }
 
 TEST(HedgehogMap, MatchesFloat64D64) {
@@ -159,6 +173,20 @@ TEST(HedgehogMap, FeatureMapModuleBf16) {
 
   gpu_map->weight.mutable_grad() = Tensor();
   gpu_map->forward(x.detach()).backward(dphi);
+  EXPECT_LT(rel_err(gpu_map->weight.grad(), cpu_map->weight.grad()), 1e-2);
+
+  // Grouped-query k: two kv heads for the four maps; the gradient sums each group's.
+  for (auto& map : {gpu_map, cpu_map})
+    map->weight.mutable_grad() = Tensor();
+  const Tensor k = (torch::randn({2, 2, 300, 128}, gpu) * 2).requires_grad_(true);
+  const Tensor k64 = k.detach().to(torch::kCPU, torch::kDouble).requires_grad_(true);
+  ASSERT_TRUE(hc::hedgehog_map_fusable(k, gpu_map->weight));
+  const Tensor phi_k = gpu_map->forward(k);
+  phi_k.backward(dphi);
+  const Tensor phi_k64 = cpu_map->forward(k64);
+  phi_k64.backward(dphi.to(torch::kCPU, torch::kDouble));
+  EXPECT_LT(rel_err(phi_k, phi_k64), 1e-2);
+  EXPECT_LT(rel_err(k.grad(), k64.grad()), 1e-2);
   EXPECT_LT(rel_err(gpu_map->weight.grad(), cpu_map->weight.grad()), 1e-2);
 }
 

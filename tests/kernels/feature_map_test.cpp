@@ -148,6 +148,24 @@ TEST(FeatureMap, EachHeadUsesItsOwnWeight) {
   EXPECT_FALSE(torch::equal(before.select(1, 1), after.select(1, 1)));
 }
 
+// Grouped-query k: a single kv head serves all three maps, as if repeated to each; its gradient
+// is the sum of the three maps' gradients.
+TEST(FeatureMap, OneInputHeadServesItsGroupOfMaps) {
+  torch::manual_seed(8);
+  auto map = make_map(FeatureMapKind::hedgehog);
+  const auto k = torch::randn({2, 1, 5, kDim}, torch::kDouble).requires_grad_(true);
+  const auto repeated = k.detach().repeat_interleave(kHeads, 1).requires_grad_(true);
+  const auto dphi = torch::randn({2, kHeads, 5, 2 * kProjection}, torch::kDouble);
+  const auto phi = map->forward(k);
+  const auto want = map->forward(repeated);
+  EXPECT_TRUE(torch::allclose(phi, want, 0, 1e-14));
+  phi.backward(dphi);
+  want.backward(dphi);
+  EXPECT_TRUE(torch::allclose(k.grad(), repeated.grad().sum(1, true), 0, 1e-12));
+  // Two input heads do not divide three maps.
+  EXPECT_THROW(map->forward(torch::randn({1, 2, 4, kDim}, torch::kDouble)), std::invalid_argument);
+}
+
 TEST(FeatureMap, NamesRoundTrip) {
   for (const auto kind :
        {FeatureMapKind::hedgehog, FeatureMapKind::hedgehog_full, FeatureMapKind::t2r,
