@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -24,6 +25,12 @@ void check_launch(int code, const char* what) {
     throw std::runtime_error(std::string("CUDA hybrid attention: ") + what +
                              " failed: " + error_string(code));
   }
+}
+
+std::string sizes_of(const Tensor& t) {
+  std::ostringstream out;
+  out << t.sizes();
+  return out.str();
 }
 
 void* stream_of(const Tensor& t) {
@@ -564,7 +571,7 @@ class HedgehogMapFunction : public torch::autograd::Function<HedgehogMapFunction
     check_launch(launch_hedgehog_map_forward(ptr(x), ptr(w), phi.data_ptr(), units, heads,
                                              static_cast<int>(x.size(1)), x.size(2),
                                              static_cast<int>(x.size(3)), stream_of(x)),
-                 "hedgehog map");
+                 ("hedgehog map (x " + sizes_of(x) + ", w " + sizes_of(w) + ")").c_str());
     ctx->save_for_backward({x, w});
     return phi;
   }
@@ -588,7 +595,9 @@ class HedgehogMapFunction : public torch::autograd::Function<HedgehogMapFunction
                                               dx.defined() ? dx.data_ptr() : nullptr, dw.data_ptr(),
                                               workspace.data_ptr<float>(), units, heads, x_heads,
                                               x.size(2), d, stream_of(x)),
-                 "hedgehog map backward");
+                 ("hedgehog map backward (x " + sizes_of(x) + ", w " + sizes_of(w) + ", dphi " +
+                  sizes_of(dphi) + ")")
+                     .c_str());
     const Tensor dx_in = !dx.defined() || x_heads == heads
                              ? dx
                              : dx.view({x.size(0), x_heads, heads / x_heads, x.size(2), d}).sum(2);
