@@ -540,6 +540,11 @@ inline EncodeTiled encode_tiled() {
 inline bool make_map(CUtensorMap* map, const void* base, int cols, int rows, int units,
                      int box_rows = kRows) {
   if (base == nullptr) return true;  // a branch the launch does not use
+  // The driver's encoder needs a current context, which the runtime binds to a thread only on
+  // some calls (a launch, an allocation): autograd's backward thread may have made none yet
+  // (CUDA_ERROR_INVALID_CONTEXT, bench/KERNEL_NOTES.md session 28 item 4).
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaSetDevice(device) != cudaSuccess) return false;
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows),
                               static_cast<cuuint64_t>(units)};
   const cuuint64_t strides[2] = {cols * sizeof(bf16),

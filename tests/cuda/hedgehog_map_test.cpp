@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <string>
+#include <thread>
 
 #include "cuda/gpu_test.hpp"
 #include "kernels/feature_map.hpp"
@@ -135,6 +136,38 @@ TEST(HedgehogMap, SanitizerSmall) {
   if (!hc::hedgehog_map_supported(128)) GTEST_SKIP() << "needs an sm_90 GPU";
   check(1, 2, 130, 128, 5);
   check(1, 1, 70, 64, 6);
+}
+
+// A thread that has made no CUDA call yet has no current context, as autograd's backward
+// thread may not when the allocator serves every buffer from its cache: the launchers still
+// encode their tensor maps there (they failed with CUDA_ERROR_INVALID_CONTEXT before).
+TEST(HedgehogMap, LaunchesFromAFreshThread) {
+  HL_REQUIRE_GPU();
+  if (!hc::hedgehog_map_supported(128)) GTEST_SKIP() << "needs an sm_90 GPU";
+  torch::manual_seed(9);
+  const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  const Tensor x = torch::randn({1, 2, 100, 128}, bf16);
+  const Tensor w = torch::randn({2, 128, 64}, bf16) / std::sqrt(128.0);
+  const Tensor dphi = torch::randn({1, 2, 100, 128}, bf16);
+  Tensor phi = torch::empty_like(dphi), dx = torch::empty_like(x), dw = torch::empty_like(w);
+  const Tensor workspace =
+      torch::empty({hc::hedgehog_map_workspace_floats(2, 100, 128)}, bf16.dtype(torch::kFloat));
+  void* const s = stream();
+  torch::cuda::synchronize();
+  int forward = -1, backward = -1;
+  std::thread([&] {
+    forward = hc::launch_hedgehog_map_forward(x.data_ptr(), w.data_ptr(), phi.data_ptr(), 2, 2, 2,
+                                              100, 128, s);
+    backward = hc::launch_hedgehog_map_backward(x.data_ptr(), w.data_ptr(), dphi.data_ptr(),
+                                                dx.data_ptr(), dw.data_ptr(),
+                                                workspace.data_ptr<float>(), 2, 2, 2, 100, 128, s);
+  }).join();
+  EXPECT_EQ(forward, 0);
+  EXPECT_EQ(backward, 0);
+  const Grads ref = reference(x, w, dphi);
+  EXPECT_LT(rel_err(phi, ref.phi), 1e-2);
+  EXPECT_LT(rel_err(dx, ref.dx), 1e-2);
+  EXPECT_LT(rel_err(dw, ref.dw), 1e-2);
 }
 
 // The FeatureMap module in bf16 on the GPU (the fused map) against a float64 copy on the CPU:
