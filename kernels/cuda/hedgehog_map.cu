@@ -70,54 +70,72 @@ __device__ inline BlockTiles block_tiles(const MapParams& p) {
   return {unit, head, x_unit, split * p.tiles / p.splits, (split + 1) * p.tiles / p.splits};
 }
 
-// The producer warp's lane 0: W_h, then each tile's x (and dphi) into the ring.
+// A block's shared memory, tiles and barriers and, in a consumer, its warpgroup's place.
+struct MapBlock {
+  uint8_t* smem;
+  BlockTiles bt;
+  uint64_t *full, *empty, *w_full;
+  int c, ct, barrier;  // consumer warpgroup, its thread, its named barrier
+  uint8_t* own;        // the consumer's output staging (then, backward, its dz tile)
+};
+
+// The producer's thread: W_h, then each tile's x (and dphi) into the ring.
 template <int D, bool kBackward>
-__device__ void produce(const MapParams& p, const BlockTiles& bt, uint8_t* smem, uint64_t* full,
-                        uint64_t* empty, uint64_t* w_full) {
+__device__ void produce(const MapParams& p, const MapBlock& k) {
   using L = MapLayout<D, kBackward>;
-  mbar_expect_bytes(w_full, L::kXBlocks * kBlock);
+  const BlockTiles& bt = k.bt;
+  mbar_expect_bytes(k.w_full, L::kXBlocks * kBlock);
   for (int b = 0; b < L::kXBlocks; ++b)
-    tma_load_3d(smem + L::kW + b * kBlock, &p.w, 0, 64 * b, bt.head, w_full);
+    tma_load_3d(k.smem + L::kW + b * kBlock, &p.w, 0, 64 * b, bt.head, k.w_full);
   for (int t = bt.t0; t < bt.t1; ++t) {
     const int i = t - bt.t0, s = i % L::kStages, use = i / L::kStages;
-    if (use > 0) mbar_wait(empty + s, (use - 1) & 1);
-    uint8_t* stage = smem + L::kRing + s * L::kStageBytes;
-    mbar_expect_bytes(full + s, L::kStageBytes);
+    if (use > 0) mbar_wait(k.empty + s, (use - 1) & 1);
+    uint8_t* stage = k.smem + L::kRing + s * L::kStageBytes;
+    mbar_expect_bytes(k.full + s, L::kStageBytes);
     for (int b = 0; b < L::kXBlocks; ++b)
-      tma_load_3d(stage + b * kBlock, &p.x, 64 * b, kRows * t, bt.x_unit, full + s);
+      tma_load_3d(stage + b * kBlock, &p.x, 64 * b, kRows * t, bt.x_unit, k.full + s);
     if constexpr (kBackward) {
       for (int b = 0; b < 2; ++b)
         tma_load_3d(stage + (L::kXBlocks + b) * kBlock, &p.phi, 64 * b, kRows * t, bt.unit,
-                    full + s);
+                    k.full + s);
     }
   }
 }
 
-// Barriers and roles common to both kernels; returns true in the consumers' threads.
+// What both kernels start with: barriers, then the producer warpgroup's thread 0 streams the
+// tiles and the function returns false there; in the consumers' threads it returns true once
+// W_h has landed.
 template <int D, bool kBackward>
-__device__ bool start_block(const MapParams& p, const BlockTiles& bt, uint8_t* smem,
-                            uint64_t*& full, uint64_t*& empty, uint64_t*& w_full) {
+__device__ bool start_block(const MapParams& p, MapBlock& k) {
   using L = MapLayout<D, kBackward>;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);
-  full = bars;
-  empty = bars + L::kStages;
-  w_full = bars + 2 * L::kStages;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  k.smem = align_1024(smem_raw);
+  k.bt = block_tiles(p);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(k.smem + L::kBars);
+  k.full = bars;
+  k.empty = bars + L::kStages;
+  k.w_full = bars + 2 * L::kStages;
   if (threadIdx.x == 0) {
     for (int s = 0; s < L::kStages; ++s) {
-      mbar_init(full + s, 1);
-      mbar_init(empty + s, 128);
+      mbar_init(k.full + s, 1);
+      mbar_init(k.empty + s, 128);
     }
-    mbar_init(w_full, 1);
+    mbar_init(k.w_full, 1);
     mbar_init_fence();
   }
   __syncthreads();
-  if (threadIdx.x >= 128) {
-    regs_grow<kConsumerRegs>();
-    return true;
+  if (threadIdx.x < 128) {
+    regs_shrink<kProducerRegs>();
+    if (threadIdx.x == 0) produce<D, kBackward>(p, k);
+    return false;
   }
-  regs_shrink<kProducerRegs>();
-  if (threadIdx.x == 0) produce<D, kBackward>(p, bt, smem, full, empty, w_full);
-  return false;
+  regs_grow<kConsumerRegs>();
+  k.c = threadIdx.x / 128 - 1;
+  k.ct = threadIdx.x % 128;
+  k.barrier = 1 + k.c;
+  k.own = k.smem + L::kOwn + k.c * L::kOwnBytes;
+  mbar_wait(k.w_full, 0);
+  return true;
 }
 
 // Consumer c takes the block's tiles c, c + kConsumers, ...: tile t, its ring stage and the
@@ -136,22 +154,18 @@ __global__ void __launch_bounds__(kMapThreads, 1)
     hedgehog_forward_kernel(const __grid_constant__ MapParams p) {
   await_previous_kernel();
   using L = MapLayout<D, false>;
-  extern __shared__ __align__(1024) uint8_t smem_raw[];
-  uint8_t* smem = align_1024(smem_raw);
-  const BlockTiles bt = block_tiles(p);
-  uint64_t *full, *empty, *w_full;
-  if (!start_block<D, false>(p, bt, smem, full, empty, w_full)) return;
-
-  const int c = threadIdx.x / 128 - 1, ct = threadIdx.x % 128, barrier = 1 + c;
-  uint8_t* own = smem + L::kOwn + c * L::kOwnBytes;
-  const uint32_t w_addr = shared_address(smem + L::kW), out = shared_address(own);
-  mbar_wait(w_full, 0);
-  for (int i = c; i < bt.t1 - bt.t0; i += kConsumers) {
+  MapBlock k;
+  if (!start_block<D, false>(p, k)) return;
+  const int ct = k.ct, barrier = k.barrier;
+  const BlockTiles& bt = k.bt;
+  uint8_t* const own = k.own;
+  const uint32_t w_addr = shared_address(k.smem + L::kW), out = shared_address(own);
+  for (int i = k.c; i < bt.t1 - bt.t0; i += kConsumers) {
     const TileTurn tt = turn<L::kStages>(bt, i);
-    mbar_wait(full + tt.s, tt.parity);
+    mbar_wait(k.full + tt.s, tt.parity);
     float r[32], pos[32];
-    project_tile<D>(r, shared_address(smem + L::kRing + tt.s * L::kStageBytes), w_addr);
-    mbar_arrive(empty + tt.s);
+    project_tile<D>(r, shared_address(k.smem + L::kRing + tt.s * L::kStageBytes), w_addr);
+    mbar_arrive(k.empty + tt.s);
     hedgehog_pair(r, pos);
     // This consumer's previous store has read the staging tile (issued a tile ago).
     if (ct == 0) bulk_wait_read();
@@ -225,23 +239,19 @@ __global__ void __launch_bounds__(kMapThreads, 1)
     hedgehog_backward_kernel(const __grid_constant__ MapParams p) {
   await_previous_kernel();
   using L = MapLayout<D, true>;
-  extern __shared__ __align__(1024) uint8_t smem_raw[];
-  uint8_t* smem = align_1024(smem_raw);
-  const BlockTiles bt = block_tiles(p);
-  uint64_t *full, *empty, *w_full;
-  if (!start_block<D, true>(p, bt, smem, full, empty, w_full)) return;
-
-  const int c = threadIdx.x / 128 - 1, ct = threadIdx.x % 128, barrier = 1 + c;
+  MapBlock k;
+  if (!start_block<D, true>(p, k)) return;
+  const int ct = k.ct, barrier = k.barrier;
   const int warp = ct / 32, lane = ct % 32, g8 = lane / 4, t4 = lane % 4;
-  uint8_t* own = smem + L::kOwn + c * L::kOwnBytes;  // dx staging, then dz
-  const uint32_t w_addr = shared_address(smem + L::kW);
+  const BlockTiles& bt = k.bt;
+  uint8_t* const own = k.own;
+  const uint32_t w_addr = shared_address(k.smem + L::kW);
   const uint32_t dz_tile = shared_address(own + L::kOutBlocks * kBlock);
   float dw[L::kXBlocks][32] = {};  // rows 64 b + ... of dW: x^T dz over this consumer's tiles
-  mbar_wait(w_full, 0);
-  for (int i = c; i < bt.t1 - bt.t0; i += kConsumers) {
+  for (int i = k.c; i < bt.t1 - bt.t0; i += kConsumers) {
     const TileTurn tt = turn<L::kStages>(bt, i);
-    const uint32_t stage = shared_address(smem + L::kRing + tt.s * L::kStageBytes);
-    mbar_wait(full + tt.s, tt.parity);
+    const uint32_t stage = shared_address(k.smem + L::kRing + tt.s * L::kStageBytes);
+    mbar_wait(k.full + tt.s, tt.parity);
     float r[32];
     project_tile<D>(r, stage, w_addr);
     hedgehog_grad(r, stage + L::kXBlocks * kBlock, warp, g8, t4);
@@ -277,7 +287,7 @@ __global__ void __launch_bounds__(kMapThreads, 1)
     }
     wgmma_commit();
     wgmma_wait<0>();
-    mbar_arrive(empty + tt.s);
+    mbar_arrive(k.empty + tt.s);
     if constexpr (kDx) {
       store_tile<D>(&p.dx, own, dx, 1.f, 1.f, kRows * tt.t, bt.unit, ct, barrier,
                     /*wait_read=*/false);
@@ -285,7 +295,7 @@ __global__ void __launch_bounds__(kMapThreads, 1)
   }
   if (kDx && ct == 0) bulk_wait();
   // This consumer's dW: rows 64 b + 16 warp + g8 (+ 8), columns 8 n + 2 t4 (+ 1).
-  float* out = p.partials + (static_cast<int64_t>(blockIdx.x) * kConsumers + c) * D * kP;
+  float* out = p.partials + (static_cast<int64_t>(blockIdx.x) * kConsumers + k.c) * D * kP;
 #pragma unroll
   for (int b = 0; b < L::kXBlocks; ++b) {
 #pragma unroll

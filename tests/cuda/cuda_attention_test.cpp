@@ -36,12 +36,6 @@ namespace hk = hl::kernels;
 namespace hc = hl::kernels::cuda;
 using torch::Tensor;
 
-// Relative error ||a - b|| / ||b|| in float64.
-double rel_err(const Tensor& a, const Tensor& b) {
-  const Tensor ad = a.to(torch::kDouble), bd = b.to(torch::kDouble);
-  return ((ad - bd).norm() / bd.norm()).item<double>();
-}
-
 double max_abs(const Tensor& t) {
   return t.abs().max().to(torch::kDouble).item<double>();
 }

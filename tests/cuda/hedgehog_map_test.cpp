@@ -27,11 +27,6 @@ namespace hk = hl::kernels;
 namespace hc = hl::kernels::cuda;
 using torch::Tensor;
 
-double rel_err(const Tensor& a, const Tensor& b) {
-  const Tensor a64 = a.to(torch::kCPU, torch::kDouble), b64 = b.to(torch::kCPU, torch::kDouble);
-  return (a64 - b64).norm().item<double>() / b64.norm().item<double>();
-}
-
 bool all_finite(const Tensor& t) {
   return torch::isfinite(t).all().item<bool>();
 }
@@ -182,14 +177,7 @@ TEST(HedgehogMap, FeatureMapModuleBf16) {
   options.heads = 4;
   options.head_dim = 128;
   options.feature_dim = 64;
-  options.init = hk::FeatureMapInit::kaiming_uniform;
-  hk::FeatureMap gpu_map(options), cpu_map(options);
-  gpu_map->to(torch::kCUDA, torch::kBFloat16);
-  cpu_map->to(torch::kDouble);
-  {
-    torch::NoGradGuard no_grad;  // the same (bf16-rounded) weight on both sides
-    cpu_map->weight.copy_(gpu_map->weight.to(torch::kCPU, torch::kDouble));
-  }
+  auto [gpu_map, cpu_map] = feature_map_pair(options);
   const auto gpu = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   // A transposed view, as a model's q is: the map makes it dense.
   const Tensor x = (torch::randn({2, 300, 4, 128}, gpu) * 2).transpose(1, 2).requires_grad_(true);

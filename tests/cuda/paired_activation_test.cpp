@@ -22,11 +22,6 @@ namespace {
 namespace hk = hl::kernels;
 using torch::Tensor;
 
-double rel_err(const Tensor& a, const Tensor& b) {
-  const Tensor a64 = a.to(torch::kCPU, torch::kDouble), b64 = b.to(torch::kCPU, torch::kDouble);
-  return (a64 - b64).norm().item<double>() / b64.norm().item<double>();
-}
-
 struct Result {
   Tensor phi, dr;
 };
@@ -134,8 +129,9 @@ TEST(PairedActivation, WideProjectionFallsBack) {
       std::invalid_argument);
 }
 
-// The FeatureMap module on the GPU in bf16 (fused activation) against a float64 copy on the
-// CPU: features and the gradients of the input and of the projection weight.
+// The FeatureMap module on the GPU in bf16 (the projection, then the fused activation: p = 32,
+// which the fused map with its projection does not take) against a float64 copy on the CPU:
+// features and the gradients of the input and of the projection weight.
 TEST(PairedActivation, FeatureMapModuleBf16) {
   HL_REQUIRE_GPU();
   torch::manual_seed(8);
@@ -143,19 +139,13 @@ TEST(PairedActivation, FeatureMapModuleBf16) {
   options.kind = hk::FeatureMapKind::hedgehog;
   options.heads = 4;
   options.head_dim = 64;
-  options.feature_dim = 64;
-  options.init = hk::FeatureMapInit::kaiming_uniform;
-  hk::FeatureMap gpu_map(options), cpu_map(options);
-  gpu_map->to(torch::kCUDA, torch::kBFloat16);
-  cpu_map->to(torch::kDouble);
-  {
-    torch::NoGradGuard no_grad;  // the same (bf16-rounded) weight on both sides
-    cpu_map->weight.copy_(gpu_map->weight.to(torch::kCPU, torch::kDouble));
-  }
+  options.feature_dim = 32;
+  auto [gpu_map, cpu_map] = feature_map_pair(options);
   const auto gpu = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   const Tensor x = (torch::randn({2, 4, 50, 64}, gpu) * 2).requires_grad_(true);
+  ASSERT_FALSE(hl::kernels::cuda::hedgehog_map_fusable(x, gpu_map->weight));
   const Tensor x64 = x.detach().to(torch::kCPU, torch::kDouble).requires_grad_(true);
-  const Tensor dphi = torch::randn({2, 4, 50, 128}, gpu);
+  const Tensor dphi = torch::randn({2, 4, 50, 64}, gpu);
   const Tensor phi = gpu_map->forward(x);
   phi.backward(dphi);
   const Tensor phi64 = cpu_map->forward(x64);
