@@ -2,10 +2,11 @@
 
 #include <array>
 #include <cmath>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
+
+#include "kernels/cpu/attention_internal.hpp"  // shape_of
 
 #ifdef HL_WITH_CUDA_KERNELS
 #include "kernels/cuda/cuda_attention.hpp"
@@ -40,15 +41,6 @@ bool known_kind(FeatureMapKind kind) {
     if (value == kind) return true;
   }
   return false;
-}
-
-std::string shape_of(const torch::Tensor& t) {
-  std::ostringstream out;
-  out << '[';
-  for (int64_t i = 0; i < t.dim(); ++i)
-    out << (i ? ", " : "") << t.size(i);
-  out << ']';
-  return out.str();
 }
 
 void require(bool condition, const std::string& message) {
@@ -126,7 +118,7 @@ torch::Tensor FeatureMapImpl::forward(const torch::Tensor& x) {
           x.size(3) == options_.head_dim,
       "input must be [B, H, N, d] with H = " + std::to_string(options_.heads) +
           " (or a divisor of it: grouped-query k) and d = " + std::to_string(options_.head_dim) +
-          ", got " + (x.defined() ? shape_of(x) : std::string("an undefined tensor")));
+          ", got " + (x.defined() ? detail::shape_of(x) : std::string("an undefined tensor")));
   require(x.scalar_type() == weight.scalar_type(),
           std::string("input dtype ") + c10::toString(x.scalar_type()) +
               " differs from the weight's " + c10::toString(weight.scalar_type()));

@@ -44,6 +44,9 @@ struct Problem {
 void validate(const AttentionInputs& inputs, const AttentionOptions& options,
               const std::string& api, bool single_token = false);
 
+/// "[d0, d1, ...]", a tensor's sizes for error messages.
+std::string shape_of(const torch::Tensor& t);
+
 /// k/v of [B, Hkv, N, .] repeated to [B, Hkv * groups, N, .] (head h reads h / groups).
 torch::Tensor repeat_kv(const torch::Tensor& x, int64_t groups);
 

@@ -7,7 +7,6 @@
 #include "kernels/cpu/attention_internal.hpp"
 
 namespace hl::kernels::detail {
-namespace {
 
 std::string shape_of(const torch::Tensor& t) {
   std::ostringstream out;
@@ -17,6 +16,8 @@ std::string shape_of(const torch::Tensor& t) {
   out << ']';
   return out.str();
 }
+
+namespace {
 
 bool known_mode(AttentionMode mode) {
   switch (mode) {

@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -25,12 +24,6 @@ void check_launch(int code, const char* what) {
     throw std::runtime_error(std::string("CUDA hybrid attention: ") + what +
                              " failed: " + error_string(code));
   }
-}
-
-std::string sizes_of(const Tensor& t) {
-  std::ostringstream out;
-  out << t.sizes();
-  return out.str();
 }
 
 void* stream_of(const Tensor& t) {
@@ -571,7 +564,9 @@ class HedgehogMapFunction : public torch::autograd::Function<HedgehogMapFunction
     check_launch(launch_hedgehog_map_forward(ptr(x), ptr(w), phi.data_ptr(), units, heads,
                                              static_cast<int>(x.size(1)), x.size(2),
                                              static_cast<int>(x.size(3)), stream_of(x)),
-                 ("hedgehog map (x " + sizes_of(x) + ", w " + sizes_of(w) + ")").c_str());
+                 ("hedgehog map (x " + kernels::detail::shape_of(x) + ", w " +
+                  kernels::detail::shape_of(w) + ")")
+                     .c_str());
     ctx->save_for_backward({x, w});
     return phi;
   }
@@ -595,8 +590,8 @@ class HedgehogMapFunction : public torch::autograd::Function<HedgehogMapFunction
                                               dx.defined() ? dx.data_ptr() : nullptr, dw.data_ptr(),
                                               workspace.data_ptr<float>(), units, heads, x_heads,
                                               x.size(2), d, stream_of(x)),
-                 ("hedgehog map backward (x " + sizes_of(x) + ", w " + sizes_of(w) + ", dphi " +
-                  sizes_of(dphi) + ")")
+                 ("hedgehog map backward (x " + kernels::detail::shape_of(x) + ", w " +
+                  kernels::detail::shape_of(w) + ", dphi " + kernels::detail::shape_of(dphi) + ")")
                      .c_str());
     const Tensor dx_in = !dx.defined() || x_heads == heads
                              ? dx

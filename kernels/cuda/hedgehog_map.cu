@@ -374,9 +374,11 @@ bool valid_shape(int units, int heads, int x_heads, int64_t rows) {
 
 }  // namespace
 
+// hopper_device() checks for the attention forward's shared memory, which covers the map's.
+static_assert(MapLayout<128, true>::kSmemBytes <= Layout<128, 128>::kSmemBytes);
+
 bool hedgehog_map_supported(int head_dim) {
-  return (head_dim == 64 || head_dim == 128) && detail::hopper_device() &&
-         MapLayout<128, true>::kSmemBytes <= max_dynamic_smem();
+  return (head_dim == 64 || head_dim == 128) && detail::hopper_device();
 }
 
 int64_t hedgehog_map_workspace_floats(int units, int64_t rows, int head_dim) {

@@ -112,7 +112,7 @@ __device__ inline void stage_tile(uint32_t tile, const float* acc, float fa, flo
 // An m64n32 C fragment (rows 16 warp + g8 (+ 8), 32 columns), times `scale`, in bf16 and
 // transposed by stmatrix .trans into a [column][row] tile of 128-byte rows at shared address
 // `tile`: fragment row r lands in tile column col0 + r (64-column blocks `block` apart). The
-// key side of the fused key kernel stages ds^T, pw^T and its outputs so (bench/fused_key_*).
+// key side of the fused key kernel stages ds^T, pw^T and its outputs so.
 __device__ inline void stage_trans_n32(uint32_t tile, const float (&acc)[16], float scale, int col0,
                                        int warp, int lane, int block) {
 #pragma unroll
