@@ -10,9 +10,11 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <functional>
@@ -324,23 +326,48 @@ void BM_LayerStepWithMaps(benchmark::State& state) {
     const Tensor per_head = x.repeat_interleave(kHeads / x.size(1), 1);
     return hk::paired_activation(torch::matmul(per_head, map.weight), hk::FeatureMapKind::hedgehog);
   };
+  auto forward = [&] {  // y of one step, the gradients unset as a training step has them
+    for (Tensor& t : params)
+      t.mutable_grad() = Tensor();
+    if (fused_maps) return hk::attention_with_feature_maps(ai, *map_q, *map_k, o).y;
+    hk::AttentionInputs with_phi = ai;
+    with_phi.phi_q = unfused(*map_q, ai.q);
+    with_phi.phi_k = unfused(*map_k, ai.k);
+    return hk::attention(with_phi, o).y;
+  };
+  auto step = [&] { forward().backward(dy); };
   for (auto _ : state) {
-    const double us = median_us(
-        [&] {
-          for (Tensor& t : params)
-            t.mutable_grad() = Tensor();
-          if (fused_maps) {
-            hk::attention_with_feature_maps(ai, *map_q, *map_k, o).y.backward(dy);
-            return;
-          }
-          hk::AttentionInputs with_phi = ai;
-          with_phi.phi_q = unfused(*map_q, ai.q);
-          with_phi.phi_k = unfused(*map_k, ai.k);
-          hk::attention(with_phi, o).y.backward(dy);
-        },
-        3, 20);
+    const double us = median_us(step, 3, 20);
     report(state, us, forward_bytes(in.B, in.N) + backward_bytes(in.B, in.N),
            3.0 * forward_flops(in.B, in.N));
+  }
+  // The host's share: the time to queue the forward and the backward of one step (the GPU idle
+  // beforehand), and the backward's again with the forward's kernels already done; with
+  // HL_TRACE_DIR set, a chrome trace of one step's LibTorch ops (autograd's legacy profiler).
+  using Clock = std::chrono::steady_clock;
+  auto us_since = [](Clock::time_point t) {
+    return std::chrono::duration<double, std::micro>(Clock::now() - t).count();
+  };
+  torch::cuda::synchronize();
+  auto begin = Clock::now();
+  Tensor y = forward();
+  state.counters["host_fwd_us"] = us_since(begin);
+  begin = Clock::now();
+  y.backward(dy);
+  state.counters["host_bwd_us"] = us_since(begin);
+  y = forward();
+  torch::cuda::synchronize();
+  begin = Clock::now();
+  y.backward(dy);
+  state.counters["host_bwd_idle_us"] = us_since(begin);
+  torch::cuda::synchronize();
+  if (const char* dir = std::getenv("HL_TRACE_DIR")) {
+    const std::string name = std::string(dir) + "/layer_step_" + std::to_string(in.N) + "_" +
+                             std::to_string(state.range(2)) + "_" +
+                             std::to_string(state.range(3)) + ".json";
+    torch::autograd::profiler::RecordProfile trace(name);
+    step();
+    torch::cuda::synchronize();
   }
 }
 

@@ -3,6 +3,7 @@
 #include "kernels/cuda/cuda_attention.hpp"
 
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/record_function.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -25,6 +26,10 @@ void check_launch(int code, const char* what) {
                              " failed: " + error_string(code));
   }
 }
+
+// The launch's host time (tensor maps, attributes, launches) as an event of its own in a
+// profiler's trace (bench/cuda_attention_bench.cpp, HL_TRACE_DIR), beside LibTorch's ops.
+#define HL_RECORD_LAUNCH(name) RECORD_FUNCTION(name, std::vector<c10::IValue>())
 
 void* stream_of(const Tensor& t) {
   return static_cast<void*>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
@@ -287,7 +292,10 @@ RawForward forward_raw(const RawInputs& raw, const RawOptions& o, Tensor y_out) 
     a.map_q_weight = ptr(in.map_q);
     a.map_k_weight = ptr(in.map_k);
   }
-  check_launch(launch_forward(s, a, stream_of(in.q)), "forward");
+  {
+    HL_RECORD_LAUNCH("hl::launch_forward");
+    check_launch(launch_forward(s, a, stream_of(in.q)), "forward");
+  }
   return f;
 }
 
@@ -350,7 +358,10 @@ RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForwar
   a.key_plan = key_plan;
   a.key_grads = o.key_grads;
   a.query_grads = o.query_grads;
-  check_launch(launch_backward(s, a, stream_of(in.q)), "backward");
+  {
+    HL_RECORD_LAUNCH("hl::launch_backward");
+    check_launch(launch_backward(s, a, stream_of(in.q)), "backward");
+  }
   g.dcoef_window = coef_grads[0];
   g.dcoef_linear = coef_grads[1];
   return g;
@@ -561,12 +572,18 @@ class HedgehogMapFunction : public torch::autograd::Function<HedgehogMapFunction
     const int heads = static_cast<int>(w.size(0)), units = static_cast<int>(x.size(0)) * heads;
     Tensor phi =
         torch::empty({x.size(0), heads, x.size(2), 2 * kHedgehogMapProjection}, x.options());
-    check_launch(launch_hedgehog_map_forward(ptr(x), ptr(w), phi.data_ptr(), units, heads,
-                                             static_cast<int>(x.size(1)), x.size(2),
-                                             static_cast<int>(x.size(3)), stream_of(x)),
-                 ("hedgehog map (x " + kernels::detail::shape_of(x) + ", w " +
-                  kernels::detail::shape_of(w) + ")")
-                     .c_str());
+    int code = 0;
+    {
+      HL_RECORD_LAUNCH("hl::launch_hedgehog_map_forward");
+      code = launch_hedgehog_map_forward(ptr(x), ptr(w), phi.data_ptr(), units, heads,
+                                         static_cast<int>(x.size(1)), x.size(2),
+                                         static_cast<int>(x.size(3)), stream_of(x));
+    }
+    if (code != 0) {  // the message is built only here: its strings cost host time per call
+      check_launch(code, ("hedgehog map (x " + kernels::detail::shape_of(x) + ", w " +
+                          kernels::detail::shape_of(w) + ")")
+                             .c_str());
+    }
     ctx->save_for_backward({x, w});
     return phi;
   }
@@ -586,13 +603,20 @@ class HedgehogMapFunction : public torch::autograd::Function<HedgehogMapFunction
     Tensor dw = torch::empty_like(w);
     const Tensor workspace = torch::empty({hedgehog_map_workspace_floats(units, x.size(2), d)},
                                           x.options().dtype(torch::kFloat));
-    check_launch(launch_hedgehog_map_backward(ptr(x), ptr(w), ptr(dphi),
-                                              dx.defined() ? dx.data_ptr() : nullptr, dw.data_ptr(),
-                                              workspace.data_ptr<float>(), units, heads, x_heads,
-                                              x.size(2), d, stream_of(x)),
-                 ("hedgehog map backward (x " + kernels::detail::shape_of(x) + ", w " +
-                  kernels::detail::shape_of(w) + ", dphi " + kernels::detail::shape_of(dphi) + ")")
-                     .c_str());
+    int code = 0;
+    {
+      HL_RECORD_LAUNCH("hl::launch_hedgehog_map_backward");
+      code = launch_hedgehog_map_backward(ptr(x), ptr(w), ptr(dphi),
+                                          dx.defined() ? dx.data_ptr() : nullptr, dw.data_ptr(),
+                                          workspace.data_ptr<float>(), units, heads, x_heads,
+                                          x.size(2), d, stream_of(x));
+    }
+    if (code != 0) {
+      check_launch(code, ("hedgehog map backward (x " + kernels::detail::shape_of(x) + ", w " +
+                          kernels::detail::shape_of(w) + ", dphi " +
+                          kernels::detail::shape_of(dphi) + ")")
+                             .c_str());
+    }
     const Tensor dx_in = !dx.defined() || x_heads == heads
                              ? dx
                              : dx.view({x.size(0), x_heads, heads / x_heads, x.size(2), d}).sum(2);
