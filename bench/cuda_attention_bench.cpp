@@ -363,8 +363,8 @@ void BM_LayerStepWithMaps(benchmark::State& state) {
   torch::cuda::synchronize();
   if (const char* dir = std::getenv("HL_TRACE_DIR")) {
     const std::string name = std::string(dir) + "/layer_step_" + std::to_string(in.N) + "_" +
-                             std::to_string(state.range(2)) + "_" +
-                             std::to_string(state.range(3)) + ".json";
+                             std::to_string(state.range(2)) + "_" + std::to_string(state.range(3)) +
+                             ".json";
     torch::autograd::profiler::RecordProfile trace(name);
     step();
     torch::cuda::synchronize();

@@ -27,9 +27,19 @@ void check_launch(int code, const char* what) {
   }
 }
 
-// The launch's host time (tensor maps, attributes, launches) as an event of its own in a
-// profiler's trace (bench/cuda_attention_bench.cpp, HL_TRACE_DIR), beside LibTorch's ops.
-#define HL_RECORD_LAUNCH(name) RECORD_FUNCTION(name, std::vector<c10::IValue>())
+// Runs `launch` (a CUDA error code back) as an event `event` of a profiler's trace, so that the
+// launch's host time (tensor maps, attributes, launches) shows beside LibTorch's ops
+// (bench/cuda_attention_bench.cpp, HL_TRACE_DIR); on failure throws with what()'s text, built only
+// then (its strings would cost host time on every call).
+template <typename Launch, typename What>
+void run_launch(const char* event, Launch&& launch, What&& what) {
+  int code = 0;
+  {
+    RECORD_FUNCTION(event, std::vector<c10::IValue>());
+    code = launch();
+  }
+  if (code != 0) check_launch(code, what().c_str());
+}
 
 void* stream_of(const Tensor& t) {
   return static_cast<void*>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
@@ -292,10 +302,9 @@ RawForward forward_raw(const RawInputs& raw, const RawOptions& o, Tensor y_out) 
     a.map_q_weight = ptr(in.map_q);
     a.map_k_weight = ptr(in.map_k);
   }
-  {
-    HL_RECORD_LAUNCH("hl::launch_forward");
-    check_launch(launch_forward(s, a, stream_of(in.q)), "forward");
-  }
+  run_launch(
+      "hl::launch_forward", [&] { return launch_forward(s, a, stream_of(in.q)); },
+      [] { return std::string("forward"); });
   return f;
 }
 
@@ -358,10 +367,9 @@ RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForwar
   a.key_plan = key_plan;
   a.key_grads = o.key_grads;
   a.query_grads = o.query_grads;
-  {
-    HL_RECORD_LAUNCH("hl::launch_backward");
-    check_launch(launch_backward(s, a, stream_of(in.q)), "backward");
-  }
+  run_launch(
+      "hl::launch_backward", [&] { return launch_backward(s, a, stream_of(in.q)); },
+      [] { return std::string("backward"); });
   g.dcoef_window = coef_grads[0];
   g.dcoef_linear = coef_grads[1];
   return g;
@@ -572,18 +580,17 @@ class HedgehogMapFunction : public torch::autograd::Function<HedgehogMapFunction
     const int heads = static_cast<int>(w.size(0)), units = static_cast<int>(x.size(0)) * heads;
     Tensor phi =
         torch::empty({x.size(0), heads, x.size(2), 2 * kHedgehogMapProjection}, x.options());
-    int code = 0;
-    {
-      HL_RECORD_LAUNCH("hl::launch_hedgehog_map_forward");
-      code = launch_hedgehog_map_forward(ptr(x), ptr(w), phi.data_ptr(), units, heads,
-                                         static_cast<int>(x.size(1)), x.size(2),
-                                         static_cast<int>(x.size(3)), stream_of(x));
-    }
-    if (code != 0) {  // the message is built only here: its strings cost host time per call
-      check_launch(code, ("hedgehog map (x " + kernels::detail::shape_of(x) + ", w " +
-                          kernels::detail::shape_of(w) + ")")
-                             .c_str());
-    }
+    run_launch(
+        "hl::launch_hedgehog_map_forward",
+        [&] {
+          return launch_hedgehog_map_forward(ptr(x), ptr(w), phi.data_ptr(), units, heads,
+                                             static_cast<int>(x.size(1)), x.size(2),
+                                             static_cast<int>(x.size(3)), stream_of(x));
+        },
+        [&] {
+          return "hedgehog map (x " + kernels::detail::shape_of(x) + ", w " +
+                 kernels::detail::shape_of(w) + ")";
+        });
     ctx->save_for_backward({x, w});
     return phi;
   }
@@ -603,20 +610,17 @@ class HedgehogMapFunction : public torch::autograd::Function<HedgehogMapFunction
     Tensor dw = torch::empty_like(w);
     const Tensor workspace = torch::empty({hedgehog_map_workspace_floats(units, x.size(2), d)},
                                           x.options().dtype(torch::kFloat));
-    int code = 0;
-    {
-      HL_RECORD_LAUNCH("hl::launch_hedgehog_map_backward");
-      code = launch_hedgehog_map_backward(ptr(x), ptr(w), ptr(dphi),
-                                          dx.defined() ? dx.data_ptr() : nullptr, dw.data_ptr(),
-                                          workspace.data_ptr<float>(), units, heads, x_heads,
-                                          x.size(2), d, stream_of(x));
-    }
-    if (code != 0) {
-      check_launch(code, ("hedgehog map backward (x " + kernels::detail::shape_of(x) + ", w " +
-                          kernels::detail::shape_of(w) + ", dphi " +
-                          kernels::detail::shape_of(dphi) + ")")
-                             .c_str());
-    }
+    run_launch(
+        "hl::launch_hedgehog_map_backward",
+        [&] {
+          return launch_hedgehog_map_backward(
+              ptr(x), ptr(w), ptr(dphi), dx.defined() ? dx.data_ptr() : nullptr, dw.data_ptr(),
+              workspace.data_ptr<float>(), units, heads, x_heads, x.size(2), d, stream_of(x));
+        },
+        [&] {
+          return "hedgehog map backward (x " + kernels::detail::shape_of(x) + ", w " +
+                 kernels::detail::shape_of(w) + ", dphi " + kernels::detail::shape_of(dphi) + ")";
+        });
     const Tensor dx_in = !dx.defined() || x_heads == heads
                              ? dx
                              : dx.view({x.size(0), x_heads, heads / x_heads, x.size(2), d}).sum(2);
