@@ -63,7 +63,8 @@ if [ "$tests" = 1 ]; then
       >"/tmp/gpu-ab-tests-$which.log" 2>&1
     rc=$?
     echo "gpu-ab: $which tests rc=$rc $(grep -E '^\[  (PASSED|FAILED)' "/tmp/gpu-ab-tests-$which.log" | tr '\n' ' ')"
-    if [ "$rc" = 0 ]; then passed+=("$which"); else grep -E "Failure|FAILED" "/tmp/gpu-ab-tests-$which.log" | head -n 5; fi
+    # A failure's lines after it name the value and the bound (e.g. which gradient).
+    if [ "$rc" = 0 ]; then passed+=("$which"); else grep -E -A4 "Failure" "/tmp/gpu-ab-tests-$which.log" | head -n 30; fi
   done
   trees=("${passed[@]}")
 fi
