@@ -341,26 +341,31 @@ void BM_LayerStepWithMaps(benchmark::State& state) {
     report(state, us, forward_bytes(in.B, in.N) + backward_bytes(in.B, in.N),
            3.0 * forward_flops(in.B, in.N));
   }
-  // The host's share: the time to queue the forward and the backward of one step (the GPU idle
-  // beforehand), and the backward's again with the forward's kernels already done; with
-  // HL_TRACE_DIR set, a chrome trace of one step's LibTorch ops (autograd's legacy profiler).
+  // The host's share: the time to queue a step's forward, and then its backward, each with the
+  // GPU idle beforehand (medians of 15 steps: this host's times vary by 2x from step to step);
+  // with HL_TRACE_DIR set, a chrome trace of one step's LibTorch ops (autograd's legacy profiler).
   using Clock = std::chrono::steady_clock;
   auto us_since = [](Clock::time_point t) {
     return std::chrono::duration<double, std::micro>(Clock::now() - t).count();
   };
+  std::vector<double> fwd_us, bwd_us;
+  for (int i = 0; i < 15; ++i) {
+    torch::cuda::synchronize();
+    auto begin = Clock::now();
+    const Tensor y = forward();
+    fwd_us.push_back(us_since(begin));
+    torch::cuda::synchronize();
+    begin = Clock::now();
+    y.backward(dy);
+    bwd_us.push_back(us_since(begin));
+  }
   torch::cuda::synchronize();
-  auto begin = Clock::now();
-  Tensor y = forward();
-  state.counters["host_fwd_us"] = us_since(begin);
-  begin = Clock::now();
-  y.backward(dy);
-  state.counters["host_bwd_us"] = us_since(begin);
-  y = forward();
-  torch::cuda::synchronize();
-  begin = Clock::now();
-  y.backward(dy);
-  state.counters["host_bwd_idle_us"] = us_since(begin);
-  torch::cuda::synchronize();
+  auto median = [](std::vector<double> v) {
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  };
+  state.counters["host_fwd_us"] = median(fwd_us);
+  state.counters["host_bwd_us"] = median(bwd_us);
   if (const char* dir = std::getenv("HL_TRACE_DIR")) {
     const std::string name = std::string(dir) + "/layer_step_" + std::to_string(in.N) + "_" +
                              std::to_string(state.range(2)) + "_" + std::to_string(state.range(3)) +

@@ -68,11 +68,25 @@ if [ "$tests" = 1 ]; then
   done
   trees=("${passed[@]}")
 fi
+results=/tmp/gpu-ab-results.txt
+: >"$results"
 for ((round = 1; round <= rounds; ++round)); do
   for which in "${trees[@]}"; do
     # A kernel that hangs must not take the rest of the call with it.
     timeout 180 "$(build_of "$which")/bench/hl_bench_cuda_attention" --benchmark_filter="$filter" 2>&1 |
       grep -E "^BM_" |
-      awk -v w="$which" '{ for (i = 2; i <= NF; ++i) if ($i ~ /us=/) print w, $1, $i }'
+      awk -v w="$which" '{ for (i = 2; i <= NF; ++i) if ($i ~ /us=/) print w, $1, $i }' |
+      tee -a "$results"
   done
 done
+# Each tree's range over the rounds, one line per benchmark and counter, trees side by side.
+echo "gpu-ab: ranges over $rounds rounds"
+sed -e 's|/iterations:1/manual_time||' -e 's/=/ /' "$results" |
+  awk '{ v = $4; if ($4 ~ /k$/) v = substr($4, 1, length($4) - 1) * 1000
+         key = $2 " " $3; if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+         k = key SUBSEP $1; if (!(k in lo) || v < lo[k]) lo[k] = v; if (!(k in hi) || v > hi[k]) hi[k] = v
+         if (!($1 in tree)) { tree[$1] = 1; names[++m] = $1 } }
+       END { for (i = 1; i <= n; ++i) { line = order[i]
+               for (j = 1; j <= m; ++j) { k = order[i] SUBSEP names[j]
+                 if (k in lo) line = line sprintf("  %s %.1f-%.1f", names[j], lo[k], hi[k]) }
+               print line } }' 
