@@ -141,6 +141,8 @@ class HybridAttentionFunction : public torch::autograd::Function<HybridAttention
                                Tensor phi_k, Tensor coef_window, Tensor coef_linear,
                                Tensor window_drop, int64_t mode, int64_t window, bool overlap,
                                double scale, bool want_stats) {
+    // The stats output has no gradient: autograd need not make a zero one for it each step.
+    ctx->set_materialize_grads(false);
     RawOptions o;
     o.mode = static_cast<KernelMode>(mode);
     o.window = window;
@@ -257,6 +259,58 @@ AttentionOutput run(const RawInputs& raw, const RawOptions& o, int64_t batch, in
 Tensor coefficient_matrix(const Tensor& coef, int64_t batch, int64_t heads) {
   return coef.reshape({batch, heads}).to(torch::kFloat);
 }
+
+// A hybrid call's c_w, c_l [B, Hq] fp32 from omega [Hq] as one op each way, where
+// branch_coefficients' LibTorch ops cost a layer step ~10 ops and their autograd nodes of host
+// time (bench/KERNEL_NOTES.md session 29 item 5).
+class BranchCoefficientsFunction : public torch::autograd::Function<BranchCoefficientsFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& omega_in,
+                               const Tensor& window_drop, int64_t batch, bool affine) {
+    const Tensor omega = omega_in.contiguous();
+    const int heads = static_cast<int>(omega.numel());
+    const auto f32 = omega.options().dtype(torch::kFloat);
+    Tensor cw = torch::empty({batch, heads}, f32), cl = torch::empty({batch, heads}, f32);
+    const uint8_t* drop = window_drop.numel() > 0 ? window_drop.data_ptr<uint8_t>() : nullptr;
+    run_launch(
+        "hl::launch_branch_coefficients",
+        [&] {
+          return launch_branch_coefficients(
+              omega.data_ptr(), omega.scalar_type() == torch::kBFloat16, drop, cw.data_ptr<float>(),
+              cl.data_ptr<float>(), static_cast<int>(batch), heads, affine, stream_of(omega));
+        },
+        [] { return std::string("branch coefficients"); });
+    ctx->save_for_backward({omega, window_drop});
+    ctx->saved_data["affine"] = affine;
+    ctx->set_materialize_grads(false);
+    return {cw, cl};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &omega = saved[0], &window_drop = saved[1];
+    if (!grads[0].defined() && !grads[1].defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
+    const int64_t batch = grads[0].defined() ? grads[0].size(0) : grads[1].size(0);
+    const int heads = static_cast<int>(omega.numel());
+    auto dense_grad = [&](const Tensor& g) {
+      return g.defined() ? dense(g.to(torch::kFloat))
+                         : torch::zeros({batch, heads}, omega.options().dtype(torch::kFloat));
+    };
+    const Tensor dcw = dense_grad(grads[0]), dcl = dense_grad(grads[1]);
+    Tensor domega = torch::empty_like(omega);
+    const uint8_t* drop = window_drop.numel() > 0 ? window_drop.data_ptr<uint8_t>() : nullptr;
+    run_launch(
+        "hl::launch_branch_coefficients_backward",
+        [&] {
+          return launch_branch_coefficients_backward(
+              omega.data_ptr(), omega.scalar_type() == torch::kBFloat16, drop,
+              dcw.data_ptr<float>(), dcl.data_ptr<float>(), domega.data_ptr(),
+              static_cast<int>(batch), heads, ctx->saved_data["affine"].toBool(), stream_of(omega));
+        },
+        [] { return std::string("branch coefficients backward"); });
+    return {domega, Tensor(), Tensor(), Tensor()};
+  }
+};
 
 }  // namespace
 
@@ -429,18 +483,30 @@ RawOptions raw_options(const AttentionInputs& in, const AttentionOptions& option
 std::pair<RawInputs, RawOptions> raw_call(const AttentionInputs& in,
                                           const AttentionOptions& options) {
   const int64_t B = in.q.size(0), H = in.q.size(1);
-  // In fp32, so that bf16 inputs do not round g_h.
-  const auto coef = detail::branch_coefficients(
-      options.mode, options,
-      in.window_factor_logits.defined() ? in.window_factor_logits.to(torch::kFloat) : Tensor(),
-      in.window_drop, B, H, in.q.options().dtype(torch::kFloat));
   RawInputs raw;
   raw.q = in.q;
   raw.k = in.k;
   raw.v = in.v;
+  if (in.window_drop.defined()) raw.window_drop = dense(in.window_drop.to(torch::kUInt8));
+  const Tensor& omega = in.window_factor_logits;
+  if (options.mode == AttentionMode::hybrid && omega.defined() &&
+      (omega.scalar_type() == torch::kBFloat16 || omega.scalar_type() == torch::kFloat)) {
+    // g_h in fp32 from omega of either dtype, as branch_coefficients computes it.
+    const auto c = BranchCoefficientsFunction::apply(
+        omega,
+        raw.window_drop.defined() ? raw.window_drop
+                                  : torch::empty({0}, omega.options().dtype(torch::kUInt8)),
+        B, options.affine_factors);
+    raw.coef_window = c[0];
+    raw.coef_linear = c[1];
+    return {raw, raw_options(in, options)};
+  }
+  // In fp32, so that bf16 inputs do not round g_h.
+  const auto coef = detail::branch_coefficients(
+      options.mode, options, omega.defined() ? omega.to(torch::kFloat) : Tensor(), in.window_drop,
+      B, H, in.q.options().dtype(torch::kFloat));
   raw.coef_window = coefficient_matrix(coef.window, B, H);
   raw.coef_linear = coefficient_matrix(coef.linear, B, H);
-  if (in.window_drop.defined()) raw.window_drop = in.window_drop.to(torch::kUInt8);
   return {raw, raw_options(in, options)};
 }
 

@@ -189,6 +189,19 @@ int decode_cluster_size(const ProblemShape& shape, int sm_count);
 int launch_decode(const ProblemShape& shape, const DecodeArgs& args, const DecodeState& state,
                   void* stream);
 
+/// A hybrid call's coef_window, coef_linear [B, Hq] from omega [Hq] (bf16 or fp32): g =
+/// sigmoid(omega), c_w = g, c_l = 1 - g (affine) or 1, and c_w = 0, c_l = 1 where window_drop [B,
+/// Hq] (or null) is set. One launch where LibTorch's ops took about ten.
+int launch_branch_coefficients(const void* omega, bool omega_bf16, const uint8_t* window_drop,
+                               float* coef_window, float* coef_linear, int batch, int heads,
+                               bool affine, void* stream);
+/// omega's gradient [Hq] (omega's dtype) from those of coef_window and coef_linear, summed over the
+/// batch in a fixed order.
+int launch_branch_coefficients_backward(const void* omega, bool omega_bf16,
+                                        const uint8_t* window_drop, const float* dcoef_window,
+                                        const float* dcoef_linear, void* domega, int batch,
+                                        int heads, bool affine, void* stream);
+
 /// Text of a code returned by a launcher.
 const char* error_string(int code);
 
