@@ -1,5 +1,5 @@
 // What the GPU test files share: the skip without a CUDA device, the relative error, and a
-// feature map on the GPU beside its float64 copy.
+// feature map on the GPU beside its float64 copy with the check that the two agree.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -32,4 +32,22 @@ inline FeatureMapPair feature_map_pair(hl::kernels::FeatureMapOptions options) {
   torch::NoGradGuard no_grad;
   maps.cpu->weight.copy_(maps.gpu->weight.to(torch::kCPU, torch::kDouble));
   return maps;
+}
+
+/// Runs both maps forward and backward on x (on the GPU, requiring its gradient) with the feature
+/// gradient dphi, and expects the features and the gradients of x and of the weight within 1e-2
+/// of the float64 copy's. Clears both weights' gradients first.
+inline void expect_maps_agree(FeatureMapPair& maps, const torch::Tensor& x,
+                              const torch::Tensor& dphi, const char* what) {
+  maps.gpu->weight.mutable_grad() = torch::Tensor();
+  maps.cpu->weight.mutable_grad() = torch::Tensor();
+  const torch::Tensor x64 = x.detach().to(torch::kCPU, torch::kDouble).requires_grad_(true);
+  const torch::Tensor phi = maps.gpu->forward(x);
+  phi.backward(dphi);
+  const torch::Tensor phi64 = maps.cpu->forward(x64);
+  phi64.backward(dphi.to(torch::kCPU, torch::kDouble));
+  EXPECT_LT(rel_err(phi, phi64), 1e-2) << what << ": features";
+  EXPECT_LT(rel_err(x.grad(), x64.grad()), 1e-2) << what << ": input gradient";
+  EXPECT_LT(rel_err(maps.gpu->weight.grad(), maps.cpu->weight.grad()), 1e-2)
+      << what << ": weight gradient";
 }
