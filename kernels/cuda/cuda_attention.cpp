@@ -384,6 +384,7 @@ RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForwar
   const Tensor coef_grads = torch::empty({2, s.batch, s.q_heads}, f32);
   const Tensor row_delta = torch::empty({rows}, f32);
   const Tensor row_gate = torch::empty({rows}, f32);
+  const Tensor row_share = torch::empty({rows}, f32);
   const SegmentPlan key_plan = pick_plan(o.key_segments, s.batch * s.kv_heads, s.seq_len);
   const size_t rws = state_workspace_floats(s, s.batch * s.q_heads, key_plan);
   const Tensor reverse = torch::empty({static_cast<int64_t>(std::max<size_t>(rws, 1))}, f32);
@@ -416,6 +417,7 @@ RawGrads backward_raw(const RawInputs& raw, const RawOptions& o, const RawForwar
   a.coef_grads = coef_grads.data_ptr<float>();
   a.row_delta = row_delta.data_ptr<float>();
   a.row_gate_grad = row_gate.data_ptr<float>();
+  a.row_window_share = row_share.data_ptr<float>();
   a.reverse_states = rws > 0 ? reverse.data_ptr<float>() : nullptr;
   a.dkv_accum = accum.defined() ? accum.data_ptr<float>() : nullptr;
   a.key_plan = key_plan;

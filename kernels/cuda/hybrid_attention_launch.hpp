@@ -117,14 +117,15 @@ struct BackwardArgs {
   void* dv = nullptr;
   void* dphi_q = nullptr;
   void* dphi_k = nullptr;
-  float* row_grad_window = nullptr;  ///< [B, Hq, N]: sum_j e_ij du_ij; dc_w = its sum over N
-  float* row_grad_linear = nullptr;  ///< [B, Hq, N]: sum_j p_ij du_ij; dc_l = its sum over N
-  float* coef_grads = nullptr;       ///< [2, B, Hq]: dc_w, dc_l (null: the row terms only)
-  float* row_delta = nullptr;        ///< workspace [B, Hq, N]
-  float* row_gate_grad = nullptr;    ///< workspace [B, Hq, N]
-  float* reverse_states = nullptr;   ///< workspace for key_plan (null when segments == 1)
-  float* dkv_accum = nullptr;        ///< fp32 workspace of backward_accum_floats (or null if 0)
-  SegmentPlan key_plan;              ///< split of the key pass, units = B * Hkv
+  float* row_grad_window = nullptr;   ///< workspace [B, Hq, N]: dc_w's terms
+  float* row_grad_linear = nullptr;   ///< workspace [B, Hq, N]: dc_l's terms
+  float* coef_grads = nullptr;        ///< [2, B, Hq]: dc_w, dc_l (null: not wanted)
+  float* row_delta = nullptr;         ///< workspace [B, Hq, N]
+  float* row_gate_grad = nullptr;     ///< workspace [B, Hq, N]
+  float* row_window_share = nullptr;  ///< workspace [B, Hq, N]
+  float* reverse_states = nullptr;    ///< workspace for key_plan (null when segments == 1)
+  float* dkv_accum = nullptr;         ///< fp32 workspace of backward_accum_floats (or null if 0)
+  SegmentPlan key_plan;               ///< split of the key pass, units = B * Hkv
   bool key_grads = true;    ///< false: dk, dv may be left unwritten (k, v need no gradient)
   bool query_grads = true;  ///< false: dq may be left unwritten (q needs no gradient)
 };

@@ -599,8 +599,8 @@ cudaError_t run_coef_sum(const CoefSumParams& p, cudaStream_t stream) {
 namespace {
 
 // The backward's kernels, dc_w and dc_l (`coef`) among them where given.
-cudaError_t backward_kernels(const ProblemShape& shape, const BackwardArgs& a,
-                             const CoefSumParams* coef, cudaStream_t stream) {
+cudaError_t backward_kernels(const ProblemShape& shape, const BackwardArgs& a, CoefSumParams* coef,
+                             cudaStream_t stream) {
   const Shape s = make_shape(shape);
   SegmentPlan fplan = a.forward_plan;
   if (fplan.segments < 1 || fplan.length < 1) fplan = SegmentPlan{1, s.seq_len};
@@ -678,8 +678,8 @@ int launch_backward(const ProblemShape& shape, const BackwardArgs& a, void* stre
   using namespace detail;
   if (unsupported_reason(shape) != nullptr) return static_cast<int>(cudaErrorInvalidValue);
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  const CoefSumParams coef{a.row_grad_window, a.row_grad_linear, a.coef_grads,
-                           shape.batch * shape.q_heads, shape.seq_len};
+  CoefSumParams coef{a.row_grad_window, a.row_grad_linear, a.coef_grads,
+                     shape.batch * shape.q_heads, shape.seq_len};
   return static_cast<int>(
       backward_kernels(shape, a, a.coef_grads != nullptr ? &coef : nullptr, stream));
 }

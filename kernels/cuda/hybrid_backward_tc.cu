@@ -829,7 +829,7 @@ SegmentPlan backward_tc_key_plan(const SegmentPlan& plan, int seq_len) {
 }
 
 cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const SegmentPlan& key_plan,
-                            const CoefSumParams* coef, bool* coef_summed, cudaStream_t stream) {
+                            CoefSumParams* coef, bool* coef_summed, cudaStream_t stream) {
   const bool linear = a.phi_q != nullptr;
   TcBackwardParams p{s,
                      static_cast<const bf16*>(a.q),
@@ -896,8 +896,14 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
                        a.row_grad_linear,
                        a.row_delta,
                        a.row_gate_grad,
+                       a.row_window_share,
                        /*window_grads=*/a.query_grads || a.key_grads};
     err = run_query_wg(s, qa, stream);
+    if (err == cudaSuccess && coef != nullptr) {  // its hybrid units took delta = dl
+      coef->window_share = a.row_window_share;
+      coef->coef_window = a.coef_window;
+      coef->coef_linear = a.coef_linear;
+    }
   }
   if (err == cudaErrorNotSupported) {
     err = cudaSuccess;

@@ -18,8 +18,9 @@ SegmentPlan backward_tc_key_plan(const SegmentPlan& plan, int seq_len);
 
 /// The tensor-core backward. `a.dkv_accum` must hold B * Hkv * N * D floats when the problem
 /// has feature maps; `key_plan` comes from backward_tc_key_plan. Where it runs a reverse
-/// chunk-state pass, that pass also sums `coef` (if given) and *coef_summed is set.
+/// chunk-state pass, that pass also sums `coef` (if given) and *coef_summed is set. Where the
+/// Hopper query kernel wrote the row terms, `coef` is set to correct them (window_share).
 cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const SegmentPlan& key_plan,
-                            const CoefSumParams* coef, bool* coef_summed, cudaStream_t stream);
+                            CoefSumParams* coef, bool* coef_summed, cudaStream_t stream);
 
 }  // namespace hl::kernels::cuda::detail

@@ -135,23 +135,43 @@ __device__ inline T warp_sum(T x) {
 }
 
 /// dc_w and dc_l: output o of 2 x units sums its unit's n row terms (the window's for o < units,
-/// then the linear's).
+/// then the linear's). With window_share set, the rows were computed with dl = dy . y in place of
+/// the exact delta (the Hopper query kernel's hybrid units): each row's terms are then A = (W1 -
+/// dl E) / D and B = (L1 - dl P) / D, and the sum takes the exact (W1 - delta E) / D = A - x e
+/// and (L1 - delta P) / D = B - x p from them, with x = delta - dl = c_w A + c_l B, e = E / D
+/// (window_share) and p = P / D = (1 - c_w e) / c_l. Rows with exact terms have x = 0 (c_w A +
+/// c_l B = delta - delta) and e = 0.
 struct CoefSumParams {
   const float* window_rows;
   const float* linear_rows;
   float* out;
   int units, n;
+  const float* window_share = nullptr;  ///< [units, n] or null: the rows' terms are exact
+  const float* coef_window = nullptr;   ///< [units], with window_share
+  const float* coef_linear = nullptr;   ///< [units], with window_share
 };
 
 /// Rows [begin, end) of output o's terms summed in double over the block (blockDim.x a multiple
 /// of 32), in a fixed order; the result is thread 0's.
 __device__ inline double coef_rows_sum(const CoefSumParams& p, int o, int begin, int end) {
   __shared__ double warp_sums[32];
-  const float* rows = o < p.units ? p.window_rows + static_cast<size_t>(o) * p.n
-                                  : p.linear_rows + static_cast<size_t>(o - p.units) * p.n;
+  const bool window = o < p.units;
+  const int unit = window ? o : o - p.units;
+  const size_t base = static_cast<size_t>(unit) * p.n;
+  const float* rows = (window ? p.window_rows : p.linear_rows) + base;
   double sum = 0.0;
-  for (int i = begin + static_cast<int>(threadIdx.x); i < end; i += blockDim.x)
-    sum += rows[i];
+  if (p.window_share == nullptr) {
+    for (int i = begin + static_cast<int>(threadIdx.x); i < end; i += blockDim.x)
+      sum += rows[i];
+  } else {
+    const float cw = p.coef_window[unit], cl = p.coef_linear[unit];
+    for (int i = begin + static_cast<int>(threadIdx.x); i < end; i += blockDim.x) {
+      const float a = p.window_rows[base + i], b = p.linear_rows[base + i];
+      const float e = p.window_share[base + i];
+      const float x = cw * a + cl * b;
+      sum += window ? a - x * e : b - x * (cl > 0.f ? (1.f - cw * e) / cl : 0.f);
+    }
+  }
   sum = warp_sum(sum);
   if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
   __syncthreads();

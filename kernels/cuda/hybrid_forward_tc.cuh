@@ -140,6 +140,7 @@ struct QueryArgs {
   float* row_grad_linear;
   float* row_delta;
   float* row_gate_grad;
+  float* row_window_share;  ///< E / D where a unit took delta = dl, else 0 (CoefSumParams)
   /// false: neither q nor k needs a gradient (attention transfer), so hybrid units skip the
   /// window's scores: dphi_q and every row value follow from the linear branch, y and D.
   bool window_grads = true;

@@ -15,8 +15,14 @@ namespace {
 //           (S, z over the keys before the unfolded linear keys, which lie in one 64-key chunk);
 //   window: W1_i = sum_j e_ij (dy_i . v_j), E_i = sum_j e_ij over chunks t - 1 and t, and when q
 //           needs a gradient dq_i = scale (sum_j c_w e_ij (dy_i . v_j - dl_i) / D_i k_j - G_i k_m);
-// then the row values the key side and the coefficient gradients read: the exact delta
-// (c_w W1 + c_l L1) / D, G = c_w (W1 - delta E) / D and (L1 - delta P) / D.
+// then the row values the key side and the coefficient gradients read: delta, G = c_w (W1 -
+// delta E) / D and (L1 - delta P) / D. A hybrid unit takes delta = dl (from y, as its own du and
+// ds do), so that the consumer needs nothing back from the state warpgroup: the state computes
+// (L1 - dl P) / D itself as phi_q . (S dy + du phi_k - dl z) / D from its dphi_q accumulator.
+// y's bf16 rounding in dl is harmless in ds, dq and G, but not in dc_w and dc_l, sums of small
+// differences where one branch holds nearly all of a row's mass: the consumer also writes E / D,
+// from which the sums take the exact terms (CoefSumParams). Linear-only units keep the exact
+// delta (c_w W1 + c_l L1) / D from the state's phi_q . S dy.
 // Without window gradients (QueryArgs::window_grads false: attention transfer) a hybrid unit
 // skips the window part (no q or k loads, no scores): delta is dl from y, and since y is
 // homogeneous of degree 0 in (c_w, c_l), c_w (W1 - delta E) + c_l (L1 - delta P) = 0 gives the
@@ -240,7 +246,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     mbar_wait(qb.v_full + ((t + 1) & 1), use_of<L::kVSlots>(t) & 1);
 
     // The linear part's chunk sums of this lane (L1 = phi_q . S dy + ls, P = P_state + ps); the
-    // state warpgroup adds its terms at the tile's end.
+    // state warpgroup adds its terms at the tile's end. Hybrid units do not need them (above).
     float ls_a = 0.f, ls_b = 0.f, ps_a = 0.f, ps_b = 0.f;
     // Scores and dy v^T per window chunk. The linear part's dy v^T goes into dyv[0]: where its
     // chunk is the window's chunk 0 (kLinear and lin_c = 0, the non-overlap hybrid), the window
@@ -429,7 +435,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
 
     // The row values; dq with its G_i k_m term.
     float l1_a = 0.f, l1_b = 0.f, p_a = 0.f, p_b = 0.f;
-    if constexpr (kLinear) {
+    if constexpr (kLinear && !kWindow) {
       mbar_wait(qb.lin_out_full, t & 1);
       const float* rows = reinterpret_cast<const float*>(smem + L::kRowsOff);
       l1_a = rows[2 * kRows + la] + ls_a;
@@ -438,14 +444,14 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       p_b = rows[3 * kRows + lb] + ps_b;
       mbar_arrive(qb.lin_out_empty);
     }
-    float delta_a = (coef_w * w1_a + coef_l * l1_a) * inv_a;
-    float delta_b = (coef_w * w1_b + coef_l * l1_b) * inv_b;
-    if (!kWindow && rows_from_y) {
+    float delta_a = coef_l * l1_a * inv_a, delta_b = coef_l * l1_b * inv_b;
+    if (kWindow || rows_from_y) {
       delta_a = dl_a;
       delta_b = dl_b;
     }
-    const float gl_a = kLinear ? (l1_a - delta_a * p_a) * inv_a : 0.f;
-    const float gl_b = kLinear ? (l1_b - delta_b * p_b) * inv_b : 0.f;
+    // A hybrid unit's (L1 - delta P) / D comes from the state warpgroup.
+    const float gl_a = kLinear && !kWindow ? (l1_a - delta_a * p_a) * inv_a : 0.f;
+    const float gl_b = kLinear && !kWindow ? (l1_b - delta_b * p_b) * inv_b : 0.f;
     float gw_a = (w1_a - delta_a * e_a) * inv_a, gw_b = (w1_b - delta_b * e_b) * inv_b;
     if (!kWindow && rows_from_y) {
       const float ratio = coef_w != 0.f ? -coef_l / coef_w : 0.f;
@@ -457,7 +463,8 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     if constexpr (kDqInState) {
       // ds to the state warpgroup, with - G_i added at key m = argmax_i: dq_i = scale (sum_j ds_ij
       // k_j - G_i k_m). The forward's argmax lies in row i's window, so in chunk t - 1 or t. S's
-      // buffer is free: the state's S dy read it before lin_out_full.
+      // buffer is free once the state's S dy has read it (its dy_empty arrival).
+      mbar_wait(qb.dy_empty, t & 1);
       stage_operand(sbase + L::kDsOff, ads, warp, g8, t4);
       stage_operand(sbase + L::kDsOff + kBlock, ads1, warp, g8, t4);
       __syncwarp();  // the quad's lanes wrote the row's keys
@@ -546,13 +553,15 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         p.a.row_delta[row0 + ia] = delta_a;
         p.a.row_gate_grad[row0 + ia] = gate_a;
         p.a.row_grad_window[row0 + ia] = gw_a;
-        p.a.row_grad_linear[row0 + ia] = gl_a;
+        p.a.row_window_share[row0 + ia] = kWindow ? e_a * inv_a : 0.f;
+        if (!(kWindow && kLinear)) p.a.row_grad_linear[row0 + ia] = gl_a;
       }
       if (in_b) {
         p.a.row_delta[row0 + ib] = delta_b;
         p.a.row_gate_grad[row0 + ib] = gate_b;
         p.a.row_grad_window[row0 + ib] = gw_b;
-        p.a.row_grad_linear[row0 + ib] = gl_b;
+        p.a.row_window_share[row0 + ib] = kWindow ? e_b * inv_b : 0.f;
+        if (!(kWindow && kLinear)) p.a.row_grad_linear[row0 + ib] = gl_b;
       }
     }
   }
@@ -560,15 +569,18 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
 
 // The query kernel's state warpgroup: S and z (unscaled, z in fp32) as keep_state keeps them, and
 // dphi_q of each tile, so that the consumer holds no F-wide accumulator. Per tile: the fold of
-// the tile's linear chunk into S's registers (for the next tile), S dy from the published S, the
-// row values phi_q . S dy and P_state = phi_q . z for the consumer; once the consumer has handed
-// over du, dl and 1 / D: + du phi_k - dl z and the store; with kDqInState, dq from the staged ds;
-// then the next S.
+// the tile's linear chunk into S's registers (for the next tile), S dy from the published S, in
+// linear-only units the row values phi_q . S dy and P_state = phi_q . z for the consumer; once
+// the consumer has handed over du, dl and 1 / D: + du phi_k - dl z, in hybrid units the row term
+// (L1 - dl P) / D = phi_q . dphi_q / D, and the store; with kDqInState, dq from the staged ds; then
+// the next S.
 template <int D, int F, bool kDq>
 __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8_t* smem,
-                                 const QueryBarriers& qb, int unit, int r_begin, int tiles) {
+                                 const QueryBarriers& qb, int unit, int r_begin, int r_end,
+                                 int tiles) {
   using L = QueryLayout<D, F>;
-  constexpr int H = F / 64;  // 64-row halves of S
+  constexpr int H = F / 64;              // 64-row halves of S
+  const bool rows_here = um.use_window;  // a hybrid unit: the consumer takes delta = dl
   const Barriers& bar = qb.base;
   const int st = threadIdx.x - 256;
   const int warp = st / 32;
@@ -621,37 +633,43 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
     wgmma_wait<0>();
     mbar_arrive(qb.dy_empty);  // the next tile's dy may load (the consumer's products also done)
 
-    // The row values phi_q . S dy and P_state = phi_q . z for the consumer; dpq is only read
-    // between its two products (rewriting it there costs ptxas copies of the accumulator).
-    mbar_wait(bar.pq_full, t & 1);
-    // phi_q's row addresses from an opaque base: hoisted out of the tile loop they would hold
-    // registers that S and dphi_q need.
-    uint32_t row_off = L::kPqOff + la * 128 + 4 * t4;
-    asm volatile("" : "+r"(row_off));
-    const uint8_t* pq_a = smem + row_off;
-    float a1_a = 0.f, a1_b = 0.f, p_a = 0.f, p_b = 0.f;
+    // phi_q . x and phi_q . z of rows la, lb, x in dpq's layout; phi_q's row addresses from an
+    // opaque base: hoisted out of the tile loop they would hold registers that S and dphi_q need.
+    auto phi_q_dots = [&](float& x_a, float& x_b, float& z_a, float& z_b) {
+      mbar_wait(bar.pq_full, t & 1);
+      uint32_t row_off = L::kPqOff + la * 128 + 4 * t4;
+      asm volatile("" : "+r"(row_off));
+      const uint8_t* pq_a = smem + row_off;
 #pragma unroll
-    for (int n = 0; n < F / 8; ++n) {
-      const float2 zf = *reinterpret_cast<const float2*>(z + 8 * n + 2 * t4);
-      const uint8_t* at = pq_a + (n / 8) * kBlock + (((n % 8) ^ g8) * 16);  // swizzled_offset
-      const float2 qa = unpack_bf16(*reinterpret_cast<const uint32_t*>(at));
-      const float2 qv = unpack_bf16(*reinterpret_cast<const uint32_t*>(at + 8 * 128));
-      p_a += qa.x * zf.x + qa.y * zf.y;
-      p_b += qv.x * zf.x + qv.y * zf.y;
-      a1_a += qa.x * dpq[4 * n] + qa.y * dpq[4 * n + 1];
-      a1_b += qv.x * dpq[4 * n + 2] + qv.y * dpq[4 * n + 3];
+      for (int n = 0; n < F / 8; ++n) {
+        const float2 zf = *reinterpret_cast<const float2*>(z + 8 * n + 2 * t4);
+        const uint8_t* at = pq_a + (n / 8) * kBlock + (((n % 8) ^ g8) * 16);  // swizzled_offset
+        const float2 qa = unpack_bf16(*reinterpret_cast<const uint32_t*>(at));
+        const float2 qv = unpack_bf16(*reinterpret_cast<const uint32_t*>(at + 8 * 128));
+        z_a += qa.x * zf.x + qa.y * zf.y;
+        z_b += qv.x * zf.x + qv.y * zf.y;
+        x_a += qa.x * dpq[4 * n] + qa.y * dpq[4 * n + 1];
+        x_b += qv.x * dpq[4 * n + 2] + qv.y * dpq[4 * n + 3];
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar.pq_empty);  // this warp is done with phi_q
+      quad_sum(x_a, x_b, z_a, z_b);
+    };
+    // Linear-only units: the row values phi_q . S dy and P_state = phi_q . z for the consumer;
+    // dpq is only read between its two products (rewriting it there costs ptxas copies of the
+    // accumulator).
+    if (!rows_here) {
+      float a1_a = 0.f, a1_b = 0.f, p_a = 0.f, p_b = 0.f;
+      phi_q_dots(a1_a, a1_b, p_a, p_b);
+      if (t > 0) mbar_wait(qb.lin_out_empty, (t - 1) & 1);
+      if (t4 == 0) {
+        rows[2 * kRows + la] = a1_a;
+        rows[2 * kRows + lb] = a1_b;
+        rows[3 * kRows + la] = p_a;
+        rows[3 * kRows + lb] = p_b;
+      }
+      mbar_arrive(qb.lin_out_full);
     }
-    __syncwarp();
-    if (lane == 0) mbar_arrive(bar.pq_empty);  // this warp is done with phi_q
-    quad_sum(a1_a, a1_b, p_a, p_b);
-    if (t > 0) mbar_wait(qb.lin_out_empty, (t - 1) & 1);
-    if (t4 == 0) {
-      rows[2 * kRows + la] = a1_a;
-      rows[2 * kRows + lb] = a1_b;
-      rows[3 * kRows + la] = p_a;
-      rows[3 * kRows + lb] = p_b;
-    }
-    mbar_arrive(qb.lin_out_full);
 
     mbar_wait(qb.lin_in_full, t & 1);
     wgmma_fence();
@@ -670,6 +688,14 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
       dpq[4 * n + 1] = fmaf(-dl_a, zf.y, dpq[4 * n + 1]);
       dpq[4 * n + 2] = fmaf(-dl_b, zf.x, dpq[4 * n + 2]);
       dpq[4 * n + 3] = fmaf(-dl_b, zf.y, dpq[4 * n + 3]);
+    }
+    if (rows_here) {  // (L1 - dl P) / D = phi_q . (S dy + du phi_k - dl z) / D
+      float g_a = 0.f, g_b = 0.f, unused_a = 0.f, unused_b = 0.f;
+      phi_q_dots(g_a, g_b, unused_a, unused_b);
+      const int ia = r_begin + t * kRows + la, ib = ia + 8;
+      float* out = p.a.row_grad_linear + static_cast<size_t>(unit) * p.s.seq_len;
+      if (t4 == 0 && ia < r_end) out[ia] = g_a * inv_a;
+      if (t4 == 0 && ib < r_end) out[ib] = g_b * inv_b;
     }
     // dphi_q through S's buffer (S dy has read S) and a TMA store, whose read is waited for only
     // before the next publish: warp 0 does not hold up ds k (a warpgroup-wide product) meanwhile.
@@ -770,7 +796,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     });
   } else {
     regs_grow<kStateRegs>();
-    if (um.use_linear) keep_query_state<D, F, kDq>(p, um, smem, qb, unit, r_begin, tiles);
+    if (um.use_linear) keep_query_state<D, F, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
   }
 }
 
