@@ -139,8 +139,8 @@ __device__ inline T warp_sum(T x) {
 /// the exact delta (the Hopper query kernel's hybrid units): each row's terms are then A = (W1 -
 /// dl E) / D and B = (L1 - dl P) / D, and the sum takes the exact (W1 - delta E) / D = A - x e
 /// and (L1 - delta P) / D = B - x p from them, with x = delta - dl = c_w A + c_l B, e = E / D
-/// (window_share) and p = P / D = (1 - c_w e) / c_l. Rows with exact terms have x = 0 (c_w A +
-/// c_l B = delta - delta) and e = 0.
+/// (window_share) and p = P / D = (1 - c_w e) / c_l. Rows whose terms are exact have x = 0 (c_w
+/// A + c_l B = delta - delta), so the correction leaves them as they are.
 struct CoefSumParams {
   const float* window_rows;
   const float* linear_rows;
