@@ -11,6 +11,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 
 namespace hl::kernels::cuda {
@@ -481,34 +482,37 @@ RawOptions raw_options(const AttentionInputs& in, const AttentionOptions& option
   return o;
 }
 
-// The raw kernels' q, k, v, drops and factors c_w, c_l of a call (no phi), and its options.
-std::pair<RawInputs, RawOptions> raw_call(const AttentionInputs& in,
-                                          const AttentionOptions& options) {
+// c_w, c_l [B, Hq] fp32 of a call whose window_drop is `drop` (dense uint8, or undefined): a
+// hybrid call's from omega by one kernel each way, the other modes' by branch_coefficients.
+std::pair<Tensor, Tensor> coefficients(const AttentionInputs& in, const AttentionOptions& options,
+                                       const Tensor& drop) {
   const int64_t B = in.q.size(0), H = in.q.size(1);
-  RawInputs raw;
-  raw.q = in.q;
-  raw.k = in.k;
-  raw.v = in.v;
-  if (in.window_drop.defined()) raw.window_drop = dense(in.window_drop.to(torch::kUInt8));
   const Tensor& omega = in.window_factor_logits;
   if (options.mode == AttentionMode::hybrid && omega.defined() &&
       (omega.scalar_type() == torch::kBFloat16 || omega.scalar_type() == torch::kFloat)) {
     // g_h in fp32 from omega of either dtype, as branch_coefficients computes it.
     const auto c = BranchCoefficientsFunction::apply(
-        omega,
-        raw.window_drop.defined() ? raw.window_drop
-                                  : torch::empty({0}, omega.options().dtype(torch::kUInt8)),
-        B, options.affine_factors);
-    raw.coef_window = c[0];
-    raw.coef_linear = c[1];
-    return {raw, raw_options(in, options)};
+        omega, drop.defined() ? drop : torch::empty({0}, omega.options().dtype(torch::kUInt8)), B,
+        options.affine_factors);
+    return {c[0], c[1]};
   }
   // In fp32, so that bf16 inputs do not round g_h.
   const auto coef = detail::branch_coefficients(
       options.mode, options, omega.defined() ? omega.to(torch::kFloat) : Tensor(), in.window_drop,
       B, H, in.q.options().dtype(torch::kFloat));
-  raw.coef_window = coefficient_matrix(coef.window, B, H);
-  raw.coef_linear = coefficient_matrix(coef.linear, B, H);
+  return {dense(coefficient_matrix(coef.window, B, H)),
+          dense(coefficient_matrix(coef.linear, B, H))};
+}
+
+// The raw kernels' q, k, v, drops and factors c_w, c_l of a call (no phi), and its options.
+std::pair<RawInputs, RawOptions> raw_call(const AttentionInputs& in,
+                                          const AttentionOptions& options) {
+  RawInputs raw;
+  raw.q = in.q;
+  raw.k = in.k;
+  raw.v = in.v;
+  if (in.window_drop.defined()) raw.window_drop = dense(in.window_drop.to(torch::kUInt8));
+  std::tie(raw.coef_window, raw.coef_linear) = coefficients(in, options, raw.window_drop);
   return {raw, raw_options(in, options)};
 }
 
@@ -833,17 +837,11 @@ Tensor decode_step(const AttentionInputs& step, RecurrentState& st,
     throw std::invalid_argument(
         "cuda decode_step: the state's S must be float32 (made by cuda::prefill)");
   }
-  const int64_t B = step.q.size(0), H = step.q.size(1), t = st.position;
+  const int64_t t = st.position;
   const ProblemShape s = step_shape(step, options, 1);
-  const auto coef = detail::branch_coefficients(
-      options.mode, options,
-      step.window_factor_logits.defined() ? step.window_factor_logits.detach().to(torch::kFloat)
-                                          : step.window_factor_logits,
-      step.window_drop, B, H, step.q.options().dtype(torch::kFloat));
-  const Tensor cw = dense(coefficient_matrix(coef.window, B, H));
-  const Tensor cl = dense(coefficient_matrix(coef.linear, B, H));
   Tensor drop;
   if (step.window_drop.defined()) drop = dense(step.window_drop.to(torch::kUInt8));
+  const auto [cw, cl] = coefficients(step, options, drop);
   const Tensor q = dense(step.q.detach()), k = dense(step.k.detach()), v = dense(step.v.detach());
   const Tensor pq = st.has_linear() ? dense(step.phi_q.detach()) : Tensor();
   const Tensor pk = st.has_linear() ? dense(step.phi_k.detach()) : Tensor();
