@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/graph_steps.hpp"
@@ -59,6 +60,12 @@ Inputs make_inputs(int64_t B, int64_t N, int64_t kv_heads = kHeads) {
   return in;
 }
 
+// The median of `values` (the upper one of an even count).
+double median(std::vector<double> values) {
+  std::nth_element(values.begin(), values.begin() + values.size() / 2, values.end());
+  return values[values.size() / 2];
+}
+
 // Median of `reps` event-timed calls after `warmup` calls, in microseconds, timed as
 // triton.testing.do_bench times the FlexAttention baseline: the repetitions are queued back to
 // back with no synchronisation between them (the host prepares call i + 1 while the GPU runs
@@ -90,8 +97,7 @@ double median_us(const std::function<void()>& fn, int warmup, int reps) {
     cudaEventDestroy(start[i]);
     cudaEventDestroy(stop[i]);
   }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  return median(std::move(times));
 }
 
 // Bytes that must move once: q, k, v, phi_q, phi_k in, y out (bf16), 12 B of row statistics;
@@ -360,10 +366,6 @@ void BM_LayerStepWithMaps(benchmark::State& state) {
     bwd_us.push_back(us_since(begin));
   }
   torch::cuda::synchronize();
-  auto median = [](std::vector<double> v) {
-    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-    return v[v.size() / 2];
-  };
   state.counters["host_fwd_us"] = median(fwd_us);
   state.counters["host_bwd_us"] = median(bwd_us);
   if (const char* dir = std::getenv("HL_TRACE_DIR")) {
