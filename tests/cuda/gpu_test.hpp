@@ -19,12 +19,17 @@ inline double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
   return ((a64 - b64).norm() / b64.norm()).item<double>();
 }
 
-/// A FeatureMap in bf16 on the GPU and a float64 copy on the CPU with the same (bf16-rounded)
-/// weight, Kaiming-initialised.
+/// A Hedgehog FeatureMap in bf16 on the GPU and a float64 copy on the CPU with the same
+/// (bf16-rounded) weight, Kaiming-initialised.
 struct FeatureMapPair {
   hl::kernels::FeatureMap gpu, cpu;
 };
-inline FeatureMapPair feature_map_pair(hl::kernels::FeatureMapOptions options) {
+inline FeatureMapPair hedgehog_map_pair(int64_t heads, int64_t head_dim, int64_t feature_dim) {
+  hl::kernels::FeatureMapOptions options;
+  options.kind = hl::kernels::FeatureMapKind::hedgehog;
+  options.heads = heads;
+  options.head_dim = head_dim;
+  options.feature_dim = feature_dim;
   options.init = hl::kernels::FeatureMapInit::kaiming_uniform;
   FeatureMapPair maps{hl::kernels::FeatureMap(options), hl::kernels::FeatureMap(options)};
   maps.gpu->to(torch::kCUDA, torch::kBFloat16);

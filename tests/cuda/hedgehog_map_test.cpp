@@ -172,12 +172,7 @@ TEST(HedgehogMap, FeatureMapModuleBf16) {
   HL_REQUIRE_GPU();
   if (!hc::hedgehog_map_supported(128)) GTEST_SKIP() << "needs an sm_90 GPU";
   torch::manual_seed(7);
-  hk::FeatureMapOptions options;
-  options.kind = hk::FeatureMapKind::hedgehog;
-  options.heads = 4;
-  options.head_dim = 128;
-  options.feature_dim = 64;
-  FeatureMapPair maps = feature_map_pair(options);
+  FeatureMapPair maps = hedgehog_map_pair(4, 128, 64);
   const auto gpu = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   // A transposed view, as a model's q is: the map makes it dense.
   const Tensor x = (torch::randn({2, 300, 4, 128}, gpu) * 2).transpose(1, 2).requires_grad_(true);

@@ -135,12 +135,7 @@ TEST(PairedActivation, WideProjectionFallsBack) {
 TEST(PairedActivation, FeatureMapModuleBf16) {
   HL_REQUIRE_GPU();
   torch::manual_seed(8);
-  hk::FeatureMapOptions options;
-  options.kind = hk::FeatureMapKind::hedgehog;
-  options.heads = 4;
-  options.head_dim = 64;
-  options.feature_dim = 32;
-  FeatureMapPair maps = feature_map_pair(options);
+  FeatureMapPair maps = hedgehog_map_pair(4, 64, 32);
   const auto gpu = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   const Tensor x = (torch::randn({2, 4, 50, 64}, gpu) * 2).requires_grad_(true);
   ASSERT_FALSE(hl::kernels::cuda::hedgehog_map_fusable(x, maps.gpu->weight));
