@@ -414,6 +414,9 @@ void BM_FusedDecode(benchmark::State& state) {
   a.coef_linear = cl.data_ptr<float>();
   a.y = y.data_ptr();
   a.position = 4096;
+  // device_position 1: t read from device memory, as a model's decode graph (DecodeGraph) runs.
+  const Tensor position = torch::full({1}, a.position, o.dtype(torch::kInt));
+  if (state.range(2) != 0) a.position_device = position.data_ptr<int32_t>();
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
   a.cluster =
@@ -492,12 +495,13 @@ BENCHMARK(BM_LayerStepWithMaps)
     ->ArgNames({"B", "N", "transfer", "fused_maps", "Hkv"})
     ->Apply(timed);
 BENCHMARK(BM_FusedDecode)
-    ->Args({1, 0})
-    ->Args({1, 1})
-    ->Args({1, 2})
-    ->Args({1, 8})
-    ->Args({8, 0})
-    ->ArgNames({"B", "cluster"})
+    ->Args({1, 0, 0})
+    ->Args({1, 0, 1})
+    ->Args({1, 1, 0})
+    ->Args({1, 2, 0})
+    ->Args({1, 8, 0})
+    ->Args({8, 0, 0})
+    ->ArgNames({"B", "cluster", "device_position"})
     ->Apply(timed);
 
 BENCHMARK_MAIN();

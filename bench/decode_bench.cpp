@@ -5,6 +5,7 @@
 // CPU: the tiny preset's shape (hidden 128, 4 layers, 4 heads / 2 KV heads, float32).
 // CUDA (`--device cuda` or HL_BENCH_DEVICE=cuda): a Llama-3.2-1B shape with random weights
 // in bfloat16; the CUDA cases skip without a GPU.
+// On CUDA, hybrid_graph times the hybrid step replayed as a CUDA graph (DecodeGraph).
 //
 // The decode state of a context of L tokens is set up directly rather than by prefilling L
 // tokens (a softmax prefill of 64K tokens is quadratic): the KV cache holds L random
@@ -19,6 +20,7 @@
 #include <memory>
 #include <string>
 
+#include "core/model/decode_graph.hpp"
 #include "core/model/decoder.hpp"
 
 namespace {
@@ -112,7 +114,8 @@ void rewind(DecodeCache& cache, int64_t context) {
   cache.position = context;
 }
 
-void BM_Decode(benchmark::State& state, std::string kind, bool gpu) {
+// graph: the hybrid step through a DecodeGraph (CUDA) instead of eager decode.
+void BM_Decode(benchmark::State& state, std::string kind, bool gpu, bool graph) {
   if (gpu && !torch::cuda::is_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -125,8 +128,12 @@ void BM_Decode(benchmark::State& state, std::string kind, bool gpu) {
       torch::zeros({1, 1}, torch::TensorOptions()
                                .dtype(torch::kInt64)
                                .device(model->model->embed_tokens->weight.device()));
+  std::unique_ptr<hl::model::DecodeGraph> step_graph;
+  if (graph)
+    step_graph = std::make_unique<hl::model::DecodeGraph>(model, cache, hl::model::ForwardOptions{},
+                                                          context + 1);
   for (auto _ : state) {
-    torch::Tensor logits = model->decode(token, cache);
+    torch::Tensor logits = step_graph ? step_graph->step(token) : model->decode(token, cache);
     // Greedy choice on the host, as generation does; it also waits for the GPU.
     benchmark::DoNotOptimize(logits[0][-1].argmax().item<int64_t>());
     rewind(cache, context);
@@ -157,9 +164,12 @@ int main(int argc, char** argv) {
   // One token is too little work to split across threads (and spinning threads only
   // compete with each other on a loaded machine).
   if (!gpu) torch::set_num_threads(1);
-  for (const std::string kind : {"softmax", "hybrid"}) {
+  for (const std::string kind : {"softmax", "hybrid", "hybrid_graph"}) {
+    if (kind == "hybrid_graph" && !gpu) continue;
+    const bool graph = kind == "hybrid_graph";
     auto* bench = benchmark::RegisterBenchmark(
-        ("decode/" + kind + (gpu ? "/llama1b_cuda" : "/tiny_cpu")).c_str(), BM_Decode, kind, gpu);
+        ("decode/" + kind + (gpu ? "/llama1b_cuda" : "/tiny_cpu")).c_str(), BM_Decode,
+        graph ? "hybrid" : kind, gpu, graph);
     bench->Unit(benchmark::kMillisecond)->ArgName("context");
     for (int64_t context : {1024, 4096, 16384, 65536})
       bench->Arg(context);

@@ -125,8 +125,12 @@ struct RecurrentState {
   torch::Tensor sink_keys;     ///< [B, Hkv, sinks, d]: the first `sinks` keys
   torch::Tensor sink_values;   ///< [B, Hkv, sinks, dv]
   int64_t position = 0;        ///< tokens seen so far (t of the next token)
-  int64_t window = 0;          ///< w the rings were sized for
-  int64_t sinks = 0;           ///< sink capacity
+  /// Where defined (int32 [1] on the state's CUDA device), the CUDA decode_step reads t from it
+  /// when its kernel runs, so that a CUDA graph of the step replays at every position; the
+  /// caller then keeps it and `position` equal.
+  torch::Tensor position_on_device;
+  int64_t window = 0;  ///< w the rings were sized for
+  int64_t sinks = 0;   ///< sink capacity
 
   /// True when the state tracks the linear part (phi_k was given); S, z, phi_key_ring.
   bool has_linear() const { return S.defined(); }

@@ -389,15 +389,22 @@ torch::Tensor CausalLMImpl::decode(const torch::Tensor& ids, DecodeCache& cache,
                                    const ForwardOptions& options) {
   TORCH_CHECK(ids.dim() == 2 && ids.size(1) >= 1, "token ids must be [batch, n >= 1], got ",
               ids.sizes());
+  auto [cos, sin] = rotary(cache.position, ids.size(1), model->embed_tokens->weight.device());
+  torch::Tensor out = decode_layers(ids, cos, sin, cache, options);
+  cache.position += ids.size(1);
+  return out;
+}
+
+torch::Tensor CausalLMImpl::decode_layers(const torch::Tensor& ids, const torch::Tensor& cos,
+                                          const torch::Tensor& sin, DecodeCache& cache,
+                                          const ForwardOptions& options) {
   torch::NoGradGuard no_grad;
   if (cache.layers.empty()) cache.layers.resize(static_cast<size_t>(num_layers()));
   TORCH_CHECK(static_cast<int64_t>(cache.layers.size()) == num_layers(),
               "the decode cache belongs to a model with ", cache.layers.size(), " layers");
   torch::Tensor h = model->embed_tokens->forward(ids);
-  auto [cos, sin] = rotary(cache.position, ids.size(1), h.device());
   for (int64_t i = 0; i < num_layers(); ++i)
     h = model->layer(i)->decode(h, cos, sin, options, cache.layers[static_cast<size_t>(i)]);
-  cache.position += ids.size(1);
   return logits(model->norm->forward(h));
 }
 

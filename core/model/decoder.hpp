@@ -198,6 +198,11 @@ class CausalLMImpl : public torch::nn::Module {
   /// sequence, to rounding; options.mode / ablate_layer must stay the same across calls.
   torch::Tensor decode(const torch::Tensor& ids, DecodeCache& cache,
                        const ForwardOptions& options = {});
+  /// decode() with the rotary tables of the tokens' positions given (so that DecodeGraph can
+  /// take them from device memory) and cache.position left as it was.
+  torch::Tensor decode_layers(const torch::Tensor& ids, const torch::Tensor& cos,
+                              const torch::Tensor& sin, DecodeCache& cache,
+                              const ForwardOptions& options);
 
   /// Converts every layer not in options.softmax_layers.
   void convert(const ConversionOptions& options);

@@ -6,6 +6,8 @@
 #include <numeric>
 #include <string>
 
+#include "core/model/decode_graph.hpp"
+
 namespace hl::model {
 
 Status check_sampling(const SamplingOptions& options) {
@@ -92,6 +94,7 @@ Result<GenerateResult> generate(CausalLM& model, const std::vector<int32_t>& pro
                                        cache, options.forward);
   auto decode_start = std::chrono::steady_clock::now();
   result.prefill_seconds = std::chrono::duration<double>(decode_start - start).count();
+  std::unique_ptr<DecodeGraph> graph;
   for (int64_t i = 0; i < options.max_new_tokens; ++i) {
     const int32_t token = sample_token(logits[0][-1], options.sampling, rng);
     result.tokens.push_back(token);
@@ -102,9 +105,14 @@ Result<GenerateResult> generate(CausalLM& model, const std::vector<int32_t>& pro
       break;
     }
     if (!keep_going || i + 1 == options.max_new_tokens) break;
-    logits = model->decode(torch::full({1, 1}, int64_t{token},
-                                       torch::TensorOptions().dtype(torch::kInt64).device(device)),
-                           cache, options.forward);
+    const torch::Tensor next = torch::full(
+        {1, 1}, int64_t{token}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+    if (!graph && options.cuda_graph && decode_graph_unsupported(model, cache).empty()) {
+      graph = std::make_unique<DecodeGraph>(model, cache, options.forward,
+                                            prompt_tokens + options.max_new_tokens);
+      result.cuda_graph = true;
+    }
+    logits = graph ? graph->step(next) : model->decode(next, cache, options.forward);
   }
   result.decode_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - decode_start).count();

@@ -33,6 +33,8 @@ struct GenerateOptions {
   int64_t max_context = 0;
   /// Called with each new token as it is produced; returning false stops generation.
   std::function<bool(int32_t)> on_token;
+  /// Decode through a CUDA graph (DecodeGraph) once the model and cache allow it.
+  bool cuda_graph = true;
 };
 
 /// The generated tokens and what decoding held.
@@ -43,6 +45,7 @@ struct GenerateResult {
   int64_t cache_bytes = 0;      ///< decode state after the last token
   int64_t recurrent_bytes = 0;  ///< of which converted layers' recurrent states
   double prefill_seconds = 0, decode_seconds = 0;
+  bool cuda_graph = false;  ///< some tokens were decoded through a CUDA graph
 };
 
 /// Checks the sampling options (temperature >= 0, top_k >= 0, 0 < top_p <= 1).

@@ -142,6 +142,8 @@ torch::Tensor decode_step(const AttentionInputs& in, RecurrentState& state,
   if (use_cuda_kernels(in, options, &state)) return cuda::decode_step(in, state, options);
 #endif
   torch::NoGradGuard no_grad;
+  require(!state.position_on_device.defined(), "decode_step", options,
+          "position_on_device needs the fused CUDA kernels, which do not take these inputs");
   if (!state.key_ring.defined()) state = empty_state(in, options);
   check_state(in, state, options);
 

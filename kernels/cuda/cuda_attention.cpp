@@ -857,6 +857,14 @@ Tensor decode_step(const AttentionInputs& step, RecurrentState& st,
   a.window_drop = drop.defined() ? drop.data_ptr<uint8_t>() : nullptr;
   a.y = y.data_ptr();
   a.position = static_cast<int>(t);
+  if (st.position_on_device.defined()) {
+    const Tensor& at = st.position_on_device;
+    if (at.scalar_type() != torch::kInt || at.numel() != 1 || at.device() != q.device()) {
+      throw std::invalid_argument(
+          "cuda decode_step: position_on_device must be one int32 on the inputs' device");
+    }
+    a.position_device = at.data_ptr<int32_t>();
+  }
   a.cluster = decode_cluster_size(s, sm_count());
   check_launch(launch_decode(s, a, device_state(st), stream_of(q)), "decode");
   if (t < st.sinks) {

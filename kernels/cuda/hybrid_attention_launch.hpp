@@ -183,6 +183,9 @@ struct DecodeArgs {
   const uint8_t* window_drop = nullptr;
   void* y = nullptr;
   int position = 0;
+  /// Where set, t is read from this int in device memory instead of `position`, so that a CUDA
+  /// graph can replay one captured step at every position.
+  const int32_t* position_device = nullptr;
   int cluster = 1;
 };
 /// Blocks per (batch, q head) that fill a GPU of `sm_count` SMs (fewer when F does not split).

@@ -72,6 +72,8 @@ struct DecodeParams {
   int group;       // q heads per kv head
   int slot;        // position % window: the ring slot of key position - window
   int first_slot;  // ring slot of key max(0, position - window + 1)
+  // Where set, position, slot and first_slot come from this int instead (DecodeArgs).
+  const int32_t* position_device;
 };
 
 __device__ inline float warp_max(float x) {
@@ -188,8 +190,11 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
   const int group = p.group;
   const int kv_unit = unit / group;  // units are (batch, q head) with each kv head's group adjacent
   const bool has_state = p.st.S != nullptr;
-  const int t = p.position;
-  const int slot = p.slot;
+  // A graph's step reads its position before griddepcontrol.wait: the host copies it in before
+  // the graph starts, and no kernel of the graph writes it.
+  const int t = p.position_device != nullptr ? *p.position_device : p.position;
+  const int slot = p.position_device != nullptr ? t % w : p.slot;
+  const int first_slot0 = p.position_device != nullptr ? max(0, t - w + 1) % w : p.first_slot;
   const bool fold = has_state && t >= w;
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
@@ -281,7 +286,7 @@ __global__ void __launch_bounds__(kDecodeThreads, C == 2 ? 1 : 2) decode_kernel(
   const int j0 = max(0, t - w + 1);
   const int nk = t - j0 + 1;
   const int nk_mine = nk > rank ? (nk - rank + C - 1) / C : 0;
-  int first_slot = p.first_slot + rank;  // slot of this block's first ring key
+  int first_slot = first_slot0 + rank;  // slot of this block's first ring key
   while (first_slot >= w)
     first_slot -= w;
   auto ring_row = [&](const T* fresh, const T* ring, int jj, int width) {
@@ -605,7 +610,8 @@ int launch_decode(const ProblemShape& shape, const DecodeArgs& a, const DecodeSt
                   state,
                   s.q_heads / s.kv_heads,
                   t % w,
-                  std::max(0, t - w + 1) % w};
+                  std::max(0, t - w + 1) % w,
+                  a.position_device};
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const cudaError_t err = shape.dtype == KernelDType::kBFloat16
                               ? launch_decode_t<__nv_bfloat16>(dp, stream)
