@@ -361,7 +361,10 @@ std::pair<torch::Tensor, torch::Tensor> CausalLMImpl::rotary(int64_t offset, int
   if (config_.rope_scaling && config_.rope_scaling->type == "linear")
     inv = inv / config_.rope_scaling->factor;
   auto [cos, sin] = rope_cos_sin(inv, positions);
-  return {cos.to(device), sin.to(device)};
+  // In the model's dtype, the one apply_rope casts q and k's tables to: the same values, and
+  // no cast per layer.
+  const auto dtype = model->embed_tokens->weight.scalar_type();
+  return {cos.to(device, dtype), sin.to(device, dtype)};
 }
 
 torch::Tensor CausalLMImpl::hidden_states(const torch::Tensor& ids, const ForwardOptions& options,

@@ -208,7 +208,8 @@ class CausalLMImpl : public torch::nn::Module {
   void convert(const ConversionOptions& options);
   /// Indices of converted layers, ascending.
   std::vector<int64_t> converted_layers() const;
-  /// cos and sin [N, head_dim] for positions offset .. offset + N - 1 on `device`.
+  /// cos and sin [N, head_dim] for positions offset .. offset + N - 1 on `device`, in the
+  /// embedding weight's dtype.
   std::pair<torch::Tensor, torch::Tensor> rotary(int64_t offset, int64_t length,
                                                  torch::Device device) const;
 
