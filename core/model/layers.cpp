@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/model_ops.hpp"
+
 namespace hl::model {
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
@@ -9,6 +11,7 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  if (torch::Tensor fused = kernels::fused_rms_norm(x, weight, eps_); fused.defined()) return fused;
   auto input_dtype = x.scalar_type();
   torch::Tensor h = x.to(torch::kFloat32);
   h = h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps_);
@@ -42,8 +45,8 @@ torch::Tensor AdaptedLinearImpl::forward(const torch::Tensor& x) {
 void AdaptedLinearImpl::attach_lora(int64_t rank, double alpha, double dropout) {
   TORCH_CHECK(rank >= 1, "LoRA rank must be >= 1, got ", rank);
   TORCH_CHECK(!has_lora(), "LoRA adapter attached twice");
-  lora = register_module("lora",
-                         LoRAAdapter(weight.size(1), weight.size(0), rank, weight.device()));
+  lora =
+      register_module("lora", LoRAAdapter(weight.size(1), weight.size(0), rank, weight.device()));
   lora_scale_ = alpha / static_cast<double>(rank);
   lora_dropout_ = dropout;
 }

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/model_ops.hpp"
+
 namespace hl::model {
 
 torch::Tensor rope_inverse_frequencies(int64_t head_dim, double theta,
@@ -28,14 +30,16 @@ torch::Tensor rope_inverse_frequencies(int64_t head_dim, double theta,
 
 std::pair<torch::Tensor, torch::Tensor> rope_cos_sin(const torch::Tensor& inverse_frequencies,
                                                      const torch::Tensor& positions) {
-  torch::Tensor freqs = torch::outer(positions.to(torch::kFloat32),
-                                     inverse_frequencies.to(positions.device()));
+  torch::Tensor freqs =
+      torch::outer(positions.to(torch::kFloat32), inverse_frequencies.to(positions.device()));
   torch::Tensor emb = torch::cat({freqs, freqs}, -1);
   return {emb.cos(), emb.sin()};
 }
 
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
                          const torch::Tensor& sin) {
+  if (torch::Tensor fused = kernels::fused_rotary_embedding(x, cos, sin); fused.defined())
+    return fused;
   const int64_t half = x.size(-1) / 2;
   torch::Tensor x1 = x.narrow(-1, 0, half);
   torch::Tensor x2 = x.narrow(-1, half, half);

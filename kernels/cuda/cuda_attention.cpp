@@ -640,6 +640,58 @@ Tensor paired_activation(const Tensor& r, PairedActivation f) {
   return PairedActivationFunction::apply(r, static_cast<int64_t>(f));
 }
 
+// ---- the decoder's RMSNorm and rotary embedding (inference) --------------------------------
+
+namespace {
+bool same_kind(const Tensor& a, const Tensor& b) {
+  return a.defined() && b.defined() && a.is_cuda() && a.device() == b.device() &&
+         a.scalar_type() == b.scalar_type() &&
+         (a.scalar_type() == torch::kBFloat16 || a.scalar_type() == torch::kFloat);
+}
+}  // namespace
+
+bool rms_norm_fusable(const Tensor& x, const Tensor& weight) {
+  return same_kind(x, weight) && x.dim() >= 1 && weight.dim() == 1 &&
+         x.size(-1) == weight.size(0) && x.size(-1) >= 1 && x.size(-1) <= kRmsNormMaxCols;
+}
+
+Tensor rms_norm(const Tensor& x_in, const Tensor& weight, double eps) {
+  if (!rms_norm_fusable(x_in, weight))
+    throw std::invalid_argument("cuda rms_norm: needs bf16 or float32 CUDA x [..., C], weight [C]");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous(), w = weight.contiguous();
+  Tensor y = torch::empty_like(x);
+  const int cols = static_cast<int>(x.size(-1));
+  check_launch(launch_rms_norm(x.data_ptr(), w.data_ptr(), y.data_ptr(), x.numel() / cols, cols,
+                               static_cast<float>(eps), dtype_of(x), stream_of(x)),
+               "rms_norm");
+  return y;
+}
+
+bool rotary_embedding_fusable(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  return same_kind(x, cos) && same_kind(x, sin) && x.dim() == 4 && x.stride(3) == 1 &&
+         x.size(3) % 2 == 0 && x.size(3) <= kRotaryMaxHeadDim && cos.sizes() == sin.sizes() &&
+         cos.dim() == 2 && cos.size(0) == x.size(2) && cos.size(1) == x.size(3);
+}
+
+Tensor rotary_embedding(const Tensor& x, const Tensor& cos_in, const Tensor& sin_in) {
+  if (!rotary_embedding_fusable(x, cos_in, sin_in)) {
+    throw std::invalid_argument(
+        "cuda rotary_embedding: needs bf16 or float32 CUDA x [B, H, N, d] (d even, last axis "
+        "dense) and cos, sin [N, d] of its dtype");
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
+  Tensor y = torch::empty(x.sizes(), x.options());
+  check_launch(
+      launch_rotary_embedding(x.data_ptr(), x.stride(0), x.stride(1), x.stride(2), cos.data_ptr(),
+                              sin.data_ptr(), y.data_ptr(), static_cast<int>(x.size(0)),
+                              static_cast<int>(x.size(1)), x.size(2), static_cast<int>(x.size(3)),
+                              dtype_of(x), stream_of(x)),
+      "rotary_embedding");
+  return y;
+}
+
 // ---- hedgehog map with its projection ------------------------------------------------------
 
 namespace {

@@ -11,6 +11,7 @@
 #include "kernels/cpu/attention_internal.hpp"
 #include "kernels/cuda/feature_map_launch.hpp"
 #include "kernels/cuda/hybrid_attention_launch.hpp"
+#include "kernels/cuda/model_ops_launch.hpp"
 
 namespace hl::kernels::cuda {
 
@@ -64,6 +65,22 @@ bool hedgehog_map_fusable(const torch::Tensor& x, const torch::Tensor& w);
 /// its projection, one kernel each way, with autograd (the backward recomputes x w). With Hx < H
 /// (grouped-query k), x head g serves maps g H / Hx .. (g + 1) H / Hx - 1, as FeatureMap.
 torch::Tensor hedgehog_map(const torch::Tensor& x, const torch::Tensor& w);
+
+/// Whether rms_norm takes x and weight: bf16 or fp32 CUDA tensors of one dtype and device,
+/// weight [cols] with cols = x's last axis (at most kRmsNormMaxCols).
+bool rms_norm_fusable(const torch::Tensor& x, const torch::Tensor& weight);
+/// weight * (x * rsqrt(mean(x^2, -1) + eps)).to(x's dtype), the mean in float32, as Hugging
+/// Face's Llama computes it; one kernel, no autograd, a new dense tensor.
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+
+/// Whether rotary_embedding takes x, cos and sin: bf16 or fp32 CUDA tensors of one dtype and
+/// device, x [B, H, N, d] with d even (at most kRotaryMaxHeadDim) and cos / sin [N, d].
+bool rotary_embedding_fusable(const torch::Tensor& x, const torch::Tensor& cos,
+                              const torch::Tensor& sin);
+/// x cos + rotate_half(x) sin, rounded as LibTorch's ops round; one kernel, no autograd, a new
+/// dense tensor [B, H, N, d].
+torch::Tensor rotary_embedding(const torch::Tensor& x, const torch::Tensor& cos,
+                               const torch::Tensor& sin);
 
 /// Raw access for tests and benchmarks: per-unit coefficients instead of omega.
 struct RawInputs {
