@@ -95,6 +95,7 @@ Result<GenerateResult> generate(CausalLM& model, const std::vector<int32_t>& pro
   auto decode_start = std::chrono::steady_clock::now();
   result.prefill_seconds = std::chrono::duration<double>(decode_start - start).count();
   std::unique_ptr<DecodeGraph> graph;
+  bool try_graph = options.cuda_graph;
   for (int64_t i = 0; i < options.max_new_tokens; ++i) {
     const int32_t token = sample_token(logits[0][-1], options.sampling, rng);
     result.tokens.push_back(token);
@@ -107,10 +108,15 @@ Result<GenerateResult> generate(CausalLM& model, const std::vector<int32_t>& pro
     if (!keep_going || i + 1 == options.max_new_tokens) break;
     const torch::Tensor next = torch::full(
         {1, 1}, int64_t{token}, torch::TensorOptions().dtype(torch::kInt64).device(device));
-    if (!graph && options.cuda_graph && decode_graph_unsupported(model, cache).empty()) {
-      graph = std::make_unique<DecodeGraph>(model, cache, options.forward,
-                                            prompt_tokens + options.max_new_tokens);
-      result.cuda_graph = true;
+    if (try_graph && decode_graph_unsupported(model, cache).empty()) {
+      try_graph = false;
+      try {
+        graph = std::make_unique<DecodeGraph>(model, cache, options.forward,
+                                              prompt_tokens + options.max_new_tokens);
+        result.cuda_graph = true;
+      } catch (const std::invalid_argument&) {
+        // A capture that failed ran nothing and left the cache as it was: decode eagerly.
+      }
     }
     logits = graph ? graph->step(next) : model->decode(next, cache, options.forward);
   }
