@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/feature_map_launch.hpp"
+#include "kernels/cuda/hybrid_common.cuh"
 
 namespace hl::kernels::cuda {
 namespace {
@@ -18,22 +19,8 @@ constexpr int kRowsPerBlock = 8;
 constexpr float kClampMin = 1e-12f;  // kernels/feature_map.hpp's kFeatureClampMin
 constexpr unsigned kAllLanes = 0xffffffffu;
 
-__device__ inline float to_float(float x) {
-  return x;
-}
-__device__ inline float to_float(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <typename T>
-__device__ inline T from_float(float x);
-template <>
-__device__ inline float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
+using detail::from_float;
+using detail::to_float;
 
 // op over the L lanes that share a row (L = 32: the warp).
 template <int L, typename Op>

@@ -125,6 +125,17 @@ __device__ inline float to_float(float x) {
 __device__ inline float to_float(__nv_bfloat16 x) {
   return __bfloat162float(x);
 }
+/// x rounded to T (to nearest, ties to even).
+template <typename T>
+__device__ inline T from_float(float x);
+template <>
+__device__ inline float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 /// Sum over the 32 lanes of a warp (float or double).
 template <typename T>

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/hybrid_common.cuh"
 #include "kernels/cuda/model_ops_launch.hpp"
 
 namespace hl::kernels::cuda {
@@ -16,22 +17,8 @@ namespace {
 constexpr int kNormThreads = 256;
 constexpr int kRotaryThreads = 256;
 
-__device__ inline float to_float(float x) {
-  return x;
-}
-__device__ inline float to_float(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <typename T>
-__device__ inline T from_float(float x);
-template <>
-__device__ inline float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
+using detail::from_float;
+using detail::to_float;
 // x rounded to T and back: what storing an op's result in a T tensor does.
 template <typename T>
 __device__ inline float round_to(float x) {
@@ -50,8 +37,7 @@ __global__ void __launch_bounds__(kNormThreads)
     const float v = to_float(xr[c]);
     sum = __fadd_rn(sum, __fmul_rn(v, v));
   }
-  for (int offset = 16; offset > 0; offset >>= 1)
-    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  sum = detail::warp_sum(sum);
   __shared__ float warp_sums[kNormThreads / 32];
   if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
   __syncthreads();
