@@ -6,10 +6,13 @@
 #include <gtest/gtest.h>
 
 #include "core/model/generate.hpp"
+#include "kernels/attention_test_support.hpp"
 #include "tiny_model.hpp"
 
 namespace hl::model {
 namespace {
+
+using kernels::test::relative_error;
 
 constexpr int64_t kVocab = 50, kPrompt = 12, kWindow = 8;
 
@@ -40,11 +43,6 @@ CausalLM make_model(torch::Device device) {
 torch::Tensor random_ids(int64_t length, uint64_t seed, torch::Device device) {
   torch::manual_seed(seed);
   return torch::randint(0, kVocab, {1, length}, torch::kInt64).to(device);
-}
-
-double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
-  const torch::Tensor a64 = a.to(torch::kDouble), b64 = b.to(torch::kDouble);
-  return ((a64 - b64).norm() / b64.norm()).item<double>();
 }
 
 TEST(DecodeGraph, RefusesWhatItCannotCapture) {
@@ -83,21 +81,21 @@ TEST(DecodeGraph, MatchesEagerDecoding) {
     const torch::Tensor want = model->decode(id, eager);
     const torch::Tensor got = graph.step(id);
     ASSERT_EQ(got.sizes(), want.sizes());
-    EXPECT_LT(rel_err(got, want), 1e-5) << "token " << i;
+    EXPECT_LT(relative_error(got, want), 1e-5) << "token " << i;
   }
   EXPECT_EQ(graphed.position, eager.position);
   for (size_t l = 0; l < graphed.layers.size(); ++l) {
     const kernels::RecurrentState &g = graphed.layers[l].recurrent, &e = eager.layers[l].recurrent;
     EXPECT_EQ(g.position, e.position);
     EXPECT_FALSE(g.position_on_device.defined());
-    EXPECT_LT(rel_err(g.S, e.S), 1e-5) << "layer " << l;
+    EXPECT_LT(relative_error(g.S, e.S), 1e-5) << "layer " << l;
     EXPECT_TRUE(torch::equal(g.key_ring, e.key_ring)) << "layer " << l;
   }
   // Past the positions it was captured for, the graph refuses; eager steps continue the cache.
   EXPECT_THROW(graph.step(tokens.narrow(1, 0, 1)), std::invalid_argument);
   EXPECT_THROW(graph.step(tokens), std::invalid_argument);  // [1, 30]: not one token
   const torch::Tensor id = tokens.narrow(1, 0, 1);
-  EXPECT_LT(rel_err(model->decode(id, graphed), model->decode(id, eager)), 1e-5);
+  EXPECT_LT(relative_error(model->decode(id, graphed), model->decode(id, eager)), 1e-5);
 }
 
 TEST(DecodeGraph, GenerateTakesTheGraph) {
