@@ -9,12 +9,15 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "core/model/autocast.hpp"
 #include "core/model/decoder.hpp"
+#include "core/train/adamw.hpp"
 #include "core/train/objectives.hpp"
 
 namespace {
@@ -85,11 +88,25 @@ void BM_AttentionTransferStep(benchmark::State& state) {
     item.value().requires_grad_(train);
     if (train) trainable.push_back(item.value());
   }
-  torch::optim::AdamW optimizer(trainable, torch::optim::AdamWOptions(1e-2));
+  // HL_BENCH_UNFUSED_ADAMW=1: torch's AdamW, for comparison with the fused update.
+  const char* unfused = std::getenv("HL_BENCH_UNFUSED_ADAMW");
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  if (unfused && std::string(unfused) == "1")
+    optimizer = std::make_unique<torch::optim::AdamW>(trainable, torch::optim::AdamWOptions(1e-2));
+  else
+    optimizer = std::make_unique<hl::train::AdamW>(trainable, torch::optim::AdamWOptions(1e-2));
   const torch::Tensor tokens = torch::randint(0, shape(one_b).vocab_size, {batch, seq},
                                               torch::TensorOptions(device).dtype(torch::kLong));
 
+  // The host's time to queue each part of a step (no synchronisation inside): where the host
+  // decides the step, this says which part to make cheaper.
+  using Clock = std::chrono::steady_clock;
+  double host_forward = 0, host_backward = 0, host_optimizer = 0;
+  auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
   auto step = [&] {
+    Clock::time_point t = Clock::now();
     std::vector<hl::model::TransferPair> pairs;
     hl::model::ForwardOptions options;
     options.transfer = &pairs;
@@ -100,16 +117,27 @@ void BM_AttentionTransferStep(benchmark::State& state) {
     model->hidden_states(tokens, options);
     hl::train::TransferLoss loss = hl::train::transfer_loss(pairs, 1.0, 0.0);
     scope.reset();
-    optimizer.zero_grad();
+    host_forward += seconds_since(t);
+    t = Clock::now();
+    optimizer->zero_grad();
     loss.total.backward();
-    optimizer.step();
+    host_backward += seconds_since(t);
+    t = Clock::now();
+    optimizer->step();
+    host_optimizer += seconds_since(t);
   };
   step();  // warm-up: allocator, kernels
   if (device.is_cuda()) torch::cuda::synchronize();
+  host_forward = host_backward = host_optimizer = 0;
   for (auto _ : state) {
     step();
     if (device.is_cuda()) torch::cuda::synchronize();
   }
+  const double steps = double(state.iterations());
+  state.counters["host_fwd_ms"] = 1e3 * host_forward / steps;
+  state.counters["host_bwd_ms"] = 1e3 * host_backward / steps;
+  state.counters["host_opt_ms"] = 1e3 * host_optimizer / steps;
+  state.counters["trainable"] = double(trainable.size());
   state.counters["tokens_per_s"] =
       benchmark::Counter(double(batch * seq), benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(std::string(one_b ? "llama-3.2-1b-shape " : "tiny ") +

@@ -22,6 +22,7 @@
 #include "core/store/run_reader.hpp"
 #include "core/store/run_writer.hpp"
 #include "core/store/schema.hpp"
+#include "core/train/adamw.hpp"
 #include "core/train/checkpoint.hpp"
 #include "core/train/lr_schedule.hpp"
 #include "core/train/objectives.hpp"
@@ -426,8 +427,8 @@ int Runner::train(train::TrainingState state, bool resuming) {
                                "stage " + stage.name + " has nothing to train");
       return kExitBadInput;
     }
-    torch::optim::AdamW optimizer(
-        trainable, torch::optim::AdamWOptions(stage.lr).weight_decay(stage.weight_decay));
+    train::AdamW optimizer(trainable,
+                           torch::optim::AdamWOptions(stage.lr).weight_decay(stage.weight_decay));
     train::LrScheduleKind kind = train::LrScheduleKind::constant;
     train::parse_lr_schedule(stage.lr_schedule, &kind);
     train::LrSchedule schedule(kind, stage.lr, stage.steps, stage.warmup_steps,

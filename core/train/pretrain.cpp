@@ -11,6 +11,7 @@
 #include "core/io/tokenizer.hpp"
 #include "core/model/decoder.hpp"
 #include "core/model/model_io.hpp"
+#include "core/train/adamw.hpp"
 #include "core/train/lr_schedule.hpp"
 
 namespace hl::train {
@@ -155,9 +156,8 @@ Result<PretrainReport> pretrain(const PretrainRequest& request, ProgressReporter
   for (const auto& p : model->parameters())
     report.parameters += p.numel();
 
-  torch::optim::AdamW optimizer(
-      model->parameters(),
-      torch::optim::AdamWOptions(preset.lr).weight_decay(0.1).betas({0.9, 0.95}));
+  AdamW optimizer(model->parameters(),
+                  torch::optim::AdamWOptions(preset.lr).weight_decay(0.1).betas({0.9, 0.95}));
   LrSchedule schedule(LrScheduleKind::cosine, preset.lr, preset.steps, preset.warmup_steps, 0.1, 1);
   progress.begin_phase("pretrain " + preset.name, 0, 1, preset.steps);
   const auto start = std::chrono::steady_clock::now();

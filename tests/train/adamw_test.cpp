@@ -1,0 +1,155 @@
+// hl::train::AdamW: torch's AdamW on the CPU; on CUDA the fused update, checked against torch's
+// unfused step (fp32) and against the update's formula in float64 (bf16), and across a
+// checkpoint's save and restore.
+#include "core/train/adamw.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <sstream>
+#include <vector>
+
+#include "kernels/attention_test_support.hpp"
+
+namespace {
+
+using hl::kernels::test::relative_error;
+
+torch::optim::AdamWOptions options() {
+  return torch::optim::AdamWOptions(1e-2).betas({0.9, 0.95}).weight_decay(0.1).eps(1e-8);
+}
+
+// Parameters of a few shapes (one scalar among them), random, never zero.
+std::vector<torch::Tensor> make_params(torch::Device device, torch::Dtype dtype) {
+  torch::manual_seed(7);
+  std::vector<torch::Tensor> params;
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{33, 17}, {1000}, {}, {4, 5, 6}})
+    params.push_back(
+        (torch::randn(shape, torch::kDouble) + 0.5).to(device, dtype).requires_grad_());
+  return params;
+}
+
+std::vector<torch::Tensor> clones(const std::vector<torch::Tensor>& params) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : params)
+    out.push_back(p.detach().clone().requires_grad_());
+  return out;
+}
+
+// Fresh random gradients (float64 masters) for step `step`, the same for every optimiser.
+std::vector<torch::Tensor> gradients(const std::vector<torch::Tensor>& params, int step) {
+  torch::manual_seed(100 + step);
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : params)
+    grads.push_back(torch::randn(p.sizes(), torch::kDouble) * 0.3 + 0.05);
+  return grads;
+}
+
+void set_grads(std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& grads) {
+  for (size_t i = 0; i < params.size(); ++i)
+    params[i].mutable_grad() = grads[i].to(params[i].device(), params[i].scalar_type());
+}
+
+TEST(AdamW, CpuIsTorchsStep) {
+  auto ours = make_params(torch::kCPU, torch::kFloat32);
+  auto theirs = clones(ours);
+  hl::train::AdamW fused(ours, options());
+  torch::optim::AdamW reference(theirs, options());
+  for (int step = 0; step < 3; ++step) {
+    const auto grads = gradients(ours, step);
+    set_grads(ours, grads);
+    set_grads(theirs, grads);
+    fused.step();
+    reference.step();
+  }
+  EXPECT_EQ(fused.fused_steps(), 0);
+  for (size_t i = 0; i < ours.size(); ++i)
+    EXPECT_TRUE(torch::equal(ours[i], theirs[i])) << "parameter " << i;
+}
+
+bool skip_without_fused_cuda() {
+  return !torch::cuda::is_available() || !hl::train::AdamW::fused_available();
+}
+
+// fp32: the fused update against torch's unfused one, 5 steps; they differ only in rounding
+// (fused multiply-adds, the bias corrections' order), well under 1e-5 relative.
+TEST(AdamW, FusedMatchesTorchFp32) {
+  if (skip_without_fused_cuda()) GTEST_SKIP() << "needs CUDA and LibTorch 2";
+  auto ours = make_params(torch::kCUDA, torch::kFloat32);
+  auto theirs = clones(ours);
+  hl::train::AdamW fused(ours, options());
+  torch::optim::AdamW reference(theirs, options());
+  for (int step = 0; step < 5; ++step) {
+    const auto grads = gradients(ours, step);
+    set_grads(ours, grads);
+    set_grads(theirs, grads);
+    fused.step();
+    reference.step();
+  }
+  EXPECT_EQ(fused.fused_steps(), 5);
+  for (size_t i = 0; i < ours.size(); ++i) {
+    EXPECT_LT(relative_error(ours[i], theirs[i]), 1e-5) << "parameter " << i;
+    EXPECT_GT(relative_error(ours[i], make_params(torch::kCUDA, torch::kFloat32)[i]), 1e-3)
+        << "parameter " << i << " did not move";
+  }
+}
+
+// bf16 parameters and moments: against the formula in float64 from the same bf16 start, with
+// the stored values rounded to bf16 after each step as the fused update stores them; 1e-2.
+TEST(AdamW, FusedBf16MatchesFormula) {
+  if (skip_without_fused_cuda()) GTEST_SKIP() << "needs CUDA and LibTorch 2";
+  auto params = make_params(torch::kCUDA, torch::kBFloat16);
+  std::vector<torch::Tensor> p64, m64, v64;
+  for (const auto& p : params) {
+    p64.push_back(p.detach().to(torch::kCPU, torch::kDouble));
+    m64.push_back(torch::zeros_like(p64.back()));
+    v64.push_back(torch::zeros_like(p64.back()));
+  }
+  hl::train::AdamW fused(params, options());
+  const double lr = 1e-2, b1 = 0.9, b2 = 0.95, wd = 0.1, eps = 1e-8;
+  auto bf16 = [](const torch::Tensor& x) { return x.to(torch::kBFloat16).to(torch::kDouble); };
+  for (int step = 1; step <= 5; ++step) {
+    auto grads = gradients(params, step);
+    set_grads(params, grads);
+    fused.step();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto g = bf16(grads[i]);
+      const auto decayed = p64[i] * (1 - lr * wd);
+      m64[i] = bf16(b1 * m64[i] + (1 - b1) * g);
+      v64[i] = bf16(b2 * v64[i] + (1 - b2) * g * g);
+      const double c1 = 1 - std::pow(b1, step), c2 = 1 - std::pow(b2, step);
+      p64[i] = bf16(decayed - (lr / c1) * m64[i] / (v64[i].sqrt() / std::sqrt(c2) + eps));
+    }
+  }
+  for (size_t i = 0; i < params.size(); ++i)
+    EXPECT_LT(relative_error(params[i].cpu(), p64[i]), 1e-2) << "parameter " << i;
+}
+
+// A checkpoint in the middle: the restored optimiser continues as the one that went on.
+TEST(AdamW, FusedResumesFromSavedState) {
+  if (skip_without_fused_cuda()) GTEST_SKIP() << "needs CUDA and LibTorch 2";
+  auto going_on = make_params(torch::kCUDA, torch::kFloat32);
+  hl::train::AdamW first(going_on, options());
+  for (int step = 0; step < 2; ++step) {
+    set_grads(going_on, gradients(going_on, step));
+    first.step();
+  }
+  std::ostringstream saved;
+  torch::save(first, saved);
+  auto resumed = clones(going_on);
+  hl::train::AdamW second(resumed, options());
+  std::istringstream in(saved.str());
+  torch::load(second, in);
+  for (int step = 2; step < 5; ++step) {
+    const auto grads = gradients(going_on, step);
+    set_grads(going_on, grads);
+    set_grads(resumed, grads);
+    first.step();
+    second.step();
+  }
+  EXPECT_EQ(second.fused_steps(), 3);
+  for (size_t i = 0; i < going_on.size(); ++i)
+    EXPECT_TRUE(torch::equal(going_on[i], resumed[i])) << "parameter " << i;
+}
+
+}  // namespace
