@@ -130,8 +130,9 @@ torch::Tensor FeatureMapImpl::forward(const torch::Tensor& x) {
     return cuda::hedgehog_map(x, weight);
 #endif
   const int64_t group = options_.heads / x.size(1);
-  // [B, H, N, d] x [H, d, p] -> [B, H, N, p]
-  auto r = torch::matmul(group == 1 ? x : x.repeat_interleave(group, 1), weight);
+  // [B, H, N, d] x [H, d, p] -> [B, H, N, p]; repeat_kv has no host synchronisation, which
+  // repeat_interleave with a count has in LibTorch 1.13.
+  auto r = torch::matmul(detail::repeat_kv(x, group), weight);
   if (bias.defined()) r = r + bias.view({1, options_.heads, 1, projection_dim_});
   switch (options_.kind) {
     case FeatureMapKind::hedgehog:
