@@ -50,21 +50,33 @@ void set_grads(std::vector<torch::Tensor>& params, const std::vector<torch::Tens
     params[i].mutable_grad() = grads[i].to(params[i].device(), params[i].scalar_type());
 }
 
-TEST(AdamW, CpuIsTorchsStep) {
-  auto ours = make_params(torch::kCPU, torch::kFloat32);
-  auto theirs = clones(ours);
-  hl::train::AdamW fused(ours, options());
-  torch::optim::AdamW reference(theirs, options());
-  for (int step = 0; step < 3; ++step) {
-    const auto grads = gradients(ours, step);
-    set_grads(ours, grads);
-    set_grads(theirs, grads);
+// `steps` steps of ours and of torch's AdamW from the same parameters and gradients.
+struct SideBySide {
+  std::vector<torch::Tensor> ours, theirs;
+  int64_t fused_steps = 0;
+};
+
+SideBySide side_by_side(torch::Device device, int steps) {
+  SideBySide run{make_params(device, torch::kFloat32), {}};
+  run.theirs = clones(run.ours);
+  hl::train::AdamW fused(run.ours, options());
+  torch::optim::AdamW reference(run.theirs, options());
+  for (int step = 0; step < steps; ++step) {
+    const auto grads = gradients(run.ours, step);
+    set_grads(run.ours, grads);
+    set_grads(run.theirs, grads);
     fused.step();
     reference.step();
   }
-  EXPECT_EQ(fused.fused_steps(), 0);
-  for (size_t i = 0; i < ours.size(); ++i)
-    EXPECT_TRUE(torch::equal(ours[i], theirs[i])) << "parameter " << i;
+  run.fused_steps = fused.fused_steps();
+  return run;
+}
+
+TEST(AdamW, CpuIsTorchsStep) {
+  const SideBySide run = side_by_side(torch::kCPU, 3);
+  EXPECT_EQ(run.fused_steps, 0);
+  for (size_t i = 0; i < run.ours.size(); ++i)
+    EXPECT_TRUE(torch::equal(run.ours[i], run.theirs[i])) << "parameter " << i;
 }
 
 bool skip_without_fused_cuda() {
@@ -75,22 +87,12 @@ bool skip_without_fused_cuda() {
 // (fused multiply-adds, the bias corrections' order), well under 1e-5 relative.
 TEST(AdamW, FusedMatchesTorchFp32) {
   if (skip_without_fused_cuda()) GTEST_SKIP() << "needs CUDA and LibTorch 2";
-  auto ours = make_params(torch::kCUDA, torch::kFloat32);
-  auto theirs = clones(ours);
-  hl::train::AdamW fused(ours, options());
-  torch::optim::AdamW reference(theirs, options());
-  for (int step = 0; step < 5; ++step) {
-    const auto grads = gradients(ours, step);
-    set_grads(ours, grads);
-    set_grads(theirs, grads);
-    fused.step();
-    reference.step();
-  }
-  EXPECT_EQ(fused.fused_steps(), 5);
-  for (size_t i = 0; i < ours.size(); ++i) {
-    EXPECT_LT(relative_error(ours[i], theirs[i]), 1e-5) << "parameter " << i;
-    EXPECT_GT(relative_error(ours[i], make_params(torch::kCUDA, torch::kFloat32)[i]), 1e-3)
-        << "parameter " << i << " did not move";
+  const SideBySide run = side_by_side(torch::kCUDA, 5);
+  EXPECT_EQ(run.fused_steps, 5);
+  const auto start = make_params(torch::kCUDA, torch::kFloat32);
+  for (size_t i = 0; i < run.ours.size(); ++i) {
+    EXPECT_LT(relative_error(run.ours[i], run.theirs[i]), 1e-5) << "parameter " << i;
+    EXPECT_GT(relative_error(run.ours[i], start[i]), 1e-3) << "parameter " << i << " did not move";
   }
 }
 
