@@ -45,8 +45,8 @@ struct GenerateResult {
   int64_t cache_bytes = 0;      ///< decode state after the last token
   int64_t recurrent_bytes = 0;  ///< of which converted layers' recurrent states
   double prefill_seconds = 0, decode_seconds = 0;
-  bool cuda_graph =
-      false;  ///< tokens were decoded through a CUDA graph (not if its capture failed)
+  /// Tokens were decoded through a CUDA graph (not if its capture failed).
+  bool cuda_graph = false;
 };
 
 /// Checks the sampling options (temperature >= 0, top_k >= 0, 0 < top_p <= 1).

@@ -327,8 +327,7 @@ Result<Runner::StepResult> Runner::run_step(const StageSpec& stage, const torch:
   options.want_usage = want_usage && !any_drop;
   options.usage = &result.usage;
   torch::Tensor loss;
-  // What the step logs, detached: the loss first (then, in transfer, its parts).
-  torch::Tensor logged;
+  torch::Tensor transfer_parts;  // attention transfer's logged parts (TransferLoss::logged)
   // The forward and the loss only: backward follows the dtypes the forward recorded.
   std::optional<model::AutocastScope> autocast;
   if (autocast_) autocast.emplace(*autocast_);
@@ -343,13 +342,12 @@ Result<Runner::StepResult> Runner::run_step(const StageSpec& stage, const torch:
     train::TransferLoss transfer =
         train::transfer_loss(pairs, stage.transfer.mse_factor, stage.transfer.xent_factor);
     loss = transfer.total;
-    logged = transfer.logged;
+    transfer_parts = transfer.logged;
   } else {
     options.mode =
         stage.train_mode == "linear_only" ? AttentionMode::linear_only : AttentionMode::hybrid;
     loss = train::next_token_loss(model_->forward(inputs, options),
                                   tokens.narrow(1, 1, n).to(device_));
-    logged = loss.detach().to(torch::kFloat32).reshape({1});
   }
   autocast.reset();
   // The backward is queued before the loss is read (which waits for the forward), so that on a
@@ -357,13 +355,13 @@ Result<Runner::StepResult> Runner::run_step(const StageSpec& stage, const torch:
   // here, before the optimiser step could spoil the weights.
   if (training) (loss / double(stage.grad_accum)).backward();
   if (stage.kind == kAttentionTransfer) {
-    const train::TransferLossValues values = train::transfer_loss_values(logged);
+    const train::TransferLossValues values = train::transfer_loss_values(transfer_parts);
     result.loss = values.total;
     result.per_layer = values.per_layer;
     if (stage.transfer.mse_factor > 0) result.scalars["loss/mse"] = values.mse;
     if (stage.transfer.xent_factor > 0) result.scalars["loss/xent"] = values.xent;
   } else {
-    result.loss = logged.item<double>();
+    result.loss = loss.item<double>();
   }
   if (!std::isfinite(result.loss))
     return make_error("the loss became " + std::to_string(result.loss) + " (try a lower lr)");
