@@ -355,16 +355,23 @@ CausalLMImpl::CausalLMImpl(const io::ModelConfig& config) : config_(config) {
 
 std::pair<torch::Tensor, torch::Tensor> CausalLMImpl::rotary(int64_t offset, int64_t length,
                                                              torch::Device device) const {
-  torch::Tensor positions =
-      torch::arange(offset, offset + length, torch::TensorOptions().dtype(torch::kInt64));
-  torch::Tensor inv = inverse_frequencies_;
-  if (config_.rope_scaling && config_.rope_scaling->type == "linear")
-    inv = inv / config_.rope_scaling->factor;
-  auto [cos, sin] = rope_cos_sin(inv, positions);
   // In the model's dtype, the one apply_rope casts q and k's tables to: the same values, and
   // no cast per layer.
   const auto dtype = model->embed_tokens->weight.scalar_type();
-  return {cos.to(device, dtype), sin.to(device, dtype)};
+  const int64_t needed = offset + length;
+  if (!rotary_cos_.defined() || rotary_cos_.device() != device ||
+      rotary_cos_.scalar_type() != dtype || rotary_cos_.size(0) < needed) {
+    int64_t positions = 1024;
+    while (positions < needed)
+      positions *= 2;
+    torch::Tensor inv = inverse_frequencies_;
+    if (config_.rope_scaling && config_.rope_scaling->type == "linear")
+      inv = inv / config_.rope_scaling->factor;
+    auto [cos, sin] = rope_cos_sin(inv, torch::arange(positions, torch::kInt64));
+    rotary_cos_ = cos.to(device, dtype);
+    rotary_sin_ = sin.to(device, dtype);
+  }
+  return {rotary_cos_.narrow(0, offset, length), rotary_sin_.narrow(0, offset, length)};
 }
 
 torch::Tensor CausalLMImpl::hidden_states(const torch::Tensor& ids, const ForwardOptions& options,

@@ -223,6 +223,10 @@ class CausalLMImpl : public torch::nn::Module {
  private:
   io::ModelConfig config_;
   torch::Tensor inverse_frequencies_;
+  /// cos and sin of positions 0 .. n - 1 where last asked for (device, dtype): each forward
+  /// slices them instead of copying new tables from the host, a copy that waits for the
+  /// stream and that a CUDA graph capture refuses.
+  mutable torch::Tensor rotary_cos_, rotary_sin_;
 };
 TORCH_MODULE(CausalLM);
 

@@ -137,6 +137,28 @@ TEST(Decoder, Llama3RopeScalingKeepsHighFrequenciesAndSlowsLowOnes) {
   }
 }
 
+TEST(Decoder, RotaryTablesEqualTheDirectOnesAtAnyOffsetAsTheyGrowAndChangeDtype) {
+  auto config = tiny_config("llama");
+  CausalLM model(config);
+  const auto inverse = rope_inverse_frequencies(config.head_dim, config.rope_theta, std::nullopt);
+  auto expect_direct = [&](int64_t offset, int64_t length, torch::Dtype dtype) {
+    auto [cos, sin] = model->rotary(offset, length, torch::kCPU);
+    auto [want_cos, want_sin] =
+        rope_cos_sin(inverse, torch::arange(offset, offset + length, torch::kInt64));
+    ASSERT_EQ(cos.scalar_type(), dtype);
+    ASSERT_EQ(cos.sizes(), want_cos.sizes());
+    // Bit-equal: the same float32 ops per position, then one rounding to the model's dtype.
+    EXPECT_TRUE(torch::equal(cos, want_cos.to(dtype))) << offset << " + " << length;
+    EXPECT_TRUE(torch::equal(sin, want_sin.to(dtype))) << offset << " + " << length;
+  };
+  expect_direct(0, 17, torch::kFloat32);
+  expect_direct(1000, 24, torch::kFloat32);  // the first tables' end
+  expect_direct(3001, 9, torch::kFloat32);   // past it: the tables grow
+  expect_direct(5, 3, torch::kFloat32);      // and still serve the start
+  model->to(torch::kFloat64);
+  expect_direct(7, 11, torch::kFloat64);
+}
+
 TEST(Decoder, ConvertedModelInWindowOnlyModeEqualsSlidingWindowBase) {
   // A converted model in window_only mode computes sliding-window softmax: the same as a
   // Mistral-style base with sliding_window = w.
