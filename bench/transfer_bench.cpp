@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +20,7 @@
 #include "core/model/decoder.hpp"
 #include "core/train/adamw.hpp"
 #include "core/train/objectives.hpp"
+#include "core/train/step_graph.hpp"
 
 namespace {
 
@@ -62,12 +64,15 @@ torch::Device bench_device() {
 }
 
 // args: one_b (0/1), seq_len, batch, backend (0 automatic, 1 reference), autocast (0: bf16
-// weights on CUDA; 1: fp32 weights with bf16 autocast, as `[model] autocast = "bfloat16"`)
+// weights on CUDA; 1: fp32 weights with bf16 autocast, as `[model] autocast = "bfloat16"`),
+// graph (1: the whole step captured once as a CUDA graph and replayed, which takes the host's
+// time out of it: what is left is the GPU's, as `run` replays its steps on CUDA)
 void BM_AttentionTransferStep(benchmark::State& state) {
   const bool one_b = state.range(0) != 0;
   const int64_t seq = state.range(1), batch = state.range(2);
   const Backend backend = state.range(3) == 0 ? Backend::automatic : Backend::reference;
   const bool autocast = state.range(4) != 0;
+  const bool graph = state.range(5) != 0;
   const torch::Device device = one_b ? torch::Device(torch::kCUDA) : bench_device();
   if (device.is_cuda() && !torch::cuda::is_available()) {
     state.SkipWithError("no CUDA device");
@@ -110,7 +115,9 @@ void BM_AttentionTransferStep(benchmark::State& state) {
   auto seconds_since = [](Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
-  auto step = [&] {
+  // captured: no zero_grad (the captured backward writes the gradients it made at the capture)
+  // and no read of the loss (a synchronisation, which a capture may not contain).
+  auto step = [&](bool captured = false) {
     Clock::time_point t = Clock::now();
     std::vector<hl::model::TransferPair> pairs;
     hl::model::ForwardOptions options;
@@ -122,12 +129,13 @@ void BM_AttentionTransferStep(benchmark::State& state) {
     model->hidden_states(tokens, options);
     hl::train::TransferLoss loss = hl::train::transfer_loss(pairs, 1.0, 0.0);
     scope.reset();
-    if (read_loss_first) (void)hl::train::transfer_loss_values(loss.logged);
+    if (read_loss_first && !captured) (void)hl::train::transfer_loss_values(loss.logged);
     host_forward += seconds_since(t);
     t = Clock::now();
-    optimizer->zero_grad();
+    if (!captured) optimizer->zero_grad();
     loss.total.backward();
-    if (!read_loss_first) (void)hl::train::transfer_loss_values(loss.logged);  // as `run` does
+    if (!read_loss_first && !captured)
+      (void)hl::train::transfer_loss_values(loss.logged);  // as `run` does
     host_backward += seconds_since(t);
     t = Clock::now();
     optimizer->step();
@@ -135,15 +143,45 @@ void BM_AttentionTransferStep(benchmark::State& state) {
   };
   step();  // warm-up: allocator, kernels
   if (device.is_cuda()) torch::cuda::synchronize();
+  std::function<void()> iteration = [&] { step(); };
+  std::unique_ptr<hl::train::StepGraph> captured;
+  std::shared_ptr<void> graph_stream;
+  if (graph) {
+    auto* fused = dynamic_cast<hl::train::AdamW*>(optimizer.get());
+    if (const std::string why = hl::train::StepGraph::unsupported(device); !why.empty() || !fused) {
+      state.SkipWithError(("graph:1: " + (why.empty() ? "needs hl::train::AdamW" : why)).c_str());
+      return;
+    }
+    // Warm-up steps on the graph's stream first, then the gradients set to none, so that the
+    // captured backward makes them (as `run` does).
+    captured = std::make_unique<hl::train::StepGraph>(device);
+    graph_stream = captured->use_stream();
+    for (int i = 0; i < 3; ++i)
+      step();
+    for (auto& p : trainable)
+      p.mutable_grad() = torch::Tensor();
+    try {
+      captured->capture([&] { step(/*captured=*/true); });
+    } catch (const std::exception& e) {
+      state.SkipWithError(e.what());
+      return;
+    }
+    iteration = [&] {
+      fused->before_replay();
+      captured->replay();
+    };
+  }
   host_forward = host_backward = host_optimizer = 0;
   for (auto _ : state) {
-    step();
+    iteration();
     if (device.is_cuda()) torch::cuda::synchronize();
   }
-  const double steps = double(state.iterations());
-  state.counters["host_fwd_ms"] = 1e3 * host_forward / steps;
-  state.counters["host_bwd_ms"] = 1e3 * host_backward / steps;
-  state.counters["host_opt_ms"] = 1e3 * host_optimizer / steps;
+  if (!graph) {
+    const double steps = double(state.iterations());
+    state.counters["host_fwd_ms"] = 1e3 * host_forward / steps;
+    state.counters["host_bwd_ms"] = 1e3 * host_backward / steps;
+    state.counters["host_opt_ms"] = 1e3 * host_optimizer / steps;
+  }
   state.counters["trainable"] = double(trainable.size());
   state.counters["tokens_per_s"] =
       benchmark::Counter(double(batch * seq), benchmark::Counter::kIsIterationInvariantRate);
@@ -152,19 +190,22 @@ void BM_AttentionTransferStep(benchmark::State& state) {
                   : dtype == torch::kBFloat16 ? "bf16 "
                                               : "fp32 ") +
                  (device.is_cuda() ? "cuda " : "cpu ") +
-                 (backend == Backend::automatic ? "automatic" : "reference"));
+                 (backend == Backend::automatic ? "automatic" : "reference") +
+                 (graph ? " graph" : ""));
 }
 
 BENCHMARK(BM_AttentionTransferStep)
-    ->ArgNames({"1b", "seq", "batch", "reference", "autocast"})
-    ->Args({0, 128, 8, 0, 0})
-    ->Args({0, 128, 8, 1, 0})
-    ->Args({0, 1024, 1, 0, 0})
-    ->Args({0, 1024, 1, 1, 0})
-    ->Args({1, 1024, 1, 0, 0})
-    ->Args({1, 1024, 1, 1, 0})
-    ->Args({1, 1024, 1, 0, 1})
-    ->Args({1, 1024, 1, 1, 1})
+    ->ArgNames({"1b", "seq", "batch", "reference", "autocast", "graph"})
+    ->Args({0, 128, 8, 0, 0, 0})
+    ->Args({0, 128, 8, 1, 0, 0})
+    ->Args({0, 1024, 1, 0, 0, 0})
+    ->Args({0, 1024, 1, 1, 0, 0})
+    ->Args({1, 1024, 1, 0, 0, 0})
+    ->Args({1, 1024, 1, 1, 0, 0})
+    ->Args({1, 1024, 1, 0, 1, 0})
+    ->Args({1, 1024, 1, 1, 1, 0})
+    ->Args({1, 1024, 1, 0, 0, 1})
+    ->Args({1, 1024, 1, 0, 1, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

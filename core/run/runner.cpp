@@ -6,10 +6,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "core/config/experiment_file.hpp"
 #include "core/data/packing.hpp"
@@ -27,6 +30,7 @@
 #include "core/train/lr_schedule.hpp"
 #include "core/train/objectives.hpp"
 #include "core/train/ssd.hpp"
+#include "core/train/step_graph.hpp"
 #include "core/util/paths.hpp"
 
 namespace hl {
@@ -207,6 +211,17 @@ model::ConversionOptions conversion_options(const AttentionSpec& a) {
   return c;
 }
 
+// Why the stage's steps cannot replay a captured CUDA graph; empty where they can.
+std::string step_graph_unsupported(const StageSpec& stage, const torch::Device& device) {
+  if (const char* env = std::getenv("HL_STEP_GRAPH"); env && std::string(env) == "0")
+    return "HL_STEP_GRAPH=0";
+  if (std::string why = train::StepGraph::unsupported(device); !why.empty()) return why;
+  if (stage.ssd) return "SSD draws new drop masks every step";
+  if (stage.grad_accum != 1) return "grad_accum is above 1";
+  if (stage.kind == kLoraFinetune && stage.lora.dropout > 0) return "LoRA dropout draws noise";
+  return {};
+}
+
 // Attaches the stage's adapters (LoRA stages) and returns the parameters it trains, in a
 // fixed order (the optimiser's state is saved and loaded in that order).
 std::vector<torch::Tensor> prepare_stage(model::CausalLM& model, const StageSpec& stage) {
@@ -287,8 +302,31 @@ class Runner {
     std::vector<model::LayerUsage> usage;
   };
 
+  // What a step leaves on the device to read: the loss and attention transfer's logged parts.
+  struct StepLoss {
+    torch::Tensor loss, transfer_parts;
+  };
+  // The stage's step as a CUDA graph (train::StepGraph), where the stage allows one.
+  struct GraphedStep {
+    std::unique_ptr<train::StepGraph> graph;
+    std::shared_ptr<void> stream;  // the graph's stream, current for the whole stage
+    torch::Tensor tokens;          // the captured step's input, copied into before each replay
+    StepLoss loss;
+    int64_t eager_steps = 0;  // on the graph's stream so far
+  };
+
   Result<StepResult> run_step(const StageSpec& stage, const torch::Tensor& tokens, bool want_usage,
                               const std::vector<torch::Tensor>& drop, bool training);
+  // The forward, the loss and (training) the backward of `tokens` (on the device), nothing read.
+  StepLoss queue_step(const StageSpec& stage, const torch::Tensor& tokens,
+                      model::ForwardOptions options, bool training);
+  Result<StepResult> read_loss(const StageSpec& stage, const StepLoss& queued);
+  // One optimiser step as a replay of the stage's captured step (capturing it first); empty
+  // where this step runs eagerly instead.
+  Result<std::optional<StepResult>> graphed_step(const StageSpec& stage, GraphedStep& graphed,
+                                                 const data::Batch& batch,
+                                                 const std::vector<torch::Tensor>& trainable,
+                                                 train::AdamW& optimizer);
   Result<double> validation_loss(const StageSpec& stage);
   void log_usage(const std::vector<model::LayerUsage>& usage, int64_t step);
   Status checkpoint(const train::TrainingState& state, torch::optim::Optimizer* optimizer) {
@@ -314,9 +352,7 @@ class Runner {
 Result<Runner::StepResult> Runner::run_step(const StageSpec& stage, const torch::Tensor& tokens,
                                             bool want_usage, const std::vector<torch::Tensor>& drop,
                                             bool training) {
-  StepResult result;
-  const int64_t n = tokens.size(1) - 1;
-  torch::Tensor inputs = tokens.narrow(1, 0, n).to(device_);
+  const torch::Tensor on_device = tokens.to(device_);
   model::ForwardOptions options;
   options.window_drop = drop;
   // Usage describes the hybrid as it runs at inference: a layer whose window SSD dropped in
@@ -324,10 +360,31 @@ Result<Runner::StepResult> Runner::run_step(const StageSpec& stage, const torch:
   const bool any_drop = std::any_of(drop.begin(), drop.end(), [](const torch::Tensor& mask) {
     return mask.defined() && mask.any().item<bool>();
   });
+  std::vector<model::LayerUsage> usage;
   options.want_usage = want_usage && !any_drop;
-  options.usage = &result.usage;
-  torch::Tensor loss;
-  torch::Tensor transfer_parts;  // attention transfer's logged parts (TransferLoss::logged)
+  options.usage = &usage;
+  // The backward is queued before the loss is read (which waits for the forward), so that on a
+  // GPU the host queues it while the forward runs; a loss that is not finite stops the run
+  // here, before the optimiser step could spoil the weights.
+  auto result = read_loss(stage, queue_step(stage, on_device, options, training));
+  if (!result.ok()) return result;
+  result->usage = std::move(usage);
+  if (want_usage && any_drop) {
+    torch::NoGradGuard no_grad;
+    model::ForwardOptions measure;
+    measure.want_usage = true;
+    measure.usage = &result->usage;
+    measure.stop_after_layer = model_->converted_layers().back();
+    model_->hidden_states(on_device.narrow(1, 0, on_device.size(1) - 1), measure);
+  }
+  return result;
+}
+
+Runner::StepLoss Runner::queue_step(const StageSpec& stage, const torch::Tensor& tokens,
+                                    model::ForwardOptions options, bool training) {
+  const int64_t n = tokens.size(1) - 1;
+  const torch::Tensor inputs = tokens.narrow(1, 0, n);
+  StepLoss queued;
   // The forward and the loss only: backward follows the dtypes the forward recorded.
   std::optional<model::AutocastScope> autocast;
   if (autocast_) autocast.emplace(*autocast_);
@@ -341,39 +398,76 @@ Result<Runner::StepResult> Runner::run_step(const StageSpec& stage, const torch:
     model_->hidden_states(inputs, options);
     train::TransferLoss transfer =
         train::transfer_loss(pairs, stage.transfer.mse_factor, stage.transfer.xent_factor);
-    loss = transfer.total;
-    transfer_parts = transfer.logged;
+    queued.loss = transfer.total;
+    queued.transfer_parts = transfer.logged;
   } else {
     options.mode =
         stage.train_mode == "linear_only" ? AttentionMode::linear_only : AttentionMode::hybrid;
-    loss = train::next_token_loss(model_->forward(inputs, options),
-                                  tokens.narrow(1, 1, n).to(device_));
+    queued.loss = train::next_token_loss(model_->forward(inputs, options), tokens.narrow(1, 1, n));
   }
   autocast.reset();
-  // The backward is queued before the loss is read (which waits for the forward), so that on a
-  // GPU the host queues it while the forward runs; a loss that is not finite stops the run
-  // here, before the optimiser step could spoil the weights.
-  if (training) (loss / double(stage.grad_accum)).backward();
+  if (training) (queued.loss / double(stage.grad_accum)).backward();
+  return queued;
+}
+
+Result<Runner::StepResult> Runner::read_loss(const StageSpec& stage, const StepLoss& queued) {
+  StepResult result;
   if (stage.kind == kAttentionTransfer) {
-    const train::TransferLossValues values = train::transfer_loss_values(transfer_parts);
+    const train::TransferLossValues values = train::transfer_loss_values(queued.transfer_parts);
     result.loss = values.total;
     result.per_layer = values.per_layer;
     if (stage.transfer.mse_factor > 0) result.scalars["loss/mse"] = values.mse;
     if (stage.transfer.xent_factor > 0) result.scalars["loss/xent"] = values.xent;
   } else {
-    result.loss = loss.item<double>();
+    result.loss = queued.loss.item<double>();
   }
   if (!std::isfinite(result.loss))
     return make_error("the loss became " + std::to_string(result.loss) + " (try a lower lr)");
-  if (want_usage && any_drop) {
-    torch::NoGradGuard no_grad;
-    model::ForwardOptions measure;
-    measure.want_usage = true;
-    measure.usage = &result.usage;
-    measure.stop_after_layer = model_->converted_layers().back();
-    model_->hidden_states(inputs, measure);
-  }
   return result;
+}
+
+Result<std::optional<Runner::StepResult>> Runner::graphed_step(
+    const StageSpec& stage, GraphedStep& graphed, const data::Batch& batch,
+    const std::vector<torch::Tensor>& trainable, train::AdamW& optimizer) {
+  // Eager steps on the graph's stream first: the capture needs the workspaces (cuBLAS's, the
+  // allocator's blocks) and the optimiser state that they make.
+  constexpr int64_t kEagerStepsBeforeCapture = 3;
+  if (!graphed.graph->captured()) {
+    if (graphed.eager_steps < kEagerStepsBeforeCapture || !optimizer.capturable())
+      return std::optional<StepResult>();
+    graphed.tokens = batch.tokens.to(device_);
+    // Gradients set to none: the captured backward makes them, at addresses the replays keep.
+    for (auto& p : trainable)
+      p.mutable_grad() = torch::Tensor();
+    try {
+      graphed.graph->capture([&] {
+        model::ForwardOptions options;
+        graphed.loss = queue_step(stage, graphed.tokens, options, true);
+        // A loss that is not finite leaves the weights as they were (read after the replay).
+        optimizer.skip_when(torch::isfinite(graphed.loss.loss).logical_not().to(torch::kFloat32));
+        if (stage.max_grad_norm > 0) train::clip_grad_norm(trainable, stage.max_grad_norm);
+        optimizer.step();
+      });
+    } catch (const std::runtime_error& e) {
+      optimizer.skip_when({});
+      graphed.graph.reset();  // eager steps from here on
+      (void)writer_.log_event("warning", "graph", e.what());
+      progress_.event("warning", "graph", e.what());
+      return std::optional<StepResult>();
+    }
+    optimizer.skip_when({});
+    (void)writer_.log_event("info", "graph",
+                            "stage " + stage.name +
+                                ": its steps replay a CUDA graph (captured after " +
+                                std::to_string(graphed.eager_steps) + " eager steps)");
+  }
+  if (!batch.tokens.sizes().equals(graphed.tokens.sizes())) return std::optional<StepResult>();
+  graphed.tokens.copy_(batch.tokens);
+  optimizer.before_replay();
+  graphed.graph->replay();
+  auto result = read_loss(stage, graphed.loss);
+  if (!result.ok()) return result.error();
+  return std::optional<StepResult>(std::move(*result));
 }
 
 Result<double> Runner::validation_loss(const StageSpec& stage) {
@@ -468,6 +562,16 @@ int Runner::train(train::TrainingState state, bool resuming) {
       state.ssd_dropped = state.ssd_units = 0;
     }
     resuming = false;
+    // On CUDA the steps replay one captured step where the stage allows (the host's time per
+    // step goes; bench/RESULTS.md, Conversion training).
+    GraphedStep graphed;
+    if (const std::string why = step_graph_unsupported(stage, device_); why.empty()) {
+      graphed.graph = std::make_unique<train::StepGraph>(device_);
+      graphed.stream = graphed.graph->use_stream();
+    } else if (device_.is_cuda()) {
+      (void)writer_.log_event("info", "graph",
+                              "stage " + stage.name + " runs its steps eagerly: " + why);
+    }
     model_->train();
     progress_.begin_phase(stage.name, int(s), stages, stage.steps);
     (void)writer_.log_event("info", "stage",
@@ -518,10 +622,34 @@ int Runner::train(train::TrainingState state, bool resuming) {
         static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
       const bool want_usage = step % stage.usage_every == 0 || step + 1 == stage.steps;
 
-      optimizer.zero_grad();
       StepResult result;
-      for (int64_t micro = 0; micro < stage.grad_accum; ++micro) {
+      bool stepped = false;
+      std::optional<data::Batch> taken;  // a batch the graph did not take, for the eager step
+      if (graphed.graph && !want_usage) {
         auto batch = next_train_batch(data_, spec_.data.batch_size);
+        if (!batch.ok()) {
+          (void)writer_.set_status(store::RunStatus::failed, batch.error().to_string());
+          return kExitBadInput;
+        }
+        auto replayed = graphed_step(stage, graphed, *batch, trainable, optimizer);
+        if (!replayed.ok()) {
+          (void)writer_.set_status(store::RunStatus::failed, replayed.error().to_string());
+          progress_.finished("failed", replayed.error().to_string());
+          return kExitInternal;
+        }
+        if (*replayed) {
+          result = std::move(**replayed);
+          tokens_since += batch->tokens.size(0) * (batch->tokens.size(1) - 1);
+          stepped = true;
+        } else {
+          taken = std::move(*batch);
+        }
+      }
+      for (int64_t micro = 0; micro < stage.grad_accum && !stepped; ++micro) {
+        if (micro == 0) optimizer.zero_grad();
+        Result<data::Batch> batch = taken ? Result<data::Batch>(std::move(*taken))
+                                          : next_train_batch(data_, spec_.data.batch_size);
+        taken.reset();
         if (!batch.ok()) {
           (void)writer_.set_status(store::RunStatus::failed, batch.error().to_string());
           return kExitBadInput;
@@ -547,10 +675,12 @@ int Runner::train(train::TrainingState state, bool resuming) {
           result.loss += micro_result->loss;
         tokens_since += batch->tokens.size(0) * (batch->tokens.size(1) - 1);
       }
-      result.loss /= double(stage.grad_accum);
-      if (stage.max_grad_norm > 0)
-        torch::nn::utils::clip_grad_norm_(trainable, stage.max_grad_norm);
-      optimizer.step();
+      if (!stepped) {
+        result.loss /= double(stage.grad_accum);
+        if (stage.max_grad_norm > 0) train::clip_grad_norm(trainable, stage.max_grad_norm);
+        optimizer.step();
+        ++graphed.eager_steps;
+      }
       ++steps_this_process;
       ++state.global_step;
       last_loss_ = result.loss;

@@ -183,7 +183,7 @@ Result<PretrainReport> pretrain(const PretrainRequest& request, ProgressReporter
       loss = loss + preset.answer_loss_weight * (token_losses * answers).sum() / answer_count;
     optimizer.zero_grad();
     loss.backward();
-    torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
+    clip_grad_norm(model->parameters(), 1.0);
     for (auto& group : optimizer.param_groups())
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(schedule.lr_at(step));
     optimizer.step();

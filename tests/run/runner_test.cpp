@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -339,6 +341,67 @@ TEST_F(RunnerTest, AutocastBf16TrainsOnCudaNearTheFp32Run) {
   for (size_t i = 0; i < got.size(); ++i)
     any_different = any_different || got[i] != expected[i];
   EXPECT_TRUE(any_different) << "the autocast run gave the fp32 losses bit for bit";
+}
+
+// On CUDA, steps that need no usage replay one captured step (train::StepGraph): the losses are
+// those of the eager steps (HL_STEP_GRAPH=0), step for step, through evaluations, checkpoints
+// and eager usage steps between the replays, in both stage kinds.
+TEST_F(RunnerTest, CudaStepGraphGivesTheEagerLosses) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "needs CUDA";
+  const std::string stages = R"(
+[[stage]]
+kind = "attention_transfer"
+steps = 12
+log_every = 1
+usage_every = 5
+eval_every = 4
+eval_batches = 1
+checkpoint_every = 6
+
+[[stage]]
+kind = "lora_finetune"
+steps = 8
+log_every = 1
+usage_every = 100
+eval_every = 4
+eval_batches = 1
+)";
+  const std::string exp = experiment(stages, "");
+  std::string text;
+  {
+    std::ifstream in(exp);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  text.replace(text.find("[model]\n"), 8, "[model]\ndevice = \"cuda\"\n");
+  std::ofstream(exp) << text;
+  ::setenv("HL_STEP_GRAPH", "0", 1);
+  RunOutcome eager = run(exp);
+  ::unsetenv("HL_STEP_GRAPH");
+  ASSERT_EQ(eager.exit_code, 0) << eager.message;
+  RunOutcome graphed = run(exp);
+  ASSERT_EQ(graphed.exit_code, 0) << graphed.message;
+  auto graph_events = [&](int64_t run_id) {
+    std::vector<std::string> messages;
+    auto reading = reader();
+    const auto events = reading.events_after(run_id, 0);
+    EXPECT_TRUE(events.ok());
+    for (const auto& e : *events)
+      if (e.kind == "graph") messages.push_back(e.level + ": " + e.message);
+    return messages;
+  };
+  const auto events = graph_events(graphed.run_id);
+  ASSERT_EQ(events.size(), 2u) << "one capture a stage";
+  for (const auto& e : events)
+    EXPECT_EQ(e.rfind("info: ", 0), 0u) << e;
+  for (const auto& e : graph_events(eager.run_id))
+    EXPECT_NE(e.find("HL_STEP_GRAPH=0"), std::string::npos) << e;
+  const std::vector<double> expected = losses(eager.run_id), got = losses(graphed.run_id);
+  ASSERT_EQ(got.size(), 20u);
+  ASSERT_EQ(got.size(), expected.size());
+  // The same kernels on the same inputs; atomics in the backward may order sums differently.
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], expected[i], 1e-5 * std::abs(expected[i])) << "step " << i;
+  EXPECT_NE(got.front(), got.back()) << "the weights did not train";
 }
 
 TEST_F(RunnerTest, FrozenBaseWeightsAreBitForBitUnchanged) {

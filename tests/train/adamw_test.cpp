@@ -1,6 +1,6 @@
 // hl::train::AdamW: torch's AdamW on the CPU; on CUDA the fused update, checked against torch's
-// unfused step (fp32) and against the update's formula in float64 (bf16), and across a
-// checkpoint's save and restore.
+// unfused step (fp32) and against the update's formula in float64 (bf16), across a
+// checkpoint's save and restore, and captured in a CUDA graph. clip_grad_norm against torch's.
 #include "core/train/adamw.hpp"
 
 #include <gtest/gtest.h>
@@ -9,6 +9,7 @@
 #include <sstream>
 #include <vector>
 
+#include "core/train/step_graph.hpp"
 #include "kernels/attention_test_support.hpp"
 
 namespace {
@@ -152,6 +153,92 @@ TEST(AdamW, FusedResumesFromSavedState) {
   EXPECT_EQ(second.fused_steps(), 3);
   for (size_t i = 0; i < going_on.size(); ++i)
     EXPECT_TRUE(torch::equal(going_on[i], resumed[i])) << "parameter " << i;
+}
+
+// Replays of a captured step() against eager steps of a twin with the same gradients and
+// learning rates: the same parameters, and the host's step counts follow the replays (a
+// checkpoint saved after them resumes as the eager twin goes on). A replay with the skip flag
+// set leaves everything as it was.
+TEST(AdamW, CapturedStepReplaysAsEagerSteps) {
+  if (skip_without_fused_cuda()) GTEST_SKIP() << "needs CUDA and LibTorch 2";
+  if (!hl::train::StepGraph::unsupported(torch::kCUDA).empty()) GTEST_SKIP() << "no CUDA graphs";
+  auto eager_params = make_params(torch::kCUDA, torch::kFloat32);
+  auto graph_params = clones(eager_params);
+  hl::train::AdamW eager(eager_params, options()), graphed(graph_params, options());
+  hl::train::StepGraph graph(torch::kCUDA);
+  const auto stream = graph.use_stream();
+  auto set_lr = [](hl::train::AdamW& opt, double lr) {
+    for (auto& group : opt.param_groups())
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  };
+  // An eager step first (the state and the device step counts), then the capture.
+  set_grads(eager_params, gradients(eager_params, 0));
+  set_grads(graph_params, gradients(graph_params, 0));
+  eager.step();
+  graphed.step();
+  const torch::Tensor skip = torch::zeros({}, torch::TensorOptions(torch::kCUDA));
+  graphed.skip_when(skip);
+  graph.capture([&] { graphed.step(); });
+  graphed.skip_when({});
+  for (int step = 1; step <= 4; ++step) {
+    const double lr = 1e-2 / step;
+    const auto grads = gradients(eager_params, step);
+    set_grads(eager_params, grads);
+    for (size_t i = 0; i < graph_params.size(); ++i)
+      graph_params[i].grad().copy_(grads[i].to(graph_params[i].options()));
+    set_lr(eager, lr);
+    set_lr(graphed, lr);
+    eager.step();
+    graphed.before_replay();
+    graph.replay();
+  }
+  for (size_t i = 0; i < graph_params.size(); ++i)
+    EXPECT_LT(relative_error(graph_params[i], eager_params[i]), 1e-6) << "parameter " << i;
+
+  std::vector<torch::Tensor> before;
+  for (const auto& p : graph_params)
+    before.push_back(p.detach().clone());
+  skip.fill_(1.0);
+  graph.replay();  // no before_replay: a skipped step is not counted
+  skip.fill_(0.0);
+  for (size_t i = 0; i < graph_params.size(); ++i)
+    EXPECT_TRUE(torch::equal(graph_params[i], before[i])) << "parameter " << i << " moved";
+
+  std::ostringstream saved;
+  torch::save(graphed, saved);
+  auto resumed_params = clones(graph_params);
+  hl::train::AdamW resumed(resumed_params, options());
+  std::istringstream in(saved.str());
+  torch::load(resumed, in);
+  const auto grads = gradients(eager_params, 5);
+  set_grads(eager_params, grads);
+  set_grads(resumed_params, grads);
+  eager.step();
+  resumed.step();
+  for (size_t i = 0; i < resumed_params.size(); ++i)
+    EXPECT_LT(relative_error(resumed_params[i], eager_params[i]), 1e-6) << "parameter " << i;
+}
+
+// Clipping equals torch's clip_grad_norm_ where it scales and leaves the gradients bit for bit
+// where the norm is under the bound.
+TEST(AdamW, ClipGradNormIsTorchs) {
+  const torch::Device device = torch::cuda::is_available() ? torch::kCUDA : torch::kCPU;
+  for (const double bound : {0.5, 1e3}) {
+    auto ours = make_params(device, torch::kFloat32);
+    auto theirs = clones(ours);
+    const auto grads = gradients(ours, 1);
+    set_grads(ours, grads);
+    set_grads(theirs, grads);
+    hl::train::clip_grad_norm(ours, bound);
+    torch::nn::utils::clip_grad_norm_(theirs, bound);
+    double squares = 0;
+    for (size_t i = 0; i < ours.size(); ++i) {
+      EXPECT_LT(relative_error(ours[i].grad(), theirs[i].grad()), 1e-6) << bound << " " << i;
+      if (bound > 1) EXPECT_TRUE(torch::equal(ours[i].grad(), theirs[i].grad())) << i;
+      squares += ours[i].grad().to(torch::kDouble).pow(2).sum().item<double>();
+    }
+    if (bound < 1) EXPECT_NEAR(std::sqrt(squares), bound, 1e-5) << "the joint norm after clipping";
+  }
 }
 
 }  // namespace
