@@ -216,8 +216,7 @@ std::string step_graph_unsupported(const StageSpec& stage, const torch::Device& 
   if (const char* env = std::getenv("HL_STEP_GRAPH"); env && std::string(env) == "0")
     return "HL_STEP_GRAPH=0";
   if (std::string why = train::StepGraph::unsupported(device); !why.empty()) return why;
-  if (stage.ssd) return "SSD draws new drop masks every step";
-  if (stage.grad_accum != 1) return "grad_accum is above 1";
+  if (stage.ssd && stage.ssd->window) return "SSD's window schedule changes the window";
   if (stage.kind == kLoraFinetune && stage.lora.dropout > 0) return "LoRA dropout draws noise";
   return {};
 }
@@ -310,8 +309,11 @@ class Runner {
   struct GraphedStep {
     std::unique_ptr<train::StepGraph> graph;
     std::shared_ptr<void> stream;  // the graph's stream, current for the whole stage
-    torch::Tensor tokens;          // the captured step's input, copied into before each replay
-    StepLoss loss;
+    // The captured step's inputs per micro-batch (tokens, SSD's drop masks per layer), copied
+    // into before each replay, and its losses.
+    std::vector<torch::Tensor> tokens;
+    std::vector<std::vector<torch::Tensor>> drops;
+    std::vector<StepLoss> losses;
     int64_t eager_steps = 0;  // on the graph's stream so far
   };
 
@@ -323,10 +325,10 @@ class Runner {
   Result<StepResult> read_loss(const StageSpec& stage, const StepLoss& queued);
   // One optimiser step as a replay of the stage's captured step (capturing it first); empty
   // where this step runs eagerly instead.
-  Result<std::optional<StepResult>> graphed_step(const StageSpec& stage, GraphedStep& graphed,
-                                                 const data::Batch& batch,
-                                                 const std::vector<torch::Tensor>& trainable,
-                                                 train::AdamW& optimizer);
+  Result<std::optional<StepResult>> graphed_step(
+      const StageSpec& stage, GraphedStep& graphed, const std::vector<data::Batch>& batches,
+      const std::vector<std::vector<torch::Tensor>>& drops,
+      const std::vector<torch::Tensor>& trainable, train::AdamW& optimizer);
   Result<double> validation_loss(const StageSpec& stage);
   void log_usage(const std::vector<model::LayerUsage>& usage, int64_t step);
   Status checkpoint(const train::TrainingState& state, torch::optim::Optimizer* optimizer) {
@@ -427,24 +429,40 @@ Result<Runner::StepResult> Runner::read_loss(const StageSpec& stage, const StepL
 }
 
 Result<std::optional<Runner::StepResult>> Runner::graphed_step(
-    const StageSpec& stage, GraphedStep& graphed, const data::Batch& batch,
+    const StageSpec& stage, GraphedStep& graphed, const std::vector<data::Batch>& batches,
+    const std::vector<std::vector<torch::Tensor>>& drops,
     const std::vector<torch::Tensor>& trainable, train::AdamW& optimizer) {
   // Eager steps on the graph's stream first: the capture needs the workspaces (cuBLAS's, the
   // allocator's blocks) and the optimiser state that they make.
   constexpr int64_t kEagerStepsBeforeCapture = 3;
+  const size_t micro_batches = batches.size();
   if (!graphed.graph->captured()) {
     if (graphed.eager_steps < kEagerStepsBeforeCapture || !optimizer.capturable())
       return std::optional<StepResult>();
-    graphed.tokens = batch.tokens.to(device_);
-    // Gradients set to none: the captured backward makes them, at addresses the replays keep.
+    graphed.tokens.clear();
+    graphed.drops.assign(micro_batches, {});
+    for (size_t m = 0; m < micro_batches; ++m) {
+      graphed.tokens.push_back(batches[m].tokens.to(device_));
+      for (const auto& mask : drops[m])
+        graphed.drops[m].push_back(mask.to(device_));  // CUDA: a copy of its own
+    }
+    // Gradients set to none: the captured backward makes them, at addresses the replays keep
+    // (the micro-batches after the first add to them).
     for (auto& p : trainable)
       p.mutable_grad() = torch::Tensor();
     try {
       graphed.graph->capture([&] {
-        model::ForwardOptions options;
-        graphed.loss = queue_step(stage, graphed.tokens, options, true);
+        graphed.losses.clear();
+        std::vector<torch::Tensor> totals;
+        for (size_t m = 0; m < micro_batches; ++m) {
+          model::ForwardOptions options;
+          options.window_drop = graphed.drops[m];
+          graphed.losses.push_back(queue_step(stage, graphed.tokens[m], options, true));
+          totals.push_back(graphed.losses.back().loss.to(torch::kFloat32));
+        }
         // A loss that is not finite leaves the weights as they were (read after the replay).
-        optimizer.skip_when(torch::isfinite(graphed.loss.loss).logical_not().to(torch::kFloat32));
+        optimizer.skip_when(
+            torch::stack(totals).isfinite().all().logical_not().to(torch::kFloat32));
         if (stage.max_grad_norm > 0) train::clip_grad_norm(trainable, stage.max_grad_norm);
         optimizer.step();
       });
@@ -461,12 +479,27 @@ Result<std::optional<Runner::StepResult>> Runner::graphed_step(
                                 ": its steps replay a CUDA graph (captured after " +
                                 std::to_string(graphed.eager_steps) + " eager steps)");
   }
-  if (!batch.tokens.sizes().equals(graphed.tokens.sizes())) return std::optional<StepResult>();
-  graphed.tokens.copy_(batch.tokens);
+  for (size_t m = 0; m < micro_batches; ++m) {
+    if (!batches[m].tokens.sizes().equals(graphed.tokens[m].sizes()) ||
+        drops[m].size() != graphed.drops[m].size())
+      return std::optional<StepResult>();
+  }
+  for (size_t m = 0; m < micro_batches; ++m) {
+    graphed.tokens[m].copy_(batches[m].tokens);
+    for (size_t l = 0; l < drops[m].size(); ++l)
+      graphed.drops[m][l].copy_(drops[m][l]);
+  }
   optimizer.before_replay();
   graphed.graph->replay();
-  auto result = read_loss(stage, graphed.loss);
+  // As the eager step: the first micro-batch's parts, the mean of their losses.
+  auto result = read_loss(stage, graphed.losses.front());
   if (!result.ok()) return result.error();
+  for (size_t m = 1; m < micro_batches; ++m) {
+    auto more = read_loss(stage, graphed.losses[m]);
+    if (!more.ok()) return more.error();
+    result->loss += more->loss;
+  }
+  result->loss /= double(micro_batches);
   return std::optional<StepResult>(std::move(*result));
 }
 
@@ -610,7 +643,6 @@ int Runner::train(train::TrainingState state, bool resuming) {
       const int64_t step = state.step;
       const int64_t logged_step = state.global_step;
       double p = 0;
-      std::vector<torch::Tensor> drop;
       if (stage.ssd) {
         p = schedule_value(stage.ssd->swa_dropout, step, stage.steps);
         if (stage.ssd->window)
@@ -622,60 +654,54 @@ int Runner::train(train::TrainingState state, bool resuming) {
         static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
       const bool want_usage = step % stage.usage_every == 0 || step + 1 == stage.steps;
 
-      StepResult result;
-      bool stepped = false;
-      std::optional<data::Batch> taken;  // a batch the graph did not take, for the eager step
-      if (graphed.graph && !want_usage) {
+      // The step's micro-batches and, under SSD, their drop masks, drawn in the same order
+      // whether the step replays the graph or runs eagerly.
+      std::vector<data::Batch> batches;
+      std::vector<std::vector<torch::Tensor>> drops(stage.grad_accum);
+      for (int64_t micro = 0; micro < stage.grad_accum; ++micro) {
         auto batch = next_train_batch(data_, spec_.data.batch_size);
         if (!batch.ok()) {
           (void)writer_.set_status(store::RunStatus::failed, batch.error().to_string());
           return kExitBadInput;
         }
-        auto replayed = graphed_step(stage, graphed, *batch, trainable, optimizer);
-        if (!replayed.ok()) {
-          (void)writer_.set_status(store::RunStatus::failed, replayed.error().to_string());
-          progress_.finished("failed", replayed.error().to_string());
-          return kExitInternal;
-        }
-        if (*replayed) {
-          result = std::move(**replayed);
-          tokens_since += batch->tokens.size(0) * (batch->tokens.size(1) - 1);
-          stepped = true;
-        } else {
-          taken = std::move(*batch);
-        }
-      }
-      for (int64_t micro = 0; micro < stage.grad_accum && !stepped; ++micro) {
-        if (micro == 0) optimizer.zero_grad();
-        Result<data::Batch> batch = taken ? Result<data::Batch>(std::move(*taken))
-                                          : next_train_batch(data_, spec_.data.batch_size);
-        taken.reset();
-        if (!batch.ok()) {
-          (void)writer_.set_status(store::RunStatus::failed, batch.error().to_string());
-          return kExitBadInput;
-        }
-        drop.clear();
         if (stage.ssd) {
           train::SsdDraw draw = ssd.draw(p, model_->num_layers(), batch->tokens.size(0),
                                          model_->config().num_attention_heads);
           state.ssd_dropped += draw.dropped_units;
           state.ssd_units += draw.units;
-          for (auto& mask : draw.masks)
-            drop.push_back(mask.to(device_));
+          drops[micro] = std::move(draw.masks);
         }
-        auto micro_result = run_step(stage, batch->tokens, want_usage && micro == 0, drop, true);
-        if (!micro_result.ok()) {
-          (void)writer_.set_status(store::RunStatus::failed, micro_result.error().to_string());
-          progress_.finished("failed", micro_result.error().to_string());
-          return kExitInternal;
-        }
-        if (micro == 0)
-          result = std::move(*micro_result);
-        else
-          result.loss += micro_result->loss;
         tokens_since += batch->tokens.size(0) * (batch->tokens.size(1) - 1);
+        batches.push_back(std::move(*batch));
       }
-      if (!stepped) {
+      auto fail = [&](const Error& error) {
+        (void)writer_.set_status(store::RunStatus::failed, error.to_string());
+        progress_.finished("failed", error.to_string());
+        return kExitInternal;
+      };
+      std::optional<StepResult> replayed;
+      if (graphed.graph && !want_usage) {
+        auto tried = graphed_step(stage, graphed, batches, drops, trainable, optimizer);
+        if (!tried.ok()) return fail(tried.error());
+        replayed = std::move(*tried);
+      }
+      StepResult result;
+      if (replayed) {
+        result = std::move(*replayed);
+      } else {
+        optimizer.zero_grad();
+        for (int64_t micro = 0; micro < stage.grad_accum; ++micro) {
+          std::vector<torch::Tensor> drop;
+          for (const auto& mask : drops[micro])
+            drop.push_back(mask.to(device_));
+          auto micro_result =
+              run_step(stage, batches[micro].tokens, want_usage && micro == 0, drop, true);
+          if (!micro_result.ok()) return fail(micro_result.error());
+          if (micro == 0)
+            result = std::move(*micro_result);
+          else
+            result.loss += micro_result->loss;
+        }
         result.loss /= double(stage.grad_accum);
         if (stage.max_grad_norm > 0) train::clip_grad_norm(trainable, stage.max_grad_norm);
         optimizer.step();

@@ -345,7 +345,8 @@ TEST_F(RunnerTest, AutocastBf16TrainsOnCudaNearTheFp32Run) {
 
 // On CUDA, steps that need no usage replay one captured step (train::StepGraph): the losses are
 // those of the eager steps (HL_STEP_GRAPH=0), step for step, through evaluations, checkpoints
-// and eager usage steps between the replays, in both stage kinds.
+// and eager usage steps between the replays, in both stage kinds, with SSD's masks and with two
+// micro-batches a step.
 TEST_F(RunnerTest, CudaStepGraphGivesTheEagerLosses) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "needs CUDA";
   const std::string stages = R"(
@@ -357,10 +358,12 @@ usage_every = 5
 eval_every = 4
 eval_batches = 1
 checkpoint_every = 6
+ssd = { swa_dropout = [0.9, 0.3], granularity = "head" }
 
 [[stage]]
 kind = "lora_finetune"
 steps = 8
+grad_accum = 2
 log_every = 1
 usage_every = 100
 eval_every = 4
