@@ -80,6 +80,14 @@ TEST(AdamW, CpuIsTorchsStep) {
     EXPECT_TRUE(torch::equal(run.ours[i], run.theirs[i])) << "parameter " << i;
 }
 
+// `to` takes `from`'s state through a checkpoint's save and load.
+void load_saved_state(hl::train::AdamW& from, hl::train::AdamW& to) {
+  std::ostringstream saved;
+  torch::save(from, saved);
+  std::istringstream in(saved.str());
+  torch::load(to, in);
+}
+
 bool skip_without_fused_cuda() {
   return !torch::cuda::is_available() || !hl::train::AdamW::fused_available();
 }
@@ -137,12 +145,9 @@ TEST(AdamW, FusedResumesFromSavedState) {
     set_grads(going_on, gradients(going_on, step));
     first.step();
   }
-  std::ostringstream saved;
-  torch::save(first, saved);
   auto resumed = clones(going_on);
   hl::train::AdamW second(resumed, options());
-  std::istringstream in(saved.str());
-  torch::load(second, in);
+  load_saved_state(first, second);
   for (int step = 2; step < 5; ++step) {
     const auto grads = gradients(going_on, step);
     set_grads(going_on, grads);
@@ -204,12 +209,9 @@ TEST(AdamW, CapturedStepReplaysAsEagerSteps) {
   for (size_t i = 0; i < graph_params.size(); ++i)
     EXPECT_TRUE(torch::equal(graph_params[i], before[i])) << "parameter " << i << " moved";
 
-  std::ostringstream saved;
-  torch::save(graphed, saved);
   auto resumed_params = clones(graph_params);
   hl::train::AdamW resumed(resumed_params, options());
-  std::istringstream in(saved.str());
-  torch::load(resumed, in);
+  load_saved_state(graphed, resumed);
   const auto grads = gradients(eager_params, 5);
   set_grads(eager_params, grads);
   set_grads(resumed_params, grads);
