@@ -36,7 +36,13 @@ namespace {
 struct StreamUse {
   explicit StreamUse(c10::cuda::CUDAStream stream)
       : guard((c10::cuda::device_synchronize(), stream)) {}
-  ~StreamUse() { guard.current_stream().synchronize(); }
+  ~StreamUse() {
+    try {
+      guard.current_stream().synchronize();
+    } catch (const std::exception&) {
+      // A destructor may not throw: the next call that checks reports the CUDA error.
+    }
+  }
   c10::cuda::CUDAStreamGuard guard;
 };
 
@@ -89,6 +95,7 @@ StepGraph::StepGraph(const torch::Device&) {
   throw std::logic_error("StepGraph: " + unsupported(torch::kCPU));
 }
 
+// Unreachable: no StepGraph can be made in this build.
 std::shared_ptr<void> StepGraph::use_stream() {
   return nullptr;
 }
