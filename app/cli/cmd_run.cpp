@@ -8,7 +8,10 @@
 namespace hl::cli {
 
 int cmd_run(const Args& args) {
-  ArgParser parser("run", "Run an experiment file: conversion stages, then its [eval] section.");
+  ArgParser parser("run",
+                   "Run an experiment file: conversion stages, then its [eval] section. On CUDA "
+                   "a stage's steps replay one captured CUDA graph where they can "
+                   "(HL_STEP_GRAPH=0: every step eager).");
   parser.positional("EXP.toml", "the experiment file (not needed with --resume)", false)
       .option("--db", "DB", "runs database (default: $XDG_DATA_HOME/hybridlab/runs.sqlite)")
       .option("--device", "cpu|cuda", "override the experiment's model.device")
