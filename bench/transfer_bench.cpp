@@ -18,9 +18,9 @@
 
 #include "core/model/autocast.hpp"
 #include "core/model/decoder.hpp"
+#include "core/model/step_graph.hpp"
 #include "core/train/adamw.hpp"
 #include "core/train/objectives.hpp"
-#include "core/train/step_graph.hpp"
 
 namespace {
 
@@ -144,17 +144,17 @@ void BM_AttentionTransferStep(benchmark::State& state) {
   step();  // warm-up: allocator, kernels
   if (device.is_cuda()) torch::cuda::synchronize();
   std::function<void()> iteration = [&] { step(); };
-  std::unique_ptr<hl::train::StepGraph> captured;
+  std::unique_ptr<hl::model::StepGraph> captured;
   std::shared_ptr<void> graph_stream;
   if (graph) {
     auto* fused = dynamic_cast<hl::train::AdamW*>(optimizer.get());
-    if (const std::string why = hl::train::StepGraph::unsupported(device); !why.empty() || !fused) {
+    if (const std::string why = hl::model::StepGraph::unsupported(device); !why.empty() || !fused) {
       state.SkipWithError(("graph:1: " + (why.empty() ? "needs hl::train::AdamW" : why)).c_str());
       return;
     }
     // Warm-up steps on the graph's stream first, then the gradients set to none, so that the
     // captured backward makes them (as `run` does).
-    captured = std::make_unique<hl::train::StepGraph>(device);
+    captured = std::make_unique<hl::model::StepGraph>(device);
     graph_stream = captured->use_stream();
     for (int i = 0; i < 3; ++i)
       step();

@@ -3,11 +3,7 @@
 #include <stdexcept>
 #include <vector>
 
-#ifdef HL_WITH_CUDA_KERNELS
-#include <ATen/cuda/CUDAGraph.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
+#include "core/model/step_graph.hpp"
 
 namespace hl::model {
 
@@ -16,7 +12,9 @@ std::string decode_graph_unsupported(CausalLM& model, const DecodeCache& cache) 
   (void)model, (void)cache;
   return "built without the CUDA kernels";
 #else
-  if (!model->model->embed_tokens->weight.is_cuda()) return "the model is not on a CUDA device";
+  const torch::Device device = model->model->embed_tokens->weight.device();
+  if (!device.is_cuda()) return "the model is not on a CUDA device";
+  if (std::string why = StepGraph::unsupported(device); !why.empty()) return why;
   if (static_cast<int64_t>(cache.layers.size()) != model->num_layers())
     return "the cache is not prefilled";
   for (size_t i = 0; i < cache.layers.size(); ++i) {
@@ -32,12 +30,10 @@ std::string decode_graph_unsupported(CausalLM& model, const DecodeCache& cache) 
 #endif
 }
 
-#ifdef HL_WITH_CUDA_KERNELS
-
 struct DecodeGraph::Captured {
   CausalLM model;
   DecodeCache& cache;
-  at::cuda::CUDAGraph graph;
+  StepGraph graph;
   torch::Tensor ids, position, cos_table, sin_table, logits;
   int64_t max_positions = 0;
 };
@@ -54,8 +50,8 @@ DecodeGraph::DecodeGraph(CausalLM& model, DecodeCache& cache, const ForwardOptio
                                 std::to_string(cache.position) + ")");
   torch::NoGradGuard no_grad;
   const torch::Device device = model->model->embed_tokens->weight.device();
-  const c10::cuda::CUDAGuard device_guard(device);
-  captured_.reset(new Captured{model, cache});
+  const c10::DeviceGuard device_guard(device);
+  captured_.reset(new Captured{model, cache, StepGraph(device)});
   Captured& c = *captured_;
   c.max_positions = max_positions;
   const int64_t batch = cache.layers.front().recurrent.key_ring.size(0);
@@ -73,23 +69,15 @@ DecodeGraph::DecodeGraph(CausalLM& model, DecodeCache& cache, const ForwardOptio
     layer.recurrent.position_on_device = c.position;
   }
   torch::cuda::synchronize();  // the prefill's kernels are done before the capture starts
-  const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, device.index());
   std::string failure;
-  {
-    const c10::cuda::CUDAStreamGuard stream_guard(stream);
-    c.graph.capture_begin({0, 0}, cudaStreamCaptureModeRelaxed);
-    try {
+  try {
+    c.graph.capture([&] {
       const torch::Tensor cos = c.cos_table.index_select(0, c.position);
       const torch::Tensor sin = c.sin_table.index_select(0, c.position);
       c.logits = model->decode_layers(c.ids, cos, sin, cache, options);
-    } catch (const std::exception& e) {
-      failure = e.what();
-    }
-    try {
-      c.graph.capture_end();
-    } catch (const std::exception& e) {
-      if (failure.empty()) failure = e.what();
-    }
+    });
+  } catch (const std::runtime_error& e) {
+    failure = e.what();
   }
   for (size_t i = 0; i < cache.layers.size(); ++i) {
     cache.layers[i].recurrent.position = positions[i];
@@ -98,7 +86,7 @@ DecodeGraph::DecodeGraph(CausalLM& model, DecodeCache& cache, const ForwardOptio
   }
   if (!failure.empty()) {
     captured_.reset();
-    throw std::invalid_argument("decode graph: the capture failed: " + failure);
+    throw std::invalid_argument("decode graph: " + failure);
   }
 }
 
@@ -113,7 +101,7 @@ torch::Tensor DecodeGraph::step(const torch::Tensor& ids) {
     throw std::invalid_argument("decode graph: position " + std::to_string(c.cache.position) +
                                 " is past the " + std::to_string(c.max_positions) +
                                 " positions it was captured for");
-  const c10::cuda::CUDAGuard device_guard(c.ids.device());
+  const c10::DeviceGuard device_guard(c.ids.device());
   c.ids.copy_(ids);
   c.position.fill_(c.cache.position);  // a kernel argument: no host buffer to keep alive
   c.graph.replay();
@@ -122,21 +110,5 @@ torch::Tensor DecodeGraph::step(const torch::Tensor& ids) {
     ++layer.recurrent.position;
   return c.logits;
 }
-
-#else
-
-struct DecodeGraph::Captured {};
-
-DecodeGraph::DecodeGraph(CausalLM& model, DecodeCache& cache, const ForwardOptions&, int64_t) {
-  throw std::invalid_argument("decode graph: " + decode_graph_unsupported(model, cache));
-}
-
-DecodeGraph::~DecodeGraph() = default;
-
-torch::Tensor DecodeGraph::step(const torch::Tensor&) {
-  throw std::logic_error("decode graph: built without the CUDA kernels");
-}
-
-#endif
 
 }  // namespace hl::model

@@ -22,6 +22,7 @@
 #include "core/io/tokenizer.hpp"
 #include "core/model/autocast.hpp"
 #include "core/model/model_io.hpp"
+#include "core/model/step_graph.hpp"
 #include "core/store/run_reader.hpp"
 #include "core/store/run_writer.hpp"
 #include "core/store/schema.hpp"
@@ -30,7 +31,6 @@
 #include "core/train/lr_schedule.hpp"
 #include "core/train/objectives.hpp"
 #include "core/train/ssd.hpp"
-#include "core/train/step_graph.hpp"
 #include "core/util/paths.hpp"
 
 namespace hl {
@@ -215,7 +215,7 @@ model::ConversionOptions conversion_options(const AttentionSpec& a) {
 std::string step_graph_unsupported(const StageSpec& stage, const torch::Device& device) {
   if (const char* env = std::getenv("HL_STEP_GRAPH"); env && std::string(env) == "0")
     return "HL_STEP_GRAPH=0";
-  if (std::string why = train::StepGraph::unsupported(device); !why.empty()) return why;
+  if (std::string why = model::StepGraph::unsupported(device); !why.empty()) return why;
   if (stage.ssd && stage.ssd->window) return "SSD's window schedule changes the window";
   if (stage.kind == kLoraFinetune && stage.lora.dropout > 0) return "LoRA dropout draws noise";
   return {};
@@ -305,9 +305,9 @@ class Runner {
   struct StepLoss {
     torch::Tensor loss, transfer_parts;
   };
-  // The stage's step as a CUDA graph (train::StepGraph), where the stage allows one.
+  // The stage's step as a CUDA graph (model::StepGraph), where the stage allows one.
   struct GraphedStep {
-    std::unique_ptr<train::StepGraph> graph;
+    std::unique_ptr<model::StepGraph> graph;
     std::shared_ptr<void> stream;  // the graph's stream, current for the whole stage
     // The captured step's inputs per micro-batch (tokens, SSD's drop masks per layer), copied
     // into before each replay, and its losses.
@@ -599,7 +599,7 @@ int Runner::train(train::TrainingState state, bool resuming) {
     // step goes; bench/RESULTS.md, Conversion training).
     GraphedStep graphed;
     if (const std::string why = step_graph_unsupported(stage, device_); why.empty()) {
-      graphed.graph = std::make_unique<train::StepGraph>(device_);
+      graphed.graph = std::make_unique<model::StepGraph>(device_);
       graphed.stream = graphed.graph->use_stream();
     } else if (device_.is_cuda()) {
       (void)writer_.log_event("info", "graph",

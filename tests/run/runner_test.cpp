@@ -343,7 +343,7 @@ TEST_F(RunnerTest, AutocastBf16TrainsOnCudaNearTheFp32Run) {
   EXPECT_TRUE(any_different) << "the autocast run gave the fp32 losses bit for bit";
 }
 
-// On CUDA, steps that need no usage replay one captured step (train::StepGraph): the losses are
+// On CUDA, steps that need no usage replay one captured step (model::StepGraph): the losses are
 // those of the eager steps (HL_STEP_GRAPH=0), step for step, through evaluations, checkpoints
 // and eager usage steps between the replays, in both stage kinds, with SSD's masks and with two
 // micro-batches a step.

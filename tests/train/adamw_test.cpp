@@ -9,7 +9,7 @@
 #include <sstream>
 #include <vector>
 
-#include "core/train/step_graph.hpp"
+#include "core/model/step_graph.hpp"
 #include "kernels/attention_test_support.hpp"
 
 namespace {
@@ -166,11 +166,11 @@ TEST(AdamW, FusedResumesFromSavedState) {
 // set leaves everything as it was.
 TEST(AdamW, CapturedStepReplaysAsEagerSteps) {
   if (skip_without_fused_cuda()) GTEST_SKIP() << "needs CUDA and LibTorch 2";
-  if (!hl::train::StepGraph::unsupported(torch::kCUDA).empty()) GTEST_SKIP() << "no CUDA graphs";
+  if (!hl::model::StepGraph::unsupported(torch::kCUDA).empty()) GTEST_SKIP() << "no CUDA graphs";
   auto eager_params = make_params(torch::kCUDA, torch::kFloat32);
   auto graph_params = clones(eager_params);
   hl::train::AdamW eager(eager_params, options()), graphed(graph_params, options());
-  hl::train::StepGraph graph(torch::kCUDA);
+  hl::model::StepGraph graph(torch::kCUDA);
   const auto stream = graph.use_stream();
   auto set_lr = [](hl::train::AdamW& opt, double lr) {
     for (auto& group : opt.param_groups())

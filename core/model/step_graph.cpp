@@ -1,4 +1,4 @@
-#include "core/train/step_graph.hpp"
+#include "core/model/step_graph.hpp"
 
 #include <torch/version.h>
 
@@ -12,7 +12,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
-namespace hl::train {
+namespace hl::model {
 
 #ifdef HL_STEP_GRAPH
 
@@ -79,7 +79,6 @@ void StepGraph::capture(const std::function<void()>& step) {
 
 void StepGraph::replay() {
   if (!captured_) throw std::logic_error("StepGraph: nothing captured");
-  const c10::cuda::CUDAStreamGuard guard(impl_->stream);
   impl_->graph.replay();
 }
 
@@ -106,4 +105,4 @@ void StepGraph::replay() {}
 
 StepGraph::~StepGraph() = default;
 
-}  // namespace hl::train
+}  // namespace hl::model

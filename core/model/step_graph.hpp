@@ -1,4 +1,4 @@
-// A training step captured once as a CUDA graph and replayed.
+// A step (a training step, a decode step) captured once as a CUDA graph and replayed.
 #pragma once
 
 #include <torch/torch.h>
@@ -7,13 +7,13 @@
 #include <memory>
 #include <string>
 
-namespace hl::train {
+namespace hl::model {
 
-/// One step (forward, loss, backward, clipping, optimiser) recorded on a CUDA stream of its own
-/// and replayed: a replay costs the host one launch instead of thousands of small ones, so the
-/// step takes the GPU's time. Everything the step reads from outside must stay at the addresses
-/// it had at the capture (a static input copied into, the parameters, the optimiser's state),
-/// and the step may not read anything back to the host.
+/// One step recorded on a CUDA stream of its own and replayed: a replay costs the host one
+/// launch instead of the step's many small ones, so the step takes the GPU's time. Everything
+/// the step reads from outside must stay at the addresses it had at the capture (a static input
+/// copied into, the parameters, the optimiser's or the decode cache's state), and the step may
+/// not read anything back to the host.
 class StepGraph {
  public:
   /// Why steps on `device` cannot be captured in this build; empty where they can.
@@ -31,7 +31,7 @@ class StepGraph {
   /// Records `step` without running it. Throws std::runtime_error with the reason where the
   /// step cannot be captured; the graph then stays empty.
   void capture(const std::function<void()>& step);
-  /// Runs the recorded step on the graph's stream.
+  /// Runs the recorded step on the current stream (use_stream's, where that is held).
   void replay();
   bool captured() const { return captured_; }
 
@@ -41,4 +41,4 @@ class StepGraph {
   bool captured_ = false;
 };
 
-}  // namespace hl::train
+}  // namespace hl::model
