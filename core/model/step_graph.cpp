@@ -18,7 +18,7 @@ namespace hl::model {
 
 struct StepGraph::Impl {
   c10::cuda::CUDAStream stream;
-  at::cuda::CUDAGraph graph;
+  std::unique_ptr<at::cuda::CUDAGraph> graph = std::make_unique<at::cuda::CUDAGraph>();
 };
 
 std::string StepGraph::unsupported(const torch::Device& device) {
@@ -27,7 +27,7 @@ std::string StepGraph::unsupported(const torch::Device& device) {
 }
 
 StepGraph::StepGraph(const torch::Device& device)
-    : impl_(new Impl{c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index()), {}}) {}
+    : impl_(new Impl{c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index())}) {}
 
 namespace {
 
@@ -58,7 +58,7 @@ void StepGraph::capture(const std::function<void()>& step) {
   // The capture's allocations come from a pool of the graph's own, which the replays reuse.
   // Relaxed: other host threads (autograd's worker, which runs the backward) may call CUDA
   // functions that the default mode forbids during a capture.
-  impl_->graph.capture_begin({0, 0}, cudaStreamCaptureModeRelaxed);
+  impl_->graph->capture_begin({0, 0}, cudaStreamCaptureModeRelaxed);
   std::string failure;
   try {
     step();
@@ -66,12 +66,12 @@ void StepGraph::capture(const std::function<void()>& step) {
     failure = e.what();
   }
   try {
-    impl_->graph.capture_end();
+    impl_->graph->capture_end();
   } catch (const std::exception& e) {
     if (failure.empty()) failure = e.what();
   }
   if (!failure.empty()) {
-    impl_->graph.reset();
+    reset();
     throw std::runtime_error("the step could not be captured as a CUDA graph: " + failure);
   }
   captured_ = true;
@@ -79,7 +79,12 @@ void StepGraph::capture(const std::function<void()>& step) {
 
 void StepGraph::replay() {
   if (!captured_) throw std::logic_error("StepGraph: nothing captured");
-  impl_->graph.replay();
+  impl_->graph->replay();
+}
+
+void StepGraph::reset() {
+  impl_->graph = std::make_unique<at::cuda::CUDAGraph>();
+  captured_ = false;
 }
 
 #else
@@ -100,6 +105,7 @@ std::shared_ptr<void> StepGraph::use_stream() {
 }
 void StepGraph::capture(const std::function<void()>&) {}
 void StepGraph::replay() {}
+void StepGraph::reset() {}
 
 #endif
 

@@ -33,6 +33,9 @@ class StepGraph {
   void capture(const std::function<void()>& step);
   /// Runs the recorded step on the current stream (use_stream's, where that is held).
   void replay();
+  /// Drops the recorded step (and its memory) so that another can be captured on the same
+  /// stream, e.g. after the model changed a launch argument the recording holds.
+  void reset();
   bool captured() const { return captured_; }
 
  private:

@@ -216,7 +216,6 @@ std::string step_graph_unsupported(const StageSpec& stage, const torch::Device& 
   if (const char* env = std::getenv("HL_STEP_GRAPH"); env && std::string(env) == "0")
     return "HL_STEP_GRAPH=0";
   if (std::string why = model::StepGraph::unsupported(device); !why.empty()) return why;
-  if (stage.ssd && stage.ssd->window) return "SSD's window schedule changes the window";
   if (stage.kind == kLoraFinetune && stage.lora.dropout > 0) return "LoRA dropout draws noise";
   return {};
 }
@@ -314,6 +313,7 @@ class Runner {
     std::vector<torch::Tensor> tokens;
     std::vector<std::vector<torch::Tensor>> drops;
     std::vector<StepLoss> losses;
+    int64_t window = 0;       // the converted layers' window at the capture (a launch argument)
     int64_t eager_steps = 0;  // on the graph's stream so far
   };
 
@@ -436,6 +436,9 @@ Result<std::optional<Runner::StepResult>> Runner::graphed_step(
   // allocator's blocks) and the optimiser state that they make.
   constexpr int64_t kEagerStepsBeforeCapture = 3;
   const size_t micro_batches = batches.size();
+  // SSD's window schedule changes the window a few times a stage: each value is captured anew.
+  const int64_t window = model_->attention(model_->converted_layers().front())->conversion().window;
+  if (graphed.graph->captured() && window != graphed.window) graphed.graph->reset();
   if (!graphed.graph->captured()) {
     if (graphed.eager_steps < kEagerStepsBeforeCapture || !optimizer.capturable())
       return std::optional<StepResult>();
@@ -474,10 +477,12 @@ Result<std::optional<Runner::StepResult>> Runner::graphed_step(
       return std::optional<StepResult>();
     }
     optimizer.skip_when({});
+    graphed.window = window;
     (void)writer_.log_event("info", "graph",
                             "stage " + stage.name +
                                 ": its steps replay a CUDA graph (captured after " +
-                                std::to_string(graphed.eager_steps) + " eager steps)");
+                                std::to_string(graphed.eager_steps) + " eager steps, window " +
+                                std::to_string(window) + ")");
   }
   for (size_t m = 0; m < micro_batches; ++m) {
     if (!batches[m].tokens.sizes().equals(graphed.tokens[m].sizes()) ||

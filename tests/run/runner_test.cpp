@@ -345,8 +345,8 @@ TEST_F(RunnerTest, AutocastBf16TrainsOnCudaNearTheFp32Run) {
 
 // On CUDA, steps that need no usage replay one captured step (model::StepGraph): the losses are
 // those of the eager steps (HL_STEP_GRAPH=0), step for step, through evaluations, checkpoints
-// and eager usage steps between the replays, in both stage kinds, with SSD's masks and with two
-// micro-batches a step.
+// and eager usage steps between the replays, in both stage kinds, with SSD's masks and window
+// schedule and with two micro-batches a step.
 TEST_F(RunnerTest, CudaStepGraphGivesTheEagerLosses) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "needs CUDA";
   const std::string stages = R"(
@@ -358,7 +358,7 @@ usage_every = 5
 eval_every = 4
 eval_batches = 1
 checkpoint_every = 6
-ssd = { swa_dropout = [0.9, 0.3], granularity = "head" }
+ssd = { swa_dropout = [0.9, 0.3], window = [8, 4], granularity = "head" }
 
 [[stage]]
 kind = "lora_finetune"
@@ -393,7 +393,7 @@ eval_batches = 1
     return messages;
   };
   const auto events = graph_events(graphed.run_id);
-  ASSERT_EQ(events.size(), 2u) << "one capture a stage";
+  ASSERT_EQ(events.size(), 3u) << "one capture a stage and one for SSD's second window";
   for (const auto& e : events)
     EXPECT_EQ(e.rfind("info: ", 0), 0u) << e;
   for (const auto& e : graph_events(eager.run_id))
