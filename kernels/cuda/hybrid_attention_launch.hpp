@@ -148,6 +148,12 @@ bool backward_uses_hopper_window_key_kernel(const ProblemShape& shape, const Seg
 /// non-overlapping hybrid with w = 64, D = F = 128, an sm_90 GPU.
 bool backward_uses_hopper_fused_key_kernel(const ProblemShape& shape, const SegmentPlan& key_plan);
 
+/// Whether launch_backward (bf16, with feature maps) runs the reverse chunk-state pass on a
+/// second stream beside the Hopper query kernel, which then sums the pass's z part itself: D of
+/// 128, more than one key segment, each of 64 rows or more, an sm_90 GPU.
+bool backward_runs_pass_beside_query(const ProblemShape& shape, const SegmentPlan& forward_plan,
+                                     const SegmentPlan& key_plan);
+
 /// Recurrent state for decode, as kernels/attention.hpp's RecurrentState but with S and z in
 /// fp32: per (batch, q head) S [F, D] and z [F] over the keys j <= t - w that left the window
 /// (in every mode; overlap and linear-only add the ring keys' linear terms at each step); ring

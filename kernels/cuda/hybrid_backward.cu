@@ -560,6 +560,15 @@ bool backward_uses_hopper_fused_key_kernel(const ProblemShape& shape, const Segm
          detail::fused_key_wg_takes(s, detail::backward_tc_key_plan(key_plan, s.seq_len), nullptr);
 }
 
+bool backward_runs_pass_beside_query(const ProblemShape& shape, const SegmentPlan& forward_plan,
+                                     const SegmentPlan& key_plan) {
+  const detail::Shape s = detail::make_shape(shape);
+  return unsupported_reason(shape) == nullptr && shape.dtype == KernelDType::kBFloat16 &&
+         detail::backward_tc_fits(s, true) &&
+         detail::reverse_pass_beside_query(s, forward_plan,
+                                           detail::backward_tc_key_plan(key_plan, s.seq_len), true);
+}
+
 namespace detail {
 namespace {
 

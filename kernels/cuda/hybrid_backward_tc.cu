@@ -20,6 +20,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
+#include <vector>
 
 #include "kernels/cuda/hybrid_attention_launch.hpp"
 #include "kernels/cuda/hybrid_backward_tc.cuh"
@@ -807,7 +809,58 @@ cudaError_t launch_linear_f(const TcBackwardParams& p, bool query, cudaStream_t 
   }
 }
 
+// A second stream of the current device for this host thread and the events that fork work onto
+// it and join it back; null where CUDA gives none. Kept for the thread's life (CUDA frees them
+// with the context).
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t fork = nullptr, pass_done = nullptr, query_done = nullptr, done = nullptr;
+};
+
+SideStream* side_stream() {
+  thread_local std::vector<SideStream> per_device;
+  thread_local std::vector<bool> refused;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return nullptr;
+  if (per_device.size() <= static_cast<size_t>(device)) {
+    per_device.resize(device + 1);
+    refused.resize(device + 1, false);
+  }
+  SideStream& side = per_device[device];
+  if (side.stream == nullptr && !refused[device]) {
+    bool ok = cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking) == cudaSuccess;
+    for (cudaEvent_t* e : {&side.fork, &side.pass_done, &side.query_done, &side.done})
+      ok = ok && cudaEventCreateWithFlags(e, cudaEventDisableTiming) == cudaSuccess;
+    if (!ok) {
+      (void)cudaGetLastError();  // not sticky: the caller runs everything on its own stream
+      refused[device] = true;
+      side.stream = nullptr;
+    }
+  }
+  return side.stream != nullptr ? &side : nullptr;
+}
+
+// Makes `stream` wait for the side stream's last work when it goes out of scope.
+struct JoinSide {
+  SideStream* side = nullptr;
+  cudaStream_t stream;
+  ~JoinSide() {
+    if (side == nullptr) return;
+    cudaEventRecord(side->done, side->stream);
+    cudaStreamWaitEvent(stream, side->done, 0);
+  }
+};
+
 }  // namespace
+
+bool reverse_pass_beside_query(const Shape& s, const SegmentPlan& forward_plan,
+                               const SegmentPlan& key_plan, bool linear) {
+  // The u partials go into the reverse states' first half (run_backward_tc).
+  const size_t states = static_cast<size_t>(s.batch) * s.q_heads * key_plan.segments;
+  return linear && key_plan.segments > 1 && forward_wg_takes(s, forward_plan) &&
+         query_takes_u(s, key_plan) && state_pass_wg_takes(s) &&
+         query_u_floats(s, forward_plan, key_plan) <= states * segment_state_floats(s);
+}
 
 bool backward_tc_fits(const Shape& s, bool linear) {
   if (s.head_dim != 64 && s.head_dim != 128) return false;
@@ -872,33 +925,66 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
   float* forward_sums =
       forward_segments > 1 ? segment_sums(a.forward_states, s, units, forward_segments) : nullptr;
   const bool sum_forward = sums_in_kernel(forward_segments);
+  // U at the start of each key segment = rows after it: segment sums (not the first's, which no
+  // suffix reads), then a suffix scan, or, on Hopper with few segments, the linear key kernel
+  // adds the sums after its segment itself.
+  const int key_segments = key_plan.segments;
+  float* key_sums =
+      linear && key_segments > 1 ? segment_sums(a.reverse_states, s, units, key_segments) : nullptr;
+  const bool hopper_key = linear && linear_key_wg_takes(s, key_plan);
+  const bool sum_keys = hopper_key && sums_in_kernel(key_segments);
+  auto scan = [&](cudaStream_t on) {
+    return run_scan(s, a.window_drop, key_sums, a.reverse_states, units, key_segments, 1, nullptr,
+                    nullptr, false, on);
+  };
+  // The reverse pass beside the Hopper query kernel, on a second stream (bench/KERNEL_NOTES.md
+  // session 32): it sums only U = sum phi_q (dy / D)^T, which needs nothing from the query kernel,
+  // and its blocks take the SMs the query kernel leaves idle and the bandwidth it leaves; the
+  // query kernel sums u = sum phi_q dl / D per key segment itself (QueryArgs::u_partials, kept in
+  // the reverse states' first half, which only the scan after them writes), and a small kernel
+  // puts those into the sums. dc_w and dc_l follow on that stream, beside the key kernel.
+  const bool hopper_query = forward_wg_takes(s, a.forward_plan);
+  SideStream* side =
+      reverse_pass_beside_query(s, a.forward_plan, key_plan, linear) ? side_stream() : nullptr;
+  JoinSide join{nullptr, stream};
+  if (side != nullptr) {
+    const cudaError_t e = cudaEventRecord(side->fork, stream);
+    if (e != cudaSuccess) return e;
+  }
   cudaError_t err = cudaErrorNotSupported;
-  if (forward_wg_takes(s, a.forward_plan)) {
-    const QueryArgs qa{a.q,
-                       a.k,
-                       a.v,
-                       a.phi_q,
-                       a.phi_k,
-                       a.dy,
-                       a.y,
-                       a.coef_window,
-                       a.coef_linear,
-                       a.window_drop,
-                       a.row_max,
-                       a.row_denom,
-                       a.row_argmax,
-                       sum_forward ? forward_sums : a.forward_states,
-                       sum_forward,
-                       a.forward_plan,
-                       a.query_grads ? a.dq : nullptr,
-                       a.dphi_q,
-                       a.row_grad_window,
-                       a.row_grad_linear,
-                       a.row_delta,
-                       a.row_gate_grad,
-                       a.row_window_share,
-                       /*window_grads=*/a.query_grads || a.key_grads};
+  std::optional<QueryArgs> u_query;  // the Hopper query kernel that summed u
+  if (hopper_query) {
+    QueryArgs qa{a.q,
+                 a.k,
+                 a.v,
+                 a.phi_q,
+                 a.phi_k,
+                 a.dy,
+                 a.y,
+                 a.coef_window,
+                 a.coef_linear,
+                 a.window_drop,
+                 a.row_max,
+                 a.row_denom,
+                 a.row_argmax,
+                 sum_forward ? forward_sums : a.forward_states,
+                 sum_forward,
+                 a.forward_plan,
+                 a.query_grads ? a.dq : nullptr,
+                 a.dphi_q,
+                 a.row_grad_window,
+                 a.row_grad_linear,
+                 a.row_delta,
+                 a.row_gate_grad,
+                 a.row_window_share,
+                 /*window_grads=*/a.query_grads || a.key_grads};
+    if (side != nullptr) {
+      qa.u_partials = a.reverse_states;
+      qa.key_plan = key_plan;
+      qa.u_parts = query_u_parts(a.forward_plan, key_plan);
+    }
     err = run_query_wg(s, qa, stream);
+    if (err == cudaSuccess && side != nullptr) u_query = qa;
     if (err == cudaSuccess && coef != nullptr) {  // its hybrid units took delta = dl
       coef->window_share = a.row_window_share;
       coef->coef_window = a.coef_window;
@@ -926,6 +1012,33 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     }
   }
   if (err != cudaSuccess) return err;
+  // Launched after the query kernel, so that the query kernel's blocks are placed first.
+  bool pass_beside = false;
+  if (u_query) {
+    join.side = side;
+    err = cudaStreamWaitEvent(side->stream, side->fork, 0);
+    if (err == cudaSuccess) {
+      err = run_state_pass_wg(s, a.phi_q, a.dy, a.row_denom, /*row_weight=*/nullptr, false,
+                              a.window_drop, key_sums, key_plan, -1, +1, s.seq_len, false,
+                              /*skip=*/0, side->stream);
+    }
+    if (err == cudaErrorNotSupported) {
+      err = cudaSuccess;  // a TMA descriptor refused: the pass runs after the query side
+    } else if (err == cudaSuccess) {
+      pass_beside = true;
+      err = cudaEventRecord(side->query_done, stream);
+      if (err == cudaSuccess) err = cudaStreamWaitEvent(side->stream, side->query_done, 0);
+      if (err == cudaSuccess) err = run_u_combine(s, *u_query, key_sums, /*skip=*/0, side->stream);
+      if (err == cudaSuccess && !sum_keys) err = scan(side->stream);
+      if (err == cudaSuccess) err = cudaEventRecord(side->pass_done, side->stream);
+      if (err == cudaSuccess) err = cudaStreamWaitEvent(stream, side->pass_done, 0);
+      if (err == cudaSuccess && coef != nullptr) {
+        err = run_coef_sum(*coef, side->stream);
+        *coef_summed = err == cudaSuccess;
+      }
+    }
+    if (err != cudaSuccess) return err;
+  }
   // dk and dv, plus dv_linear (fp32) where it is not null.
   auto window_key = [&](float* dv_linear) {
     if (window_key_wg_takes(s, key_plan)) {
@@ -943,26 +1056,14 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
                : launch(window_key_kernel<128>, k_blocks, wk, wp, stream);
   };
   if (linear) {
-    // U at the start of each key segment = rows after it: segment sums (not the first's, which
-    // no suffix reads), then a suffix scan, or, on Hopper with few segments, the linear key
-    // kernel adds the sums after its segment itself.
-    const int key_segments = key_plan.segments;
-    float* key_sums = nullptr;
-    const bool hopper_key = linear_key_wg_takes(s, key_plan);
-    const bool sum_keys = hopper_key && sums_in_kernel(key_segments);
-    auto scan = [&] {
-      return run_scan(s, a.window_drop, key_sums, a.reverse_states, units, key_segments, 1, nullptr,
-                      nullptr, false, stream);
-    };
-    if (key_segments > 1) {
-      key_sums = segment_sums(a.reverse_states, s, units, key_segments);
+    if (key_segments > 1 && !pass_beside) {
       // dc_w, dc_l with the pass (their row terms are the query side's, done by now): beside its
       // blocks where it leaves SMs idle, else right after it (bench/KERNEL_NOTES.md session 22).
       err = run_state_pass_tc(s, a.phi_q, a.dy, a.row_denom, a.row_delta, false, a.window_drop,
                               key_sums, key_plan, -1, +1, s.seq_len, false,
                               /*skip=*/0, stream, coef);
       *coef_summed = coef != nullptr;
-      if (err == cudaSuccess && !sum_keys) err = scan();
+      if (err == cudaSuccess && !sum_keys) err = scan(stream);
       if (err != cudaSuccess) return err;
     }
     err = cudaErrorNotSupported;
@@ -998,7 +1099,7 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
       err = run_linear_key_wg(s, la, stream);
       if (err == cudaSuccess && dv_sum != nullptr) return cudaSuccess;
       if (err == cudaErrorNotSupported && sum_keys) {
-        const cudaError_t e = scan();  // the kernels below read the scan's states
+        const cudaError_t e = scan(stream);  // the kernels below read the scan's states
         if (e != cudaSuccess) return e;
       }
     }

@@ -16,6 +16,11 @@ bool backward_tc_fits(const Shape& s, bool linear);
 /// more segments than `plan`, so its reverse-state workspace is large enough).
 SegmentPlan backward_tc_key_plan(const SegmentPlan& plan, int seq_len);
 
+/// Whether run_backward_tc runs the reverse chunk-state pass on a second stream beside the Hopper
+/// query kernel, which then sums the pass's z part itself (QueryArgs::u_partials).
+bool reverse_pass_beside_query(const Shape& s, const SegmentPlan& forward_plan,
+                               const SegmentPlan& key_plan, bool linear);
+
 /// The tensor-core backward. `a.dkv_accum` must hold B * Hkv * N * D floats when the problem
 /// has feature maps; `key_plan` comes from backward_tc_key_plan. Where it runs a reverse
 /// chunk-state pass, that pass also sums `coef` (if given) and *coef_summed is set. Where the

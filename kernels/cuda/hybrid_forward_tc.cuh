@@ -58,7 +58,8 @@ bool state_pass_wg_takes(const Shape& s);
 /// run_state_pass_tc on Hopper: TMA loads and wgmma, one block per segment;
 /// cudaErrorNotSupported when a TMA descriptor cannot describe the inputs. With k_map_weight
 /// (a hedgehog map's weight [Hq, D, 64]; F = 128, unscaled, bm per kv head) `a` is k, read per
-/// kv head, and phi_k = hedgehog(k W_k) is computed on the way.
+/// kv head, and phi_k = hedgehog(k W_k) is computed on the way. Scaled without row_weight, z is
+/// left 0 (the backward's query kernel sums it).
 cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, const float* row_denom,
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
@@ -144,7 +145,26 @@ struct QueryArgs {
   /// false: neither q nor k needs a gradient (attention transfer), so hybrid units skip the
   /// window's scores: dphi_q and every row value follow from the linear branch, y and D.
   bool window_grads = true;
+  /// Where given: the z part of the reverse pass's segment sums, u = sum phi_q dl / D over the
+  /// rows of each key segment (key_plan, rows shifted by the unit's state lag), as each block's
+  /// partials [units][plan.segments][u_parts][F] (run_u_combine sums them); see query_takes_u.
+  float* u_partials = nullptr;
+  SegmentPlan key_plan{};
+  int u_parts = 0;
 };
+
+/// The most key segments that one forward segment's rows reach (QueryArgs::u_parts).
+int query_u_parts(const SegmentPlan& plan, const SegmentPlan& key_plan);
+
+/// Whether run_query_wg can sum u (QueryArgs::u_partials) for these key segments.
+bool query_takes_u(const Shape& s, const SegmentPlan& key_plan);
+
+/// Floats of QueryArgs::u_partials.
+size_t query_u_floats(const Shape& s, const SegmentPlan& plan, const SegmentPlan& key_plan);
+
+/// z of the key segments' sums `key_sums` (all but `skip`) from a.u_partials.
+cudaError_t run_u_combine(const Shape& s, const QueryArgs& a, float* key_sums, int skip,
+                          cudaStream_t stream);
 
 /// The backward's query pass on Hopper; cudaErrorNotSupported when a TMA descriptor cannot
 /// describe the inputs or the shared memory does not fit.

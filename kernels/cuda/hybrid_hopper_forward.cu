@@ -601,14 +601,15 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
       // Warps 2-3: row r of each chunk's denom and weight factors (plain loads).
       const int r = threadIdx.x - 64;
       const float* denom = p.denom + static_cast<size_t>(unit) * N;
-      const float* weight = p.weight + static_cast<size_t>(unit) * N;
+      const float* weight =
+          p.weight != nullptr ? p.weight + static_cast<size_t>(unit) * N : nullptr;
       for_each_segment([&](int, int begin, int, int chunks, int ring) {
         for (int c = 0; c < chunks; ++c) {
           const int stage = (ring + c) % kSpStages;
           const uint32_t use = (ring + c) / kSpStages;
           const int row = chunk_row(begin, chunks, c) + r;
           const float d = row < N ? denom[row] : 0.f;
-          const float w = row < N ? weight[row] : 0.f;
+          const float w = row < N && weight != nullptr ? weight[row] : 0.f;
           if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
           float* fac = reinterpret_cast<float*>(smem + stage * L::kStageBytes + L::kFactorOff);
           fac[r] = d;

@@ -151,10 +151,28 @@ __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t*
   }
 }
 
+// u = sum_r phi_q_r dl_r / D_r, the z part of the reverse pass's key-segment sums, so that the
+// pass needs nothing from this kernel (run_backward_tc runs it beside): the consumer takes it per
+// tile as phi_q^T W (m64n8 per 64 features, both operands in shared memory), W holding each row's
+// w = dl / D as two bf16 (hi, lo: ~16 bits of w) in the column pair of its key segment's parity
+// (columns 4-7 are whatever lies there, and unused). Key segment j holds rows [j L + lag,
+// (j + 1) L + lag), the last to the end, and L >= 64 (query_takes_u), so a tile meets at most two.
+// W goes into y's second column block once dl is taken (D = 128): core matrix c (rows 8c..8c+7,
+// unswizzled, K-major) in line 8c, which only warp c / 2 has read. Per block
+// u_partials[unit][seg][k - k_first][F], zeros for the parts its rows do not reach.
+__host__ __device__ inline int key_segment_of(const SegmentPlan& key_plan, int lag, int row) {
+  return row < lag ? 0 : min((row - lag) / key_plan.length, key_plan.segments - 1);
+}
+
+// x added to *at without waiting for it (no value comes back).
+__device__ inline void red_add(float* at, float x) {
+  asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(at), "f"(x) : "memory");
+}
+
 // kWindow / kLinear: the unit's branches; kDq: q needs a gradient. As in the forward's consume,
 // template arguments keep every wgmma unconditional within its instantiation.
 // rows_from_y: a hybrid unit whose window part is skipped (window_grads false).
-template <int D, int F, bool kWindow, bool kLinear, bool kDq>
+template <int D, int F, bool kWindow, bool kLinear, bool kDq, bool kSumU>
 __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t* smem,
                               const QueryBarriers& qb, int unit, int r_begin, int r_end, int tiles,
                               bool rows_from_y) {
@@ -178,6 +196,27 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
   const uint32_t q_addr = sbase + L::kQOff;
   const int lin_c = um.lin_lag > 0 ? 0 : 1;  // the chunk of unfolded linear keys, as consume
   const size_t row0 = static_cast<size_t>(unit) * N;
+  // u's partials (the comment above key_segment_of): each (feature, key segment) has one thread,
+  // lane t4 = the segment's parity, which zeroes it first and then adds each tile's part (red: no
+  // wait), so that the sums keep their order. A tile's rows lie in key segments u_seg and
+  // u_seg + 1, whose column pairs lanes t4 = 0 and 1 hold.
+  static_assert(!kSumU || D == 128, "W lies in y's second column block");
+  constexpr bool sum_u = kLinear && kSumU;
+  int u_seg = key_segment_of(p.a.key_plan, um.state_lag, r_begin);
+  const int u_first = u_seg;
+  float* const u_out = p.a.u_partials +
+                       (static_cast<size_t>(unit) * p.a.plan.segments + r_begin / p.a.plan.length) *
+                           p.a.u_parts * F +
+                       16 * warp + g8;
+  if (sum_u && t4 < 2) {
+    for (int part = (u_first + t4) & 1; part < p.a.u_parts; part += 2) {
+#pragma unroll
+      for (int h = 0; h < F / 64; ++h) {
+        u_out[part * F + 64 * h] = 0.f;
+        u_out[part * F + 64 * h + 8] = 0.f;
+      }
+    }
+  }
 
   for (int t = 0; t < tiles; ++t) {
     const int t0 = r_begin + t * kRows;
@@ -254,6 +293,27 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
     // reader of chunk t - 1's v (give_v_prev below, in one of the two parts). The condition is
     // spelled out where used: a flag for it changed the kernels' register allocation.
     float sc[2][32], dyv[2][32];
+    // u's product done (a wait that covers its group): phi_q and W go back, the tile's part is
+    // added to its key segments' partials.
+    float u[F / 64][4];
+    auto finish_u = [&] {
+      if (!sum_u) return;
+      if (lane == 0) mbar_arrive(bar.pq_empty);
+      mbar_arrive(qb.y_empty);  // W is read (the state gives y's buffer back too)
+      const int k = (u_seg & 1) == t4 ? u_seg : u_seg + 1;
+      if (t4 < 2 && k - u_first < p.a.u_parts) {
+#pragma unroll
+        for (int h = 0; h < F / 64; ++h) {
+          red_add(u_out + (k - u_first) * F + 64 * h, u[h][0] + u[h][1]);
+          red_add(u_out + (k - u_first) * F + 64 * h + 8, u[h][2] + u[h][3]);
+        }
+      }
+      const int end = min(r_end, t0 + kRows);
+      while (u_seg < p.a.key_plan.segments - 1 &&
+             (u_seg + 1) * p.a.key_plan.length + um.state_lag <= end) {
+        ++u_seg;
+      }
+    };
     if constexpr (kLinear) {
       const uint32_t lin = chunk_slot(lin_c);
       float pl[32];
@@ -270,7 +330,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       take_dl();
       take_inv();
       wgmma_wait<0>();
-      if (lane == 0) mbar_arrive(bar.pq_empty);  // this warp is done with phi_q
+      if (!sum_u && lane == 0) mbar_arrive(bar.pq_empty);  // this warp is done with phi_q
       if (!kWindow || lin_c == 0) give_v_prev();
 
       // The unfolded linear keys: [s_lo, row - lin_lag] within the chunk.
@@ -308,6 +368,21 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       // accumulates dphi_q; du goes into y's buffer, whose y take_dl has read.
       __syncwarp();  // the warp's lanes have read y's rows (take_dl) that du goes over
       stage_operand(sbase + L::kDuOff, adu, warp, g8, t4);
+      if constexpr (sum_u) {  // W: lane t4 writes column t4 of rows la, lb
+        const uint32_t w_base = L::kYOff + kBlock + 2 * warp * 1024 + 2 * g8 + 16 * t4;
+        const int bound = (u_seg + 1) * p.a.key_plan.length + um.state_lag;  // u_seg + 1's start
+        const bool last = u_seg == p.a.key_plan.segments - 1;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int i = r == 0 ? ia : ib;
+          const float w = i >= um.state_lag ? (r == 0 ? dl_a * inv_a : dl_b * inv_b) : 0.f;
+          const bf16 hi = __float2bfloat16(w);
+          const bf16 lo = __float2bfloat16(w - __bfloat162float(hi));
+          const bool pair = ((u_seg + (!last && i >= bound ? 1 : 0)) & 1) == t4 / 2;
+          *reinterpret_cast<bf16*>(smem + w_base + r * 1024) =
+              pair ? (t4 % 2 == 0 ? hi : lo) : __float2bfloat16(0.f);
+        }
+      }
       if (t4 == 0) {
         float* rows = reinterpret_cast<float*>(smem + L::kRowsOff);
         rows[la] = dl_a;
@@ -318,6 +393,24 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
       fence_async_shared();
       mbar_arrive(qb.lin_in_full);
       quad_sum(ls_a, ls_b, ps_a, ps_b);
+      if constexpr (sum_u) {  // u's product, waited for with the window's first products (finish_u)
+        named_barrier(1, 128);  // every warp's rows of W are written
+        const uint64_t w_desc = interleaved_desc(sbase + L::kYOff + kBlock, 1024, 128);
+        wgmma_fence();
+#pragma unroll
+        for (int h = 0; h < F / 64; ++h) {
+#pragma unroll
+          for (int ks = 0; ks < 4; ++ks) {
+            wgmma_ss_n8<1, 0>(u[h], n_major(pq_addr + h * kBlock, ks, kBlock),
+                              desc_plus(w_desc, ks * 2048), ks > 0);
+          }
+        }
+        wgmma_commit();
+        if constexpr (!kWindow) {
+          wgmma_wait<0>();
+          finish_u();
+        }
+      }
     }
 
     float w1_a = 0.f, w1_b = 0.f, e_a = 0.f, e_b = 0.f;
@@ -393,6 +486,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         scores(sc[0], dyv[0], 0);
         scores(sc[1], dyv[1], 1);
         wgmma_wait<1>();
+        if constexpr (kLinear) finish_u();
         weigh(0, sc[0], dyv[0], ads);
         wgmma_wait<0>();
         // The products were dy's last reads here.
@@ -405,6 +499,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
         scores(sc[0], dyv[0], 0);
         scores(sc[1], dyv[1], 1);
         wgmma_wait<0>();
+        if constexpr (kLinear) finish_u();
         if (!(kLinear && lin_c == 0)) give_v_prev();
         weigh(0, sc[0], dyv[0], ads);
         weigh(1, sc[1], dyv[1], ads);
@@ -425,6 +520,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
           wgmma_commit();
         }
         wgmma_wait<0>();
+        if constexpr (kLinear) finish_u();
         if (!(kLinear && lin_c == 0)) give_v_prev();  // here, not in the loop: in it, it spills
       }
       quad_sum(w1_a, w1_b, e_a, e_b);
@@ -731,7 +827,9 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
   }
 }
 
-template <int D, int F, bool kDq>
+// kSumU: the consumer sums u (QueryArgs::u_partials, D = 128); an instantiation of its own, so
+// that the kernel without it keeps its registers.
+template <int D, int F, bool kDq, bool kSumU>
 __global__ void __launch_bounds__(kWgThreads, 1)
     query_wg_kernel(const __grid_constant__ QueryParams p) {
   await_previous_kernel();
@@ -770,7 +868,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     mbar_init(qb.dy_full, 1);
     mbar_init(qb.dy_empty, um.use_linear ? 256 : 128);  // consumer (+ state)
     mbar_init(qb.y_full, 1);
-    mbar_init(qb.y_empty, 128);
+    // the state (+ the consumer's u product, which reads W there: query_takes_u)
+    mbar_init(qb.y_empty, kSumU && um.use_linear ? 256 : 128);
     mbar_init(qb.lin_in_full, 128);
     mbar_init(qb.lin_out_full, 128);
     mbar_init(qb.lin_out_empty, 128);
@@ -791,8 +890,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   } else if (group == 1) {
     regs_grow<kConsumerRegs>();
     with_branches(um, [&](auto window, auto linear) {
-      consume_query<D, F, window, linear, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles,
-                                               rows_from_y);
+      consume_query<D, F, window, linear, kDq, kSumU>(p, um, smem, qb, unit, r_begin, r_end, tiles,
+                                                      rows_from_y);
     });
   } else {
     regs_grow<kStateRegs>();
@@ -800,7 +899,64 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   }
 }
 
+struct UCombineParams {
+  const float* partials;
+  float* sums;
+  Shape s;
+  const uint8_t* window_drop;
+  SegmentPlan plan, key_plan;
+  int parts, skip;
+};
+
+// z of each key segment's sum (F * D + F floats a segment, z after S) from the query kernel's u
+// partials, summed over the forward segments in order: block (unit, j), a thread a feature.
+__global__ void u_combine_kernel(UCombineParams p) {
+  await_previous_kernel();
+  const int unit = blockIdx.x / p.key_plan.segments;
+  const int j = blockIdx.x - unit * p.key_plan.segments;
+  const UnitMode um = unit_mode(p.s, p.window_drop, unit);
+  const int F = p.s.features, f = threadIdx.x;
+  if (j == p.skip || !um.use_linear || f >= F) return;
+  float z = 0.f;
+  for (int i = 0; i < p.plan.segments; ++i) {
+    const int part = j - key_segment_of(p.key_plan, um.state_lag, i * p.plan.length);
+    if (part < 0 || part >= p.parts) continue;
+    z += p.partials[((static_cast<size_t>(unit) * p.plan.segments + i) * p.parts + part) * F + f];
+  }
+  p.sums[(static_cast<size_t>(unit) * p.key_plan.segments + j) * (F * p.s.head_dim + F) +
+         F * p.s.head_dim + f] = z;
+}
+
+template <int D, int F>
+auto pick_query_kernel(bool dq, bool sum_u) {
+  if constexpr (D == 128) {
+    if (sum_u) return dq ? query_wg_kernel<D, F, true, true> : query_wg_kernel<D, F, false, true>;
+  }
+  return dq ? query_wg_kernel<D, F, true, false> : query_wg_kernel<D, F, false, false>;
+}
+
 }  // namespace
+
+int query_u_parts(const SegmentPlan& plan, const SegmentPlan& key_plan) {
+  return (plan.length + key_plan.length - 1) / key_plan.length + 1;
+}
+
+size_t query_u_floats(const Shape& s, const SegmentPlan& plan, const SegmentPlan& key_plan) {
+  return static_cast<size_t>(s.batch) * s.q_heads * plan.segments * query_u_parts(plan, key_plan) *
+         s.features;
+}
+
+bool query_takes_u(const Shape& s, const SegmentPlan& key_plan) {
+  return s.head_dim == 128 && key_plan.length >= kRows;
+}
+
+cudaError_t run_u_combine(const Shape& s, const QueryArgs& a, float* key_sums, int skip,
+                          cudaStream_t stream) {
+  const UCombineParams p{a.u_partials, key_sums,   s,         a.window_drop,
+                         a.plan,       a.key_plan, a.u_parts, skip};
+  return launch_chained(u_combine_kernel, dim3(s.batch * s.q_heads * a.key_plan.segments),
+                        dim3(s.features), 0, stream, p);
+}
 
 cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream) {
   QueryParams p{};
@@ -817,9 +973,9 @@ cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream
   p.a = a;
   return with_sizes(D, F, [&](auto d, auto f) {
     constexpr int kD = decltype(d)::value, kF = decltype(f)::value;
-    return launch_smem(
-        a.dq != nullptr ? query_wg_kernel<kD, kF, true> : query_wg_kernel<kD, kF, false>,
-        units * a.plan.segments, kWgThreads, QueryLayout<kD, kF>::kSmemBytes, p, stream);
+    return launch_smem(pick_query_kernel<kD, kF>(a.dq != nullptr, a.u_partials != nullptr),
+                       units * a.plan.segments, kWgThreads, QueryLayout<kD, kF>::kSmemBytes, p,
+                       stream);
   });
 }
 

@@ -14,6 +14,8 @@
 
 #ifdef HL_WITH_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/attention.hpp"
 #include "kernels/cuda/cuda_attention.hpp"
@@ -389,6 +391,34 @@ TEST(CudaAttention, FrozenQkvGradients) {
   check_forward_backward(c, 19, via_inputs, /*qkv_grads=*/false);
 }
 
+// The kernels' shape of a case.
+hc::ProblemShape shape_of(const Case& c) {
+  hc::ProblemShape s;
+  s.batch = static_cast<int>(c.B);
+  s.q_heads = static_cast<int>(c.Hq);
+  s.kv_heads = static_cast<int>(c.Hkv);
+  s.seq_len = static_cast<int>(c.N);
+  s.head_dim = static_cast<int>(c.D);
+  s.features = static_cast<int>(c.F);
+  s.window = static_cast<int>(c.w);
+  s.mode = c.mode == hk::AttentionMode::linear_only   ? hc::KernelMode::kLinearOnly
+           : c.mode == hk::AttentionMode::window_only ? hc::KernelMode::kWindowOnly
+                                                      : hc::KernelMode::kHybrid;
+  s.overlap = c.overlap;
+  s.dtype = hc::KernelDType::kBFloat16;
+  return s;
+}
+
+// Whether the backward runs the reverse pass beside the Hopper query kernel for a case, with the
+// plans the fused path makes on this GPU.
+bool pass_beside_query(const Case& c) {
+  const hc::ProblemShape s = shape_of(c);
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return hc::backward_runs_pass_beside_query(
+      s, hc::plan_segments(s.batch * s.q_heads, s.seq_len, sms),
+      hc::plan_segments(s.batch * s.kv_heads, s.seq_len, sms));
+}
+
 // Shapes the warp-specialised Hopper forward takes (bf16, D and F of 64 or 128): overlap with SSD
 // drops and GQA, window-only with a short window, linear-only, a sequence shorter than the
 // window, the benchmark shape split into segments; on an sm_90 GPU the dispatch must pick it (the
@@ -397,22 +427,6 @@ TEST(CudaAttention, FrozenQkvGradients) {
 TEST(CudaAttention, HopperForwardBf16) {
   HL_REQUIRE_GPU();
   const auto* props = at::cuda::getCurrentDeviceProperties();
-  auto shape_of = [](const Case& c) {
-    hc::ProblemShape s;
-    s.batch = static_cast<int>(c.B);
-    s.q_heads = static_cast<int>(c.Hq);
-    s.kv_heads = static_cast<int>(c.Hkv);
-    s.seq_len = static_cast<int>(c.N);
-    s.head_dim = static_cast<int>(c.D);
-    s.features = static_cast<int>(c.F);
-    s.window = static_cast<int>(c.w);
-    s.mode = c.mode == hk::AttentionMode::linear_only   ? hc::KernelMode::kLinearOnly
-             : c.mode == hk::AttentionMode::window_only ? hc::KernelMode::kWindowOnly
-                                                        : hc::KernelMode::kHybrid;
-    s.overlap = c.overlap;
-    s.dtype = hc::KernelDType::kBFloat16;
-    return s;
-  };
   auto takes = [&](const Case& c) {
     const hc::ProblemShape s = shape_of(c);
     return hc::forward_uses_hopper_kernel(
@@ -464,6 +478,7 @@ TEST(CudaAttention, HopperForwardBf16) {
   c.B = 1;
   c.Hq = c.Hkv = 8;  // 8 heads on a GPU of 132 SMs: 16 segments of 128 rows
   c.affine = true;
+  if (props->major == 9) EXPECT_TRUE(pass_beside_query(c)) << "the query kernel sums u";
   check(c, 84);
   c.w = 48;  // non-overlap hybrid with w < 64 stays on the mma.sync forward
   EXPECT_FALSE(takes(c));
@@ -484,7 +499,74 @@ TEST(CudaAttention, HopperForwardBf16) {
   // Four q heads per kv head: in the linear key kernel each head adds its part into dv in turn
   // (the next head reloads a tile two steps after it was stored: key segments of two tiles).
   c = dropped_head_case(1100, 8, 2);
+  if (props->major == 9) EXPECT_TRUE(pass_beside_query(c)) << "the query kernel sums u";
   check(c, 88);
+}
+
+// A training step as `run` replays it: the forward and backward captured once as a CUDA graph
+// (relaxed capture on a stream of its own, after an eager step, as model::StepGraph does) and
+// replayed on new inputs gives the eager gradients. The shape runs the reverse pass on a second
+// stream beside the query kernel, which the capture must take in.
+TEST(CudaAttention, BackwardReplaysAsACudaGraphBf16) {
+  HL_REQUIRE_GPU();
+  if (at::cuda::getCurrentDeviceProperties()->major != 9) GTEST_SKIP() << "needs an sm_90 GPU";
+  Case c = bf16_head_case(2048);
+  c.B = 1;
+  c.Hq = c.Hkv = 8;
+  c.affine = true;
+  ASSERT_TRUE(pass_beside_query(c));
+  auto leaf = [](const Tensor& t) { return t.detach().clone().requires_grad_(true); };
+  auto step = [&](const std::vector<Tensor>& x, const Tensor& dy) {
+    for (const Tensor& t : x)
+      t.mutable_grad() = Tensor();  // so that the backward makes them (in the graph's pool)
+    hk::AttentionInputs in{x[0], x[1], x[2], x[3], x[4], x[5], Tensor()};
+    hc::attention(in, options_of(c)).y.backward(dy);
+  };
+  auto grads_of = [](const std::vector<Tensor>& x) {
+    std::vector<Tensor> g;
+    for (const Tensor& t : x)
+      g.push_back(t.grad().clone());
+    return g;
+  };
+  const Data first = make_data(c, 96), second = make_data(c, 97);
+  const auto o = first.q.options();
+  const std::vector<Tensor> inputs = {leaf(first.q),     leaf(first.k),     leaf(first.v),
+                                      leaf(first.phi_q), leaf(first.phi_k), leaf(first.omega)};
+  const Tensor dy = torch::randn({c.B, c.Hq, c.N, c.D}, o);
+
+  at::cuda::CUDAGraph graph;
+  const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
+  {
+    const c10::cuda::CUDAStreamGuard guard(stream);
+    step(inputs, dy);
+    const std::vector<Tensor> eager_first = grads_of(inputs);
+    graph.capture_begin({0, 0}, cudaStreamCaptureModeRelaxed);
+    step(inputs, dy);
+    graph.capture_end();
+    graph.replay();
+    const std::vector<Tensor> replayed_first = grads_of(inputs);
+    {
+      const torch::NoGradGuard no_grad;
+      const std::vector<Tensor> fresh = {second.q,     second.k,     second.v,
+                                         second.phi_q, second.phi_k, second.omega};
+      for (size_t i = 0; i < inputs.size(); ++i)
+        inputs[i].copy_(fresh[i]);
+    }
+    graph.replay();
+    stream.synchronize();
+    const char* names[] = {"dq", "dk", "dv", "dphi_q", "dphi_k", "domega"};
+    for (size_t i = 0; i < inputs.size(); ++i)
+      EXPECT_LT(rel_err(replayed_first[i], eager_first[i]), 1e-5) << names[i] << ", first inputs";
+    const std::vector<Tensor> replayed = grads_of(inputs);
+    std::vector<Tensor> fresh = {leaf(second.q),     leaf(second.k),     leaf(second.v),
+                                 leaf(second.phi_q), leaf(second.phi_k), leaf(second.omega)};
+    step(fresh, dy);
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      ASSERT_TRUE(all_finite(replayed[i])) << names[i];
+      EXPECT_LT(rel_err(replayed[i], fresh[i].grad()), 1e-5) << names[i] << ", second inputs";
+      EXPECT_GT(rel_err(replayed[i], eager_first[i]), 1e-2) << names[i] << " did not change";
+    }
+  }
 }
 
 // The softmax teacher on CUDA tensors goes to PyTorch's fused attention through the dispatch;
