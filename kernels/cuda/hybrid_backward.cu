@@ -528,10 +528,20 @@ cudaError_t dispatch_backward(const BackwardParams& bp, KernelDType dtype, int p
 }  // namespace
 }  // namespace detail
 
+namespace {
+
+// Whether launch_backward runs `shape` on the tensor-core backward (run_backward_tc); linear: the
+// problem has feature maps.
+bool tensor_core_backward(const ProblemShape& shape, bool linear) {
+  return unsupported_reason(shape) == nullptr && shape.dtype == KernelDType::kBFloat16 &&
+         detail::backward_tc_fits(detail::make_shape(shape), linear);
+}
+
+}  // namespace
+
 bool backward_uses_hopper_key_kernel(const ProblemShape& shape, const SegmentPlan& key_plan) {
   const detail::Shape s = detail::make_shape(shape);
-  return unsupported_reason(shape) == nullptr && shape.dtype == KernelDType::kBFloat16 &&
-         detail::backward_tc_fits(s, true) &&
+  return tensor_core_backward(shape, true) &&
          detail::linear_key_wg_takes(s, detail::backward_tc_key_plan(key_plan, s.seq_len));
 }
 
@@ -548,23 +558,20 @@ size_t backward_accum_floats(const ProblemShape& shape, const SegmentPlan& key_p
 bool backward_uses_hopper_window_key_kernel(const ProblemShape& shape,
                                             const SegmentPlan& key_plan) {
   const detail::Shape s = detail::make_shape(shape);
-  return unsupported_reason(shape) == nullptr && shape.dtype == KernelDType::kBFloat16 &&
-         detail::backward_tc_fits(s, shape.mode != KernelMode::kWindowOnly) &&
+  return tensor_core_backward(shape, shape.mode != KernelMode::kWindowOnly) &&
          detail::window_key_wg_takes(s, detail::backward_tc_key_plan(key_plan, s.seq_len));
 }
 
 bool backward_uses_hopper_fused_key_kernel(const ProblemShape& shape, const SegmentPlan& key_plan) {
   const detail::Shape s = detail::make_shape(shape);
-  return unsupported_reason(shape) == nullptr && shape.dtype == KernelDType::kBFloat16 &&
-         detail::backward_tc_fits(s, true) &&
+  return tensor_core_backward(shape, true) &&
          detail::fused_key_wg_takes(s, detail::backward_tc_key_plan(key_plan, s.seq_len), nullptr);
 }
 
 bool backward_runs_pass_beside_query(const ProblemShape& shape, const SegmentPlan& forward_plan,
                                      const SegmentPlan& key_plan) {
   const detail::Shape s = detail::make_shape(shape);
-  return unsupported_reason(shape) == nullptr && shape.dtype == KernelDType::kBFloat16 &&
-         detail::backward_tc_fits(s, true) &&
+  return tensor_core_backward(shape, true) &&
          detail::reverse_pass_beside_query(s, forward_plan,
                                            detail::backward_tc_key_plan(key_plan, s.seq_len), true);
 }
