@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <string>
@@ -206,6 +207,18 @@ void fused_forward_backward(benchmark::State& state, bool qkv_grads, int64_t kv_
   step();
   const int64_t peak = alloc::getDeviceStats(device).allocated_bytes[0].peak;
   state.counters["step_peak_MB"] = static_cast<double>(peak - before) / 1e6;
+#ifdef HL_BLOCK_TRACE
+  // That last step's kernels, block by block (scripts/gpu-trace.sh).
+  if (const char* dir = std::getenv("HL_TRACE_OUT")) {
+    const std::string path = std::string(dir) + "/trace_B" + std::to_string(in.B) + "_N" +
+                             std::to_string(in.N) + "_kv" + std::to_string(kv_heads) +
+                             (qkv_grads ? "" : "_transfer") + ".txt";
+    if (FILE* f = std::fopen(path.c_str(), "w")) {
+      hc::write_block_trace(f);
+      std::fclose(f);
+    }
+  }
+#endif
 }
 
 void BM_FusedForwardBackward(benchmark::State& state) {

@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 
 namespace hl::kernels::cuda {
 
@@ -214,5 +215,11 @@ int launch_branch_coefficients_backward(const void* omega, bool omega_bf16,
 
 /// Text of a code returned by a launcher.
 const char* error_string(int code);
+
+#ifdef HL_BLOCK_TRACE
+/// Writes the per-block records of the traced kernels' last launches, one line a block
+/// (kernels/cuda/block_trace.cuh; cmake -DHL_BLOCK_TRACE=ON).
+void write_block_trace(FILE* out);
+#endif
 
 }  // namespace hl::kernels::cuda

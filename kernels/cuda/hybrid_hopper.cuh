@@ -14,6 +14,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "kernels/cuda/block_trace.cuh"
 #include "kernels/cuda/hopper.cuh"
 #include "kernels/cuda/hybrid_common.cuh"
 #include "kernels/cuda/hybrid_forward_tc.cuh"

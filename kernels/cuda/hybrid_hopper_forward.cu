@@ -421,7 +421,7 @@ __device__ void keep_state(const P& p, const UnitMode& um, uint8_t* smem, const 
 template <int D, int F, bool kMap>
 __global__ void __launch_bounds__(kWgThreads, 1)
     forward_wg_kernel(const __grid_constant__ WgParams p) {
-  await_previous_kernel();
+  HL_TRACED_AWAIT(block_trace::kForward);
   using L = Layout<D, F, kMap>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   // The kMap layout has no slack for aligning the base (observed aligned on sm_90).
@@ -537,7 +537,7 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
     state_pass_wg_kernel(const __grid_constant__ SpParams p) {
   static_assert(!kMap || regs_fit(128 * (1 + F / 64), 24 + 240 * (F / 64)),
                 "registers over the launch's");
-  await_previous_kernel();
+  HL_TRACED_AWAIT(kScaled ? block_trace::kScaledStatePass : block_trace::kStatePass);
   if constexpr (!kMap) {
     if (static_cast<int>(blockIdx.x) >= p.pass_blocks) {  // dc_w, dc_l beside the pass
       const int o = blockIdx.x - p.pass_blocks;
@@ -890,5 +890,11 @@ cudaError_t run_forward_wg(const Shape& s, const TcForwardArgs& a, cudaStream_t 
                        Layout<kD, kF>::kSmemBytes, p, stream);
   });
 }
+
+#ifdef HL_BLOCK_TRACE
+void write_block_trace_forward(FILE* out) {
+  block_trace::write("forward", out);
+}
+#endif
 
 }  // namespace hl::kernels::cuda::detail

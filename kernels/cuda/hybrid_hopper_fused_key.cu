@@ -87,7 +87,7 @@ static_assert(regs_fit(kFkThreads, 24 + kScoresRegs + 2 * kKeyRegs),
 
 __global__ void __launch_bounds__(kFkThreads, 1)
     fused_key_wg_kernel(const __grid_constant__ FkParams p) {
-  await_previous_kernel();
+  HL_TRACED_AWAIT(block_trace::kFusedKey);
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = align_1024(smem_raw);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kBarOff);
@@ -506,5 +506,11 @@ cudaError_t run_fused_key_wg(const Shape& s, const FusedKeyArgs& a, cudaStream_t
   return launch_smem(fused_key_wg_kernel, units * a.key_plan.segments, kFkThreads, kSmemBytes, p,
                      stream);
 }
+
+#ifdef HL_BLOCK_TRACE
+void write_block_trace_fused_key(FILE* out) {
+  block_trace::write("fused_key", out);
+}
+#endif
 
 }  // namespace hl::kernels::cuda::detail

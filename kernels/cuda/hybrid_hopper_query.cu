@@ -832,7 +832,7 @@ __device__ void keep_query_state(const QueryParams& p, const UnitMode& um, uint8
 template <int D, int F, bool kDq, bool kSumU>
 __global__ void __launch_bounds__(kWgThreads, 1)
     query_wg_kernel(const __grid_constant__ QueryParams p) {
-  await_previous_kernel();
+  HL_TRACED_AWAIT(block_trace::kQuery);
   using L = QueryLayout<D, F>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = align_1024(smem_raw);
@@ -911,7 +911,7 @@ struct UCombineParams {
 // z of each key segment's sum (F * D + F floats a segment, z after S) from the query kernel's u
 // partials, summed over the forward segments in order: block (unit, j), a thread a feature.
 __global__ void u_combine_kernel(UCombineParams p) {
-  await_previous_kernel();
+  HL_TRACED_AWAIT(block_trace::kUCombine);
   const int unit = blockIdx.x / p.key_plan.segments;
   const int j = blockIdx.x - unit * p.key_plan.segments;
   const UnitMode um = unit_mode(p.s, p.window_drop, unit);
@@ -979,4 +979,25 @@ cudaError_t run_query_wg(const Shape& s, const QueryArgs& a, cudaStream_t stream
   });
 }
 
+#ifdef HL_BLOCK_TRACE
+void write_block_trace_query(FILE* out) {
+  block_trace::write("query", out);
+}
+#endif
+
 }  // namespace hl::kernels::cuda::detail
+
+#ifdef HL_BLOCK_TRACE
+namespace hl::kernels::cuda {
+namespace detail {
+void write_block_trace_forward(FILE* out);
+void write_block_trace_fused_key(FILE* out);
+}  // namespace detail
+
+void write_block_trace(FILE* out) {
+  detail::write_block_trace_forward(out);
+  detail::write_block_trace_query(out);
+  detail::write_block_trace_fused_key(out);
+}
+}  // namespace hl::kernels::cuda
+#endif
