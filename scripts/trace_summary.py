@@ -2,7 +2,7 @@
 """Summary of per-block traces written by the CUDA bench built with -DHL_BLOCK_TRACE=ON.
 
 Each input line: unit kernel block resident_ns start_ns end_ns sm (kernels/cuda/block_trace.cuh).
-Prints, per kernel, its working blocks' first start, last end and median duration in us from
+Prints, per kernel of the last step traced, its working blocks' first start, last end and median duration in us from
 the step's first resident block, and for the scaled chunk-state pass (the backward's reverse
 pass) how many of its blocks started before the query kernel's first block ended (beside it).
 
@@ -14,6 +14,7 @@ import sys
 NAMES = ["state pass", "scaled state pass", "forward", "query", "u combine", "fused key"]
 QUERY, SCALED_PASS = 3, 1
 IDLE_US = 3.0  # blocks shorter than this had nothing to do (a skipped segment)
+GAP_NS = 100_000  # kernels of one step follow each other closer than this
 
 
 def summarize(path):
@@ -21,6 +22,17 @@ def summarize(path):
     for line in open(path):
         _, kernel, _, resident, start, end, _ = line.split()
         blocks.setdefault(int(kernel), []).append((int(resident), int(start), int(end)))
+    # Records stay from earlier benchmarks' launches of kernels this one did not launch, and of
+    # block indices past this one's grids: keep the last step's, the blocks that chain back
+    # from the last end with no idle gap over GAP_NS.
+    spans = sorted(((r[1], r[2]) for v in blocks.values() for r in v), key=lambda x: -x[1])
+    step_start = spans[0][0] if spans else 0
+    for start, end in spans:
+        if end < step_start - GAP_NS:
+            break
+        step_start = min(step_start, start)
+    blocks = {k: [r for r in v if r[1] >= step_start] for k, v in blocks.items()}
+    blocks = {k: v for k, v in blocks.items() if v}
     if not blocks:
         print(f"{path}: no records (was the bench built with -DHL_BLOCK_TRACE=ON?)")
         return
