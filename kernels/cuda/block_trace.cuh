@@ -35,6 +35,8 @@ __device__ inline uint64_t now() {
   return t;
 }
 
+/// Stamps one block of kernel kKernel: resident and start times when made, the end when the
+/// block's warps leave its scope.
 template <int kKernel>
 struct Block {
   __device__ static uint64_t* record() {

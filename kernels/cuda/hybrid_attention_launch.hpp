@@ -14,7 +14,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#ifdef HL_BLOCK_TRACE
 #include <cstdio>
+#endif
 
 namespace hl::kernels::cuda {
 
