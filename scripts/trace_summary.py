@@ -11,6 +11,7 @@ pass) how many of its blocks started before the query kernel's first block ended
 import statistics
 import sys
 
+# In the order of block_trace::Kernel (kernels/cuda/block_trace.cuh).
 NAMES = ["state pass", "scaled state pass", "forward", "query", "u combine", "fused key"]
 QUERY, SCALED_PASS = 3, 1
 IDLE_US = 3.0  # blocks shorter than this had nothing to do (a skipped segment)

@@ -12,8 +12,8 @@ std::string decode_graph_unsupported(CausalLM& model, const DecodeCache& cache) 
   (void)model, (void)cache;
   return "built without the CUDA kernels";
 #else
+  // Also the reason where the model is not on a CUDA device.
   const torch::Device device = model->model->embed_tokens->weight.device();
-  if (!device.is_cuda()) return "the model is not on a CUDA device";
   if (std::string why = StepGraph::unsupported(device); !why.empty()) return why;
   if (static_cast<int64_t>(cache.layers.size()) != model->num_layers())
     return "the cache is not prefilled";
