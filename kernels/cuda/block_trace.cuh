@@ -1,9 +1,9 @@
 // Per-block timeline of the step's Hopper kernels, compiled in with -DHL_BLOCK_TRACE=ON (cmake):
 // each traced block records its SM, when it became resident, when it passed
-// await_previous_kernel and when its last warp left. The device has no nsys and ncu serialises
+// start_kernel and when its last warp left. The device has no nsys and ncu serialises
 // kernels, so this is how the kernels' overlap within a step is seen (scripts/gpu-trace.sh).
-// Without the option HL_TRACED_AWAIT is await_previous_kernel, and its argument (a Kernel of
-// namespace block_trace, which is not declared then) is not compiled.
+// Without the option HL_TRACED_START is start_kernel (HL_TRACED_AWAIT: await_previous_kernel),
+// and its kernel argument (of namespace block_trace, which is not declared then) is not compiled.
 #pragma once
 
 #include "kernels/cuda/hybrid_common.cuh"
@@ -77,10 +77,11 @@ inline void write(const char* unit, FILE* out) {
 
 }  // namespace hl::kernels::cuda::detail::block_trace
 
-#define HL_TRACED_AWAIT(kernel)                                                       \
+#define HL_TRACED_START(kernel, wait)                                                 \
   const uint64_t hl_block_resident = ::hl::kernels::cuda::detail::block_trace::now(); \
-  await_previous_kernel();                                                            \
+  start_kernel(wait);                                                                 \
   const ::hl::kernels::cuda::detail::block_trace::Block<(kernel)> hl_block_trace(hl_block_resident)
 #else
-#define HL_TRACED_AWAIT(kernel) await_previous_kernel()
+#define HL_TRACED_START(kernel, wait) start_kernel(wait)
 #endif
+#define HL_TRACED_AWAIT(kernel) HL_TRACED_START(kernel, true)

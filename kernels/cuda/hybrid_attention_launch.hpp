@@ -157,6 +157,13 @@ bool backward_uses_hopper_fused_key_kernel(const ProblemShape& shape, const Segm
 bool backward_runs_pass_beside_query(const ProblemShape& shape, const SegmentPlan& forward_plan,
                                      const SegmentPlan& key_plan);
 
+/// Whether launch_backward (bf16, key gradients wanted) runs the query kernel, that pass and the
+/// fused key kernel as one dataflow in its stream instead, each key block starting once the rows
+/// and sums it reads are written: backward_uses_hopper_fused_key_kernel's shapes with the pass
+/// beside the query kernel and at most four key segments.
+bool backward_runs_key_dataflow(const ProblemShape& shape, const SegmentPlan& forward_plan,
+                                const SegmentPlan& key_plan);
+
 /// Recurrent state for decode, as kernels/attention.hpp's RecurrentState but with S and z in
 /// fp32: per (batch, q head) S [F, D] and z [F] over the keys j <= t - w that left the window
 /// (in every mode; overlap and linear-only add the ring keys' linear terms at each step); ring

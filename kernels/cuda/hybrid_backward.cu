@@ -576,6 +576,14 @@ bool backward_runs_pass_beside_query(const ProblemShape& shape, const SegmentPla
                                            detail::backward_tc_key_plan(key_plan, s.seq_len), true);
 }
 
+bool backward_runs_key_dataflow(const ProblemShape& shape, const SegmentPlan& forward_plan,
+                                const SegmentPlan& key_plan) {
+  const detail::Shape s = detail::make_shape(shape);
+  return tensor_core_backward(shape, true) &&
+         detail::key_side_dataflow(
+             s, forward_plan, detail::backward_tc_key_plan(key_plan, s.seq_len), nullptr, true);
+}
+
 namespace detail {
 namespace {
 

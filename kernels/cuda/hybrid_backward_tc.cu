@@ -862,6 +862,28 @@ bool reverse_pass_beside_query(const Shape& s, const SegmentPlan& forward_plan,
          query_u_floats(s, forward_plan, key_plan) <= states * segment_state_floats(s);
 }
 
+SegmentPlan dataflow_key_plan(const SegmentPlan& plan) {
+  // Its last segment's blocks wait for no pass sum and start first, as SMs free up after the
+  // query kernel; the others start ~40 us later, as the pass's blocks end (session 36's trace).
+  // So the last takes 1/32 of each other's rows: at B1 16K 70 tiles of 64, the others 62.
+  constexpr int kTile = 64;  // the Hopper kernels' rows a step
+  const int fewer = plan.length / (32 * kTile) * kTile;
+  return plan.segments < 2 ? plan : SegmentPlan{plan.segments, plan.length - fewer};
+}
+
+bool key_side_dataflow(const Shape& s, const SegmentPlan& forward_plan,
+                       const SegmentPlan& tc_key_plan, const uint8_t* window_drop, bool linear) {
+  const SegmentPlan key_plan = dataflow_key_plan(tc_key_plan);
+  // The query kernel's u partials, then the counters, in the reverse states' first half.
+  const size_t units = static_cast<size_t>(s.batch) * s.q_heads;
+  const size_t counters = units * (forward_plan.segments + key_plan.segments);
+  return reverse_pass_beside_query(s, forward_plan, key_plan, linear) && s.features == 128 &&
+         sums_in_kernel(key_plan.segments) && linear_key_wg_takes(s, key_plan) &&
+         fused_key_wg_takes(s, key_plan, window_drop) &&
+         query_u_floats(s, forward_plan, key_plan) + counters <=
+             units * key_plan.segments * segment_state_floats(s);
+}
+
 bool backward_tc_fits(const Shape& s, bool linear) {
   if (s.head_dim != 64 && s.head_dim != 128) return false;
   const size_t limit = static_cast<size_t>(max_dynamic_smem());
@@ -881,9 +903,17 @@ SegmentPlan backward_tc_key_plan(const SegmentPlan& plan, int seq_len) {
   return SegmentPlan{(seq_len + length - 1) / length, length};
 }
 
-cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const SegmentPlan& key_plan,
+cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const SegmentPlan& tc_key_plan,
                             CoefSumParams* coef, bool* coef_summed, cudaStream_t stream) {
   const bool linear = a.phi_q != nullptr;
+  // Where the fused key kernel follows, the query kernel, the pass and the key kernel run as one
+  // dataflow in `stream` (bench/KERNEL_NOTES.md session 36): the pass beside the query kernel as
+  // before, and each key block starts as soon as the query blocks and pass sums that it reads
+  // are written (counters after the u partials in the reverse states' first half), rather than
+  // after both kernels and the u combine.
+  const bool dataflow =
+      a.key_grads && key_side_dataflow(s, a.forward_plan, tc_key_plan, a.window_drop, linear);
+  const SegmentPlan key_plan = dataflow ? dataflow_key_plan(tc_key_plan) : tc_key_plan;
   TcBackwardParams p{s,
                      static_cast<const bf16*>(a.q),
                      static_cast<const bf16*>(a.k),
@@ -944,8 +974,20 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
   // the reverse states' first half, which only the scan after them writes), and a small kernel
   // puts those into the sums. dc_w and dc_l follow on that stream, beside the key kernel.
   const bool hopper_query = forward_wg_takes(s, a.forward_plan);
-  SideStream* side =
-      reverse_pass_beside_query(s, a.forward_plan, key_plan, linear) ? side_stream() : nullptr;
+  const bool beside = reverse_pass_beside_query(s, a.forward_plan, key_plan, linear);
+  const int q_segments = a.forward_plan.segments;
+  const size_t counters = static_cast<size_t>(units) * (q_segments + key_segments);
+  unsigned* const query_written =
+      dataflow ? reinterpret_cast<unsigned*>(a.reverse_states +
+                                             query_u_floats(s, a.forward_plan, key_plan))
+               : nullptr;
+  unsigned* const pass_written =
+      dataflow ? query_written + static_cast<size_t>(units) * q_segments : nullptr;
+  if (dataflow) {
+    const cudaError_t e = cudaMemsetAsync(query_written, 0, counters * sizeof(unsigned), stream);
+    if (e != cudaSuccess) return e;
+  }
+  SideStream* side = beside && !dataflow ? side_stream() : nullptr;
   JoinSide join{nullptr, stream};
   if (side != nullptr) {
     const cudaError_t e = cudaEventRecord(side->fork, stream);
@@ -978,13 +1020,14 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
                  a.row_gate_grad,
                  a.row_window_share,
                  /*window_grads=*/a.query_grads || a.key_grads};
-    if (side != nullptr) {
+    if (side != nullptr || dataflow) {
       qa.u_partials = a.reverse_states;
       qa.key_plan = key_plan;
       qa.u_parts = query_u_parts(a.forward_plan, key_plan);
+      qa.written = query_written;
     }
     err = run_query_wg(s, qa, stream);
-    if (err == cudaSuccess && side != nullptr) u_query = qa;
+    if (err == cudaSuccess && (side != nullptr || dataflow)) u_query = qa;
     if (err == cudaSuccess && coef != nullptr) {  // its hybrid units took delta = dl
       coef->window_share = a.row_window_share;
       coef->coef_window = a.coef_window;
@@ -1012,9 +1055,43 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     }
   }
   if (err != cudaSuccess) return err;
-  // Launched after the query kernel, so that the query kernel's blocks are placed first.
+  const FusedKeyArgs fused_args{a.q,           a.k,
+                                a.v,           a.dy,
+                                a.phi_q,       a.phi_k,
+                                a.coef_window, a.coef_linear,
+                                a.row_max,     a.row_denom,
+                                a.row_delta,   a.row_gate_grad,
+                                a.row_argmax,  sum_keys ? key_sums : a.reverse_states,
+                                sum_keys,      key_plan,
+                                a.dk,          a.dv,
+                                a.dphi_k};
   bool pass_beside = false;
-  if (u_query) {
+  if (u_query && dataflow) {
+    err = run_state_pass_wg(s, a.phi_q, a.dy, a.row_denom, /*row_weight=*/nullptr, false,
+                            a.window_drop, key_sums, key_plan, -1, +1, s.seq_len, false,
+                            /*skip=*/0, stream, nullptr, nullptr, pass_written);
+    if (err == cudaSuccess) {
+      pass_beside = true;
+      FusedKeyArgs fa = fused_args;
+      fa.query_written = query_written;
+      fa.pass_written = pass_written;
+      fa.u_partials = u_query->u_partials;
+      fa.query_plan = a.forward_plan;
+      fa.u_parts = u_query->u_parts;
+      if (coef != nullptr) fa.coef = *coef;
+      err = run_fused_key_wg(s, fa, stream);
+      if (err == cudaSuccess) {
+        *coef_summed = coef != nullptr;
+        return err;
+      }
+      // A TMA descriptor refused: the kernels below, with u put into the sums first.
+      if (err == cudaErrorNotSupported) err = run_u_combine(s, *u_query, key_sums, 0, stream);
+    } else if (err == cudaErrorNotSupported) {
+      err = cudaSuccess;  // the pass after the query side, below
+    }
+    if (err != cudaSuccess) return err;
+  } else if (u_query) {
+    // Launched after the query kernel, so that the query kernel's blocks are placed first.
     join.side = side;
     err = cudaStreamWaitEvent(side->stream, side->fork, 0);
     if (err == cudaSuccess) {
@@ -1069,17 +1146,7 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     err = cudaErrorNotSupported;
     if (hopper_key && a.key_grads && fused_key_wg_takes(s, key_plan, a.window_drop)) {
       // dk, dv and dphi_k in one pass (the shapes of the benchmarks).
-      const FusedKeyArgs fa{a.q,           a.k,
-                            a.v,           a.dy,
-                            a.phi_q,       a.phi_k,
-                            a.coef_window, a.coef_linear,
-                            a.row_max,     a.row_denom,
-                            a.row_delta,   a.row_gate_grad,
-                            a.row_argmax,  sum_keys ? key_sums : a.reverse_states,
-                            sum_keys,      key_plan,
-                            a.dk,          a.dv,
-                            a.dphi_k};
-      err = run_fused_key_wg(s, fa, stream);
+      err = run_fused_key_wg(s, fused_args, stream);
       if (err != cudaErrorNotSupported) return err;
     }
     if (hopper_key) {

@@ -72,6 +72,45 @@ __device__ inline void await_previous_kernel() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 }
 
+/// The end of segment `seg`'s rows [seg * plan.length, end): the last runs to the sequence's end,
+/// so that a plan may give it more rows than the others (run_backward_tc's dataflow key plan).
+__host__ __device__ inline int segment_end(const SegmentPlan& plan, int seg, int seq_len) {
+  return seg == plan.segments - 1 ? seq_len : min(seq_len, (seg + 1) * plan.length);
+}
+
+/// await_previous_kernel where `wait`, else only lets the next chained kernel launch: for a
+/// kernel that needs nothing from the one before it, or waits for its blocks' counters
+/// (await_written) instead of for the whole grid.
+__device__ inline void start_kernel(bool wait) {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  if (wait) asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+
+// Dataflow between kernels of one stream (run_backward_tc): each warp that writes what a later
+// kernel's block reads adds one to a counter once its writes are done, and that block waits for
+// the count of writers instead of for the whole grid before it, so that it starts as soon as its
+// own inputs are there. The counters start at zero (a memset before the first writer).
+
+/// Every lane of the warp, after its global writes (bulk stores waited for): adds one to *counter.
+__device__ inline void signal_written(unsigned* counter) {
+  __threadfence();
+  __syncwarp();
+  if (threadIdx.x % 32 == 0)
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(counter) : "memory");
+}
+
+/// One thread: waits until *counter reaches `writers`; a barrier after it passes the writes on
+/// to the block. Traps after seconds rather than hang the stream where a writer never came.
+__device__ inline void await_written(const unsigned* counter, unsigned writers) {
+  for (long spins = 0;; ++spins) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(counter) : "memory");
+    if (v >= writers) return;
+    if (spins > (1L << 26)) __trap();
+    __nanosleep(100);
+  }
+}
+
 /// Launches `kernel` so that it may overlap the end of the previous kernel in `stream`; the
 /// kernel calls await_previous_kernel (or its two instructions) before its first global access.
 /// `cluster` > 1 groups that many consecutive blocks into a thread block cluster.
@@ -162,36 +201,90 @@ struct CoefSumParams {
   const float* coef_linear = nullptr;   ///< [units], with window_share
 };
 
+// Row terms (a, b) of dc_w and dc_l from the rows' window and linear terms, made exact with the
+// window share e where p.window_share is set.
+__device__ inline void coef_row_terms(const CoefSumParams& p, float cw, float cl, float a, float b,
+                                      float e, double& tw, double& tl) {
+  if (p.window_share == nullptr) {
+    tw += a;
+    tl += b;
+    return;
+  }
+  const float x = cw * a + cl * b;
+  tw += a - x * e;
+  tl += b - x * (cl > 0.f ? (1.f - cw * e) / cl : 0.f);
+}
+
+// Thread 0 gets the sum of (x, y) over the block (blockDim.x a multiple of 32), in a fixed order.
+__device__ inline void block_sum_pair(double& x, double& y) {
+  __shared__ double warp_sums[2][32];
+  x = warp_sum(x);
+  y = warp_sum(y);
+  if (threadIdx.x % 32 == 0) {
+    warp_sums[0][threadIdx.x / 32] = x;
+    warp_sums[1][threadIdx.x / 32] = y;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    x = y = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) {
+      x += warp_sums[0][w];
+      y += warp_sums[1][w];
+    }
+  }
+}
+
 /// Rows [begin, end) of output o's terms summed in double over the block (blockDim.x a multiple
 /// of 32), in a fixed order; the result is thread 0's.
 __device__ inline double coef_rows_sum(const CoefSumParams& p, int o, int begin, int end) {
-  __shared__ double warp_sums[32];
   const bool window = o < p.units;
   const int unit = window ? o : o - p.units;
   const size_t base = static_cast<size_t>(unit) * p.n;
-  const float* rows = (window ? p.window_rows : p.linear_rows) + base;
-  double sum = 0.0;
-  if (p.window_share == nullptr) {
-    for (int i = begin + static_cast<int>(threadIdx.x); i < end; i += blockDim.x)
-      sum += rows[i];
-  } else {
-    const float cw = p.coef_window[unit], cl = p.coef_linear[unit];
-    for (int i = begin + static_cast<int>(threadIdx.x); i < end; i += blockDim.x) {
-      const float a = p.window_rows[base + i], b = p.linear_rows[base + i];
-      const float e = p.window_share[base + i];
-      const float x = cw * a + cl * b;
-      sum += window ? a - x * e : b - x * (cl > 0.f ? (1.f - cw * e) / cl : 0.f);
+  const bool share = p.window_share != nullptr;
+  const float cw = share ? p.coef_window[unit] : 0.f, cl = share ? p.coef_linear[unit] : 0.f;
+  double tw = 0.0, tl = 0.0;
+  for (int i = begin + static_cast<int>(threadIdx.x); i < end; i += blockDim.x) {
+    // Without the share only o's own terms are read.
+    const float a = share || window ? p.window_rows[base + i] : 0.f;
+    const float b = share || !window ? p.linear_rows[base + i] : 0.f;
+    coef_row_terms(p, cw, cl, a, b, share ? p.window_share[base + i] : 0.f, tw, tl);
+  }
+  block_sum_pair(tw, tl);
+  return window ? tw : tl;
+}
+
+/// Both outputs of `unit` (dc_w and dc_l: o = unit and units + unit) over all its rows, by one
+/// block, four rows a thread by 16-byte loads where n allows, so that enough bytes are in flight
+/// for one block to finish soon; the results are thread 0's.
+__device__ inline void coef_unit_sums(const CoefSumParams& p, int unit, double& dw, double& dl) {
+  const size_t base = static_cast<size_t>(unit) * p.n;
+  const bool share = p.window_share != nullptr, vec = p.n % 4 == 0;
+  const float cw = share ? p.coef_window[unit] : 0.f, cl = share ? p.coef_linear[unit] : 0.f;
+  dw = dl = 0.0;
+  for (int i = 4 * static_cast<int>(threadIdx.x); i < p.n; i += 4 * blockDim.x) {
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    float4 a = zero, b = zero, e = zero;
+    if (vec) {
+      a = load4(p.window_rows + base + i);
+      b = load4(p.linear_rows + base + i);
+      if (share) e = load4(p.window_share + base + i);
+    } else {
+      auto at = [&](const float* x, int r) { return i + r < p.n ? x[base + i + r] : 0.f; };
+      a = make_float4(at(p.window_rows, 0), at(p.window_rows, 1), at(p.window_rows, 2),
+                      at(p.window_rows, 3));
+      b = make_float4(at(p.linear_rows, 0), at(p.linear_rows, 1), at(p.linear_rows, 2),
+                      at(p.linear_rows, 3));
+      if (share) {
+        e = make_float4(at(p.window_share, 0), at(p.window_share, 1), at(p.window_share, 2),
+                        at(p.window_share, 3));
+      }
     }
+    coef_row_terms(p, cw, cl, a.x, b.x, e.x, dw, dl);
+    coef_row_terms(p, cw, cl, a.y, b.y, e.y, dw, dl);
+    coef_row_terms(p, cw, cl, a.z, b.z, e.z, dw, dl);
+    coef_row_terms(p, cw, cl, a.w, b.w, e.w, dw, dl);
   }
-  sum = warp_sum(sum);
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
-  __syncthreads();
-  double t = 0.0;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w)
-      t += warp_sums[w];
-  }
-  return t;
+  block_sum_pair(dw, dl);
 }
 
 /// Sum over the 8 lanes that own one row.

@@ -59,13 +59,19 @@ bool state_pass_wg_takes(const Shape& s);
 /// cudaErrorNotSupported when a TMA descriptor cannot describe the inputs. With k_map_weight
 /// (a hedgehog map's weight [Hq, D, 64]; F = 128, unscaled, bm per kv head) `a` is k, read per
 /// kv head, and phi_k = hedgehog(k W_k) is computed on the way. Scaled without row_weight, z is
-/// left 0 (the backward's query kernel sums it).
+/// left 0 (the backward's query kernel sums it). With `written` (counters [units][segments],
+/// zero before the launch; one segment a block) it runs beside the kernel before it in the
+/// stream, needing nothing from it, its last segments first, and each of a segment's
+/// kPassWriters warps adds one to the segment's counter when its sum is written.
 cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, const float* row_denom,
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
                               int range_end, bool all_units, int skip, cudaStream_t stream,
                               const void* k_map_weight = nullptr,
-                              const CoefSumParams* coef = nullptr);
+                              const CoefSumParams* coef = nullptr, unsigned* written = nullptr);
+
+/// Warps of a chunk-state pass block that signal its `written` counter (F = 128).
+constexpr unsigned kPassWriters = 8;
 
 /// Inputs of the backward's fused key pass on Hopper: dk, dv and dphi_k in one kernel.
 struct FusedKeyArgs {
@@ -88,6 +94,18 @@ struct FusedKeyArgs {
   void* dk;
   void* dv;
   void* dphi_k;
+  /// Where given, the kernel follows the query kernel (QueryArgs::written, u_partials) and the
+  /// reverse pass (run_state_pass_wg's `written`, sums with z = 0) in the stream and waits only
+  /// for the counters of what each block reads: the query blocks from its segment's first row
+  /// on and the pass's segments after its own. It adds u from the partials itself, takes its
+  /// last segments first, and sums dc_w and dc_l (`coef`, if its `out` is set) in blocks after
+  /// the key blocks.
+  const unsigned* query_written = nullptr;
+  const unsigned* pass_written = nullptr;
+  const float* u_partials = nullptr;
+  SegmentPlan query_plan{};
+  int u_parts = 0;
+  CoefSumParams coef{};
 };
 
 /// Whether the Hopper fused key kernel takes this shape: MHA, the non-overlapping hybrid with
@@ -151,7 +169,19 @@ struct QueryArgs {
   float* u_partials = nullptr;
   SegmentPlan key_plan{};
   int u_parts = 0;
+  /// Where given: counters [units][plan.segments] to which each of a block's 8 consumer and state
+  /// warps adds one when its writes are done (signal_written), zero before the launch.
+  unsigned* written = nullptr;
 };
+
+/// Warps of a query block that signal QueryArgs::written.
+constexpr unsigned kQueryWriters = 8;
+
+/// The key segment whose U and u row `row` adds to: rows past a key segment's keys by `lag` or
+/// more (the unit's state lag) belong to its sums (QueryArgs::u_partials).
+__host__ __device__ inline int key_segment_of(const SegmentPlan& key_plan, int lag, int row) {
+  return row < lag ? 0 : min((row - lag) / key_plan.length, key_plan.segments - 1);
+}
 
 /// The most key segments that one forward segment's rows reach (QueryArgs::u_parts).
 int query_u_parts(const SegmentPlan& plan, const SegmentPlan& key_plan);

@@ -530,6 +530,7 @@ struct SpParams {
   int blocks_per_unit;  // ceil(segments / per_block)
   int pass_blocks;      // units * blocks_per_unit; blocks after them sum `coef`'s outputs
   CoefSumParams coef;
+  unsigned* written;  // run_state_pass_wg's
 };
 
 template <int D, int F, bool kScaled, bool kMap>
@@ -537,7 +538,8 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
     state_pass_wg_kernel(const __grid_constant__ SpParams p) {
   static_assert(!kMap || regs_fit(128 * (1 + F / 64), 24 + 240 * (F / 64)),
                 "registers over the launch's");
-  HL_TRACED_AWAIT(kScaled ? block_trace::kScaledStatePass : block_trace::kStatePass);
+  HL_TRACED_START(kScaled ? block_trace::kScaledStatePass : block_trace::kStatePass,
+                  p.written == nullptr);
   if constexpr (!kMap) {
     if (static_cast<int>(blockIdx.x) >= p.pass_blocks) {  // dc_w, dc_l beside the pass
       const int o = blockIdx.x - p.pass_blocks;
@@ -555,8 +557,12 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
 
   const Shape& s = p.s;
   const int N = s.seq_len;
-  const int unit = blockIdx.x / p.blocks_per_unit;
-  const int seg_first = (blockIdx.x - unit * p.blocks_per_unit) * p.per_block;
+  // With `written`, the blocks of the last segments come first (their sums are needed first).
+  const int units = p.pass_blocks / p.blocks_per_unit;
+  const int unit = p.written != nullptr ? blockIdx.x % units : blockIdx.x / p.blocks_per_unit;
+  const int seg_first = p.written != nullptr
+                            ? p.blocks_per_unit - 1 - static_cast<int>(blockIdx.x) / units
+                            : (blockIdx.x - unit * p.blocks_per_unit) * p.per_block;
   const int seg_stop = min(p.segments, seg_first + p.per_block);
   const UnitMode um = unit_mode(s, p.window_drop, unit);
   if (!p.all_units && !um.use_linear) return;
@@ -766,6 +772,7 @@ __global__ void __launch_bounds__(128 * (1 + F / 64), 1)
       if (t4 == 0) out[F * D + fa + 8 * r] = z;
     }
   });
+  if (p.written != nullptr) signal_written(p.written + unit * p.segments + seg_first);
 }
 
 }  // namespace
@@ -779,7 +786,8 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
                               const float* row_weight, bool bm_per_kv, const uint8_t* window_drop,
                               float* out, const SegmentPlan& plan, int fixed_lag, int lag_sign,
                               int range_end, bool all_units, int skip, cudaStream_t stream,
-                              const void* k_map_weight, const CoefSumParams* coef) {
+                              const void* k_map_weight, const CoefSumParams* coef,
+                              unsigned* written) {
   SpParams p{};
   const int units = s.batch * s.q_heads, N = s.seq_len;
   const int kv_units = s.batch * s.kv_heads;
@@ -814,6 +822,9 @@ cudaError_t run_state_pass_wg(const Shape& s, const void* a, const void* bm, con
   p.per_block = mapped ? 1 : std::max(1, (units * plan.segments + sms - 1) / sms);
   p.blocks_per_unit = (plan.segments + p.per_block - 1) / p.per_block;
   p.pass_blocks = units * p.blocks_per_unit;
+  if (written != nullptr && (p.per_block != 1 || 4 * (s.features / 64) != kPassWriters || coef))
+    return cudaErrorInvalidValue;
+  p.written = written;
   // dc_w, dc_l (2 x units outputs) as blocks of this launch where the SMs the pass leaves idle
   // take them in two rounds at most; else the sum kernel after the pass (GQA's fills the chip).
   // A block whose one segment is the skipped one returns at once.

@@ -85,23 +85,58 @@ constexpr int kScoresRegs = 168, kKeyRegs = 160;
 static_assert(regs_fit(kFkThreads, 24 + kScoresRegs + 2 * kKeyRegs),
               "more registers than an SM has");
 
+// dc_w and dc_l of `unit` (FusedKeyArgs::coef) once its query blocks are done. Not inlined, so
+// that its registers do not weigh on the key kernel's allocation.
+__device__ __noinline__ void sum_coef_grads(const FusedKeyArgs& a, int unit) {
+  const int q_segments = a.query_plan.segments;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < q_segments; ++i)
+      await_written(a.query_written + unit * q_segments + i, kQueryWriters);
+  }
+  __syncthreads();
+  double dw, dl;
+  coef_unit_sums(a.coef, unit, dw, dl);
+  if (threadIdx.x == 0) {
+    a.coef.out[unit] = static_cast<float>(dw);
+    a.coef.out[a.coef.units + unit] = static_cast<float>(dl);
+  }
+}
+
 __global__ void __launch_bounds__(kFkThreads, 1)
     fused_key_wg_kernel(const __grid_constant__ FkParams p) {
-  HL_TRACED_AWAIT(block_trace::kFusedKey);
+  const bool dataflow = p.a.query_written != nullptr;  // FusedKeyArgs::query_written
+  HL_TRACED_START(block_trace::kFusedKey, !dataflow);
+  const int units = p.s.batch * p.s.q_heads, segments = p.a.key_plan.segments;
+  const int q_segments = p.a.query_plan.segments;
+  const unsigned* const query_written = p.a.query_written;
+  if (dataflow && static_cast<int>(blockIdx.x) >= units * segments) {
+    sum_coef_grads(p.a, blockIdx.x - units * segments);
+    return;
+  }
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = align_1024(smem_raw);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kBarOff);
   const FkBarriers bar{bars,      bars + 2,  bars + 4,  bars + 6,  bars + 8, bars + 11,
                        bars + 14, bars + 16, bars + 18, bars + 19, bars + 20};
   const int N = p.s.seq_len;
-  const int unit = blockIdx.x / p.a.key_plan.segments;
-  const int seg = blockIdx.x - unit * p.a.key_plan.segments;
+  // In dataflow the last segments' blocks come first: they wait for the fewest pass sums.
+  const int unit = dataflow ? blockIdx.x % units : blockIdx.x / segments;
+  const int seg =
+      dataflow ? segments - 1 - static_cast<int>(blockIdx.x) / units : blockIdx.x - unit * segments;
   const int s_begin = seg * p.a.key_plan.length;
-  const int s_end = min(N, s_begin + p.a.key_plan.length);
+  const int s_end = segment_end(p.a.key_plan, seg, N);
   if (s_begin >= s_end) return;
   const int T = (s_end - s_begin + kRows - 1) / kRows;  // 64-key blocks
   const int state_lag = kW - 1;
   const int s_hi_top = s_end + state_lag;  // rows from here on are in U from the start
+  if (dataflow && threadIdx.x == 0) {
+    // The row values of rows [s_begin, s_end + 64) and u of the rows after the segment come
+    // from the query blocks from s_begin's on, U from the pass's later segments.
+    for (int i = s_begin / p.a.query_plan.length; i < q_segments; ++i)
+      await_written(query_written + unit * q_segments + i, kQueryWriters);
+    for (int j = seg + 1; j < segments; ++j)
+      await_written(p.a.pass_written + unit * segments + j, kPassWriters);
+  }
   if (threadIdx.x == 0) {
     for (int i = 0; i < 2; ++i) {
       mbar_init(bar.key_full + i, 1);
@@ -176,6 +211,12 @@ __global__ void __launch_bounds__(kFkThreads, 1)
           for (int b = 0; b < 2; ++b)
             tma_load_3d(base + kKOff + b * kHalfBlk, &p.k, 64 * b, key0, unit, bar.key_full + h);
         }
+      }
+      if (dataflow) {
+        // The grid ends after every query block of its units, as if it had waited for the
+        // whole query kernel: a kernel chained after it, which waits for this grid, may read dq.
+        for (int i = 0; i < s_begin / p.a.query_plan.length; ++i)
+          await_written(query_written + unit * q_segments + i, kQueryWriters);
       }
     } else if (threadIdx.x == 32) {
       // The store thread: each half's outputs, once both key sides have staged them, by TMA;
@@ -346,6 +387,20 @@ __global__ void __launch_bounds__(kFkThreads, 1)
   load_state<D, 64, F>(
       u, up, p.a.rev_states + static_cast<size_t>(unit) * p.a.key_plan.segments * (F * D + F), seg,
       p.a.key_plan.segments, p.a.sum_states, true, warp, g8, t4, f0);
+  if (p.a.u_partials != nullptr && t4 == 0) {  // u of later segments from the query's partials
+    const int q_segs = p.a.query_plan.segments;
+    const float* partials =
+        p.a.u_partials + static_cast<size_t>(unit) * q_segs * p.a.u_parts * F + f0 + 16 * warp + g8;
+    for (int j = seg + 1; j < p.a.key_plan.segments; ++j) {
+      for (int i = 0; i < q_segs; ++i) {
+        const int part = j - key_segment_of(p.a.key_plan, state_lag, i * p.a.query_plan.length);
+        if (part < 0 || part >= p.a.u_parts) continue;
+        const float* at = partials + (static_cast<size_t>(i) * p.a.u_parts + part) * F;
+        up[0][0] += at[0];
+        up[0][1] += at[8];
+      }
+    }
+  }
   // c_l U into its bf16 copy (this side's rows, by stmatrix: eight x4 stores a thread) and c_l u,
   // between barriers of both key-side warpgroups: the first once both are done with the copy.
   auto publish = [&] {
@@ -503,8 +558,9 @@ cudaError_t run_fused_key_wg(const Shape& s, const FusedKeyArgs& a, cudaStream_t
   }
   p.s = s;
   p.a = a;
-  return launch_smem(fused_key_wg_kernel, units * a.key_plan.segments, kFkThreads, kSmemBytes, p,
-                     stream);
+  const bool coef = a.query_written != nullptr && a.coef.out != nullptr;
+  return launch_smem(fused_key_wg_kernel, units * a.key_plan.segments + (coef ? units : 0),
+                     kFkThreads, kSmemBytes, p, stream);
 }
 
 #ifdef HL_BLOCK_TRACE

@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   const int kv_unit = blockIdx.x / p.a.key_plan.segments;
   const int seg = blockIdx.x - kv_unit * p.a.key_plan.segments;
   const int s_begin = seg * p.a.key_plan.length;
-  const int s_end = min(N, s_begin + p.a.key_plan.length);
+  const int s_end = segment_end(p.a.key_plan, seg, N);
   if (s_begin >= s_end) return;
   const int tiles = (s_end - s_begin + kRows - 1) / kRows;
   const int group = s.q_heads / s.kv_heads;
@@ -486,7 +486,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   const int kv_unit = blockIdx.x / p.a.key_plan.segments;
   const int seg = blockIdx.x - kv_unit * p.a.key_plan.segments;
   const int s_begin = seg * p.a.key_plan.length;
-  const int s_end = min(N, s_begin + p.a.key_plan.length);
+  const int s_end = segment_end(p.a.key_plan, seg, N);
   if (s_begin >= s_end) return;
   const int tiles = (s_end - s_begin + kRows - 1) / kRows;
 

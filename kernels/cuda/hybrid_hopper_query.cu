@@ -159,10 +159,8 @@ __device__ void produce_query(const QueryParams& p, const UnitMode& um, uint8_t*
 // (j + 1) L + lag), the last to the end, and L >= 64 (query_takes_u), so a tile meets at most two.
 // W goes into y's second column block once dl is taken (D = 128): core matrix c (rows 8c..8c+7,
 // unswizzled, K-major) in line 8c, which only warp c / 2 has read. Per block
-// u_partials[unit][seg][k - k_first][F], zeros for the parts its rows do not reach.
-__host__ __device__ inline int key_segment_of(const SegmentPlan& key_plan, int lag, int row) {
-  return row < lag ? 0 : min((row - lag) / key_plan.length, key_plan.segments - 1);
-}
+// u_partials[unit][seg][k - k_first][F], zeros for the parts its rows do not reach (k:
+// key_segment_of).
 
 // x added to *at without waiting for it (no value comes back).
 __device__ inline void red_add(float* at, float x) {
@@ -196,7 +194,7 @@ __device__ void consume_query(const QueryParams& p, const UnitMode& um, uint8_t*
   const uint32_t q_addr = sbase + L::kQOff;
   const int lin_c = um.lin_lag > 0 ? 0 : 1;  // the chunk of unfolded linear keys, as consume
   const size_t row0 = static_cast<size_t>(unit) * N;
-  // u's partials (the comment above key_segment_of): each (feature, key segment) has one thread,
+  // u's partials (the comment above red_add): each (feature, key segment) has one thread,
   // lane t4 = the segment's parity, which zeroes it first and then adds each tile's part (red: no
   // wait), so that the sums keep their order. A tile's rows lie in key segments u_seg and
   // u_seg + 1, whose column pairs lanes t4 = 0 and 1 hold.
@@ -893,9 +891,15 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       consume_query<D, F, window, linear, kDq, kSumU>(p, um, smem, qb, unit, r_begin, r_end, tiles,
                                                       rows_from_y);
     });
+    if (p.a.written != nullptr) signal_written(p.a.written + blockIdx.x);
   } else {
     regs_grow<kStateRegs>();
     if (um.use_linear) keep_query_state<D, F, kDq>(p, um, smem, qb, unit, r_begin, r_end, tiles);
+    if (p.a.written != nullptr) {
+      bulk_wait();  // dq and dphi_q written, then ordered before the generic release
+      asm volatile("fence.proxy.async.global;\n" ::: "memory");
+      signal_written(p.a.written + blockIdx.x);
+    }
   }
 }
 

@@ -503,18 +503,18 @@ TEST(CudaAttention, HopperForwardBf16) {
   check(c, 88);
 }
 
-// A training step as `run` replays it: the forward and backward captured once as a CUDA graph
-// (relaxed capture on a stream of its own, after an eager step, as model::StepGraph does) and
-// replayed on new inputs gives the eager gradients. The shape runs the reverse pass on a second
-// stream beside the query kernel, which the capture must take in.
-TEST(CudaAttention, BackwardReplaysAsACudaGraphBf16) {
-  HL_REQUIRE_GPU();
-  if (at::cuda::getCurrentDeviceProperties()->major != 9) GTEST_SKIP() << "needs an sm_90 GPU";
-  Case c = bf16_head_case(2048);
-  c.B = 1;
-  c.Hq = c.Hkv = 8;
-  c.affine = true;
-  ASSERT_TRUE(pass_beside_query(c));
+// Whether the backward runs the query kernel, the reverse pass and the fused key kernel as one
+// dataflow for a case, with the plans the fused path makes on this GPU.
+bool key_dataflow(const Case& c) {
+  const hc::ProblemShape s = shape_of(c);
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return hc::backward_runs_key_dataflow(s, hc::plan_segments(s.batch * s.q_heads, s.seq_len, sms),
+                                        hc::plan_segments(s.batch * s.kv_heads, s.seq_len, sms));
+}
+
+// One shape of BackwardReplaysAsACudaGraphBf16 (below).
+void check_graph_replay(const Case& c) {
+  SCOPED_TRACE(c.name());
   auto leaf = [](const Tensor& t) { return t.detach().clone().requires_grad_(true); };
   auto step = [&](const std::vector<Tensor>& x, const Tensor& dy) {
     for (const Tensor& t : x)
@@ -567,6 +567,28 @@ TEST(CudaAttention, BackwardReplaysAsACudaGraphBf16) {
       EXPECT_GT(rel_err(replayed[i], eager_first[i]), 1e-2) << names[i] << " did not change";
     }
   }
+}
+
+// A training step as `run` replays it: the forward and backward captured once as a CUDA graph
+// (relaxed capture on a stream of its own, after an eager step, as model::StepGraph does) and
+// replayed on new inputs gives the eager gradients. The first shape runs the reverse pass on a
+// second stream beside the query kernel, which the capture must take in; the second the query
+// kernel, the pass and the key kernel as one dataflow (its counters zeroed by a memset node).
+TEST(CudaAttention, BackwardReplaysAsACudaGraphBf16) {
+  HL_REQUIRE_GPU();
+  if (at::cuda::getCurrentDeviceProperties()->major != 9) GTEST_SKIP() << "needs an sm_90 GPU";
+  Case side = bf16_head_case(2048);
+  side.B = 1;
+  side.Hq = side.Hkv = 8;
+  side.affine = true;
+  ASSERT_TRUE(pass_beside_query(side));
+  ASSERT_FALSE(key_dataflow(side)) << "16 key segments";
+  Case dataflow = side;
+  dataflow.N = 1024;
+  dataflow.Hq = dataflow.Hkv = 32;
+  ASSERT_TRUE(key_dataflow(dataflow));
+  for (const Case& c : {side, dataflow})
+    check_graph_replay(c);
 }
 
 // The softmax teacher on CUDA tensors goes to PyTorch's fused attention through the dispatch;
@@ -769,6 +791,34 @@ TEST(CudaAttention, FusedKeyKernelBf16) {
     ASSERT_TRUE(all_finite(fused[i])) << names[i];
     EXPECT_LT(rel_err(fused[i], two[i]), c.tol()) << names[i];
   }
+}
+
+// The query kernel, the reverse pass and the fused key kernel as one dataflow: each key block
+// waits only for the query blocks and the pass sums that it reads, takes u from the query
+// kernel's partials itself, the last segments' blocks come first, and blocks of its own sum dc_w
+// and dc_l. Against the float64 reference: the benchmarks' plan (four segments a head, so on a
+// GPU of 132 SMs 32 heads) at odd lengths, where the last key segment is shorter (1000 rows:
+// four of 256) or longer (8000: the dataflow's plan of 1984, 1984, 1984 and 2048) than the
+// others; and forced splits whose forward segments start inside key segments (u partials over
+// segment boundaries).
+TEST(CudaAttention, KeyDataflowBf16) {
+  HL_REQUIRE_GPU();
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  Case c = bf16_head_case(1000);
+  c.B = 1;
+  c.Hq = c.Hkv = 32;
+  c.affine = true;
+  for (const int64_t n : {1000, 8000}) {
+    c.N = n;
+    if (props->major == 9 && props->multiProcessorCount == 132) EXPECT_TRUE(key_dataflow(c));
+    check_forward_backward(c, 94 + n, via_inputs);
+  }
+  c.Hq = c.Hkv = 2;
+  c.N = 2048;
+  check_forced_splits(c, 3, 4, /*want_stats=*/false, 95);
+  check_forced_splits(c, 2, 3, /*want_stats=*/false, 96);
+  c.N = 8000;
+  check_forced_splits(c, 4, 4, /*want_stats=*/false, 97);
 }
 
 TEST(CudaAttention, UnsupportedShapesSayWhy) {
