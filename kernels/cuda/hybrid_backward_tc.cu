@@ -877,7 +877,11 @@ bool key_side_dataflow(const Shape& s, const SegmentPlan& forward_plan,
   // The query kernel's u partials, then the counters, in the reverse states' first half.
   const size_t units = static_cast<size_t>(s.batch) * s.q_heads;
   const size_t counters = units * (forward_plan.segments + key_plan.segments);
-  return reverse_pass_beside_query(s, forward_plan, key_plan, linear) && s.features == 128 &&
+  // Key segments longer than 4096 rows (B1 64K: 16384) ran slower with it (session 36: 3984-4152
+  // against 3924-3971 us), for a reason not found yet: they keep the second stream.
+  constexpr int kMaxRows = 4096;
+  return tc_key_plan.length <= kMaxRows &&
+         reverse_pass_beside_query(s, forward_plan, key_plan, linear) && s.features == 128 &&
          sums_in_kernel(key_plan.segments) && linear_key_wg_takes(s, key_plan) &&
          fused_key_wg_takes(s, key_plan, window_drop) &&
          query_u_floats(s, forward_plan, key_plan) + counters <=
