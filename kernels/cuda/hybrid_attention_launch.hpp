@@ -160,7 +160,7 @@ bool backward_runs_pass_beside_query(const ProblemShape& shape, const SegmentPla
 /// Whether launch_backward (bf16, key gradients wanted) runs the query kernel, that pass and the
 /// fused key kernel as one dataflow in its stream instead, each key block starting once the rows
 /// and sums it reads are written: backward_uses_hopper_fused_key_kernel's shapes with the pass
-/// beside the query kernel and at most four key segments.
+/// beside the query kernel and at most four key segments of at most 4096 rows.
 bool backward_runs_key_dataflow(const ProblemShape& shape, const SegmentPlan& forward_plan,
                                 const SegmentPlan& key_plan);
 
