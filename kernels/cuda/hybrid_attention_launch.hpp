@@ -46,7 +46,8 @@ struct ProblemShape {
 const char* unsupported_reason(const ProblemShape& shape);
 
 /// Sequence split that fills the chip: `segments` blocks per (batch, head), each `length` rows
-/// (a multiple of 64). Segments > 1 need a chunk-state workspace (see state_workspace_floats).
+/// (a multiple of 64) but the last, which runs to the sequence's end (so it may be longer: the
+/// backward's key dataflow). Segments > 1 need a chunk-state workspace (state_workspace_floats).
 struct SegmentPlan {
   int segments = 1;
   int length = 0;
