@@ -5,24 +5,67 @@ Each input line: unit kernel block resident_ns start_ns end_ns sm (kernels/cuda/
 Prints, per kernel of the last step traced, its working blocks' first start, last end and median duration in us from
 the step's first resident block, and for the scaled chunk-state pass (the backward's reverse
 pass) how many of its blocks started before the query kernel's first block ended (beside it).
+Where the file name gives the batch (trace_B<b>_..., the bench's 32 heads a batch), the query and
+fused key kernels' blocks are also summarised per segment.
 
   scripts/trace_summary.py TRACE.txt [...]
 """
+import re
 import statistics
 import sys
 
 # In the order of block_trace::Kernel (kernels/cuda/block_trace.cuh).
 NAMES = ["state pass", "scaled state pass", "forward", "query", "u combine", "fused key"]
-QUERY, SCALED_PASS = 3, 1
+QUERY, SCALED_PASS, FUSED_KEY = 3, 1, 5
+HEADS = 32  # the CUDA bench's q heads (kHeads)
 IDLE_US = 3.0  # blocks shorter than this had nothing to do (a skipped segment)
 GAP_NS = 100_000  # kernels of one step follow each other closer than this
+
+
+def segments_of(kernel, records, units):
+    """(segment of each record, segments) from the launch's block order, or None."""
+    n = len(records)
+    if n % units:
+        return None
+    by_block = sorted(records, key=lambda r: r[3])
+    if kernel == QUERY:
+        s = n // units
+        return {r[3]: r[3] % s for r in by_block}, s
+    # The fused key kernel: unit-major, or, as the backward's dataflow launches it, the last
+    # segment's blocks first and one short block a unit (dc_w, dc_l) after the key blocks.
+    durations = [r[2] - r[1] for r in by_block]
+    tail = durations[n - units:]
+    if n > units and max(tail) < 0.25 * statistics.median(durations[: n - units]):
+        s = n // units - 1
+        seg_of = {r[3]: s - 1 - r[3] // units for r in by_block[: n - units]}
+        seg_of.update({r[3]: s for r in by_block[n - units :]})  # shown as "dc_w, dc_l"
+        return seg_of, s
+    s = n // units
+    return {r[3]: r[3] % s for r in by_block}, s
+
+
+def print_segments(kernel, records, units, us):
+    found = segments_of(kernel, records, units)
+    if found is None:
+        return
+    seg_of, count = found
+    for seg in range(count + 1):
+        mine = [r for r in records if seg_of.get(r[3]) == seg]
+        if not mine:
+            continue
+        durations = [(r[2] - r[1]) / 1e3 for r in mine]
+        name = f"segment {seg}" if seg < count else "dc_w, dc_l"
+        print(f"    {name}: blocks {len(mine):4d}  start {us(min(r[1] for r in mine)):7.1f}-"
+              f"{us(max(r[1] for r in mine)):7.1f}  end {us(min(r[2] for r in mine)):7.1f}-"
+              f"{us(max(r[2] for r in mine)):7.1f}  block us median {statistics.median(durations):6.1f}"
+              f" max {max(durations):6.1f}")
 
 
 def summarize(path):
     blocks = {}
     for line in open(path):
-        _, kernel, _, resident, start, end, _ = line.split()
-        blocks.setdefault(int(kernel), []).append((int(resident), int(start), int(end)))
+        _, kernel, block, resident, start, end, _ = line.split()
+        blocks.setdefault(int(kernel), []).append((int(resident), int(start), int(end), int(block)))
     # Records stay from earlier benchmarks' launches of kernels this one did not launch, and of
     # block indices past this one's grids: keep the last step's, the blocks that chain back
     # from the last end with no idle gap over GAP_NS.
@@ -51,6 +94,9 @@ def summarize(path):
             beside = sum(1 for r in working if r[1] < first_query_end)
             line += f"  beside the query kernel {beside}"
         print(line)
+        batch = re.search(r"trace_B(\d+)_", path)
+        if batch and kernel in (QUERY, FUSED_KEY):
+            print_segments(kernel, blocks[kernel], int(batch.group(1)) * HEADS, us)
 
 
 if __name__ == "__main__":
