@@ -871,12 +871,21 @@ SegmentPlan dataflow_key_plan(const SegmentPlan& plan) {
   return plan.segments < 2 ? plan : SegmentPlan{plan.segments, plan.length - fewer};
 }
 
+namespace {
+
+// The key dataflow's counters: [units][query segments] for the query blocks, then [units][key
+// segments] for the pass, after the u partials in the reverse states' first half.
+size_t dataflow_counters(const Shape& s, const SegmentPlan& forward_plan,
+                         const SegmentPlan& key_plan) {
+  return static_cast<size_t>(s.batch) * s.q_heads * (forward_plan.segments + key_plan.segments);
+}
+
+}  // namespace
+
 bool key_side_dataflow(const Shape& s, const SegmentPlan& forward_plan,
                        const SegmentPlan& tc_key_plan, const uint8_t* window_drop, bool linear) {
   const SegmentPlan key_plan = dataflow_key_plan(tc_key_plan);
-  // The query kernel's u partials, then the counters, in the reverse states' first half.
   const size_t units = static_cast<size_t>(s.batch) * s.q_heads;
-  const size_t counters = units * (forward_plan.segments + key_plan.segments);
   // Key segments longer than 4096 rows (B1 64K: 16384) ran slower with it (session 36: 3984-4152
   // against 3924-3971 us), for a reason not found yet: they keep the second stream.
   constexpr int kMaxRows = 4096;
@@ -884,7 +893,7 @@ bool key_side_dataflow(const Shape& s, const SegmentPlan& forward_plan,
          reverse_pass_beside_query(s, forward_plan, key_plan, linear) && s.features == 128 &&
          sums_in_kernel(key_plan.segments) && linear_key_wg_takes(s, key_plan) &&
          fused_key_wg_takes(s, key_plan, window_drop) &&
-         query_u_floats(s, forward_plan, key_plan) + counters <=
+         query_u_floats(s, forward_plan, key_plan) + dataflow_counters(s, forward_plan, key_plan) <=
              units * key_plan.segments * segment_state_floats(s);
 }
 
@@ -979,19 +988,19 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
   // puts those into the sums. dc_w and dc_l follow on that stream, beside the key kernel.
   const bool hopper_query = forward_wg_takes(s, a.forward_plan);
   const bool beside = reverse_pass_beside_query(s, a.forward_plan, key_plan, linear);
-  const int q_segments = a.forward_plan.segments;
-  const size_t counters = static_cast<size_t>(units) * (q_segments + key_segments);
   unsigned* const query_written =
       dataflow ? reinterpret_cast<unsigned*>(a.reverse_states +
                                              query_u_floats(s, a.forward_plan, key_plan))
                : nullptr;
   unsigned* const pass_written =
-      dataflow ? query_written + static_cast<size_t>(units) * q_segments : nullptr;
+      dataflow ? query_written + static_cast<size_t>(units) * a.forward_plan.segments : nullptr;
   if (dataflow) {
-    const cudaError_t e = cudaMemsetAsync(query_written, 0, counters * sizeof(unsigned), stream);
+    const size_t bytes = dataflow_counters(s, a.forward_plan, key_plan) * sizeof(unsigned);
+    const cudaError_t e = cudaMemsetAsync(query_written, 0, bytes, stream);
     if (e != cudaSuccess) return e;
   }
   SideStream* side = beside && !dataflow ? side_stream() : nullptr;
+  const bool query_sums_u = side != nullptr || dataflow;
   JoinSide join{nullptr, stream};
   if (side != nullptr) {
     const cudaError_t e = cudaEventRecord(side->fork, stream);
@@ -1024,14 +1033,14 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
                  a.row_gate_grad,
                  a.row_window_share,
                  /*window_grads=*/a.query_grads || a.key_grads};
-    if (side != nullptr || dataflow) {
+    if (query_sums_u) {
       qa.u_partials = a.reverse_states;
       qa.key_plan = key_plan;
       qa.u_parts = query_u_parts(a.forward_plan, key_plan);
       qa.written = query_written;
     }
     err = run_query_wg(s, qa, stream);
-    if (err == cudaSuccess && (side != nullptr || dataflow)) u_query = qa;
+    if (err == cudaSuccess && query_sums_u) u_query = qa;
     if (err == cudaSuccess && coef != nullptr) {  // its hybrid units took delta = dl
       coef->window_share = a.row_window_share;
       coef->coef_window = a.coef_window;
@@ -1069,11 +1078,15 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
                                 sum_keys,      key_plan,
                                 a.dk,          a.dv,
                                 a.dphi_k};
+  // U only (z is the query kernel's u), beside the query kernel.
+  auto reverse_pass = [&](cudaStream_t on, unsigned* written) {
+    return run_state_pass_wg(s, a.phi_q, a.dy, a.row_denom, /*row_weight=*/nullptr, false,
+                             a.window_drop, key_sums, key_plan, -1, +1, s.seq_len, false,
+                             /*skip=*/0, on, nullptr, nullptr, written);
+  };
   bool pass_beside = false;
   if (u_query && dataflow) {
-    err = run_state_pass_wg(s, a.phi_q, a.dy, a.row_denom, /*row_weight=*/nullptr, false,
-                            a.window_drop, key_sums, key_plan, -1, +1, s.seq_len, false,
-                            /*skip=*/0, stream, nullptr, nullptr, pass_written);
+    err = reverse_pass(stream, pass_written);
     if (err == cudaSuccess) {
       pass_beside = true;
       FusedKeyArgs fa = fused_args;
@@ -1098,11 +1111,7 @@ cudaError_t run_backward_tc(const Shape& s, const BackwardArgs& a, const Segment
     // Launched after the query kernel, so that the query kernel's blocks are placed first.
     join.side = side;
     err = cudaStreamWaitEvent(side->stream, side->fork, 0);
-    if (err == cudaSuccess) {
-      err = run_state_pass_wg(s, a.phi_q, a.dy, a.row_denom, /*row_weight=*/nullptr, false,
-                              a.window_drop, key_sums, key_plan, -1, +1, s.seq_len, false,
-                              /*skip=*/0, side->stream);
-    }
+    if (err == cudaSuccess) err = reverse_pass(side->stream, nullptr);
     if (err == cudaErrorNotSupported) {
       err = cudaSuccess;  // a TMA descriptor refused: the pass runs after the query side
     } else if (err == cudaSuccess) {
